@@ -1,0 +1,23 @@
+"""shiftbench: where CNN translation invariance comes from, and how much fine-tuning at one location loses."""
+
+import importlib.metadata as _metadata
+import os as _os
+
+# jax 0.10 sends every CPU convolution to YNNPACK, which runs on one thread; handing convolutions back to
+# Eigen used both cores and doubled training throughput here (../shared/PERF-NOTES.md). The flag must be
+# set before jax is imported, and only for jaxlib versions that know it (an unknown XLA flag aborts).
+_YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+
+
+def _jaxlib_knows_ynn_flag() -> bool:
+  try:
+    major, minor = (int(p) for p in _metadata.version("jaxlib").split(".")[:2])
+  except (_metadata.PackageNotFoundError, ValueError):
+    return False
+  return (major, minor) >= (0, 10)
+
+
+if "ynn_fusion_type" not in _os.environ.get("XLA_FLAGS", "") and _jaxlib_knows_ynn_flag():
+  _os.environ["XLA_FLAGS"] = (_os.environ.get("XLA_FLAGS", "") + " " + _YNN_FLAG).strip()
+
+__version__ = "0.1.0"

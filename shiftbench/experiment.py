@@ -1,0 +1,214 @@
+"""The protocol (DESIGN.md section 3): pretrain on A -> fine-tune on B at one location -> location maps.
+
+One row per model x pretrain regime x fine-tune mode x seed. `results.json` is rewritten atomically
+after every row, so an interrupted or requeued run resumes where it stopped and loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from omegaconf import DictConfig, OmegaConf
+
+from shiftbench import canvas, evaluation, leaderboard, metrics, plots, pretrained, results, train
+from shiftbench.data import ObjectSet, resize_objects
+from shiftbench.settings import Settings
+
+log = logging.getLogger(__name__)
+ModelFactory = Callable[..., nnx.Module]
+
+
+class Protocol:
+  """Holds the data on the device and the grid; runs pretraining, fine-tuning and evaluation."""
+
+  def __init__(self, cfg: DictConfig, settings: Settings, data_a: ObjectSet, data_b: ObjectSet,
+               output_dir: Path):
+    self.cfg, self.s, self.output_dir = cfg, settings, output_dir
+    self.data_a, self.data_b = data_a, data_b
+    self.train_a, self.test_a = _device_splits(data_a, settings.max_objects)
+    self.train_b, self.test_b = _device_splits(data_b, settings.max_objects)
+    self.curve_b = train.DeviceObjects(self.test_b.images[:settings.curve_objects],
+                                       self.test_b.labels[:settings.curve_objects], data_b.num_classes)
+    self.grid = canvas.location_grid(settings.spec, settings.grid_stride, include=settings.finetune_location)
+    # Optimisers are built once per phase so the jitted steps are cached across rows (no retrace).
+    self.pretrain_tx = hydra.utils.instantiate(cfg.pretrain.optimizer)
+    self.finetune_tx = hydra.utils.instantiate(cfg.finetune.optimizer)
+
+  # -- evaluation ---------------------------------------------------------------------------------
+  def location_map(self, model: nnx.Module, objects: train.DeviceObjects) -> dict[str, Any]:
+    preds = evaluation.predict_grid(model, objects.images, self.grid, self.s.spec.canvas_size,
+                                    self.s.eval_batch)
+    acc = np.asarray(metrics.location_accuracy(preds, np.asarray(objects.labels)))
+    summary = metrics.summarize_location_map(acc, self.grid, self.s.finetune_location, 0, objects.num_classes)
+    return {"acc": acc, **{k: float(v) for k, v in summary.items()}}
+
+  # -- models -------------------------------------------------------------------------------------
+  def build(self, factory: ModelFactory, num_classes: int, seed: int) -> nnx.Module:
+    return factory(num_classes=num_classes, canvas_size=self.s.spec.canvas_size,
+                   in_channels=self.data_a.object_shape[-1], rngs=nnx.Rngs(seed))
+
+  def pretrained(self, name: str, factory: ModelFactory, model_cfg: DictConfig, regime: str,
+                 seed: int) -> tuple[nnx.Module, dict[str, Any]]:
+    """The model pretrained on A under `regime`, restored from the shared cache or trained now."""
+    s = self.s
+    placement = train.Placement(regime, s.pretrain_location, s.pretrain_jitter)
+    description = {
+        "model": OmegaConf.to_container(model_cfg), "data": OmegaConf.to_container(self.cfg.data.pretrain),
+        "canvas": [s.spec.canvas_size, s.spec.object_size], "placement": [regime, *placement.location,
+                                                                         placement.jitter],
+        "steps": s.pretrain.steps, "batch_size": s.pretrain.batch_size,
+        "optimizer": OmegaConf.to_container(self.cfg.pretrain.optimizer), "seed": seed,
+    }
+    path = pretrained.checkpoint_path(self.cfg.paths.checkpoint_dir, f"{name}-{regime}-s{seed}", description)
+    model = self.build(factory, self.data_a.num_classes, seed)
+    if pretrained.exists(path):
+      log.info("restoring pretrained %s/%s seed %d from %s", name, regime, seed, path)
+      return model, pretrained.restore(path, model)
+    start = time.perf_counter()
+    history = train.train(model, self.pretrain_tx, self.train_a, s.spec, placement, steps=s.pretrain.steps,
+                          batch_size=s.pretrain.batch_size, seed=seed, dispatch=s.pretrain.dispatch,
+                          desc=f"pretrain {name}/{regime}/s{seed}")
+    meta = {"description": description, "history": history, "seconds": time.perf_counter() - start}
+    pretrained.save(path, model, meta)
+    return model, meta
+
+  # -- one row ------------------------------------------------------------------------------------
+  def finetune_row(self, name: str, factory: ModelFactory, regime: str, mode: str, seed: int,
+                   source: nnx.Module | None, a_before: dict[str, Any] | None) -> dict[str, Any]:
+    s = self.s
+    model = self.build(factory, self.data_b.num_classes, seed + 1)
+    if source is not None:
+      # A copy: training donates its param buffers, which must not be the pretrained model's own.
+      nnx.update(model.backbone, jax.tree.map(jnp.copy, nnx.state(source.backbone)))
+    curve: list[dict[str, Any]] = []
+
+    def on_eval(step: int, m: nnx.Module):
+      point = self.location_map(m, self.curve_b)
+      curve.append({"step": step, **{k: point[k] for k in ("in_acc", "off_acc", "invariance")}})
+
+    start = time.perf_counter()
+    history = train.train(model, self.finetune_tx, self.train_b, s.spec,
+                          train.Placement("fixed", s.finetune_location), steps=s.finetune.steps,
+                          batch_size=s.finetune.batch_size, seed=seed, mode=mode, dispatch=s.finetune.dispatch,
+                          eval_every=s.eval_every, on_eval=on_eval,
+                          desc=f"finetune {name}/{regime}/{mode}/s{seed}")
+    train_seconds = time.perf_counter() - start
+    final = self.location_map(model, self.test_b)
+    a_after = None
+    if source is not None:
+      if mode == "head":  # backbone and A-head untouched: A's map is exactly the one before
+        a_after = a_before
+      else:
+        a_model = nnx.clone(source)  # A's head on the fine-tuned backbone; `source` stays pretrained
+        nnx.update(a_model.backbone, nnx.state(model.backbone))
+        a_after = self.location_map(a_model, self.test_a)
+    ys, xs = canvas.grid_axes(self.grid)
+    acc2d = final["acc"].reshape(len(ys), len(xs))
+    heatmap = plots.save_location_map(
+        self.output_dir / "heatmaps" / f"{name}_{regime}_{mode}_s{seed}.png", acc2d, ys, xs,
+        1.0 / self.data_b.num_classes, s.finetune_location,
+        f"{name} | pretrain {regime} | {mode} | seed {seed}\ninvariance {final['invariance']:.2f}")
+    return {
+        "model": name, "pretrain": regime, "finetune": mode, "seed": seed,
+        "in_acc": final["in_acc"], "off_acc": final["off_acc"], "invariance": final["invariance"],
+        "chance": 1.0 / self.data_b.num_classes, "finetune_steps": s.finetune.steps,
+        "finetune_location": list(s.finetune_location),
+        "location_map": {"ys": ys, "xs": xs, "acc": acc2d},
+        "curve": curve,
+        "pretrain_invariance_before": None if a_before is None else a_before["invariance"],
+        "pretrain_invariance_after": None if a_after is None else a_after["invariance"],
+        "pretrain_in_acc_before": None if a_before is None else a_before["in_acc"],
+        "pretrain_off_acc_before": None if a_before is None else a_before["off_acc"],
+        "pretrain_in_acc_after": None if a_after is None else a_after["in_acc"],
+        "pretrain_off_acc_after": None if a_after is None else a_after["off_acc"],
+        "train_final": history[-1] if history else None, "finetune_seconds": train_seconds,
+        "heatmap": str(heatmap.relative_to(self.output_dir)),
+    }
+
+
+def _device_splits(objs: ObjectSet, max_test: int | None) -> tuple[train.DeviceObjects, train.DeviceObjects]:
+  test_images, test_labels = objs.test_images, objs.test_labels
+  if max_test is not None:
+    test_images, test_labels = test_images[:max_test], test_labels[:max_test]
+  return (train.DeviceObjects.from_numpy(objs.train_images, objs.train_labels, objs.num_classes),
+          train.DeviceObjects.from_numpy(test_images, test_labels, objs.num_classes))
+
+
+def load_datasets(cfg: DictConfig, object_size: int) -> tuple[ObjectSet, ObjectSet]:
+  """Instantiates datasets A and B from config and resizes their objects to `object_size`."""
+  data_a = resize_objects(hydra.utils.instantiate(cfg.data.pretrain), object_size)
+  data_b = resize_objects(hydra.utils.instantiate(cfg.data.finetune), object_size)
+  if data_a.object_shape[-1] != data_b.object_shape[-1]:
+    raise ValueError(f"datasets A ({data_a.name}) and B ({data_b.name}) have different channel counts: "
+                     f"{data_a.object_shape[-1]} vs {data_b.object_shape[-1]}")
+  return data_a, data_b
+
+
+def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
+  """Runs every row of the configured protocol and writes results, heatmaps and the leaderboard."""
+  output_dir = Path(output_dir).absolute()
+  output_dir.mkdir(parents=True, exist_ok=True)
+  settings = Settings.from_config(cfg)
+  models = {name: (hydra.utils.instantiate(mcfg), mcfg) for name, mcfg in cfg.model.items()}
+  config = OmegaConf.to_container(cfg, resolve=True)
+  results_path = output_dir / "results.json"
+  done = _resumable_rows(results_path, config)
+  data_a, data_b = load_datasets(cfg, settings.spec.object_size)
+  protocol = Protocol(cfg, settings, data_a, data_b, output_dir)
+  record = {"config": config, "seeds": list(settings.seeds), "environment": results.environment(),
+            "datasets": {"pretrain": data_a.name, "finetune": data_b.name}, "grid": protocol.grid,
+            "rows": list(done.values())}
+  tracker = hydra.utils.instantiate(cfg.logger)
+  tracker.start(config, output_dir, name=output_dir.name)
+  exit_code = 1
+  try:
+    for seed in settings.seeds:
+      for name, (factory, mcfg) in models.items():
+        for regime in settings.pretrain_regimes:
+          keys = [(name, regime, mode, seed) for mode in settings.finetune_modes]
+          if all(k in done for k in keys):
+            continue
+          source, a_before = None, None
+          if regime != "scratch":
+            source, _ = protocol.pretrained(name, factory, mcfg, regime, seed)
+            a_before = protocol.location_map(source, protocol.test_a)
+          for mode, key in zip(settings.finetune_modes, keys):
+            if key in done:
+              continue
+            row = protocol.finetune_row(name, factory, regime, mode, seed, source, a_before)
+            done[key] = row
+            record["rows"] = list(done.values())
+            results.write_json(results_path, record)
+            tracker.log_row(row, output_dir / row["heatmap"])
+            log.info("%s/%s/%s seed %d: in %.3f off %.3f invariance %.3f", name, regime, mode, seed,
+                     row["in_acc"], row["off_acc"], row["invariance"])
+    board = leaderboard.write_leaderboard(record["rows"], output_dir)
+    print("\n" + board.markdown + "\n", flush=True)
+    tracker.log_table(board.columns, board.rows)
+    exit_code = 0
+  finally:
+    tracker.finish(exit_code)
+  return record
+
+
+def _resumable_rows(path: Path, config: dict[str, Any]) -> dict[tuple, dict[str, Any]]:
+  """Rows already in `results.json` from a run with the same config (a requeued job), keyed by row."""
+  if not path.is_file():
+    return {}
+  try:
+    previous = json.loads(path.read_text())
+  except json.JSONDecodeError:
+    return {}
+  if previous.get("config") != results.to_jsonable(config):
+    return {}
+  return {(r["model"], r["pretrain"], r["finetune"], r["seed"]): r for r in previous.get("rows", [])}

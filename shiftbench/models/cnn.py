@@ -1,0 +1,110 @@
+"""One convolutional network with swappable downsampling, padding and head (DESIGN.md section 5).
+
+The presets in `conf/model/` are settings of this one class:
+  cnn_fc   = max-pool backbone + flatten/dense head (the classic CNN+FC);
+  fcn      = strided-conv backbone + 1x1-conv class maps averaged (no dense layer);
+  gap      = max-pool backbone + global average pool + dense;
+  blurpool = MaxBlurPool backbone (Zhang 2019) + global average pool + dense.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from shiftbench.models import layers
+
+DOWNSAMPLES: tuple[str, ...] = ("max", "blur", "stride", "none")
+HEADS: tuple[str, ...] = ("fc", "gap", "conv")
+
+
+class Block(nnx.Module):
+  """conv -> downsample -> ReLU. ReLU commutes with max, so applying it after the pool is exact and
+  touches 4x fewer values; for blur/stride the order is Zhang's conv -> ReLU -> (max) -> blur."""
+
+  def __init__(self, in_features: int, out_features: int, kernel_size: int, *, downsample: str,
+               padding: str, blur_size: int, blur_padding: str, rngs: nnx.Rngs):
+    layers._check(downsample, DOWNSAMPLES, "downsample")
+    self.downsample = downsample
+    self.blur_size = blur_size
+    self.blur_padding = layers._check(blur_padding, layers.BLUR_PADDINGS, "blur padding")
+    stride = 2 if downsample == "stride" else 1
+    self.conv = layers.PaddedConv(in_features, out_features, kernel_size, padding=padding, stride=stride,
+                                  rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = self.conv(x)
+    if self.downsample == "max":
+      return jax.nn.relu(layers.max_pool_2x2(x))
+    if self.downsample == "blur":
+      x = jax.nn.relu(layers.max_pool_2x2_stride1(x))
+      return layers.blur_downsample(x, self.blur_size, self.blur_padding)
+    return jax.nn.relu(x)  # "stride" (subsampled inside the conv) or "none"
+
+
+class Backbone(nnx.Module):
+  """A stack of `Block`s; `widths` sets depth and channel counts."""
+
+  def __init__(self, in_channels: int, widths: Sequence[int], kernel_size: int, *, downsample: str,
+               padding: str, blur_size: int, blur_padding: str, rngs: nnx.Rngs):
+    chans = [in_channels, *widths]
+    self.blocks = nnx.List([
+        Block(cin, cout, kernel_size, downsample=downsample, padding=padding, blur_size=blur_size,
+              blur_padding=blur_padding, rngs=rngs)
+        for cin, cout in zip(chans[:-1], chans[1:])
+    ])
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.features(x)[-1]
+
+  def features(self, x: jax.Array) -> list[jax.Array]:
+    """Every block's output, for layer-wise representation analysis."""
+    out = []
+    for block in self.blocks:
+      x = block(x)
+      out.append(x)
+    return out
+
+
+class Head(nnx.Module):
+  """`fc`: flatten + dense; `gap`: global average pool + dense; `conv`: 1x1-conv class maps averaged."""
+
+  def __init__(self, kind: str, feature_shape: tuple[int, int, int], num_classes: int, *, rngs: nnx.Rngs):
+    self.kind = layers._check(kind, HEADS, "head")
+    h, w, c = feature_shape
+    if kind == "fc":
+      self.proj = nnx.Linear(h * w * c, num_classes, rngs=rngs)
+    elif kind == "gap":
+      self.proj = nnx.Linear(c, num_classes, rngs=rngs)
+    else:
+      self.proj = nnx.Conv(c, num_classes, (1, 1), rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.kind == "fc":
+      return self.proj(x.reshape(x.shape[0], -1))
+    if self.kind == "gap":
+      return self.proj(x.mean(axis=(1, 2)))
+    return self.proj(x).mean(axis=(1, 2))
+
+
+class ShiftNet(nnx.Module):
+  """Backbone + head. `head` is a separate attribute so fine-tuning can swap it for new classes."""
+
+  def __init__(self, *, num_classes: int, canvas_size: int, in_channels: int = 1,
+               widths: Sequence[int] = (8, 16, 32), kernel_size: int = 3, downsample: str = "max",
+               padding: str = "same", head: str = "fc", blur_size: int = 4, blur_padding: str = "reflect",
+               rngs: nnx.Rngs):
+    layers._check(padding, layers.PADDINGS, "padding")
+    self.backbone = Backbone(in_channels, tuple(widths), kernel_size, downsample=downsample,
+                             padding=padding, blur_size=blur_size, blur_padding=blur_padding, rngs=rngs)
+    probe = jnp.zeros((1, canvas_size, canvas_size, in_channels), jnp.float32)
+    feature_shape = jax.eval_shape(self.backbone, probe).shape[1:]
+    if min(feature_shape[:2]) < 1:
+      raise ValueError(f"canvas_size={canvas_size} is too small for {len(widths)} downsampling blocks")
+    self.head = Head(head, feature_shape, num_classes, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.head(self.backbone(x))

@@ -1,0 +1,117 @@
+"""Building blocks with swappable padding and downsampling, each from its published definition.
+
+- Padding (Kayhan & van Gemert, CVPR 2020): `same` (zeros, output size kept), `valid` (none), `circular`
+  (wrap-around, so a stride-1 conv commutes with `jnp.roll`), `full` (k - 1 zeros per side, so border
+  pixels are seen as often as central ones).
+- Anti-aliased downsampling (Zhang, ICML 2019): a normalised binomial filter applied depthwise with
+  stride 2, padded floor((k-1)/2) before and ceil((k-1)/2) after.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+PADDINGS: tuple[str, ...] = ("same", "valid", "circular", "full")
+BLUR_PADDINGS: tuple[str, ...] = ("reflect", "zero", "circular")
+_JNP_PAD_MODE = {"reflect": "reflect", "zero": "constant", "circular": "wrap"}
+
+
+def _check(value: str, allowed: tuple[str, ...], what: str) -> str:
+  if value not in allowed:
+    raise ValueError(f"unknown {what} {value!r}; allowed: {', '.join(allowed)}")
+  return value
+
+
+def conv_padding(kernel_size: int, padding: str) -> tuple[tuple[int, int], str]:
+  """Per-side pad width and jnp.pad mode for a conv padding mode."""
+  _check(padding, PADDINGS, "padding")
+  k = kernel_size
+  if padding == "valid":
+    return (0, 0), "constant"
+  if padding == "full":
+    return (k - 1, k - 1), "constant"
+  before, after = (k - 1) // 2, k // 2  # `same` geometry, also for circular
+  return (before, after), ("wrap" if padding == "circular" else "constant")
+
+
+class PaddedConv(nnx.Module):
+  """A 2-D convolution whose padding is explicit, so every mode (incl. circular) is one code path."""
+
+  def __init__(self, in_features: int, out_features: int, kernel_size: int, *, padding: str = "same",
+               stride: int = 1, rngs: nnx.Rngs):
+    self.pad, self.pad_mode = conv_padding(kernel_size, padding)
+    self.conv = nnx.Conv(in_features, out_features, (kernel_size, kernel_size), strides=stride,
+                         padding="VALID", rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.pad != (0, 0):
+      x = jnp.pad(x, ((0, 0), self.pad, self.pad, (0, 0)), mode=self.pad_mode)
+    return self.conv(x)
+
+
+@jax.custom_vjp
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 max pool with stride 2 (odd trailing row/column dropped), as reshape + max.
+
+  XLA:CPU's `reduce_window` gradient built large index arrays every step; this version's gradient is
+  an elementwise mask, several times cheaper (../shared/PERF-NOTES.md). Ties send the gradient to every
+  maximal position, which differs from `reduce_window` only on exact ties.
+  """
+  return _max_pool_fwd(x)[0]
+
+
+def _max_pool_fwd(x):
+  b, h, w, c = x.shape
+  x = x[:, : h - h % 2, : w - w % 2]
+  blocks = x.reshape(b, h // 2, 2, w // 2, 2, c)
+  out = blocks.max(axis=(2, 4))
+  return out, (blocks, out, (h, w))
+
+
+def _max_pool_bwd(res, g):
+  blocks, out, (h, w) = res
+  mask = blocks == out[:, :, None, :, None, :]
+  dx = (mask * g[:, :, None, :, None, :]).reshape(g.shape[0], h - h % 2, w - w % 2, g.shape[-1])
+  dx = jnp.pad(dx, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+  return (dx,)
+
+
+max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def max_pool_2x2_stride1(x: jax.Array) -> jax.Array:
+  """Dense 2x2 max (stride 1, no padding): the first half of Zhang's MaxBlurPool; output is n - 1."""
+  return jnp.maximum(jnp.maximum(x[:, :-1, :-1], x[:, 1:, :-1]), jnp.maximum(x[:, :-1, 1:], x[:, 1:, 1:]))
+
+
+def binomial_filter(size: int) -> np.ndarray:
+  """Normalised 2-D binomial filter: the outer product of row `size - 1` of Pascal's triangle."""
+  if not 1 <= size <= 7:
+    raise ValueError(f"blur filter size must be 1..7, got {size}")
+  row = np.array([math.comb(size - 1, i) for i in range(size)], np.float64)
+  f = np.outer(row, row)
+  return (f / f.sum()).astype(np.float32)
+
+
+def blur_downsample(x: jax.Array, size: int, padding: str = "reflect", stride: int = 2) -> jax.Array:
+  """Depthwise binomial blur then subsampling by `stride` (Zhang 2019 BlurPool), on NHWC input.
+
+  The size-k binomial filter is k - 1 passes of the two-tap average [1, 1] / 2 per axis, so the blur is
+  computed as shifted adds: exact, and its gradient is far cheaper on XLA:CPU than a grouped conv's
+  (a MaxBlurPool training step went from ~90 ms to ~10 ms here).
+  """
+  _check(padding, BLUR_PADDINGS, "blur padding")
+  if not 1 <= size <= 7:
+    raise ValueError(f"blur filter size must be 1..7, got {size}")
+  before, after = (size - 1) // 2, math.ceil((size - 1) / 2)
+  if before or after:
+    x = jnp.pad(x, ((0, 0), (before, after), (before, after), (0, 0)), mode=_JNP_PAD_MODE[padding])
+  for _ in range(size - 1):
+    x = 0.5 * (x[:, 1:] + x[:, :-1])
+    x = 0.5 * (x[:, :, 1:] + x[:, :, :-1])
+  return x[:, ::stride, ::stride]

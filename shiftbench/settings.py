@@ -1,0 +1,97 @@
+"""The protocol's settings, read out of the Hydra config once into plain Python (nothing of the config
+enters jitted code) and checked, so bad values fail before any training with a one-line message."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from omegaconf import DictConfig, OmegaConf
+
+from shiftbench import canvas, train
+
+PRETRAIN_REGIMES: tuple[str, ...] = ("scratch", *canvas.REGIMES)
+
+
+def _choices(values, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+  values = tuple(values)
+  if not values:
+    raise ValueError(f"{what} is empty; allowed values: {', '.join(allowed)}")
+  for v in values:
+    if v not in allowed:
+      raise ValueError(f"unknown {what} {v!r}; allowed: {', '.join(allowed)}")
+  return values
+
+
+def _location(value, spec: canvas.CanvasSpec, what: str) -> tuple[int, int] | None:
+  if value is None:
+    return None
+  value = list(value)
+  if len(value) != 2:
+    raise ValueError(f"{what} must be [y, x] or null, got {value}")
+  return spec.check_location((value[0], value[1]))
+
+
+def _positive(value, what: str) -> int:
+  if int(value) < 1:
+    raise ValueError(f"{what} must be >= 1, got {value}")
+  return int(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """One training phase (pretrain or fine-tune): budget, batch and dispatch."""
+
+  steps: int
+  batch_size: int
+  dispatch: int | str
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  seeds: tuple[int, ...]
+  spec: canvas.CanvasSpec
+  finetune_location: tuple[int, int]
+  pretrain_location: tuple[int, int]
+  pretrain_regimes: tuple[str, ...]
+  pretrain_jitter: int
+  pretrain: Phase
+  finetune_modes: tuple[str, ...]
+  finetune: Phase
+  eval_every: int
+  grid_stride: int
+  max_objects: int | None
+  curve_objects: int
+  eval_batch: int
+
+  @classmethod
+  def from_config(cls, cfg: DictConfig) -> Settings:
+    spec = canvas.CanvasSpec(int(cfg.canvas.size), int(cfg.canvas.object_size))
+    seeds = OmegaConf.to_container(cfg.seeds) if OmegaConf.is_list(cfg.seeds) else [cfg.seeds]
+    if not seeds:
+      raise ValueError("seeds is empty; give at least one, e.g. seeds=[0,1,2]")
+    ft_loc = _location(cfg.finetune.location, spec, "finetune.location") or spec.center()
+    pre_loc = _location(cfg.pretrain.location, spec, "pretrain.location") or ft_loc
+    jitter = int(cfg.pretrain.jitter)
+    if jitter < 0:
+      raise ValueError(f"pretrain.jitter must be >= 0, got {jitter}")
+    max_objects = cfg.eval.max_objects
+    return cls(
+        seeds=tuple(int(s) for s in seeds),
+        spec=spec,
+        finetune_location=ft_loc,
+        pretrain_location=pre_loc,
+        pretrain_regimes=_choices(cfg.pretrain.regimes, PRETRAIN_REGIMES, "pretrain regime"),
+        pretrain_jitter=jitter,
+        pretrain=Phase(_positive(cfg.pretrain.steps, "pretrain.steps"),
+                       _positive(cfg.pretrain.batch_size, "pretrain.batch_size"),
+                       cfg.pretrain.steps_per_dispatch),
+        finetune_modes=_choices(cfg.finetune.modes, train.TRAIN_MODES, "fine-tune mode"),
+        finetune=Phase(_positive(cfg.finetune.steps, "finetune.steps"),
+                       _positive(cfg.finetune.batch_size, "finetune.batch_size"),
+                       cfg.finetune.steps_per_dispatch),
+        eval_every=max(0, int(cfg.finetune.eval_every)),
+        grid_stride=_positive(cfg.eval.grid_stride, "eval.grid_stride"),
+        max_objects=None if max_objects is None else _positive(max_objects, "eval.max_objects"),
+        curve_objects=_positive(cfg.eval.curve_objects, "eval.curve_objects"),
+        eval_batch=_positive(cfg.eval.batch_size, "eval.batch_size"),
+    )

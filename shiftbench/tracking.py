@@ -1,0 +1,65 @@
+"""Experiment tracking with Weights & Biases, offline unless the user asks for online.
+
+Offline runs never touch the network (upload later with `wandb sync <run dir>/wandb/offline-run-*`);
+`disabled` makes every call a no-op, which the tests use. A tracking failure never loses results: the
+files under the run directory are written first and are the record.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+MODES = ("online", "offline", "disabled")
+
+
+class WandbTracker:
+  """Logs config, per-row metrics, heatmaps, curves and the leaderboard table to one wandb run."""
+
+  def __init__(self, mode: str = "offline", project: str = "shiftbench", entity: str | None = None,
+               group: str | None = None, tags: list[str] | None = None):
+    if mode not in MODES:
+      raise ValueError(f"unknown logger.mode {mode!r}; allowed: {', '.join(MODES)}")
+    self.mode, self.project, self.entity, self.group = mode, project, entity, group
+    self.tags = list(tags or [])
+    self.run = None
+
+  def start(self, config: dict[str, Any], output_dir: Path, name: str | None = None) -> None:
+    if self.mode == "disabled":
+      return
+    import wandb  # imported lazily: importing wandb costs ~1 s and is not needed when disabled
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    self.run = wandb.init(project=self.project, entity=self.entity, group=self.group, tags=self.tags,
+                          config=config, dir=str(output_dir), name=name, mode=self.mode,
+                          reinit="finish_previous",
+                          settings=wandb.Settings(console="off", init_timeout=60, x_disable_stats=True))
+
+  def log_row(self, row: dict[str, Any], heatmap: Path | None) -> None:
+    if self.run is None:
+      return
+    import wandb
+
+    key = f"{row['model']}/{row['pretrain']}/{row['finetune']}/s{row['seed']}"
+    data = {f"{key}/{m}": row[m] for m in ("in_acc", "off_acc", "invariance") if row.get(m) is not None}
+    if heatmap is not None:
+      data[f"{key}/location_map"] = wandb.Image(str(heatmap))
+    curve = row.get("curve") or []
+    if curve:
+      table = wandb.Table(columns=["step", "in_acc", "off_acc", "invariance"],
+                          data=[[c["step"], c["in_acc"], c["off_acc"], c["invariance"]] for c in curve])
+      data[f"{key}/curve"] = wandb.plot.line(table, "step", "invariance", title=f"{key}: invariance")
+    self.run.log(data)
+
+  def log_table(self, columns: list[str], rows: list[list[Any]]) -> None:
+    if self.run is None:
+      return
+    import wandb
+
+    self.run.log({"leaderboard": wandb.Table(columns=columns, data=rows)})
+
+  def finish(self, exit_code: int = 0) -> None:
+    if self.run is not None:
+      self.run.finish(exit_code=exit_code)
+      self.run = None

@@ -1,0 +1,179 @@
+"""Training: a pure jitted step that draws indices, composes canvases on the device and updates.
+
+The model is split once into (graphdef, trainable params, everything else) with `nnx.split`; the step
+merges them back inside `jit`, so there is no per-call graph traversal. `head` fine-tuning only differs
+in which params are trainable: the backbone rides along as a constant and XLA drops its backward pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from shiftbench import canvas
+
+Metrics = dict[str, float]
+TRAIN_MODES: tuple[str, ...] = ("full", "head")
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceObjects:
+  """A split of objects living on the device: uint8 images (N, h, w, C) and int32 labels (N,)."""
+
+  images: jax.Array
+  labels: jax.Array
+  num_classes: int
+
+  @classmethod
+  def from_numpy(cls, images: np.ndarray, labels: np.ndarray, num_classes: int) -> DeviceObjects:
+    return cls(jax.device_put(np.asarray(images, np.uint8)), jax.device_put(np.asarray(labels, np.int32)),
+               int(num_classes))
+
+  def __len__(self) -> int:
+    return int(self.images.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+  """Where training objects go: a regime, its base location and jitter radius (DESIGN.md section 2)."""
+
+  regime: str
+  location: tuple[int, int]
+  jitter: int = 0
+
+  def radius(self, spec: canvas.CanvasSpec) -> int:
+    return canvas.regime_jitter(self.regime, self.jitter, spec)
+
+
+def trainable_filter(mode: str) -> Any:
+  """Which params train: all of them (`full`) or the head's only (`head`, backbone frozen)."""
+  if mode == "full":
+    return nnx.Param
+  if mode == "head":
+    return nnx.All(nnx.Param, nnx.PathContains("head"))
+  raise ValueError(f"unknown fine-tune mode {mode!r}; allowed: {', '.join(TRAIN_MODES)}")
+
+
+def steps_per_dispatch(requested: int | str) -> int:
+  """`auto`: 1 on CPU, where a conv step inside `lax.scan` ran ~20x slower (PERF-NOTES.md), else 10."""
+  if requested == "auto":
+    return 1 if jax.default_backend() == "cpu" else 10
+  k = int(requested)
+  if k < 1:
+    raise ValueError(f"steps_per_dispatch must be >= 1 or 'auto', got {requested}")
+  return k
+
+
+def _make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, spec: canvas.CanvasSpec,
+               placement: Placement, batch_size: int) -> Callable:
+  """The single training step as a pure function of (params, opt_state, rest, key, images, labels)."""
+
+  def step(params, opt_state, rest, key, images, labels):
+    k_idx, k_loc = jax.random.split(key)
+    idx = jax.random.randint(k_idx, (batch_size,), 0, images.shape[0])
+    objs = images[idx].astype(jnp.float32) / 255.0
+    locs = canvas.sample_locations(k_loc, batch_size, spec, placement.regime, placement.location,
+                                   placement.jitter)
+    x = canvas.place(objs, locs, spec.canvas_size)
+    y = labels[idx]
+
+    def loss_fn(p):
+      logits = nnx.merge(graphdef, p, rest)(x)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    acc = jnp.mean(jnp.argmax(logits, -1) == y)
+    return params, opt_state, {"loss": loss, "acc": acc}
+
+  return step
+
+
+@functools.cache
+def _compiled_update(graphdef, tx, spec, placement, batch_size, k):
+  """One jitted dispatch running `k` steps (a `lax.scan` when k > 1); cached so sweeps never retrace."""
+  step = _make_step(graphdef, tx, spec, placement, batch_size)
+
+  def update(params, opt_state, rest, base_key, start, images, labels):
+    keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(start + jnp.arange(k))
+    if k == 1:
+      return step(params, opt_state, rest, keys[0], images, labels)
+
+    def body(carry, key):
+      p, o = carry
+      p, o, m = step(p, o, rest, key, images, labels)
+      return (p, o), m
+
+    (params, opt_state), ms = jax.lax.scan(body, (params, opt_state), keys)
+    return params, opt_state, jax.tree.map(lambda v: v[-1], ms)
+
+  return jax.jit(update, donate_argnums=(0, 1))
+
+
+def train(model: nnx.Module, tx: optax.GradientTransformation, data: DeviceObjects, spec: canvas.CanvasSpec,
+          placement: Placement, *, steps: int, batch_size: int, seed: int, mode: str = "full",
+          dispatch: int | str = "auto", log_every: int = 50, eval_every: int = 0,
+          on_eval: Callable[[int, nnx.Module], None] | None = None, desc: str = "train") -> list[Metrics]:
+  """Trains `model` in place for `steps` steps and returns the logged metrics.
+
+  Args:
+    model: the network; its params are updated in place (via `nnx.update`) when training ends and before
+      every `on_eval` call.
+    tx: the optax optimiser.
+    data: training objects on the device.
+    spec, placement: canvas geometry and where objects are placed.
+    steps, batch_size, seed: the budget and the randomness (batches and placements come from `seed`).
+    mode: `full` (all params) or `head` (backbone frozen).
+    dispatch: steps per jitted call, or `auto`.
+    log_every: host sync interval for the progress bar and the finite-loss check.
+    eval_every, on_eval: call `on_eval(step, model)` at step 0, every `eval_every` steps and at the end.
+    desc: progress bar label.
+  """
+  spec.check_location(placement.location)
+  k = steps_per_dispatch(dispatch)
+  graphdef, params, rest = nnx.split(model, trainable_filter(mode), ...)
+  opt_state = tx.init(params)
+  update = _compiled_update(graphdef, tx, spec, placement, batch_size, k)
+  base_key = jax.random.key(seed)
+  history: list[Metrics] = []
+
+  def sync_model():
+    nnx.update(model, params)
+
+  if on_eval is not None:
+    on_eval(0, model)
+  done = 0
+  with tqdm(total=steps, desc=desc, unit="step", leave=False, dynamic_ncols=True, disable=None) as bar:
+    while done < steps:
+      n = min(k, steps - done) if k > 1 else 1
+      if n != k:  # a short final chunk: run it step by step rather than compiling another scan length
+        update = _compiled_update(graphdef, tx, spec, placement, batch_size, 1)
+      params, opt_state, metrics = update(params, opt_state, rest, base_key, np.int32(done), data.images,
+                                          data.labels)
+      done += n
+      bar.update(n)
+      if done % log_every < n or done == steps:
+        logged = {key: float(v) for key, v in metrics.items()}
+        if not math.isfinite(logged["loss"]):
+          raise FloatingPointError(f"{desc}: loss became {logged['loss']} at step {done}; lower the learning "
+                                   "rate or check the data")
+        history.append({"step": done, **logged})
+        bar.set_postfix(loss=f"{logged['loss']:.3f}", acc=f"{logged['acc']:.3f}")
+      if on_eval is not None and eval_every and (done % eval_every < n) and done != steps:
+        sync_model()
+        on_eval(done, model)
+  sync_model()
+  if on_eval is not None:
+    on_eval(steps, model)
+  return history

@@ -1,0 +1,92 @@
+"""Every config in conf/ composes and instantiates (lightning-hydra-template habit)."""
+
+from pathlib import Path
+
+import hydra
+import pytest
+from flax import nnx
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from shiftbench.settings import Settings
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+def _options(group: str) -> list[str]:
+  return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def _compose(overrides: list[str]):
+  with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    return compose("config", overrides=overrides)
+
+
+def test_default_config_selects_the_four_leaderboard_models():
+  cfg = _compose([])
+  assert list(cfg.model) == ["cnn_fc", "fcn", "gap", "blurpool"]
+  assert list(cfg.pretrain.regimes) == ["scratch", "translate"] and list(cfg.finetune.modes) == ["head", "full"]
+  assert cfg.canvas.size >= 2.5 * cfg.canvas.object_size  # off-location positions really differ
+
+
+@pytest.mark.parametrize("model", _options("model"))
+def test_every_model_preset_instantiates_and_runs(model):
+  cfg = _compose([f"model={model}"])
+  factory = hydra.utils.instantiate(cfg.model[model])
+  net = factory(num_classes=5, canvas_size=cfg.canvas.size, rngs=nnx.Rngs(0))
+  import jax.numpy as jnp
+
+  assert net(jnp.zeros((2, cfg.canvas.size, cfg.canvas.size, 1))).shape == (2, 5)
+
+
+@pytest.mark.parametrize("experiment", _options("experiment"))
+def test_every_experiment_composes_into_valid_settings(experiment):
+  cfg = _compose([f"experiment={experiment}"])
+  settings = Settings.from_config(cfg)
+  assert settings.spec.canvas_size >= 2.5 * settings.spec.object_size
+  for name in ("pretrain", "finetune"):
+    hydra.utils.instantiate(cfg[name].optimizer)
+  OmegaConf.to_container(cfg.data, resolve=True)
+
+
+@pytest.mark.parametrize("data", _options("data"))
+def test_every_data_config_composes_with_a_loader_target(data):
+  overrides = [f"data={data}"] + (["data.path=/tmp/x.npz"] if data == "npz" else [])
+  cfg = _compose(overrides)
+  for split in ("pretrain", "finetune"):
+    target = cfg.data[split]._target_
+    assert callable(hydra.utils.get_method(target))
+
+
+@pytest.mark.parametrize("logger", _options("logger"))
+def test_every_logger_instantiates(logger):
+  tracker = hydra.utils.instantiate(_compose([f"logger={logger}"]).logger)
+  assert tracker.mode in ("online", "offline", "disabled")
+
+
+@pytest.mark.parametrize("launcher", _options("hydra/launcher"))
+def test_every_launcher_composes(launcher):
+  with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    cfg = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+  assert hydra.utils.get_class(cfg.hydra.launcher._target_)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("canvas.object_size=40", "object_size=40 is larger than canvas_size=32"),
+    ("finetune.location=[30,0]", r"location \(30, 0\) puts the object off the canvas"),
+    ("pretrain.regimes=[scratch,rotate]", "unknown pretrain regime 'rotate'"),
+    ("finetune.modes=[head,partial]", "unknown fine-tune mode 'partial'"),
+    ("seeds=[]", "seeds is empty"),
+])
+def test_bad_settings_fail_before_training_with_one_clear_line(override, message):
+  with pytest.raises(ValueError, match=message):
+    Settings.from_config(_compose([override]))
+
+
+def test_unknown_model_part_names_the_allowed_values():
+  cfg = _compose(["model=gap"])
+  factory = hydra.utils.instantiate(cfg.model.gap)
+  with pytest.raises(ValueError, match="unknown head 'mlp'; allowed: fc, gap, conv"):
+    factory(num_classes=3, canvas_size=32, head="mlp", rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="unknown downsample 'avg'"):
+    factory(num_classes=3, canvas_size=32, downsample="avg", rngs=nnx.Rngs(0))

@@ -1,0 +1,105 @@
+"""The whole protocol on tiny settings: outputs, resume, reuse of pretrained checkpoints, the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from conftest import tiny_overrides
+from shiftbench.experiment import run_experiment
+from shiftbench.results import to_jsonable
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+ROW_FIELDS = {"model", "pretrain", "finetune", "seed", "in_acc", "off_acc", "invariance", "location_map", "curve",
+              "pretrain_invariance_before", "pretrain_invariance_after"}
+
+
+def _cfg(tiny_data_dir, tmp_path, extra=()):
+  with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    return compose("config", overrides=tiny_overrides(tiny_data_dir, str(tmp_path / "ckpt")) + list(extra))
+
+
+@pytest.mark.slow
+def test_tiny_protocol_writes_every_row_and_artifact(tiny_data_dir, tmp_path, capsys):
+  cfg = _cfg(tiny_data_dir, tmp_path, ["model=[cnn_fc,gap]"])
+  out = tmp_path / "run"
+  record = run_experiment(cfg, out)
+  rows = json.loads((out / "results.json").read_text())["rows"]
+  assert len(rows) == 2 * 2 * 2 == len(record["rows"])
+  keys = {(r["model"], r["pretrain"], r["finetune"]) for r in rows}
+  assert keys == {(m, p, f) for m in ("cnn_fc", "gap") for p in ("scratch", "translate") for f in ("head", "full")}
+  saved = json.loads((out / "results.json").read_text())
+  assert saved["environment"]["versions"]["jax"] and saved["environment"]["devices"]
+  assert saved["config"]["seeds"] == [0]
+  for r in rows:
+    assert ROW_FIELDS <= set(r)
+    acc = np.array(r["location_map"]["acc"])
+    assert acc.shape == (len(r["location_map"]["ys"]), len(r["location_map"]["xs"]))
+    assert ((acc >= 0) & (acc <= 1)).all()
+    assert [c["step"] for c in r["curve"]] == [0, 2, 4]
+    assert (out / r["heatmap"]).is_file()
+    if r["pretrain"] == "scratch":
+      assert r["pretrain_invariance_before"] is None and r["pretrain_in_acc_before"] is None
+    else:
+      assert r["pretrain_in_acc_before"] is not None
+    if r["pretrain"] == "translate" and r["finetune"] == "head":  # frozen backbone: A is untouched
+      assert r["pretrain_in_acc_after"] == r["pretrain_in_acc_before"]
+  board = (out / "leaderboard.md").read_text()
+  assert "| cnn_fc" in board and "| gap" in board and (out / "leaderboard.csv").is_file()
+  assert "invariance" in capsys.readouterr().out
+  ckpts = list((tmp_path / "ckpt").iterdir())
+  assert sorted(p.name.split("-")[0] for p in ckpts) == ["cnn", "gap"] or len(ckpts) == 2
+
+
+@pytest.mark.slow
+def test_same_seed_reproduces_and_a_rerun_resumes_and_reuses_checkpoints(tiny_data_dir, tmp_path):
+  cfg = _cfg(tiny_data_dir, tmp_path, ["model=gap", "finetune.modes=[full]"])
+  first = to_jsonable(run_experiment(cfg, tmp_path / "a")["rows"])
+  second = to_jsonable(run_experiment(cfg, tmp_path / "b")["rows"])  # restores the pretrained checkpoint
+  for r1, r2 in zip(first, second):
+    assert r1["location_map"] == r2["location_map"] and r1["curve"] == r2["curve"]
+  # Resume: a run over an output dir with finished rows recomputes none of them.
+  before = (tmp_path / "a" / "results.json").read_text()
+  again = run_experiment(cfg, tmp_path / "a")["rows"]
+  assert [r["invariance"] for r in again] == [r["invariance"] for r in first]
+  assert json.loads(before)["rows"] == json.loads((tmp_path / "a" / "results.json").read_text())["rows"]
+
+
+@pytest.mark.slow
+def test_cli_runs_npz_data_and_a_multirun(tiny_data_dir, tmp_path):
+  rng = np.random.default_rng(0)
+  labels = np.repeat(np.arange(4), 12)
+  images = (rng.random((48, 8, 8)) * 60).astype(np.uint8)
+  images[np.arange(48), labels + 2, 2:6] = 255  # a class-dependent bar
+  npz = tmp_path / "mine.npz"
+  np.savez(npz, images=images, labels=labels)
+  base = tiny_overrides(tiny_data_dir, str(tmp_path / "ckpt"))
+  base = [o for o in base if not o.startswith("data.")]
+  env = {**os.environ, "WANDB_MODE": "disabled"}
+  run = subprocess.run([sys.executable, "-m", "shiftbench.cli", "data=npz", f"data.path={npz}", "model=gap",
+                        f"hydra.run.dir={tmp_path / 'npz_run'}", *base], capture_output=True, text=True, env=env,
+                       timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  saved = json.loads((tmp_path / "npz_run" / "results.json").read_text())
+  assert saved["datasets"]["pretrain"].startswith("npz:") and len(saved["rows"]) == 4
+  sweep = tmp_path / "sweep"
+  run = subprocess.run([sys.executable, "-m", "shiftbench.cli", "-m", "model=cnn_fc,gap", "pretrain.regimes=[scratch]",
+                        "finetune.modes=[head]", f"hydra.sweep.dir={sweep}", *tiny_overrides(tiny_data_dir, str(tmp_path / "ckpt"))],
+                       capture_output=True, text=True, env=env, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  models = sorted(json.loads(p.read_text())["rows"][0]["model"] for p in sweep.glob("*/results.json"))
+  assert models == ["cnn_fc", "gap"]
+
+
+def test_missing_npz_file_fails_with_its_path(tmp_path):
+  env = {**os.environ, "WANDB_MODE": "disabled"}
+  run = subprocess.run([sys.executable, "-m", "shiftbench.cli", "data=npz", f"data.path={tmp_path}/nope.npz",
+                        "logger=none", f"hydra.run.dir={tmp_path / 'r'}"], capture_output=True, text=True, env=env,
+                       timeout=300)
+  assert run.returncode != 0
+  assert f"npz file not found: {tmp_path}/nope.npz" in run.stderr
