@@ -1,0 +1,95 @@
+"""Training: learns, is reproducible, freezes what it should, never retraces, and fails loudly on NaN."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from shiftbench import canvas, evaluation, train
+from shiftbench.models import ShiftNet
+
+SPEC = canvas.CanvasSpec(16, 6)
+
+
+def _bars(n=120, k=3, seed=0):
+  """Class k = a horizontal bar in row 2k of a 6x6 object: easy, so a few steps must learn it."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, k, n)
+  images = np.zeros((n, 6, 6, 1), np.uint8)
+  images[np.arange(n), 2 * labels, :, 0] = 255
+  return train.DeviceObjects.from_numpy(images, labels, k)
+
+
+def _model(seed=0, head="gap"):
+  return ShiftNet(num_classes=3, canvas_size=16, widths=(4, 8), head=head, rngs=nnx.Rngs(seed))
+
+
+def _params(model):
+  return jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
+
+
+def test_training_learns_an_easy_task_at_one_location():
+  data, model = _bars(), _model(head="fc")
+  place = train.Placement("fixed", (5, 5))
+  hist = train.train(model, optax.adam(1e-2), data, SPEC, place, steps=60, batch_size=32, seed=0, log_every=10)
+  assert hist[-1]["loss"] < hist[0]["loss"]
+  preds = evaluation.predict_grid(model, data.images, np.array([[5, 5]]), 16)
+  assert (preds[0] == np.asarray(data.labels)).mean() > 0.9
+
+
+def test_same_seed_same_params_and_different_seed_differs():
+  data, place = _bars(), train.Placement("translate", (0, 0))
+  runs = []
+  for seed in (0, 0, 1):
+    model = _model()
+    train.train(model, optax.adam(1e-3), data, SPEC, place, steps=5, batch_size=8, seed=seed)
+    runs.append(_params(model))
+  jax.tree.map(np.testing.assert_array_equal, runs[0], runs[1])
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(runs[0]), jax.tree.leaves(runs[2])))
+
+
+def test_head_mode_leaves_the_backbone_untouched():
+  data, model = _bars(), _model()
+  before = _params(model)
+  train.train(model, optax.adam(1e-2), data, SPEC, train.Placement("fixed", (2, 3)), steps=5, batch_size=8,
+              seed=0, mode="head")
+  after = _params(model)
+  jax.tree.map(np.testing.assert_array_equal, before["backbone"], after["backbone"])
+  assert not np.array_equal(before["head"]["proj"]["kernel"], after["head"]["proj"]["kernel"])
+
+
+def test_steps_compile_once_across_models_and_runs():
+  data, place, tx = _bars(), train.Placement("fixed", (0, 0)), optax.sgd(1e-2)
+  for seed in (0, 1):
+    train.train(_model(seed), tx, data, SPEC, place, steps=3, batch_size=8, seed=seed)
+  graphdef = nnx.split(_model(), nnx.Param, ...)[0]
+  update = train._compiled_update(graphdef, tx, SPEC, place, 8, 1)
+  assert update._cache_size() == 1  # one trace for two models, two runs and three steps each
+
+
+def test_scanned_dispatch_equals_one_step_per_dispatch():
+  data, place = _bars(), train.Placement("random_crop", (5, 5), 2)
+  results = []
+  for k in (1, 3):
+    model = _model()
+    train.train(model, optax.adam(1e-3), data, SPEC, place, steps=7, batch_size=8, seed=0, dispatch=k)
+    results.append(_params(model))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), *results)
+
+
+def test_nan_loss_stops_training_with_a_clear_error():
+  data, model = _bars(), _model()
+  with pytest.raises(FloatingPointError, match="loss became nan at step"):
+    train.train(model, optax.sgd(1e30), data, SPEC, train.Placement("fixed", (0, 0)), steps=20, batch_size=8,
+                seed=0, log_every=5)
+
+
+def test_bad_mode_and_location_are_rejected():
+  data, model = _bars(), _model()
+  with pytest.raises(ValueError, match="unknown fine-tune mode 'last'"):
+    train.train(model, optax.sgd(1e-2), data, SPEC, train.Placement("fixed", (0, 0)), steps=1, batch_size=8,
+                seed=0, mode="last")
+  with pytest.raises(ValueError, match="puts the object off the canvas"):
+    train.train(model, optax.sgd(1e-2), data, SPEC, train.Placement("fixed", (11, 0)), steps=1, batch_size=8,
+                seed=0)
