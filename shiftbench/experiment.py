@@ -45,6 +45,7 @@ class Protocol:
     self.pretrain_tx = hydra.utils.instantiate(cfg.pretrain.optimizer)
     self.finetune_tx = hydra.utils.instantiate(cfg.finetune.optimizer)
     self.evaluators = evaluators.build(cfg.eval.get("metrics"))
+    self._before: dict[tuple, dict[str, Any]] = {}  # shift metrics before fine-tuning, by model/regime/seed
 
   # -- evaluation ---------------------------------------------------------------------------------
   def location_map(self, model: nnx.Module, objects: train.DeviceObjects) -> dict[str, Any]:
@@ -101,7 +102,11 @@ class Protocol:
       nnx.update(model.backbone, jax.tree.map(jnp.copy, nnx.state(source.backbone)))
     curve: list[dict[str, Any]] = []
     eval_start = time.perf_counter()
-    before = self.shift_metrics(model, seed, before=True)  # pretrained backbone, fresh head
+    # Pretrained backbone + fresh head: the same for every fine-tune mode, so computed once per mode pair.
+    key = (name, regime, seed)
+    if key not in self._before:
+      self._before = {key: self.shift_metrics(model, seed, before=True)}
+    before = self._before[key]
     eval_seconds = time.perf_counter() - eval_start
 
     def on_eval(step: int, m: nnx.Module):

@@ -125,7 +125,8 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   return sorted(out, key=lambda e: (e["datasets"], e["model"], e["pretrain"], e["finetune"]))
 
 
-def _fmt(ms: tuple[float, float, int]) -> str:
+def fmt_mean_std(ms: tuple[float, float, int]) -> str:
+  """(mean, std, n) as "mean ± std" ("-" when no seed has a value)."""
   mean, std, n = ms
   if n == 0:
     return "-"
@@ -149,7 +150,7 @@ def build(rows: list[dict[str, Any]]) -> Board:
   columns = ["model", "pretrain", "finetune", *(["datasets"] if several_pairs else []), "seeds",
              *METRICS.values(), "params"]
   table = [[e["model"], e["pretrain"], e["finetune"], *([e["datasets"]] if several_pairs else []), len(e["seeds"]),
-            *(_fmt(e[m]) for m in METRICS), e["params"] if e["params"] is not None else "-"] for e in entries]
+            *(fmt_mean_std(e[m]) for m in METRICS), e["params"] if e["params"] is not None else "-"] for e in entries]
   markdown = tabulate(table, headers=columns, tablefmt="github")
   buf = io.StringIO()
   writer = csv.writer(buf)
