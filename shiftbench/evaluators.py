@@ -150,7 +150,7 @@ class Similarity(Evaluator):
   def run(self, model, objects, ctx) -> Result:
     objs = _first(objects, self.num_objects)
     sims = similarity.similarity_map(model, objs.images, objs.labels, ctx.grid, ctx.location,
-                                     ctx.spec.canvas_size, ctx.batch_size)
+                                     ctx.spec.canvas_size, ctx.batch_size, objects.num_classes)
     off = np.asarray(metrics.off_location_mask(ctx.grid, ctx.location, ctx.radius))
     names = similarity.layer_names(model, ctx.spec.canvas_size, int(objects.images.shape[-1]))
     per_layer = {n: float(np.nanmean(s[off])) if off.any() else float("nan") for n, s in zip(names, sims)}

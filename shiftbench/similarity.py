@@ -54,12 +54,21 @@ def cos_same(ref: jax.Array, feats: jax.Array) -> jax.Array:
   return jnp.mean(jnp.sum(unit_rows(ref) * unit_rows(feats), axis=-1), axis=-1)
 
 
-def cos_diff(feats: jax.Array, labels: jax.Array) -> jax.Array:
-  """Mean cosine over pairs of different-class objects at the same location: (..., N, D) -> (...)."""
+def cos_diff(feats: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
+  """Mean cosine over ordered pairs of different-class objects at the same location: (..., N, D) -> (...).
+
+  Computed from class sums, without the N x N Gram matrix (so thousands of objects fit): with unit rows
+  u_i, total s = sum_i u_i and class sums s_c, sum over different-class pairs of u_i.u_j is
+  |s|^2 - sum_c |s_c|^2, and there are N^2 - sum_c n_c^2 such pairs.
+  """
   u = unit_rows(feats)
-  gram = jnp.einsum("...id,...jd->...ij", u, u)
-  mask = (labels[:, None] != labels[None, :]).astype(jnp.float32)
-  return jnp.sum(gram * mask, axis=(-2, -1)) / jnp.maximum(jnp.sum(mask), 1.0)
+  onehot = jax.nn.one_hot(labels, num_classes, dtype=u.dtype)  # (N, K)
+  class_sums = jnp.einsum("nk,...nd->...kd", onehot, u)
+  total = jnp.sum(u, axis=-2)
+  pair_sum = jnp.sum(total * total, axis=-1) - jnp.sum(class_sums * class_sums, axis=(-2, -1))
+  counts = jnp.sum(onehot, axis=0)
+  n_pairs = labels.shape[0] ** 2 - jnp.sum(counts * counts)
+  return pair_sum / jnp.maximum(n_pairs, 1.0)
 
 
 def normalised_similarity(same: jax.Array, diff: jax.Array) -> jax.Array:
@@ -81,7 +90,7 @@ def _features_fn(graphdef: nnx.GraphDef, canvas_size: int):
 
 
 @functools.cache
-def _similarity_fn(graphdef: nnx.GraphDef, canvas_size: int):
+def _similarity_fn(graphdef: nnx.GraphDef, canvas_size: int, num_classes: int):
   """(state, objects, labels, refs, locations (Lc,2)) -> per-layer ((Lc,) cos_same, (Lc,) cos_diff)."""
 
   def similarity(state, objects, labels, refs, locations):
@@ -92,22 +101,24 @@ def _similarity_fn(graphdef: nnx.GraphDef, canvas_size: int):
     out = []
     for ref, f in zip(refs, feats):
       f = f.reshape(n_loc, n_obj, -1)
-      out.append((cos_same(ref, f), cos_diff(f, labels)))
+      out.append((cos_same(ref, f), cos_diff(f, labels, num_classes)))
     return out
 
   return jax.jit(similarity)
 
 
 def similarity_map(model: nnx.Module, objects: jax.Array, labels: jax.Array, locations: np.ndarray,
-                   reference: tuple[int, int], canvas_size: int, batch_size: int = 4096) -> np.ndarray:
+                   reference: tuple[int, int], canvas_size: int, batch_size: int = 4096,
+                   num_classes: int | None = None) -> np.ndarray:
   """Normalised similarity of every layer at every location: (layers, L) float numpy array.
 
-  All objects are evaluated together (cos_diff needs every pair), in chunks of locations.
+  All objects at one location are evaluated together (cos_diff pairs them all), in chunks of locations.
   """
   graphdef, state = nnx.split(model)
   objects, labels = jnp.asarray(objects), jnp.asarray(labels)
+  num_classes = int(labels.max()) + 1 if num_classes is None else int(num_classes)
   refs = _features_fn(graphdef, canvas_size)(state, objects, jnp.asarray(reference, jnp.int32))
-  fn = _similarity_fn(graphdef, canvas_size)
+  fn = _similarity_fn(graphdef, canvas_size, num_classes)
   n_loc = len(locations)
   chunk = max(1, min(n_loc, batch_size // max(1, int(objects.shape[0]))))
   locs = np.asarray(locations, np.int32)

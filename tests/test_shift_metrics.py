@@ -77,7 +77,7 @@ def test_a_fixed_patch_reader_is_correct_everywhere_only_for_the_background_clas
 def test_identical_inputs_have_similarity_one_and_an_invariant_representation_scores_one_everywhere():
   f = jax.random.normal(jax.random.key(0), (6, 10))
   labels = jnp.arange(6) % 3
-  assert float(similarity.normalised_similarity(similarity.cos_same(f, f), similarity.cos_diff(f, labels))) \
+  assert float(similarity.normalised_similarity(similarity.cos_same(f, f), similarity.cos_diff(f, labels, 3))) \
       == pytest.approx(1.0)
 
   class MaxBackbone(nnx.Module):  # a global max per channel: the same features wherever the object is
