@@ -126,7 +126,9 @@ class FlipRate(Evaluator):
     objs = _first(objects, self.num_objects)
     paths = sweep_paths(ctx.spec, ctx.location, self.length)
     locs = np.concatenate(list(paths.values()))
-    batch = min(ctx.batch_size, len(locs) * len(objs))  # one chunk when it fits: no padded locations
+    # Equal location chunks (predict_grid pads the last one): ceil(L / n) locations x all objects each.
+    n_chunks = -(-len(locs) * len(objs) // ctx.batch_size)
+    batch = max(len(objs), -(-len(locs) // n_chunks) * len(objs))
     preds = evaluation.predict_grid(model, objs.images, locs, ctx.spec.canvas_size, batch)
     flips, start = {}, 0
     for name, path in paths.items():

@@ -29,7 +29,7 @@ document.querySelectorAll('table.board th').forEach((th, col) => th.addEventList
 }));
 """
 _CSS = """body{font-family:sans-serif;margin:1.5em;color:#222}
-table.board{border-collapse:collapse;font-size:13px}
+table.board{border-collapse:collapse;font-size:12px;white-space:nowrap} div.scroll{overflow-x:auto}
 table.board th,table.board td{border:1px solid #ccc;padding:3px 7px;text-align:right}
 table.board th{background:#eee;cursor:pointer;user-select:none}
 table.board th[data-asc='1']::after{content:' \\25B2'} table.board th[data-asc='0']::after{content:' \\25BC'}
@@ -112,7 +112,7 @@ def render_html(columns: list[str], rows: list[list[Any]], figures: dict[str, Pa
   return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
           f"<style>{_CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n"
           "<p>Mean ± std over seeds. Click a column header to sort. Columns are defined in DESIGN.md section 4."
-          f"</p>\n<table class='board'><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>\n"
+          f"</p>\n<div class='scroll'><table class='board'><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table></div>\n"
           f"{figs}\n<script>{_SORT_JS}</script>\n</body></html>\n")
 
 
