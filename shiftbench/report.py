@@ -45,8 +45,8 @@ def location_map_grid(entries: list[dict[str, Any]], path: str | os.PathLike) ->
   models = sorted({e["model"] for e in entries})
   cols = _regime_columns(entries)
   by_key = {(e["model"], e["pretrain"], e["finetune"]): e for e in entries}
-  fig, axes = plt.subplots(len(models), len(cols), figsize=(2.6 * len(cols) + 1, 2.4 * len(models)),
-                           squeeze=False, dpi=90)
+  fig, axes = plt.subplots(len(models), len(cols), figsize=(2.6 * len(cols) + 1, 2.8 * len(models)),
+                           layout="constrained", squeeze=False, dpi=90)
   image = None
   for i, model in enumerate(models):
     for j, (regime, mode) in enumerate(cols):
@@ -112,7 +112,8 @@ def render_html(columns: list[str], rows: list[list[Any]], figures: dict[str, Pa
   return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
           f"<style>{_CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n"
           "<p>Mean ± std over seeds. Click a column header to sort. Columns are defined in DESIGN.md section 4."
-          f"</p>\n<div class='scroll'><table class='board'><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table></div>\n"
+          f"</p>\n<div class='scroll'><table class='board'><thead><tr>{head}</tr></thead>"
+          f"<tbody>\n{body}\n</tbody></table></div>\n"
           f"{figs}\n<script>{_SORT_JS}</script>\n</body></html>\n")
 
 

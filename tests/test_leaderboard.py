@@ -21,7 +21,8 @@ def test_cli_aggregates_seeds_from_every_results_file_and_writes_all_formats(tin
                        timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
   assert run.returncode == 0, run.stderr[-3000:]
   entries = json.loads((out / "leaderboard.json").read_text())
-  assert {(e["model"], e["pretrain"], e["finetune"]) for e in entries} == {("gap", "scratch", m) for m in ("head", "full")}
+  keys = {(e["model"], e["pretrain"], e["finetune"]) for e in entries}
+  assert keys == {("gap", "scratch", m) for m in ("head", "full")}
   for e in entries:
     assert e["seeds"] == [0, 1] and e["params"] > 0 and e["dataset_pair"] and e["architecture"]["head"] == "gap"
     assert e["reference"] and e["invariance_std"] == pytest.approx(0.1 / 2 ** 0.5, abs=1e-6)
@@ -56,7 +57,9 @@ def test_notebook_runs_on_a_tiny_run(tiny_results, tmp_path, monkeypatch):
   monkeypatch.setenv("SHIFTBENCH_FIGURES", str(tmp_path))
   monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
   nb = nbformat.read(ROOT / "notebooks" / "forgetting.ipynb", as_version=4)
-  nbclient.NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+  client = nbclient.NotebookClient(nb, timeout=180, kernel_name="python3",
+                                   resources={"metadata": {"path": str(tmp_path)}})
+  client.execute()
   text = json.dumps(nb["cells"][2]["outputs"])
   assert "2 leaderboard entries" in text and "consistency" in text
   assert (tmp_path / "location_maps.png").is_file() and (tmp_path / "forgetting_curves.png").is_file()
