@@ -54,8 +54,8 @@ def test_tiny_protocol_writes_every_row_and_artifact(tiny_data_dir, tmp_path, ca
       assert r["pretrain_in_acc_after"] == r["pretrain_in_acc_before"]
     assert r["params"] > 0 and 0 <= r["consistency"] <= 1 and 0 <= r["flip_rate"] <= 1
     assert r["worst_case_acc"] <= r["worst_of_k_acc"] + 1e-9  # every location is at least as hard as k of them
-    assert r["invariance_lost"] is None or r["invariance_lost"] == pytest.approx(
-        by_key[(r["model"], r["pretrain"], "head")]["invariance"] - by_key[(r["model"], r["pretrain"], "full")]["invariance"])
+    head, full = (by_key[(r["model"], r["pretrain"], m)]["invariance"] for m in ("head", "full"))
+    assert r["invariance_lost"] is None or r["invariance_lost"] == pytest.approx(head - full)
   board = (out / "leaderboard.md").read_text()
   assert "| cnn_fc" in board and "| gap" in board and (out / "leaderboard.csv").is_file()
   assert "consistency" in board and "worst_case" in board and "flip_rate" in board and "similarity" in board
