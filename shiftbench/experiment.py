@@ -20,7 +20,8 @@ import numpy as np
 from flax import nnx
 from omegaconf import DictConfig, OmegaConf
 
-from shiftbench import canvas, evaluation, leaderboard, metrics, plots, pretrained, results, train
+from shiftbench import (canvas, evaluation, evaluators, leaderboard, metrics, plots, pretrained, results,
+                        train)
 from shiftbench.data import ObjectSet, resize_objects
 from shiftbench.settings import Settings
 
@@ -43,6 +44,8 @@ class Protocol:
     # Optimisers are built once per phase so the jitted steps are cached across rows (no retrace).
     self.pretrain_tx = hydra.utils.instantiate(cfg.pretrain.optimizer)
     self.finetune_tx = hydra.utils.instantiate(cfg.finetune.optimizer)
+    self.evaluators = evaluators.build(cfg.eval.get("metrics"))
+    self._before: dict[tuple, dict[str, Any]] = {}  # shift metrics before fine-tuning, by model/regime/seed
 
   # -- evaluation ---------------------------------------------------------------------------------
   def location_map(self, model: nnx.Module, objects: train.DeviceObjects) -> dict[str, Any]:
@@ -50,7 +53,14 @@ class Protocol:
                                     self.s.eval_batch)
     acc = np.asarray(metrics.location_accuracy(preds, np.asarray(objects.labels)))
     summary = metrics.summarize_location_map(acc, self.grid, self.s.finetune_location, 0, objects.num_classes)
-    return {"acc": acc, **{k: float(v) for k, v in summary.items()}}
+    return {"acc": acc, "predictions": preds, **{k: float(v) for k, v in summary.items()}}
+
+  def shift_metrics(self, model: nnx.Module, seed: int, predictions: np.ndarray | None = None,
+                    before: bool = False) -> dict[str, Any]:
+    """Every configured evaluator (`eval.metrics`) on B's test objects; reuses the map's predictions."""
+    ctx = evaluators.EvalContext(self.s.spec, self.grid, self.s.finetune_location, radius=0,
+                                 batch_size=self.s.eval_batch, seed=seed, map_predictions=predictions)
+    return evaluators.run_all(self.evaluators, model, self.test_b, ctx, before=before)
 
   # -- models -------------------------------------------------------------------------------------
   def build(self, factory: ModelFactory, num_classes: int, seed: int) -> nnx.Module:
@@ -91,6 +101,13 @@ class Protocol:
       # A copy: training donates its param buffers, which must not be the pretrained model's own.
       nnx.update(model.backbone, jax.tree.map(jnp.copy, nnx.state(source.backbone)))
     curve: list[dict[str, Any]] = []
+    eval_start = time.perf_counter()
+    # Pretrained backbone + fresh head: the same for every fine-tune mode, so computed once per mode pair.
+    key = (name, regime, seed)
+    if key not in self._before:
+      self._before = {key: self.shift_metrics(model, seed, before=True)}
+    before = self._before[key]
+    eval_seconds = time.perf_counter() - eval_start
 
     def on_eval(step: int, m: nnx.Module):
       point = self.location_map(m, self.curve_b)
@@ -104,6 +121,9 @@ class Protocol:
                           desc=f"finetune {name}/{regime}/{mode}/s{seed}")
     train_seconds = time.perf_counter() - start
     final = self.location_map(model, self.test_b)
+    eval_start = time.perf_counter()
+    shift = self.shift_metrics(model, seed, final["predictions"])
+    eval_seconds += time.perf_counter() - eval_start
     a_after = None
     if source is not None:
       if mode == "head":  # backbone and A-head untouched: A's map is exactly the one before
@@ -131,9 +151,25 @@ class Protocol:
         "pretrain_off_acc_before": None if a_before is None else a_before["off_acc"],
         "pretrain_in_acc_after": None if a_after is None else a_after["in_acc"],
         "pretrain_off_acc_after": None if a_after is None else a_after["off_acc"],
+        "pretrain_invariance_lost": (None if a_after is None else a_before["invariance"] - a_after["invariance"]),
+        "invariance_lost": None,  # filled in once the head and full rows of this seed both exist
+        "params": param_count(model), **shift, **before, "eval_seconds": eval_seconds,
         "train_final": history[-1] if history else None, "finetune_seconds": train_seconds,
         "heatmap": str(heatmap.relative_to(self.output_dir)),
     }
+
+
+def param_count(model: nnx.Module) -> int:
+  """Trainable parameters of the whole model (backbone + head), as recorded in every row."""
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
+
+
+def fill_invariance_lost(rows: dict[tuple, dict[str, Any]]) -> None:
+  """invariance(head) - invariance(full) per model x pretrain x seed, written into both rows."""
+  for (name, regime, mode, seed), row in rows.items():
+    head, full = rows.get((name, regime, "head", seed)), rows.get((name, regime, "full", seed))
+    if head and full and head["invariance"] is not None and full["invariance"] is not None:
+      row["invariance_lost"] = head["invariance"] - full["invariance"]
 
 
 def _device_splits(objs: ObjectSet, max_test: int | None) -> tuple[train.DeviceObjects, train.DeviceObjects]:
@@ -187,14 +223,16 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
               continue
             row = protocol.finetune_row(name, factory, regime, mode, seed, source, a_before)
             done[key] = row
+            fill_invariance_lost(done)
             record["rows"] = list(done.values())
             results.write_json(results_path, record)
             tracker.log_row(row, output_dir / row["heatmap"])
             log.info("%s/%s/%s seed %d: in %.3f off %.3f invariance %.3f", name, regime, mode, seed,
                      row["in_acc"], row["off_acc"], row["invariance"])
-    board = leaderboard.write_leaderboard(record["rows"], output_dir)
+    board = leaderboard.write_leaderboard(leaderboard.annotate(record), output_dir)
     print("\n" + board.markdown + "\n", flush=True)
-    tracker.log_table(board.columns, board.rows)
+    tracker.log_table(board.columns, board.rows, {n: output_dir / f"{n}.png"
+                                                  for n in ("location_maps", "forgetting_curves")})
     exit_code = 0
   finally:
     tracker.finish(exit_code)

@@ -46,3 +46,43 @@ def summarize_location_map(acc_map: jax.Array, grid: jax.Array, location: tuple[
   off_acc = jnp.where(jnp.any(mask), off_acc, jnp.nan)
   return {"in_acc": in_acc, "off_acc": off_acc,
           "invariance": invariance_score(in_acc, off_acc, 1.0 / num_classes)}
+
+
+def worst_case_accuracy(predictions: jax.Array, labels: jax.Array) -> jax.Array:
+  """Fraction of objects classified correctly at *every* location (Engstrom et al. 2019).
+
+  Args:
+    predictions: (L, N) predicted classes, one row per location of the test grid.
+    labels: (N,) true classes.
+  """
+  correct = jnp.asarray(predictions) == jnp.asarray(labels)[None, :]
+  return jnp.mean(jnp.all(correct, axis=0))
+
+
+def worst_of_k_accuracy(key: jax.Array, predictions: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+  """Fraction of objects correct at all of k locations drawn per object, uniformly with replacement.
+
+  The cheap version of the worst case used when the full map is too expensive; it reads the (L, N) map
+  so both numbers come from the same forward passes. `k` must be a Python int (it sets a shape).
+  """
+  predictions = jnp.asarray(predictions)
+  n_loc, n_obj = predictions.shape
+  picks = jax.random.randint(key, (k, n_obj), 0, n_loc)
+  chosen = jnp.take_along_axis(predictions, picks, axis=0)  # (k, N)
+  return jnp.mean(jnp.all(chosen == jnp.asarray(labels)[None, :], axis=0))
+
+
+def flip_rate(predictions: jax.Array) -> jax.Array:
+  """Fraction of consecutive pairs along a path whose predictions differ (Hendrycks & Dietterich 2019).
+
+  Args:
+    predictions: (S, N) predicted classes of N objects at S successive locations of one path, each a
+      1-pixel step from the previous (several paths: concatenate their per-pair flags, see `path_flips`).
+  """
+  return jnp.mean(path_flips(predictions))
+
+
+def path_flips(predictions: jax.Array) -> jax.Array:
+  """(S, N) predictions along a path -> (S - 1, N) flags: did step s -> s + 1 change the prediction."""
+  predictions = jnp.asarray(predictions)
+  return predictions[1:] != predictions[:-1]

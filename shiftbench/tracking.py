@@ -12,6 +12,20 @@ from pathlib import Path
 from typing import Any
 
 MODES = ("online", "offline", "disabled")
+_NOT_METRICS = ("seed", "finetune_steps", "finetune_seconds", "eval_seconds", "chance")
+
+
+def scalar_metrics(row: dict[str, Any]) -> dict[str, float]:
+  """Every number of a results row, under its results key; dicts (per-layer similarity) flattened with `/`."""
+  out: dict[str, float] = {}
+  for name, value in row.items():
+    if name in _NOT_METRICS or isinstance(value, bool):
+      continue
+    if isinstance(value, (int, float)):
+      out[name] = value
+    elif isinstance(value, dict) and value and all(isinstance(v, (int, float)) for v in value.values()):
+      out.update({f"{name}/{k}": v for k, v in value.items()})
+  return out
 
 
 class WandbTracker:
@@ -42,7 +56,7 @@ class WandbTracker:
     import wandb
 
     key = f"{row['model']}/{row['pretrain']}/{row['finetune']}/s{row['seed']}"
-    data = {f"{key}/{m}": row[m] for m in ("in_acc", "off_acc", "invariance") if row.get(m) is not None}
+    data = {f"{key}/{name}": value for name, value in scalar_metrics(row).items()}
     if heatmap is not None:
       data[f"{key}/location_map"] = wandb.Image(str(heatmap))
     curve = row.get("curve") or []
@@ -52,12 +66,17 @@ class WandbTracker:
       data[f"{key}/curve"] = wandb.plot.line(table, "step", "invariance", title=f"{key}: invariance")
     self.run.log(data)
 
-  def log_table(self, columns: list[str], rows: list[list[Any]]) -> None:
+  def log_table(self, columns: list[str], rows: list[list[Any]], figures: dict[str, Path] | None = None) -> None:
+    """The leaderboard as a `wandb.Table`, plus its figures (location-map grid, curves) as images."""
     if self.run is None:
       return
     import wandb
 
-    self.run.log({"leaderboard": wandb.Table(columns=columns, data=rows)})
+    data: dict[str, Any] = {"leaderboard": wandb.Table(columns=columns, data=[[str(v) for v in r] for r in rows])}
+    for name, path in (figures or {}).items():
+      if Path(path).is_file():
+        data[f"leaderboard/{name}"] = wandb.Image(str(path))
+    self.run.log(data)
 
   def finish(self, exit_code: int = 0) -> None:
     if self.run is not None:

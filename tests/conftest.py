@@ -25,3 +25,31 @@ def tiny_overrides(data_dir: str, checkpoint_dir: str) -> list[str]:
       "pretrain.steps=6", "pretrain.batch_size=8", "finetune.steps=4", "finetune.batch_size=8",
       "finetune.eval_every=2", "eval.grid_stride=6", "eval.curve_objects=6", "eval.batch_size=256",
   ]
+
+
+@pytest.fixture(scope="session")
+def tiny_results(tiny_data_dir, tmp_path_factory):
+  """A directory holding a tiny real run (gap, scratch, head + full) and a copy of it as seed 1, so
+  leaderboard, notebook and tracking tests read genuine `results.json` files and can aggregate seeds."""
+  import json
+  from pathlib import Path
+
+  from hydra import compose, initialize_config_dir
+
+  from shiftbench.experiment import run_experiment
+
+  root = tmp_path_factory.mktemp("tiny_results")
+  conf = Path(__file__).resolve().parent.parent / "conf"
+  with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+    cfg = compose("config", overrides=tiny_overrides(tiny_data_dir, str(root / "ckpt"))
+                  + ["model=gap", "pretrain.regimes=[scratch]"])
+  run_experiment(cfg, root / "seed0")
+  record = json.loads((root / "seed0" / "results.json").read_text())
+  for r in record["rows"]:  # a tiny run may sit at chance (invariance undefined): give seed spread to test
+    r["invariance"] = 0.2
+  (root / "seed0" / "results.json").write_text(json.dumps(record))
+  for r in record["rows"]:
+    r["seed"], r["invariance"] = 1, 0.3
+  (root / "seed1").mkdir()
+  (root / "seed1" / "results.json").write_text(json.dumps(record))
+  return root

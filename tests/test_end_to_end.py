@@ -16,7 +16,9 @@ from shiftbench.results import to_jsonable
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 ROW_FIELDS = {"model", "pretrain", "finetune", "seed", "in_acc", "off_acc", "invariance", "location_map", "curve",
-              "pretrain_invariance_before", "pretrain_invariance_after"}
+              "pretrain_invariance_before", "pretrain_invariance_after", "pretrain_invariance_lost", "invariance_lost",
+              "params", "similarity", "similarity_layers", "similarity_before", "consistency", "consistency_circular",
+              "worst_case_acc", "worst_of_k_acc", "flip_rate"}
 
 
 def _cfg(tiny_data_dir, tmp_path, extra=()):
@@ -36,6 +38,7 @@ def test_tiny_protocol_writes_every_row_and_artifact(tiny_data_dir, tmp_path, ca
   saved = json.loads((out / "results.json").read_text())
   assert saved["environment"]["versions"]["jax"] and saved["environment"]["devices"]
   assert saved["config"]["seeds"] == [0]
+  by_key = {(r["model"], r["pretrain"], r["finetune"]): r for r in rows}
   for r in rows:
     assert ROW_FIELDS <= set(r)
     acc = np.array(r["location_map"]["acc"])
@@ -49,8 +52,15 @@ def test_tiny_protocol_writes_every_row_and_artifact(tiny_data_dir, tmp_path, ca
       assert r["pretrain_in_acc_before"] is not None
     if r["pretrain"] == "translate" and r["finetune"] == "head":  # frozen backbone: A is untouched
       assert r["pretrain_in_acc_after"] == r["pretrain_in_acc_before"]
+    assert r["params"] > 0 and 0 <= r["consistency"] <= 1 and 0 <= r["flip_rate"] <= 1
+    assert r["worst_case_acc"] <= r["worst_of_k_acc"] + 1e-9  # every location is at least as hard as k of them
+    head, full = (by_key[(r["model"], r["pretrain"], m)]["invariance"] for m in ("head", "full"))
+    assert r["invariance_lost"] is None or r["invariance_lost"] == pytest.approx(head - full)
   board = (out / "leaderboard.md").read_text()
   assert "| cnn_fc" in board and "| gap" in board and (out / "leaderboard.csv").is_file()
+  assert "consistency" in board and "worst_case" in board and "flip_rate" in board and "similarity" in board
+  for name in ("leaderboard.json", "index.html", "location_maps.png", "forgetting_curves.png"):
+    assert (out / name).is_file()
   assert "invariance" in capsys.readouterr().out
   ckpts = list((tmp_path / "ckpt").iterdir())
   assert sorted(p.name.split("-")[0] for p in ckpts) == ["cnn", "gap"] or len(ckpts) == 2

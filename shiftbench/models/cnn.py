@@ -82,12 +82,17 @@ class Head(nnx.Module):
     else:
       self.proj = nnx.Conv(c, num_classes, (1, 1), rngs=rngs)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def pre_logits(self, x: jax.Array) -> jax.Array:
+    """The last layer's input (the penultimate representation; see `similarity.layer_features`)."""
     if self.kind == "fc":
-      return self.proj(x.reshape(x.shape[0], -1))
+      return x.reshape(x.shape[0], -1)
     if self.kind == "gap":
-      return self.proj(x.mean(axis=(1, 2)))
-    return self.proj(x).mean(axis=(1, 2))
+      return x.mean(axis=(1, 2))
+    return x  # `conv`: the 1x1 conv reads the feature map itself
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    out = self.proj(self.pre_logits(x))
+    return out if self.kind != "conv" else out.mean(axis=(1, 2))
 
 
 class ShiftNet(nnx.Module):

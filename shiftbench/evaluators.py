@@ -1,0 +1,190 @@
+"""Uniform evaluators for every shift metric (big_vision style): `run(model, objects, ctx)` yields
+`(name, value)` pairs.
+
+Which evaluators run, and with which parameters, is the `eval.metrics` config: each key names one
+evaluator (instantiated with Hydra's `_target_`) and becomes the prefix of its results, so the same
+class can run twice under two keys (e.g. `consistency` and `consistency_circular`). A result called
+`name` is stored as `<key>_<name>` (or just `<key>` when the name is empty) in `results.json` rows and
+logged to wandb under the same key. Evaluators with `before = True` also run on the model before
+fine-tuning, stored as `<key>_before[_<name>]`.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import hydra
+import jax
+import numpy as np
+from flax import nnx
+
+from shiftbench import canvas, consistency, evaluation, metrics, similarity
+from shiftbench.train import DeviceObjects
+
+Result = Iterator[tuple[str, Any]]
+
+
+@dataclasses.dataclass
+class EvalContext:
+  """What every evaluator may read besides the model and objects; plain Python, never enters jit.
+
+  `map_predictions` holds the (L, N) predictions of the objects on `grid` when the caller has already
+  computed the location map, so metrics that read it (worst case) cost nothing extra.
+  """
+
+  spec: canvas.CanvasSpec
+  grid: np.ndarray
+  location: tuple[int, int]
+  radius: int = 0
+  batch_size: int = 4096
+  seed: int = 0
+  map_predictions: np.ndarray | None = None
+
+  def predictions(self, model: nnx.Module, objects: DeviceObjects) -> np.ndarray:
+    if self.map_predictions is None or self.map_predictions.shape != (len(self.grid), len(objects)):
+      self.map_predictions = evaluation.predict_grid(model, objects.images, self.grid, self.spec.canvas_size,
+                                                     self.batch_size)
+    return self.map_predictions
+
+
+class Evaluator(abc.ABC):
+  """One metric. Subclasses read their parameters into Python primitives in `__init__`."""
+
+  before: bool = False
+
+  @abc.abstractmethod
+  def run(self, model: nnx.Module, objects: DeviceObjects, ctx: EvalContext) -> Result:
+    """Yields `(name, value)`; values are floats or small JSON-able containers."""
+
+
+def _first(objects: DeviceObjects, n: int | None) -> DeviceObjects:
+  if n is None or n >= len(objects):
+    return objects
+  return DeviceObjects(objects.images[:n], objects.labels[:n], objects.num_classes)
+
+
+def _key(ctx: EvalContext, salt: int) -> jax.Array:
+  return jax.random.fold_in(jax.random.key(ctx.seed), salt)
+
+
+class ShiftConsistency(Evaluator):
+  """Zhang 2019 consistency for `canvas` or `circular` shifts of at most `d` pixels per axis."""
+
+  def __init__(self, d: int = 4, shift: str = "canvas", num_objects: int | None = 256, seed: int = 0):
+    if shift not in consistency.SHIFTS:
+      raise ValueError(f"unknown shift {shift!r}; allowed: {', '.join(consistency.SHIFTS)}")
+    self.d, self.shift, self.seed = int(d), shift, int(seed)
+    self.num_objects = None if num_objects is None else int(num_objects)
+
+  def run(self, model, objects, ctx) -> Result:
+    objs = _first(objects, self.num_objects)
+    yield "", consistency.shift_consistency(model, objs.images, _key(ctx, self.seed), ctx.spec, self.d,
+                                            self.shift, ctx.batch_size)
+
+
+class WorstCase(Evaluator):
+  """Accuracy of objects correct at every grid location (`k=None`) or at k random ones, read off the map."""
+
+  def __init__(self, k: int | None = None, seed: int = 1):
+    self.k, self.seed = (None if k is None else int(k)), int(seed)
+
+  def run(self, model, objects, ctx) -> Result:
+    preds = ctx.predictions(model, objects)
+    labels = np.asarray(objects.labels)
+    if self.k is None:
+      yield "acc", float(metrics.worst_case_accuracy(preds, labels))
+    else:
+      yield "acc", float(metrics.worst_of_k_accuracy(_key(ctx, self.seed), preds, labels, self.k))
+
+
+def sweep_paths(spec: canvas.CanvasSpec, through: tuple[int, int], length: int | None) -> dict[str, np.ndarray]:
+  """Horizontal and vertical 1-pixel paths through `through`, `length` steps long (None = the whole
+  axis), clipped to the canvas: {"horizontal": (S, 2), "vertical": (S, 2)} int32 locations."""
+  y, x = spec.check_location(through)
+  n = spec.max_offset + 1 if length is None else min(int(length) + 1, spec.max_offset + 1)
+
+  def span(c: int) -> np.ndarray:
+    start = min(max(0, c - n // 2), spec.max_offset + 1 - n)
+    return np.arange(start, start + n)
+
+  xs, ys = span(x), span(y)
+  return {"horizontal": np.stack([np.full_like(xs, y), xs], 1).astype(np.int32),
+          "vertical": np.stack([ys, np.full_like(ys, x)], 1).astype(np.int32)}
+
+
+class FlipRate(Evaluator):
+  """Fraction of 1-pixel steps that change the prediction, along sweeps through the fine-tune location."""
+
+  def __init__(self, length: int | None = None, num_objects: int | None = 100):
+    self.length = None if length is None else int(length)
+    self.num_objects = None if num_objects is None else int(num_objects)
+
+  def run(self, model, objects, ctx) -> Result:
+    objs = _first(objects, self.num_objects)
+    paths = sweep_paths(ctx.spec, ctx.location, self.length)
+    locs = np.concatenate(list(paths.values()))
+    # Equal location chunks (predict_grid pads the last one): ceil(L / n) locations x all objects each.
+    n_chunks = -(-len(locs) * len(objs) // ctx.batch_size)
+    batch = max(len(objs), -(-len(locs) // n_chunks) * len(objs))
+    preds = evaluation.predict_grid(model, objs.images, locs, ctx.spec.canvas_size, batch)
+    flips, start = {}, 0
+    for name, path in paths.items():
+      flips[name] = np.asarray(metrics.path_flips(preds[start:start + len(path)]))
+      start += len(path)
+    yield "", float(np.mean(np.concatenate(list(flips.values()))))
+    for name, f in flips.items():
+      yield name, float(np.mean(f))
+
+
+class Similarity(Evaluator):
+  """Biscione & Bowers per-layer similarity to the fine-tune location, mean over G_off.
+
+  Yields the penultimate layer's summary (`""`) and every layer's (`layers`, a dict by layer name).
+  """
+
+  def __init__(self, num_objects: int | None = 64, before: bool = True):
+    self.num_objects = None if num_objects is None else int(num_objects)
+    self.before = bool(before)
+
+  def run(self, model, objects, ctx) -> Result:
+    objs = _first(objects, self.num_objects)
+    sims = similarity.similarity_map(model, objs.images, objs.labels, ctx.grid, ctx.location,
+                                     ctx.spec.canvas_size, ctx.batch_size, objects.num_classes)
+    off = np.asarray(metrics.off_location_mask(ctx.grid, ctx.location, ctx.radius))
+    names = similarity.layer_names(model, ctx.spec.canvas_size, int(objects.images.shape[-1]))
+    per_layer = {n: float(np.nanmean(s[off])) if off.any() else float("nan") for n, s in zip(names, sims)}
+    yield "", per_layer["pre_logits"]
+    yield "layers", per_layer
+
+
+def build(cfg: Mapping[str, Any] | None) -> dict[str, Evaluator]:
+  """Instantiates every evaluator of the `eval.metrics` config, keyed by its prefix."""
+  if not cfg:
+    return {}
+  out = {}
+  for prefix, entry in cfg.items():
+    evaluator = hydra.utils.instantiate(entry)
+    if not isinstance(evaluator, Evaluator):
+      raise TypeError(f"eval.metrics.{prefix} must build a shiftbench.evaluators.Evaluator, got {type(evaluator)}")
+    out[str(prefix)] = evaluator
+  return out
+
+
+def result_key(prefix: str, name: str) -> str:
+  return f"{prefix}_{name}" if name else prefix
+
+
+def run_all(evaluators: Mapping[str, Evaluator], model: nnx.Module, objects: DeviceObjects, ctx: EvalContext,
+            before: bool = False) -> dict[str, Any]:
+  """Runs every evaluator (only those with `before` set when `before`) into one flat result dict."""
+  out = {}
+  for prefix, evaluator in evaluators.items():
+    if before and not evaluator.before:
+      continue
+    key = f"{prefix}_before" if before else prefix
+    for name, value in evaluator.run(model, objects, ctx):
+      out[result_key(key, name)] = value
+  return out

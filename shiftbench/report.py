@@ -1,0 +1,128 @@
+"""Leaderboard rendering: the figure grid of location maps, the forgetting curves, and one
+self-contained HTML page (sortable table, figures embedded as base64 PNG, no external files)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shiftbench import plots
+from shiftbench.results import atomic_write_text
+
+plt = plots.plt  # pyplot with the headless backend already selected
+
+# Clicking a header sorts by that column (numbers numerically, "0.812 ± 0.03" by its mean), again reverses.
+_SORT_JS = """
+document.querySelectorAll('table.board th').forEach((th, col) => th.addEventListener('click', () => {
+  const body = th.closest('table').tBodies[0], asc = th.dataset.asc !== '1';
+  const key = r => { const t = r.cells[col].textContent, v = parseFloat(t); return isNaN(v) ? t : v; };
+  [...body.rows].sort((a, b) => { const x = key(a), y = key(b);
+    return (x < y ? -1 : x > y ? 1 : 0) * (asc ? 1 : -1); }).forEach(r => body.appendChild(r));
+  th.closest('tr').querySelectorAll('th').forEach(h => delete h.dataset.asc);
+  th.dataset.asc = asc ? '1' : '0';
+}));
+"""
+_CSS = """body{font-family:sans-serif;margin:1.5em;color:#222}
+table.board{border-collapse:collapse;font-size:12px;white-space:nowrap} div.scroll{overflow-x:auto}
+table.board th,table.board td{border:1px solid #ccc;padding:3px 7px;text-align:right}
+table.board th{background:#eee;cursor:pointer;user-select:none}
+table.board th[data-asc='1']::after{content:' \\25B2'} table.board th[data-asc='0']::after{content:' \\25BC'}
+table.board td:nth-child(-n+3){text-align:left} img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}"""
+
+
+def _regime_columns(entries: list[dict[str, Any]]) -> list[tuple[str, str]]:
+  return sorted({(e["pretrain"], e["finetune"]) for e in entries}, key=lambda c: (c[0], c[1] != "head"))
+
+
+def location_map_grid(entries: list[dict[str, Any]], path: str | os.PathLike) -> Path:
+  """Models (rows) x pretrain regime / fine-tune mode (columns) of seed-mean location maps."""
+  models = sorted({e["model"] for e in entries})
+  cols = _regime_columns(entries)
+  by_key = {(e["model"], e["pretrain"], e["finetune"]): e for e in entries}
+  fig, axes = plt.subplots(len(models), len(cols), figsize=(2.6 * len(cols) + 1, 2.8 * len(models)),
+                           layout="constrained", squeeze=False, dpi=90)
+  image = None
+  for i, model in enumerate(models):
+    for j, (regime, mode) in enumerate(cols):
+      ax, e = axes[i, j], by_key.get((model, regime, mode))
+      if e is None or not e.get("location_map"):
+        ax.axis("off")
+        continue
+      m = e["location_map"]
+      loc = e.get("finetune_location")
+      image = plots.plot_location_map(ax, np.asarray(m["acc"], float), np.asarray(m["ys"]), np.asarray(m["xs"]),
+                                      e.get("chance") or 0.0, tuple(loc) if loc else None,
+                                      f"{model} | {regime} | {mode}\ninv {_num(e['invariance'][0])}")
+      ax.set_xlabel("")
+      ax.set_ylabel("")
+  if image is not None:
+    fig.colorbar(image, ax=axes, label="accuracy", shrink=0.8)
+  return _save(fig, path)
+
+
+def forgetting_curves(entries: list[dict[str, Any]], path: str | os.PathLike) -> Path:
+  """Invariance over fine-tune steps (seed means), one panel per model, one line per regime and mode."""
+  models = sorted({e["model"] for e in entries})
+  fig, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models), 3.0), squeeze=False, dpi=90)
+  for ax, model in zip(axes[0], models):
+    for e in entries:
+      if e["model"] != model or not e.get("curve"):
+        continue
+      steps = [p["step"] for p in e["curve"]]
+      ax.plot(steps, [p["invariance"] for p in e["curve"]], marker="o", markersize=3,
+              linestyle="-" if e["finetune"] == "full" else "--", label=f"{e['pretrain']}/{e['finetune']}")
+    ax.set_title(model, fontsize=10)
+    ax.set_xlabel("fine-tune step")
+    ax.axhline(0.0, color="grey", linewidth=0.5)
+    ax.legend(fontsize=7)
+  axes[0, 0].set_ylabel("invariance score")
+  return _save(fig, path)
+
+
+def _num(v: float | None) -> str:
+  return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.tmp.png")
+  fig.savefig(tmp, bbox_inches="tight")
+  plt.close(fig)
+  os.replace(tmp, path)
+  return path
+
+
+def _img(path: Path, alt: str) -> str:
+  data = base64.b64encode(path.read_bytes()).decode("ascii")
+  return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def render_html(columns: list[str], rows: list[list[Any]], figures: dict[str, Path], title: str) -> str:
+  """One HTML document: the table (click a header to sort) and the figures inlined as base64 PNG."""
+  head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+  body = "\n".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>" for r in rows)
+  figs = "\n".join(f"<h2>{html.escape(name)}</h2>\n{_img(p, name)}" for name, p in figures.items())
+  return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+          f"<style>{_CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n"
+          "<p>Mean ± std over seeds. Click a column header to sort. Columns are defined in DESIGN.md section 4."
+          f"</p>\n<div class='scroll'><table class='board'><thead><tr>{head}</tr></thead>"
+          f"<tbody>\n{body}\n</tbody></table></div>\n"
+          f"{figs}\n<script>{_SORT_JS}</script>\n</body></html>\n")
+
+
+def write_report(board, out_dir: str | os.PathLike) -> Path:
+  """Writes `location_maps.png`, `forgetting_curves.png` and `index.html` into `out_dir`."""
+  out_dir = Path(out_dir)
+  figures = {"Location maps (models x pretrain / fine-tune)":
+             location_map_grid(board.entries, out_dir / "location_maps.png")}
+  if any(e.get("curve") for e in board.entries):
+    figures["Invariance over fine-tune steps"] = forgetting_curves(board.entries, out_dir / "forgetting_curves.png")
+  page = render_html(board.columns, board.rows, figures, "shiftbench leaderboard")
+  return atomic_write_text(out_dir / "index.html", page)
