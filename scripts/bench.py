@@ -217,6 +217,7 @@ def main(argv=None) -> dict:
   p.add_argument("--workers", type=int, default=0, help="PyTorch DataLoader workers in the e2e run")
   p.add_argument("--torch-threads", type=int, default=2)
   p.add_argument("--alternatives", action="store_true", help="also time the other conv, lax.scan dispatch and torch at 1 thread")
+  p.add_argument("--peak-n", type=int, default=2048, help="side of the fp32 matmul that measures the peak")
   p.add_argument("--out", type=Path)
   args = p.parse_args(argv)
   torch.set_num_threads(args.torch_threads)
@@ -227,7 +228,7 @@ def main(argv=None) -> dict:
   labels = rng.integers(0, 10, args.objects).astype(np.int32)
   data = train.DeviceObjects.from_numpy(images, labels, 10)
   grid = canvas.location_grid(spec, args.grid_stride, include=spec.center())
-  peak = matmul_peak()
+  peak = matmul_peak(args.peak_n)
   r = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "argv": sys.argv, "args": vars(args) | {
       "out": str(args.out)}, "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
       "load_avg_start": os.getloadavg(), "jax": jax.__version__, "torch": torch.__version__,
