@@ -210,7 +210,7 @@ def main(argv=None) -> dict:
   p.add_argument("--objects", type=int, default=2000, help="training objects")
   p.add_argument("--eval-objects", type=int, default=500)
   p.add_argument("--grid-stride", type=int, default=5)
-  p.add_argument("--eval-batch", type=int, default=4096)
+  p.add_argument("--eval-batch", type=int, default=512)
   p.add_argument("--e2e-steps", type=int, default=600, help="fine-tune steps of the end-to-end row (0: skip)")
   p.add_argument("--e2e-eval-every", type=int, default=150)
   p.add_argument("--e2e-reps", type=int, default=2)
@@ -232,7 +232,7 @@ def main(argv=None) -> dict:
   r = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "argv": sys.argv, "args": vars(args) | {
       "out": str(args.out)}, "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
       "load_avg_start": os.getloadavg(), "jax": jax.__version__, "torch": torch.__version__,
-      "backend": jax.default_backend(), "conv": fastconv.conv_for_backend().__name__,
+      "backend": jax.default_backend(), "conv": "conv_general_dilated",
       "allocator": os.environ.get("LD_PRELOAD") or "glibc malloc (no LD_PRELOAD), both sides",
       "torch_threads": args.torch_threads, "matmul_peak_gflops": peak, "train": {}}
   for name in args.models.split(","):

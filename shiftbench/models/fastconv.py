@@ -3,8 +3,10 @@
 The networks here are small (1-64 channels, 32-64 px canvases), where XLA:CPU's convolution kernels run
 far below matmul speed (a 1 -> 8 channel conv reached ~3 GFLOP/s). Gathering the k x k patches with
 strided slices and multiplying them by the reshaped kernel turns every conv, and through autodiff both of
-its gradients, into one GEMM plus cheap slicing that XLA fuses. `conv_for_backend` picks it where it was
-measured to win (CPU, see README "Performance") and keeps XLA's own convolution elsewhere (GPU/TPU).
+its gradients, into one GEMM plus cheap slicing that XLA fuses. Measured side by side (README
+"Performance", `scripts/bench.py --alternatives`) it did not win robustly: training tied with XLA's conv
+within noise and forward-only evaluation was slower, so `PaddedConv` keeps XLA's conv and this stays an
+opt-in (`nnx.Conv(..., conv_general_dilated=patch_conv)`) with its gradients tested against XLA's.
 """
 
 from __future__ import annotations

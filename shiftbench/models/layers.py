@@ -16,8 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from shiftbench.models import fastconv
-
 PADDINGS: tuple[str, ...] = ("same", "valid", "circular", "full")
 BLUR_PADDINGS: tuple[str, ...] = ("reflect", "zero", "circular")
 _JNP_PAD_MODE = {"reflect": "reflect", "zero": "constant", "circular": "wrap"}
@@ -47,9 +45,8 @@ class PaddedConv(nnx.Module):
   def __init__(self, in_features: int, out_features: int, kernel_size: int, *, padding: str = "same",
                stride: int = 1, rngs: nnx.Rngs):
     self.pad, self.pad_mode = conv_padding(kernel_size, padding)
-    # patches + matmul on CPU, where it beat XLA's conv at these sizes; XLA's own conv elsewhere
     self.conv = nnx.Conv(in_features, out_features, (kernel_size, kernel_size), strides=stride,
-                         padding="VALID", conv_general_dilated=fastconv.conv_for_backend(), rngs=rngs)
+                         padding="VALID", rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.pad != (0, 0):
