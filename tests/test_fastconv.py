@@ -53,7 +53,3 @@ def test_explicit_padding_pairs_and_fallbacks():
   np.testing.assert_allclose(dilated, lax.conv_general_dilated(x, w, (1, 1), "VALID", rhs_dilation=(2, 2),
                                                                dimension_numbers=DN), rtol=1e-5, atol=1e-5)
 
-
-def test_backend_choice():
-  assert fastconv.conv_for_backend("gpu") is lax.conv_general_dilated
-  assert fastconv.conv_for_backend("cpu") is fastconv.patch_conv

@@ -11,7 +11,7 @@ opt-in (`nnx.Conv(..., conv_general_dilated=patch_conv)`) with its gradients tes
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -65,8 +65,3 @@ def patch_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], pa
   out = jnp.dot(cols.reshape(b * ho * wo, k), rhs.reshape(kh * kw * cin, cout), precision=precision)
   return out.reshape(b, ho, wo, cout)
 
-
-def conv_for_backend(backend: str | None = None) -> Callable:
-  """The convolution that `PaddedConv` hands to `nnx.Conv`: patches + matmul on CPU, XLA's elsewhere."""
-  backend = backend or jax.default_backend()
-  return patch_conv if backend == "cpu" else lax.conv_general_dilated
