@@ -1,0 +1,85 @@
+"""The PyTorch reference for scripts/bench.py: the same network, canvases and data paths in PyTorch.
+
+`TorchTwin` mirrors `shiftbench.models.ShiftNet` for the presets with a PyTorch equivalent (max-pool
+backbone, `same` padding, `fc` or `gap` head): same layer shapes and FLOPs, PyTorch's default init.
+Two data paths: `place` composes canvases on the tensor side (the fast way), `HostCanvasDataset` pastes
+each object into a numpy canvas in `__getitem__` (the way published code does it, behind a DataLoader).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SUPPORTED = {"downsample": ("max",), "padding": ("same",), "head": ("fc", "gap")}
+
+
+def check_supported(model_cfg: dict) -> str | None:
+  """None if the preset has a PyTorch twin, else the reason it has none."""
+  for key, allowed in SUPPORTED.items():
+    if model_cfg.get(key) not in allowed:
+      return f"{key}={model_cfg.get(key)!r} has no PyTorch twin (supported: {', '.join(allowed)})"
+  return None
+
+
+class TorchTwin(nn.Module):
+  """conv (same padding) -> 2x2 max pool -> ReLU per block, then flatten/GAP + linear."""
+
+  def __init__(self, *, num_classes: int, canvas_size: int, widths: Sequence[int], kernel_size: int = 3,
+               head: str = "fc", in_channels: int = 1):
+    super().__init__()
+    chans = [in_channels, *widths]
+    k = kernel_size
+    # `same` in shiftbench pads (k-1)//2 before and k//2 after; equal for the odd kernels of the presets.
+    self.pad = ((k - 1) // 2, k // 2, (k - 1) // 2, k // 2)
+    self.convs = nn.ModuleList(nn.Conv2d(a, b, k) for a, b in zip(chans[:-1], chans[1:]))
+    side = canvas_size
+    for _ in widths:
+      side //= 2
+    self.head = head
+    self.fc = nn.Linear(side * side * widths[-1] if head == "fc" else widths[-1], num_classes)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    for conv in self.convs:
+      x = F.relu(F.max_pool2d(conv(F.pad(x, self.pad)), 2))
+    # flatten in NHWC order like the JAX model, so the fc weights have the same layout and size
+    x = x.permute(0, 2, 3, 1).flatten(1) if self.head == "fc" else x.mean((2, 3))
+    return self.fc(x)
+
+
+def place(objects: torch.Tensor, locations: torch.Tensor, canvas_size: int) -> torch.Tensor:
+  """(B, C, h, w) float objects at (B, 2) top-left locations -> (B, C, H, W) zero canvases, vectorised."""
+  b, c, h, w = objects.shape
+  out = objects.new_zeros(b, c, canvas_size, canvas_size)
+  rows = (locations[:, 0, None] + torch.arange(h))[:, None, :, None]
+  cols = (locations[:, 1, None] + torch.arange(w))[:, None, None, :]
+  out[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols] = objects
+  return out
+
+
+class HostCanvasDataset(torch.utils.data.Dataset):
+  """Each item pastes one uint8 object into a numpy canvas at its location: host-side composition."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray, canvas_size: int, location: tuple[int, int] | None,
+               seed: int = 0):
+    self.images, self.labels, self.canvas_size = images, labels, canvas_size
+    self.location = location  # None: uniform over valid locations (translate)
+    self.rng = np.random.default_rng(seed)
+
+  def __len__(self) -> int:
+    return len(self.images)
+
+  def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    obj = self.images[i]
+    h, w, c = obj.shape
+    if self.location is None:
+      y, x = self.rng.integers(0, self.canvas_size - h + 1, 2)
+    else:
+      y, x = self.location
+    canvas = np.zeros((c, self.canvas_size, self.canvas_size), np.float32)
+    canvas[:, y:y + h, x:x + w] = obj.transpose(2, 0, 1) / 255.0
+    return torch.from_numpy(canvas), int(self.labels[i])
