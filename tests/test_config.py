@@ -88,5 +88,5 @@ def test_unknown_model_part_names_the_allowed_values():
   factory = hydra.utils.instantiate(cfg.model.gap)
   with pytest.raises(ValueError, match="unknown head 'mlp'; allowed: fc, gap, conv"):
     factory(num_classes=3, canvas_size=32, head="mlp", rngs=nnx.Rngs(0))
-  with pytest.raises(ValueError, match="unknown downsample 'avg'"):
-    factory(num_classes=3, canvas_size=32, downsample="avg", rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="unknown downsample 'avgmax'"):
+    factory(num_classes=3, canvas_size=32, downsample="avgmax", rngs=nnx.Rngs(0))

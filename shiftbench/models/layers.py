@@ -49,10 +49,10 @@ class PaddedConv(nnx.Module):
   """A 2-D convolution whose padding is explicit, so every mode (incl. circular) is one code path."""
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int, *, padding: str = "same",
-               stride: int = 1, rngs: nnx.Rngs):
+               stride: int = 1, use_bias: bool = True, rngs: nnx.Rngs):
     self.pad, self.pad_mode = conv_padding(kernel_size, padding)
     self.conv = nnx.Conv(in_features, out_features, (kernel_size, kernel_size), strides=stride,
-                         padding="VALID", rngs=rngs)
+                         padding="VALID", use_bias=use_bias, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.pad != (0, 0):

@@ -37,7 +37,8 @@ class Down(nnx.Module):
   """The stride-2 step after a stride-1 operation (`blur` or `aps`); `stride` subsamples in the conv."""
 
   def __init__(self, downsample: str, blur_size: int, blur_padding: str, aps_norm: str):
-    self.downsample, self.blur_size, self.blur_padding, self.aps_norm = downsample, blur_size, blur_padding, aps_norm
+    self.downsample, self.blur_size = downsample, blur_size
+    self.blur_padding, self.aps_norm = blur_padding, aps_norm
 
   def blur(self, x: jax.Array, stride: int) -> jax.Array:
     if self.downsample == "aps" and self.blur_size == 1:
@@ -59,9 +60,10 @@ class BasicBlock(nnx.Module):
   def __init__(self, cin: int, cout: int, stride: int, *, padding: str, down: Down, rngs: nnx.Rngs):
     self.stride, self.down = stride, down
     conv_stride = stride if down.downsample == "stride" else 1
-    self.conv1 = layers.PaddedConv(cin, cout, 3, padding=padding, stride=conv_stride, rngs=rngs)
+    self.conv1 = layers.PaddedConv(cin, cout, 3, padding=padding, stride=conv_stride, use_bias=False,
+                                     rngs=rngs)
     self.bn1 = nnx.BatchNorm(cout, momentum=BN_MOMENTUM, rngs=rngs)
-    self.conv2 = layers.PaddedConv(cout, cout, 3, padding=padding, rngs=rngs)
+    self.conv2 = layers.PaddedConv(cout, cout, 3, padding=padding, use_bias=False, rngs=rngs)
     self.bn2 = nnx.BatchNorm(cout, momentum=BN_MOMENTUM, rngs=rngs)
     self.project = stride != 1 or cin != cout
     if self.project:
@@ -98,7 +100,8 @@ class ResNetBackbone(nnx.Module):
     self.max_mode = "wrap" if padding == "circular" else "edge"
     k, stem_stride = (3, 1) if stem == "cifar" else (7, 2)
     self.stem_conv = layers.PaddedConv(in_channels, widths[0], k, padding=padding,
-                                       stride=stem_stride if downsample == "stride" else 1, rngs=rngs)
+                                       stride=stem_stride if downsample == "stride" else 1, use_bias=False,
+                                       rngs=rngs)
     self.stem_bn = nnx.BatchNorm(widths[0], momentum=BN_MOMENTUM, rngs=rngs)
     blocks_list = []
     cin = widths[0]
