@@ -96,7 +96,7 @@ def _make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, spec: c
     y = labels[idx]
 
     def loss_fn(p):
-      model = nnx.merge(graphdef, p, rest)
+      model = nnx.merge(graphdef, p, rest, copy=True)  # fresh Variables: BatchNorm may write its stats
       logits = model(x)
       # Non-param state the forward pass updated (BatchNorm running stats in train mode) goes back into `rest`.
       new_rest = nnx.merge_state(rest, nnx.state(model, nnx.Not(nnx.Param)))

@@ -62,15 +62,23 @@ def objects_on_blank_canvas(n: int, canvas: int, size: int = 12, seed: int = 0):
   return x
 
 
-def train_a_few_steps(model, steps: int = 3, mode: str = "full", canvas_size: int = 32, seed: int = 0):
+@functools.cache
+def _adam():
+  """One optimiser object for all tests, so the cached jitted training steps are reused across tests."""
+  import optax
+
+  return optax.adam(1e-2)
+
+
+def train_a_few_steps(model, steps: int = 3, mode: str = "full", canvas_size: int = 32, seed: int = 0,
+                      dispatch: int = 1):
   """A few real training steps through `shiftbench.train` (random objects, translate regime)."""
   import numpy as np
-  import optax
 
   from shiftbench import canvas, train
 
   rng = np.random.default_rng(seed)
   data = train.DeviceObjects.from_numpy(rng.integers(0, 256, (16, 8, 8, 1)), rng.integers(0, 3, 16), 3)
-  return train.train(model, optax.adam(1e-2), data, canvas.CanvasSpec(canvas_size, 8),
+  return train.train(model, _adam(), data, canvas.CanvasSpec(canvas_size, 8),
                      train.Placement("translate", (0, 0)), steps=steps, batch_size=8, seed=seed, mode=mode,
-                     dispatch=1)
+                     dispatch=dispatch)

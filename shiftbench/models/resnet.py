@@ -154,7 +154,7 @@ class ResNet(nnx.Module):
                stem: str = "cifar", downsample: str = "stride", padding: str = "same", head: str = "gap",
                blur_size: int = 4, blur_padding: str | None = None, aps_norm: str = "l2", rngs: nnx.Rngs):
     layers._check(downsample, DOWNSAMPLES, "downsample")
-    layers._check(padding, ("same", "circular"), "ResNet padding (residuals need size-preserving convs)")
+    layers._check(padding, ("same", "circular"), "ResNet padding")  # residuals need size-preserving convs
     layers._check(aps_norm, aps.NORMS, "APS norm")
     if len(widths) != len(blocks):
       raise ValueError(f"widths {list(widths)} and blocks {list(blocks)} must have the same length")
