@@ -90,3 +90,8 @@ def test_unknown_model_part_names_the_allowed_values():
     factory(num_classes=3, canvas_size=32, head="mlp", rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="unknown downsample 'avgmax'"):
     factory(num_classes=3, canvas_size=32, downsample="avgmax", rngs=nnx.Rngs(0))
+
+
+def test_the_model_zoo_presets_exist():
+  assert {"cnn_fc", "fcn", "gap", "blurpool", "aps", "resnet18", "resnet18_blurpool", "resnet18_aps"} <= set(
+      _options("model"))
