@@ -46,7 +46,8 @@ def predict_grid(model: nnx.Module, objects: jax.Array, locations: np.ndarray, c
   """Predicted class of every object at every location.
 
   Args:
-    model: the network (evaluated as is; no training-mode behaviour).
+    model: the network; switched to eval mode (`model.eval()`: BatchNorm uses its running averages, so a
+      prediction does not depend on the rest of the batch).
     objects: (N, h, w, C) uint8 objects, ideally already on the device.
     locations: (L, 2) int top-left coordinates, all valid.
     canvas_size: side of the square canvas.
@@ -55,6 +56,7 @@ def predict_grid(model: nnx.Module, objects: jax.Array, locations: np.ndarray, c
   Returns:
     (L, N) int32 numpy array of predicted classes.
   """
+  model.eval()
   graphdef, state = nnx.split(model)
   fn = _predict_chunk_fn(graphdef, canvas_size)
   n_obj, n_loc = int(objects.shape[0]), int(locations.shape[0])

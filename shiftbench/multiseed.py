@@ -58,6 +58,8 @@ def train_seeds(models: Sequence[nnx.Module], tx: optax.GradientTransformation, 
   if len(models) != len(seeds) or not models:
     raise ValueError(f"need one model per seed, got {len(models)} models and {len(seeds)} seeds")
   spec.check_location(placement.location)
+  for m in models:
+    train.set_mode(m, mode)  # BatchNorm: batch stats for trained parts, running averages for a frozen one
   splits = [nnx.split(m, train.trainable_filter(mode), ...) for m in models]
   graphdef = splits[0][0]
   if any(g != graphdef for g, _, _ in splits[1:]):
@@ -69,8 +71,8 @@ def train_seeds(models: Sequence[nnx.Module], tx: optax.GradientTransformation, 
   update = _compiled_update(graphdef, tx, spec, placement, batch_size)
   histories: list[list[train.Metrics]] = [[] for _ in seeds]
   for done in range(1, steps + 1):
-    params, opt_state, metrics = update(params, opt_state, rest, base_keys, np.int32(done - 1), data.images,
-                                        data.labels)
+    params, opt_state, rest, metrics = update(params, opt_state, rest, base_keys, np.int32(done - 1),
+                                              data.images, data.labels)
     if done % log_every == 0 or done == steps:
       host = {k: np.asarray(v) for k, v in metrics.items()}
       for i, seed in enumerate(seeds):
@@ -78,6 +80,7 @@ def train_seeds(models: Sequence[nnx.Module], tx: optax.GradientTransformation, 
         if not math.isfinite(logged["loss"]):
           raise FloatingPointError(f"seed {seed}: loss became {logged['loss']} at step {done}")
         histories[i].append({"step": done, **logged})
-  for model, p in zip(models, _unstack(params, len(models))):
-    nnx.update(model, p)
+  for model, p, r in zip(models, _unstack(params, len(models)), _unstack(rest, len(models))):
+    nnx.update(model, p, r)
+    model.eval()  # as `train.train` leaves it: ready for evaluation
   return histories

@@ -64,6 +64,14 @@ def trainable_filter(mode: str) -> Any:
   raise ValueError(f"unknown fine-tune mode {mode!r}; allowed: {', '.join(TRAIN_MODES)}")
 
 
+def set_mode(model: nnx.Module, mode: str) -> None:
+  """Train-mode layers (BatchNorm batch statistics) for what trains: all of the model in `full` mode;
+  in `head` mode the backbone runs in eval mode, so its BN uses and keeps the pretrained running averages."""
+  model.train()
+  if mode == "head":
+    getattr(model, "backbone", model).eval()
+
+
 def steps_per_dispatch(requested: int | str) -> int:
   """`auto`: 1 on CPU, where a conv step inside `lax.scan` ran ~20x slower (PERF-NOTES.md), else 10."""
   if requested == "auto":
@@ -88,14 +96,17 @@ def _make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, spec: c
     y = labels[idx]
 
     def loss_fn(p):
-      logits = nnx.merge(graphdef, p, rest)(x)
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
+      model = nnx.merge(graphdef, p, rest, copy=True)  # fresh Variables: BatchNorm may write its stats
+      logits = model(x)
+      # Non-param state the forward pass updated (BatchNorm running stats in train mode) goes back into `rest`.
+      new_rest = nnx.merge_state(rest, nnx.state(model, nnx.Not(nnx.Param)))
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (logits, new_rest)
 
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     acc = jnp.mean(jnp.argmax(logits, -1) == y)
-    return params, opt_state, {"loss": loss, "acc": acc}
+    return params, opt_state, rest, {"loss": loss, "acc": acc}
 
   return step
 
@@ -111,14 +122,14 @@ def _compiled_update(graphdef, tx, spec, placement, batch_size, k):
       return step(params, opt_state, rest, keys[0], images, labels)
 
     def body(carry, key):
-      p, o = carry
-      p, o, m = step(p, o, rest, key, images, labels)
-      return (p, o), m
+      p, o, r = carry
+      p, o, r, m = step(p, o, r, key, images, labels)
+      return (p, o, r), m
 
-    (params, opt_state), ms = jax.lax.scan(body, (params, opt_state), keys)
-    return params, opt_state, jax.tree.map(lambda v: v[-1], ms)
+    (params, opt_state, rest), ms = jax.lax.scan(body, (params, opt_state, rest), keys)
+    return params, opt_state, rest, jax.tree.map(lambda v: v[-1], ms)
 
-  return jax.jit(update, donate_argnums=(0, 1))
+  return jax.jit(update, donate_argnums=(0, 1))  # not `rest`: in `head` mode it holds the frozen backbone
 
 
 def train(model: nnx.Module, tx: optax.GradientTransformation, data: DeviceObjects, spec: canvas.CanvasSpec,
@@ -128,8 +139,8 @@ def train(model: nnx.Module, tx: optax.GradientTransformation, data: DeviceObjec
   """Trains `model` in place for `steps` steps and returns the logged metrics.
 
   Args:
-    model: the network; its params are updated in place (via `nnx.update`) when training ends and before
-      every `on_eval` call.
+    model: the network; its params and batch stats are updated in place (via `nnx.update`) when training
+      ends and before every `on_eval` call; it is left in eval mode (`model.eval()`) at the end.
     tx: the optax optimiser.
     data: training objects on the device.
     spec, placement: canvas geometry and where objects are placed.
@@ -142,6 +153,7 @@ def train(model: nnx.Module, tx: optax.GradientTransformation, data: DeviceObjec
   """
   spec.check_location(placement.location)
   k = steps_per_dispatch(dispatch)
+  set_mode(model, mode)
   graphdef, params, rest = nnx.split(model, trainable_filter(mode), ...)
   opt_state = tx.init(params)
   update = _compiled_update(graphdef, tx, spec, placement, batch_size, k)
@@ -149,7 +161,7 @@ def train(model: nnx.Module, tx: optax.GradientTransformation, data: DeviceObjec
   history: list[Metrics] = []
 
   def sync_model():
-    nnx.update(model, params)
+    nnx.update(model, params, rest)
 
   if on_eval is not None:
     on_eval(0, model)
@@ -159,8 +171,8 @@ def train(model: nnx.Module, tx: optax.GradientTransformation, data: DeviceObjec
       n = min(k, steps - done) if k > 1 else 1
       if n != k:  # a short final chunk: run it step by step rather than compiling another scan length
         update = _compiled_update(graphdef, tx, spec, placement, batch_size, 1)
-      params, opt_state, metrics = update(params, opt_state, rest, base_key, np.int32(done), data.images,
-                                          data.labels)
+      params, opt_state, rest, metrics = update(params, opt_state, rest, base_key, np.int32(done), data.images,
+                                                data.labels)
       done += n
       bar.update(n)
       if done % log_every < n or done == steps:
@@ -174,6 +186,7 @@ def train(model: nnx.Module, tx: optax.GradientTransformation, data: DeviceObjec
         sync_model()
         on_eval(done, model)
   sync_model()
+  model.eval()
   if on_eval is not None:
     on_eval(steps, model)
   return history

@@ -1,5 +1,6 @@
 """Shared test settings: CPU only, no network, tiny data, no wandb."""
 
+import functools
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -53,3 +54,59 @@ def tiny_results(tiny_data_dir, tmp_path_factory):
   (root / "seed1").mkdir()
   (root / "seed1" / "results.json").write_text(json.dumps(record))
   return root
+
+
+def circular_shift_logits(model, x, shifts):
+  """Logits (S, B, K) of `model` (in eval mode) on every input of `x` rolled by each (dy, dx) in `shifts`,
+  in one compiled program, cached per model structure (so hypothesis examples do not recompile)."""
+  import jax.numpy as jnp
+  from flax import nnx
+
+  model.eval()
+  graphdef, state = nnx.split(model)
+  return _shift_logits_fn(graphdef)(state, jnp.asarray(x), jnp.asarray(shifts, jnp.int32))
+
+
+@functools.cache
+def _shift_logits_fn(graphdef):
+  # Imports are local so that JAX_PLATFORMS above is set before jax loads.
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  def run(state, x, shifts):
+    xs = jax.vmap(lambda d: jnp.roll(x, (d[0], d[1]), (1, 2)))(shifts)
+    return nnx.merge(graphdef, state)(xs.reshape(-1, *x.shape[1:])).reshape(shifts.shape[0], x.shape[0], -1)
+
+  return jax.jit(run)
+
+
+def objects_on_blank_canvas(n: int, canvas: int, size: int = 12, seed: int = 0):
+  """`n` random-noise objects at the top-left of an otherwise black canvas (position matters for them)."""
+  import numpy as np
+
+  x = np.zeros((n, canvas, canvas, 1), np.float32)
+  x[:, :size, :size] = np.random.default_rng(seed).uniform(size=(n, size, size, 1))
+  return x
+
+
+@functools.cache
+def _adam():
+  """One optimiser object for all tests, so the cached jitted training steps are reused across tests."""
+  import optax
+
+  return optax.adam(1e-2)
+
+
+def train_a_few_steps(model, steps: int = 3, mode: str = "full", canvas_size: int = 32, seed: int = 0,
+                      dispatch: int = 1):
+  """A few real training steps through `shiftbench.train` (random objects, translate regime)."""
+  import numpy as np
+
+  from shiftbench import canvas, train
+
+  rng = np.random.default_rng(seed)
+  data = train.DeviceObjects.from_numpy(rng.integers(0, 256, (16, 8, 8, 1)), rng.integers(0, 3, 16), 3)
+  return train.train(model, _adam(), data, canvas.CanvasSpec(canvas_size, 8),
+                     train.Placement("translate", (0, 0)), steps=steps, batch_size=8, seed=seed, mode=mode,
+                     dispatch=dispatch)

@@ -4,7 +4,22 @@ The presets in `conf/model/` are settings of this one class:
   cnn_fc   = max-pool backbone + flatten/dense head (the classic CNN+FC);
   fcn      = strided-conv backbone + 1x1-conv class maps averaged (no dense layer);
   gap      = max-pool backbone + global average pool + dense;
-  blurpool = MaxBlurPool backbone (Zhang 2019) + global average pool + dense.
+  blurpool = MaxBlurPool backbone (Zhang 2019) + global average pool + dense;
+  aps      = circular padding + max (stride 1) then adaptive polyphase sampling (Chaman & Dokmanic 2021)
+             + global average pool + dense: exactly invariant to circular shifts of the canvas.
+
+Downsampling, each replacing a stride-2 operation by its published anti-aliased / adaptive version:
+  max       conv -> 2x2 max pool stride 2 -> ReLU
+  blur      MaxBlurPool: conv -> ReLU -> 2x2 max stride 1 -> blur stride 2
+  stride    conv stride 2 -> ReLU
+  conv_blur ConvBlurPool: conv stride 1 -> ReLU -> blur stride 2
+  avg       conv -> ReLU -> 2x2 average pool stride 2
+  avg_blur  AvgPool -> BlurPool (blur stride 2); in this conv -> pool backbone it is the same network as
+            conv_blur, both exist so configs can name the published replacement they mean
+  aps       APS in the max-pool position, as in the APS paper's max-pool networks: conv -> ReLU -> 2x2 max
+            stride 1 (circular when the conv padding is circular) -> blur stride 1 if blur_size > 1 (the
+            paper's "APS + LPF") -> keep the polyphase component of largest norm
+  none      conv -> ReLU
 """
 
 from __future__ import annotations
@@ -15,9 +30,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from shiftbench.models import layers
+from shiftbench.models import aps, layers
 
-DOWNSAMPLES: tuple[str, ...] = ("max", "blur", "stride", "none")
+DOWNSAMPLES: tuple[str, ...] = ("max", "blur", "stride", "conv_blur", "avg", "avg_blur", "aps", "none")
 HEADS: tuple[str, ...] = ("fc", "gap", "conv")
 
 
@@ -26,11 +41,13 @@ class Block(nnx.Module):
   touches 4x fewer values; for blur/stride the order is Zhang's conv -> ReLU -> (max) -> blur."""
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int, *, downsample: str,
-               padding: str, blur_size: int, blur_padding: str, rngs: nnx.Rngs):
+               padding: str, blur_size: int, blur_padding: str, aps_norm: str = "l2", rngs: nnx.Rngs):
     layers._check(downsample, DOWNSAMPLES, "downsample")
     self.downsample = downsample
     self.blur_size = blur_size
     self.blur_padding = layers._check(blur_padding, layers.BLUR_PADDINGS, "blur padding")
+    self.aps_norm = layers._check(aps_norm, aps.NORMS, "APS norm")
+    self.max_mode = "wrap" if padding == "circular" else "edge"
     stride = 2 if downsample == "stride" else 1
     self.conv = layers.PaddedConv(in_features, out_features, kernel_size, padding=padding, stride=stride,
                                   rngs=rngs)
@@ -42,18 +59,28 @@ class Block(nnx.Module):
     if self.downsample == "blur":
       x = jax.nn.relu(layers.max_pool_2x2_stride1(x))
       return layers.blur_downsample(x, self.blur_size, self.blur_padding)
-    return jax.nn.relu(x)  # "stride" (subsampled inside the conv) or "none"
+    x = jax.nn.relu(x)
+    if self.downsample in ("conv_blur", "avg_blur"):
+      return layers.blur_downsample(x, self.blur_size, self.blur_padding)
+    if self.downsample == "avg":
+      return layers.avg_pool_2x2(x)
+    if self.downsample == "aps":
+      x = layers.dense_max(x, 2, self.max_mode)
+      if self.blur_size > 1:
+        x = layers.blur_downsample(x, self.blur_size, self.blur_padding, stride=1)
+      return aps.aps_downsample(x, self.aps_norm)
+    return x  # "stride" (subsampled inside the conv) or "none"
 
 
 class Backbone(nnx.Module):
   """A stack of `Block`s; `widths` sets depth and channel counts."""
 
   def __init__(self, in_channels: int, widths: Sequence[int], kernel_size: int, *, downsample: str,
-               padding: str, blur_size: int, blur_padding: str, rngs: nnx.Rngs):
+               padding: str, blur_size: int, blur_padding: str, aps_norm: str = "l2", rngs: nnx.Rngs):
     chans = [in_channels, *widths]
     self.blocks = nnx.List([
         Block(cin, cout, kernel_size, downsample=downsample, padding=padding, blur_size=blur_size,
-              blur_padding=blur_padding, rngs=rngs)
+              blur_padding=blur_padding, aps_norm=aps_norm, rngs=rngs)
         for cin, cout in zip(chans[:-1], chans[1:])
     ])
 
@@ -96,15 +123,21 @@ class Head(nnx.Module):
 
 
 class ShiftNet(nnx.Module):
-  """Backbone + head. `head` is a separate attribute so fine-tuning can swap it for new classes."""
+  """Backbone + head. `head` is a separate attribute so fine-tuning can swap it for new classes.
+
+  `blur_padding=None` follows the conv padding: circular for `circular` (so a blur keeps circular-shift
+  equivariance), reflect (Zhang's default) otherwise. `aps_norm` (`l2`, `l1`, `linf`) ranks APS components.
+  """
 
   def __init__(self, *, num_classes: int, canvas_size: int, in_channels: int = 1,
                widths: Sequence[int] = (8, 16, 32), kernel_size: int = 3, downsample: str = "max",
-               padding: str = "same", head: str = "fc", blur_size: int = 4, blur_padding: str = "reflect",
-               rngs: nnx.Rngs):
+               padding: str = "same", head: str = "fc", blur_size: int = 4, blur_padding: str | None = None,
+               aps_norm: str = "l2", rngs: nnx.Rngs):
     layers._check(padding, layers.PADDINGS, "padding")
+    blur_padding = layers.default_blur_padding(padding) if blur_padding is None else blur_padding
     self.backbone = Backbone(in_channels, tuple(widths), kernel_size, downsample=downsample,
-                             padding=padding, blur_size=blur_size, blur_padding=blur_padding, rngs=rngs)
+                             padding=padding, blur_size=blur_size, blur_padding=blur_padding,
+                             aps_norm=aps_norm, rngs=rngs)
     probe = jnp.zeros((1, canvas_size, canvas_size, in_channels), jnp.float32)
     feature_shape = jax.eval_shape(self.backbone, probe).shape[1:]
     if min(feature_shape[:2]) < 1:

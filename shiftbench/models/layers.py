@@ -4,7 +4,8 @@
   (wrap-around, so a stride-1 conv commutes with `jnp.roll`), `full` (k - 1 zeros per side, so border
   pixels are seen as often as central ones).
 - Anti-aliased downsampling (Zhang, ICML 2019): a normalised binomial filter applied depthwise with
-  stride 2, padded floor((k-1)/2) before and ceil((k-1)/2) after.
+  stride 2, padded floor((k-1)/2) before and ceil((k-1)/2) after. Size 1 is plain subsampling and size 2
+  is 2x2 average pooling.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ def _check(value: str, allowed: tuple[str, ...], what: str) -> str:
   return value
 
 
+def default_blur_padding(padding: str) -> str:
+  """Blur padding that matches a conv padding: circular stays circular (shift equivariance), else reflect."""
+  return "circular" if padding == "circular" else "reflect"
+
+
 def conv_padding(kernel_size: int, padding: str) -> tuple[tuple[int, int], str]:
   """Per-side pad width and jnp.pad mode for a conv padding mode."""
   _check(padding, PADDINGS, "padding")
@@ -43,10 +49,10 @@ class PaddedConv(nnx.Module):
   """A 2-D convolution whose padding is explicit, so every mode (incl. circular) is one code path."""
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int, *, padding: str = "same",
-               stride: int = 1, rngs: nnx.Rngs):
+               stride: int = 1, use_bias: bool = True, rngs: nnx.Rngs):
     self.pad, self.pad_mode = conv_padding(kernel_size, padding)
     self.conv = nnx.Conv(in_features, out_features, (kernel_size, kernel_size), strides=stride,
-                         padding="VALID", rngs=rngs)
+                         padding="VALID", use_bias=use_bias, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.pad != (0, 0):
@@ -82,6 +88,30 @@ def _max_pool_bwd(res, g):
 
 
 max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def dense_max(x: jax.Array, size: int, mode: str = "edge") -> jax.Array:
+  """k x k max with stride 1 and `same` geometry ((k-1)//2 before, k//2 after), so the size is kept.
+
+  `mode="wrap"` pads circularly (commutes with `jnp.roll`, needed before APS); `"edge"` replicates the
+  border, which gives the same maxima as padding with -inf (the max over the in-bounds part).
+  """
+  before, after = (size - 1) // 2, size // 2
+  xp = jnp.pad(x, ((0, 0), (before, after), (before, after), (0, 0)), mode=mode)
+  h, w = x.shape[1:3]
+  out = xp[:, :h, :w]
+  for dy in range(size):
+    for dx in range(size):
+      if dy or dx:
+        out = jnp.maximum(out, xp[:, dy:dy + h, dx:dx + w])
+  return out
+
+
+def avg_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 average pool with stride 2 (odd trailing row/column dropped), as reshape + mean."""
+  b, h, w, c = x.shape
+  x = x[:, : h - h % 2, : w - w % 2]
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
 
 
 def max_pool_2x2_stride1(x: jax.Array) -> jax.Array:

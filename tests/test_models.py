@@ -1,0 +1,230 @@
+"""Model parts against their published definitions: BlurPool, APS, padding modes, shift (in)variance."""
+
+import functools
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import circular_shift_logits, objects_on_blank_canvas, train_a_few_steps
+from shiftbench.models import ShiftNet, aps, layers
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+PASCAL = [[1], [1, 1], [1, 2, 1], [1, 3, 3, 1], [1, 4, 6, 4, 1], [1, 5, 10, 10, 5, 1], [1, 6, 15, 20, 15, 6, 1]]
+
+
+def _rand(shape, seed=0):
+  return jax.random.normal(jax.random.key(seed), shape)
+
+
+def _jit(model: nnx.Module):
+  """The model's forward pass as one compiled program (eager op-by-op dispatch is slow on CPU)."""
+  graphdef, state = nnx.split(model)
+  fn = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
+  return lambda x: fn(state, x)
+
+
+# -- BlurPool ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size", range(1, 8))
+def test_binomial_filter_is_the_normalised_outer_product_of_pascals_row(size):
+  row = np.array(PASCAL[size - 1], np.float64)
+  np.testing.assert_allclose(layers.binomial_filter(size), np.outer(row, row) / row.sum() ** 2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("padding,expected", [
+    ("reflect", [[0.5, 2.0], [0.5, 2.0]]),       # columns padded 1,0,1,2,3,2 -> [1,2,1]/4 -> 0.5, 2
+    ("zero", [[0.1875, 1.5], [0.25, 2.0]]),      # row 0 keeps 3/4 of its weight: 0.25 * 0.75, 2 * 0.75
+    ("circular", [[1.0, 2.0], [1.0, 2.0]]),      # columns padded 3,0,1,2,3,0 -> (3 + 0 + 1) / 4 = 1
+])
+def test_blur_size_3_by_hand_on_a_column_ramp(padding, expected):
+  x = jnp.tile(jnp.arange(4.0), (4, 1))[None, :, :, None]  # x[i, j] = j
+  np.testing.assert_allclose(layers.blur_downsample(x, 3, padding)[0, :, :, 0], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("size", range(1, 8))
+@pytest.mark.parametrize("padding", ["reflect", "zero", "circular"])
+def test_blur_equals_a_depthwise_conv_with_the_binomial_filter(size, padding):
+  x = _rand((2, 10, 10, 3))
+  before, after = (size - 1) // 2, size // 2
+  xp = jnp.pad(x, ((0, 0), (before, after), (before, after), (0, 0)), mode=layers._JNP_PAD_MODE[padding])
+  kernel = jnp.tile(jnp.asarray(layers.binomial_filter(size))[:, :, None, None], (1, 1, 1, 3))
+  ref = jax.lax.conv_general_dilated(xp, kernel, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     feature_group_count=3)
+  np.testing.assert_allclose(layers.blur_downsample(x, size, padding), ref, atol=1e-5)
+
+
+def test_blur_size_1_is_subsampling_and_size_2_is_average_pooling():
+  x = _rand((2, 8, 8, 3))
+  np.testing.assert_array_equal(layers.blur_downsample(x, 1), x[:, ::2, ::2])
+  avg = x.reshape(2, 4, 2, 4, 2, 3).mean(axis=(2, 4))
+  np.testing.assert_allclose(layers.blur_downsample(x, 2), avg, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(layers.avg_pool_2x2(x), avg, rtol=1e-6)
+
+
+def test_conv_blur_and_avg_blur_are_the_same_network_in_the_conv_pool_backbone():
+  x = _rand((2, 16, 16, 1))
+  make = functools.partial(ShiftNet, num_classes=3, canvas_size=16, widths=(4, 8), head="gap", rngs=None)
+  a, b, c = (_jit(make(downsample=d, rngs=nnx.Rngs(0))) for d in ("conv_blur", "avg_blur", "avg"))
+  np.testing.assert_array_equal(a(x), b(x))
+  assert not np.allclose(a(x), c(x))
+
+
+# -- APS --------------------------------------------------------------------------------------------
+def _with_components(values):
+  """A (1, 2, 8, 1) map whose 4 polyphase components (each 1x4) are the given rows."""
+  x = np.zeros((1, 2, 8, 1), np.float32)
+  for k, row in enumerate(values):
+    x[0, k // 2, (k % 2)::2, 0] = row
+  return jnp.asarray(x)
+
+
+def test_polyphase_components_are_the_four_stride_2_offsets():
+  x = _rand((2, 6, 8, 3))
+  comps = np.asarray(aps.polyphase(x))
+  x = np.asarray(x)
+  for k, (i, j) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+    np.testing.assert_array_equal(comps[:, k], x[:, i::2, j::2])
+
+
+@pytest.mark.parametrize("norm,winner", [("linf", 0), ("l1", 1), ("l2", 2)])
+def test_aps_keeps_the_component_with_the_largest_chosen_norm(norm, winner):
+  # l1 / squared l2 / linf: [3,0,0,0] -> 3 / 9 / 3; [1.6]*4 -> 6.4 / 10.24 / 1.6; [2.5,2.5,0,0] -> 5 / 12.5 / 2.5
+  values = [[3, 0, 0, 0], [1.6] * 4, [2.5, 2.5, 0, 0], [0, 0, 0, 0]]
+  x = _with_components(values)
+  assert int(aps.phase_index(x, norm)[0]) == winner
+  np.testing.assert_allclose(aps.aps_downsample(x, norm)[0, 0, :, 0], values[winner], rtol=1e-6)
+
+
+def test_aps_ties_go_to_the_first_component_in_fixed_order():
+  assert int(aps.phase_index(_with_components([[1, 0, 0, 0], [0, 0, 0, 1], [0, 1, 0, 0], [0] * 4]))[0]) == 0
+  assert int(aps.phase_index(_with_components([[0] * 4, [0, 0, 0, 1], [0, 1, 0, 0], [0] * 4]))[0]) == 1
+
+
+def test_aps_rejects_odd_feature_maps_and_unknown_norms():
+  with pytest.raises(ValueError, match="even feature maps"):
+    aps.aps_downsample(jnp.zeros((1, 5, 4, 1)))
+  with pytest.raises(ValueError, match="unknown APS norm 'l3'"):
+    aps.aps_downsample(jnp.zeros((1, 4, 4, 1)), "l3")
+
+
+def test_aps_is_per_example_under_jit_and_vmap():
+  x = _rand((6, 8, 8, 4))
+  eager = aps.aps_downsample(x)
+  jitted = jax.jit(aps.aps_downsample)(x)
+  vmapped = jax.jit(jax.vmap(lambda e: aps.aps_downsample(e[None])[0]))(x)
+  np.testing.assert_array_equal(eager, jitted)
+  np.testing.assert_array_equal(eager, vmapped)
+  assert len(set(np.asarray(aps.phase_index(x)).tolist())) > 1  # examples really choose differently
+
+
+def test_aps_gradient_flows_into_the_selected_component_only():
+  x = _rand((3, 6, 6, 2))
+  w = _rand((3, 3, 3, 2), seed=1)
+  g = jax.jit(jax.grad(lambda v: jnp.sum(aps.aps_downsample(v) * w)))(x)
+  idx = np.asarray(aps.phase_index(x))
+  comps, w = np.asarray(aps.polyphase(g)), np.asarray(w)
+  for b in range(3):
+    for k in range(4):
+      np.testing.assert_array_equal(comps[b, k], w[b] if k == idx[b] else 0.0)
+
+
+# -- padding modes and equivariance -----------------------------------------------------------------
+@pytest.mark.parametrize("padding,size", [("same", 8), ("valid", 6), ("circular", 8), ("full", 10)])
+def test_padding_modes_have_their_output_sizes(padding, size):
+  conv = layers.PaddedConv(1, 2, 3, padding=padding, rngs=nnx.Rngs(0))
+  assert conv(jnp.zeros((1, 8, 8, 1))).shape == (1, size, size, 2)
+
+
+def test_full_padding_is_k_minus_1_zeros_and_circular_wraps_around():
+  x = _rand((1, 6, 6, 1))
+  for padding, pad, mode in [("full", 2, "constant"), ("circular", 1, "wrap"), ("same", 1, "constant")]:
+    conv = layers.PaddedConv(1, 1, 3, padding=padding, rngs=nnx.Rngs(0))
+    ref = jax.lax.conv_general_dilated(jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode=mode),
+                                       conv.conv.kernel.value, (1, 1), "VALID",
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC")) + conv.conv.bias.value
+    np.testing.assert_allclose(conv(x), ref, atol=1e-5)
+
+
+@functools.cache
+def _conv_stack(padding):
+  rngs = nnx.Rngs(0)
+  convs = [layers.PaddedConv(c_in, c_out, k, padding=padding, rngs=rngs) for c_in, c_out, k in
+           [(1, 4, 3), (4, 4, 4), (4, 2, 5)]]
+  return jax.jit(lambda x: functools.reduce(lambda h, c: jax.nn.relu(c(h)), convs, x))
+
+
+@settings(max_examples=10, deadline=None)
+@given(dy=st.integers(0, 11), dx=st.integers(0, 11), seed=st.integers(0, 2**16))
+def test_circular_stride_1_conv_stack_commutes_with_roll(dy, dx, seed):
+  f, x = _conv_stack("circular"), np.random.default_rng(seed).normal(size=(2, 12, 12, 1)).astype(np.float32)
+  np.testing.assert_allclose(f(np.roll(x, (dy, dx), (1, 2))), np.roll(f(x), (dy, dx), (1, 2)), atol=1e-5)
+
+
+def test_zero_padding_breaks_roll_equivariance_at_the_border_only():
+  f, x = _conv_stack("same"), _rand((2, 20, 20, 1))
+  shifted, expected = f(jnp.roll(x, (3, 3), (1, 2))), jnp.roll(f(x), (3, 3), (1, 2))
+  assert not np.allclose(shifted, expected, atol=1e-3)  # wrapped rows/cols see zeros instead of pixels
+  # The stack reads 4 pixels before and 5 after; rows 7..14 see neither the seam nor the canvas border.
+  np.testing.assert_allclose(shifted[:, 7:15, 7:15], expected[:, 7:15, 7:15], atol=1e-5)
+
+
+# -- circular-shift invariance (APS) vs. the classic models ----------------------------------------
+def _preset(name: str, canvas: int = 32, num_classes: int = 10, **overrides):
+  import hydra
+  from hydra import compose, initialize_config_dir
+
+  with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    cfg = compose("config", overrides=[f"model={name}"])
+  factory = hydra.utils.instantiate(cfg.model[name])
+  return factory(num_classes=num_classes, canvas_size=canvas, in_channels=1, rngs=nnx.Rngs(0), **overrides)
+
+
+def _all_shifts(n: int) -> np.ndarray:
+  return np.stack(np.meshgrid(np.arange(n), np.arange(n), indexing="ij"), -1).reshape(-1, 2)
+
+
+def test_aps_preset_is_exactly_invariant_to_every_circular_shift_of_the_canvas():
+  logits = np.asarray(circular_shift_logits(_preset("aps"), objects_on_blank_canvas(2, 32), _all_shifts(32)))
+  assert (logits.argmax(-1) == logits[0].argmax(-1)).all()  # consistency_circular = 100% over 1024 shifts
+  np.testing.assert_allclose(logits, np.broadcast_to(logits[0], logits.shape), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["cnn_fc", "gap"])
+def test_max_pool_presets_are_not_invariant_to_circular_shifts(name):
+  shifts = np.random.default_rng(0).integers(0, 32, (64, 2))
+  logits = np.asarray(circular_shift_logits(_preset(name), objects_on_blank_canvas(8, 32), shifts))
+  consistency = (logits.argmax(-1) == logits[0].argmax(-1)).mean()
+  assert consistency < 0.9  # measured 0.09 (cnn_fc) and 0.25 (gap) over all 1024 shifts at random init
+
+
+@functools.cache
+def _aps_net(trained: bool, blur_size: int = 1):
+  net = ShiftNet(num_classes=3, canvas_size=32, widths=(4, 8, 8), downsample="aps", padding="circular",
+                 head="gap", blur_size=blur_size, rngs=nnx.Rngs(0))
+  if trained:
+    before = nnx.state(net, nnx.Param)
+    before = jax.tree.map(np.array, before)
+    train_a_few_steps(net, steps=3)
+    assert not np.allclose(nnx.state(net, nnx.Param)["head"]["proj"]["bias"].value,
+                           before["head"]["proj"]["bias"].value)
+  return net
+
+
+@settings(max_examples=6, deadline=None)
+@given(dy=st.integers(0, 31), dx=st.integers(0, 31), seed=st.integers(0, 2**16))
+def test_aps_net_logits_are_invariant_to_random_circular_shifts_at_init_and_after_training(dy, dx, seed):
+  x = np.random.default_rng(seed).uniform(size=(2, 32, 32, 1)).astype(np.float32)
+  for trained in (False, True):
+    logits = np.asarray(circular_shift_logits(_aps_net(trained), x, [(0, 0), (dy, dx)]))
+    np.testing.assert_allclose(logits[1], logits[0], atol=1e-5)
+
+
+def test_aps_with_a_circular_blur_before_selection_stays_invariant():
+  shifts = [(0, 0), (1, 0), (0, 1), (1, 1), (5, 30), (17, 9)]
+  logits = np.asarray(circular_shift_logits(_aps_net(False, blur_size=3), objects_on_blank_canvas(2, 32), shifts))
+  np.testing.assert_allclose(logits, np.broadcast_to(logits[0], logits.shape), atol=1e-5)
