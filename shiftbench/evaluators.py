@@ -179,7 +179,12 @@ def result_key(prefix: str, name: str) -> str:
 
 def run_all(evaluators: Mapping[str, Evaluator], model: nnx.Module, objects: DeviceObjects, ctx: EvalContext,
             before: bool = False) -> dict[str, Any]:
-  """Runs every evaluator (only those with `before` set when `before`) into one flat result dict."""
+  """Runs every evaluator (only those with `before` set when `before`) into one flat result dict.
+
+  The model is put in eval mode first: evaluators split it and run it as is, and a model in train mode
+  would use (and try to update) batch statistics (ResNet BatchNorm).
+  """
+  model.eval()
   out = {}
   for prefix, evaluator in evaluators.items():
     if before and not evaluator.before:

@@ -83,7 +83,9 @@ class Protocol:
     model = self.build(factory, self.data_a.num_classes, seed)
     if pretrained.exists(path):
       log.info("restoring pretrained %s/%s seed %d from %s", name, regime, seed, path)
-      return model, pretrained.restore(path, model)
+      meta = pretrained.restore(path, model)
+      model.eval()  # a restored model is only evaluated and copied from, never trained further
+      return model, meta
     start = time.perf_counter()
     history = train.train(model, self.pretrain_tx, self.train_a, s.spec, placement, steps=s.pretrain.steps,
                           batch_size=s.pretrain.batch_size, seed=seed, dispatch=s.pretrain.dispatch,

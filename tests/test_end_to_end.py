@@ -113,3 +113,16 @@ def test_missing_npz_file_fails_with_its_path(tmp_path):
                        timeout=300)
   assert run.returncode != 0
   assert f"npz file not found: {tmp_path}/nope.npz" in run.stderr
+
+
+@pytest.mark.slow
+def test_tiny_protocol_with_a_batchnorm_aps_resnet(tiny_data_dir, tmp_path):
+  """BatchNorm through the whole protocol (train, head-only fine-tuning, every evaluator); APS with
+  circular padding must stay exactly invariant to circular shifts after all of it."""
+  cfg = _cfg(tiny_data_dir, tmp_path, ["model=resnet18_aps", "model.resnet18_aps.widths=[4,4,8,8]", "canvas.size=24",
+                                       "eval.grid_stride=8"])
+  rows = run_experiment(cfg, tmp_path / "run")["rows"]
+  assert len(rows) == 4
+  for r in rows:
+    assert r["consistency_circular"] == 1.0
+    assert np.isfinite(np.array(r["location_map"]["acc"])).all()
