@@ -25,6 +25,7 @@ import numpy as np
 from tabulate import tabulate
 
 from shiftbench.results import atomic_write_text, to_jsonable
+from shiftbench.settings import PRETRAIN_REGIMES
 
 GROUP_KEYS = ("model", "pretrain", "finetune", "datasets")
 # Every per-row number aggregated over seeds, and its leaderboard column header.
@@ -122,7 +123,13 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     full = by_key.get((e["model"], e["pretrain"], "full", e["datasets"]))
     if head and full and head["invariance"][2] and full["invariance"][2]:
       e["invariance_lost"] = (head["invariance"][0] - full["invariance"][0], math.nan, 1)
-  return sorted(out, key=lambda e: (e["datasets"], e["model"], e["pretrain"], e["finetune"]))
+  # Rows read like the protocol: models in the order they were run, then regimes from least to most
+  # augmentation, head before full (alphabetical order would scatter a model's regimes).
+  model_order = {m: i for i, m in enumerate(dict.fromkeys(r["model"] for r in rows))}
+  regime_order = {r: i for i, r in enumerate(PRETRAIN_REGIMES)}
+  mode_order = {"head": 0, "full": 1}
+  return sorted(out, key=lambda e: (e["datasets"], model_order[e["model"]], regime_order.get(e["pretrain"], 99),
+                                    mode_order.get(e["finetune"], 99)))
 
 
 def fmt_mean_std(ms: tuple[float, float, int]) -> str:
