@@ -18,6 +18,8 @@ import jax.numpy as jnp
 from flax import nnx
 from hydra import compose, initialize_config_dir
 
+from shiftbench.models import param_count
+
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
@@ -39,7 +41,7 @@ def rows(canvas: int, classes: int, channels: int) -> list[tuple[str, str, int, 
       cfg = compose("config", overrides=[f"model={name}"])
     factory = hydra.utils.instantiate(cfg.model[name])
     model = factory(num_classes=classes, canvas_size=canvas, in_channels=channels, rngs=nnx.Rngs(0))
-    params = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    params = param_count(model)
     target = cfg.model[name]._target_.rsplit(".", 1)[-1]
     out.append((name, target, int(params), forward_flops(model, canvas, channels)))
   return out

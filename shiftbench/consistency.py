@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from shiftbench import canvas
+from shiftbench import canvas, evaluation
 
 SHIFTS: tuple[str, ...] = ("canvas", "circular")
 
@@ -83,10 +83,8 @@ def predict_pairs(model: nnx.Module, objects: jax.Array, base: jax.Array, offset
   fn = _pair_fn(graphdef, canvas_size, shift)
   n = int(objects.shape[0])
   chunk = max(1, min(n, batch_size // 2))
-  pad = (-n) % chunk
-  padded = [jnp.concatenate([jnp.asarray(a), jnp.repeat(jnp.asarray(a)[-1:], pad, 0)]) if pad else jnp.asarray(a)
-            for a in (objects, base, offset)]
-  out = [fn(state, *(a[i:i + chunk] for a in padded)) for i in range(0, n + pad, chunk)]
+  padded = [evaluation.pad_to(a, chunk) for a in (objects, base, offset)]
+  out = [fn(state, *(a[i:i + chunk] for a in padded)) for i in range(0, padded[0].shape[0], chunk)]
   return np.asarray(jnp.concatenate(out, axis=1))[:, :n]
 
 

@@ -32,7 +32,7 @@ def _predict_chunk_fn(graphdef: nnx.GraphDef, canvas_size: int):
   return jax.jit(predict)
 
 
-def _pad_to(a: jax.Array | np.ndarray, multiple: int) -> jax.Array:
+def pad_to(a: jax.Array | np.ndarray, multiple: int) -> jax.Array:
   """Pads axis 0 to a multiple of `multiple` by repeating the last entry (results are sliced off)."""
   n = a.shape[0]
   extra = (-n) % multiple
@@ -62,8 +62,8 @@ def predict_grid(model: nnx.Module, objects: jax.Array, locations: np.ndarray, c
   n_obj, n_loc = int(objects.shape[0]), int(locations.shape[0])
   obj_chunk = min(n_obj, 512, batch_size)
   loc_chunk = max(1, min(n_loc, batch_size // obj_chunk))
-  objs = _pad_to(objects, obj_chunk)
-  locs = _pad_to(np.asarray(locations, np.int32), loc_chunk)
+  objs = pad_to(objects, obj_chunk)
+  locs = pad_to(np.asarray(locations, np.int32), loc_chunk)
   rows = []
   for i in range(0, locs.shape[0], loc_chunk):
     cols = [fn(state, objs[j:j + obj_chunk], locs[i:i + loc_chunk]) for j in range(0, objs.shape[0], obj_chunk)]

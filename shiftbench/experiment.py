@@ -20,8 +20,8 @@ import numpy as np
 from flax import nnx
 from omegaconf import DictConfig, OmegaConf
 
-from shiftbench import (canvas, evaluation, evaluators, leaderboard, metrics, plots, pretrained, results,
-                        train)
+from shiftbench import (canvas, evaluation, evaluators, leaderboard, metrics, models, plots, pretrained,
+                        results, train)
 from shiftbench.data import ObjectSet, resize_objects
 from shiftbench.settings import Settings
 
@@ -45,7 +45,9 @@ class Protocol:
     self.pretrain_tx = hydra.utils.instantiate(cfg.pretrain.optimizer)
     self.finetune_tx = hydra.utils.instantiate(cfg.finetune.optimizer)
     self.evaluators = evaluators.build(cfg.eval.get("metrics"))
-    self._before: dict[tuple, dict[str, Any]] = {}  # shift metrics before fine-tuning, by model/regime/seed
+    # Shift metrics before fine-tuning for the latest (model, regime, seed): head and full share them,
+    # and rows run in that order, so one entry is all that is ever reused.
+    self._before: dict[tuple, dict[str, Any]] = {}
 
   # -- evaluation ---------------------------------------------------------------------------------
   def location_map(self, model: nnx.Module, objects: train.DeviceObjects) -> dict[str, Any]:
@@ -83,9 +85,7 @@ class Protocol:
     model = self.build(factory, self.data_a.num_classes, seed)
     if pretrained.exists(path):
       log.info("restoring pretrained %s/%s seed %d from %s", name, regime, seed, path)
-      meta = pretrained.restore(path, model)
-      model.eval()  # a restored model is only evaluated and copied from, never trained further
-      return model, meta
+      return model, pretrained.restore(path, model)
     start = time.perf_counter()
     history = train.train(model, self.pretrain_tx, self.train_a, s.spec, placement, steps=s.pretrain.steps,
                           batch_size=s.pretrain.batch_size, seed=seed, dispatch=s.pretrain.dispatch,
@@ -155,15 +155,10 @@ class Protocol:
         "pretrain_off_acc_after": None if a_after is None else a_after["off_acc"],
         "pretrain_invariance_lost": (None if a_after is None else a_before["invariance"] - a_after["invariance"]),
         "invariance_lost": None,  # filled in once the head and full rows of this seed both exist
-        "params": param_count(model), **shift, **before, "eval_seconds": eval_seconds,
+        "params": models.param_count(model), **shift, **before, "eval_seconds": eval_seconds,
         "train_final": history[-1] if history else None, "finetune_seconds": train_seconds,
         "heatmap": str(heatmap.relative_to(self.output_dir)),
     }
-
-
-def param_count(model: nnx.Module) -> int:
-  """Trainable parameters of the whole model (backbone + head), as recorded in every row."""
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
 
 def fill_invariance_lost(rows: dict[tuple, dict[str, Any]]) -> None:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from shiftbench import canvas
+from shiftbench import canvas, evaluation
 
 _EPS = 1e-8
 
@@ -121,9 +121,8 @@ def similarity_map(model: nnx.Module, objects: jax.Array, labels: jax.Array, loc
   fn = _similarity_fn(graphdef, canvas_size, num_classes)
   n_loc = len(locations)
   chunk = max(1, min(n_loc, batch_size // max(1, int(objects.shape[0]))))
-  locs = np.asarray(locations, np.int32)
-  locs = np.concatenate([locs, np.repeat(locs[-1:], (-n_loc) % chunk, 0)])
-  parts = [fn(state, objects, labels, refs, jnp.asarray(locs[i:i + chunk])) for i in range(0, len(locs), chunk)]
+  locs = evaluation.pad_to(np.asarray(locations, np.int32), chunk)
+  parts = [fn(state, objects, labels, refs, locs[i:i + chunk]) for i in range(0, locs.shape[0], chunk)]
   layers = []
   for layer in range(len(refs)):
     s = np.concatenate([np.asarray(p[layer][0]) for p in parts])[:n_loc]
