@@ -65,8 +65,10 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   """2x2 max pool with stride 2 (odd trailing row/column dropped), as reshape + max.
 
   XLA:CPU's `reduce_window` gradient built large index arrays every step; this version's gradient is
-  an elementwise mask, several times cheaper (../shared/PERF-NOTES.md). Ties send the gradient to every
-  maximal position, which differs from `reduce_window` only on exact ties.
+  an elementwise mask, several times cheaper (../shared/PERF-NOTES.md). Each window sends its gradient to
+  one position, its first maximum in row-major order, as `reduce_window`'s gradient and PyTorch's
+  `max_pool2d` do. Ties are common here, not rare: a window of blank canvas holds four equal values (the
+  conv bias), and sending the gradient to all four would count it four times.
   """
   return _max_pool_fwd(x)[0]
 
@@ -81,8 +83,15 @@ def _max_pool_fwd(x):
 
 def _max_pool_bwd(res, g):
   blocks, out, (h, w) = res
-  mask = blocks == out[:, :, None, :, None, :]
-  dx = (mask * g[:, :, None, :, None, :]).reshape(g.shape[0], h - h % 2, w - w % 2, g.shape[-1])
+  is_max = blocks == out[:, :, None, :, None, :]
+  # Keep only the first maximum of each window, scanning (0,0), (0,1), (1,0), (1,1).
+  m00, m01 = is_max[:, :, 0, :, 0], is_max[:, :, 0, :, 1]
+  m10, m11 = is_max[:, :, 1, :, 0], is_max[:, :, 1, :, 1]
+  m01 = m01 & ~m00
+  m10 = m10 & ~(m00 | m01)
+  m11 = m11 & ~(m00 | m01 | m10)
+  first = jnp.stack([jnp.stack([m00, m01], axis=3), jnp.stack([m10, m11], axis=3)], axis=2)
+  dx = (first * g[:, :, None, :, None, :]).reshape(g.shape[0], h - h % 2, w - w % 2, g.shape[-1])
   dx = jnp.pad(dx, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
   return (dx,)
 
