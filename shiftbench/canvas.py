@@ -51,8 +51,9 @@ class CanvasSpec:
     return self.max_offset // 2, self.max_offset // 2
 
 
-def _selection_matrix(offset: jax.Array, object_size: int, canvas_size: int) -> jax.Array:
-  """E with E[i, j] = 1 iff canvas row i shows object row j, i.e. i == offset + j."""
+def selection_matrix(offset: jax.Array, object_size: int, canvas_size: int) -> jax.Array:
+  """E with E[i, j] = 1 iff canvas row i shows object row j, i.e. i == offset + j. Rows that `offset`
+  puts off the canvas (negative, or past its end) have no 1: they are dropped."""
   rows = jnp.arange(canvas_size)[:, None]
   cols = jnp.arange(object_size)[None, :]
   return (rows == offset + cols).astype(jnp.float32)
@@ -70,7 +71,7 @@ def place(objects: jax.Array, locations: jax.Array, canvas_size: int) -> jax.Arr
     (B, canvas_size, canvas_size, C) float32 canvases.
   """
   h, w = objects.shape[-3], objects.shape[-2]
-  sel = jax.vmap(_selection_matrix, in_axes=(0, None, None))
+  sel = jax.vmap(selection_matrix, in_axes=(0, None, None))
   ey = sel(locations[:, 0], h, canvas_size)  # (B, H, h)
   ex = sel(locations[:, 1], w, canvas_size)  # (B, W, w)
   return jnp.einsum("bYy,byxc,bXx->bYXc", ey, objects.astype(jnp.float32), ex)
@@ -79,7 +80,7 @@ def place(objects: jax.Array, locations: jax.Array, canvas_size: int) -> jax.Arr
 def place_grid(objects: jax.Array, locations: jax.Array, canvas_size: int) -> jax.Array:
   """Places every object at every location: (B, h, w, C), (L, 2) -> (L, B, H, W, C)."""
   h, w = objects.shape[-3], objects.shape[-2]
-  sel = jax.vmap(_selection_matrix, in_axes=(0, None, None))
+  sel = jax.vmap(selection_matrix, in_axes=(0, None, None))
   ey = sel(locations[:, 0], h, canvas_size)  # (L, H, h)
   ex = sel(locations[:, 1], w, canvas_size)  # (L, W, w)
   return jnp.einsum("lYy,byxc,lXx->lbYXc", ey, objects.astype(jnp.float32), ex)

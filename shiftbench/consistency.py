@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from shiftbench import canvas, evaluation
+from shiftbench import canvas, evaluation, models
 
 SHIFTS: tuple[str, ...] = ("canvas", "circular")
 
@@ -69,8 +69,12 @@ def _pair_fn(graphdef: nnx.GraphDef, canvas_size: int, shift: str):
 
   def predict(state, objects, base, offset):
     model = nnx.merge(graphdef, state)
-    a, b = shifted_canvases(objects.astype(jnp.float32) / 255.0, base, offset, canvas_size, shift)
-    logits = model(jnp.concatenate([a, b]))
+    objects = objects.astype(jnp.float32) / 255.0
+    if shift == "canvas":  # both are placements on a blank canvas: the models' shortcut applies
+      logits = models.logits_on_canvas(model, jnp.concatenate([objects, objects]),
+                                       jnp.concatenate([base, base + offset]), canvas_size)
+    else:
+      logits = model(jnp.concatenate(shifted_canvases(objects, base, offset, canvas_size, shift)))
     return jnp.argmax(logits, -1).reshape(2, -1).astype(jnp.int32)
 
   return jax.jit(predict)

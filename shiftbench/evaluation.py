@@ -15,7 +15,24 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from shiftbench import canvas
+from shiftbench import models
+
+
+OBJECTS_PER_CHUNK = 16
+
+
+def _balanced(n: int, chunk: int) -> int:
+  """The smallest chunk that covers n in as many chunks as `chunk` does (least padding)."""
+  return -(-n // -(-n // chunk))
+
+
+def chunk_shape(n_loc: int, n_obj: int, batch_size: int) -> tuple[int, int]:
+  """(locations, objects) per chunk: about `batch_size` canvases, as many locations as leave at least
+  OBJECTS_PER_CHUNK objects (models that run their first block once per object and residue,
+  `ShiftNet.on_grid`, share it across the chunk's locations), balanced so the padding is small."""
+  loc_chunk = _balanced(n_loc, max(1, min(n_loc, batch_size // min(n_obj, OBJECTS_PER_CHUNK))))
+  obj_chunk = _balanced(n_obj, max(1, min(n_obj, batch_size // loc_chunk)))
+  return loc_chunk, obj_chunk
 
 
 @functools.cache
@@ -24,10 +41,8 @@ def _predict_chunk_fn(graphdef: nnx.GraphDef, canvas_size: int):
 
   def predict(state, objects, locations):
     model = nnx.merge(graphdef, state)
-    x = canvas.place_grid(objects.astype(jnp.float32) / 255.0, locations, canvas_size)
-    n_loc, n_obj = x.shape[:2]
-    logits = model(x.reshape(n_loc * n_obj, *x.shape[2:]))
-    return jnp.argmax(logits, -1).reshape(n_loc, n_obj).astype(jnp.int32)
+    logits = models.logits_on_grid(model, objects.astype(jnp.float32) / 255.0, locations, canvas_size)
+    return jnp.argmax(logits, -1).astype(jnp.int32)
 
   return jax.jit(predict)
 
@@ -60,8 +75,7 @@ def predict_grid(model: nnx.Module, objects: jax.Array, locations: np.ndarray, c
   graphdef, state = nnx.split(model)
   fn = _predict_chunk_fn(graphdef, canvas_size)
   n_obj, n_loc = int(objects.shape[0]), int(locations.shape[0])
-  obj_chunk = min(n_obj, 512, batch_size)
-  loc_chunk = max(1, min(n_loc, batch_size // obj_chunk))
+  loc_chunk, obj_chunk = chunk_shape(n_loc, n_obj, batch_size)
   objs = pad_to(objects, obj_chunk)
   locs = pad_to(np.asarray(locations, np.int32), loc_chunk)
   rows = []

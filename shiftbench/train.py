@@ -20,7 +20,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from shiftbench import canvas
+from shiftbench import canvas, models
 
 Metrics = dict[str, float]
 TRAIN_MODES: tuple[str, ...] = ("full", "head")
@@ -92,12 +92,12 @@ def _make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, spec: c
     objs = images[idx].astype(jnp.float32) / 255.0
     locs = canvas.sample_locations(k_loc, batch_size, spec, placement.regime, placement.location,
                                    placement.jitter)
-    x = canvas.place(objs, locs, spec.canvas_size)
     y = labels[idx]
 
     def loss_fn(p):
       model = nnx.merge(graphdef, p, rest, copy=True)  # fresh Variables: BatchNorm may write its stats
-      logits = model(x)
+      # model(canvas.place(objs, locs)), with the first block on the objects where the model can
+      logits = models.logits_on_canvas(model, objs, locs, spec.canvas_size)
       # Non-param state the forward pass updated (BatchNorm running stats in train mode) goes back into `rest`.
       new_rest = nnx.merge_state(rest, nnx.state(model, nnx.Not(nnx.Param)))
       return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (logits, new_rest)

@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from shiftbench.models import aps, layers
+from shiftbench import canvas
+from shiftbench.models import aps, layers, object_first
 
 DOWNSAMPLES: tuple[str, ...] = ("max", "blur", "stride", "conv_blur", "avg", "avg_blur", "aps", "none")
 HEADS: tuple[str, ...] = ("fc", "gap", "conv")
@@ -87,10 +88,11 @@ class Backbone(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.features(x)[-1]
 
-  def features(self, x: jax.Array) -> list[jax.Array]:
-    """Every block's output, for layer-wise representation analysis."""
+  def features(self, x: jax.Array, start: int = 0) -> list[jax.Array]:
+    """Every block's output from block `start` on (x is then block `start - 1`'s output), for layer-wise
+    representation analysis."""
     out = []
-    for block in self.blocks:
+    for block in list(self.blocks)[start:]:
       x = block(x)
       out.append(x)
     return out
@@ -127,13 +129,16 @@ class ShiftNet(nnx.Module):
 
   `blur_padding=None` follows the conv padding: circular for `circular` (so a blur keeps circular-shift
   equivariance), reflect (Zhang's default) otherwise. `aps_norm` (`l2`, `l1`, `linf`) ranks APS components.
+  `object_first=False` turns off the blank-canvas shortcut of `on_canvas` / `on_grid` (same results, slower;
+  for benchmarks and checks).
   """
 
   def __init__(self, *, num_classes: int, canvas_size: int, in_channels: int = 1,
                widths: Sequence[int] = (8, 16, 32), kernel_size: int = 3, downsample: str = "max",
                padding: str = "same", head: str = "fc", blur_size: int = 4, blur_padding: str | None = None,
-               aps_norm: str = "l2", rngs: nnx.Rngs):
+               aps_norm: str = "l2", object_first: bool = True, rngs: nnx.Rngs):
     layers._check(padding, layers.PADDINGS, "padding")
+    self.object_first = object_first
     blur_padding = layers.default_blur_padding(padding) if blur_padding is None else blur_padding
     self.backbone = Backbone(in_channels, tuple(widths), kernel_size, downsample=downsample,
                              padding=padding, blur_size=blur_size, blur_padding=blur_padding,
@@ -146,3 +151,25 @@ class ShiftNet(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.head(self.backbone(x))
+
+  def _shortcut(self) -> bool:
+    return self.object_first and object_first.supported(self.backbone.blocks[0]) is None
+
+  def on_canvas(self, objects: jax.Array, locations: jax.Array, canvas_size: int) -> jax.Array:
+    """Logits of objects (B, h, w, C) at (B, 2) locations on blank canvases: the same as
+    `self(canvas.place(objects, locations, canvas_size))`, with the first block run on the objects when it
+    can be (`object_first.py`), which is several times less work."""
+    if not self._shortcut():
+      return self(canvas.place(objects, locations, canvas_size))
+    x = object_first.first_block(self.backbone.blocks[0], objects, locations, canvas_size)
+    return self.head(self.backbone.features(x, start=1)[-1])
+
+  def on_grid(self, objects: jax.Array, locations: jax.Array, canvas_size: int) -> jax.Array:
+    """Logits of every object at every location, (L, B, classes): `on_canvas` for a location map, with the
+    first block run once per object (and residue) rather than once per canvas."""
+    if not self._shortcut():
+      x = canvas.place_grid(objects, locations, canvas_size)
+      return self(x.reshape(-1, *x.shape[2:])).reshape(*x.shape[:2], -1)
+    x = object_first.first_block_grid(self.backbone.blocks[0], objects, locations, canvas_size)
+    logits = self.head(self.backbone.features(x.reshape(-1, *x.shape[2:]), start=1)[-1])
+    return logits.reshape(*x.shape[:2], -1)

@@ -1,0 +1,143 @@
+"""The blank-canvas shortcut (models/object_first.py) and the max-pool gradient it relies on.
+
+The shortcut must give the same logits and the same gradients as running the network on the placed
+canvas, for every padding, kernel size, downsampling and canvas parity it claims, at every location,
+the borders included (where part of its output lands off the grid and must be dropped).
+"""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from shiftbench import canvas, train
+from shiftbench.models import ShiftNet, layers, logits_on_canvas, logits_on_grid, object_first
+
+
+def _reduce_window_max_pool(x):
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+
+def test_max_pool_gradient_goes_to_one_position_per_window_even_on_ties():
+  # A blank canvas is all ties: each window must pass its gradient on once, to its first position.
+  grad = jax.grad(lambda x: layers.max_pool_2x2(x).sum())(jnp.ones((1, 4, 5, 1)))[0, :, :, 0]
+  expected = np.zeros((4, 5))
+  expected[::2, 0:4:2] = 1.0
+  np.testing.assert_array_equal(grad, expected)
+
+
+def test_max_pool_matches_reduce_window_values_and_gradients_with_many_ties():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.integers(0, 3, (2, 7, 6, 3)).astype(np.float32))  # values in {0,1,2}: many ties
+  g = jnp.asarray(rng.normal(size=(2, 3, 3, 3)).astype(np.float32))
+  ours, ours_vjp = jax.vjp(layers.max_pool_2x2, x)
+  ref, ref_vjp = jax.vjp(_reduce_window_max_pool, x)
+  np.testing.assert_array_equal(ours, ref)
+  np.testing.assert_array_equal(ours_vjp(g)[0], ref_vjp(g)[0])
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("cin", [1, 8])
+def test_patch_conv_matches_xla_conv_values_and_gradients(stride, cin):
+  rng = np.random.default_rng(cin + stride)
+  x = jnp.asarray(rng.normal(size=(3, 11, 10, cin)).astype(np.float32))
+  k = jnp.asarray(rng.normal(size=(3, 3, cin, 5)).astype(np.float32))
+  f = lambda patches: lambda x, k: (object_first.conv_valid(x, k, stride, patches) ** 2).sum()
+  np.testing.assert_allclose(object_first.conv_valid(x, k, stride, True),
+                             object_first.conv_valid(x, k, stride, False), rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.grad(f(True), (0, 1))(x, k), jax.grad(f(False), (0, 1))(x, k)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+# (canvas, object, kernel, padding, downsample, head): the presets' settings (cnn_fc, gap, fcn) and
+# odd canvases, even and larger kernels, `valid` and `full` padding.
+CASES = [
+    (32, 12, 3, "same", "max", "fc"),
+    (31, 12, 3, "same", "max", "gap"),
+    (20, 7, 4, "valid", "max", "gap"),
+    (21, 8, 5, "full", "max", "fc"),
+    (21, 8, 5, "full", "stride", "conv"),
+    (24, 9, 2, "same", "stride", "gap"),
+    (23, 10, 3, "same", "stride", "conv"),
+]
+
+
+def _model(canvas_size, kernel, padding, downsample, head, seed=0):
+  model = ShiftNet(num_classes=5, canvas_size=canvas_size, widths=(4, 6), kernel_size=kernel, padding=padding,
+                   downsample=downsample, head=head, rngs=nnx.Rngs(seed))
+  bias = model.backbone.blocks[0].conv.conv.bias  # a non-zero bias: the blank canvas is not blank after it
+  bias[...] = jnp.asarray(np.random.default_rng(seed).normal(size=bias.shape).astype(np.float32))
+  assert object_first.supported(model.backbone.blocks[0]) is None
+  return model
+
+
+def _objects_and_locations(canvas_size, size, n=7, seed=0):
+  rng = np.random.default_rng(seed)
+  objects = jnp.asarray(rng.uniform(size=(n, size, size, 1)).astype(np.float32))
+  m = canvas_size - size
+  corners = [[0, 0], [m, m], [0, m], [m, 0], [1, m - 1]]
+  locations = np.concatenate([corners, rng.integers(0, m + 1, (n - len(corners), 2))]).astype(np.int32)
+  return objects, jnp.asarray(locations)
+
+
+@pytest.mark.parametrize("canvas_size,size,kernel,padding,downsample,head", CASES)
+def test_on_canvas_equals_the_network_on_the_placed_canvas_values_and_gradients(
+    canvas_size, size, kernel, padding, downsample, head):
+  model = _model(canvas_size, kernel, padding, downsample, head)
+  objects, locations = _objects_and_locations(canvas_size, size)
+  placed = lambda m: m(canvas.place(objects, locations, canvas_size))
+  np.testing.assert_allclose(model.on_canvas(objects, locations, canvas_size), placed(model), rtol=1e-5,
+                             atol=1e-5)
+  loss = lambda logits: (jnp.sin(logits) * jnp.arange(5)).sum()  # every logit gets its own weight
+  fast = nnx.grad(lambda m: loss(m.on_canvas(objects, locations, canvas_size)))(model)
+  slow = nnx.grad(lambda m: loss(placed(m)))(model)
+  for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(slow)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("canvas_size,size,kernel,padding,downsample,head", CASES)
+def test_on_grid_equals_the_network_on_every_placed_canvas(canvas_size, size, kernel, padding, downsample,
+                                                           head):
+  model = _model(canvas_size, kernel, padding, downsample, head)
+  objects, _ = _objects_and_locations(canvas_size, size, n=5)
+  m = canvas_size - size
+  grid = jnp.asarray(list(itertools.product([0, 1, m // 2, m - 1, m], [0, 1, 2, m])), jnp.int32)
+  fast = model.on_grid(objects, grid, canvas_size)
+  x = canvas.place_grid(objects, grid, canvas_size)
+  slow = model(x.reshape(-1, *x.shape[2:])).reshape(*x.shape[:2], -1)
+  assert fast.shape == (len(grid), 5, 5)
+  np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["circular", "blur", "aps"])
+def test_unsupported_first_blocks_fall_back_to_the_canvas_and_still_agree(kind):
+  kw = {"circular": dict(padding="circular"), "blur": dict(downsample="blur"),
+        "aps": dict(padding="circular", downsample="aps")}[kind]
+  model = ShiftNet(num_classes=3, canvas_size=16, widths=(4, 4), head="gap", rngs=nnx.Rngs(0), **kw)
+  assert object_first.supported(model.backbone.blocks[0]) is not None
+  objects, locations = _objects_and_locations(16, 6, n=6)
+  np.testing.assert_allclose(logits_on_canvas(model, objects, locations, 16),
+                             model(canvas.place(objects, locations, 16)), rtol=1e-6, atol=1e-6)
+  grid = locations[:3]
+  x = canvas.place_grid(objects, grid, 16)
+  np.testing.assert_allclose(logits_on_grid(model, objects, grid, 16),
+                             model(x.reshape(-1, *x.shape[2:])).reshape(3, 6, -1), rtol=1e-6, atol=1e-6)
+
+
+def test_training_with_and_without_the_shortcut_gives_the_same_parameters():
+  rng = np.random.default_rng(0)
+  data = train.DeviceObjects.from_numpy(rng.integers(0, 256, (40, 8, 8, 1), dtype=np.uint8),
+                                        rng.integers(0, 3, 40), 3)
+  spec = canvas.CanvasSpec(20, 8)
+  params = []
+  for shortcut in (True, False):
+    model = ShiftNet(num_classes=3, canvas_size=20, widths=(4, 8), object_first=shortcut, rngs=nnx.Rngs(0))
+    train.train(model, optax.adam(1e-2), data, spec, train.Placement("translate", (0, 0)), steps=5,
+                batch_size=8, seed=0, log_every=10**9)
+    params.append(jax.tree.leaves(nnx.state(model, nnx.Param)))
+  for a, b in zip(*params):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
