@@ -54,11 +54,12 @@ def test_patch_conv_matches_xla_conv_values_and_gradients(stride, cin):
 
 
 # (canvas, object, kernel, padding, downsample, head): the presets' settings (cnn_fc, gap, fcn) and
-# odd canvases, even and larger kernels, `valid` and `full` padding.
+# odd canvases, even and larger kernels, `valid` and `full` padding. Two-block models: with `max` both
+# shortcuts run (block 1 on the object, block 2's conv near it); with `stride` only the first.
 CASES = [
     (32, 12, 3, "same", "max", "fc"),
     (31, 12, 3, "same", "max", "gap"),
-    (20, 7, 4, "valid", "max", "gap"),
+    (32, 7, 4, "valid", "max", "gap"),
     (21, 8, 5, "full", "max", "fc"),
     (21, 8, 5, "full", "stride", "conv"),
     (24, 9, 2, "same", "stride", "gap"),
@@ -67,7 +68,7 @@ CASES = [
 
 
 def _model(canvas_size, kernel, padding, downsample, head, seed=0):
-  model = ShiftNet(num_classes=5, canvas_size=canvas_size, widths=(4, 6), kernel_size=kernel, padding=padding,
+  model = ShiftNet(num_classes=5, canvas_size=canvas_size, widths=(4, 6, 3), kernel_size=kernel, padding=padding,
                    downsample=downsample, head=head, rngs=nnx.Rngs(seed))
   bias = model.backbone.blocks[0].conv.conv.bias  # a non-zero bias: the blank canvas is not blank after it
   bias[...] = jnp.asarray(np.random.default_rng(seed).normal(size=bias.shape).astype(np.float32))
@@ -141,3 +142,14 @@ def test_training_with_and_without_the_shortcut_gives_the_same_parameters():
     params.append(jax.tree.leaves(nnx.state(model, nnx.Param)))
   for a, b in zip(*params):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_place_per_location_equals_canvas_place_values_and_gradients_at_any_offset():
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(6, 2, 4, 3, 2)).astype(np.float32))
+  offsets = jnp.asarray([[0, 0], [-2, 5], [7, -3], [-9, 0], [3, 40], [5, 4]], jnp.int32)  # in, partly, fully off
+  fast = lambda x: object_first.place_per_location(x, offsets, 8)
+  slow = lambda x: jax.vmap(lambda xl, o: canvas.place(xl, jnp.broadcast_to(o, (2, 2)), 8))(x, offsets)
+  np.testing.assert_array_equal(fast(x), slow(x))
+  g = jnp.asarray(rng.normal(size=(6, 2, 8, 8, 2)).astype(np.float32))
+  np.testing.assert_array_equal(jax.vjp(fast, x)[1](g)[0], jax.vjp(slow, x)[1](g)[0])

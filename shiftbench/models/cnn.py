@@ -54,7 +54,10 @@ class Block(nnx.Module):
                                   rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = self.conv(x)
+    return self.after_conv(self.conv(x))
+
+  def after_conv(self, x: jax.Array) -> jax.Array:
+    """Everything after the conv (bias included in x): downsampling and ReLU."""
     if self.downsample == "max":
       return jax.nn.relu(layers.max_pool_2x2(x))
     if self.downsample == "blur":
@@ -85,14 +88,16 @@ class Backbone(nnx.Module):
         for cin, cout in zip(chans[:-1], chans[1:])
     ])
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return self.features(x)[-1]
-
-  def features(self, x: jax.Array, start: int = 0) -> list[jax.Array]:
-    """Every block's output from block `start` on (x is then block `start - 1`'s output), for layer-wise
-    representation analysis."""
-    out = []
+  def __call__(self, x: jax.Array, start: int = 0) -> jax.Array:
+    """The backbone's output; from block `start` on when x is already block `start - 1`'s output."""
     for block in list(self.blocks)[start:]:
+      x = block(x)
+    return x
+
+  def features(self, x: jax.Array) -> list[jax.Array]:
+    """Every block's output, for layer-wise representation analysis."""
+    out = []
+    for block in self.blocks:
       x = block(x)
       out.append(x)
     return out
@@ -157,12 +162,12 @@ class ShiftNet(nnx.Module):
 
   def on_canvas(self, objects: jax.Array, locations: jax.Array, canvas_size: int) -> jax.Array:
     """Logits of objects (B, h, w, C) at (B, 2) locations on blank canvases: the same as
-    `self(canvas.place(objects, locations, canvas_size))`, with the first block run on the objects when it
-    can be (`object_first.py`), which is several times less work."""
+    `self(canvas.place(objects, locations, canvas_size))`, with the first block(s) run near the objects
+    when they can be (`object_first.py`), which is several times less work."""
     if not self._shortcut():
       return self(canvas.place(objects, locations, canvas_size))
-    x = object_first.first_block(self.backbone.blocks[0], objects, locations, canvas_size)
-    return self.head(self.backbone.features(x, start=1)[-1])
+    x, start = object_first.first_blocks(self.backbone.blocks, objects, locations, canvas_size)
+    return self.head(self.backbone(x, start=start))
 
   def on_grid(self, objects: jax.Array, locations: jax.Array, canvas_size: int) -> jax.Array:
     """Logits of every object at every location, (L, B, classes): `on_canvas` for a location map, with the
@@ -170,6 +175,6 @@ class ShiftNet(nnx.Module):
     if not self._shortcut():
       x = canvas.place_grid(objects, locations, canvas_size)
       return self(x.reshape(-1, *x.shape[2:])).reshape(*x.shape[:2], -1)
-    x = object_first.first_block_grid(self.backbone.blocks[0], objects, locations, canvas_size)
-    logits = self.head(self.backbone.features(x.reshape(-1, *x.shape[2:]), start=1)[-1])
-    return logits.reshape(*x.shape[:2], -1)
+    x, start = object_first.first_blocks_grid(self.backbone.blocks, objects, locations, canvas_size)
+    logits = self.head(self.backbone(x, start=start))
+    return logits.reshape(locations.shape[0], objects.shape[0], -1)
