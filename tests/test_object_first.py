@@ -54,8 +54,8 @@ def test_patch_conv_matches_xla_conv_values_and_gradients(stride, cin):
 
 
 # (canvas, object, kernel, padding, downsample, head): the presets' settings (cnn_fc, gap, fcn) and
-# odd canvases, even and larger kernels, `valid` and `full` padding. Two-block models: with `max` both
-# shortcuts run (block 1 on the object, block 2's conv near it); with `stride` only the first.
+# odd canvases, even and larger kernels, `valid` and `full` padding. Three-block models: with `max`, block
+# 1 runs on the object and later convs near it while their window is small enough; with `stride` only block 1.
 CASES = [
     (32, 12, 3, "same", "max", "fc"),
     (31, 12, 3, "same", "max", "gap"),
@@ -64,6 +64,7 @@ CASES = [
     (21, 8, 5, "full", "stride", "conv"),
     (24, 9, 2, "same", "stride", "gap"),
     (23, 10, 3, "same", "stride", "conv"),
+    (56, 20, 3, "same", "max", "fc"),  # blocks 2 and 3 both run near the object in training
 ]
 
 
@@ -153,3 +154,27 @@ def test_place_per_location_equals_canvas_place_values_and_gradients_at_any_offs
   np.testing.assert_array_equal(fast(x), slow(x))
   g = jnp.asarray(rng.normal(size=(6, 2, 8, 8, 2)).astype(np.float32))
   np.testing.assert_array_equal(jax.vjp(fast, x)[1](g)[0], jax.vjp(slow, x)[1](g)[0])
+
+
+def test_crop_per_location_is_the_transpose_of_place_per_location():
+  rng = np.random.default_rng(4)
+  offsets = jnp.asarray([[0, 0], [-2, 5], [7, -3], [-9, 0], [3, 40]], jnp.int32)
+  x = jnp.asarray(rng.normal(size=(5, 2, 8, 8, 3)).astype(np.float32))
+  y = jnp.asarray(rng.normal(size=(5, 2, 4, 4, 3)).astype(np.float32))
+  crop = lambda x: object_first.crop_per_location(x, offsets, 4)
+  place = lambda y: object_first.place_per_location(y, offsets, 8)
+  # <crop(x), y> == <x, place(y)> for all x, y defines the transpose; check it and both VJPs.
+  np.testing.assert_allclose((crop(x) * y).sum(), (x * place(y)).sum(), rtol=1e-5)
+  np.testing.assert_array_equal(jax.vjp(crop, x)[1](y)[0], place(y))
+  np.testing.assert_array_equal(jax.vjp(place, y)[1](x)[0], crop(x))
+
+
+def test_the_shortcut_reaches_as_far_as_it_should():
+  # 32-px canvas, 12-px objects: blocks 1 and 2 near the object (block 3's window would be the whole map);
+  # 56-px canvas, 20-px objects: blocks 1-3 in training, blocks 1-2 in location maps.
+  for canvas_size, size, train_next, grid_next in [(32, 12, 2, 2), (56, 20, 3, 2)]:
+    model = _model(canvas_size, 3, "same", "max", "gap")
+    objects, locations = _objects_and_locations(canvas_size, size, n=5)
+    blocks = model.backbone.blocks
+    assert object_first.first_blocks(blocks, objects, locations, canvas_size)[1] == train_next
+    assert object_first.first_blocks_grid(blocks, objects, locations, canvas_size)[1] == grid_next

@@ -15,17 +15,19 @@ canvas's) and zeros behind up to an even number of conv rows, `down` is the 2x2 
 2, and `place` drops whatever lands off the output grid. The bias and ReLU act after placement because
 the blank canvas carries the bias too; max commutes with adding a constant.
 
-Second block's conv (stride 1, zero padding). Its input is a constant c = relu(bias1) everywhere plus
-D = relu(L + bias1) - c near the object, so by linearity
+Later blocks' convs (stride 1, zero padding). Block 2's input is a constant c = relu(bias1) everywhere
+plus D = relu(L + bias1) - c near the object, so by linearity
 
     conv2(block1 output)  ==  conv2(c everywhere) + place(conv2_full(D masked to the grid), q + pad2 - (k2 - 1))
 
 The first term is one blank image per step; the second runs over (s + k2 - 1)^2 positions instead of the
-whole grid (10x10 instead of 16x16 for 12-px objects on 32-px canvases). The rest of block 2
-(downsampling, ReLU) then runs on the exact conv output as usual.
+whole map (10x10 instead of 16x16 for 12-px objects on 32-px canvases). After block 2's max pool the map
+is again "the blank canvas's map + a difference in a small window", so the same step repeats for block 3
+and on while the window stays small (`SPARSE_MAX_AREA`); the rest of the network runs on full maps.
 
 In a location map, L depends on the location only through its residue, so it is computed once per object
-and residue (4 per object), not once per canvas. On CPU the 1-channel first conv runs as patches +
+and residue (4 per object), not once per canvas; maps stop after block 2's conv, since placing and
+cropping many objects' maps per location cost more than the later convs they save (measured). On CPU the 1-channel first conv runs as patches +
 matmul, which XLA:CPU does faster than its conv for few input channels (checked against each other).
 """
 
@@ -42,6 +44,9 @@ from shiftbench.models import layers
 # Patches + matmul beat XLA:CPU's conv for the 1-channel first layer (measured: 0.71 vs 1.77 ms forward,
 # 1.39 vs 2.07 ms kernel gradient on 64 canvases), and tie or lose from 8 input channels up.
 PATCH_CONV_MAX_CHANNELS = 4
+# A later block's conv runs near the object only when its full conv covers at most this fraction of the
+# conv's output map; past that, the gathers cost more than the conv work they save.
+SPARSE_MAX_AREA = 0.6
 _RESIDUES = ((0, 0), (0, 1), (1, 0), (1, 1))
 
 
@@ -54,12 +59,6 @@ def supported(block) -> str | None:
   if block.conv.conv.bias is None:
     return "a conv without bias"
   return None
-
-
-def second_supported(block) -> bool:
-  """Whether the second block's conv can run near the object: stride 1, zero padding, with bias."""
-  return (block.downsample != "stride" and block.conv.pad_mode == "constant"
-          and block.conv.conv.bias is not None)
 
 
 def _uses_patches(in_channels: int) -> bool:
@@ -150,29 +149,76 @@ def _place_bwd(size, res, g):
 place_per_location.defvjp(_place_fwd, _place_bwd)
 
 
-def _after_local(blocks: Sequence, local1: jax.Array, q: jax.Array, grid: int) -> tuple[jax.Array, int]:
-  """From L (L, N, s, s, C1) at offsets q (L, 2) on block 1's (grid x grid) output to the output of block
-  1, or of block 2 where its conv can run near the object: ((L * N, ...) features, index of next block)."""
-  first = blocks[0]
-  bias1 = first.conv.conv.bias[...]
-  if len(blocks) < 2 or not second_supported(blocks[1]):
-    x = jax.nn.relu(place_per_location(local1, q, grid) + bias1)
-    return x.reshape(-1, *x.shape[2:]), 1
-  second = blocks[1]
-  background = jax.nn.relu(bias1)
-  s = local1.shape[2]
-  on_grid = (q[:, :, None] + jnp.arange(s) >= 0) & (q[:, :, None] + jnp.arange(s) < grid)  # (L, 2, s)
-  mask = (on_grid[:, 0, :, None] & on_grid[:, 1, None, :]).astype(local1.dtype)[:, None, :, :, None]
-  delta = (jax.nn.relu(local1 + bias1) - background) * mask
-  k2 = _kernel_size(second)
-  # The full conv as an explicit pad + unpadded conv: XLA:CPU's gradient of a conv padded by k - 1 ran
-  # at half the speed (2.2 vs 1.2 ms for 64 maps of 8x8x8).
-  pad = ((0, 0), (k2 - 1, k2 - 1), (k2 - 1, k2 - 1), (0, 0))
-  full = conv_valid(jnp.pad(delta.reshape(-1, *delta.shape[2:]), pad), second.conv.conv.kernel[...])
-  full = full.reshape(*delta.shape[:2], *full.shape[1:])
-  blank = second.conv(jnp.broadcast_to(background, (1, grid, grid, background.shape[0])))  # with bias2
-  z = place_per_location(full, q + second.conv.pad[0] - (k2 - 1), _conv_rows(second, grid)) + blank[0]
-  return second.after_conv(z.reshape(-1, *z.shape[2:])), 2
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def crop_per_location(x: jax.Array, offsets: jax.Array, size: int) -> jax.Array:
+  """(L, N, G, G, C) maps -> their (size x size) windows with top-left corners at (L, 2) offsets, zero
+  where a window leaves the map: the transpose of `place_per_location`, also computed as gathers."""
+  return _crop_fwd(x, offsets, size)[0]
+
+
+def _crop_fwd(x, offsets, size):
+  offsets = jnp.clip(offsets, -size, jnp.array(x.shape[2:4]))  # beyond these the window is all zeros
+  padded = jnp.pad(x, ((0, 0), (0, 0), (size, size), (size, size), (0, 0)))
+  return _slice_at(padded, size + offsets, (x.shape[1], size, size, x.shape[4])), (offsets, x.shape)
+
+
+def _crop_bwd(size, res, g):
+  offsets, shape = res
+  grid = shape[2]
+  padded = jnp.pad(g, ((0, 0), (0, 0), (grid, grid), (grid, grid), (0, 0)))
+  return _slice_at(padded, grid - offsets, (shape[1], grid, grid, shape[4])), None
+
+
+crop_per_location.defvjp(_crop_fwd, _crop_bwd)
+
+
+def _worth_it(block, window: int, grid: int) -> bool:
+  """Whether `block`'s conv can run on a (window x window) neighbourhood of a (grid x grid) map, and should:
+  stride 1, zero padding, a bias, and a full conv over at most SPARSE_MAX_AREA of the conv's output."""
+  if block.downsample == "stride" or block.conv.pad_mode != "constant" or block.conv.conv.bias is None:
+    return False
+  full = window + _kernel_size(block) - 1
+  return full * full <= SPARSE_MAX_AREA * _conv_rows(block, grid) ** 2
+
+
+def _near_object(blocks: Sequence, local1: jax.Array, q: jax.Array, grid: int,
+                 max_convs: int) -> tuple[jax.Array, int]:
+  """From L (L, N, s, s, C1) at offsets q (L, 2) on block 1's (grid x grid) output map to the output of
+  as many blocks (at most 1 + max_convs) as can run near the object: ((L * N, ...) features, index of the
+  next block).
+
+  The map entering block i is `background + place(delta, q)`: a map that is the same for every object
+  (a blank canvas through blocks 1..i-1) plus a difference confined to an (s x s) window. By linearity,
+  block i's conv is the background's conv (one image) plus the full conv of the window, placed; after its
+  2x2 max pool the difference is confined to a window of (s + k - 1) // 2 + 1 rows, cropped for block i + 1.
+  """
+  bias1 = blocks[0].conv.conv.bias[...]
+  background = jnp.broadcast_to(jax.nn.relu(bias1), (1, grid, grid, bias1.shape[0]))
+  delta = jax.nn.relu(local1 + bias1) - background[0, 0, 0]
+  i = 1
+  while i <= max_convs and i < len(blocks) and _worth_it(blocks[i], delta.shape[2], grid):
+    block, s, k = blocks[i], delta.shape[2], _kernel_size(blocks[i])
+    on_grid = (q[:, :, None] + jnp.arange(s) >= 0) & (q[:, :, None] + jnp.arange(s) < grid)  # (L, 2, s)
+    mask = (on_grid[:, 0, :, None] & on_grid[:, 1, None, :]).astype(delta.dtype)[:, None, :, :, None]
+    # The full conv as an explicit pad + unpadded conv: XLA:CPU's gradient of a conv padded by k - 1 ran
+    # at half the speed (2.2 vs 1.2 ms for 64 maps of 8x8x8).
+    pad = ((0, 0), (k - 1, k - 1), (k - 1, k - 1), (0, 0))
+    full = conv_valid(jnp.pad((delta * mask).reshape(-1, *delta.shape[2:]), pad), block.conv.conv.kernel[...])
+    full = full.reshape(*delta.shape[:2], *full.shape[1:])
+    blank = block.conv(background)  # bias included
+    at = q + block.conv.pad[0] - (k - 1)
+    z = place_per_location(full, at, blank.shape[1]) + blank[0]
+    x = block.after_conv(z.reshape(-1, *z.shape[2:]))
+    i += 1
+    window = full.shape[2] // 2 + 1
+    if (block.downsample != "max" or i > max_convs or i == len(blocks)
+        or not _worth_it(blocks[i], window, x.shape[1])):
+      return x, i
+    background = block.after_conv(blank)
+    q, grid = at // 2, x.shape[1]
+    delta = crop_per_location(x.reshape(*delta.shape[:2], *x.shape[1:]) - background[0], q, window)
+  x = place_per_location(delta, q, grid) + background[0]
+  return x.reshape(-1, *x.shape[2:]), i
 
 
 def first_blocks(blocks: Sequence, objects: jax.Array, locations: jax.Array,
@@ -182,7 +228,7 @@ def first_blocks(blocks: Sequence, objects: jax.Array, locations: jax.Array,
   local_side, grid = _first_geometry(blocks[0], objects.shape[1:3], canvas_size)
   r, q = _offsets(blocks[0], locations)
   local1 = _local_output(blocks[0], objects, r, local_side)
-  return _after_local(blocks, local1[:, None], q, grid)
+  return _near_object(blocks, local1[:, None], q, grid, max_convs=len(blocks))
 
 
 def first_blocks_grid(blocks: Sequence, objects: jax.Array, locations: jax.Array,
@@ -195,4 +241,6 @@ def first_blocks_grid(blocks: Sequence, objects: jax.Array, locations: jax.Array
   residues = jnp.repeat(jnp.asarray(_RESIDUES, jnp.int32), n, axis=0)
   local1 = _local_output(blocks[0], jnp.tile(objects, (4, 1, 1, 1)), residues, local_side)
   local1 = local1.reshape(4, n, *local1.shape[1:])
-  return _after_local(blocks, jnp.take(local1, 2 * r[:, 0] + r[:, 1], axis=0), q, grid)
+  # Maps stop after block 2's conv: with many objects per location, cropping and placing the later
+  # blocks' maps cost more than their convs (64-px canvases: 3.5-3.9k vs 4.3k canvases/s).
+  return _near_object(blocks, jnp.take(local1, 2 * r[:, 0] + r[:, 1], axis=0), q, grid, max_convs=1)
