@@ -178,3 +178,11 @@ def test_the_shortcut_reaches_as_far_as_it_should():
     blocks = model.backbone.blocks
     assert object_first.first_blocks(blocks, objects, locations, canvas_size)[1] == train_next
     assert object_first.first_blocks_grid(blocks, objects, locations, canvas_size)[1] == grid_next
+
+
+def test_non_square_objects_take_the_canvas_path():
+  model = _model(20, 3, "same", "max", "gap")
+  objects = jnp.asarray(np.random.default_rng(5).uniform(size=(3, 6, 9, 1)).astype(np.float32))
+  locations = jnp.asarray([[0, 0], [14, 11], [5, 3]], jnp.int32)
+  np.testing.assert_allclose(model.on_canvas(objects, locations, 20),
+                             model(canvas.place(objects, locations, 20)), rtol=1e-6, atol=1e-6)

@@ -157,14 +157,15 @@ class ShiftNet(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.head(self.backbone(x))
 
-  def _shortcut(self) -> bool:
-    return self.object_first and object_first.supported(self.backbone.blocks[0]) is None
+  def _shortcut(self, objects: jax.Array) -> bool:
+    square = objects.shape[1] == objects.shape[2]  # canvas objects are; anything else takes the canvas path
+    return self.object_first and square and object_first.supported(self.backbone.blocks[0]) is None
 
   def on_canvas(self, objects: jax.Array, locations: jax.Array, canvas_size: int) -> jax.Array:
     """Logits of objects (B, h, w, C) at (B, 2) locations on blank canvases: the same as
     `self(canvas.place(objects, locations, canvas_size))`, with the first block(s) run near the objects
     when they can be (`object_first.py`), which is several times less work."""
-    if not self._shortcut():
+    if not self._shortcut(objects):
       return self(canvas.place(objects, locations, canvas_size))
     x, start = object_first.first_blocks(self.backbone.blocks, objects, locations, canvas_size)
     return self.head(self.backbone(x, start=start))
@@ -172,7 +173,7 @@ class ShiftNet(nnx.Module):
   def on_grid(self, objects: jax.Array, locations: jax.Array, canvas_size: int) -> jax.Array:
     """Logits of every object at every location, (L, B, classes): `on_canvas` for a location map, with the
     first block run once per object (and residue) rather than once per canvas."""
-    if not self._shortcut():
+    if not self._shortcut(objects):
       x = canvas.place_grid(objects, locations, canvas_size)
       return self(x.reshape(-1, *x.shape[2:])).reshape(*x.shape[:2], -1)
     x, start = object_first.first_blocks_grid(self.backbone.blocks, objects, locations, canvas_size)

@@ -94,8 +94,7 @@ def _conv_rows(block, size: int) -> int:
 def _first_geometry(block, object_hw: tuple[int, int], canvas_size: int) -> tuple[int, int]:
   """(local canvas side, block output side on the canvas) for square objects."""
   h, w = object_hw
-  if h != w:
-    raise ValueError(f"objects must be square for the blank-canvas shortcut, got {h}x{w}")
+  assert h == w, f"square objects only, got {h}x{w} (ShiftNet sends others down the canvas path)"
   k = _kernel_size(block)
   rows = h + k + (h + k) % 2  # conv rows to cover: the full conv plus the residue, made even
   conv_rows = _conv_rows(block, canvas_size)
