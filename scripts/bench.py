@@ -109,6 +109,12 @@ def ratio(a: list[float], b: list[float]) -> dict:
   return summary(list(np.asarray(a) / np.asarray(b)))
 
 
+def alternatives(res: dict[str, list[float]], unit: str) -> dict:
+  """Every contestant but the two main ones: its rate (under `unit`) and shiftbench's speedup over it."""
+  return {k: {unit: summary(v), "speedup": ratio(res["shiftbench"], v)}
+          for k, v in res.items() if k not in ("shiftbench", "torch")}
+
+
 # -- the contestants --------------------------------------------------------------------------------
 def jax_trainer(cfg, args, data, spec, dispatch="auto", object_first=True):
   model = jax_model(cfg, args.canvas, 0, object_first)
@@ -181,20 +187,21 @@ def markdown(r: dict) -> str:
   t = r["torch_threads"]
   lines = [f"| measure | shiftbench | PyTorch ({t} thr) | speedup median [min, max] |", "|---|---|---|---|"]
   fmt = lambda s: f"{s['median']:.2f}x [{s['min']:.2f}, {s['max']:.2f}]"
+
+  def alternative_rows(label: str, unit: str, alts: dict) -> None:
+    unit_name = unit.replace("_s", "/s")
+    for extra, s in alts.items():
+      lines.append(f"| {label}, {extra} ({unit_name}) | {s[unit]['median']:.0f} | | {fmt(s['speedup'])} |")
   for name, m in r["train"].items():
     lines.append(f"| train {name} (img/s) | {m['shiftbench']['median']:.0f} ({m['gflops']:.1f} canvas-equivalent "
                  f"GFLOP/s, {100 * m['peak_fraction']:.1f}% of matmul peak) | {m['torch']['median']:.0f} | "
                  f"{fmt(m['speedup'])} |")
-    for extra, s in m.get("alternatives", {}).items():
-      lines.append(f"| train {name}, {extra} (img/s) | {s['img_s']['median']:.0f} | | "
-                   f"{fmt(s['speedup'])} |")
+    alternative_rows(f"train {name}", "img_s", m.get("alternatives", {}))
   if "eval" in r:
     e = r["eval"]
     lines.append(f"| location map (canvases/s) | {e['shiftbench']['median']:.0f} | {e['torch']['median']:.0f} | "
                  f"{fmt(e['speedup'])} |")
-    for extra, s in e.get("alternatives", {}).items():
-      lines.append(f"| location map, {extra} (canvases/s) | {s['canvases_s']['median']:.0f} | | "
-                   f"{fmt(s['speedup'])} |")
+    alternative_rows("location map", "canvases_s", e.get("alternatives", {}))
   if "e2e" in r:
     e = r["e2e"]
     lines.append(f"| quick row end to end (s) | {1 / e['shiftbench']['median']:.1f} | "
@@ -257,8 +264,7 @@ def main(argv=None) -> dict:
     r["train"][name] = {"shiftbench": summary(res["shiftbench"]), "torch": summary(res["torch"]),
                         "speedup": ratio(res["shiftbench"], res["torch"]), "gflops": gflops,
                         "peak_fraction": gflops / peak, "flops_per_image": train_flops(cfg, args.canvas),
-                        "alternatives": {k: {"img_s": summary(v), "speedup": ratio(res["shiftbench"], v)}
-                                         for k, v in res.items() if k not in ("shiftbench", "torch")}}
+                        "alternatives": alternatives(res, "img_s")}
     print(name, json.dumps(r["train"][name]), flush=True)
   first = preset(args.models.split(",")[0], widths)
   ev_objs = images[:args.eval_objects]
@@ -271,8 +277,7 @@ def main(argv=None) -> dict:
   r["eval"] = {"shiftbench": summary(res["shiftbench"]), "torch": summary(res["torch"]),
                "speedup": ratio(res["shiftbench"], res["torch"]), "locations": len(grid),
                "objects": len(ev_objs),
-               "alternatives": {k: {"canvases_s": summary(v), "speedup": ratio(res["shiftbench"], v)}
-                                for k, v in res.items() if k not in ("shiftbench", "torch")}}
+               "alternatives": alternatives(res, "canvases_s")}
   print("eval", json.dumps(r["eval"]), flush=True)
   if args.e2e_steps:
     n_curve = max(1, args.eval_objects * 2 // 5)  # the quick preset's 200 curve objects per 500 test objects

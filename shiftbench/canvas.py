@@ -86,6 +86,12 @@ def place_grid(objects: jax.Array, locations: jax.Array, canvas_size: int) -> ja
   return jnp.einsum("lYy,byxc,lXx->lbYXc", ey, objects.astype(jnp.float32), ex)
 
 
+def apply_on_grid(fn, objects: jax.Array, locations: jax.Array, canvas_size: int) -> jax.Array:
+  """`fn` (a batch of canvases -> a batch of outputs) on every object at every location: (L, B, ...)."""
+  x = place_grid(objects, locations, canvas_size)
+  return fn(x.reshape(-1, *x.shape[2:])).reshape(*x.shape[:2], -1)
+
+
 def sample_locations(key: jax.Array, batch: int, spec: CanvasSpec, regime: str, location: tuple[int, int],
                      jitter: int = 0) -> jax.Array:
   """Draws (batch, 2) training locations under a placement regime (DESIGN.md section 2).

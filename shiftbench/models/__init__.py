@@ -28,8 +28,7 @@ def logits_on_grid(model: nnx.Module, objects: jax.Array, locations: jax.Array, 
   model's `on_grid` shortcut when it has one."""
   if hasattr(model, "on_grid"):
     return model.on_grid(objects, locations, canvas_size)
-  x = canvas.place_grid(objects, locations, canvas_size)
-  return model(x.reshape(-1, *x.shape[2:])).reshape(*x.shape[:2], -1)
+  return canvas.apply_on_grid(model, objects, locations, canvas_size)
 
 
 __all__ = ["DOWNSAMPLES", "HEADS", "PADDINGS", "ResNet", "ShiftNet", "logits_on_canvas", "logits_on_grid",

@@ -174,8 +174,7 @@ class ShiftNet(nnx.Module):
     """Logits of every object at every location, (L, B, classes): `on_canvas` for a location map, with the
     first block run once per object (and residue) rather than once per canvas."""
     if not self._shortcut(objects):
-      x = canvas.place_grid(objects, locations, canvas_size)
-      return self(x.reshape(-1, *x.shape[2:])).reshape(*x.shape[:2], -1)
+      return canvas.apply_on_grid(self, objects, locations, canvas_size)
     x, start = object_first.first_blocks_grid(self.backbone.blocks, objects, locations, canvas_size)
     logits = self.head(self.backbone(x, start=start))
     return logits.reshape(locations.shape[0], objects.shape[0], -1)

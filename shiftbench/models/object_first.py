@@ -27,8 +27,9 @@ and on while the window stays small (`SPARSE_MAX_AREA`); the rest of the network
 
 In a location map, L depends on the location only through its residue, so it is computed once per object
 and residue (4 per object), not once per canvas; maps stop after block 2's conv, since placing and
-cropping many objects' maps per location cost more than the later convs they save (measured). On CPU the 1-channel first conv runs as patches +
-matmul, which XLA:CPU does faster than its conv for few input channels (checked against each other).
+cropping many objects' maps per location cost more than the later convs they save (measured). On CPU
+the 1-channel first conv runs as patches + matmul, which XLA:CPU does faster than its conv for few input
+channels (checked against each other).
 """
 
 from __future__ import annotations
@@ -50,15 +51,20 @@ SPARSE_MAX_AREA = 0.6
 _RESIDUES = ((0, 0), (0, 1), (1, 0), (1, 1))
 
 
-def supported(block) -> str | None:
-  """None if the first block (a `cnn.Block`) can run on objects, else why not."""
-  if block.downsample not in ("max", "stride"):
-    return f"downsample={block.downsample!r} (supported: max, stride)"
+def _conv_unsupported(block) -> str | None:
+  """Why a block's conv cannot be split into a blank-canvas part and a part near the object, or None."""
   if block.conv.pad_mode != "constant":
     return "circular padding (the object can wrap around the canvas)"
   if block.conv.conv.bias is None:
     return "a conv without bias"
   return None
+
+
+def supported(block) -> str | None:
+  """None if the first block (a `cnn.Block`) can run on objects, else why not."""
+  if block.downsample not in ("max", "stride"):
+    return f"downsample={block.downsample!r} (supported: max, stride)"
+  return _conv_unsupported(block)
 
 
 def _uses_patches(in_channels: int) -> bool:
@@ -123,7 +129,14 @@ def place_per_location(x: jax.Array, offsets: jax.Array, size: int) -> jax.Array
   off the grid are dropped. Same as `canvas.place` per location, but as slices of a padded copy (a gather
   forward, a gather backward), several times cheaper here than selection-matrix einsums for many channels.
   """
-  return _place_fwd(x, offsets, size)[0]
+  return _place(x, offsets, size)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def crop_per_location(x: jax.Array, offsets: jax.Array, size: int) -> jax.Array:
+  """(L, N, G, G, C) maps -> their (size x size) windows with top-left corners at (L, 2) offsets, zero
+  where a window leaves the map: the transpose of `place_per_location`, also computed as gathers."""
+  return _crop(x, offsets, (size, size))
 
 
 def _slice_at(padded: jax.Array, starts: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -131,50 +144,31 @@ def _slice_at(padded: jax.Array, starts: jax.Array, shape: tuple[int, ...]) -> j
   return jax.vmap(take)(padded, starts)
 
 
-def _place_fwd(x, offsets, size):
+def _place(x: jax.Array, offsets: jax.Array, size: int) -> jax.Array:
   h, w = x.shape[2:4]
   offsets = jnp.clip(offsets, jnp.array([-h, -w]), size)  # beyond these nothing overlaps: same zeros
   padded = jnp.pad(x, ((0, 0), (0, 0), (size, size), (size, size), (0, 0)))
-  return _slice_at(padded, size - offsets, (x.shape[1], size, size, x.shape[4])), (offsets, x.shape)
+  return _slice_at(padded, size - offsets, (x.shape[1], size, size, x.shape[4]))
 
 
-def _place_bwd(size, res, g):
-  offsets, shape = res
-  h, w = shape[2:4]
-  padded = jnp.pad(g, ((0, 0), (0, 0), (h, h), (w, w), (0, 0)))
-  return _slice_at(padded, jnp.array([h, w]) + offsets, (shape[1], h, w, shape[4])), None
+def _crop(x: jax.Array, offsets: jax.Array, hw: tuple[int, int]) -> jax.Array:
+  h, w = hw
+  offsets = jnp.clip(offsets, jnp.array([-h, -w]), jnp.array(x.shape[2:4]))  # beyond these: all zeros
+  padded = jnp.pad(x, ((0, 0), (0, 0), (h, h), (w, w), (0, 0)))
+  return _slice_at(padded, jnp.array([h, w]) + offsets, (x.shape[1], h, w, x.shape[4]))
 
 
-place_per_location.defvjp(_place_fwd, _place_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def crop_per_location(x: jax.Array, offsets: jax.Array, size: int) -> jax.Array:
-  """(L, N, G, G, C) maps -> their (size x size) windows with top-left corners at (L, 2) offsets, zero
-  where a window leaves the map: the transpose of `place_per_location`, also computed as gathers."""
-  return _crop_fwd(x, offsets, size)[0]
-
-
-def _crop_fwd(x, offsets, size):
-  offsets = jnp.clip(offsets, -size, jnp.array(x.shape[2:4]))  # beyond these the window is all zeros
-  padded = jnp.pad(x, ((0, 0), (0, 0), (size, size), (size, size), (0, 0)))
-  return _slice_at(padded, size + offsets, (x.shape[1], size, size, x.shape[4])), (offsets, x.shape)
-
-
-def _crop_bwd(size, res, g):
-  offsets, shape = res
-  grid = shape[2]
-  padded = jnp.pad(g, ((0, 0), (0, 0), (grid, grid), (grid, grid), (0, 0)))
-  return _slice_at(padded, grid - offsets, (shape[1], grid, grid, shape[4])), None
-
-
-crop_per_location.defvjp(_crop_fwd, _crop_bwd)
+# Each one's VJP is the other (placing and cropping are transposes); integer offsets get no cotangent.
+place_per_location.defvjp(lambda x, offsets, size: (_place(x, offsets, size), (offsets, x.shape[2:4])),
+                          lambda size, res, g: (_crop(g, res[0], res[1]), None))
+crop_per_location.defvjp(lambda x, offsets, size: (_crop(x, offsets, (size, size)), (offsets, x.shape[2])),
+                         lambda size, res, g: (_place(g, res[0], res[1]), None))
 
 
 def _worth_it(block, window: int, grid: int) -> bool:
   """Whether `block`'s conv can run on a (window x window) neighbourhood of a (grid x grid) map, and should:
   stride 1, zero padding, a bias, and a full conv over at most SPARSE_MAX_AREA of the conv's output."""
-  if block.downsample == "stride" or block.conv.pad_mode != "constant" or block.conv.conv.bias is None:
+  if block.downsample == "stride" or _conv_unsupported(block) is not None:
     return False
   full = window + _kernel_size(block) - 1
   return full * full <= SPARSE_MAX_AREA * _conv_rows(block, grid) ** 2
