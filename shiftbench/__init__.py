@@ -3,10 +3,14 @@
 import importlib.metadata as _metadata
 import os as _os
 
-# jax 0.10 sends every CPU convolution to YNNPACK, which runs on one thread; handing convolutions back to
-# Eigen used both cores and doubled training throughput here (../shared/PERF-NOTES.md). The flag must be
-# set before jax is imported, and only for jaxlib versions that know it (an unknown XLA flag aborts).
-_YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+# jax 0.10 sends CPU convolutions, dots, reductions and elementwise fusions to YNNPACK. Its convolutions
+# run on one thread; handing them back to Eigen used both cores and doubled training throughput here
+# (../shared/PERF-NOTES.md). At this package's small shapes (batch 64, 8-32 channels) YNNPACK's dots,
+# reductions and elementwise fusions were slower than XLA's own code too: turning them off as well took
+# a quick-geometry training step from 3.68 to 3.30 ms and a 64-px step from 66.6 to 63.5 ms (bench notes
+# in README.md, Performance). The flag must be set before jax is imported, and only for jaxlib versions
+# that know it (an unknown XLA flag aborts); a user's own `ynn_fusion_type` in XLA_FLAGS wins.
+_YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution,-individual_dot,-dot,-reduce,-eltwise"
 
 
 def _jaxlib_knows_ynn_flag() -> bool:
@@ -20,4 +24,4 @@ def _jaxlib_knows_ynn_flag() -> bool:
 if "ynn_fusion_type" not in _os.environ.get("XLA_FLAGS", "") and _jaxlib_knows_ynn_flag():
   _os.environ["XLA_FLAGS"] = (_os.environ.get("XLA_FLAGS", "") + " " + _YNN_FLAG).strip()
 
-__version__ = "0.2.0"
+__version__ = "0.2.1"
