@@ -96,13 +96,14 @@ def sample_locations(key: jax.Array, batch: int, spec: CanvasSpec, regime: str, 
                      jitter: int = 0) -> jax.Array:
   """Draws (batch, 2) training locations under a placement regime (DESIGN.md section 2).
 
-  `fixed` always returns `location`; `random_crop` adds uniform integer jitter in [-jitter, jitter] per
-  axis and clips to the canvas (pad-and-crop kept inside the canvas); `translate` is uniform over every
-  valid location.
+  `fixed` always returns `location`, as a host (numpy) array: a constant the jitted step can specialise
+  on (`models/object_first.py` then places with pads instead of gathers); `random_crop` adds uniform
+  integer jitter in [-jitter, jitter] per axis and clips to the canvas (pad-and-crop kept inside the
+  canvas); `translate` is uniform over every valid location.
   """
-  base = jnp.asarray(location, jnp.int32)[None, :]
   if regime == "fixed":
-    return jnp.broadcast_to(base, (batch, 2))
+    return np.broadcast_to(np.asarray(location, np.int32)[None, :], (batch, 2))
+  base = jnp.asarray(location, jnp.int32)[None, :]
   if regime == "random_crop":
     offsets = jax.random.randint(key, (batch, 2), -jitter, jitter + 1)
     return jnp.clip(base + offsets, 0, spec.max_offset)

@@ -104,6 +104,25 @@ def test_on_canvas_equals_the_network_on_the_placed_canvas_values_and_gradients(
 
 
 @pytest.mark.parametrize("canvas_size,size,kernel,padding,downsample,head", CASES)
+def test_on_canvas_at_one_host_location_equals_the_placed_canvas_values_and_gradients(
+    canvas_size, size, kernel, padding, downsample, head):
+  # `fixed` training passes one numpy location for the whole batch: placements become pads, not gathers.
+  model = _model(canvas_size, kernel, padding, downsample, head)
+  objects = _objects_and_locations(canvas_size, size)[0][:3]
+  m = canvas_size - size
+  loss = lambda logits: (jnp.sin(logits) * jnp.arange(5)).sum()
+  for location in [(0, 0), (m, m), (1, m - 1), (m // 2, m // 2 + 1)]:
+    locations = np.broadcast_to(np.asarray(location, np.int32), (3, 2))
+    placed = lambda mod: mod(canvas.place(objects, jnp.asarray(locations), canvas_size))
+    np.testing.assert_allclose(model.on_canvas(objects, locations, canvas_size), placed(model), rtol=1e-5,
+                               atol=1e-5)
+    fast = nnx.grad(lambda mod: loss(mod.on_canvas(objects, locations, canvas_size)))(model)
+    slow = nnx.grad(lambda mod: loss(placed(mod)))(model)
+    for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(slow)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("canvas_size,size,kernel,padding,downsample,head", CASES)
 def test_on_grid_equals_the_network_on_every_placed_canvas(canvas_size, size, kernel, padding, downsample,
                                                            head):
   model = _model(canvas_size, kernel, padding, downsample, head)
@@ -156,6 +175,21 @@ def test_place_per_location_equals_canvas_place_values_and_gradients_at_any_offs
   np.testing.assert_array_equal(fast(x), slow(x))
   g = jnp.asarray(rng.normal(size=(6, 2, 8, 8, 2)).astype(np.float32))
   np.testing.assert_array_equal(jax.vjp(fast, x)[1](g)[0], jax.vjp(slow, x)[1](g)[0])
+
+
+@pytest.mark.parametrize("offset", [(0, 0), (-2, 5), (7, -3), (-9, 0), (3, 40), (5, 4)])
+def test_equal_host_offsets_place_and_crop_like_the_gathers(offset):
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.normal(size=(3, 2, 4, 3, 2)).astype(np.float32))
+  big = jnp.asarray(rng.normal(size=(3, 2, 8, 8, 2)).astype(np.float32))
+  host = np.broadcast_to(np.asarray(offset, np.int32), (3, 2))
+  for op, arg, size in [(object_first.place_per_location, x, 8), (object_first.crop_per_location, big, 4)]:
+    pad_path = lambda a: op(a, host, size)
+    gather_path = lambda a: op(a, jnp.asarray(host), size)
+    np.testing.assert_array_equal(pad_path(arg), gather_path(arg))
+    out, pad_vjp = jax.vjp(pad_path, arg)
+    g = jnp.asarray(rng.normal(size=out.shape).astype(np.float32))
+    np.testing.assert_array_equal(pad_vjp(g)[0], jax.vjp(gather_path, arg)[1](g)[0])
 
 
 def test_crop_per_location_is_the_transpose_of_place_per_location():

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from shiftbench.models import layers
 
@@ -109,8 +110,8 @@ def _first_geometry(block, object_hw: tuple[int, int], canvas_size: int) -> tupl
 
 def _offsets(block, locations: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(residue r, output offset q) per location and axis."""
-  o = locations + block.conv.pad[0] - (_kernel_size(block) - 1)
-  r = o % 2  # jnp's % follows the divisor's sign: r is 0 or 1 also for negative o
+  o = locations + block.conv.pad[0] - (_kernel_size(block) - 1)  # numpy stays numpy (static offsets)
+  r = o % 2  # numpy's and jnp's % follow the divisor's sign: r is 0 or 1 also for negative o
   return r, (o - r) // 2
 
 
@@ -123,19 +124,46 @@ def _local_output(block, objects: jax.Array, residues: jax.Array, local_side: in
   return conv_valid(local, kernel, stride=2)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def place_per_location(x: jax.Array, offsets: jax.Array, size: int) -> jax.Array:
+def place_per_location(x: jax.Array, offsets: jax.Array | np.ndarray, size: int) -> jax.Array:
   """(L, N, h, w, C) maps with top-left corners at (L, 2) offsets on (L, N, size, size, C) zero grids; parts
   off the grid are dropped. Same as `canvas.place` per location, but as slices of a padded copy (a gather
   forward, a gather backward), several times cheaper here than selection-matrix einsums for many channels.
+  Offsets known on the host and equal for every location (`fixed` training) need no gather: one pad.
   """
+  if (offset := _same_static_offset(offsets)) is not None:
+    h, w = x.shape[2:4]
+    oy, ox = (int(v) for v in np.clip(offset, (-h, -w), size))  # beyond these nothing overlaps
+    return jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (0, 0, 0), (oy, size - oy - h, 0),
+                                                   (ox, size - ox - w, 0), (0, 0, 0)))
+  return _place_gather(x, offsets, size)
+
+
+def crop_per_location(x: jax.Array, offsets: jax.Array | np.ndarray, size: int) -> jax.Array:
+  """(L, N, G, G, C) maps -> their (size x size) windows with top-left corners at (L, 2) offsets, zero
+  where a window leaves the map: the transpose of `place_per_location`, also computed as gathers (or one
+  pad, for equal host offsets)."""
+  if (offset := _same_static_offset(offsets)) is not None:
+    gh, gw = x.shape[2:4]
+    oy, ox = (int(v) for v in np.clip(offset, -size, (gh, gw)))  # beyond these: all zeros
+    return jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (0, 0, 0), (-oy, oy + size - gh, 0),
+                                                   (-ox, ox + size - gw, 0), (0, 0, 0)))
+  return _crop_gather(x, offsets, size)
+
+
+def _same_static_offset(offsets) -> np.ndarray | None:
+  """The one (2,) offset if `offsets` is a host (numpy) array whose rows are all equal, else None."""
+  if isinstance(offsets, np.ndarray) and offsets.size and (offsets == offsets[:1]).all():
+    return offsets[0]
+  return None
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _place_gather(x: jax.Array, offsets: jax.Array, size: int) -> jax.Array:
   return _place(x, offsets, size)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def crop_per_location(x: jax.Array, offsets: jax.Array, size: int) -> jax.Array:
-  """(L, N, G, G, C) maps -> their (size x size) windows with top-left corners at (L, 2) offsets, zero
-  where a window leaves the map: the transpose of `place_per_location`, also computed as gathers."""
+def _crop_gather(x: jax.Array, offsets: jax.Array, size: int) -> jax.Array:
   return _crop(x, offsets, (size, size))
 
 
@@ -159,9 +187,9 @@ def _crop(x: jax.Array, offsets: jax.Array, hw: tuple[int, int]) -> jax.Array:
 
 
 # Each one's VJP is the other (placing and cropping are transposes); integer offsets get no cotangent.
-place_per_location.defvjp(lambda x, offsets, size: (_place(x, offsets, size), (offsets, x.shape[2:4])),
+_place_gather.defvjp(lambda x, offsets, size: (_place(x, offsets, size), (offsets, x.shape[2:4])),
                           lambda size, res, g: (_crop(g, res[0], res[1]), None))
-crop_per_location.defvjp(lambda x, offsets, size: (_crop(x, offsets, (size, size)), (offsets, x.shape[2])),
+_crop_gather.defvjp(lambda x, offsets, size: (_crop(x, offsets, (size, size)), (offsets, x.shape[2])),
                          lambda size, res, g: (_place(g, res[0], res[1]), None))
 
 
@@ -191,7 +219,8 @@ def _near_object(blocks: Sequence, local1: jax.Array, q: jax.Array, grid: int,
   i = 1
   while i <= max_convs and i < len(blocks) and _worth_it(blocks[i], delta.shape[2], grid):
     block, s, k = blocks[i], delta.shape[2], _kernel_size(blocks[i])
-    on_grid = (q[:, :, None] + jnp.arange(s) >= 0) & (q[:, :, None] + jnp.arange(s) < grid)  # (L, 2, s)
+    xp = np if isinstance(q, np.ndarray) else jnp  # host offsets give a constant mask
+    on_grid = (q[:, :, None] + xp.arange(s) >= 0) & (q[:, :, None] + xp.arange(s) < grid)  # (L, 2, s)
     mask = (on_grid[:, 0, :, None] & on_grid[:, 1, None, :]).astype(delta.dtype)[:, None, :, :, None]
     # The full conv as an explicit pad + unpadded conv: XLA:CPU's gradient of a conv padded by k - 1 ran
     # at half the speed (2.2 vs 1.2 ms for 64 maps of 8x8x8).
