@@ -178,37 +178,47 @@ def test_place_per_location_equals_canvas_place_values_and_gradients_at_any_offs
 
 
 @pytest.mark.parametrize("offset", [(0, 0), (-2, 5), (7, -3), (-9, 0), (3, 40), (5, 4)])
-def test_equal_host_offsets_place_and_crop_like_the_gathers(offset):
+def test_equal_host_offsets_place_like_the_gathers(offset):
   rng = np.random.default_rng(5)
   x = jnp.asarray(rng.normal(size=(3, 2, 4, 3, 2)).astype(np.float32))
-  big = jnp.asarray(rng.normal(size=(3, 2, 8, 8, 2)).astype(np.float32))
   host = np.broadcast_to(np.asarray(offset, np.int32), (3, 2))
-  for op, arg, size in [(object_first.place_per_location, x, 8), (object_first.crop_per_location, big, 4)]:
-    pad_path = lambda a: op(a, host, size)
-    gather_path = lambda a: op(a, jnp.asarray(host), size)
-    np.testing.assert_array_equal(pad_path(arg), gather_path(arg))
-    out, pad_vjp = jax.vjp(pad_path, arg)
-    g = jnp.asarray(rng.normal(size=out.shape).astype(np.float32))
-    np.testing.assert_array_equal(pad_vjp(g)[0], jax.vjp(gather_path, arg)[1](g)[0])
+  pad_path = lambda a: object_first.place_per_location(a, host, 8)
+  gather_path = lambda a: object_first.place_per_location(a, jnp.asarray(host), 8)
+  np.testing.assert_array_equal(pad_path(x), gather_path(x))
+  g = jnp.asarray(rng.normal(size=(3, 2, 8, 8, 2)).astype(np.float32))
+  np.testing.assert_array_equal(jax.vjp(pad_path, x)[1](g)[0], jax.vjp(gather_path, x)[1](g)[0])
 
 
-def test_crop_per_location_is_the_transpose_of_place_per_location():
+def test_the_placement_gradient_is_its_transpose():
+  # <place(y), x> == <y, place^T(x)> for all x, y defines the transpose, which the custom VJP must be.
   rng = np.random.default_rng(4)
   offsets = jnp.asarray([[0, 0], [-2, 5], [7, -3], [-9, 0], [3, 40]], jnp.int32)
   x = jnp.asarray(rng.normal(size=(5, 2, 8, 8, 3)).astype(np.float32))
   y = jnp.asarray(rng.normal(size=(5, 2, 4, 4, 3)).astype(np.float32))
-  crop = lambda x: object_first.crop_per_location(x, offsets, 4)
-  place = lambda y: object_first.place_per_location(y, offsets, 8)
-  # <crop(x), y> == <x, place(y)> for all x, y defines the transpose; check it and both VJPs.
-  np.testing.assert_allclose((crop(x) * y).sum(), (x * place(y)).sum(), rtol=1e-5)
-  np.testing.assert_array_equal(jax.vjp(crop, x)[1](y)[0], place(y))
-  np.testing.assert_array_equal(jax.vjp(place, y)[1](x)[0], crop(x))
+  placed, vjp = jax.vjp(lambda y: object_first.place_per_location(y, offsets, 8), y)
+  np.testing.assert_allclose((placed * x).sum(), (y * vjp(x)[0]).sum(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("host", [False, True])
+def test_crop_image_equals_slicing_the_padded_image_values_and_gradients(host):
+  rng = np.random.default_rng(6)
+  image = jnp.asarray(rng.normal(size=(7, 7, 3)).astype(np.float32))
+  offsets = np.asarray([[0, 0], [-2, 5], [6, -3], [-9, 0], [3, 40], [2, 3]] if not host else [[-2, 5]] * 3,
+                       np.int32)
+  def reference(im):  # zero-pad generously, then slice each window
+    p = jnp.pad(im, ((50, 50), (50, 50), (0, 0)))
+    return jnp.stack([p[50 + a:54 + a, 50 + b:54 + b] for a, b in offsets])
+  fast = lambda im: object_first.crop_image(im, offsets if host else jnp.asarray(offsets), 4)
+  np.testing.assert_array_equal(fast(image), reference(image))
+  w = jnp.asarray(rng.normal(size=(len(offsets), 4, 4, 3)).astype(np.float32))
+  np.testing.assert_allclose(jax.grad(lambda im: (fast(im) * w).sum())(image),
+                             jax.grad(lambda im: (reference(im) * w).sum())(image), rtol=1e-6, atol=1e-6)
 
 
 def test_the_shortcut_reaches_as_far_as_it_should():
   # 32-px canvas, 12-px objects: blocks 1 and 2 near the object (block 3's window would be the whole map);
-  # 56-px canvas, 20-px objects: blocks 1-3 in training, blocks 1-2 in location maps.
-  for canvas_size, size, train_next, grid_next in [(32, 12, 2, 2), (56, 20, 3, 2)]:
+  # 56-px canvas, 20-px objects: blocks 1-3, in training and in location maps.
+  for canvas_size, size, train_next, grid_next in [(32, 12, 2, 2), (56, 20, 3, 3)]:
     model = _model(canvas_size, 3, "same", "max", "gap")
     objects, locations = _objects_and_locations(canvas_size, size, n=5)
     blocks = model.backbone.blocks

@@ -15,21 +15,22 @@ canvas's) and zeros behind up to an even number of conv rows, `down` is the 2x2 
 2, and `place` drops whatever lands off the output grid. The bias and ReLU act after placement because
 the blank canvas carries the bias too; max commutes with adding a constant.
 
-Later blocks' convs (stride 1, zero padding). Block 2's input is a constant c = relu(bias1) everywhere
-plus D = relu(L + bias1) - c near the object, so by linearity
+Later blocks (stride-1 conv with zero padding, 2x2 max pool). Block 2's input is a constant c =
+relu(bias1) everywhere plus D = relu(L + bias1) - c near the object, so by linearity
 
     conv2(block1 output)  ==  conv2(c everywhere) + place(conv2_full(D masked to the grid), q + pad2 - (k2 - 1))
 
 The first term is one blank image per step; the second runs over (s + k2 - 1)^2 positions instead of the
-whole map (10x10 instead of 16x16 for 12-px objects on 32-px canvases). After block 2's max pool the map
-is again "the blank canvas's map + a difference in a small window", so the same step repeats for block 3
-and on while the window stays small (`SPARSE_MAX_AREA`); the rest of the network runs on full maps.
+whole map (10x10 instead of 16x16 for 12-px objects on 32-px canvases). Only the pool windows that touch
+the second term differ from the blank image's, so the max pool and ReLU run on those alone (the second
+term plus the blank image cropped there), and block 3 again sees "the blank canvas's map + a difference
+in a small window": the same step repeats while the window stays small (`SPARSE_MAX_AREA`), and the
+rest of the network runs on full maps. Nothing of full-map size is built until then.
 
 In a location map, L depends on the location only through its residue, so it is computed once per object
-and residue (4 per object), not once per canvas; maps stop after block 2's conv, since placing and
-cropping many objects' maps per location cost more than the later convs they save (measured). On CPU
-the 1-channel first conv runs as patches + matmul, which XLA:CPU does faster than its conv for few input
-channels (checked against each other).
+and residue (4 per object), not once per canvas. On CPU the 1-channel first conv runs as patches +
+matmul, which XLA:CPU does faster than its conv for few input channels (checked against each other).
+Offsets known on the host and equal for the whole batch (`fixed` training) place with pads, not gathers.
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ def _local_output(block, objects: jax.Array, residues: jax.Array, local_side: in
 def place_per_location(x: jax.Array, offsets: jax.Array | np.ndarray, size: int) -> jax.Array:
   """(L, N, h, w, C) maps with top-left corners at (L, 2) offsets on (L, N, size, size, C) zero grids; parts
   off the grid are dropped. Same as `canvas.place` per location, but as slices of a padded copy (a gather
-  forward, a gather backward), several times cheaper here than selection-matrix einsums for many channels.
+  forward, and backward a crop, also a gather), several times cheaper here than selection-matrix einsums
+  for many channels.
   Offsets known on the host and equal for every location (`fixed` training) need no gather: one pad.
   """
   if (offset := _same_static_offset(offsets)) is not None:
@@ -138,16 +140,20 @@ def place_per_location(x: jax.Array, offsets: jax.Array | np.ndarray, size: int)
   return _place_gather(x, offsets, size)
 
 
-def crop_per_location(x: jax.Array, offsets: jax.Array | np.ndarray, size: int) -> jax.Array:
-  """(L, N, G, G, C) maps -> their (size x size) windows with top-left corners at (L, 2) offsets, zero
-  where a window leaves the map: the transpose of `place_per_location`, also computed as gathers (or one
-  pad, for equal host offsets)."""
+def crop_image(image: jax.Array, offsets: jax.Array | np.ndarray, size: int) -> jax.Array:
+  """(G, G, C) image -> its (L, size, size, C) windows with top-left corners at (L, 2) offsets, zero off the
+  image: a gather from the one image (scatter-add backward), never broadcast to every location. One pad
+  for equal host offsets."""
+  g = image.shape[0]
   if (offset := _same_static_offset(offsets)) is not None:
-    gh, gw = x.shape[2:4]
-    oy, ox = (int(v) for v in np.clip(offset, -size, (gh, gw)))  # beyond these: all zeros
-    return jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (0, 0, 0), (-oy, oy + size - gh, 0),
-                                                   (-ox, ox + size - gw, 0), (0, 0, 0)))
-  return _crop_gather(x, offsets, size)
+    oy, ox = (int(v) for v in np.clip(offset, -size, g))
+    out = jax.lax.pad(image, jnp.zeros((), image.dtype), ((-oy, oy + size - g, 0), (-ox, ox + size - g, 0),
+                                                         (0, 0, 0)))
+    return jnp.broadcast_to(out, (offsets.shape[0], *out.shape))
+  offsets = jnp.clip(offsets, -size, g)
+  padded = jnp.pad(image, ((size, size), (size, size), (0, 0)))
+  take = lambda o: jax.lax.dynamic_slice(padded, (o[0] + size, o[1] + size, 0), (size, size, image.shape[2]))
+  return jax.vmap(take)(offsets)
 
 
 def _same_static_offset(offsets) -> np.ndarray | None:
@@ -160,11 +166,6 @@ def _same_static_offset(offsets) -> np.ndarray | None:
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _place_gather(x: jax.Array, offsets: jax.Array, size: int) -> jax.Array:
   return _place(x, offsets, size)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _crop_gather(x: jax.Array, offsets: jax.Array, size: int) -> jax.Array:
-  return _crop(x, offsets, (size, size))
 
 
 def _slice_at(padded: jax.Array, starts: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -186,38 +187,37 @@ def _crop(x: jax.Array, offsets: jax.Array, hw: tuple[int, int]) -> jax.Array:
   return _slice_at(padded, jnp.array([h, w]) + offsets, (x.shape[1], h, w, x.shape[4]))
 
 
-# Each one's VJP is the other (placing and cropping are transposes); integer offsets get no cotangent.
+# Placing and cropping are transposes, so the placement's VJP is a crop (integer offsets: no cotangent).
 _place_gather.defvjp(lambda x, offsets, size: (_place(x, offsets, size), (offsets, x.shape[2:4])),
-                          lambda size, res, g: (_crop(g, res[0], res[1]), None))
-_crop_gather.defvjp(lambda x, offsets, size: (_crop(x, offsets, (size, size)), (offsets, x.shape[2])),
-                         lambda size, res, g: (_place(g, res[0], res[1]), None))
+                     lambda size, res, g: (_crop(g, res[0], res[1]), None))
 
 
 def _worth_it(block, window: int, grid: int) -> bool:
-  """Whether `block`'s conv can run on a (window x window) neighbourhood of a (grid x grid) map, and should:
-  stride 1, zero padding, a bias, and a full conv over at most SPARSE_MAX_AREA of the conv's output."""
-  if block.downsample == "stride" or _conv_unsupported(block) is not None:
+  """Whether `block` can run on a (window x window) neighbourhood of a (grid x grid) map, and should: a
+  stride-1 conv with zero padding and a bias, a 2x2 max pool, and a full conv over at most
+  SPARSE_MAX_AREA of the conv's output."""
+  if block.downsample != "max" or _conv_unsupported(block) is not None:
     return False
   full = window + _kernel_size(block) - 1
   return full * full <= SPARSE_MAX_AREA * _conv_rows(block, grid) ** 2
 
 
-def _near_object(blocks: Sequence, local1: jax.Array, q: jax.Array, grid: int,
-                 max_convs: int) -> tuple[jax.Array, int]:
+def _near_object(blocks: Sequence, local1: jax.Array, q: jax.Array, grid: int) -> tuple[jax.Array, int]:
   """From L (L, N, s, s, C1) at offsets q (L, 2) on block 1's (grid x grid) output map to the output of
-  as many blocks (at most 1 + max_convs) as can run near the object: ((L * N, ...) features, index of the
-  next block).
+  as many blocks as can run near the object: ((L * N, ...) features, index of the next block).
 
   The map entering block i is `background + place(delta, q)`: a map that is the same for every object
   (a blank canvas through blocks 1..i-1) plus a difference confined to an (s x s) window. By linearity,
-  block i's conv is the background's conv (one image) plus the full conv of the window, placed; after its
-  2x2 max pool the difference is confined to a window of (s + k - 1) // 2 + 1 rows, cropped for block i + 1.
+  block i's conv is the background's conv (one image, `blank`) plus the full conv of the window (F = s +
+  k - 1 rows). Only the 2x2 pool windows that touch the full conv differ from the background's: p = F //
+  2 + 1 of them per axis, starting at pool row qn = floor(at / 2), so the pool runs on full + blank over
+  those 2p conv rows alone, and block i + 1 starts from a p x p difference at qn.
   """
   bias1 = blocks[0].conv.conv.bias[...]
   background = jnp.broadcast_to(jax.nn.relu(bias1), (1, grid, grid, bias1.shape[0]))
   delta = jax.nn.relu(local1 + bias1) - background[0, 0, 0]
   i = 1
-  while i <= max_convs and i < len(blocks) and _worth_it(blocks[i], delta.shape[2], grid):
+  while i < len(blocks) and _worth_it(blocks[i], delta.shape[2], grid):
     block, s, k = blocks[i], delta.shape[2], _kernel_size(blocks[i])
     xp = np if isinstance(q, np.ndarray) else jnp  # host offsets give a constant mask
     on_grid = (q[:, :, None] + xp.arange(s) >= 0) & (q[:, :, None] + xp.arange(s) < grid)  # (L, 2, s)
@@ -229,16 +229,16 @@ def _near_object(blocks: Sequence, local1: jax.Array, q: jax.Array, grid: int,
     full = full.reshape(*delta.shape[:2], *full.shape[1:])
     blank = block.conv(background)  # bias included
     at = q + block.conv.pad[0] - (k - 1)
-    z = place_per_location(full, at, blank.shape[1]) + blank[0]
-    x = block.after_conv(z.reshape(-1, *z.shape[2:]))
     i += 1
+    # Pool windows off the conv's map (at its borders) hold garbage here; they fall off the pooled map,
+    # where the next block's mask or the final placement drops them.
     window = full.shape[2] // 2 + 1
-    if (block.downsample != "max" or i > max_convs or i == len(blocks)
-        or not _worth_it(blocks[i], window, x.shape[1])):
-      return x, i
+    qn = at // 2
+    z = place_per_location(full, at - 2 * qn, 2 * window) + crop_image(blank[0], 2 * qn, 2 * window)[:, None]
+    x = block.after_conv(z.reshape(-1, *z.shape[2:])).reshape(*z.shape[:2], window, window, -1)
     background = block.after_conv(blank)
-    q, grid = at // 2, x.shape[1]
-    delta = crop_per_location(x.reshape(*delta.shape[:2], *x.shape[1:]) - background[0], q, window)
+    q, grid = qn, background.shape[1]
+    delta = x - crop_image(background[0], q, window)[:, None]  # pool windows off the map: masked or dropped
   x = place_per_location(delta, q, grid) + background[0]
   return x.reshape(-1, *x.shape[2:]), i
 
@@ -250,7 +250,7 @@ def first_blocks(blocks: Sequence, objects: jax.Array, locations: jax.Array,
   local_side, grid = _first_geometry(blocks[0], objects.shape[1:3], canvas_size)
   r, q = _offsets(blocks[0], locations)
   local1 = _local_output(blocks[0], objects, r, local_side)
-  return _near_object(blocks, local1[:, None], q, grid, max_convs=len(blocks))
+  return _near_object(blocks, local1[:, None], q, grid)
 
 
 def first_blocks_grid(blocks: Sequence, objects: jax.Array, locations: jax.Array,
@@ -263,6 +263,4 @@ def first_blocks_grid(blocks: Sequence, objects: jax.Array, locations: jax.Array
   residues = jnp.repeat(jnp.asarray(_RESIDUES, jnp.int32), n, axis=0)
   local1 = _local_output(blocks[0], jnp.tile(objects, (4, 1, 1, 1)), residues, local_side)
   local1 = local1.reshape(4, n, *local1.shape[1:])
-  # Maps stop after block 2's conv: with many objects per location, cropping and placing the later
-  # blocks' maps cost more than their convs (64-px canvases: 3.5-3.9k vs 4.3k canvases/s).
-  return _near_object(blocks, jnp.take(local1, 2 * r[:, 0] + r[:, 1], axis=0), q, grid, max_convs=1)
+  return _near_object(blocks, jnp.take(local1, 2 * r[:, 0] + r[:, 1], axis=0), q, grid)
