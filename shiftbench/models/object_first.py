@@ -150,10 +150,7 @@ def crop_image(image: jax.Array, offsets: jax.Array | np.ndarray, size: int) -> 
     out = jax.lax.pad(image, jnp.zeros((), image.dtype), ((-oy, oy + size - g, 0), (-ox, ox + size - g, 0),
                                                          (0, 0, 0)))
     return jnp.broadcast_to(out, (offsets.shape[0], *out.shape))
-  offsets = jnp.clip(offsets, -size, g)
-  padded = jnp.pad(image, ((size, size), (size, size), (0, 0)))
-  take = lambda o: jax.lax.dynamic_slice(padded, (o[0] + size, o[1] + size, 0), (size, size, image.shape[2]))
-  return jax.vmap(take)(offsets)
+  return _crop(image[None, None], offsets, (size, size), shared=True)[:, 0]
 
 
 def _same_static_offset(offsets) -> np.ndarray | None:
@@ -168,8 +165,11 @@ def _place_gather(x: jax.Array, offsets: jax.Array, size: int) -> jax.Array:
   return _place(x, offsets, size)
 
 
-def _slice_at(padded: jax.Array, starts: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+def _slice_at(padded: jax.Array, starts: jax.Array, shape: tuple[int, ...], shared: bool = False) -> jax.Array:
+  """One window per row of `starts`, from the matching row of `padded` or, `shared`, from its only row."""
   take = lambda a, s: jax.lax.dynamic_slice(a, (0, s[0], s[1], 0), shape)
+  if shared:
+    return jax.vmap(take, in_axes=(None, 0))(padded[0], starts)
   return jax.vmap(take)(padded, starts)
 
 
@@ -180,11 +180,11 @@ def _place(x: jax.Array, offsets: jax.Array, size: int) -> jax.Array:
   return _slice_at(padded, size - offsets, (x.shape[1], size, size, x.shape[4]))
 
 
-def _crop(x: jax.Array, offsets: jax.Array, hw: tuple[int, int]) -> jax.Array:
+def _crop(x: jax.Array, offsets: jax.Array, hw: tuple[int, int], shared: bool = False) -> jax.Array:
   h, w = hw
   offsets = jnp.clip(offsets, jnp.array([-h, -w]), jnp.array(x.shape[2:4]))  # beyond these: all zeros
   padded = jnp.pad(x, ((0, 0), (0, 0), (h, h), (w, w), (0, 0)))
-  return _slice_at(padded, jnp.array([h, w]) + offsets, (x.shape[1], h, w, x.shape[4]))
+  return _slice_at(padded, jnp.array([h, w]) + offsets, (x.shape[1], h, w, x.shape[4]), shared)
 
 
 # Placing and cropping are transposes, so the placement's VJP is a crop (integer offsets: no cotangent).
