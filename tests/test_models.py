@@ -150,6 +150,63 @@ def test_full_padding_is_k_minus_1_zeros_and_circular_wraps_around():
     np.testing.assert_allclose(conv(x), ref, atol=1e-5)
 
 
+def _xla_conv(stride, padding):
+  return lambda x, k: jax.lax.conv_general_dilated(x, k, (stride, stride), padding,
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+# Every padding and stride the presets use (same, valid, full's explicit pads; stride 1 and 2), plus even
+# and 1x1 kernels, odd sizes (the stride does not divide the padded size) and asymmetric pads.
+@pytest.mark.parametrize("k,stride,pad", [
+    (3, 1, ((1, 1), (1, 1))), (3, 2, ((1, 1), (1, 1))), (3, 1, ((0, 0), (0, 0))), (3, 2, ((0, 0), (0, 0))),
+    (5, 1, ((2, 2), (2, 2))), (5, 2, ((4, 4), (4, 4))), (4, 1, ((1, 2), (1, 2))), (2, 2, ((0, 1), (0, 1))),
+    (1, 1, ((0, 0), (0, 0))), (1, 2, ((0, 0), (0, 0))), (3, 2, ((2, 0), (0, 1))), (7, 2, ((3, 3), (3, 3)))])
+@pytest.mark.parametrize("size", [(9, 9), (12, 11)])
+def test_conv2d_gradients_equal_xlas_conv_gradients(k, stride, pad, size):
+  x, kernel = _rand((3, *size, 4), 1), _rand((k, k, 4, 5), 2)
+  ref = _xla_conv(stride, pad)
+  ct = _rand(ref(x, kernel).shape, 3)
+  loss = lambda f: lambda x, kernel: (f(x, kernel) * ct).sum()
+  np.testing.assert_allclose(layers.conv2d(x, kernel, (stride, stride), pad), ref(x, kernel), atol=1e-5)
+  ours = jax.grad(loss(lambda x, k: layers.conv2d(x, k, (stride, stride), pad)), (0, 1))(x, kernel)
+  for a, b in zip(ours, jax.grad(loss(ref), (0, 1))(x, kernel)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max()))
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID", ((2, 0), (1, 1))])
+def test_conv_drop_in_takes_nnx_convs_padding_and_sends_the_rest_to_lax(padding):
+  x, kernel = _rand((2, 9, 8, 3), 4), _rand((3, 3, 3, 4), 5)
+  args = (x, kernel, (2, 2), padding)
+  nhwc = dict(dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(layers.conv_general_dilated(*args, **nhwc),
+                             jax.lax.conv_general_dilated(*args, **nhwc), atol=1e-5)
+  uses_conv2d = lambda **kw: "custom_vjp_call" in str(jax.make_jaxpr(
+      lambda x, k: layers.conv_general_dilated(x, k, (2, 2), padding, **kw))(x, kernel))
+  assert uses_conv2d(**nhwc)
+  assert not uses_conv2d(rhs_dilation=(2, 2), **nhwc)  # dilated (or grouped, or another layout): plain lax
+
+
+def test_conv_gradients_in_a_scan_compile_to_canonical_convs():
+  # XLA:CPU runs only NHWC x HWIO -> NHWC convs (dim_labels b01f_01io->b01f) with its Eigen kernels; it
+  # rewrote its own conv gradients into that form outside loops but not inside a `lax.scan`, where they
+  # ran ~20x slower. Every conv of a scanned training step must be in that form.
+  rngs = nnx.Rngs(0)
+  first = layers.PaddedConv(4, 6, 3, padding="same", stride=2, rngs=rngs)
+  second = layers.PaddedConv(6, 2, 3, padding="valid", rngs=rngs)
+  (g1, p1), (g2, p2) = nnx.split(first), nnx.split(second)
+  loss = lambda p, x: (nnx.merge(g2, p[1])(nnx.merge(g1, p[0])(x)) ** 2).sum()
+
+  def steps(params, xs):
+    def body(p, x):
+      return jax.tree.map(lambda a, b: a - 0.1 * b, p, jax.grad(loss)(p, x)), None
+    return jax.lax.scan(body, params, xs)[0]
+  params = (p1, p2)
+  hlo = jax.jit(steps).lower(params, _rand((3, 2, 9, 9, 4))).compile().as_text()
+  labels = [line.split("dim_labels=")[1].split(",")[0] for line in hlo.splitlines() if " convolution(" in line]
+  # two forward convs, two kernel gradients, one input gradient (the second conv's)
+  assert len(labels) == 5 and set(labels) == {"b01f_01io->b01f"}, labels
+
+
 @functools.cache
 def _conv_stack(padding):
   rngs = nnx.Rngs(0)

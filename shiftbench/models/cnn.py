@@ -114,7 +114,8 @@ class Head(nnx.Module):
     elif kind == "gap":
       self.proj = nnx.Linear(c, num_classes, rngs=rngs)
     else:
-      self.proj = nnx.Conv(c, num_classes, (1, 1), rngs=rngs)
+      self.proj = nnx.Conv(c, num_classes, (1, 1), conv_general_dilated=layers.conv_general_dilated,
+                           rngs=rngs)
 
   def pre_logits(self, x: jax.Array) -> jax.Array:
     """The last layer's input (the penultimate representation; see `similarity.layer_features`)."""

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -45,6 +46,75 @@ def conv_padding(kernel_size: int, padding: str) -> tuple[tuple[int, int], str]:
   return (before, after), ("wrap" if padding == "circular" else "constant")
 
 
+def _is_plain_2d(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+                 kwargs) -> bool:
+  """Whether a `lax.conv_general_dilated` call is the plain NHWC/HWIO 2-D conv `conv2d` handles."""
+  nhwc = dimension_numbers is not None and jax.lax.conv_dimension_numbers(
+      lhs.shape, rhs.shape, dimension_numbers) == jax.lax.conv_dimension_numbers(
+      lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+  no_dilation = all(d in (None, 1) or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
+  return (lhs.ndim == 4 and nhwc and no_dilation and feature_group_count == 1
+          and not any(v is not None for v in kwargs.values()) and jax.default_backend() == "cpu")
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+  """`lax.conv_general_dilated` (a drop-in for `nnx.Conv`), with the gradient of plain NHWC/HWIO 2-D
+  convs on CPU written as canonical convs (`conv2d`); everything else goes to `lax` unchanged."""
+  if not (precision is None and _is_plain_2d(lhs, rhs, padding, lhs_dilation, rhs_dilation,
+                                             dimension_numbers, feature_group_count, kwargs)):
+    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                        dimension_numbers, feature_group_count, precision=precision, **kwargs)
+  strides = tuple(int(s) for s in window_strides)
+  if isinstance(padding, str):  # "SAME" / "VALID" as nnx.Conv passes them, to explicit pads
+    padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+  return conv2d(lhs, rhs, strides, tuple(tuple(int(v) for v in p) for p in padding))
+
+
+def _conv_nhwc(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0)), lhs_dilation=None, rhs_dilation=None):
+  return jax.lax.conv_general_dilated(x, kernel, strides, padding, lhs_dilation, rhs_dilation,
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+           padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+  """NHWC x HWIO conv with explicit zero padding, whose VJP is two convs in XLA:CPU's canonical form.
+
+  XLA rewrites a conv's gradients (the input gradient: a conv with the flipped kernel; the kernel
+  gradient: a conv with batch and features swapped) into the NHWC/HWIO form its Eigen kernels take, but
+  not inside a `lax.scan`: there they ran as generic loops, and a scanned training step was ~20x slower
+  than one step per dispatch (README, Performance). Written out here, both are Eigen convs wherever they
+  appear, so training can run several steps per dispatch on CPU too. Checked against `jax.grad` of
+  `lax.conv_general_dilated` for every padding and stride the presets use (tests/test_layers.py).
+  """
+  return _conv_nhwc(x, kernel, strides, padding)
+
+
+def _conv2d_fwd(x, kernel, strides, padding):
+  return _conv_nhwc(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv2d_bwd(strides, padding, res, g):
+  x, kernel = res
+  kh, kw = kernel.shape[:2]
+  # Input gradient: g dilated by the stride, convolved with the flipped kernel (in/out swapped). The
+  # padding puts g's first row where the forward conv's first window started (k - 1 - lo rows before)
+  # and makes the output x's size (the rest after; rows the forward conv never read get zeros).
+  flipped = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)
+  back_pad = tuple((k - 1 - lo, size - 1 - (n - 1) * s + lo) for k, (lo, _), size, n, s in
+                   zip((kh, kw), padding, x.shape[1:3], g.shape[1:3], strides))
+  dx = _conv_nhwc(g, flipped, padding=back_pad, lhs_dilation=strides)
+  # Kernel gradient: features of x as the batch, the batch as the features, g as a kernel dilated by the
+  # stride; the window positions past the kernel (when the stride does not divide the padded size) drop.
+  xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  dk = _conv_nhwc(jnp.transpose(xp, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)), rhs_dilation=strides)
+  return dx, jnp.transpose(dk[:, :kh, :kw], (1, 2, 0, 3))
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
 class PaddedConv(nnx.Module):
   """A 2-D convolution with any padding mode of `PADDINGS`.
 
@@ -60,7 +130,8 @@ class PaddedConv(nnx.Module):
     self.explicit_pad = padding in ("circular", "full")
     conv_pad = "VALID" if self.explicit_pad else (self.pad, self.pad)
     self.conv = nnx.Conv(in_features, out_features, (kernel_size, kernel_size), strides=stride,
-                         padding=conv_pad, use_bias=use_bias, rngs=rngs)
+                         padding=conv_pad, use_bias=use_bias, conv_general_dilated=conv_general_dilated,
+                         rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.explicit_pad:

@@ -80,8 +80,8 @@ def conv_valid(x: jax.Array, kernel: jax.Array, stride: int = 1, patches: bool |
   if patches is None:
     patches = _uses_patches(cin)
   if not patches:
-    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), "VALID",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return layers.conv_general_dilated(x, kernel, (stride, stride), "VALID",
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
   ho = (x.shape[1] - kh) // stride + 1
   wo = (x.shape[2] - kw) // stride + 1
   cols = [x[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride]

@@ -67,7 +67,8 @@ class BasicBlock(nnx.Module):
     self.bn2 = nnx.BatchNorm(cout, momentum=BN_MOMENTUM, rngs=rngs)
     self.project = stride != 1 or cin != cout
     if self.project:
-      self.short_conv = nnx.Conv(cin, cout, (1, 1), use_bias=False, rngs=rngs)
+      self.short_conv = nnx.Conv(cin, cout, (1, 1), use_bias=False,
+                                 conv_general_dilated=layers.conv_general_dilated, rngs=rngs)
       self.short_bn = nnx.BatchNorm(cout, momentum=BN_MOMENTUM, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
