@@ -73,9 +73,14 @@ def set_mode(model: nnx.Module, mode: str) -> None:
 
 
 def steps_per_dispatch(requested: int | str) -> int:
-  """`auto`: 1 on CPU, where a conv step inside `lax.scan` ran ~20x slower (PERF-NOTES.md), else 10."""
+  """`auto`: 10 training steps per jitted call (a `lax.scan`), on every backend.
+
+  On CPU this needs the conv gradients written out in canonical form (`layers.conv2d`): with XLA's own,
+  a scanned conv step ran ~20x slower than one step per call (PERF-NOTES.md); with them it runs 3-35%
+  faster (README, Performance).
+  """
   if requested == "auto":
-    return 1 if jax.default_backend() == "cpu" else 10
+    return 10
   k = int(requested)
   if k < 1:
     raise ValueError(f"steps_per_dispatch must be >= 1 or 'auto', got {requested}")
@@ -165,14 +170,19 @@ def train(model: nnx.Module, tx: optax.GradientTransformation, data: DeviceObjec
 
   if on_eval is not None:
     on_eval(0, model)
+  single = None  # the one-step program, compiled only if a chunk is shorter than k
   done = 0
   with tqdm(total=steps, desc=desc, unit="step", leave=False, dynamic_ncols=True, disable=None) as bar:
     while done < steps:
-      n = min(k, steps - done) if k > 1 else 1
-      if n != k:  # a short final chunk: run it step by step rather than compiling another scan length
-        update = _compiled_update(graphdef, tx, spec, placement, batch_size, 1)
-      params, opt_state, rest, metrics = update(params, opt_state, rest, base_key, np.int32(done), data.images,
-                                                data.labels)
+      # Chunks end at every evaluation step, so on_eval sees the model at exactly the steps asked for;
+      # a chunk shorter than k runs step by step rather than compiling another scan length.
+      stop = min(steps, (done // eval_every + 1) * eval_every) if on_eval is not None and eval_every else steps
+      n = min(k, stop - done)
+      if n < k and single is None:
+        single = _compiled_update(graphdef, tx, spec, placement, batch_size, 1)
+      for start in ([done] if n == k else range(done, done + n)):
+        params, opt_state, rest, metrics = (update if n == k else single)(
+            params, opt_state, rest, base_key, np.int32(start), data.images, data.labels)
       done += n
       bar.update(n)
       if done % log_every < n or done == steps:
@@ -182,7 +192,7 @@ def train(model: nnx.Module, tx: optax.GradientTransformation, data: DeviceObjec
                                    "rate or check the data")
         history.append({"step": done, **logged})
         bar.set_postfix(loss=f"{logged['loss']:.3f}", acc=f"{logged['acc']:.3f}")
-      if on_eval is not None and eval_every and (done % eval_every < n) and done != steps:
+      if done == stop and done != steps:
         sync_model()
         on_eval(done, model)
   sync_model()

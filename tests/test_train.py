@@ -78,6 +78,22 @@ def test_scanned_dispatch_equals_one_step_per_dispatch():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), *results)
 
 
+def test_scanned_chunks_end_at_every_evaluation_step():
+  # eval_every = 7 with 5 steps per dispatch: chunks are cut at 5, 7, 12, 14, ... so on_eval sees the
+  # model after exactly the steps it asks for, the same model as one step per dispatch gives.
+  data, place = _bars(), train.Placement("random_crop", (5, 5), 2)
+  runs = []
+  for k in (1, 5):
+    seen = []
+    train.train(_model(), optax.adam(1e-3), data, SPEC, place, steps=23, batch_size=8, seed=0, dispatch=k,
+                eval_every=7, on_eval=lambda step, m, seen=seen: seen.append((step, _params(m))))
+    runs.append(seen)
+  for one, scanned in zip(*runs):
+    assert one[0] == scanned[0]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), one[1], scanned[1])
+  assert [step for step, _ in runs[1]] == [0, 7, 14, 21, 23]
+
+
 def test_nan_loss_stops_training_with_a_clear_error():
   data, model = _bars(), _model()
   with pytest.raises(FloatingPointError, match="loss became nan at step"):
