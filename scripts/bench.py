@@ -216,7 +216,7 @@ def main(argv=None) -> dict:
   p.add_argument("--widths", default="8,16,32")
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--models", default="cnn_fc,gap")
-  p.add_argument("--steps", type=int, default=40, help="training steps per timed block")
+  p.add_argument("--steps", type=int, default=100, help="training steps per timed block")
   p.add_argument("--reps", type=int, default=5, help="interleaved repetitions")
   p.add_argument("--objects", type=int, default=2000, help="training objects")
   p.add_argument("--eval-objects", type=int, default=500)
