@@ -76,8 +76,8 @@ def steps_per_dispatch(requested: int | str) -> int:
   """`auto`: 10 training steps per jitted call (a `lax.scan`), on every backend.
 
   On CPU this needs the conv gradients written out in canonical form (`layers.conv2d`): with XLA's own,
-  a scanned conv step ran ~20x slower than one step per call (PERF-NOTES.md); with them it runs 3-35%
-  faster (README, Performance).
+  a scanned conv step ran ~20x slower than one step per call (PERF-NOTES.md); with them it runs as fast
+  or up to 1.4x faster, depending on the model and canvas (README, Performance).
   """
   if requested == "auto":
     return 10
