@@ -46,14 +46,14 @@ def conv_padding(kernel_size: int, padding: str) -> tuple[tuple[int, int], str]:
   return (before, after), ("wrap" if padding == "circular" else "constant")
 
 
-def _is_plain_2d(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+def _is_plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, precision,
                  kwargs) -> bool:
   """Whether a `lax.conv_general_dilated` call is the plain NHWC/HWIO 2-D conv `conv2d` handles."""
   nhwc = dimension_numbers is not None and jax.lax.conv_dimension_numbers(
       lhs.shape, rhs.shape, dimension_numbers) == jax.lax.conv_dimension_numbers(
       lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
   no_dilation = all(d in (None, 1) or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
-  return (lhs.ndim == 4 and nhwc and no_dilation and feature_group_count == 1
+  return (lhs.ndim == 4 and nhwc and no_dilation and feature_group_count == 1 and precision is None
           and not any(v is not None for v in kwargs.values()) and jax.default_backend() == "cpu")
 
 
@@ -61,8 +61,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                          dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
   """`lax.conv_general_dilated` (a drop-in for `nnx.Conv`), with the gradient of plain NHWC/HWIO 2-D
   convs on CPU written as canonical convs (`conv2d`); everything else goes to `lax` unchanged."""
-  if not (precision is None and _is_plain_2d(lhs, rhs, padding, lhs_dilation, rhs_dilation,
-                                             dimension_numbers, feature_group_count, kwargs)):
+  if not _is_plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, precision,
+                      kwargs):
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                         dimension_numbers, feature_group_count, precision=precision, **kwargs)
   strides = tuple(int(s) for s in window_strides)
@@ -86,7 +86,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
   not inside a `lax.scan`: there they ran as generic loops, and a scanned training step was ~20x slower
   than one step per dispatch (README, Performance). Written out here, both are Eigen convs wherever they
   appear, so training can run several steps per dispatch on CPU too. Checked against `jax.grad` of
-  `lax.conv_general_dilated` for every padding and stride the presets use (tests/test_layers.py).
+  `lax.conv_general_dilated` for every padding and stride the presets use (tests/test_models.py).
   """
   return _conv_nhwc(x, kernel, strides, padding)
 
