@@ -170,7 +170,6 @@ def train(model: nnx.Module, tx: optax.GradientTransformation, data: DeviceObjec
 
   if on_eval is not None:
     on_eval(0, model)
-  single = None  # the one-step program, compiled only if a chunk is shorter than k
   done = 0
   with tqdm(total=steps, desc=desc, unit="step", leave=False, dynamic_ncols=True, disable=None) as bar:
     while done < steps:
@@ -178,11 +177,11 @@ def train(model: nnx.Module, tx: optax.GradientTransformation, data: DeviceObjec
       # a chunk shorter than k runs step by step rather than compiling another scan length.
       stop = min(steps, (done // eval_every + 1) * eval_every) if on_eval is not None and eval_every else steps
       n = min(k, stop - done)
-      if n < k and single is None:
-        single = _compiled_update(graphdef, tx, spec, placement, batch_size, 1)
-      for start in ([done] if n == k else range(done, done + n)):
-        params, opt_state, rest, metrics = (update if n == k else single)(
-            params, opt_state, rest, base_key, np.int32(start), data.images, data.labels)
+      program, starts = ((update, [done]) if n == k else  # the one-step program compiles on first use
+                         (_compiled_update(graphdef, tx, spec, placement, batch_size, 1), range(done, done + n)))
+      for start in starts:
+        params, opt_state, rest, metrics = program(params, opt_state, rest, base_key, np.int32(start),
+                                                   data.images, data.labels)
       done += n
       bar.update(n)
       if done % log_every < n or done == steps:
