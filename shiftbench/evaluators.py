@@ -156,7 +156,7 @@ class Similarity(Evaluator):
     off = np.asarray(metrics.off_location_mask(ctx.grid, ctx.location, ctx.radius))
     names = similarity.layer_names(model, ctx.spec.canvas_size, int(objects.images.shape[-1]))
     per_layer = {n: float(np.nanmean(s[off])) if off.any() else float("nan") for n, s in zip(names, sims)}
-    yield "", per_layer["pre_logits"]
+    yield "", per_layer[names[-2]]  # the penultimate layer: the classifier's input
     yield "layers", per_layer
 
 

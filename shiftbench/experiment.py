@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 from omegaconf import DictConfig, OmegaConf
 
-from shiftbench import (canvas, evaluation, evaluators, leaderboard, metrics, models, plots, pretrained,
+from shiftbench import (canvas, claims, evaluation, evaluators, leaderboard, metrics, models, plots, pretrained,
                         results, train)
 from shiftbench.data import ObjectSet, resize_objects
 from shiftbench.settings import Settings
@@ -45,7 +45,7 @@ class Protocol:
     self.pretrain_tx = hydra.utils.instantiate(cfg.pretrain.optimizer)
     self.finetune_tx = hydra.utils.instantiate(cfg.finetune.optimizer)
     self.evaluators = evaluators.build(cfg.eval.get("metrics"))
-    # Shift metrics before fine-tuning for the latest (model, regime, seed): head and full share them,
+    # Shift metrics before fine-tuning for the latest (model, regime, seed): every mode shares them,
     # and rows run in that order, so one entry is all that is ever reused.
     self._before: dict[tuple, dict[str, Any]] = {}
 
@@ -54,7 +54,8 @@ class Protocol:
     preds = evaluation.predict_grid(model, objects.images, self.grid, self.s.spec.canvas_size,
                                     self.s.eval_batch)
     acc = np.asarray(metrics.location_accuracy(preds, np.asarray(objects.labels)))
-    summary = metrics.summarize_location_map(acc, self.grid, self.s.finetune_location, 0, objects.num_classes)
+    summary = metrics.summarize_location_map(acc, self.grid, self.s.finetune_location, 0, objects.num_classes,
+                                             num_objects=len(objects))
     return {"acc": acc, "predictions": preds, **{k: float(v) for k, v in summary.items()}}
 
   def shift_metrics(self, model: nnx.Module, seed: int, predictions: np.ndarray | None = None,
@@ -100,11 +101,12 @@ class Protocol:
     s = self.s
     model = self.build(factory, self.data_b.num_classes, seed + 1)
     if source is not None:
-      # A copy: training donates its param buffers, which must not be the pretrained model's own.
-      nnx.update(model.backbone, jax.tree.map(jnp.copy, nnx.state(source.backbone)))
+      # Backbone and hidden FC layers carry over (copied: training donates its buffers); only the
+      # classifier is new, sized for B's classes.
+      models.transfer(source, model)
     curve: list[dict[str, Any]] = []
     eval_start = time.perf_counter()
-    # Pretrained backbone + fresh head: the same for every fine-tune mode, so computed once per mode pair.
+    # Pretrained layers + fresh classifier: the same for every fine-tune mode, so computed once per row set.
     key = (name, regime, seed)
     if key not in self._before:
       self._before = {key: self.shift_metrics(model, seed, before=True)}
@@ -113,7 +115,7 @@ class Protocol:
 
     def on_eval(step: int, m: nnx.Module):
       point = self.location_map(m, self.curve_b)
-      curve.append({"step": step, **{k: point[k] for k in ("in_acc", "off_acc", "invariance")}})
+      curve.append({"step": step, **{k: point[k] for k in ("in_acc", "off_acc", "invariance", "in_pvalue")}})
 
     start = time.perf_counter()
     history = train.train(model, self.finetune_tx, self.train_b, s.spec,
@@ -128,21 +130,22 @@ class Protocol:
     eval_seconds += time.perf_counter() - eval_start
     a_after = None
     if source is not None:
-      if mode == "head":  # backbone and A-head untouched: A's map is exactly the one before
+      if mode == "last":  # only B's classifier trained: A's network is exactly the one before
         a_after = a_before
       else:
-        a_model = nnx.clone(source)  # A's head on the fine-tuned backbone; `source` stays pretrained
-        nnx.update(a_model.backbone, nnx.state(model.backbone))
+        a_model = nnx.clone(source)  # A's classifier on the fine-tuned layers; `source` stays pretrained
+        nnx.update(a_model, nnx.state(model, models.TRANSFERABLE))
         a_after = self.location_map(a_model, self.test_a)
     ys, xs = canvas.grid_axes(self.grid)
     acc2d = final["acc"].reshape(len(ys), len(xs))
     heatmap = plots.save_location_map(
         self.output_dir / "heatmaps" / f"{name}_{regime}_{mode}_s{seed}.png", acc2d, ys, xs,
         1.0 / self.data_b.num_classes, s.finetune_location,
-        f"{name} | pretrain {regime} | {mode} | seed {seed}\ninvariance {final['invariance']:.2f}")
+        f"{name} | pretrain {regime} | {mode} | seed {seed}\ninvariance {_fmt(final['invariance'])}")
     return {
         "model": name, "pretrain": regime, "finetune": mode, "seed": seed,
         "in_acc": final["in_acc"], "off_acc": final["off_acc"], "invariance": final["invariance"],
+        "in_pvalue": final["in_pvalue"], "test_objects": len(self.test_b),
         "chance": 1.0 / self.data_b.num_classes, "finetune_steps": s.finetune.steps,
         "finetune_location": list(s.finetune_location),
         "location_map": {"ys": ys, "xs": xs, "acc": acc2d},
@@ -154,7 +157,7 @@ class Protocol:
         "pretrain_in_acc_after": None if a_after is None else a_after["in_acc"],
         "pretrain_off_acc_after": None if a_after is None else a_after["off_acc"],
         "pretrain_invariance_lost": (None if a_after is None else a_before["invariance"] - a_after["invariance"]),
-        "invariance_lost": None,  # filled in once the head and full rows of this seed both exist
+        "invariance_lost": None,  # filled in once the last and full rows of this seed both exist
         "params": models.param_count(model), **shift, **before, "eval_seconds": eval_seconds,
         "train_final": history[-1] if history else None, "finetune_seconds": train_seconds,
         "heatmap": str(heatmap.relative_to(self.output_dir)),
@@ -162,11 +165,22 @@ class Protocol:
 
 
 def fill_invariance_lost(rows: dict[tuple, dict[str, Any]]) -> None:
-  """invariance(head) - invariance(full) per model x pretrain x seed, written into both rows."""
+  """invariance(last) - invariance(full) per model x pretrain x seed (the forgetting result: what the
+  pretrained representation carried, minus what survives training everything at one location), written
+  into both rows."""
   for (name, regime, mode, seed), row in rows.items():
-    head, full = rows.get((name, regime, "head", seed)), rows.get((name, regime, "full", seed))
-    if head and full and head["invariance"] is not None and full["invariance"] is not None:
-      row["invariance_lost"] = head["invariance"] - full["invariance"]
+    last, full = rows.get((name, regime, "last", seed)), rows.get((name, regime, "full", seed))
+    if last and full and _defined(last["invariance"]) and _defined(full["invariance"]):
+      row["invariance_lost"] = last["invariance"] - full["invariance"]
+
+
+def _defined(value: Any) -> bool:
+  return value is not None and bool(np.isfinite(value))
+
+
+def _fmt(value: float | None) -> str:
+  """A score for a title or log line; `-` when undefined (in-location accuracy not above chance)."""
+  return f"{value:.3f}" if _defined(value) else "-"
 
 
 def _device_splits(objs: ObjectSet, max_test: int | None) -> tuple[train.DeviceObjects, train.DeviceObjects]:
@@ -208,14 +222,15 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     for seed in settings.seeds:
       for name, (factory, mcfg) in models.items():
         for regime in settings.pretrain_regimes:
-          keys = [(name, regime, mode, seed) for mode in settings.finetune_modes]
+          modes = settings.modes_for(regime)
+          keys = [(name, regime, mode, seed) for mode in modes]
           if all(k in done for k in keys):
             continue
           source, a_before = None, None
           if regime != "scratch":
             source, _ = protocol.pretrained(name, factory, mcfg, regime, seed)
             a_before = protocol.location_map(source, protocol.test_a)
-          for mode, key in zip(settings.finetune_modes, keys):
+          for mode, key in zip(modes, keys):
             if key in done:
               continue
             row = protocol.finetune_row(name, factory, regime, mode, seed, source, a_before)
@@ -224,12 +239,14 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
             record["rows"] = list(done.values())
             results.write_json(results_path, record)
             tracker.log_row(row, output_dir / row["heatmap"])
-            log.info("%s/%s/%s seed %d: in %.3f off %.3f invariance %.3f", name, regime, mode, seed,
-                     row["in_acc"], row["off_acc"], row["invariance"])
+            log.info("%s/%s/%s seed %d: in %.3f off %.3f invariance %s", name, regime, mode, seed,
+                     row["in_acc"], row["off_acc"], _fmt(row["invariance"]))
     board = leaderboard.write_leaderboard(leaderboard.annotate(record), output_dir)
-    print("\n" + board.markdown + "\n", flush=True)
+    print(f"\n{board.markdown}\n\nClaims from the literature (shiftbench.claims):\n{board.claims_markdown}\n",
+          flush=True)
     tracker.log_table(board.columns, board.rows, {n: output_dir / f"{n}.png"
                                                   for n in ("location_maps", "forgetting_curves")})
+    tracker.log_table(claims.COLUMNS, claims.table(board.claims), key="claims")
     exit_code = 0
   finally:
     tracker.finish(exit_code)

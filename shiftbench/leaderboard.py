@@ -3,7 +3,8 @@
 Usage: `shiftbench-leaderboard RESULTS_DIR [RESULTS_DIR ...] [--out DIR]` (or `python -m
 shiftbench.leaderboard`). Every `results.json` under the given paths is read (single runs, multiruns,
 several seeds); rows are grouped by model x pretrain x fine-tune mode x dataset pair. Writes
-`leaderboard.md`, `leaderboard.csv`, `leaderboard.json` (one RobustBench-like entry per group),
+`leaderboard.md` (with the claims report, `shiftbench.claims`), `leaderboard.csv`, `leaderboard.json` (one
+RobustBench-like entry per group), `claims.json`,
 `index.html` (one self-contained page) and the figures `location_maps.png` and `forgetting_curves.png`.
 A run writes its own leaderboard too.
 """
@@ -24,8 +25,10 @@ from typing import Any
 import numpy as np
 from tabulate import tabulate
 
+from shiftbench import claims as claims_lib
 from shiftbench.results import atomic_write_text, to_jsonable
 from shiftbench.settings import PRETRAIN_REGIMES
+from shiftbench.train import TRAIN_MODES
 
 GROUP_KEYS = ("model", "pretrain", "finetune", "datasets")
 # Every per-row number aggregated over seeds, and its leaderboard column header.
@@ -47,6 +50,11 @@ class Board:
   markdown: str
   csv: str
   entries: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  claims: list[claims_lib.Claim] = dataclasses.field(default_factory=list)
+
+  @property
+  def claims_markdown(self) -> str:
+    return claims_lib.markdown(self.claims)
 
 
 def annotate(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -97,8 +105,9 @@ def _mean_map(members: list[dict[str, Any]]) -> dict[str, Any] | None:
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   """One entry per model x pretrain x finetune x dataset pair with (mean, std, n) of each metric.
 
-  `invariance_lost` = invariance(head) - invariance(full) for the same model, pretrain regime and seed
-  (the forgetting result); rows from runs without it get it from the seed means instead.
+  `invariance_lost` = invariance(last) - invariance(full) for the same model, pretrain regime and seed
+  (the forgetting result); rows from runs without it get it from the seed means instead. Every metric's
+  mean and std use only the seeds where it is defined, and `n` says how many those are.
   """
   groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
   for r in rows:
@@ -119,25 +128,27 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   for e in out:
     if e["invariance_lost"][2]:
       continue
-    head = by_key.get((e["model"], e["pretrain"], "head", e["datasets"]))
+    last = by_key.get((e["model"], e["pretrain"], "last", e["datasets"]))
     full = by_key.get((e["model"], e["pretrain"], "full", e["datasets"]))
-    if head and full and head["invariance"][2] and full["invariance"][2]:
-      e["invariance_lost"] = (head["invariance"][0] - full["invariance"][0], math.nan, 1)
+    if last and full and last["invariance"][2] and full["invariance"][2]:
+      e["invariance_lost"] = (last["invariance"][0] - full["invariance"][0], math.nan, 1)
   # Rows read like the protocol: models in the order they were run, then regimes from least to most
-  # augmentation, head before full (alphabetical order would scatter a model's regimes).
+  # augmentation, then modes from least to most trained (alphabetical order would scatter them).
   model_order = {m: i for i, m in enumerate(dict.fromkeys(r["model"] for r in rows))}
   regime_order = {r: i for i, r in enumerate(PRETRAIN_REGIMES)}
-  mode_order = {"head": 0, "full": 1}
+  mode_order = {m: i for i, m in enumerate(TRAIN_MODES)}
   return sorted(out, key=lambda e: (e["datasets"], model_order[e["model"]], regime_order.get(e["pretrain"], 99),
                                     mode_order.get(e["finetune"], 99)))
 
 
-def fmt_mean_std(ms: tuple[float, float, int]) -> str:
-  """(mean, std, n) as "mean ± std" ("-" when no seed has a value)."""
+def fmt_mean_std(ms: tuple[float, float, int], seeds: int | None = None) -> str:
+  """(mean, std, n) as "mean ± std" ("-" when no seed has a value), with "(n=k)" appended when fewer
+  values than `seeds` are behind it (the rest undefined), so a mean over one seed never reads as three."""
   mean, std, n = ms
   if n == 0:
     return "-"
-  return f"{mean:.3f}" if n == 1 or math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
+  text = f"{mean:.3f}" if n == 1 or math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
+  return f"{text} (n={n})" if seeds is not None and n < seeds else text
 
 
 def json_entry(e: dict[str, Any]) -> dict[str, Any]:
@@ -148,6 +159,7 @@ def json_entry(e: dict[str, Any]) -> dict[str, Any]:
   for metric in METRICS:
     mean, std, n = e[metric]
     entry[metric], entry[f"{metric}_std"] = (mean, std) if n else (None, None)
+    entry[f"{metric}_n"] = n
   return to_jsonable(entry)
 
 
@@ -157,16 +169,17 @@ def build(rows: list[dict[str, Any]]) -> Board:
   columns = ["model", "pretrain", "finetune", *(["datasets"] if several_pairs else []), "seeds",
              *METRICS.values(), "params"]
   table = [[e["model"], e["pretrain"], e["finetune"], *([e["datasets"]] if several_pairs else []), len(e["seeds"]),
-            *(fmt_mean_std(e[m]) for m in METRICS), e["params"] if e["params"] is not None else "-"] for e in entries]
+            *(fmt_mean_std(e[m], len(e["seeds"])) for m in METRICS), e["params"] if e["params"] is not None else "-"]
+           for e in entries]
   markdown = tabulate(table, headers=columns, tablefmt="github")
   buf = io.StringIO()
   writer = csv.writer(buf)
   writer.writerow(["model", "pretrain", "finetune", "datasets", "n_seeds"]
-                  + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")] + ["params"])
+                  + [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "n")] + ["params"])
   for e in entries:
     writer.writerow([e["model"], e["pretrain"], e["finetune"], e["datasets"], len(e["seeds"])]
-                    + [v for m in METRICS for v in e[m][:2]] + [e["params"]])
-  return Board(columns, table, markdown, buf.getvalue(), entries)
+                    + [v for m in METRICS for v in e[m]] + [e["params"]])
+  return Board(columns, table, markdown, buf.getvalue(), entries, claims_lib.evaluate(rows))
 
 
 def write_leaderboard(rows: list[dict[str, Any]], out_dir: str | Path, figures: bool = True) -> Board:
@@ -175,10 +188,13 @@ def write_leaderboard(rows: list[dict[str, Any]], out_dir: str | Path, figures: 
 
   board = build(rows)
   out_dir = Path(out_dir)
-  atomic_write_text(out_dir / "leaderboard.md", board.markdown + "\n")
+  atomic_write_text(out_dir / "leaderboard.md",
+                    f"{board.markdown}\n\n## Claims from the literature\n\n{board.claims_markdown}\n")
   atomic_write_text(out_dir / "leaderboard.csv", board.csv)
   atomic_write_text(out_dir / "leaderboard.json",
                     json.dumps([json_entry(e) for e in board.entries], indent=1, allow_nan=False) + "\n")
+  atomic_write_text(out_dir / "claims.json",
+                    json.dumps(to_jsonable(claims_lib.to_json(board.claims)), indent=1, allow_nan=False) + "\n")
   if figures:
     report.write_report(board, out_dir)
   return board
@@ -195,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     raise SystemExit(f"no results.json rows found under: {', '.join(args.paths)}")
   board = write_leaderboard(rows, args.out, figures=not args.no_figures)
   print(board.markdown)
+  print(f"\nClaims from the literature:\n{board.claims_markdown}")
   if not args.no_figures:
     print(f"\nwrote {Path(args.out) / 'index.html'}")
 

@@ -27,25 +27,51 @@ def location_index(grid: jax.Array, location: tuple[int, int]) -> jax.Array:
   return jnp.argmax(jnp.all(jnp.asarray(grid) == jnp.asarray(location)[None, :], axis=1))
 
 
-def invariance_score(in_acc: jax.Array, off_acc: jax.Array, chance: float) -> jax.Array:
+# The invariance score is defined only when in-location accuracy is significantly above chance
+# (one-sided binomial test over the test objects at p_ft): a ratio over a denominator that is noise
+# (0.17 accuracy against a chance of 0.10 on 200 objects) would print any number at all.
+SIGNIFICANCE = 0.01
+
+
+def binomial_pvalue(correct: jax.Array, n: int, chance: float) -> jax.Array:
+  """One-sided p-value P(X >= correct) for X ~ Binomial(n, chance): the chance that guessing scores at
+  least `correct` of `n`. Uses P(X >= k) = I_chance(k, n - k + 1), the regularised incomplete beta."""
+  k = jnp.asarray(correct, jnp.float32)
+  tail = jax.scipy.special.betainc(jnp.maximum(k, 1.0), jnp.maximum(n - k + 1.0, 1.0), chance)
+  return jnp.where(k <= 0, 1.0, tail)
+
+
+def invariance_score(in_acc: jax.Array, off_acc: jax.Array, chance: float, num_objects: int | None = None,
+                     alpha: float = SIGNIFICANCE) -> jax.Array:
   """(off - c) / (in - c): 1 = as good everywhere as at p_ft, 0 = chance off-location.
 
-  Undefined (NaN) when in-location accuracy is at chance, since then nothing was learned to transfer.
+  Undefined (NaN) when in-location accuracy is at or below chance, or, given the number of test objects
+  at p_ft, not significantly above it (one-sided binomial test, p >= `alpha`): then nothing was learned
+  to transfer, and the ratio would be noise over noise.
   """
   denom = in_acc - chance
-  return jnp.where(denom > 0, (off_acc - chance) / jnp.where(denom > 0, denom, 1.0), jnp.nan)
+  defined = denom > 0
+  if num_objects is not None:
+    defined = defined & (binomial_pvalue(jnp.round(in_acc * num_objects), num_objects, chance) < alpha)
+  return jnp.where(defined, (off_acc - chance) / jnp.where(denom > 0, denom, 1.0), jnp.nan)
 
 
 def summarize_location_map(acc_map: jax.Array, grid: jax.Array, location: tuple[int, int], radius: int,
-                           num_classes: int) -> dict[str, jax.Array]:
-  """in-location accuracy, off-location accuracy (mean over G_off) and the invariance score."""
+                           num_classes: int, num_objects: int | None = None) -> dict[str, jax.Array]:
+  """in-location accuracy, off-location accuracy (mean over G_off) and the invariance score; with
+  `num_objects` (test objects per location) also the binomial p-value of in-location accuracy, and the
+  score is undefined unless that p-value is below `SIGNIFICANCE`."""
   acc_map = jnp.asarray(acc_map)
   mask = off_location_mask(grid, location, radius)
   in_acc = acc_map[location_index(grid, location)]
   off_acc = jnp.sum(jnp.where(mask, acc_map, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
   off_acc = jnp.where(jnp.any(mask), off_acc, jnp.nan)
-  return {"in_acc": in_acc, "off_acc": off_acc,
-          "invariance": invariance_score(in_acc, off_acc, 1.0 / num_classes)}
+  chance = 1.0 / num_classes
+  out = {"in_acc": in_acc, "off_acc": off_acc,
+         "invariance": invariance_score(in_acc, off_acc, chance, num_objects)}
+  if num_objects is not None:
+    out["in_pvalue"] = binomial_pvalue(jnp.round(in_acc * num_objects), num_objects, chance)
+  return out
 
 
 def worst_case_accuracy(predictions: jax.Array, labels: jax.Array) -> jax.Array:

@@ -12,8 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from shiftbench import claims as claims_lib
 from shiftbench import plots
 from shiftbench.results import atomic_write_text
+from shiftbench.settings import PRETRAIN_REGIMES
+from shiftbench.train import TRAIN_MODES
 
 plt = plots.plt  # pyplot with the headless backend already selected
 
@@ -37,7 +40,10 @@ table.board td:nth-child(-n+3){text-align:left} img{max-width:100%;border:1px so
 
 
 def _regime_columns(entries: list[dict[str, Any]]) -> list[tuple[str, str]]:
-  return sorted({(e["pretrain"], e["finetune"]) for e in entries}, key=lambda c: (c[0], c[1] != "head"))
+  regimes = {r: i for i, r in enumerate(PRETRAIN_REGIMES)}
+  modes = {m: i for i, m in enumerate(TRAIN_MODES)}
+  return sorted({(e["pretrain"], e["finetune"]) for e in entries},
+                key=lambda c: (regimes.get(c[0], 99), modes.get(c[1], 99)))
 
 
 def location_map_grid(entries: list[dict[str, Any]], path: str | os.PathLike) -> Path:
@@ -66,6 +72,9 @@ def location_map_grid(entries: list[dict[str, Any]], path: str | os.PathLike) ->
   return _save(fig, path)
 
 
+CURVE_YLIM = (-0.2, 1.2)
+
+
 def forgetting_curves(entries: list[dict[str, Any]], path: str | os.PathLike) -> Path:
   """Invariance over fine-tune steps (seed means), one panel per model, one line per regime and mode."""
   models = sorted({e["model"] for e in entries})
@@ -75,10 +84,14 @@ def forgetting_curves(entries: list[dict[str, Any]], path: str | os.PathLike) ->
       if e["model"] != model or not e.get("curve"):
         continue
       steps = [p["step"] for p in e["curve"]]
-      ax.plot(steps, [p["invariance"] for p in e["curve"]], marker="o", markersize=3,
-              linestyle="-" if e["finetune"] == "full" else "--", label=f"{e['pretrain']}/{e['finetune']}")
+      values = [np.nan if p["invariance"] is None else np.clip(p["invariance"], *CURVE_YLIM) for p in e["curve"]]
+      ax.plot(steps, values, marker="o", markersize=3, linestyle={"full": "-", "head": "--"}.get(e["finetune"], ":"),
+              label=f"{e['pretrain']}/{e['finetune']}")
     ax.set_title(model, fontsize=10)
     ax.set_xlabel("fine-tune step")
+    # One fixed range for every panel: an outlier (a score just defined over a tiny denominator) must not
+    # stretch one panel's scale; points outside are clipped at the edge.
+    ax.set_ylim(*CURVE_YLIM)
     ax.axhline(0.0, color="grey", linewidth=0.5)
     ax.legend(fontsize=7)
   axes[0, 0].set_ylabel("invariance score")
@@ -104,16 +117,23 @@ def _img(path: Path, alt: str) -> str:
   return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def render_html(columns: list[str], rows: list[list[Any]], figures: dict[str, Path], title: str) -> str:
-  """One HTML document: the table (click a header to sort) and the figures inlined as base64 PNG."""
+def _table(columns: list[str], rows: list[list[Any]]) -> str:
   head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
   body = "\n".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>" for r in rows)
+  return (f"<div class='scroll'><table class='board'><thead><tr>{head}</tr></thead>"
+          f"<tbody>\n{body}\n</tbody></table></div>")
+
+
+def render_html(columns: list[str], rows: list[list[Any]], figures: dict[str, Path], title: str,
+                claims: tuple[list[str], list[list[Any]]] | None = None) -> str:
+  """One HTML document: the table (click a header to sort), the claims report and the figures inlined as
+  base64 PNG."""
   figs = "\n".join(f"<h2>{html.escape(name)}</h2>\n{_img(p, name)}" for name, p in figures.items())
+  claims_html = "" if claims is None else f"<h2>Claims from the literature</h2>\n{_table(*claims)}\n"
   return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
           f"<style>{_CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n"
           "<p>Mean ± std over seeds. Click a column header to sort. Columns are defined in DESIGN.md section 4."
-          f"</p>\n<div class='scroll'><table class='board'><thead><tr>{head}</tr></thead>"
-          f"<tbody>\n{body}\n</tbody></table></div>\n"
+          f"</p>\n{_table(columns, rows)}\n{claims_html}"
           f"{figs}\n<script>{_SORT_JS}</script>\n</body></html>\n")
 
 
@@ -124,5 +144,6 @@ def write_report(board, out_dir: str | os.PathLike) -> Path:
              location_map_grid(board.entries, out_dir / "location_maps.png")}
   if any(e.get("curve") for e in board.entries):
     figures["Invariance over fine-tune steps"] = forgetting_curves(board.entries, out_dir / "forgetting_curves.png")
-  page = render_html(board.columns, board.rows, figures, "shiftbench leaderboard")
+  page = render_html(board.columns, board.rows, figures, "shiftbench leaderboard",
+                     (claims_lib.COLUMNS, claims_lib.table(board.claims)))
   return atomic_write_text(out_dir / "index.html", page)

@@ -10,6 +10,9 @@ from omegaconf import DictConfig, OmegaConf
 from shiftbench import canvas, train
 
 PRETRAIN_REGIMES: tuple[str, ...] = ("scratch", *canvas.REGIMES)
+# Without pretraining the backbone is random: a row that freezes it measures nothing about invariance
+# learned in pretraining, so `scratch` pairs with `full` (and `head` only when asked; `last` never).
+SCRATCH_MODES: tuple[str, ...] = ("full", "head")
 
 
 def _choices(values, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
@@ -56,12 +59,17 @@ class Settings:
   pretrain_jitter: int
   pretrain: Phase
   finetune_modes: tuple[str, ...]
+  scratch_modes: tuple[str, ...]
   finetune: Phase
   eval_every: int
   grid_stride: int
   max_objects: int | None
   curve_objects: int
   eval_batch: int
+
+  def modes_for(self, regime: str) -> tuple[str, ...]:
+    """The fine-tune modes run after `regime`: `scratch_modes` for `scratch`, `finetune_modes` otherwise."""
+    return self.scratch_modes if regime == "scratch" else self.finetune_modes
 
   @classmethod
   def from_config(cls, cfg: DictConfig) -> Settings:
@@ -86,6 +94,8 @@ class Settings:
                        _positive(cfg.pretrain.batch_size, "pretrain.batch_size"),
                        cfg.pretrain.steps_per_dispatch),
         finetune_modes=_choices(cfg.finetune.modes, train.TRAIN_MODES, "fine-tune mode"),
+        scratch_modes=_choices(cfg.finetune.get("scratch_modes", ["full"]), SCRATCH_MODES,
+                               "finetune.scratch_modes entry (modes run for the scratch regime)"),
         finetune=Phase(_positive(cfg.finetune.steps, "finetune.steps"),
                        _positive(cfg.finetune.batch_size, "finetune.batch_size"),
                        cfg.finetune.steps_per_dispatch),

@@ -9,9 +9,11 @@ classes at the same place. The summary is the mean over G_off (as for off-locati
 
 Feature hook (any architecture with the `.backbone` / `.head` structure works):
   - `model.backbone.features(x)` returns a list of every block's output (conv layers);
-  - `model.head.pre_logits(f)` maps the last block's output to the dense layer's input (if the head has
-    no such method, the last block's output, flattened, is used);
-  - the logits (`model.head(f)`) are the last, dense layer.
+  - `model.head.hidden_features(f)` returns every hidden FC layer's output (`fc0`, `fc1`, ...); a head
+    without hidden layers has `model.head.pre_logits(f)`, the classifier's input, as its one layer
+    (`pre_logits`); a head with neither method contributes the last block's output, flattened;
+  - the logits (`model.head(f)`) are the last layer.
+The summary (`Similarity`) is the penultimate layer's: the classifier's input.
 """
 
 from __future__ import annotations
@@ -28,20 +30,30 @@ from shiftbench import canvas, evaluation
 _EPS = 1e-8
 
 
+def _head_features(head: nnx.Module, last: jax.Array) -> list[jax.Array]:
+  hidden = head.hidden_features(last) if hasattr(head, "hidden_features") else []
+  if hidden:
+    return hidden
+  return [head.pre_logits(last) if hasattr(head, "pre_logits") else last]
+
+
 def layer_features(model: nnx.Module, x: jax.Array) -> list[jax.Array]:
-  """Every conv block's output, the head's pre-logit input and the logits, each flattened to (B, D)."""
+  """Every conv block's output, every hidden FC layer's (or the classifier's input) and the logits, each
+  flattened to (B, D)."""
   feats = list(model.backbone.features(x))
   last = feats[-1]
-  pre = model.head.pre_logits(last) if hasattr(model.head, "pre_logits") else last
-  layers = [*feats, pre, model.head(last)]
+  layers = [*feats, *_head_features(model.head, last), model.head(last)]
   return [f.reshape(f.shape[0], -1).astype(jnp.float32) for f in layers]
 
 
 def layer_names(model: nnx.Module, canvas_size: int, in_channels: int) -> list[str]:
-  """`block0..`, `pre_logits` (the penultimate layer) and `logits`, in `layer_features` order."""
+  """`block0..`, then `fc0..` (hidden FC layers) or `pre_logits` (a head without them), then `logits`, in
+  `layer_features` order; the second to last is the penultimate layer."""
   probe = jnp.zeros((1, canvas_size, canvas_size, in_channels), jnp.float32)
   n_blocks = len(jax.eval_shape(lambda x: model.backbone.features(x), probe))
-  return [f"block{i}" for i in range(n_blocks)] + ["pre_logits", "logits"]
+  n_hidden = len(getattr(model.head, "hidden", ()))
+  head = [f"fc{i}" for i in range(n_hidden)] if n_hidden else ["pre_logits"]
+  return [f"block{i}" for i in range(n_blocks)] + head + ["logits"]
 
 
 def unit_rows(f: jax.Array) -> jax.Array:

@@ -66,16 +66,18 @@ class WandbTracker:
       data[f"{key}/curve"] = wandb.plot.line(table, "step", "invariance", title=f"{key}: invariance")
     self.run.log(data)
 
-  def log_table(self, columns: list[str], rows: list[list[Any]], figures: dict[str, Path] | None = None) -> None:
-    """The leaderboard as a `wandb.Table`, plus its figures (location-map grid, curves) as images."""
+  def log_table(self, columns: list[str], rows: list[list[Any]], figures: dict[str, Path] | None = None,
+                key: str = "leaderboard") -> None:
+    """A table (the leaderboard, the claims report) as a `wandb.Table` under `key`, plus figures
+    (location-map grid, curves) as images."""
     if self.run is None:
       return
     import wandb
 
-    data: dict[str, Any] = {"leaderboard": wandb.Table(columns=columns, data=[[str(v) for v in r] for r in rows])}
+    data: dict[str, Any] = {key: wandb.Table(columns=columns, data=[[str(v) for v in r] for r in rows])}
     for name, path in (figures or {}).items():
       if Path(path).is_file():
-        data[f"leaderboard/{name}"] = wandb.Image(str(path))
+        data[f"{key}/{name}"] = wandb.Image(str(path))
     self.run.log(data)
 
   def finish(self, exit_code: int = 0) -> None:

@@ -1,8 +1,9 @@
 """Training: a pure jitted step that draws indices, composes canvases on the device and updates.
 
 The model is split once into (graphdef, trainable params, everything else) with `nnx.split`; the step
-merges them back inside `jit`, so there is no per-call graph traversal. `head` fine-tuning only differs
-in which params are trainable: the backbone rides along as a constant and XLA drops its backward pass.
+merges them back inside `jit`, so there is no per-call graph traversal. `head` and `last` fine-tuning only
+differ in which params are trainable (`last`: the classifier; `head`: hidden FC layers + classifier): the frozen
+part rides along as a constant and XLA drops its backward pass.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from tqdm.auto import tqdm
 from shiftbench import canvas, models
 
 Metrics = dict[str, float]
-TRAIN_MODES: tuple[str, ...] = ("full", "head")
+# Fine-tune modes, named for what trains (DESIGN.md section 3): the classifier only (a linear probe of the
+# pretrained representation), the whole head (classifier + hidden FC layers, conv frozen), or everything.
+TRAIN_MODES: tuple[str, ...] = ("last", "head", "full")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,19 +59,23 @@ class Placement:
 
 
 def trainable_filter(mode: str) -> Any:
-  """Which params train: all of them (`full`) or the head's only (`head`, backbone frozen)."""
+  """Which params train: all of them (`full`), the head's (`head`: hidden FC layers + classifier, conv
+  frozen) or the classifier's only (`last`)."""
   if mode == "full":
     return nnx.Param
   if mode == "head":
     return nnx.All(nnx.Param, nnx.PathContains("head"))
+  if mode == "last":
+    return nnx.All(nnx.Param, models.CLASSIFIER)
   raise ValueError(f"unknown fine-tune mode {mode!r}; allowed: {', '.join(TRAIN_MODES)}")
 
 
 def set_mode(model: nnx.Module, mode: str) -> None:
   """Train-mode layers (BatchNorm batch statistics) for what trains: all of the model in `full` mode;
-  in `head` mode the backbone runs in eval mode, so its BN uses and keeps the pretrained running averages."""
+  in `head` and `last` modes the frozen backbone runs in eval mode, so its BN uses and keeps the
+  pretrained running averages."""
   model.train()
-  if mode == "head":
+  if mode in ("head", "last"):
     getattr(model, "backbone", model).eval()
 
 
@@ -134,7 +141,7 @@ def _compiled_update(graphdef, tx, spec, placement, batch_size, k):
     (params, opt_state, rest), ms = jax.lax.scan(body, (params, opt_state, rest), keys)
     return params, opt_state, rest, jax.tree.map(lambda v: v[-1], ms)
 
-  return jax.jit(update, donate_argnums=(0, 1))  # not `rest`: in `head` mode it holds the frozen backbone
+  return jax.jit(update, donate_argnums=(0, 1))  # not `rest`: in `head`/`last` modes it holds the frozen part
 
 
 def train(model: nnx.Module, tx: optax.GradientTransformation, data: DeviceObjects, spec: canvas.CanvasSpec,
@@ -150,7 +157,7 @@ def train(model: nnx.Module, tx: optax.GradientTransformation, data: DeviceObjec
     data: training objects on the device.
     spec, placement: canvas geometry and where objects are placed.
     steps, batch_size, seed: the budget and the randomness (batches and placements come from `seed`).
-    mode: `full` (all params) or `head` (backbone frozen).
+    mode: `full` (all params), `head` (backbone frozen) or `last` (the classifier only).
     dispatch: steps per jitted call, or `auto`.
     log_every: host sync interval for the progress bar and the finite-loss check.
     eval_every, on_eval: call `on_eval(step, model)` at step 0, every `eval_every` steps and at the end.

@@ -43,7 +43,7 @@ def tiny_results(tiny_data_dir, tmp_path_factory):
   conf = Path(__file__).resolve().parent.parent / "conf"
   with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
     cfg = compose("config", overrides=tiny_overrides(tiny_data_dir, str(root / "ckpt"))
-                  + ["model=gap", "pretrain.regimes=[scratch]"])
+                  + ["model=gap", "pretrain.regimes=[scratch]", "finetune.scratch_modes=[head,full]"])
   run_experiment(cfg, root / "seed0")
   record = json.loads((root / "seed0" / "results.json").read_text())
   for r in record["rows"]:  # a tiny run may sit at chance (invariance undefined): give seed spread to test

@@ -25,7 +25,8 @@ def _compose(overrides: list[str]):
 def test_default_config_selects_the_four_leaderboard_models():
   cfg = _compose([])
   assert list(cfg.model) == ["cnn_fc", "fcn", "gap", "blurpool"]
-  assert list(cfg.pretrain.regimes) == ["scratch", "translate"] and list(cfg.finetune.modes) == ["head", "full"]
+  assert list(cfg.pretrain.regimes) == ["scratch", "translate"] and list(cfg.finetune.modes) == ["last", "head", "full"]
+  assert list(cfg.finetune.scratch_modes) == ["full"]
   assert cfg.canvas.size >= 2.5 * cfg.canvas.object_size  # off-location positions really differ
 
 

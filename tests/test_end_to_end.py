@@ -32,9 +32,11 @@ def test_tiny_protocol_writes_every_row_and_artifact(tiny_data_dir, tmp_path, ca
   out = tmp_path / "run"
   record = run_experiment(cfg, out)
   rows = json.loads((out / "results.json").read_text())["rows"]
-  assert len(rows) == 2 * 2 * 2 == len(record["rows"])
+  assert len(rows) == 2 * (1 + 3) == len(record["rows"])
   keys = {(r["model"], r["pretrain"], r["finetune"]) for r in rows}
-  assert keys == {(m, p, f) for m in ("cnn_fc", "gap") for p in ("scratch", "translate") for f in ("head", "full")}
+  # scratch pairs with full only (a random frozen backbone measures nothing); translate with every mode
+  assert keys == {(m, p, f) for m in ("cnn_fc", "gap")
+                  for p, f in [("scratch", "full"), ("translate", "last"), ("translate", "head"), ("translate", "full")]}
   saved = json.loads((out / "results.json").read_text())
   assert saved["environment"]["versions"]["jax"] and saved["environment"]["devices"]
   assert saved["config"]["seeds"] == [0]
@@ -50,16 +52,20 @@ def test_tiny_protocol_writes_every_row_and_artifact(tiny_data_dir, tmp_path, ca
       assert r["pretrain_invariance_before"] is None and r["pretrain_in_acc_before"] is None
     else:
       assert r["pretrain_in_acc_before"] is not None
-    if r["pretrain"] == "translate" and r["finetune"] == "head":  # frozen backbone: A is untouched
+    if r["pretrain"] == "translate" and r["finetune"] == "last":  # only B's classifier trained: A is untouched
       assert r["pretrain_in_acc_after"] == r["pretrain_in_acc_before"]
     assert r["params"] > 0 and 0 <= r["consistency"] <= 1 and 0 <= r["flip_rate"] <= 1
     assert r["worst_case_acc"] <= r["worst_of_k_acc"] + 1e-9  # every location is at least as hard as k of them
-    head, full = (by_key[(r["model"], r["pretrain"], m)]["invariance"] for m in ("head", "full"))
-    assert r["invariance_lost"] is None or r["invariance_lost"] == pytest.approx(head - full)
+    if r["pretrain"] == "translate":
+      last, full = (by_key[(r["model"], r["pretrain"], m)]["invariance"] for m in ("last", "full"))
+      assert r["invariance_lost"] is None or r["invariance_lost"] == pytest.approx(last - full)
+    else:
+      assert r["invariance_lost"] is None
   board = (out / "leaderboard.md").read_text()
   assert "| cnn_fc" in board and "| gap" in board and (out / "leaderboard.csv").is_file()
   assert "consistency" in board and "worst_case" in board and "flip_rate" in board and "similarity" in board
-  for name in ("leaderboard.json", "index.html", "location_maps.png", "forgetting_curves.png"):
+  assert "Claims from the literature" in board and "needs ≥3 seeds" in board  # one seed: no verdicts
+  for name in ("leaderboard.json", "claims.json", "index.html", "location_maps.png", "forgetting_curves.png"):
     assert (out / name).is_file()
   assert "invariance" in capsys.readouterr().out
   ckpts = list((tmp_path / "ckpt").iterdir())
@@ -126,3 +132,31 @@ def test_tiny_protocol_with_a_batchnorm_aps_resnet(tiny_data_dir, tmp_path):
   for r in rows:
     assert r["consistency_circular"] == 1.0
     assert np.isfinite(np.array(r["location_map"]["acc"])).all()
+
+
+@pytest.mark.slow
+def test_a_row_not_significantly_above_chance_shows_no_invariance(tiny_data_dir, tmp_path):
+  # One step at a negligible learning rate: the classifier is as good as random, so whatever the off/in
+  # ratio happens to be, it must not be reported.
+  cfg = _cfg(tiny_data_dir, tmp_path, ["model=gap", "pretrain.regimes=[scratch]", "finetune.steps=1",
+                                       "finetune.eval_every=0", "finetune.optimizer.learning_rate=1e-9"])
+  row = run_experiment(cfg, tmp_path / "run")["rows"][0]
+  assert row["in_pvalue"] >= 0.01 and row["test_objects"] == 18
+  assert row["invariance"] is None or np.isnan(row["invariance"])
+  saved = json.loads((tmp_path / "run" / "results.json").read_text())["rows"][0]
+  assert saved["invariance"] is None  # null in JSON
+  board = (tmp_path / "run" / "leaderboard.md").read_text().splitlines()
+  header = [c.strip() for c in board[0].split("|")]
+  cells = [c.strip() for c in board[2].split("|")]
+  assert cells[header.index("invariance")] == "-" and cells[header.index("in_acc")] != "-"
+
+
+def test_pretrained_cache_keys_never_match_across_heads_or_versions(monkeypatch):
+  from shiftbench import pretrained
+
+  desc = {"model": {"head": "fc", "fc_hidden": [256, 256]}, "seed": 0}
+  key = pretrained.checkpoint_key(desc)
+  assert key == pretrained.checkpoint_key({**desc})  # stable
+  assert key != pretrained.checkpoint_key({**desc, "model": {"head": "fc", "fc_hidden": []}})
+  monkeypatch.setattr(pretrained, "__version__", "0.2.2")  # a cache written by the version before the FC layers
+  assert key != pretrained.checkpoint_key(desc)

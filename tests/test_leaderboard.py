@@ -37,11 +37,11 @@ def test_cli_aggregates_seeds_from_every_results_file_and_writes_all_formats(tin
   assert (out / "location_maps.png").stat().st_size > 1000 and (out / "forgetting_curves.png").is_file()
 
 
-def test_invariance_lost_is_head_minus_full_per_seed():
+def test_invariance_lost_is_last_minus_full_per_seed():
   rows = [{"model": "m", "pretrain": "p", "finetune": f, "seed": s, "invariance": v, "invariance_lost": None}
-          for s, (h, fu) in enumerate([(0.9, 0.5), (0.8, 0.6)]) for f, v in (("head", h), ("full", fu))]
+          for s, (h, fu) in enumerate([(0.9, 0.5), (0.8, 0.6)]) for f, v in (("last", h), ("full", fu))]
   for r in rows:  # what experiment.fill_invariance_lost writes
-    r["invariance_lost"] = [x for x in rows if x["seed"] == r["seed"] and x["finetune"] == "head"][0]["invariance"] \
+    r["invariance_lost"] = [x for x in rows if x["seed"] == r["seed"] and x["finetune"] == "last"][0]["invariance"] \
         - [x for x in rows if x["seed"] == r["seed"] and x["finetune"] == "full"][0]["invariance"]
   entry = leaderboard.aggregate(rows)[0]
   assert entry["invariance_lost"][:2] == pytest.approx((0.3, 0.1414213), abs=1e-6)
@@ -77,3 +77,17 @@ def test_wandb_offline_logs_rows_images_and_the_table_without_network(tiny_resul
   tracker.log_table(board.columns, board.rows, {"location_maps": tmp_path / "board" / "location_maps.png"})
   tracker.finish()
   assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_means_count_only_defined_values_and_say_how_many():
+  rows = [{"model": "m", "pretrain": "translate", "finetune": "full", "seed": s, "invariance": v}
+          for s, v in enumerate([3.625, None, None])]
+  entry = leaderboard.aggregate(rows)[0]
+  assert entry["invariance"] == (3.625, 0.0, 1)
+  board = leaderboard.build(rows)
+  cell = board.rows[0][board.columns.index("invariance")]
+  assert cell == "3.625 (n=1)"  # never "3.625 ± 0.0" under a 3-seed heading
+  assert leaderboard.json_entry(board.entries[0])["invariance_n"] == 1
+  assert "invariance_n" in board.csv.splitlines()[0]
+  everything = [{**r, "invariance": 0.5} for r in rows]
+  assert leaderboard.build(everything).rows[0][board.columns.index("invariance")] == "0.500 ± 0.000"

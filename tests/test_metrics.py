@@ -93,3 +93,35 @@ def test_predict_grid_chunking_matches_one_big_batch():
   x = canvas.place_grid(objs.astype(jnp.float32) / 255, jnp.asarray(grid), spec.canvas_size)
   ref = np.asarray(jnp.argmax(model(x.reshape(-1, 12, 12, 1)), -1)).reshape(len(grid), len(objs))
   np.testing.assert_array_equal(small, ref)
+
+
+# -- when the invariance score is defined --------------------------------------------------------------
+
+@pytest.mark.parametrize("correct,n,chance", [(17, 100, 0.1), (20, 100, 0.1), (34, 200, 0.1), (3, 6, 1 / 3),
+                                              (1, 10, 0.5), (10, 10, 0.5)])
+def test_binomial_pvalue_matches_the_binomial_tail(correct, n, chance):
+  from scipy import stats
+
+  assert float(metrics.binomial_pvalue(correct, n, chance)) == pytest.approx(stats.binom.sf(correct - 1, n, chance),
+                                                                              rel=1e-3, abs=1e-7)  # float32
+  assert float(metrics.binomial_pvalue(0, n, chance)) == 1.0  # nothing right: no evidence at all
+
+
+def test_invariance_is_undefined_unless_in_location_accuracy_is_significantly_above_chance():
+  # 0.17 against a chance of 0.10 on 100 objects: p = 0.021, not below 0.01 -> undefined, although the
+  # bare ratio would read (0.15 - 0.1) / (0.17 - 0.1) = 0.71
+  assert np.isnan(float(metrics.invariance_score(0.17, 0.15, 0.1, num_objects=100)))
+  assert float(metrics.invariance_score(0.17, 0.15, 0.1)) == pytest.approx(0.714, abs=1e-3)
+  # the same accuracy on 1000 objects is overwhelming evidence (p ~ 1e-11)
+  assert float(metrics.invariance_score(0.17, 0.15, 0.1, num_objects=1000)) == pytest.approx(0.714, abs=1e-3)
+  # 0.20 on 100 objects: p = 0.002 -> defined
+  assert float(metrics.invariance_score(0.2, 0.1, 0.1, num_objects=100)) == pytest.approx(0.0)
+
+
+def test_summary_reports_the_pvalue_and_undefined_invariance_on_few_objects():
+  grid = np.array([[0, 0], [0, 5], [5, 0], [5, 5]])
+  acc = np.array([0.5, 0.2, 0.2, 0.2])  # 3 of 6 objects right at p_ft, chance 1/3: p = 0.32
+  few = metrics.summarize_location_map(acc, grid, (0, 0), 0, 3, num_objects=6)
+  assert float(few["in_pvalue"]) == pytest.approx(0.3196, abs=1e-3) and np.isnan(float(few["invariance"]))
+  many = metrics.summarize_location_map(acc, grid, (0, 0), 0, 3, num_objects=600)
+  assert float(many["invariance"]) == pytest.approx((0.2 - 1 / 3) / (0.5 - 1 / 3), abs=1e-4)

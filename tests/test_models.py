@@ -267,8 +267,8 @@ def _aps_net(trained: bool, blur_size: int = 1):
     before = nnx.state(net, nnx.Param)
     before = jax.tree.map(np.array, before)
     train_a_few_steps(net, steps=3)
-    assert not np.allclose(nnx.state(net, nnx.Param)["head"]["proj"]["bias"].value,
-                           before["head"]["proj"]["bias"].value)
+    assert not np.allclose(nnx.state(net, nnx.Param)["head"]["classifier"]["bias"].value,
+                           before["head"]["classifier"]["bias"].value)
   return net
 
 
@@ -285,3 +285,48 @@ def test_aps_with_a_circular_blur_before_selection_stays_invariant():
   shifts = [(0, 0), (1, 0), (0, 1), (1, 1), (5, 30), (17, 9)]
   logits = np.asarray(circular_shift_logits(_aps_net(False, blur_size=3), objects_on_blank_canvas(2, 32), shifts))
   np.testing.assert_allclose(logits, np.broadcast_to(logits[0], logits.shape), atol=1e-5)
+
+
+# -- heads: hidden FC layers transfer, only the classifier is new -----------------------------------------
+
+@pytest.mark.parametrize("head", ["fc", "gap", "conv"])
+def test_head_hidden_layers_and_classifier(head):
+  net = ShiftNet(num_classes=5, canvas_size=16, widths=(4, 8), head=head, fc_hidden=(12, 6), rngs=nnx.Rngs(0))
+  x = np.random.default_rng(0).uniform(size=(3, 16, 16, 1)).astype(np.float32)
+  assert net(x).shape == (3, 5)
+  features = net.backbone(x)
+  hidden = net.head.hidden_features(features)
+  assert [h.shape[-1] for h in hidden] == [12, 6] and bool(jnp.all(hidden[-1] >= 0))  # ReLU after each
+  np.testing.assert_allclose(net.head.pre_logits(features), hidden[-1])
+  flat_in = {"fc": 4 * 4 * 8, "gap": 8, "conv": 8}[head]  # 16 px after two 2x downsamplings: 4x4x8
+  assert _kernel_shape(net.head.hidden[0])[-2] == flat_in and _kernel_shape(net.head.classifier)[-2:] == (6, 5)
+
+
+def _kernel_shape(layer):
+  return tuple(layer.kernel.value.shape)
+
+
+def test_no_hidden_layers_is_the_plain_head():
+  net = ShiftNet(num_classes=3, canvas_size=16, widths=(4, 8), head="fc", rngs=nnx.Rngs(0))
+  x = np.ones((2, 16, 16, 1), np.float32)
+  assert len(net.head.hidden) == 0
+  expected = net.head.classifier(net.backbone(x).reshape(2, -1))
+  np.testing.assert_allclose(net(x), expected, rtol=1e-6)
+
+
+def test_transfer_copies_everything_but_the_classifier():
+  from shiftbench.models import transfer
+
+  make = lambda k, seed: ShiftNet(num_classes=k, canvas_size=16, widths=(4, 8), head="fc", fc_hidden=(6,),  # noqa: E731
+                                  rngs=nnx.Rngs(seed))
+  source, target = make(10, 0), make(3, 1)
+  fresh = jax.tree.map(np.array, nnx.state(target, nnx.Param))
+  transfer(source, target)
+  got, src = nnx.state(target, nnx.Param), nnx.state(source, nnx.Param)
+  jax.tree.map(np.testing.assert_array_equal, got["backbone"], src["backbone"])
+  jax.tree.map(np.testing.assert_array_equal, got["head"]["hidden"], src["head"]["hidden"])
+  jax.tree.map(np.testing.assert_array_equal, got["head"]["classifier"], fresh["head"]["classifier"])
+  assert got["head"]["classifier"]["kernel"].value.shape == (6, 3)
+  # copies: changing the target leaves the source as it was
+  target.head.hidden[0].kernel.value = target.head.hidden[0].kernel.value + 1
+  assert not np.array_equal(source.head.hidden[0].kernel.value, target.head.hidden[0].kernel.value)

@@ -22,7 +22,7 @@ def _bars(n=120, k=3, seed=0):
 
 
 def _model(seed=0, head="gap"):
-  return ShiftNet(num_classes=3, canvas_size=16, widths=(4, 8), head=head, rngs=nnx.Rngs(seed))
+  return ShiftNet(num_classes=3, canvas_size=16, widths=(4, 8), head=head, fc_hidden=(6,), rngs=nnx.Rngs(seed))
 
 
 def _params(model):
@@ -56,7 +56,19 @@ def test_head_mode_leaves_the_backbone_untouched():
               seed=0, mode="head")
   after = _params(model)
   jax.tree.map(np.testing.assert_array_equal, before["backbone"], after["backbone"])
-  assert not np.array_equal(before["head"]["proj"]["kernel"], after["head"]["proj"]["kernel"])
+  assert not np.array_equal(before["head"]["classifier"]["kernel"], after["head"]["classifier"]["kernel"])
+  assert not np.array_equal(before["head"]["hidden"][0]["kernel"], after["head"]["hidden"][0]["kernel"])
+
+
+def test_last_mode_trains_the_classifier_only():
+  data, model = _bars(), _model()
+  before = _params(model)
+  train.train(model, optax.adam(1e-2), data, SPEC, train.Placement("fixed", (2, 3)), steps=5, batch_size=8,
+              seed=0, mode="last")
+  after = _params(model)
+  jax.tree.map(np.testing.assert_array_equal, before["backbone"], after["backbone"])
+  jax.tree.map(np.testing.assert_array_equal, before["head"]["hidden"], after["head"]["hidden"])
+  assert not np.array_equal(before["head"]["classifier"]["kernel"], after["head"]["classifier"]["kernel"])
 
 
 def test_steps_compile_once_across_models_and_runs():
@@ -103,9 +115,9 @@ def test_nan_loss_stops_training_with_a_clear_error():
 
 def test_bad_mode_and_location_are_rejected():
   data, model = _bars(), _model()
-  with pytest.raises(ValueError, match="unknown fine-tune mode 'last'"):
+  with pytest.raises(ValueError, match="unknown fine-tune mode 'partial'"):
     train.train(model, optax.sgd(1e-2), data, SPEC, train.Placement("fixed", (0, 0)), steps=1, batch_size=8,
-                seed=0, mode="last")
+                seed=0, mode="partial")
   with pytest.raises(ValueError, match="puts the object off the canvas"):
     train.train(model, optax.sgd(1e-2), data, SPEC, train.Placement("fixed", (11, 0)), steps=1, batch_size=8,
                 seed=0)

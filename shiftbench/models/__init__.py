@@ -1,6 +1,7 @@
 """Models: one backbone with swappable downsampling, padding and head; a ResNet with the same parts."""
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from shiftbench import canvas
@@ -8,6 +9,20 @@ from shiftbench import canvas
 from shiftbench.models.cnn import DOWNSAMPLES, HEADS, ShiftNet
 from shiftbench.models.layers import PADDINGS
 from shiftbench.models.resnet import ResNet
+
+
+# Every model has `.backbone` (conv) and `.head` (`cnn.Head`: `hidden` FC layers + `classifier`). What a
+# pretrained model passes on to a model for new classes is everything but the classifier (Biscione &
+# Bowers 2021 keep the pretrained FC layers and replace only the output layer).
+CLASSIFIER = nnx.PathContains("classifier")
+TRANSFERABLE = nnx.Not(CLASSIFIER)
+
+
+def transfer(source: nnx.Module, target: nnx.Module) -> None:
+  """Copies every weight of `source` except its classifier into `target` (same architecture; the
+  classifiers may differ in their number of classes). Copies, so training `target` (which donates its
+  buffers) never touches `source`."""
+  nnx.update(target, jax.tree.map(jnp.copy, nnx.state(source, TRANSFERABLE)))
 
 
 def param_count(model: nnx.Module) -> int:
@@ -31,5 +46,5 @@ def logits_on_grid(model: nnx.Module, objects: jax.Array, locations: jax.Array, 
   return canvas.apply_on_grid(model, objects, locations, canvas_size)
 
 
-__all__ = ["DOWNSAMPLES", "HEADS", "PADDINGS", "ResNet", "ShiftNet", "logits_on_canvas", "logits_on_grid",
-           "param_count"]
+__all__ = ["CLASSIFIER", "DOWNSAMPLES", "HEADS", "PADDINGS", "ResNet", "ShiftNet", "TRANSFERABLE", "logits_on_canvas",
+           "logits_on_grid", "param_count", "transfer"]

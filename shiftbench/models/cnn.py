@@ -1,7 +1,7 @@
 """One convolutional network with swappable downsampling, padding and head (DESIGN.md section 5).
 
 The presets in `conf/model/` are settings of this one class:
-  cnn_fc   = max-pool backbone + flatten/dense head (the classic CNN+FC);
+  cnn_fc   = max-pool backbone + flatten -> hidden FC layers -> classifier (the classic CNN+FC);
   fcn      = strided-conv backbone + 1x1-conv class maps averaged (no dense layer);
   gap      = max-pool backbone + global average pool + dense;
   blurpool = MaxBlurPool backbone (Zhang 2019) + global average pool + dense;
@@ -104,37 +104,64 @@ class Backbone(nnx.Module):
 
 
 class Head(nnx.Module):
-  """`fc`: flatten + dense; `gap`: global average pool + dense; `conv`: 1x1-conv class maps averaged."""
+  """What sits on the backbone: hidden fully connected layers (`hidden`) and the classifier (the output
+  layer). Fine-tuning on new classes keeps `hidden` (it transfers, like VGG's fc6/fc7 in Biscione & Bowers
+  2021) and re-initialises only `classifier`.
 
-  def __init__(self, kind: str, feature_shape: tuple[int, int, int], num_classes: int, *, rngs: nnx.Rngs):
+  `fc`: flatten -> [Dense -> ReLU] x len(hidden) -> Dense (the classic CNN+FC: every location has its own
+  weights); `gap`: global average pool -> the same; `conv`: [1x1 conv -> ReLU] x len(hidden) -> 1x1-conv
+  class maps, averaged (no dense layer, so the hidden layers are 1x1 convs too).
+  """
+
+  def __init__(self, kind: str, feature_shape: tuple[int, int, int], num_classes: int, *,
+               hidden: Sequence[int] = (), rngs: nnx.Rngs):
     self.kind = layers._check(kind, HEADS, "head")
+    hidden = tuple(int(h) for h in hidden)
+    if any(h < 1 for h in hidden):
+      raise ValueError(f"fc_hidden sizes must be >= 1, got {list(hidden)}")
     h, w, c = feature_shape
-    if kind == "fc":
-      self.proj = nnx.Linear(h * w * c, num_classes, rngs=rngs)
-    elif kind == "gap":
-      self.proj = nnx.Linear(c, num_classes, rngs=rngs)
-    else:
-      self.proj = nnx.Conv(c, num_classes, (1, 1), conv_general_dilated=layers.conv_general_dilated,
-                           rngs=rngs)
+    dims = [h * w * c if kind == "fc" else c, *hidden]
+    self.hidden = nnx.List([self._layer(d_in, d_out, rngs) for d_in, d_out in zip(dims[:-1], dims[1:])])
+    self.classifier = self._layer(dims[-1], num_classes, rngs)
 
-  def pre_logits(self, x: jax.Array) -> jax.Array:
-    """The last layer's input (the penultimate representation; see `similarity.layer_features`)."""
+  def _layer(self, d_in: int, d_out: int, rngs: nnx.Rngs) -> nnx.Module:
+    if self.kind == "conv":
+      return nnx.Conv(d_in, d_out, (1, 1), conv_general_dilated=layers.conv_general_dilated, rngs=rngs)
+    return nnx.Linear(d_in, d_out, rngs=rngs)
+
+  def head_input(self, x: jax.Array) -> jax.Array:
+    """The backbone's feature map as the first head layer reads it: flattened, pooled, or as is (`conv`)."""
     if self.kind == "fc":
       return x.reshape(x.shape[0], -1)
     if self.kind == "gap":
       return x.mean(axis=(1, 2))
-    return x  # `conv`: the 1x1 conv reads the feature map itself
+    return x
+
+  def hidden_features(self, x: jax.Array) -> list[jax.Array]:
+    """Every hidden layer's output (after ReLU), for layer-wise representation analysis."""
+    out, x = [], self.head_input(x)
+    for layer in self.hidden:
+      x = jax.nn.relu(layer(x))
+      out.append(x)
+    return out
+
+  def pre_logits(self, x: jax.Array) -> jax.Array:
+    """The classifier's input (the penultimate representation; see `similarity.layer_features`)."""
+    feats = self.hidden_features(x)
+    return feats[-1] if feats else self.head_input(x)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    out = self.proj(self.pre_logits(x))
+    out = self.classifier(self.pre_logits(x))
     return out if self.kind != "conv" else out.mean(axis=(1, 2))
 
 
 class ShiftNet(nnx.Module):
-  """Backbone + head. `head` is a separate attribute so fine-tuning can swap it for new classes.
+  """Backbone + head. `head.classifier` is the only part that fine-tuning re-initialises for new classes.
 
   `blur_padding=None` follows the conv padding: circular for `circular` (so a blur keeps circular-shift
   equivariance), reflect (Zhang's default) otherwise. `aps_norm` (`l2`, `l1`, `linf`) ranks APS components.
+  `fc_hidden` lists the hidden fully connected layers of the head (`Head`); they transfer to new classes
+  with the backbone, and only the classifier is re-initialised.
   `object_first=False` turns off the blank-canvas shortcut of `on_canvas` / `on_grid` (same results, slower;
   for benchmarks and checks).
   """
@@ -142,7 +169,8 @@ class ShiftNet(nnx.Module):
   def __init__(self, *, num_classes: int, canvas_size: int, in_channels: int = 1,
                widths: Sequence[int] = (8, 16, 32), kernel_size: int = 3, downsample: str = "max",
                padding: str = "same", head: str = "fc", blur_size: int = 4, blur_padding: str | None = None,
-               aps_norm: str = "l2", object_first: bool = True, rngs: nnx.Rngs):
+               aps_norm: str = "l2", fc_hidden: Sequence[int] = (), object_first: bool = True,
+               rngs: nnx.Rngs):
     layers._check(padding, layers.PADDINGS, "padding")
     self.object_first = object_first
     blur_padding = layers.default_blur_padding(padding) if blur_padding is None else blur_padding
@@ -153,7 +181,7 @@ class ShiftNet(nnx.Module):
     feature_shape = jax.eval_shape(self.backbone, probe).shape[1:]
     if min(feature_shape[:2]) < 1:
       raise ValueError(f"canvas_size={canvas_size} is too small for {len(widths)} downsampling blocks")
-    self.head = Head(head, feature_shape, num_classes, rngs=rngs)
+    self.head = Head(head, feature_shape, num_classes, hidden=fc_hidden, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.head(self.backbone(x))

@@ -135,7 +135,8 @@ class ResNetBackbone(nnx.Module):
 
 
 class ResNet(nnx.Module):
-  """ResNet backbone + `cnn.Head`; `.backbone` and `.head` as in `ShiftNet`, so the protocol swaps heads.
+  """ResNet backbone + `cnn.Head`; `.backbone` and `.head` as in `ShiftNet`, so the protocol re-initialises
+  `head.classifier` only.
 
   Args:
     num_classes, canvas_size, in_channels: as for every model factory.
@@ -145,6 +146,7 @@ class ResNet(nnx.Module):
     downsample: `stride`, `blur` or `aps` (see the module docstring).
     padding: `same` (zeros) or `circular`.
     head: `fc`, `gap` or `conv`.
+    fc_hidden: hidden fully connected layers of the head (they transfer; only the classifier is re-initialised).
     blur_size: binomial filter size 1-7 (for `aps`, a stride-1 blur before selection when > 1).
     blur_padding: None follows the conv padding (circular stays circular, else reflect).
     aps_norm: `l2`, `l1` or `linf`.
@@ -153,7 +155,8 @@ class ResNet(nnx.Module):
   def __init__(self, *, num_classes: int, canvas_size: int, in_channels: int = 1,
                widths: Sequence[int] = (16, 32, 64, 128), blocks: Sequence[int] = (2, 2, 2, 2),
                stem: str = "cifar", downsample: str = "stride", padding: str = "same", head: str = "gap",
-               blur_size: int = 4, blur_padding: str | None = None, aps_norm: str = "l2", rngs: nnx.Rngs):
+               blur_size: int = 4, blur_padding: str | None = None, aps_norm: str = "l2",
+               fc_hidden: Sequence[int] = (), rngs: nnx.Rngs):
     layers._check(downsample, DOWNSAMPLES, "downsample")
     layers._check(padding, ("same", "circular"), "ResNet padding")  # residuals need size-preserving convs
     layers._check(aps_norm, aps.NORMS, "APS norm")
@@ -170,7 +173,7 @@ class ResNet(nnx.Module):
     feature_shape = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x), state, probe).shape[1:]
     if min(feature_shape[:2]) < 1:
       raise ValueError(f"canvas_size={canvas_size} is too small for this ResNet")
-    self.head = Head(head, feature_shape, num_classes, rngs=rngs)
+    self.head = Head(head, feature_shape, num_classes, hidden=fc_hidden, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.head(self.backbone(x))

@@ -1,0 +1,94 @@
+"""The claims report: verdicts from seeds, intervals, exactness, and honesty about missing rows."""
+
+import math
+
+import pytest
+from scipy import stats
+
+from shiftbench import claims, leaderboard
+
+FC = {"_target_": "shiftbench.models.ShiftNet", "widths": [8, 16], "downsample": "max", "padding": "same",
+      "head": "fc", "fc_hidden": [256, 256]}
+GAP = {**FC, "head": "gap", "fc_hidden": []}
+BLUR = {**GAP, "downsample": "blur", "blur_size": 4}
+APS = {**GAP, "downsample": "aps", "padding": "circular"}
+
+
+def _row(model, arch, regime, mode, seed, invariance, **extra):
+  return {"model": model, "architecture": arch, "pretrain": regime, "finetune": mode, "seed": seed,
+          "invariance": invariance, "datasets": "A -> B", **extra}
+
+
+def _forgetting_rows(seeds=(0, 1, 2), scratch=0.05, last=0.85, full=0.45, fixed=0.06, crop=0.4):
+  rows = []
+  for s in seeds:
+    e = 0.01 * s  # a little seed spread
+    rows += [_row("cnn_fc", FC, "scratch", "full", s, scratch + e), _row("cnn_fc", FC, "translate", "last", s, last - e),
+             _row("cnn_fc", FC, "translate", "full", s, full + e), _row("cnn_fc", FC, "fixed", "last", s, fixed),
+             _row("cnn_fc", FC, "random_crop", "last", s, crop)]
+  return rows
+
+
+def _by_id(result):
+  return {c.id: c for c in result}
+
+
+def test_interval_is_the_t_interval():
+  mean, lo, hi = claims.interval([0.1, 0.2, 0.4])
+  half = stats.t.ppf(0.975, 2) * stats.tstd([0.1, 0.2, 0.4]) / math.sqrt(3)
+  assert mean == pytest.approx(0.7 / 3) and (lo, hi) == pytest.approx((mean - half, mean + half))
+  assert math.isnan(claims.interval([0.3])[1])
+
+
+def test_the_forgetting_result_passes_with_three_seeds():
+  c = _by_id(claims.evaluate(_forgetting_rows()))
+  for cid in ("C1", "C2", "C2c", "C3a", "C3b"):
+    assert c[cid].verdict == claims.PASS, (cid, c[cid])
+  assert c["C3a"].values == pytest.approx([0.4, 0.38, 0.36])  # last - full, paired by seed
+  assert c["F1"].verdict == claims.FIGURE and c["F1"].values[0] == pytest.approx((0.4 - 0.05) / (0.85 - 0.05))
+  assert "[+" in c["C2"].effect  # mean and its interval are printed
+
+
+def test_no_forgetting_and_no_transfer_fail():
+  c = _by_id(claims.evaluate(_forgetting_rows(last=0.45, full=0.45, scratch=0.3, fixed=0.45)))
+  assert c["C3a"].verdict == claims.FAIL  # last - full is 0 -/+ spread
+  assert c["C1"].verdict == claims.FAIL  # scratch at 0.3 is not near chance
+  assert c["C2c"].verdict == claims.FAIL  # fixed pretraining as good as translate
+
+
+def test_fewer_than_three_seeds_or_missing_rows_give_no_verdict():
+  c = _by_id(claims.evaluate(_forgetting_rows(seeds=(0, 1))))
+  assert {c[i].verdict for i in ("C1", "C2", "C3a", "C3b")} == {claims.FEW_SEEDS}
+  assert c["C5"].verdict == c["C4"].verdict == c["C6"].verdict == claims.NOT_RUN
+  rows = [r for r in _forgetting_rows() if r["pretrain"] != "fixed"]
+  assert _by_id(claims.evaluate(rows))["C2c"].verdict == claims.NOT_RUN
+
+
+def test_undefined_invariance_does_not_count_as_a_seed():
+  rows = _forgetting_rows()
+  rows[1]["invariance"] = None  # seed 0's translate/last is undefined
+  c = _by_id(claims.evaluate(rows))
+  assert c["C2"].n == 2 and c["C2"].verdict == claims.FEW_SEEDS
+
+
+def test_aps_exactness_and_architecture_twins():
+  rows = []
+  for s in range(3):
+    rows += [_row("gap", GAP, "scratch", "full", s, 0.5 + 0.01 * s, consistency=0.6 + 0.01 * s),
+             _row("cnn_fc", FC, "scratch", "full", s, 0.05, consistency=0.5),
+             _row("blurpool", BLUR, "scratch", "full", s, 0.6, consistency=0.8 - 0.01 * s),
+             _row("aps", APS, "scratch", "full", s, 0.9, consistency_circular=1.0)]
+  c = _by_id(claims.evaluate(rows))
+  assert c["C4"].verdict == claims.PASS and "gap - cnn_fc" in c["C4"].rows
+  assert c["C6"].verdict == claims.PASS and "blurpool - gap" in c["C6"].rows
+  assert c["C5"].verdict == claims.PASS
+  rows[-1]["consistency_circular"] = 0.999  # one miss in one row refutes an exact property
+  assert _by_id(claims.evaluate(rows))["C5"].verdict == claims.FAIL
+
+
+def test_the_leaderboard_carries_the_report(tmp_path):
+  board = leaderboard.write_leaderboard(_forgetting_rows(), tmp_path, figures=False)
+  md = (tmp_path / "leaderboard.md").read_text()
+  assert "## Claims from the literature" in md and "| C3a" in md and claims.PASS in md
+  assert "C3a" in board.claims_markdown
+  assert (tmp_path / "claims.json").is_file()
