@@ -160,3 +160,22 @@ def test_pretrained_cache_keys_never_match_across_heads_or_versions(monkeypatch)
   assert key != pretrained.checkpoint_key({**desc, "model": {"head": "fc", "fc_hidden": []}})
   monkeypatch.setattr(pretrained, "__version__", "0.2.2")  # a cache written by the version before the FC layers
   assert key != pretrained.checkpoint_key(desc)
+
+
+@pytest.mark.slow
+def test_protocol_runs_on_real_handwritten_digits_shipped_with_scikit_learn(tiny_data_dir, tmp_path):
+  pytest.importorskip("sklearn")
+  sys.path.insert(0, str(CONF.parent / "scripts"))
+  from sklearn_digits_npz import main as write_digits
+
+  npz = tmp_path / "digits.npz"
+  write_digits([str(npz)])
+  base = [o for o in tiny_overrides(tiny_data_dir, str(tmp_path / "ckpt")) if not o.startswith("data.")]
+  with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    cfg = compose("config", overrides=[*base, "data=npz", f"data.path={npz}", "model=cnn_fc",
+                                       "pretrain.regimes=[scratch]"])
+  record = run_experiment(cfg, tmp_path / "run")
+  assert record["datasets"]["pretrain"].startswith("npz:") and len(record["rows"]) == 1
+  row = record["rows"][0]
+  assert row["chance"] == pytest.approx(1 / 5)  # digits 0-4 pretrain, 5-9 fine-tune
+  assert 170 <= row["test_objects"] <= 190  # a stratified 20% of the ~900 images of digits 5-9
