@@ -12,12 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 import concurrent.futures
 import concurrent.futures.process
+import contextlib
 import functools
 import logging
 import math
 import multiprocessing
 import os
 import string
+import sys
 
 import matplotlib
 import numpy as np
@@ -203,7 +205,28 @@ def _run(tasks: list[tuple], image_size: int, seed: int, workers: int) -> Iterat
   with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
     chars, starts, stops, splits = zip(*tasks)
     n = len(tasks)
-    yield from pool.map(render_samples, chars, starts, stops, [image_size] * n, [seed] * n, splits)
+    with _main_not_rerun():  # workers start here, when map submits every task
+      results = pool.map(render_samples, chars, starts, stops, [image_size] * n, [seed] * n, splits)
+    yield from results
+
+
+@contextlib.contextmanager
+def _main_not_rerun() -> Iterator[None]:
+  """Hides the main module's origin while spawned workers start. A spawned worker otherwise re-runs
+  the parent's main script, and a script without an `if __name__ == "__main__":` guard would start its
+  whole run again in every worker; the workers need nothing from it (`render_samples` lives here)."""
+  main = sys.modules.get("__main__")
+  if main is None:
+    yield
+    return
+  saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+  main.__dict__.pop("__file__", None)
+  main.__spec__ = None
+  try:
+    yield
+  finally:
+    main.__dict__.pop("__spec__", None)
+    main.__dict__.update(saved)
 
 
 def render_split(chars: str, per_class: int, image_size: int, seed: int, split: str,
@@ -246,10 +269,8 @@ def render_splits(chars: str, per_class: dict[str, int], image_size: int, seed: 
       images[s][a:b, chars.index(c)], fonts[s][a:b, chars.index(c)] = imgs, fnts
       bar.update(b - a)
   except concurrent.futures.process.BrokenProcessPool:
-    # A spawned worker re-imports the main script; one without an `if __name__ == "__main__":` guard
-    # starts rendering again there and the pool breaks. Same bytes in one process, only slower.
-    log.warning("glyph rendering workers failed to start (does the main script lack an "
-                "`if __name__ == \"__main__\":` guard?); rendering in one process")
+    # Workers that cannot start (no room for a process, a sandbox): the same bytes in one process.
+    log.warning("glyph rendering workers failed to start; rendering in one process")
     return render_splits(chars, per_class, image_size, seed, 1, desc)
   finally:
     bar.close()
