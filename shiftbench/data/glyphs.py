@@ -268,7 +268,7 @@ def render_splits(chars: str, per_class: dict[str, int], image_size: int, seed: 
     for (c, a, b, s), (imgs, fnts) in zip(tasks, _run(tasks, image_size, seed, workers)):
       images[s][a:b, chars.index(c)], fonts[s][a:b, chars.index(c)] = imgs, fnts
       bar.update(b - a)
-  except concurrent.futures.process.BrokenProcessPool:
+  except (concurrent.futures.process.BrokenProcessPool, OSError):
     # Workers that cannot start (no room for a process, a sandbox): the same bytes in one process.
     log.warning("glyph rendering workers failed to start; rendering in one process")
     return render_splits(chars, per_class, image_size, seed, 1, desc)
