@@ -2,6 +2,7 @@
 
   PYTHONPATH=. python scripts/bench.py --out bench.json          # quick geometry: 32px canvas, 12px objects
   PYTHONPATH=. python scripts/bench.py --canvas 64 --object 28 --widths 16,32,64 --batch 128
+  PYTHONPATH=. python scripts/bench.py --device cuda --out bench_gpu.json   # both sides on the GPU
 
 Three comparisons, each interleaved (shiftbench block, PyTorch block, repeat) after warm-up, so machine
 load hits both sides alike; ratios are per repetition, reported as median [min, max]:
@@ -10,6 +11,13 @@ load hits both sides alike; ratios are per repetition, reported as median [min, 
   e2e:   the quick protocol reduced to one row (scratch, full fine-tune at one location, the curve maps
          along the way and the final map) vs PyTorch with host-composed canvases in a DataLoader.
 Objects are random uint8 images (no dataset download); accuracy is not the point, cost is.
+
+The PyTorch side is the fastest reasonable eager PyTorch: objects on the device as uint8, canvases
+composed there by a gather (`torch_twin.place`), fused Adam, channels_last. `--device cuda` runs it on
+the GPU (shiftbench runs on JAX's default device, so give it a GPU jaxlib) with `cudnn.benchmark` on,
+timed with `torch.cuda.synchronize()`, plus `torch.compile(model, mode="reduce-overhead")` (CUDA graphs),
+the anchor a PyTorch user would pick there. On CPU that variant is off unless `--torch-compile on`
+(default mode: reduce-overhead means CUDA graphs), and the output says so.
 
 Both sides compute the same function. shiftbench runs its first block on the objects rather than on the
 blank canvas around them (models/object_first.py: exact, checked in tests/test_object_first.py); the
@@ -91,9 +99,17 @@ def matmul_peak(n: int = 2048) -> float:
 
 
 def interleave(contestants: dict, reps: int) -> dict[str, list[float]]:
-  """Runs each contestant's block once per repetition, in turn; each returns its items per second."""
-  for run in contestants.values():
-    run(warmup=True)
+  """Runs each contestant's block once per repetition, in turn; each returns its items per second.
+  An optional contestant (name starting with "torch.compile") that fails its warm-up is dropped, with
+  the reason printed: a missing compiler toolchain should not lose the rest of the benchmark."""
+  for name, run in list(contestants.items()):
+    try:
+      run(warmup=True)
+    except Exception as e:  # noqa: BLE001
+      if not name.startswith("torch.compile"):
+        raise
+      print(f"{name} dropped: its warm-up failed with {type(e).__name__}: {str(e)[:300]}", flush=True)
+      del contestants[name]
   out = {k: [] for k in contestants}
   for _ in range(reps):
     for name, run in contestants.items():
@@ -130,26 +146,51 @@ def jax_trainer(cfg, args, data, spec, dispatch="auto", object_first=True):
   return run
 
 
-def torch_trainer(cfg, args, images, labels, threads):
-  net = torch_model(cfg, args.canvas)
-  opt = torch.optim.Adam(net.parameters(), 1e-3)
-  objs = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-  labs = torch.from_numpy(labels.astype(np.int64))
-  gen = torch.Generator().manual_seed(0)
+def adam(params, device: torch.device, fused: bool = True) -> torch.optim.Optimizer:
+  """Adam with one fused kernel per step (CUDA, and CPU in recent PyTorch), else the multi-tensor one."""
+  if not fused:
+    return torch.optim.Adam(params, 1e-3)
+  try:
+    return torch.optim.Adam(params, 1e-3, fused=True)
+  except (RuntimeError, ValueError):  # fused not available for this device or build
+    return torch.optim.Adam(params, 1e-3, foreach=True)
+
+
+def sync(device: torch.device) -> None:
+  if device.type == "cuda":
+    torch.cuda.synchronize(device)
+
+
+def torch_trainer(cfg, args, images, labels, threads, compile_mode: str | None = None, scatter: bool = False):
+  """PyTorch's training step: draw, place, forward, backward, Adam. `compile_mode`: torch.compile the
+  model in that mode. `scatter`: the twin before (indexed-assignment placement, default Adam)."""
+  dev = torch.device(args.device)
+  net = torch_model(cfg, args.canvas).to(dev)
+  model = net if compile_mode is None else torch.compile(net, mode=compile_mode)
+  opt = adam(net.parameters(), dev, fused=not scatter)
+  objs = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(dev)
+  padded = torch_twin.pad_objects(objs)
+  labs = torch.from_numpy(labels.astype(np.int64)).to(dev)
+  gen = torch.Generator(device=dev).manual_seed(0)
   hi = args.canvas - args.object + 1
 
   def run(warmup=False):
     torch.set_num_threads(threads)
-    n = 3 if warmup else args.steps
+    n = (10 if compile_mode else 3) if warmup else args.steps  # compile + CUDA-graph recording in warm-up
+    sync(dev)
     t = time.perf_counter()
     for _ in range(n):  # the same work as the jitted step: draw, place, forward, backward, Adam
-      idx = torch.randint(0, len(objs), (args.batch,), generator=gen)
-      locs = torch.randint(0, hi, (args.batch, 2), generator=gen)
-      x = torch_twin.place(objs[idx].float() / 255.0, locs, args.canvas).contiguous(
-          memory_format=torch.channels_last)
+      idx = torch.randint(0, len(objs), (args.batch,), generator=gen, device=dev)
+      locs = torch.randint(0, hi, (args.batch, 2), generator=gen, device=dev)
+      if scatter:
+        x = torch_twin.place_scatter(objs[idx].float() / 255.0, locs, args.canvas).contiguous(
+            memory_format=torch.channels_last)
+      else:
+        x = torch_twin.place(padded[idx], locs, args.canvas).float() / 255.0  # channels_last already
       opt.zero_grad(set_to_none=True)
-      F.cross_entropy(net(x), labs[idx]).backward()
+      F.cross_entropy(model(x), labs[idx]).backward()
       opt.step()
+    sync(dev)
     torch.set_num_threads(args.torch_threads)
     return n * args.batch / (time.perf_counter() - t)
   return run
@@ -166,26 +207,30 @@ def jax_evaluator(cfg, args, objects, grid, object_first=True):
 
 
 def torch_evaluator(cfg, args, images, grid):
-  net = torch_model(cfg, args.canvas).eval()
-  objs = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-  locs = torch.from_numpy(grid.astype(np.int64))
-  per = max(1, args.eval_batch // len(objs))
+  dev = torch.device(args.device)
+  net = torch_model(cfg, args.canvas).to(dev).eval()
+  padded = torch_twin.pad_objects(torch.from_numpy(images).permute(0, 3, 1, 2).to(dev))
+  locs = torch.from_numpy(grid.astype(np.int64)).to(dev)
+  per = max(1, args.eval_batch // len(padded))
 
   @torch.inference_mode()
   def run(warmup=False):
+    sync(dev)
     t = time.perf_counter()
     for i in range(0, len(locs), per):  # chunks of (locations x all objects), like predict_grid
       chunk = locs[i:i + per]
-      x = torch_twin.place(objs.repeat(len(chunk), 1, 1, 1), chunk.repeat_interleave(len(objs), 0), args.canvas)
-      net(x.contiguous(memory_format=torch.channels_last)).argmax(-1)
-    return len(locs) * len(objs) / (time.perf_counter() - t)
+      x = torch_twin.place(padded.repeat(len(chunk), 1, 1, 1), chunk.repeat_interleave(len(padded), 0),
+                           args.canvas)
+      net(x.float() / 255.0).argmax(-1)
+    sync(dev)
+    return len(locs) * len(padded) / (time.perf_counter() - t)
   return run
 
 
 # -- main -------------------------------------------------------------------------------------------
 def markdown(r: dict) -> str:
-  t = r["torch_threads"]
-  lines = [f"| measure | shiftbench | PyTorch ({t} thr) | speedup median [min, max] |", "|---|---|---|---|"]
+  side = f"{r['torch_threads']} thr" if r["device"] == "cpu" else r["device"]
+  lines = [f"| measure | shiftbench | PyTorch ({side}) | speedup median [min, max] |", "|---|---|---|---|"]
   fmt = lambda s: f"{s['median']:.2f}x [{s['min']:.2f}, {s['max']:.2f}]"
 
   def alternative_rows(label: str, unit: str, alts: dict) -> None:
@@ -209,6 +254,32 @@ def markdown(r: dict) -> str:
   return "\n".join(lines)
 
 
+def setup_device(args) -> list[str]:
+  """Checks the device, switches on what PyTorch users switch on there, and says what was chosen."""
+  notes = []
+  if args.device == "cuda":
+    if not torch.cuda.is_available():
+      raise SystemExit(f"--device cuda: PyTorch {torch.__version__} sees no CUDA device (built for CUDA "
+                       f"{torch.version.cuda or 'none'}); install a CUDA build of torch and run on a GPU machine")
+    torch.backends.cudnn.benchmark = True
+    notes.append(f"torch on {torch.cuda.get_device_name()}, cudnn.benchmark on, timed with cuda.synchronize")
+    if jax.default_backend() == "cpu":
+      notes.append("WARNING: JAX runs on CPU here (no GPU jaxlib): the ratios compare a CPU with a GPU")
+  mode = {"cpu": "default", "cuda": "reduce-overhead"}[args.device]
+  if args.torch_compile == "off" or (args.torch_compile == "auto" and args.device == "cpu"):
+    args.compile_mode = None
+    notes.append("torch.compile not timed" + (" (on CPU by default: mode reduce-overhead means CUDA graphs, "
+                                              "GPU only; --torch-compile on times default mode)"
+                                              if args.device == "cpu" else ""))
+  else:
+    args.compile_mode = mode
+    if args.device == "cpu":
+      notes.append("torch.compile in default mode on CPU (reduce-overhead means CUDA graphs, GPU only)")
+  for n in notes:
+    print(n, flush=True)
+  return notes
+
+
 def main(argv=None) -> dict:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--canvas", type=int, default=32)
@@ -221,7 +292,8 @@ def main(argv=None) -> dict:
   p.add_argument("--objects", type=int, default=2000, help="training objects")
   p.add_argument("--eval-objects", type=int, default=500)
   p.add_argument("--grid-stride", type=int, default=5)
-  p.add_argument("--eval-batch", type=int, default=512)
+  p.add_argument("--eval-batch", type=int, default=None,
+                 help="canvases per forward pass in the maps (default: eval.batch_size=auto's choice)")
   p.add_argument("--e2e-steps", type=int, default=600, help="fine-tune steps of the end-to-end row (0: skip)")
   p.add_argument("--e2e-eval-every", type=int, default=150)
   p.add_argument("--e2e-reps", type=int, default=2)
@@ -230,8 +302,13 @@ def main(argv=None) -> dict:
   p.add_argument("--alternatives", action="store_true",
                  help="also time the first block on the canvas, one step per dispatch and torch at 1 thread")
   p.add_argument("--peak-n", type=int, default=2048, help="side of the fp32 matmul that measures the peak")
+  p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                 help="where PyTorch runs; shiftbench runs on JAX's default device (cuda: give it a GPU jaxlib)")
+  p.add_argument("--torch-compile", choices=("auto", "on", "off"), default="auto",
+                 help="also time torch.compile(model): auto = on for cuda (mode reduce-overhead), off on CPU")
   p.add_argument("--out", type=Path)
   args = p.parse_args(argv)
+  notes = setup_device(args)
   torch.set_num_threads(args.torch_threads)
   widths = [int(w) for w in args.widths.split(",")]
   spec = canvas.CanvasSpec(args.canvas, args.object)
@@ -240,11 +317,14 @@ def main(argv=None) -> dict:
   labels = rng.integers(0, 10, args.objects).astype(np.int32)
   data = train.DeviceObjects.from_numpy(images, labels, 10)
   grid = canvas.location_grid(spec, args.grid_stride, include=spec.center())
+  if args.eval_batch is None:
+    args.eval_batch = evaluation.auto_batch_size(args.canvas, [widths])
   peak = matmul_peak(args.peak_n)
   r = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "argv": sys.argv, "args": vars(args) | {
       "out": str(args.out)}, "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
       "load_avg_start": os.getloadavg(), "jax": jax.__version__, "torch": torch.__version__,
-      "backend": jax.default_backend(), "conv": "conv_general_dilated",
+      "backend": jax.default_backend(), "jax_devices": [str(d) for d in jax.devices()], "device": args.device,
+      "notes": notes, "conv": "conv_general_dilated",
       "allocator": os.environ.get("LD_PRELOAD") or "glibc malloc (no LD_PRELOAD), both sides",
       "torch_threads": args.torch_threads, "matmul_peak_gflops": peak, "train": {}}
   for name in args.models.split(","):
@@ -254,11 +334,17 @@ def main(argv=None) -> dict:
       continue
     runs = {"shiftbench": jax_trainer(cfg, args, data, spec),
             "torch": torch_trainer(cfg, args, images, labels, args.torch_threads)}
+    if args.compile_mode:
+      runs[f"torch.compile (mode={args.compile_mode})"] = torch_trainer(
+          cfg, args, images, labels, args.torch_threads, compile_mode=args.compile_mode)
     if args.alternatives:
       runs["first block on the canvas (object_first=False)"] = jax_trainer(cfg, args, data, spec,
                                                                            object_first=False)
       runs["1 step per dispatch (no lax.scan)"] = jax_trainer(cfg, args, data, spec, dispatch=1)
-      runs["torch 1 thr"] = torch_trainer(cfg, args, images, labels, 1)
+      runs["torch, scatter placement + default Adam (the twin before)"] = torch_trainer(
+          cfg, args, images, labels, args.torch_threads, scatter=True)
+      if args.device == "cpu":
+        runs["torch 1 thr"] = torch_trainer(cfg, args, images, labels, 1)
     res = interleave(runs, args.reps)
     gflops = np.median(res["shiftbench"]) * train_flops(cfg, args.canvas) / 1e9
     r["train"][name] = {"shiftbench": summary(res["shiftbench"]), "torch": summary(res["torch"]),
@@ -279,7 +365,9 @@ def main(argv=None) -> dict:
                "objects": len(ev_objs),
                "alternatives": alternatives(res, "canvases_s")}
   print("eval", json.dumps(r["eval"]), flush=True)
-  if args.e2e_steps:
+  if args.e2e_steps and args.device != "cpu":
+    print("e2e skipped: it compares against host-composed canvases in a DataLoader, a CPU comparison")
+  elif args.e2e_steps:
     n_curve = max(1, args.eval_objects * 2 // 5)  # the quick preset's 200 curve objects per 500 test objects
     split = lambda a, b: (images[a:b], labels[a:b])
     host = (split(0, args.objects), split(0, n_curve), split(0, args.eval_objects))

@@ -2,8 +2,10 @@
 
 `TorchTwin` mirrors `shiftbench.models.ShiftNet` for the presets with a PyTorch equivalent (max-pool
 backbone, `same` padding, `fc` or `gap` head): same layer shapes and FLOPs, PyTorch's default init.
-Two data paths: `place` composes canvases on the tensor side (the fast way), `HostCanvasDataset` pastes
-each object into a numpy canvas in `__getitem__` (the way published code does it, behind a DataLoader).
+Two data paths: `place` composes canvases on the tensor side, on whatever device the objects are on (the
+fast way: a gather, no scatter), `HostCanvasDataset` pastes each object into a numpy canvas in
+`__getitem__` (the way published code does it, behind a DataLoader). `place_scatter` is the earlier
+tensor-side version (an indexed assignment), kept to measure what the gather saves.
 """
 
 from __future__ import annotations
@@ -51,13 +53,36 @@ class TorchTwin(nn.Module):
     return self.fc(x)
 
 
-def place(objects: torch.Tensor, locations: torch.Tensor, canvas_size: int) -> torch.Tensor:
-  """(B, C, h, w) float objects at (B, 2) top-left locations -> (B, C, H, W) zero canvases, vectorised."""
+def pad_objects(objects: torch.Tensor) -> torch.Tensor:
+  """(N, C, h, w) objects -> (N, h + 1, w + 1, C) channels-last with one zero row and column at the end,
+  which `place` reads for every canvas pixel outside the object. Done once, outside the timed step."""
+  return F.pad(objects, (0, 1, 0, 1)).permute(0, 2, 3, 1).contiguous()
+
+
+def place(padded: torch.Tensor, locations: torch.Tensor, canvas_size: int) -> torch.Tensor:
+  """(B, h + 1, w + 1, C) padded objects (`pad_objects`) at (B, 2) top-left locations -> (B, C, H, W)
+  canvases in channels_last memory, by one gather: canvas pixel (Y, X) reads object pixel
+  (Y - y, X - x), or the zero row/column when that is outside the object. No scatter, no mask."""
+  b, h1, w1, _ = padded.shape
+  ar = torch.arange(canvas_size, device=padded.device)
+  rows = ar[None, :] - locations[:, :1]  # (B, H)
+  cols = ar[None, :] - locations[:, 1:]  # (B, W)
+  rows = torch.where((rows >= 0) & (rows < h1 - 1), rows, h1 - 1)
+  cols = torch.where((cols >= 0) & (cols < w1 - 1), cols, w1 - 1)
+  batch = torch.arange(b, device=padded.device)[:, None, None]
+  return padded[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # NHWC memory, NCHW view
+
+
+def place_scatter(objects: torch.Tensor, locations: torch.Tensor, canvas_size: int) -> torch.Tensor:
+  """(B, C, h, w) float objects at (B, 2) top-left locations -> (B, C, H, W) zero canvases, by an indexed
+  assignment (a scatter): the twin's placement before the gather."""
   b, c, h, w = objects.shape
   out = objects.new_zeros(b, c, canvas_size, canvas_size)
-  rows = (locations[:, 0, None] + torch.arange(h))[:, None, :, None]
-  cols = (locations[:, 1, None] + torch.arange(w))[:, None, None, :]
-  out[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols] = objects
+  dev = objects.device
+  rows = (locations[:, 0, None] + torch.arange(h, device=dev))[:, None, :, None]
+  cols = (locations[:, 1, None] + torch.arange(w, device=dev))[:, None, None, :]
+  out[torch.arange(b, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None], rows,
+      cols] = objects
   return out
 
 

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from shiftbench import (canvas, claims, evaluation, evaluators, leaderboard, metrics, models, plots, pretrained,
                         results, train)
+from shiftbench import compile_cache
 from shiftbench.data import ObjectSet, resize_objects
 from shiftbench.settings import Settings
 
@@ -205,6 +206,7 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
   """Runs every row of the configured protocol and writes results, heatmaps and the leaderboard."""
   output_dir = Path(output_dir).absolute()
   output_dir.mkdir(parents=True, exist_ok=True)
+  compile_cache.configure(cfg.get("compile_cache", False), cfg.paths.get("compile_cache_dir"))
   settings = Settings.from_config(cfg)
   models = {name: (hydra.utils.instantiate(mcfg), mcfg) for name, mcfg in cfg.model.items()}
   config = OmegaConf.to_container(cfg, resolve=True)
@@ -215,6 +217,7 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
   record = {"config": config, "seeds": list(settings.seeds), "environment": results.environment(),
             "datasets": {"pretrain": data_a.name, "finetune": data_b.name}, "grid": protocol.grid,
             "rows": list(done.values())}
+  record["resolved"] = {"eval_batch_size": settings.eval_batch}  # what `auto` settings became here
   tracker = hydra.utils.instantiate(cfg.logger)
   tracker.start(config, output_dir, name=output_dir.name)
   exit_code = 1

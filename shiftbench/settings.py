@@ -7,7 +7,7 @@ import dataclasses
 
 from omegaconf import DictConfig, OmegaConf
 
-from shiftbench import canvas, train
+from shiftbench import canvas, evaluation, train
 
 PRETRAIN_REGIMES: tuple[str, ...] = ("scratch", *canvas.REGIMES)
 # Without pretraining the backbone is random: a row that freezes it measures nothing about invariance
@@ -38,6 +38,12 @@ def _positive(value, what: str) -> int:
   if int(value) < 1:
     raise ValueError(f"{what} must be >= 1, got {value}")
   return int(value)
+
+
+def _model_widths(cfg: DictConfig) -> list[list[int]]:
+  """Each model's conv widths (its own, else the global `widths`), for sizing eval batches."""
+  default = [int(w) for w in cfg.get("widths") or [64]]
+  return [[int(w) for w in mcfg.get("widths") or default] for mcfg in (cfg.get("model") or {}).values()] or [default]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,5 +109,5 @@ class Settings:
         grid_stride=_positive(cfg.eval.grid_stride, "eval.grid_stride"),
         max_objects=None if max_objects is None else _positive(max_objects, "eval.max_objects"),
         curve_objects=_positive(cfg.eval.curve_objects, "eval.curve_objects"),
-        eval_batch=_positive(cfg.eval.batch_size, "eval.batch_size"),
+        eval_batch=evaluation.resolve_batch_size(cfg.eval.batch_size, spec.canvas_size, _model_widths(cfg)),
     )

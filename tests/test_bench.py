@@ -24,3 +24,15 @@ def test_bench_runs_and_writes_figures(tmp_path):
   assert set(r["train_speedup"]) == {"gap"}
   assert r["eval_speedup"] > 0 and r["e2e_speedup"] > 0
   assert "| train gap" in r["markdown"] and r["allocator"]
+
+
+def test_bench_on_cuda_without_a_gpu_says_so(tmp_path):
+  import torch
+
+  if torch.cuda.is_available():
+    pytest.skip("a CUDA device is present")
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+  run = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--device", "cuda"], env=env,
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+  assert run.returncode != 0
+  assert "--device cuda: PyTorch" in run.stderr and "sees no CUDA device" in run.stderr

@@ -14,7 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from shiftbench import data
-from shiftbench.data import glyphs, glyphs_builder, tfds_source
+from shiftbench.data import glyph_cache, glyphs, glyphs_builder, tfds_source
 from shiftbench.data.objects import ObjectSet
 
 SIZE = 32
@@ -22,8 +22,8 @@ SIZE = 32
 
 def render(charset: str = "digits", per_class: int = 5, seed: int = 0,
            split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-  samples = list(glyphs.render_split(charset, per_class, SIZE, seed, split))
-  return np.stack([s[0] for s in samples]), np.array([s[1] for s in samples])
+  images, labels, _ = glyphs.render_split(glyphs.CHARSETS[charset], per_class, SIZE, seed, split, workers=1)
+  return images, labels
 
 
 def tiny_glyphs(data_dir: pathlib.Path, **kwargs) -> ObjectSet:
@@ -90,36 +90,76 @@ def test_unknown_charset_is_rejected():
     data.load_glyphs("greek")
 
 
-# --- the TFDS builder ---------------------------------------------------------------------------------
+# --- the glyph cache and the TFDS builder -----------------------------------------------------------
 
 
-def test_builder_writes_array_record_and_reloads_without_rendering(tmp_path, monkeypatch):
+def test_the_same_seed_gives_the_same_bytes_for_any_number_of_workers():
+  one = glyphs.render_splits("07A", {"train": 6, "test": 2}, 16, 5, workers=1)
+  two = glyphs.render_splits("07A", {"train": 6, "test": 2}, 16, 5, workers=2)  # a real 2-process pool
+  for split in one:
+    for a, b in zip(one[split], two[split]):
+      np.testing.assert_array_equal(a, b)
+  # A sample depends on its class and index, not on which other classes are rendered beside it.
+  alone = glyphs.render_split("A", 6, 16, 5, "train", workers=1)[0]
+  np.testing.assert_array_equal(one["train"][0][2::3], alone)
+
+
+def test_cache_reloads_without_rendering_and_keys_every_setting(tmp_path, monkeypatch):
   objs = tiny_glyphs(tmp_path)
-  config_dir = tmp_path / "shiftbench_glyphs" / "digits-32px-5x3-s0"
-  assert list(config_dir.glob("*/shiftbench_glyphs-train.array_record*"))
+  assert len(list((tmp_path / glyph_cache.CACHE_SUBDIR).glob("digits-0123456789-32px-5x3-s0-r*/meta.json"))) == 1
   assert objs.train_images.shape == (50, SIZE, SIZE, 1) and objs.test_images.shape == (30, SIZE, SIZE, 1)
   assert objs.class_names == tuple("0123456789") and objs.name == "glyphs/digits"
+  np.testing.assert_array_equal(objs.train_labels[:10], np.arange(10))  # labels cycle: prefixes balanced
   np.testing.assert_array_equal(np.bincount(objs.train_labels), np.full(10, 5))
 
   def fail(*args, **kwargs):
     raise AssertionError("glyphs were rendered again")
 
-  monkeypatch.setattr(glyphs, "render_split", fail)
+  monkeypatch.setattr(glyphs, "render_splits", fail)
   again = tiny_glyphs(tmp_path)
   np.testing.assert_array_equal(objs.train_images, again.train_images)
   np.testing.assert_array_equal(objs.test_labels, again.test_labels)
-  with pytest.raises(AssertionError, match="rendered again"):  # a new setting is a new cache entry
-    tiny_glyphs(tmp_path, seed=1)
+  for change in ({"seed": 1}, {"train_per_class": 4}, {"test_per_class": 2}, {"image_size": 30},
+                 {"classes": ["1", "0"]}):  # a new setting is a new cache entry
+    with pytest.raises(AssertionError, match="rendered again"):
+      tiny_glyphs(tmp_path, **change)
+  monkeypatch.setattr(glyph_cache, "RENDER_VERSION", glyph_cache.RENDER_VERSION + 1)
+  glyph_cache.fingerprint.cache_clear()  # so does a new renderer (or new fonts, Pillow, FreeType, numpy)
+  try:
+    with pytest.raises(AssertionError, match="rendered again"):
+      tiny_glyphs(tmp_path)
+  finally:
+    glyph_cache.fingerprint.cache_clear()
 
 
-def test_builder_output_matches_the_renderer_and_is_reproducible(tmp_path):
-  first = tiny_glyphs(tmp_path / "a", seed=2)
-  second = tiny_glyphs(tmp_path / "b", seed=2)
-  np.testing.assert_array_equal(first.train_images, second.train_images)
-  np.testing.assert_array_equal(first.train_labels, second.train_labels)
+def test_a_cache_whose_bytes_changed_is_rendered_again(tmp_path, caplog):
+  objs = tiny_glyphs(tmp_path, train_per_class=2, test_per_class=1)
+  (entry,) = (tmp_path / glyph_cache.CACHE_SUBDIR).iterdir()
+  with np.load(entry / "arrays.npz") as f:
+    arrays = dict(f)
+  arrays["train_images"][0, 0, 0] ^= 1  # one bit of one stored pixel
+  np.savez(entry / "arrays.npz", **arrays)
+  with caplog.at_level("WARNING"):
+    again = tiny_glyphs(tmp_path, train_per_class=2, test_per_class=1)
+  assert "content hash does not match" in caplog.text and str(entry) in caplog.text
+  np.testing.assert_array_equal(again.train_images, objs.train_images)
+  (entry / "arrays.npz").write_bytes(b"truncated")
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    tiny_glyphs(tmp_path, train_per_class=2, test_per_class=1)
+  assert "cannot be read" in caplog.text
+  assert len(list((tmp_path / glyph_cache.CACHE_SUBDIR).iterdir())) == 1  # replaced, no leftovers
+
+
+def test_tfds_builder_holds_the_same_objects_as_load_glyphs(tmp_path):
+  builder = glyphs_builder.ShiftbenchGlyphs(config=glyphs_builder.glyphs_config("digits", 3, 2, 16, 2),
+                                            data_dir=str(tmp_path / "tfds"))
+  builder.download_and_prepare(file_format="array_record",
+                               download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  stored = tfds_source.read_split(builder, "train", ("image", "label"))
+  objs = tiny_glyphs(tmp_path, train_per_class=3, test_per_class=2, image_size=16, seed=2)
   # TFDS reorders examples; as sets, the stored objects are exactly the rendered ones.
-  rendered, _ = render(seed=2)
-  assert sorted(x.tobytes() for x in rendered) == sorted(x.tobytes() for x in first.train_images[..., 0])
+  assert sorted(x.tobytes() for x in stored["image"]) == sorted(x.tobytes() for x in objs.train_images)
 
 
 def test_config_name_encodes_every_setting():

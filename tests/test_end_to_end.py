@@ -97,12 +97,16 @@ def test_cli_runs_npz_data_and_a_multirun(tiny_data_dir, tmp_path):
   base = tiny_overrides(tiny_data_dir, str(tmp_path / "ckpt"))
   base = [o for o in base if not o.startswith("data.")]
   env = {**os.environ, "WANDB_MODE": "disabled"}
+  jax_cache = tmp_path / "jax_cache"  # the compile cache goes where paths.compile_cache_dir says
   run = subprocess.run([sys.executable, "-m", "shiftbench.cli", "data=npz", f"data.path={npz}", "model=gap",
-                        f"hydra.run.dir={tmp_path / 'npz_run'}", *base], capture_output=True, text=True, env=env,
+                        f"hydra.run.dir={tmp_path / 'npz_run'}", *base, "compile_cache=true",
+                        f"paths.compile_cache_dir={jax_cache}"], capture_output=True, text=True, env=env,
                        timeout=600)
   assert run.returncode == 0, run.stderr[-3000:]
   saved = json.loads((tmp_path / "npz_run" / "results.json").read_text())
   assert saved["datasets"]["pretrain"].startswith("npz:") and len(saved["rows"]) == 4
+  assert saved["resolved"] == {"eval_batch_size": 512}  # eval.batch_size: auto on CPU
+  assert any(jax_cache.iterdir()), "no compiled program was written to the compile cache"
   sweep = tmp_path / "sweep"
   run = subprocess.run([sys.executable, "-m", "shiftbench.cli", "-m", "model=cnn_fc,gap", "pretrain.regimes=[scratch]",
                         "finetune.modes=[head]", f"hydra.sweep.dir={sweep}", *tiny_overrides(tiny_data_dir, str(tmp_path / "ckpt"))],

@@ -1,26 +1,22 @@
-"""The generated glyphs as a tensorflow-datasets dataset, `shiftbench_glyphs`, and `load_glyphs`.
+"""The generated glyphs as a tensorflow-datasets dataset, `shiftbench_glyphs`.
 
-Glyphs are rendered once per setting and cached under the TFDS data dir as array_record, then read back
-with random access (no TensorFlow needed). The builder config name encodes every setting, e.g.
-`digits-32px-500x100-s0`, so a different setting never reuses a stale cache. Bump `VERSION` whenever
+For users who want the glyphs through TFDS (`tfds.builder("shiftbench_glyphs/digits-32px-500x100-s0")`).
+shiftbench itself loads them with `glyph_cache.load_glyphs`, which needs no TFDS; both render the same
+samples (`glyphs.render_splits`). The builder config name encodes every setting, e.g.
+`digits-32px-500x100-s0`, so a different setting never reuses a stale dataset. Bump `VERSION` whenever
 the rendering in `glyphs.py` changes, for the same reason.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-import contextlib
 import dataclasses
-import io
 
 from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
-from tqdm import tqdm
 
 from shiftbench.data import glyphs
-from shiftbench.data.objects import ObjectSet, select_object_classes
-from shiftbench.data.tfds_source import quiet_tfds, read_split, resolve_data_dir
 
 Example = tuple[int, dict[str, np.ndarray | int]]  # (key, features) as TFDS expects from a generator
 
@@ -62,8 +58,9 @@ def glyphs_config(
 class ShiftbenchGlyphs(tfds.core.GeneratorBasedBuilder):
   """Digits and letters rendered from matplotlib's fonts with random style, pose and noise."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {"1.0.0": "First release.",
+                   "2.0.0": "One random stream per sample; rendered in parallel."}
   BUILDER_CONFIGS = [glyphs_config(charset) for charset in glyphs.CHARSETS]
   # TFDS's own lookup of this file imports `importlib_resources`, which tfds 4.9.10 uses undeclared.
   code_path = epath.Path(__file__)
@@ -84,68 +81,11 @@ class ShiftbenchGlyphs(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator[Example]]:
     del dl_manager  # nothing to download
     config = self.builder_config
-    chars = len(glyphs.CHARSETS[config.charset])
-    counts = {"train": config.train_per_class, "test": config.test_per_class}
-    # One bar for both splits, in place of TFDS's per-split bars (silenced by `quiet_tfds`).
-    bar = tqdm(total=chars * sum(counts.values()), desc=f"rendering glyphs {config.name}",
-               unit="img")
-    return {split: self._generate_examples(split, n, bar) for split, n in counts.items()}
+    rendered = glyphs.render_splits(
+        glyphs.CHARSETS[config.charset], {"train": config.train_per_class, "test": config.test_per_class},
+        config.image_size, config.seed, desc=f"rendering glyphs {config.name}")
+    return {split: self._generate_examples(*arrays) for split, arrays in rendered.items()}
 
-  def _generate_examples(self, split: str, per_class: int, bar: tqdm) -> Iterator[Example]:
-    config = self.builder_config
-    samples = glyphs.render_split(config.charset, per_class, config.image_size, config.seed, split)
-    for i, (image, label, font) in enumerate(samples):
-      bar.update()
-      if bar.n >= bar.total:
-        bar.close()
-      yield i, {"image": image[..., None], "label": label, "font": font}
-
-
-def load_glyphs(
-    charset: str = "digits",
-    classes: list[str] | None = None,
-    train_per_class: int = 500,
-    test_per_class: int = 100,
-    image_size: int = 32,
-    seed: int = 0,
-    data_dir: str | None = None,
-) -> ObjectSet:
-  """Loads generated glyphs, rendering and caching them under `data_dir` the first time.
-
-  Args:
-    charset: "digits" (0-9), "letters" (A-Z) or "lowercase" (a-z).
-    classes: characters to keep, e.g. ["A", "B", "C"], relabelled 0..K-1 in this order (label indices
-      also work); None keeps the whole charset.
-    train_per_class: training objects per class.
-    test_per_class: test objects per class, drawn independently of the training ones.
-    image_size: side of the square objects in pixels.
-    seed: the dataset seed; the same seed always gives the same objects.
-    data_dir: TFDS data dir for the cache; None is TFDS's default (`~/tensorflow_datasets` or
-      `$TFDS_DATA_DIR`).
-
-  Returns:
-    Objects of shape (image_size, image_size, 1), white glyphs on black.
-  """
-  config = glyphs_config(charset, train_per_class, test_per_class, image_size, seed)
-  # TFDS refuses a config object that shares its name with a predefined one: pass the name instead.
-  predefined = {c.name for c in ShiftbenchGlyphs.BUILDER_CONFIGS}
-  with quiet_tfds():
-    builder = ShiftbenchGlyphs(config=config.name if config.name in predefined else config,
-                               data_dir=resolve_data_dir(data_dir))
-    if not builder.is_prepared():
-      # TFDS prints "Downloading and preparing..." to stdout; the tqdm bar (stderr) says it better.
-      try:
-        with contextlib.redirect_stdout(io.StringIO()):
-          builder.download_and_prepare(
-              file_format="array_record",
-              download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-      except OSError:
-        if not builder.is_prepared():  # else a parallel job renamed the same dataset into place first
-          raise
-  splits = {split: read_split(builder, split, ("image", "label")) for split in glyphs.SPLITS}
-  objs = ObjectSet(
-      name=f"glyphs/{charset}",
-      train_images=splits["train"]["image"], train_labels=splits["train"]["label"].astype(np.int32),
-      test_images=splits["test"]["image"], test_labels=splits["test"]["label"].astype(np.int32),
-      class_names=tuple(glyphs.CHARSETS[charset]))
-  return select_object_classes(objs, classes)
+  def _generate_examples(self, images: np.ndarray, labels: np.ndarray, fonts: np.ndarray) -> Iterator[Example]:
+    for i, (image, label, font) in enumerate(zip(images, labels, fonts)):
+      yield i, {"image": image[..., None], "label": int(label), "font": int(font)}
