@@ -80,6 +80,9 @@ class ShiftConsistency(Evaluator):
     self.num_objects = None if num_objects is None else int(num_objects)
 
   def run(self, model, objects, ctx) -> Result:
+    if self.d < 1 or (self.shift == "canvas" and ctx.spec.max_offset == 0):
+      yield "", None  # no shift is possible: 1.0 by construction, which measures nothing
+      return
     objs = _first(objects, self.num_objects)
     yield "", consistency.shift_consistency(model, objs.images, _key(ctx, self.seed), ctx.spec, self.d,
                                             self.shift, ctx.batch_size)

@@ -6,7 +6,6 @@ after every row, so an interrupted or requeued run resumes where it stopped and 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -20,9 +19,10 @@ import numpy as np
 from flax import nnx
 from omegaconf import DictConfig, OmegaConf
 
-from shiftbench import (canvas, evaluation, evaluators, leaderboard, metrics, models, plots, pretrained,
-                        results, train)
-from shiftbench.data import ObjectSet, resize_objects
+from shiftbench import (canvas, evaluation, evaluators, leaderboard, metrics, models, plots, preflight,
+                        pretrained, results, train)
+from shiftbench.data import ObjectSet, require_task, resize_objects
+from shiftbench.errors import CacheError
 from shiftbench.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,11 @@ class Protocol:
     model = self.build(factory, self.data_a.num_classes, seed)
     if pretrained.exists(path):
       log.info("restoring pretrained %s/%s seed %d from %s", name, regime, seed, path)
-      return model, pretrained.restore(path, model)
+      try:
+        return model, pretrained.restore(path, model)
+      except CacheError as e:  # bad bytes are never used: the checkpoint is made again
+        pretrained.discard(path, e)
+        model = self.build(factory, self.data_a.num_classes, seed)
     start = time.perf_counter()
     history = train.train(model, self.pretrain_tx, self.train_a, s.spec, placement, steps=s.pretrain.steps,
                           batch_size=s.pretrain.batch_size, seed=seed, dispatch=s.pretrain.dispatch,
@@ -181,6 +185,8 @@ def load_datasets(cfg: DictConfig, object_size: int) -> tuple[ObjectSet, ObjectS
   """Instantiates datasets A and B from config and resizes their objects to `object_size`."""
   data_a = resize_objects(hydra.utils.instantiate(cfg.data.pretrain), object_size)
   data_b = resize_objects(hydra.utils.instantiate(cfg.data.finetune), object_size)
+  require_task(data_a, "A (data.pretrain)")
+  require_task(data_b, "B (data.finetune)")
   if data_a.object_shape[-1] != data_b.object_shape[-1]:
     raise ValueError(f"datasets A ({data_a.name}) and B ({data_b.name}) have different channel counts: "
                      f"{data_a.object_shape[-1]} vs {data_b.object_shape[-1]}")
@@ -189,13 +195,16 @@ def load_datasets(cfg: DictConfig, object_size: int) -> tuple[ObjectSet, ObjectS
 
 def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
   """Runs every row of the configured protocol and writes results, heatmaps and the leaderboard."""
-  output_dir = Path(output_dir).absolute()
-  output_dir.mkdir(parents=True, exist_ok=True)
+  preflight.check_config(cfg)
+  output_dir = preflight.check_writable(output_dir, "run directory", "choose another hydra.run.dir")
   settings = Settings.from_config(cfg)
   models = {name: (hydra.utils.instantiate(mcfg), mcfg) for name, mcfg in cfg.model.items()}
   config = OmegaConf.to_container(cfg, resolve=True)
   results_path = output_dir / "results.json"
-  done = _resumable_rows(results_path, config)
+  done = preflight.resumable_rows(results_path, config, bool(cfg.get("overwrite", False)))
+  if any(r != "scratch" for r in settings.pretrain_regimes):  # before any pretraining is spent
+    preflight.check_writable(cfg.paths.checkpoint_dir, "checkpoint cache (paths.checkpoint_dir)",
+                             "set $SHIFTBENCH_CACHE or paths.checkpoint_dir to a writable directory")
   data_a, data_b = load_datasets(cfg, settings.spec.object_size)
   protocol = Protocol(cfg, settings, data_a, data_b, output_dir)
   record = {"config": config, "seeds": list(settings.seeds), "environment": results.environment(),
@@ -234,16 +243,3 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
   finally:
     tracker.finish(exit_code)
   return record
-
-
-def _resumable_rows(path: Path, config: dict[str, Any]) -> dict[tuple, dict[str, Any]]:
-  """Rows already in `results.json` from a run with the same config (a requeued job), keyed by row."""
-  if not path.is_file():
-    return {}
-  try:
-    previous = json.loads(path.read_text())
-  except json.JSONDecodeError:
-    return {}
-  if previous.get("config") != results.to_jsonable(config):
-    return {}
-  return {(r["model"], r["pretrain"], r["finetune"], r["seed"]): r for r in previous.get("rows", [])}

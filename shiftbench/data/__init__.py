@@ -8,7 +8,7 @@ Hydra picks a source with `_target_`; the keyword arguments of these functions a
 
 from shiftbench.data.glyphs_builder import ShiftbenchGlyphs, load_glyphs
 from shiftbench.data.npz import load_npz
-from shiftbench.data.objects import ObjectSet, resize_objects, select_classes
+from shiftbench.data.objects import ObjectSet, require_task, resize_objects, select_classes
 from shiftbench.data.tfds_source import DatasetNotFoundError, load_tfds
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "load_glyphs",
     "load_npz",
     "load_tfds",
+    "require_task",
     "resize_objects",
     "select_classes",
 ]
