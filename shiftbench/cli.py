@@ -20,10 +20,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from shiftbench.errors import UserError
+from shiftbench.errors import UserError, reported as _errors
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-_errors: list[UserError] = []  # user errors of this process's jobs, printed last by `main`
 
 
 class RunDirGuard(Callback):

@@ -65,8 +65,11 @@ def _canonical_hash(meta: dict[str, Any]) -> str:
   return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=False).encode()).hexdigest()
 
 
-def _clear_hint(path: Path) -> str:
-  return f"delete it (rm -rf {path}) and run again to pretrain it afresh"
+def _bad(path: Path, problem: str) -> CacheError:
+  """A `CacheError` for a checkpoint that cannot be used; `problem` alone is kept for `discard`'s line."""
+  error = CacheError(f"{problem}; delete the checkpoint (rm -rf {path}) and run again to pretrain it afresh")
+  error.problem = problem
+  return error
 
 
 def save(path: Path, model: nnx.Module, meta: dict[str, Any]) -> None:
@@ -90,25 +93,24 @@ def verify(path: Path) -> dict[str, Any]:
   try:
     meta = json.loads(meta_file.read_text())
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise CacheError(f"checkpoint metadata {meta_file} is unreadable ({e}); {_clear_hint(path)}") from e
+    raise _bad(path, f"checkpoint metadata {meta_file} is unreadable ({e})") from e
   if not isinstance(meta, dict) or _SELF_HASH not in meta or "state_sha256" not in meta:
-    raise CacheError(f"checkpoint metadata {meta_file} has no content hash (written by an older shiftbench "
-                     f"or altered); {_clear_hint(path)}")
+    raise _bad(path, f"checkpoint metadata {meta_file} has no content hash (written by an older shiftbench "
+                     "or altered)")
   if meta[_SELF_HASH] != _canonical_hash(meta):
-    raise CacheError(f"checkpoint metadata {meta_file} does not match its sha256 (corrupted); "
-                     f"{_clear_hint(path)}")
+    raise _bad(path, f"checkpoint metadata {meta_file} does not match its sha256 (corrupted)")
   expected, actual = meta["state_sha256"], file_hashes(path / "state")
   for name in sorted(set(expected) | set(actual)):
     if expected.get(name) != actual.get(name):
       what = "is missing" if name not in actual else ("is unexpected" if name not in expected else
                                                       "does not match its sha256 (corrupted)")
-      raise CacheError(f"checkpoint file {path / 'state' / name} {what}; {_clear_hint(path)}")
+      raise _bad(path, f"checkpoint file {path / 'state' / name} {what}")
   return meta
 
 
 def discard(path: Path, reason: CacheError) -> None:
   """Removes a checkpoint that failed `verify`, saying so in one line; a `CacheError` if it cannot."""
-  log.warning("%s: removing it and pretraining again", reason)
+  log.warning("%s: removing the checkpoint and pretraining it again", getattr(reason, "problem", reason))
   try:
     shutil.rmtree(path)
   except OSError as e:
@@ -124,7 +126,7 @@ def restore(path: Path, model: nnx.Module) -> dict[str, Any]:
     with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckpt:
       state = ckpt.restore(path / "state", abstract)
   except Exception as e:  # a checkpoint of another architecture, or one orbax cannot parse
-    raise CacheError(f"cannot restore the pretrained checkpoint {path} ({type(e).__name__}: "
-                     f"{str(e)[:200]}); {_clear_hint(path)}") from e
+    raise _bad(path, f"cannot restore the pretrained checkpoint {path} ({type(e).__name__}: "
+               f"{str(e)[:200]})") from e
   nnx.update(model, state)
   return meta
