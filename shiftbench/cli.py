@@ -1,8 +1,9 @@
 """`shiftbench`: the Hydra entry point. It only composes the config and calls the library.
 
-A `UserError` (bad key, value, file or cache) ends the process with exit code 1 and `error: <message>` as
-the last line of stderr, with or without `HYDRA_FULL_ERROR`: Hydra's own report ends with its hint about
-that variable, which would bury the cause.
+A failed job ends the process with exit code 1 and `error: <message>` as the last line of stderr, with
+or without `HYDRA_FULL_ERROR`: Hydra's own report ends with its hint about that variable, which would
+bury the cause. A `UserError` (bad key, value, file or cache) is printed as its message alone; any other
+exception with its type, below Hydra's traceback.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def _main(cfg: DictConfig) -> None:
 
   try:
     run_experiment(cfg, HydraConfig.get().runtime.output_dir)
-  except UserError as e:
+  except Exception as e:
     _errors.append(e)  # Hydra reports it (and a multirun goes on to its next job); `main` prints it last
     raise
 
@@ -70,15 +71,22 @@ def main() -> None:
     _main()
   except SystemExit as e:
     code = e.code
-  except UserError as e:  # HYDRA_FULL_ERROR=1: Hydra re-raised it; keep its traceback, then the cause
+  except Exception as e:  # HYDRA_FULL_ERROR=1: Hydra re-raised it; keep its traceback, then the cause
     traceback.print_exc()
-    _errors.append(e)
+    if e not in _errors:
+      _errors.append(e)
     code = 1
   if _errors:
-    for e in dict.fromkeys(str(e) for e in _errors):
-      print(f"error: {e}", file=sys.stderr, flush=True)
+    for line in dict.fromkeys(_one_line(e) for e in _errors):
+      print(f"error: {line}", file=sys.stderr, flush=True)
     code = code or 1
   _exit(code)
+
+
+def _one_line(e: BaseException) -> str:
+  """A user error's own message; anything else (a bug, or a library's error) prefixed with its type."""
+  text = " ".join(str(e).split())
+  return text if isinstance(e, UserError) else f"{type(e).__name__}: {text}"
 
 
 def _exit(code: Any) -> None:

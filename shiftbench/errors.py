@@ -7,9 +7,9 @@ also derives from the builtin that callers and tests caught before it existed (V
 
 from __future__ import annotations
 
-# User errors of this process's jobs, printed last by `cli.main`. Kept here, not in cli.py: under
+# Errors of this process's jobs, printed last by `cli.main`. Kept here, not in cli.py: under
 # `python -m shiftbench.cli` that module is loaded twice (`__main__` and the callback's import).
-reported: list[UserError] = []
+reported: list[Exception] = []
 
 
 class UserError(Exception):

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from shiftbench import (canvas, evaluation, evaluators, leaderboard, metrics, models, plots, preflight,
                         pretrained, results, train)
 from shiftbench.data import ObjectSet, require_task, resize_objects
-from shiftbench.errors import CacheError
+from shiftbench.errors import CacheError, DataError
 from shiftbench.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,14 +74,7 @@ class Protocol:
     """The model pretrained on A under `regime`, restored from the shared cache or trained now."""
     s = self.s
     placement = train.Placement(regime, s.pretrain_location, s.pretrain_jitter)
-    description = {
-        "model": OmegaConf.to_container(model_cfg), "data": OmegaConf.to_container(self.cfg.data.pretrain),
-        "canvas": [s.spec.canvas_size, s.spec.object_size], "placement": [regime, *placement.location,
-                                                                         placement.jitter],
-        "steps": s.pretrain.steps, "batch_size": s.pretrain.batch_size,
-        "optimizer": OmegaConf.to_container(self.cfg.pretrain.optimizer), "seed": seed,
-    }
-    path = pretrained.checkpoint_path(self.cfg.paths.checkpoint_dir, f"{name}-{regime}-s{seed}", description)
+    path, description = checkpoint_of(self.cfg, s, name, model_cfg, regime, seed)
     model = self.build(factory, self.data_a.num_classes, seed)
     if pretrained.exists(path):
       log.info("restoring pretrained %s/%s seed %d from %s", name, regime, seed, path)
@@ -165,6 +158,34 @@ class Protocol:
     }
 
 
+def checkpoint_of(cfg: DictConfig, s: Settings, name: str, model_cfg: DictConfig, regime: str,
+                  seed: int) -> tuple[Path, dict[str, Any]]:
+  """Where the model pretrained under `regime` is cached, and everything that determines it."""
+  placement = train.Placement(regime, s.pretrain_location, s.pretrain_jitter)
+  description = {
+      "model": OmegaConf.to_container(model_cfg), "data": OmegaConf.to_container(cfg.data.pretrain),
+      "canvas": [s.spec.canvas_size, s.spec.object_size], "placement": [regime, *placement.location,
+                                                                       placement.jitter],
+      "steps": s.pretrain.steps, "batch_size": s.pretrain.batch_size,
+      "optimizer": OmegaConf.to_container(cfg.pretrain.optimizer), "seed": seed,
+  }
+  return pretrained.checkpoint_path(cfg.paths.checkpoint_dir, f"{name}-{regime}-s{seed}", description), description
+
+
+def check_cache_writable(cfg: DictConfig, s: Settings, done: dict[tuple, Any]) -> None:
+  """Fails now, not after pretraining, if a checkpoint this run must save cannot be written (a read-only
+  cache that already holds every needed checkpoint is fine)."""
+  for seed in s.seeds:
+    for name, mcfg in cfg.model.items():
+      for regime in s.pretrain_regimes:
+        if regime == "scratch" or all((name, regime, mode, seed) in done for mode in s.finetune_modes):
+          continue
+        if not pretrained.exists(checkpoint_of(cfg, s, name, mcfg, regime, seed)[0]):
+          preflight.check_writable(cfg.paths.checkpoint_dir, "checkpoint cache (paths.checkpoint_dir)",
+                                   "set $SHIFTBENCH_CACHE or paths.checkpoint_dir to a writable directory")
+          return
+
+
 def fill_invariance_lost(rows: dict[tuple, dict[str, Any]]) -> None:
   """invariance(head) - invariance(full) per model x pretrain x seed, written into both rows."""
   for (name, regime, mode, seed), row in rows.items():
@@ -188,7 +209,7 @@ def load_datasets(cfg: DictConfig, object_size: int) -> tuple[ObjectSet, ObjectS
   require_task(data_a, "A (data.pretrain)")
   require_task(data_b, "B (data.finetune)")
   if data_a.object_shape[-1] != data_b.object_shape[-1]:
-    raise ValueError(f"datasets A ({data_a.name}) and B ({data_b.name}) have different channel counts: "
+    raise DataError(f"datasets A ({data_a.name}) and B ({data_b.name}) have different channel counts: "
                      f"{data_a.object_shape[-1]} vs {data_b.object_shape[-1]}")
   return data_a, data_b
 
@@ -202,9 +223,7 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
   config = OmegaConf.to_container(cfg, resolve=True)
   results_path = output_dir / "results.json"
   done = preflight.resumable_rows(results_path, config, bool(cfg.get("overwrite", False)))
-  if any(r != "scratch" for r in settings.pretrain_regimes):  # before any pretraining is spent
-    preflight.check_writable(cfg.paths.checkpoint_dir, "checkpoint cache (paths.checkpoint_dir)",
-                             "set $SHIFTBENCH_CACHE or paths.checkpoint_dir to a writable directory")
+  check_cache_writable(cfg, settings, done)
   data_a, data_b = load_datasets(cfg, settings.spec.object_size)
   protocol = Protocol(cfg, settings, data_a, data_b, output_dir)
   record = {"config": config, "seeds": list(settings.seeds), "environment": results.environment(),

@@ -300,3 +300,16 @@ def test_atomic_writes_and_checkpoint_metadata_respect_the_umask(tmp_path, umask
     os.umask(old)
   assert (tmp_path / "a.txt").stat().st_mode & 0o777 == mode
   assert (path / "meta.json").stat().st_mode & 0o777 == mode
+
+
+def test_a_truncated_prepared_tfds_dataset_names_its_directory(tmp_path):
+  from test_data import ShiftbenchTinyTest
+
+  from shiftbench.data import load_tfds, tfds_source
+
+  with tfds_source.quiet_tfds():
+    ShiftbenchTinyTest(data_dir=str(tmp_path)).download_and_prepare(file_format="array_record")
+  (shard,) = [p for p in tmp_path.rglob("*train.array_record*") if p.is_file()]
+  shard.write_bytes(shard.read_bytes()[:40])
+  with pytest.raises(DataError, match=r"TFDS dataset 'shiftbench_tiny_test' in .* cannot be read .*delete"):
+    load_tfds("shiftbench_tiny_test", data_dir=str(tmp_path), download=False)
