@@ -19,7 +19,7 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from shiftbench.errors import UserError, reported as _errors
 
@@ -40,11 +40,10 @@ class RunDirGuard(Callback):
       run_dir = preflight.check_writable(OmegaConf.select(config, "hydra.run.dir"), "run directory",
                                          "choose another hydra.run.dir")
       task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-      with open_dict(task):
-        try:
-          resolved = OmegaConf.to_container(task, resolve=True)
-        except Exception:  # e.g. `${hydra:...}` before Hydra sets it up: the task checks it later
-          return
+      try:
+        resolved = OmegaConf.to_container(task, resolve=True)
+      except Exception:  # e.g. `${hydra:...}` before Hydra sets it up: the task checks it later
+        return
       preflight.resumable_rows(run_dir / "results.json", resolved, bool(task.get("overwrite", False)))
     except UserError as e:
       _errors.append(e)

@@ -139,6 +139,8 @@ def test_consistency_without_any_possible_shift_is_not_reported():
   ctx = evaluators.EvalContext(CanvasSpec(8, 8), np.zeros((1, 2), np.int32), (0, 0), 0, 64, 0)
   assert list(evaluators.ShiftConsistency(d=4).run(None, None, ctx)) == [("", None)]
   assert list(evaluators.ShiftConsistency(d=0, shift="circular").run(None, None, ctx)) == [("", None)]
+  with pytest.raises(ConfigError, match="WorstCase k must be >= 1"):
+    evaluators.WorstCase(k=0)  # all of no locations: 1.0 by construction
 
 
 # -- BAD 4: optimiser domains are checked; divergence fails the run -------------------------------------
