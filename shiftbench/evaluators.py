@@ -22,8 +22,8 @@ import numpy as np
 from flax import nnx
 
 from shiftbench import canvas, consistency, evaluation, metrics, similarity
-from shiftbench.train import DeviceObjects
 from shiftbench.errors import ConfigError
+from shiftbench.train import DeviceObjects
 
 Result = Iterator[tuple[str, Any]]
 
