@@ -1,24 +1,102 @@
-"""`shiftbench`: the Hydra entry point. It only composes the config and calls the library."""
+"""`shiftbench`: the Hydra entry point. It only composes the config and calls the library.
+
+A failed job ends the process with exit code 1 and `error: <message>` as the last line of stderr, with
+or without `HYDRA_FULL_ERROR`: Hydra's own report ends with its hint about that variable, which would
+bury the cause. A `UserError` (bad key, value, file or cache) is printed as its message alone; any other
+exception with its type, below Hydra's traceback.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import threading
+import traceback
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from shiftbench.errors import UserError, reported as _errors
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
+class RunDirGuard(Callback):
+  """Checks the run directory before Hydra writes `.hydra/` into it (`hydra.callbacks` in config.yaml).
+
+  The task checks the same again (library users and multiruns go through it), but only here is the
+  earlier run's `.hydra/config.yaml` still intact when a reused directory is refused.
+  """
+
+  def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+    from shiftbench import preflight
+
+    try:
+      run_dir = preflight.check_writable(OmegaConf.select(config, "hydra.run.dir"), "run directory",
+                                         "choose another hydra.run.dir")
+      task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+      try:
+        resolved = OmegaConf.to_container(task, resolve=True)
+      except Exception:  # e.g. `${hydra:...}` before Hydra sets it up: the task checks it later
+        return
+      preflight.resumable_rows(run_dir / "results.json", resolved, bool(task.get("overwrite", False)))
+    except UserError as e:
+      _errors.append(e)
+      raise SystemExit(1) from e  # Hydra turns a callback's exceptions into warnings
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
   from shiftbench.experiment import run_experiment  # after Hydra parsed args: `--help` stays instant
 
   logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every checkpoint step at INFO
 
-  run_experiment(cfg, HydraConfig.get().runtime.output_dir)
+  try:
+    run_experiment(cfg, HydraConfig.get().runtime.output_dir)
+  except Exception as e:
+    _errors.append(e)  # Hydra reports it (and a multirun goes on to its next job); `main` prints it last
+    raise
+
+
+def main() -> None:
+  """Runs Hydra's app; ends with `error: <message>` when a job failed for a reason the user can fix."""
+  code: Any = 0
+  try:
+    _main()
+  except SystemExit as e:
+    code = e.code
+  except Exception as e:  # HYDRA_FULL_ERROR=1: Hydra re-raised it; keep its traceback, then the cause
+    traceback.print_exc()
+    if e not in _errors:
+      _errors.append(e)
+    code = 1
+  if _errors:
+    for line in dict.fromkeys(_one_line(e) for e in _errors):
+      print(f"error: {line}", file=sys.stderr, flush=True)
+    code = code or 1
+  _exit(code)
+
+
+def _one_line(e: BaseException) -> str:
+  """A user error's own message; anything else (a bug, or a library's error) prefixed with its type."""
+  text = " ".join(str(e).split())
+  return text if isinstance(e, UserError) else f"{type(e).__name__}: {text}"
+
+
+def _exit(code: Any) -> None:
+  """Exits; after a failure, if a library left a non-daemon thread running (orbax after a failed save
+  did), exits anyway rather than waiting on it forever: what was finished is already written."""
+  if code and any(t is not threading.main_thread() and t.is_alive() and not t.daemon for t in threading.enumerate()):
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 1)
+  sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from shiftbench import canvas, consistency, evaluation, metrics, similarity
+from shiftbench.errors import ConfigError
 from shiftbench.train import DeviceObjects
 
 Result = Iterator[tuple[str, Any]]
@@ -76,10 +77,15 @@ class ShiftConsistency(Evaluator):
   def __init__(self, d: int = 4, shift: str = "canvas", num_objects: int | None = 256, seed: int = 0):
     if shift not in consistency.SHIFTS:
       raise ValueError(f"unknown shift {shift!r}; allowed: {', '.join(consistency.SHIFTS)}")
+    if int(d) < 0:
+      raise ConfigError(f"ShiftConsistency d must be >= 0 pixels, got {d}")
     self.d, self.shift, self.seed = int(d), shift, int(seed)
     self.num_objects = None if num_objects is None else int(num_objects)
 
   def run(self, model, objects, ctx) -> Result:
+    if self.d < 1 or (self.shift == "canvas" and ctx.spec.max_offset == 0):
+      yield "", None  # no shift is possible: 1.0 by construction, which measures nothing
+      return
     objs = _first(objects, self.num_objects)
     yield "", consistency.shift_consistency(model, objs.images, _key(ctx, self.seed), ctx.spec, self.d,
                                             self.shift, ctx.batch_size)
@@ -89,6 +95,8 @@ class WorstCase(Evaluator):
   """Accuracy of objects correct at every grid location (`k=None`) or at k random ones, read off the map."""
 
   def __init__(self, k: int | None = None, seed: int = 1):
+    if k is not None and int(k) < 1:  # the worst of no locations would be 1.0 by construction
+      raise ConfigError(f"WorstCase k must be >= 1 or null (every grid location), got {k}")
     self.k, self.seed = (None if k is None else int(k)), int(seed)
 
   def run(self, model, objects, ctx) -> Result:

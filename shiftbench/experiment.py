@@ -6,7 +6,6 @@ after every row, so an interrupted or requeued run resumes where it stopped and 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -20,10 +19,10 @@ import numpy as np
 from flax import nnx
 from omegaconf import DictConfig, OmegaConf
 
-from shiftbench import (canvas, claims, evaluation, evaluators, leaderboard, metrics, models, plots, pretrained,
-                        results, train)
-from shiftbench import compile_cache
-from shiftbench.data import ObjectSet, resize_objects
+from shiftbench import (canvas, claims, compile_cache, evaluation, evaluators, leaderboard, metrics, models, plots,
+                        preflight, pretrained, results, train)
+from shiftbench.data import ObjectSet, require_task, resize_objects
+from shiftbench.errors import CacheError, DataError
 from shiftbench.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -76,18 +75,15 @@ class Protocol:
     """The model pretrained on A under `regime`, restored from the shared cache or trained now."""
     s = self.s
     placement = train.Placement(regime, s.pretrain_location, s.pretrain_jitter)
-    description = {
-        "model": OmegaConf.to_container(model_cfg), "data": OmegaConf.to_container(self.cfg.data.pretrain),
-        "canvas": [s.spec.canvas_size, s.spec.object_size], "placement": [regime, *placement.location,
-                                                                         placement.jitter],
-        "steps": s.pretrain.steps, "batch_size": s.pretrain.batch_size,
-        "optimizer": OmegaConf.to_container(self.cfg.pretrain.optimizer), "seed": seed,
-    }
-    path = pretrained.checkpoint_path(self.cfg.paths.checkpoint_dir, f"{name}-{regime}-s{seed}", description)
+    path, description = checkpoint_of(self.cfg, s, name, model_cfg, regime, seed)
     model = self.build(factory, self.data_a.num_classes, seed)
     if pretrained.exists(path):
       log.info("restoring pretrained %s/%s seed %d from %s", name, regime, seed, path)
-      return model, pretrained.restore(path, model)
+      try:
+        return model, pretrained.restore(path, model)
+      except CacheError as e:  # bad bytes are never used: the checkpoint is made again
+        pretrained.discard(path, e)
+        model = self.build(factory, self.data_a.num_classes, seed)
     start = time.perf_counter()
     history = train.train(model, self.pretrain_tx, self.train_a, s.spec, placement, steps=s.pretrain.steps,
                           batch_size=s.pretrain.batch_size, seed=seed, dispatch=s.pretrain.dispatch,
@@ -165,6 +161,34 @@ class Protocol:
     }
 
 
+def checkpoint_of(cfg: DictConfig, s: Settings, name: str, model_cfg: DictConfig, regime: str,
+                  seed: int) -> tuple[Path, dict[str, Any]]:
+  """Where the model pretrained under `regime` is cached, and everything that determines it."""
+  placement = train.Placement(regime, s.pretrain_location, s.pretrain_jitter)
+  description = {
+      "model": OmegaConf.to_container(model_cfg), "data": OmegaConf.to_container(cfg.data.pretrain),
+      "canvas": [s.spec.canvas_size, s.spec.object_size], "placement": [regime, *placement.location,
+                                                                       placement.jitter],
+      "steps": s.pretrain.steps, "batch_size": s.pretrain.batch_size,
+      "optimizer": OmegaConf.to_container(cfg.pretrain.optimizer), "seed": seed,
+  }
+  return pretrained.checkpoint_path(cfg.paths.checkpoint_dir, f"{name}-{regime}-s{seed}", description), description
+
+
+def check_cache_writable(cfg: DictConfig, s: Settings, done: dict[tuple, Any]) -> None:
+  """Fails now, not after pretraining, if a checkpoint this run must save cannot be written (a read-only
+  cache that already holds every needed checkpoint is fine)."""
+  for seed in s.seeds:
+    for name, mcfg in cfg.model.items():
+      for regime in s.pretrain_regimes:
+        if regime == "scratch" or all((name, regime, mode, seed) in done for mode in s.finetune_modes):
+          continue
+        if not pretrained.exists(checkpoint_of(cfg, s, name, mcfg, regime, seed)[0]):
+          preflight.check_writable(cfg.paths.checkpoint_dir, "checkpoint cache (paths.checkpoint_dir)",
+                                   "set $SHIFTBENCH_CACHE or paths.checkpoint_dir to a writable directory")
+          return
+
+
 def fill_invariance_lost(rows: dict[tuple, dict[str, Any]]) -> None:
   """invariance(last) - invariance(full) per model x pretrain x seed (the forgetting result: what the
   pretrained representation carried, minus what survives training everything at one location), written
@@ -196,22 +220,25 @@ def load_datasets(cfg: DictConfig, object_size: int) -> tuple[ObjectSet, ObjectS
   """Instantiates datasets A and B from config and resizes their objects to `object_size`."""
   data_a = resize_objects(hydra.utils.instantiate(cfg.data.pretrain), object_size)
   data_b = resize_objects(hydra.utils.instantiate(cfg.data.finetune), object_size)
+  require_task(data_a, "A (data.pretrain)")
+  require_task(data_b, "B (data.finetune)")
   if data_a.object_shape[-1] != data_b.object_shape[-1]:
-    raise ValueError(f"datasets A ({data_a.name}) and B ({data_b.name}) have different channel counts: "
+    raise DataError(f"datasets A ({data_a.name}) and B ({data_b.name}) have different channel counts: "
                      f"{data_a.object_shape[-1]} vs {data_b.object_shape[-1]}")
   return data_a, data_b
 
 
 def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
   """Runs every row of the configured protocol and writes results, heatmaps and the leaderboard."""
-  output_dir = Path(output_dir).absolute()
-  output_dir.mkdir(parents=True, exist_ok=True)
+  preflight.check_config(cfg)
+  output_dir = preflight.check_writable(output_dir, "run directory", "choose another hydra.run.dir")
   compile_cache.configure(cfg.get("compile_cache", False), cfg.paths.get("compile_cache_dir"))
   settings = Settings.from_config(cfg)
   models = {name: (hydra.utils.instantiate(mcfg), mcfg) for name, mcfg in cfg.model.items()}
   config = OmegaConf.to_container(cfg, resolve=True)
   results_path = output_dir / "results.json"
-  done = _resumable_rows(results_path, config)
+  done = preflight.resumable_rows(results_path, config, bool(cfg.get("overwrite", False)))
+  check_cache_writable(cfg, settings, done)
   data_a, data_b = load_datasets(cfg, settings.spec.object_size)
   protocol = Protocol(cfg, settings, data_a, data_b, output_dir)
   record = {"config": config, "seeds": list(settings.seeds), "environment": results.environment(),
@@ -254,16 +281,3 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
   finally:
     tracker.finish(exit_code)
   return record
-
-
-def _resumable_rows(path: Path, config: dict[str, Any]) -> dict[tuple, dict[str, Any]]:
-  """Rows already in `results.json` from a run with the same config (a requeued job), keyed by row."""
-  if not path.is_file():
-    return {}
-  try:
-    previous = json.loads(path.read_text())
-  except json.JSONDecodeError:
-    return {}
-  if previous.get("config") != results.to_jsonable(config):
-    return {}
-  return {(r["model"], r["pretrain"], r["finetune"], r["seed"]): r for r in previous.get("rows", [])}

@@ -26,6 +26,7 @@ import numpy as np
 from tabulate import tabulate
 
 from shiftbench import claims as claims_lib
+from shiftbench.errors import DataError, UserError
 from shiftbench.results import atomic_write_text, to_jsonable
 from shiftbench.settings import PRETRAIN_REGIMES
 from shiftbench.train import TRAIN_MODES
@@ -74,7 +75,21 @@ def collect(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
       raise FileNotFoundError(f"no such results file or directory: {p}")
     files = [p] if p.is_file() else sorted(p.rglob("results.json"))
     for f in files:
-      rows.extend(annotate(json.loads(f.read_text())))
+      rows.extend(_read_rows(f))
+  return rows
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+  """The annotated rows of one results file; a `DataError` naming it if it is not one."""
+  try:
+    rows = annotate(json.loads(path.read_text()))
+    for r in rows:
+      missing = [k for k in ("model", "pretrain", "finetune", "seed") if k not in r]
+      if missing:
+        raise KeyError(", ".join(missing))
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+    raise DataError(f"{path} is not a readable shiftbench results.json ({type(e).__name__}: {e}); it may be "
+                    "truncated or corrupted: run that experiment again (it resumes) or leave the file out") from e
   return rows
 
 
@@ -206,7 +221,10 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--out", default=".", help="where to write the tables, index.html and figures")
   parser.add_argument("--no-figures", action="store_true", help="tables only (no matplotlib, no HTML)")
   args = parser.parse_args(argv)
-  rows = collect(args.paths)
+  try:
+    rows = collect(args.paths)
+  except (UserError, FileNotFoundError) as e:
+    raise SystemExit(f"error: {e}") from e  # the cause as the last line, no traceback
   if not rows:
     raise SystemExit(f"no results.json rows found under: {', '.join(args.paths)}")
   board = write_leaderboard(rows, args.out, figures=not args.no_figures)

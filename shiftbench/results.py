@@ -28,6 +28,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
   try:
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600; a shared cache needs the usual mode
     with os.fdopen(fd, "w") as f:
       f.write(text)
       f.flush()
@@ -37,6 +38,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     Path(tmp).unlink(missing_ok=True)
     raise
   return path
+
+
+def _umask() -> int:
+  """The process umask, read without changing it where Linux allows (os.umask sets it to read it)."""
+  try:
+    for line in Path("/proc/self/status").read_text().splitlines():
+      if line.startswith("Umask:"):
+        return int(line.split()[1], 8)
+  except OSError:
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
 
 
 def to_jsonable(value: Any) -> Any:

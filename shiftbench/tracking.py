@@ -1,16 +1,21 @@
 """Experiment tracking with Weights & Biases, offline unless the user asks for online.
 
 Offline runs never touch the network (upload later with `wandb sync <run dir>/wandb/offline-run-*`);
+`online` falls back to offline with a one-line warning when the wandb server is unreachable (probed for
+3 s), instead of waiting for wandb's own 60 s timeout and failing;
 `disabled` makes every call a no-op, which the tests use. A tracking failure never loses results: the
 files under the run directory are written first and are the record.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
 MODES = ("online", "offline", "disabled")
 _NOT_METRICS = ("seed", "finetune_steps", "finetune_seconds", "eval_seconds", "chance")
 
@@ -26,6 +31,15 @@ def scalar_metrics(row: dict[str, Any]) -> dict[str, float]:
     elif isinstance(value, dict) and value and all(isinstance(v, (int, float)) for v in value.values()):
       out.update({f"{name}/{k}": v for k, v in value.items()})
   return out
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+  """Whether a TCP connection to the URL's host opens within `timeout` seconds."""
+  from shiftbench.data.tfds_source import has_network
+
+  parts = urllib.parse.urlsplit(url if "://" in url else f"https://{url}")
+  port = parts.port or (80 if parts.scheme == "http" else 443)
+  return bool(parts.hostname) and has_network(parts.hostname, port, timeout)
 
 
 class WandbTracker:
@@ -45,6 +59,12 @@ class WandbTracker:
     import wandb  # imported lazily: importing wandb costs ~1 s and is not needed when disabled
 
     os.environ.setdefault("WANDB_SILENT", "true")
+    if self.mode == "online" and not _reachable(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")):
+      # wandb itself would wait 60 s and then blame the timeout; results matter more than live logging
+      log.warning("logger.mode=online but %s is unreachable: logging offline instead (upload later with "
+                  "`wandb sync %s/wandb/offline-run-*`)", os.environ.get("WANDB_BASE_URL", "api.wandb.ai"),
+                  output_dir)
+      self.mode = "offline"
     self.run = wandb.init(project=self.project, entity=self.entity, group=self.group, tags=self.tags,
                           config=config, dir=str(output_dir), name=name, mode=self.mode,
                           reinit="finish_previous",

@@ -22,6 +22,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from shiftbench import canvas, models
+from shiftbench.errors import DivergenceError
 
 Metrics = dict[str, float]
 # Fine-tune modes, named for what trains (DESIGN.md section 3): the classifier only (a linear probe of the
@@ -144,6 +145,31 @@ def _compiled_update(graphdef, tx, spec, placement, batch_size, k):
   return jax.jit(update, donate_argnums=(0, 1))  # not `rest`: in `head`/`last` modes it holds the frozen part
 
 
+# Cross-entropy starts near log K (a fresh classifier) and falls. Above DIVERGENCE_FACTOR * log K + 1
+# it is divergence, not noise: noisy tiny-batch training stays well below (K = 2: 3.8, K = 10: 10.2),
+# while a learning rate far too high drives it to 1e2-1e7. Held for DIVERGENCE_PATIENCE logged points in
+# a row, or at the last step (where it stays), it fails the run. No reference to the first logged loss:
+# with one log point per few hundred steps, that one may already be diverged.
+DIVERGENCE_FACTOR, DIVERGENCE_PATIENCE = 4.0, 3
+
+
+def check_divergence(history: list[Metrics], num_classes: int, desc: str, final: bool = False) -> None:
+  """Raises `DivergenceError` if the latest logged loss is non-finite, or far above log K for
+  `DIVERGENCE_PATIENCE` logged points in a row (or at the last step)."""
+  step, loss = history[-1]["step"], history[-1]["loss"]
+  if not math.isfinite(loss):
+    raise DivergenceError(f"{desc}: loss became {loss} at step {step}; lower the learning rate or check "
+                          "the data")
+  log_k = math.log(max(num_classes, 2))
+  limit = DIVERGENCE_FACTOR * log_k + 1.0
+  recent = [h["loss"] for h in history[-DIVERGENCE_PATIENCE:]]
+  if loss > limit and (final or (len(recent) == DIVERGENCE_PATIENCE and min(recent) > limit)):
+    raise DivergenceError(
+        f"{desc}: training diverged at step {step}: loss {loss:.4g}, far above log(K) = {log_k:.3g} where it "
+        f"starts (first logged {history[0]['loss']:.4g} at step {history[0]['step']}); the learning rate is "
+        "probably too high: lower it")
+
+
 def train(model: nnx.Module, tx: optax.GradientTransformation, data: DeviceObjects, spec: canvas.CanvasSpec,
           placement: Placement, *, steps: int, batch_size: int, seed: int, mode: str = "full",
           dispatch: int | str = "auto", log_every: int = 50, eval_every: int = 0,
@@ -193,10 +219,8 @@ def train(model: nnx.Module, tx: optax.GradientTransformation, data: DeviceObjec
       bar.update(n)
       if done % log_every < n or done == steps:
         logged = {key: float(v) for key, v in metrics.items()}
-        if not math.isfinite(logged["loss"]):
-          raise FloatingPointError(f"{desc}: loss became {logged['loss']} at step {done}; lower the learning "
-                                   "rate or check the data")
         history.append({"step": done, **logged})
+        check_divergence(history, data.num_classes, desc, final=done == steps)
         bar.set_postfix(loss=f"{logged['loss']:.3f}", acc=f"{logged['acc']:.3f}")
       if done == stop and done != steps:
         sync_model()

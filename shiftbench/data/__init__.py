@@ -13,7 +13,7 @@ import importlib
 
 from shiftbench.data.glyph_cache import load_glyphs
 from shiftbench.data.npz import load_npz
-from shiftbench.data.objects import ObjectSet, resize_objects, select_classes
+from shiftbench.data.objects import ObjectSet, require_task, resize_objects, select_classes
 
 _LAZY = {"DatasetNotFoundError": "tfds_source", "load_tfds": "tfds_source", "ShiftbenchGlyphs": "glyphs_builder"}
 
@@ -24,6 +24,7 @@ __all__ = [
     "load_glyphs",
     "load_npz",
     "load_tfds",
+    "require_task",
     "resize_objects",
     "select_classes",
 ]

@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from shiftbench.data.objects import ObjectSet, select_object_classes
+from shiftbench.errors import DataError
 
 
 def _images(array: np.ndarray, key: str) -> np.ndarray:
@@ -85,8 +86,12 @@ def load_npz(
   path = os.path.abspath(os.path.expanduser(os.fspath(path)))
   if not os.path.isfile(path):
     raise FileNotFoundError(f"npz file not found: {path}")
-  with np.load(path, allow_pickle=False) as data:
-    arrays = {k: data[k] for k in data.files}
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      arrays = {k: data[k] for k in data.files}
+  except Exception as e:  # zipfile, zlib, EOF and format errors: all mean "not a readable .npz"
+    raise DataError(f"{path} is not a readable .npz file ({type(e).__name__}: {e}); it may be truncated or "
+                    "corrupted: write it again with numpy.savez") from e
 
   def need(key: str) -> np.ndarray:
     if key not in arrays:
@@ -95,6 +100,8 @@ def load_npz(
 
   images = _images(need("images"), "images")
   labels = _labels(need("labels"), "labels", images, "images")
+  if images.shape[0] == 0:
+    raise DataError(f"{path} holds no objects ('images' has shape {images.shape})")
   if ("test_images" in arrays) != ("test_labels" in arrays):
     need("test_images"), need("test_labels")  # raises for whichever one is missing
   if "test_images" in arrays:

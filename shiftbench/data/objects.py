@@ -60,6 +60,31 @@ class ObjectSet:
     return int(h), int(w), int(c)
 
 
+def require_task(objs: ObjectSet, side: str) -> None:
+  """Fails unless both splits hold objects of at least 2 classes: with fewer, chance is 1 and every
+  accuracy and consistency is 1 by construction, a perfect-looking row that measures nothing.
+
+  Args:
+    objs: a loaded dataset.
+    side: which side of the protocol it is, for the message, e.g. "A (data.pretrain)".
+
+  Raises:
+    DataError: naming the dataset, the split and the class counts.
+  """
+  from shiftbench.errors import DataError  # objects.py stays importable on its own
+
+  counts = {split: len(np.unique(getattr(objs, f"{split}_labels"))) for split in ("train", "test")}
+  sizes = {split: int(getattr(objs, f"{split}_images").shape[0]) for split in ("train", "test")}
+  for split in ("train", "test"):
+    if sizes[split] == 0:
+      raise DataError(f"dataset {side} ({objs.name}) has an empty {split} split (train: {sizes['train']} "
+                      f"objects, test: {sizes['test']}); give it objects or choose other classes")
+  if min(counts.values()) < 2:
+    raise DataError(f"dataset {side} ({objs.name}) has {counts['train']} class(es) in its train split and "
+                    f"{counts['test']} in its test split; a classification task needs at least 2 in each "
+                    "(give the dataset more classes, or choose its classes in the config)")
+
+
 def class_indices(classes: Sequence[int | str], names: Sequence[str]) -> list[int]:
   """Maps class names or indices to indices into `names`.
 

@@ -24,6 +24,7 @@ from tensorflow_datasets.core import constants as tfds_constants
 from tensorflow_datasets.core.utils import tqdm_utils
 
 from shiftbench.data.objects import ObjectSet, select_classes
+from shiftbench.errors import DataError
 
 _PROBE_HOST = "storage.googleapis.com"  # where TFDS downloads most datasets from
 _EXTRA = "pip install 'shiftbench[tfds]'"
@@ -212,8 +213,15 @@ def load_tfds(
   splits = {}
   for split, limit in (("train", max_train), ("test", max_test)):
     # Without a class filter, only the first `limit` examples need decoding.
-    with quiet_tfds():
-      arrays = read_split(builder, split, (image_key, label_key), None if classes else limit)
+    try:
+      with quiet_tfds():
+        arrays = read_split(builder, split, (image_key, label_key), None if classes else limit)
+    except ImportError:
+      raise
+    except Exception as e:  # array_record, protobuf and decoder errors: the prepared files are bad
+      raise DataError(f"TFDS dataset '{name}' in {builder.data_dir} cannot be read ({type(e).__name__}: "
+                      f"{str(e)[:200]}); it may be truncated or corrupted: delete {builder.data_dir} and "
+                      "prepare it again") from e
     splits[split] = (_as_objects(arrays[image_key]), arrays[label_key].astype(np.int64), limit)
 
   if isinstance(label_feature, tfds.features.ClassLabel):
