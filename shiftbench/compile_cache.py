@@ -33,7 +33,14 @@ def configure(enabled: bool, cache_dir: str | os.PathLike[str] | None, min_compi
   if not enabled or not cache_dir:
     return None
   path = os.path.abspath(os.path.expanduser(os.fspath(cache_dir)))
-  os.makedirs(path, exist_ok=True)
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    # A speed-up, not a result: a cache that cannot be created (a file in its place, a read-only mount)
+    # must not stop the run; the checkpoint cache beside it is checked with its own one-line error.
+    log.warning("compilation cache off: cannot create %s (%s); set paths.compile_cache_dir or "
+                "compile_cache=false", path, e.strerror or e)
+    return None
   if jax.config.jax_compilation_cache_dir != path:
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_secs))

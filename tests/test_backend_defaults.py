@@ -64,3 +64,13 @@ def test_compile_cache_directory_follows_the_config(tmp_path, monkeypatch):
   finally:
     jax.config.update("jax_compilation_cache_dir", previous)
     compile_cache.compilation_cache.reset_cache()
+
+
+def test_a_compile_cache_that_cannot_be_created_is_skipped_with_a_warning(tmp_path, caplog):
+  from shiftbench import compile_cache
+
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  with caplog.at_level("WARNING"):
+    assert compile_cache.configure(True, blocker / "jax_cache") is None
+  assert "compilation cache off" in caplog.text and str(blocker) in caplog.text
