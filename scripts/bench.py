@@ -69,20 +69,20 @@ def jax_model(cfg: dict, canvas_size: int, seed: int, object_first: bool = True)
 
 def torch_model(cfg: dict, canvas_size: int) -> torch.nn.Module:
   net = torch_twin.TorchTwin(num_classes=10, canvas_size=canvas_size, widths=cfg["widths"],
-                             kernel_size=cfg["kernel_size"], head=cfg["head"])
+                             kernel_size=cfg["kernel_size"], head=cfg["head"], fc_hidden=cfg.get("fc_hidden") or ())
   return net.to(memory_format=torch.channels_last)
 
 
 def train_flops(cfg: dict, canvas_size: int) -> float:
-  """FLOPs of one training image: convs and the dense layer, forward + both gradients (no input grad for
+  """FLOPs of one training image: convs and the dense layers, forward + both gradients (no input grad for
   the first conv, whose input is the data). Pooling and elementwise ops are not counted."""
   side, cin, k, total = canvas_size, 1, cfg["kernel_size"], 0.0
   for i, cout in enumerate(cfg["widths"]):
     fwd = 2.0 * side * side * k * k * cin * cout
     total += fwd * (2 if i == 0 else 3)
     side, cin = side // 2, cout
-  dense_in = side * side * cin if cfg["head"] == "fc" else cin
-  return total + 3 * 2.0 * dense_in * 10
+  dims = [side * side * cin if cfg["head"] == "fc" else cin, *(cfg.get("fc_hidden") or ()), 10]
+  return total + sum(3 * 2.0 * a * b for a, b in zip(dims[:-1], dims[1:]))
 
 
 def matmul_peak(n: int = 2048) -> float:

@@ -29,10 +29,11 @@ def check_supported(model_cfg: dict) -> str | None:
 
 
 class TorchTwin(nn.Module):
-  """conv (same padding) -> 2x2 max pool -> ReLU per block, then flatten/GAP + linear."""
+  """conv (same padding) -> 2x2 max pool -> ReLU per block, then flatten/GAP -> [linear -> ReLU] x
+  len(fc_hidden) -> linear (shiftbench's `Head` with its hidden FC layers)."""
 
   def __init__(self, *, num_classes: int, canvas_size: int, widths: Sequence[int], kernel_size: int = 3,
-               head: str = "fc", in_channels: int = 1):
+               head: str = "fc", in_channels: int = 1, fc_hidden: Sequence[int] = ()):
     super().__init__()
     chans = [in_channels, *widths]
     k = kernel_size
@@ -43,13 +44,17 @@ class TorchTwin(nn.Module):
     for _ in widths:
       side //= 2
     self.head = head
-    self.fc = nn.Linear(side * side * widths[-1] if head == "fc" else widths[-1], num_classes)
+    dims = [side * side * widths[-1] if head == "fc" else widths[-1], *fc_hidden]
+    self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+    self.fc = nn.Linear(dims[-1], num_classes)
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     for conv in self.convs:
       x = F.relu(F.max_pool2d(conv(F.pad(x, self.pad)), 2))
     # flatten in NHWC order like the JAX model, so the fc weights have the same layout and size
     x = x.permute(0, 2, 3, 1).flatten(1) if self.head == "fc" else x.mean((2, 3))
+    for layer in self.hidden:
+      x = F.relu(layer(x))
     return self.fc(x)
 
 
