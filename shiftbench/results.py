@@ -83,6 +83,11 @@ def environment() -> dict[str, Any]:
       versions[name] = importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
       versions[name] = None
+  # The code that ran, not what pip last recorded: an editable install keeps the metadata of the version
+  # it was installed at.
+  from shiftbench import __version__
+
+  versions["shiftbench"] = __version__
   devices = jax.devices()
   return {
       "versions": versions,

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
+import shiftbench
 from conftest import tiny_overrides
 from shiftbench.experiment import run_experiment
 from shiftbench.results import to_jsonable
@@ -39,6 +40,7 @@ def test_tiny_protocol_writes_every_row_and_artifact(tiny_data_dir, tmp_path, ca
                   for p, f in [("scratch", "full"), ("translate", "last"), ("translate", "head"), ("translate", "full")]}
   saved = json.loads((out / "results.json").read_text())
   assert saved["environment"]["versions"]["jax"] and saved["environment"]["devices"]
+  assert saved["environment"]["versions"]["shiftbench"] == shiftbench.__version__  # the code that ran
   assert saved["config"]["seeds"] == [0]
   by_key = {(r["model"], r["pretrain"], r["finetune"]): r for r in rows}
   for r in rows:
