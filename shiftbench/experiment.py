@@ -181,7 +181,7 @@ def check_cache_writable(cfg: DictConfig, s: Settings, done: dict[tuple, Any]) -
   for seed in s.seeds:
     for name, mcfg in cfg.model.items():
       for regime in s.pretrain_regimes:
-        if regime == "scratch" or all((name, regime, mode, seed) in done for mode in s.finetune_modes):
+        if regime == "scratch" or all((name, regime, mode, seed) in done for mode in s.modes_for(regime)):
           continue
         if not pretrained.exists(checkpoint_of(cfg, s, name, mcfg, regime, seed)[0]):
           preflight.check_writable(cfg.paths.checkpoint_dir, "checkpoint cache (paths.checkpoint_dir)",

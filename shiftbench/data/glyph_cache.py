@@ -135,14 +135,7 @@ def load_glyphs(
     Objects of shape (image_size, image_size, 1), white glyphs on black; labels cycle through the
     classes, so any prefix of a split is class-balanced.
   """
-  all_chars = glyphs.charset_chars(charset)
-  if train_per_class < 1 or test_per_class < 1:
-    raise ValueError(f"train_per_class and test_per_class must be >= 1, got {train_per_class}, "
-                     f"{test_per_class}")
-  if image_size < 8:
-    raise ValueError(f"image_size must be >= 8 pixels, got {image_size}")
-  if seed < 0:
-    raise ValueError(f"seed must be >= 0, got {seed}")
+  all_chars = glyphs.check_setting(charset, train_per_class, test_per_class, image_size, seed)
   chars = all_chars if classes is None else "".join(all_chars[i] for i in class_indices(classes, all_chars))
   path = cache_path(data_dir, charset, chars, train_per_class, test_per_class, image_size, seed)
   arrays = _read(path)

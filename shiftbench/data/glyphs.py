@@ -181,6 +181,20 @@ def charset_chars(charset: str) -> str:
   return CHARSETS[charset]
 
 
+def check_setting(charset: str, train_per_class: int, test_per_class: int, image_size: int, seed: int) -> str:
+  """Validates a glyph dataset setting (the cache's and the TFDS builder's); returns the charset's
+  characters."""
+  chars = charset_chars(charset)
+  if train_per_class < 1 or test_per_class < 1:
+    raise ValueError(f"train_per_class and test_per_class must be >= 1, got {train_per_class}, "
+                     f"{test_per_class}")
+  if image_size < 8:
+    raise ValueError(f"image_size must be >= 8 pixels, got {image_size}")
+  if seed < 0:
+    raise ValueError(f"seed must be >= 0, got {seed}")
+  return chars
+
+
 # Samples per task handed to a worker: large enough that pickling and dispatch are noise next to
 # rendering (~0.4 ms a sample), small enough that the last tasks balance across workers.
 _TASK = 250

@@ -40,14 +40,7 @@ def glyphs_config(
     seed: int = 0,
 ) -> GlyphsConfig:
   """Validates a glyph setting and names it after all of its fields."""
-  glyphs.charset_chars(charset)
-  if train_per_class < 1 or test_per_class < 1:
-    raise ValueError(f"train_per_class and test_per_class must be >= 1, got {train_per_class}, "
-                     f"{test_per_class}")
-  if image_size < 8:
-    raise ValueError(f"image_size must be >= 8 pixels, got {image_size}")
-  if seed < 0:
-    raise ValueError(f"seed must be >= 0, got {seed}")
+  glyphs.check_setting(charset, train_per_class, test_per_class, image_size, seed)
   name = f"{charset}-{image_size}px-{train_per_class}x{test_per_class}-s{seed}"
   return GlyphsConfig(name=name, description=f"{charset} glyphs, {image_size}x{image_size}, "
                       f"{train_per_class} train / {test_per_class} test per class, seed {seed}",
