@@ -47,11 +47,12 @@ def balanced_order(images: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.
   return np.lexsort((labels, rank)).astype(np.int64)
 
 
-def split_validation(images: np.ndarray, labels: np.ndarray, fraction: float,
-                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-  """(train indices, validation indices): `fraction` of each class held out, chosen by seeded hash.
+def split_validation(images: np.ndarray, labels: np.ndarray, fraction: float, seed: int = 0,
+                     min_held: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """(kept indices, held-out indices): `fraction` of each class (at least `min_held`) held out, chosen by
+  seeded hash, so the same objects are held out whatever the order of the file.
 
-  At least one object per class stays in training; a class of one object has no validation object.
+  At least one object per class is kept; a class of one object has none held out.
   """
   if not 0.0 <= fraction < 1.0:
     raise ValueError(f"validation fraction must lie in [0, 1), got {fraction}")
@@ -61,7 +62,7 @@ def split_validation(images: np.ndarray, labels: np.ndarray, fraction: float,
   for c in np.unique(labels):
     members = np.flatnonzero(labels == c)
     members = members[np.lexsort((members, digests[members]))]
-    k = min(int(round(fraction * len(members))), len(members) - 1)
+    k = min(max(int(round(fraction * len(members))), min_held), len(members) - 1)
     val.append(members[:k])
   val_idx = np.sort(np.concatenate(val)) if val else np.zeros(0, np.int64)
   train_idx = np.setdiff1d(np.arange(len(labels)), val_idx)
