@@ -153,6 +153,12 @@ def resumable_rows(path: Path, config: dict[str, Any], overwrite: bool = False) 
   except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
     raise DataError(f"{path} exists but is not a readable shiftbench results file ({type(e).__name__}: "
                     f"{e}); {fix}") from e
+  from shiftbench import __version__
+
+  written_by = ((previous.get("environment") or {}).get("versions") or {}).get("shiftbench")
+  if written_by != __version__:  # another version computes other numbers: its rows never join this run's
+    raise ConfigError(f"{path.parent} holds a run of shiftbench {written_by}, whose rows are not comparable with "
+                      f"this version's ({__version__}); {fix}")
   ignore = ("overwrite",)  # how a run was started, not what it computed
   diff = config_diff({k: v for k, v in old.items() if k not in ignore},
                      {k: v for k, v in to_jsonable(config).items() if k not in ignore})

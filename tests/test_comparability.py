@@ -258,3 +258,19 @@ def test_overlapping_classes_are_a_config_error_unless_allowed(tiny_data_dir, tm
   experiment.load_datasets(allowed)
   protocol = comparison.protocol_settings(allowed.config, {}, "v")
   assert protocol["data.allow_overlap"] is True  # recorded in every row's settings
+
+
+def test_a_run_directory_of_another_version_is_not_resumed_into(tmp_path):
+  """0.3 resumed any run with the same config, so rows of two versions (other streams) could mix."""
+  from shiftbench import __version__, preflight
+
+  config = {"seeds": [0], "canvas": {"size": 20}}
+  record = {"config": config, "environment": {"versions": {"shiftbench": "0.3.0"}},
+            "rows": [{"model": "gap", "pretrain": "scratch", "finetune": "full", "seed": 0}]}
+  (tmp_path / "results.json").write_text(json.dumps(record))
+  with pytest.raises(ConfigError, match=f"shiftbench 0.3.0, whose rows are not comparable with this version's "
+                                        rf"\({__version__}\)"):
+    preflight.resumable_rows(tmp_path / "results.json", config)
+  record["environment"]["versions"]["shiftbench"] = __version__
+  (tmp_path / "results.json").write_text(json.dumps(record))
+  assert len(preflight.resumable_rows(tmp_path / "results.json", config)) == 1
