@@ -4,7 +4,7 @@ Usage: `shiftbench-leaderboard RESULTS_DIR [RESULTS_DIR ...] [--out DIR]` (or `p
 shiftbench.leaderboard`). Every `results.json` under the given paths is read (single runs, multiruns,
 several seeds); rows are grouped by model x pretrain x fine-tune mode x dataset pair. Writes
 `leaderboard.md` (with the claims report, `shiftbench.claims`), `leaderboard.csv`, `leaderboard.json` (one
-RobustBench-like entry per group), `claims.json`,
+RobustBench-like entry per group), `claims.json`, `rows.csv` (one line per row, `shiftbench.tidy`),
 `index.html` (one self-contained page) and the figures `location_maps.png` and `forgetting_curves.png`.
 A run writes its own leaderboard too.
 """
@@ -26,6 +26,7 @@ import numpy as np
 from tabulate import tabulate
 
 from shiftbench import claims as claims_lib
+from shiftbench import terminal, tidy
 from shiftbench.errors import DataError, UserError
 from shiftbench.results import atomic_write_text, to_jsonable
 from shiftbench.settings import PRETRAIN_REGIMES
@@ -210,6 +211,7 @@ def write_leaderboard(rows: list[dict[str, Any]], out_dir: str | Path, figures: 
                     json.dumps([json_entry(e) for e in board.entries], indent=1, allow_nan=False) + "\n")
   atomic_write_text(out_dir / "claims.json",
                     json.dumps(to_jsonable(claims_lib.to_json(board.claims)), indent=1, allow_nan=False) + "\n")
+  tidy.write_rows(rows, out_dir)
   if figures:
     report.write_report(board, out_dir)
   return board
@@ -228,8 +230,7 @@ def main(argv: list[str] | None = None) -> None:
   if not rows:
     raise SystemExit(f"no results.json rows found under: {', '.join(args.paths)}")
   board = write_leaderboard(rows, args.out, figures=not args.no_figures)
-  print(board.markdown)
-  print(f"\nClaims from the literature:\n{board.claims_markdown}")
+  print(terminal.summary(board, args.out))
   if not args.no_figures:
     print(f"\nwrote {Path(args.out) / 'index.html'}")
 
