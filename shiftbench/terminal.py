@@ -37,5 +37,5 @@ def summary(board, out_dir: str | os.PathLike) -> str:
   out = Path(out_dir)
   return (f"{key_table(board.columns, board.rows, set(METRICS.values()))}\n\n"
           f"Claims from the literature (shiftbench.claims):\n{claims_table(board.claims)}\n\n"
-          f"Every column and the claims' wording: {out / 'leaderboard.md'} (also .csv, .json, index.html); "
-          f"one line per row: {out / 'rows.csv'}")
+          f"Every column and the claims' wording: {out / 'leaderboard.md'} (also .csv, .json, index.html)\n"
+          f"One line per row (every metric, every setting that differs): {out / 'rows.csv'}")
