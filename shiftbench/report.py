@@ -149,7 +149,8 @@ def claims_table(columns: list[str], rows: list[list[Any]]) -> str:
     return f"<td{css}>{html.escape(str(value))}</td>"
 
   body = "\n".join("<tr>" + "".join(cell(i, r[i]) for i, _, _ in layout) + "</tr>" for r in rows)
-  return f"<table class='claims'><colgroup>{cols}</colgroup><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>"
+  return (f"<table class='claims'><colgroup>{cols}</colgroup><thead><tr>{head}</tr></thead>"
+          f"<tbody>\n{body}\n</tbody></table>")
 
 
 def render_html(columns: list[str], rows: list[list[Any]], figures: dict[str, Path], title: str,

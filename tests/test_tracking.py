@@ -11,9 +11,9 @@ import matplotlib
 matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from conftest import tiny_overrides  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from conftest import tiny_overrides  # noqa: E402
 from shiftbench import plots, tracking  # noqa: E402
 from shiftbench.tracking import WandbTracker  # noqa: E402
 
