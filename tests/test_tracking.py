@@ -137,6 +137,24 @@ def test_a_tiny_offline_run_writes_one_wandb_run_per_row_plus_the_leaderboard(ti
   assert by_mode["leaderboard"]["summary"]["claims/_type"] == "table-file"
 
 
+@pytest.mark.parametrize("mode,group", [("MULTIRUN", "multirun/sweep1"), ("RUN", "outputs/run1")])
+def test_under_hydra_the_group_is_the_sweep_in_a_multirun_else_the_run(mode, group):
+  from hydra.core.hydra_config import HydraConfig
+  from hydra.types import RunMode
+  from omegaconf import open_dict
+
+  with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    cfg = compose("config", overrides=["hydra.sweep.dir=multirun/sweep1", "hydra.run.dir=outputs/run1"],
+                  return_hydra_config=True)
+  with open_dict(cfg):
+    cfg.hydra.mode = RunMode[mode]
+  HydraConfig.instance().set_config(cfg)
+  try:
+    assert tracking.default_group("/elsewhere/multirun/sweep1/3") == group  # every job of a sweep: one group
+  finally:
+    HydraConfig.instance().cfg = None
+
+
 def test_default_group_outside_hydra_is_the_run_directory(tmp_path):
   deep = tmp_path / ("d" * 200)
   assert tracking.default_group(tmp_path) == str(tmp_path)
