@@ -32,7 +32,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 MODES = ("online", "offline", "disabled")
-_NOT_METRICS = ("seed", "finetune_steps", "finetune_seconds", "eval_seconds", "chance", "comparison")
+_NOT_METRICS = ("seed", "finetune_steps", "finetune_seconds", "eval_seconds", "chance", "comparison", "architecture")
 IDENTITY = ("model", "pretrain", "finetune", "seed", "comparison_key")
 CURVE_METRICS = ("in_acc", "off_acc", "invariance")
 GROUP_MAX = 128  # wandb's limit on a group name
