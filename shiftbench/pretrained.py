@@ -68,7 +68,7 @@ def _canonical_hash(meta: dict[str, Any]) -> str:
 def _bad(path: Path, problem: str) -> CacheError:
   """A `CacheError` for a checkpoint that cannot be used; `problem` alone is kept for `discard`'s line."""
   error = CacheError(f"{problem}; delete the checkpoint (rm -rf {path}) and run again to pretrain it afresh")
-  error.problem = problem
+  error.problem, error.corrupted = problem, True
   return error
 
 
@@ -117,16 +117,30 @@ def discard(path: Path, reason: CacheError) -> None:
     raise CacheError(f"{reason} (and removing it failed: {e.strerror or e})") from e
 
 
-def restore(path: Path, model: nnx.Module) -> dict[str, Any]:
-  """Verifies the checkpoint's hashes, loads the saved state into `model` (same architecture) and returns
-  the saved metadata. A `CacheError` naming the path if either fails."""
+def _mismatch(path: Path, saved: Any, wanted: Any, why: str) -> CacheError:
+  """A checkpoint that is intact but is not the model asked for: an error naming both, never a deletion."""
+  return CacheError(f"the pretrained checkpoint {path} {why}: it was saved for {json.dumps(saved, default=str)}, "
+                    f"this run wants {json.dumps(wanted, default=str)}; use another paths.checkpoint_dir or remove it "
+                    "yourself if it is yours")
+
+
+def restore(path: Path, model: nnx.Module, description: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Verifies the checkpoint's hashes, checks it was saved for `description` (when given), loads the saved
+  state into `model` (same architecture) and returns the saved metadata.
+
+  A corrupted checkpoint raises a `CacheError` with `corrupted = True` (the caller makes it again); one that
+  is intact but holds another model raises one without it, naming both descriptions."""
   meta = verify(path)
+  saved = meta.get("description")
+  wanted = None if description is None else json.loads(json.dumps(description, default=str))
+  if wanted is not None and saved != wanted:
+    raise _mismatch(path, saved, wanted, "holds another model under this key")
   abstract = nnx.state(model)
   try:
     with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckpt:
       state = ckpt.restore(path / "state", abstract)
-  except Exception as e:  # a checkpoint of another architecture, or one orbax cannot parse
-    raise _bad(path, f"cannot restore the pretrained checkpoint {path} ({type(e).__name__}: "
-               f"{str(e)[:200]})") from e
+  except Exception as e:  # a checkpoint of another architecture: intact bytes, wrong shapes
+    raise _mismatch(path, saved, wanted, f"cannot be restored into this model ({type(e).__name__}: "
+                    f"{str(e)[:200]})") from e
   nnx.update(model, state)
   return meta
