@@ -3,8 +3,10 @@
 `leaderboard.csv` is aggregated over seeds; `rows.csv` is not. Its columns:
   identity   `model`, `pretrain`, `finetune`, `seed`, then the comparison key (and the protocol key and
              dataset pair where rows carry them);
-  settings   every setting (dotted name, e.g. `canvas.size`) whose value differs between the rows, so
-             two runs that differ only in canvas size get a `canvas.size` column and nothing else;
+  settings   every setting (dotted name, e.g. `canvas.size`) in which the rows' experiments differ, as the
+             leaderboard shows them (`leaderboard.differing_settings`: protocol settings, and architecture
+             settings between rows of one model name), so two runs that differ only in canvas size get a
+             `canvas.size` column and nothing else;
   metrics    every scalar metric of any row (`shiftbench.tracking.scalar_metrics`; per-layer similarity
              as `similarity_layers/<layer>`), empty where a row has none or it is undefined.
 Written next to every leaderboard (each run, and `shiftbench-leaderboard`), as `rows.csv` and, since
@@ -22,20 +24,22 @@ import os
 from pathlib import Path
 from typing import Any
 
-from shiftbench.comparison import differing
 from shiftbench.results import atomic_write_text
 from shiftbench.tracking import scalar_metrics
 
 log = logging.getLogger(__name__)
 IDENTITY = ("model", "pretrain", "finetune", "seed")
-KEYS = ("comparison_key", "protocol_key", "datasets")  # written when any row has them
+KEYS = ("comparison_key", "protocol_key", "datasets", "source")  # written when any row has them
 
 
 def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
   """Columns and one list of values per row (None where a row lacks a value); lists as their JSON."""
   keys = [k for k in KEYS if any(r.get(k) not in (None, "") for r in rows)]
+  from shiftbench.leaderboard import differing_settings  # the leaderboard imports this module
+
   settings = [r.get("comparison") or {} for r in rows]
-  names = differing(settings) if len(rows) > 1 else []
+  names = differing_settings([{"model": r["model"], "protocol_key": r.get("protocol_key"), "settings": s}
+                              for r, s in zip(rows, settings)])
   metrics = [scalar_metrics(r) for r in rows]
   metric_names = [m for m in dict.fromkeys(k for ms in metrics for k in ms) if m not in KEYS]
   columns = [*IDENTITY, *keys, *names, *metric_names]

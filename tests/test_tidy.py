@@ -15,7 +15,7 @@ def _two_runs(tiny_results, tmp_path):
   for size, key in ((20, "aaaaaaaaaaaa"), (24, "bbbbbbbbbbbb")):
     for r in record["rows"]:
       r["comparison"] = {**(r.get("comparison") or {}), "canvas.size": size, "canvas.object_size": 8}
-      r["comparison_key"] = key
+      r["comparison_key"] = r["protocol_key"] = key
     (tmp_path / f"canvas{size}").mkdir()
     (tmp_path / f"canvas{size}" / "results.json").write_text(json.dumps(record))
   return [tmp_path / "canvas20", tmp_path / "canvas24"], len(record["rows"])
@@ -29,7 +29,7 @@ def test_rows_csv_has_one_line_per_row_and_the_differing_setting_as_a_column(tin
     lines = list(csv.DictReader(f))
   assert len(lines) == 2 * per_run
   header = list(lines[0])
-  assert header[:5] == ["model", "pretrain", "finetune", "seed", "comparison_key"]
+  assert header[:6] == ["model", "pretrain", "finetune", "seed", "comparison_key", "protocol_key"]
   assert "canvas.size" in header and "canvas.object_size" not in header  # only what differs
   assert sorted({(line["canvas.size"], line["comparison_key"]) for line in lines}) == \
       [("20", "aaaaaaaaaaaa"), ("24", "bbbbbbbbbbbb")]
@@ -53,12 +53,13 @@ def test_a_run_writes_its_own_rows_csv(tiny_results):
 
 def test_undefined_values_are_empty_cells_and_lists_are_json():
   rows = [{"model": "m", "pretrain": "scratch", "finetune": "full", "seed": s, "invariance": v,
-           "comparison": {"canvas.size": 32, "finetune.location": loc}, "comparison_key": k}
+           "comparison": {"canvas.size": 32, "finetune.location": loc}, "comparison_key": k, "protocol_key": k}
           for s, v, loc, k in ((0, 0.5, [10, 10], "a"), (1, None, [0, 0], "b"))]
   columns, values = tidy.table(rows)
-  assert columns == ["model", "pretrain", "finetune", "seed", "comparison_key", "finetune.location", "invariance"]
-  assert values[1] == ["m", "scratch", "full", 1, "b", "[0, 0]", None]
-  assert tidy.to_csv(columns, values).splitlines()[2] == 'm,scratch,full,1,b,"[0, 0]",'
+  assert columns == ["model", "pretrain", "finetune", "seed", "comparison_key", "protocol_key", "finetune.location",
+                     "invariance"]
+  assert values[1] == ["m", "scratch", "full", 1, "b", "b", "[0, 0]", None]
+  assert tidy.to_csv(columns, values).splitlines()[2] == 'm,scratch,full,1,b,b,"[0, 0]",'
 
 
 def test_load_rows_returns_a_dataframe(tiny_results, tmp_path):
