@@ -8,12 +8,14 @@ claims in one short line each, and where the full tables are.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from tabulate import tabulate
 
 KEY_COLUMNS = ("model", "pretrain", "finetune", "seeds", "in_acc", "off_acc", "invariance", "inv_lost")
 COMPARED_WIDTH = 44  # keeps a claims line under ~100 characters
+_GROUP = re.compile(r"\[(.+?)\] (.*)", re.S)  # claims.evaluate prefixes the group label
 
 
 def key_table(columns: list[str], rows: list[list], metric_columns: set[str]) -> str:
@@ -24,10 +26,16 @@ def key_table(columns: list[str], rows: list[list], metric_columns: set[str]) ->
 
 
 def claims_table(claims: list) -> str:
-  """id, verdict, effect, n and what was compared; the claims' wording is in leaderboard.md."""
-  rows = [[c.id, c.verdict, c.effect, c.n, c.rows] for c in claims]
-  return tabulate(rows, headers=["id", "verdict", "effect, mean [95% CI]", "n", "compared"], tablefmt="simple",
-                  maxcolwidths=[None, None, None, None, COMPARED_WIDTH], disable_numparse=True)
+  """id, verdict, effect, n and what was compared; the claims' wording is in leaderboard.md. Claims of
+  several comparable groups (`[key setting=value] compared`) get one table per group under its label."""
+  groups: dict[str, list[list]] = {}
+  for c in claims:
+    label, compared = _GROUP.match(c.rows).groups() if _GROUP.match(c.rows) else ("", c.rows)
+    groups.setdefault(label, []).append([c.id, c.verdict, c.effect, c.n, compared])
+  tables = [tabulate(rows, headers=["id", "verdict", "effect, mean [95% CI]", "n", "compared"], tablefmt="simple",
+                     maxcolwidths=[None, None, None, None, COMPARED_WIDTH], disable_numparse=True)
+            for rows in groups.values()]
+  return "\n\n".join(f"[{label}]\n{t}" if label else t for label, t in zip(groups, tables))
 
 
 def summary(board, out_dir: str | os.PathLike) -> str:

@@ -25,11 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from shiftbench.results import atomic_write_text
+from shiftbench import tracking
 from shiftbench.tracking import scalar_metrics
 
 log = logging.getLogger(__name__)
 IDENTITY = ("model", "pretrain", "finetune", "seed")
 KEYS = ("comparison_key", "protocol_key", "datasets", "source")  # written when any row has them
+# Fields of a row that are never metric columns, even when None.
+_NOT_METRICS = (*IDENTITY, *KEYS, *tracking.NOT_METRICS, "train_final", "heatmap", "location_map", "curve")
 
 
 def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
@@ -40,7 +43,7 @@ def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
   settings = [r.get("comparison") or {} for r in rows]
   names = differing_settings([{"model": r["model"], "protocol_key": r.get("protocol_key"), "settings": s}
                               for r, s in zip(rows, settings)])
-  metrics = [scalar_metrics(r) for r in rows]
+  metrics = [_metrics(r) for r in rows]
   metric_names = [m for m in dict.fromkeys(k for ms in metrics for k in ms) if m not in KEYS]
   columns = [*IDENTITY, *keys, *names, *metric_names]
   out = []
@@ -49,6 +52,18 @@ def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
               *(m.get(k) for k in metric_names)]
     out.append([v if v is None or isinstance(v, (bool, int, float, str)) else json.dumps(v) for v in values])
   return columns, out
+
+
+def _metrics(row: dict[str, Any]) -> dict[str, Any]:
+  """The row's scalar metrics in the row's order, an undefined one (None) kept as None: a metric undefined
+  in every row (invariance at chance) is still a column."""
+  flat = scalar_metrics(row)
+  out: dict[str, Any] = {}
+  for name, value in row.items():
+    if value is None and name not in _NOT_METRICS:
+      out[name] = None
+    out.update({k: v for k, v in flat.items() if k == name or k.startswith(f"{name}/")})
+  return out
 
 
 def to_csv(columns: list[str], rows: list[list[Any]]) -> str:

@@ -32,7 +32,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 MODES = ("online", "offline", "disabled")
-_NOT_METRICS = ("seed", "finetune_steps", "finetune_seconds", "eval_seconds", "chance", "comparison", "architecture")
+# Numbers and dicts of a row that are identity, settings or timing, not metrics.
+NOT_METRICS = ("seed", "finetune_steps", "finetune_seconds", "eval_seconds", "chance", "comparison", "architecture")
 IDENTITY = ("model", "pretrain", "finetune", "seed", "comparison_key")
 CURVE_METRICS = ("in_acc", "off_acc", "invariance")
 GROUP_MAX = 128  # wandb's limit on a group name
@@ -42,7 +43,7 @@ def scalar_metrics(row: dict[str, Any]) -> dict[str, float]:
   """Every number of a results row, under its results key; dicts (per-layer similarity) flattened with `/`."""
   out: dict[str, float] = {}
   for name, value in row.items():
-    if name in _NOT_METRICS or isinstance(value, bool):
+    if name in NOT_METRICS or isinstance(value, bool):
       continue
     if isinstance(value, (int, float)):
       out[name] = value

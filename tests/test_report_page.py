@@ -58,3 +58,12 @@ def test_columns_that_tell_groups_apart_are_kept_in_the_terminal():
   columns = ["model", "pretrain", "finetune", "canvas.size", "seeds", "in_acc", "consistency", "params"]
   text = terminal.key_table(columns, [["gap", "scratch", "full", "24", 3, "0.9", "0.8", 10]], {"in_acc", "consistency"})
   assert text.splitlines()[0].split() == ["model", "pretrain", "finetune", "canvas.size", "seeds", "in_acc"]
+
+
+def test_claims_of_several_comparable_groups_print_one_table_per_group():
+  claims_ = _claims()
+  for c, label in zip(claims_, ["k1 canvas.size=20", "k1 canvas.size=20", "k2 canvas.size=24"]):
+    c.rows = f"[{label}] {c.rows}"
+  text = terminal.claims_table(claims_)
+  assert text.index("[k1 canvas.size=20]") < text.index("C3a") < text.index("[k2 canvas.size=24]") < text.index("C5")
+  assert text.count("[k1 canvas.size=20]") == 1 and "] cnn_fc" not in text

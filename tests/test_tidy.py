@@ -52,14 +52,14 @@ def test_a_run_writes_its_own_rows_csv(tiny_results):
 
 
 def test_undefined_values_are_empty_cells_and_lists_are_json():
-  rows = [{"model": "m", "pretrain": "scratch", "finetune": "full", "seed": s, "invariance": v,
+  rows = [{"model": "m", "pretrain": "scratch", "finetune": "full", "seed": s, "invariance": v, "inv_lost": None,
            "comparison": {"canvas.size": 32, "finetune.location": loc}, "comparison_key": k, "protocol_key": k}
           for s, v, loc, k in ((0, 0.5, [10, 10], "a"), (1, None, [0, 0], "b"))]
   columns, values = tidy.table(rows)
   assert columns == ["model", "pretrain", "finetune", "seed", "comparison_key", "protocol_key", "finetune.location",
-                     "invariance"]
-  assert values[1] == ["m", "scratch", "full", 1, "b", "b", "[0, 0]", None]
-  assert tidy.to_csv(columns, values).splitlines()[2] == 'm,scratch,full,1,b,b,"[0, 0]",'
+                     "invariance", "inv_lost"]  # undefined in every row, still a column
+  assert values[1] == ["m", "scratch", "full", 1, "b", "b", "[0, 0]", None, None]
+  assert tidy.to_csv(columns, values).splitlines()[2] == 'm,scratch,full,1,b,b,"[0, 0]",,'
 
 
 def test_load_rows_returns_a_dataframe(tiny_results, tmp_path):
