@@ -21,8 +21,9 @@ _GROUP = re.compile(r"\[(.+?)\] (.*)", re.S)  # claims.evaluate prefixes the gro
 def key_table(columns: list[str], rows: list[list], metric_columns: set[str]) -> str:
   """The leaderboard's key columns, and every column that is not a metric (the groups' identity)."""
   keep = [i for i, c in enumerate(columns) if c in KEY_COLUMNS or (c not in metric_columns and c != "params")]
-  return tabulate([[r[i] for i in keep] for r in rows], headers=[columns[i] for i in keep], tablefmt="simple",
-                  disable_numparse=True)
+  return tabulate(
+    [[r[i] for i in keep] for r in rows], headers=[columns[i] for i in keep], tablefmt="simple", disable_numparse=True
+  )
 
 
 def claims_table(claims: list) -> str:
@@ -32,9 +33,16 @@ def claims_table(claims: list) -> str:
   for c in claims:
     label, compared = _GROUP.match(c.rows).groups() if _GROUP.match(c.rows) else ("", c.rows)
     groups.setdefault(label, []).append([c.id, c.verdict, c.effect, c.n, compared])
-  tables = [tabulate(rows, headers=["id", "verdict", "effect, mean [95% CI]", "n", "compared"], tablefmt="simple",
-                     maxcolwidths=[None, None, None, None, COMPARED_WIDTH], disable_numparse=True)
-            for rows in groups.values()]
+  tables = [
+    tabulate(
+      rows,
+      headers=["id", "verdict", "effect, mean [95% CI]", "n", "compared"],
+      tablefmt="simple",
+      maxcolwidths=[None, None, None, None, COMPARED_WIDTH],
+      disable_numparse=True,
+    )
+    for rows in groups.values()
+  ]
   return "\n\n".join(f"[{label}]\n{t}" if label else t for label, t in zip(groups, tables))
 
 
@@ -43,7 +51,9 @@ def summary(board, out_dir: str | os.PathLike) -> str:
   from shiftbench.leaderboard import METRICS
 
   out = Path(out_dir)
-  return (f"{key_table(board.columns, board.rows, set(METRICS.values()))}\n\n"
-          f"Claims from the literature (shiftbench.claims):\n{claims_table(board.claims)}\n\n"
-          f"Every column and the claims' wording: {out / 'leaderboard.md'} (also .csv, .json, index.html)\n"
-          f"One line per row (every metric, every setting that differs): {out / 'rows.csv'}")
+  return (
+    f"{key_table(board.columns, board.rows, set(METRICS.values()))}\n\n"
+    f"Claims from the literature (shiftbench.claims):\n{claims_table(board.claims)}\n\n"
+    f"Every column and the claims' wording: {out / 'leaderboard.md'} (also .csv, .json, index.html)\n"
+    f"One line per row (every metric, every setting that differs): {out / 'rows.csv'}"
+  )

@@ -24,8 +24,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from shiftbench.results import atomic_write_text
 from shiftbench import tracking
+from shiftbench.results import atomic_write_text
 from shiftbench.tracking import scalar_metrics
 
 log = logging.getLogger(__name__)
@@ -41,15 +41,20 @@ def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
   from shiftbench.leaderboard import differing_settings  # the leaderboard imports this module
 
   settings = [r.get("comparison") or {} for r in rows]
-  names = differing_settings([{"model": r["model"], "protocol_key": r.get("protocol_key"), "settings": s}
-                              for r, s in zip(rows, settings)])
+  names = differing_settings(
+    [{"model": r["model"], "protocol_key": r.get("protocol_key"), "settings": s} for r, s in zip(rows, settings)]
+  )
   metrics = [_metrics(r) for r in rows]
   metric_names = [m for m in dict.fromkeys(k for ms in metrics for k in ms) if m not in KEYS]
   columns = [*IDENTITY, *keys, *names, *metric_names]
   out = []
   for r, s, m in zip(rows, settings, metrics):
-    values = [*(r.get(k) for k in IDENTITY), *(r.get(k) for k in keys), *(s.get(n) for n in names),
-              *(m.get(k) for k in metric_names)]
+    values = [
+      *(r.get(k) for k in IDENTITY),
+      *(r.get(k) for k in keys),
+      *(s.get(n) for n in names),
+      *(m.get(k) for k in metric_names),
+    ]
     out.append([v if v is None or isinstance(v, (bool, int, float, str)) else json.dumps(v) for v in values])
   return columns, out
 

@@ -60,8 +60,13 @@ def row_config(config: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
   """A row run's wandb config: identity first (what a user groups and filters by), then the settings."""
   identity = {k: row.get(k) for k in IDENTITY}
   architecture = row.get("architecture") or (config.get("model") or {}).get(row["model"])
-  return {**identity, "comparison": dict(row.get("comparison") or {}), "architecture": architecture,
-          "finetune_steps": row.get("finetune_steps"), "cfg": config}
+  return {
+    **identity,
+    "comparison": dict(row.get("comparison") or {}),
+    "architecture": architecture,
+    "finetune_steps": row.get("finetune_steps"),
+    "cfg": config,
+  }
 
 
 def default_group(output_dir: str | os.PathLike) -> str:
@@ -91,8 +96,14 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
 class WandbTracker:
   """One wandb run per results row plus one `job_type=leaderboard` run per experiment, in one group."""
 
-  def __init__(self, mode: str = "offline", project: str = "shiftbench", entity: str | None = None,
-               group: str | None = None, tags: list[str] | None = None):
+  def __init__(
+    self,
+    mode: str = "offline",
+    project: str = "shiftbench",
+    entity: str | None = None,
+    group: str | None = None,
+    tags: list[str] | None = None,
+  ):
     if mode not in MODES:
       raise ValueError(f"unknown logger.mode {mode!r}; allowed: {', '.join(MODES)}")
     self.mode, self.project, self.entity, self.group = mode, project, entity, group
@@ -105,9 +116,17 @@ class WandbTracker:
     import wandb  # imported lazily: importing wandb costs ~1 s and is not needed when disabled
 
     # create_new: row runs open and finish while the leaderboard run stays open
-    return wandb.init(project=self.project, entity=self.entity, group=self.group, tags=self.tags,
-                      dir=str(self.output_dir), mode=self.mode, reinit="create_new",
-                      settings=wandb.Settings(console="off", init_timeout=60, x_disable_stats=True), **kwargs)
+    return wandb.init(
+      project=self.project,
+      entity=self.entity,
+      group=self.group,
+      tags=self.tags,
+      dir=str(self.output_dir),
+      mode=self.mode,
+      reinit="create_new",
+      settings=wandb.Settings(console="off", init_timeout=60, x_disable_stats=True),
+      **kwargs,
+    )
 
   def start(self, config: dict[str, Any], output_dir: Path, name: str | None = None) -> None:
     """Opens the experiment's leaderboard run; `config` is the resolved config every run records."""
@@ -116,14 +135,16 @@ class WandbTracker:
     os.environ.setdefault("WANDB_SILENT", "true")
     if self.mode == "online" and not _reachable(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")):
       # wandb itself would wait 60 s and then blame the timeout; results matter more than live logging
-      log.warning("logger.mode=online but %s is unreachable: logging offline instead (upload later with "
-                  "`wandb sync %s/wandb/offline-run-*`)", os.environ.get("WANDB_BASE_URL", "api.wandb.ai"),
-                  output_dir)
+      log.warning(
+        "logger.mode=online but %s is unreachable: logging offline instead (upload later with "
+        "`wandb sync %s/wandb/offline-run-*`)",
+        os.environ.get("WANDB_BASE_URL", "api.wandb.ai"),
+        output_dir,
+      )
       self.mode = "offline"
     self.config, self.output_dir = config, Path(output_dir)
     self.group = self.group or default_group(output_dir)
-    self.run = self._init(job_type="leaderboard", config=config,
-                          name=f"leaderboard/{name}" if name else "leaderboard")
+    self.run = self._init(job_type="leaderboard", config=config, name=f"leaderboard/{name}" if name else "leaderboard")
 
   def log_row(self, row: dict[str, Any], heatmap: Path | None) -> None:
     """One finished row as its own run: config, curve history, final summary, location map."""
@@ -147,8 +168,14 @@ class WandbTracker:
     finally:
       run.finish()
 
-  def log_table(self, columns: list[str], rows: list[list[Any]], figures: dict[str, Path] | None = None,
-                key: str = "leaderboard", as_text: bool = True) -> None:
+  def log_table(
+    self,
+    columns: list[str],
+    rows: list[list[Any]],
+    figures: dict[str, Path] | None = None,
+    key: str = "leaderboard",
+    as_text: bool = True,
+  ) -> None:
     """A table (the leaderboard, the claims report, the tidy rows) as a `wandb.Table` under `key` in the
     leaderboard run, plus figures (location-map grid, curves) as images. `as_text=False` keeps numbers
     as numbers (the tidy rows), so wandb can plot them."""
@@ -157,8 +184,9 @@ class WandbTracker:
     import wandb
 
     cells = [[_cell(v, as_text) for v in r] for r in rows]
-    data: dict[str, Any] = {key: wandb.Table(columns=[str(c) for c in columns], data=cells,
-                                             allow_mixed_types=not as_text)}
+    data: dict[str, Any] = {
+      key: wandb.Table(columns=[str(c) for c in columns], data=cells, allow_mixed_types=not as_text)
+    }
     for name, path in (figures or {}).items():
       if Path(path).is_file():
         data[f"{key}/{name}"] = wandb.Image(str(path))

@@ -5,20 +5,59 @@ import re
 
 from shiftbench import claims, report, terminal
 
-WIDE = ["model", "pretrain", "finetune", "seeds", "in_acc", "off_acc", "invariance", "inv_lost", "consistency",
-        "consist_circ", "worst_case", "worst_of_k", "flip_rate", "similarity", "sim_before", "A_inv_before",
-        "A_inv_after", "A_inv_lost", "params"]
+WIDE = [
+  "model",
+  "pretrain",
+  "finetune",
+  "seeds",
+  "in_acc",
+  "off_acc",
+  "invariance",
+  "inv_lost",
+  "consistency",
+  "consist_circ",
+  "worst_case",
+  "worst_of_k",
+  "flip_rate",
+  "similarity",
+  "sim_before",
+  "A_inv_before",
+  "A_inv_after",
+  "A_inv_lost",
+  "params",
+]
 
 
 def _claims():
-  return [claims.Claim("C2", "translate pretraining, FC layers kept: new classes gain invariance", claims.BB,
-                       "cnn_fc: translate/last - scratch/full", [0.8, 0.9, 0.85], claims.PASS,
-                       "+0.850 [+0.726, +0.974]"),
-          claims.Claim("C3a", "full fine-tuning at one location loses part of the invariance", claims.BB,
-                       "cnn_fc: (random_crop/last - scratch/full) / (translate/last - scratch/full)",
-                       [0.1, -0.2, 0.05], claims.FAIL, "-0.017 [-0.412, +0.379]"),
-          claims.Claim("C5", "APS + circular padding is exactly consistent", "Chaman & Dokmanic, CVPR 2021",
-                       "aps: consistency_circular, all rows", [], claims.NOT_RUN, "-")]
+  return [
+    claims.Claim(
+      "C2",
+      "translate pretraining, FC layers kept: new classes gain invariance",
+      claims.BB,
+      "cnn_fc: translate/last - scratch/full",
+      [0.8, 0.9, 0.85],
+      claims.PASS,
+      "+0.850 [+0.726, +0.974]",
+    ),
+    claims.Claim(
+      "C3a",
+      "full fine-tuning at one location loses part of the invariance",
+      claims.BB,
+      "cnn_fc: (random_crop/last - scratch/full) / (translate/last - scratch/full)",
+      [0.1, -0.2, 0.05],
+      claims.FAIL,
+      "-0.017 [-0.412, +0.379]",
+    ),
+    claims.Claim(
+      "C5",
+      "APS + circular padding is exactly consistent",
+      "Chaman & Dokmanic, CVPR 2021",
+      "aps: consistency_circular, all rows",
+      [],
+      claims.NOT_RUN,
+      "-",
+    ),
+  ]
 
 
 def _board_rows():
@@ -26,10 +65,11 @@ def _board_rows():
 
 
 def test_the_page_puts_the_claims_with_coloured_verdicts_before_the_wide_table():
-  page = report.render_html(WIDE, _board_rows(), {}, "shiftbench leaderboard",
-                            (claims.COLUMNS, claims.table(_claims())))
+  page = report.render_html(
+    WIDE, _board_rows(), {}, "shiftbench leaderboard", (claims.COLUMNS, claims.table(_claims()))
+  )
   assert page.index("<table class='claims'>") < page.index("<table class='board'>")
-  claims_html = page[page.index("<table class='claims'>"):page.index("</table>")]
+  claims_html = page[page.index("<table class='claims'>") : page.index("</table>")]
   headers = re.findall(r"<th>(.*?)</th>", claims_html)
   assert headers[:4] == ["id", "verdict", "effect, mean [95% CI]", "n"] and set(headers) == set(claims.COLUMNS)
   assert "<td class='pass'>✓</td>" in claims_html and "<td class='fail'>✗</td>" in claims_html
@@ -37,7 +77,7 @@ def test_the_page_puts_the_claims_with_coloured_verdicts_before_the_wide_table()
   widths = [float(w) for w in re.findall(r"<col style='width:([\d.]+)%'>", claims_html)]
   assert len(widths) == len(claims.COLUMNS) and abs(sum(widths) - 100) < 0.5
   assert "table.claims{width:100%;table-layout:fixed}" in page  # wraps to the window, never scrolls sideways
-  board_html = page[page.index("<table class='board'>"):]
+  board_html = page[page.index("<table class='board'>") :]
   assert re.findall(r"<th>(.*?)</th>", board_html)[:8] == list(terminal.KEY_COLUMNS)
 
 

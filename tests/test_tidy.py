@@ -31,8 +31,10 @@ def test_rows_csv_has_one_line_per_row_and_the_differing_setting_as_a_column(tin
   header = list(lines[0])
   assert header[:6] == ["model", "pretrain", "finetune", "seed", "comparison_key", "protocol_key"]
   assert "canvas.size" in header and "canvas.object_size" not in header  # only what differs
-  assert sorted({(line["canvas.size"], line["comparison_key"]) for line in lines}) == \
-      [("20", "aaaaaaaaaaaa"), ("24", "bbbbbbbbbbbb")]
+  assert sorted({(line["canvas.size"], line["comparison_key"]) for line in lines}) == [
+    ("20", "aaaaaaaaaaaa"),
+    ("24", "bbbbbbbbbbbb"),
+  ]
   for name in ("in_acc", "off_acc", "invariance", "consistency", "flip_rate", "similarity_layers/pre_logits"):
     assert name in header
   assert {line["finetune"] for line in lines} == {"head", "full"}
@@ -52,12 +54,32 @@ def test_a_run_writes_its_own_rows_csv(tiny_results):
 
 
 def test_undefined_values_are_empty_cells_and_lists_are_json():
-  rows = [{"model": "m", "pretrain": "scratch", "finetune": "full", "seed": s, "invariance": v, "inv_lost": None,
-           "comparison": {"canvas.size": 32, "finetune.location": loc}, "comparison_key": k, "protocol_key": k}
-          for s, v, loc, k in ((0, 0.5, [10, 10], "a"), (1, None, [0, 0], "b"))]
+  rows = [
+    {
+      "model": "m",
+      "pretrain": "scratch",
+      "finetune": "full",
+      "seed": s,
+      "invariance": v,
+      "inv_lost": None,
+      "comparison": {"canvas.size": 32, "finetune.location": loc},
+      "comparison_key": k,
+      "protocol_key": k,
+    }
+    for s, v, loc, k in ((0, 0.5, [10, 10], "a"), (1, None, [0, 0], "b"))
+  ]
   columns, values = tidy.table(rows)
-  assert columns == ["model", "pretrain", "finetune", "seed", "comparison_key", "protocol_key", "finetune.location",
-                     "invariance", "inv_lost"]  # undefined in every row, still a column
+  assert columns == [
+    "model",
+    "pretrain",
+    "finetune",
+    "seed",
+    "comparison_key",
+    "protocol_key",
+    "finetune.location",
+    "invariance",
+    "inv_lost",
+  ]  # undefined in every row, still a column
   assert values[1] == ["m", "scratch", "full", 1, "b", "b", "[0, 0]", None, None]
   assert tidy.to_csv(columns, values).splitlines()[2] == 'm,scratch,full,1,b,b,"[0, 0]",,'
 

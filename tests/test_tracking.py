@@ -30,11 +30,11 @@ def _records(path: Path):
   pos, parts = _HEADER, b""
   while pos + _HEADER <= len(data):
     left = _BLOCK - pos % _BLOCK
-    _, length, kind = struct.unpack("<IHB", data[pos:pos + _HEADER])
+    _, length, kind = struct.unpack("<IHB", data[pos : pos + _HEADER])
     if left < _HEADER or kind == 0:  # block trailer: padding up to the next block
       pos += left
       continue
-    chunk, pos = data[pos + _HEADER:pos + _HEADER + length], pos + _HEADER + length
+    chunk, pos = data[pos + _HEADER : pos + _HEADER + length], pos + _HEADER + length
     parts = chunk if kind in (1, 2) else parts + chunk  # 1 full, 2 first, 3 middle, 4 last
     if kind in (1, 4):
       record = pb.Record()
@@ -70,11 +70,23 @@ def offline_runs(output_dir: Path, timeout: float = 30.0) -> list[dict]:
 
 
 def _row(mode="head", seed=0):
-  return {"model": "gap", "pretrain": "translate", "finetune": mode, "seed": seed, "in_acc": 0.9, "off_acc": 0.8,
-          "invariance": 0.875, "invariance_lost": None, "comparison_key": "abc123", "comparison": {"canvas.size": 32},
-          "similarity_layers": {"conv0": 0.5, "pre_logits": 0.25},
-          "curve": [{"step": 0, "in_acc": 0.1, "off_acc": 0.1, "invariance": None},
-                    {"step": 5, "in_acc": 0.9, "off_acc": 0.8, "invariance": 0.875}]}
+  return {
+    "model": "gap",
+    "pretrain": "translate",
+    "finetune": mode,
+    "seed": seed,
+    "in_acc": 0.9,
+    "off_acc": 0.8,
+    "invariance": 0.875,
+    "invariance_lost": None,
+    "comparison_key": "abc123",
+    "comparison": {"canvas.size": 32},
+    "similarity_layers": {"conv0": 0.5, "pre_logits": 0.25},
+    "curve": [
+      {"step": 0, "in_acc": 0.1, "off_acc": 0.1, "invariance": None},
+      {"step": 5, "in_acc": 0.9, "off_acc": 0.8, "invariance": 0.875},
+    ],
+  }
 
 
 def test_each_row_is_a_run_in_the_experiments_group_with_identity_curve_and_summary(tmp_path, monkeypatch):
@@ -116,9 +128,17 @@ def test_a_tiny_offline_run_writes_one_wandb_run_per_row_plus_the_leaderboard(ti
 
   monkeypatch.delenv("WANDB_MODE", raising=False)
   with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-    cfg = compose("config", overrides=tiny_overrides(tiny_data_dir, str(tmp_path / "ckpt"))
-                  + ["logger=wandb", "logger.mode=offline", "model=gap", "pretrain.regimes=[scratch]",
-                     "finetune.scratch_modes=[head,full]"])
+    cfg = compose(
+      "config",
+      overrides=tiny_overrides(tiny_data_dir, str(tmp_path / "ckpt"))
+      + [
+        "logger=wandb",
+        "logger.mode=offline",
+        "model=gap",
+        "pretrain.regimes=[scratch]",
+        "finetune.scratch_modes=[head,full]",
+      ],
+    )
   out = tmp_path / "run"
   record = run_experiment(cfg, out)
   runs = offline_runs(out)
@@ -128,8 +148,12 @@ def test_a_tiny_offline_run_writes_one_wandb_run_per_row_plus_the_leaderboard(ti
   assert set(by_mode) == {"head", "full", "leaderboard"}
   for row in record["rows"]:
     run = by_mode[row["finetune"]]
-    assert {k: run["config"][k] for k in ("model", "pretrain", "finetune", "seed")} == \
-        {"model": "gap", "pretrain": "scratch", "finetune": row["finetune"], "seed": 0}
+    assert {k: run["config"][k] for k in ("model", "pretrain", "finetune", "seed")} == {
+      "model": "gap",
+      "pretrain": "scratch",
+      "finetune": row["finetune"],
+      "seed": 0,
+    }
     assert run["config"]["comparison_key"] == row.get("comparison_key")
     assert run["summary"]["in_acc"] == pytest.approx(row["in_acc"])
     assert [h["finetune_step"] for h in run["history"] if "finetune_step" in h] == [c["step"] for c in row["curve"]]
@@ -144,8 +168,9 @@ def test_under_hydra_the_group_is_the_sweep_in_a_multirun_else_the_run(mode, gro
   from omegaconf import open_dict
 
   with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-    cfg = compose("config", overrides=["hydra.sweep.dir=multirun/sweep1", "hydra.run.dir=outputs/run1"],
-                  return_hydra_config=True)
+    cfg = compose(
+      "config", overrides=["hydra.sweep.dir=multirun/sweep1", "hydra.run.dir=outputs/run1"], return_hydra_config=True
+    )
   with open_dict(cfg):
     cfg.hydra.mode = RunMode[mode]
   HydraConfig.instance().set_config(cfg)
@@ -158,7 +183,7 @@ def test_under_hydra_the_group_is_the_sweep_in_a_multirun_else_the_run(mode, gro
 def test_default_group_outside_hydra_is_the_run_directory(tmp_path):
   deep = tmp_path / ("d" * 200)
   assert tracking.default_group(tmp_path) == str(tmp_path)
-  assert tracking.default_group(deep) == str(deep)[-tracking.GROUP_MAX:]
+  assert tracking.default_group(deep) == str(deep)[-tracking.GROUP_MAX :]
 
 
 def test_disabled_tracker_does_nothing(tmp_path):
