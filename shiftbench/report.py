@@ -155,9 +155,10 @@ CLAIM_LAYOUT = (
   ("verdict", "verdict", 9),
   ("effect, mean [95% CI]", "effect, mean [95% CI]", 16),
   ("n", "n", 4),
-  ("claim", "claim", 29),
-  ("compared", "compared", 24),
-  ("source", "source", 14),
+  ("kind", "kind", 8),
+  ("claim", "claim", 26),
+  ("compared", "compared", 22),
+  ("source", "source", 13),
 )
 _VERDICT_CLASS = {claims_lib.PASS: "pass", claims_lib.FAIL: "fail"}
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 KEY_COLUMNS = ("model", "pretrain", "finetune", "seeds", "in_acc", "off_acc", "invariance", "inv_lost")
-COMPARED_WIDTH = 44  # keeps a claims line under ~100 characters
+COMPARED_WIDTH = 40  # keeps a claims line under ~100 characters
 _GROUP = re.compile(r"\[(.+?)\] (.*)", re.S)  # claims.evaluate prefixes the group label
 
 
