@@ -20,7 +20,7 @@ from flax import nnx
 from omegaconf import DictConfig
 
 from shiftbench import (__version__, canvas, claims, comparison, compile_cache, evaluation, evaluators, leaderboard,
-                        metrics, models, plots, preflight, pretrained, results, streams, subsets, train)
+                        metrics, models, plots, preflight, pretrained, results, streams, subsets, terminal, tidy, train)
 from shiftbench.data import ObjectSet, require_task, resize_objects
 from shiftbench.errors import CacheError, ConfigError, DataError
 from shiftbench.settings import Settings
@@ -311,6 +311,7 @@ def run_experiment(cfg: DictConfig | dict[str, Any], output_dir: str | Path) -> 
           if regime != "scratch":
             source, _ = protocol.pretrained(name, factory, regime, seed)
             a_before = protocol.location_map(source, protocol.test_a)
+          new = [key for key in keys if key not in done]
           for mode, key in zip(modes, keys):
             if key in done:
               continue
@@ -319,15 +320,16 @@ def run_experiment(cfg: DictConfig | dict[str, Any], output_dir: str | Path) -> 
             fill_invariance_lost(done)
             record["rows"] = list(done.values())
             results.write_json(results_path, record)
-            tracker.log_row(row, output_dir / row["heatmap"])
             log.info("%s/%s/%s seed %d: in %.3f off %.3f invariance %s", name, regime, mode, seed,
                      row["in_acc"], row["off_acc"], _fmt(row["invariance"]))
+          for key in new:  # once the set is done: `invariance_lost` needs its last and full rows
+            tracker.log_row(done[key], output_dir / done[key]["heatmap"])
     board = leaderboard.write_leaderboard(leaderboard.annotate(record), output_dir)
-    print(f"\n{board.markdown}\n\nClaims from the literature (shiftbench.claims):\n{board.claims_markdown}\n",
-          flush=True)
+    print(f"\n{terminal.summary(board, output_dir)}\n", flush=True)
     tracker.log_table(board.columns, board.rows, {n: output_dir / f"{n}.png"
                                                   for n in ("location_maps", "forgetting_curves")})
     tracker.log_table(claims.COLUMNS, claims.table(board.claims), key="claims")
+    tracker.log_table(*tidy.table(leaderboard.annotate(record)), key="rows", as_text=False)
     exit_code = 0
   finally:
     tracker.finish(exit_code)

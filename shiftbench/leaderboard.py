@@ -7,7 +7,7 @@ can change the numbers, `shiftbench.comparison`): runs that differ in a setting 
 in which the groups differ are columns of the table. The same row collected twice counts once; the same
 (key, seed) with different numbers is an error naming both files. Writes
 `leaderboard.md` (with the claims report, `shiftbench.claims`), `leaderboard.csv`, `leaderboard.json` (one
-RobustBench-like entry per group), `claims.json`,
+RobustBench-like entry per group), `claims.json`, `rows.csv` (one line per row, `shiftbench.tidy`),
 `index.html` (one self-contained page) and the figures `location_maps.png` and `forgetting_curves.png`.
 A run writes its own leaderboard too.
 """
@@ -29,7 +29,7 @@ import numpy as np
 from tabulate import tabulate
 
 from shiftbench import claims as claims_lib
-from shiftbench import comparison
+from shiftbench import comparison, terminal, tidy
 from shiftbench.errors import DataError, UserError
 from shiftbench.results import atomic_write_text, to_jsonable
 from shiftbench.settings import PRETRAIN_REGIMES
@@ -300,6 +300,7 @@ def write_leaderboard(rows: list[dict[str, Any]], out_dir: str | Path, figures: 
                     json.dumps([json_entry(e) for e in board.entries], indent=1, allow_nan=False) + "\n")
   atomic_write_text(out_dir / "claims.json",
                     json.dumps(to_jsonable(claims_lib.to_json(board.claims)), indent=1, allow_nan=False) + "\n")
+  tidy.write_rows(merge_duplicates(rows), out_dir)
   if figures:
     report.write_report(board, out_dir)
   return board
@@ -318,8 +319,7 @@ def main(argv: list[str] | None = None) -> None:
   if not rows:
     raise SystemExit(f"no results.json rows found under: {', '.join(args.paths)}")
   board = write_leaderboard(rows, args.out, figures=not args.no_figures)
-  print(board.markdown)
-  print(f"\nClaims from the literature:\n{board.claims_markdown}")
+  print(terminal.summary(board, args.out))
   if not args.no_figures:
     print(f"\nwrote {Path(args.out) / 'index.html'}")
 

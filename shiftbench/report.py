@@ -31,19 +31,24 @@ document.querySelectorAll('table.board th').forEach((th, col) => th.addEventList
   th.dataset.asc = asc ? '1' : '0';
 }));
 """
-_CSS = """body{font-family:sans-serif;margin:1.5em;color:#222}
-table.board{border-collapse:collapse;font-size:12px;white-space:nowrap} div.scroll{overflow-x:auto}
-table.board th,table.board td{border:1px solid #ccc;padding:3px 7px;text-align:right}
-table.board th{background:#eee;cursor:pointer;user-select:none}
+_CSS = """body{font-family:sans-serif;margin:1.5em;color:#222;max-width:1400px}
+table{border-collapse:collapse;font-size:12px} th,td{border:1px solid #ccc;padding:3px 7px}
+th{background:#eee} div.scroll{overflow-x:auto;max-width:100%}
+table.board{white-space:nowrap} table.board td{text-align:right} table.board td:nth-child(-n+3){text-align:left}
+table.board th{cursor:pointer;user-select:none}
 table.board th[data-asc='1']::after{content:' \\25B2'} table.board th[data-asc='0']::after{content:' \\25BC'}
-table.board td:nth-child(-n+3){text-align:left} img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}"""
+table.board tr>:first-child{position:sticky;left:0;background:#fff} table.board th:first-child{background:#eee}
+table.claims{width:100%;table-layout:fixed} table.claims td{vertical-align:top;overflow-wrap:anywhere}
+td.pass{background:#d9f2d9;color:#1a6b1a;font-weight:bold} td.fail{background:#f8d7d7;color:#a11;font-weight:bold}
+td.other{color:#666} img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}"""
 
 
 def _regime_columns(entries: list[dict[str, Any]]) -> list[tuple[str, str]]:
   regimes = {r: i for i, r in enumerate(PRETRAIN_REGIMES)}
   modes = {m: i for i, m in enumerate(TRAIN_MODES)}
-  return sorted({(e["pretrain"], e["finetune"]) for e in entries},
-                key=lambda c: (regimes.get(c[0], 99), modes.get(c[1], 99)))
+  return sorted(
+    {(e["pretrain"], e["finetune"]) for e in entries}, key=lambda c: (regimes.get(c[0], 99), modes.get(c[1], 99))
+  )
 
 
 def location_map_grid(entries: list[dict[str, Any]], path: str | os.PathLike) -> Path:
@@ -51,8 +56,14 @@ def location_map_grid(entries: list[dict[str, Any]], path: str | os.PathLike) ->
   models = sorted({e["model"] for e in entries})
   cols = _regime_columns(entries)
   by_key = {(e["model"], e["pretrain"], e["finetune"]): e for e in entries}
-  fig, axes = plt.subplots(len(models), len(cols), figsize=(2.6 * len(cols) + 1, 2.8 * len(models)),
-                           layout="constrained", squeeze=False, dpi=90)
+  fig, axes = plt.subplots(
+    len(models),
+    len(cols),
+    figsize=(2.6 * len(cols) + 1, 2.8 * len(models)),
+    layout="constrained",
+    squeeze=False,
+    dpi=90,
+  )
   image = None
   for i, model in enumerate(models):
     for j, (regime, mode) in enumerate(cols):
@@ -62,9 +73,15 @@ def location_map_grid(entries: list[dict[str, Any]], path: str | os.PathLike) ->
         continue
       m = e["location_map"]
       loc = e.get("finetune_location")
-      image = plots.plot_location_map(ax, np.asarray(m["acc"], float), np.asarray(m["ys"]), np.asarray(m["xs"]),
-                                      e.get("chance") or 0.0, tuple(loc) if loc else None,
-                                      f"{model} | {regime} | {mode}\ninv {_num(e['invariance'][0])}")
+      image = plots.plot_location_map(
+        ax,
+        np.asarray(m["acc"], float),
+        np.asarray(m["ys"]),
+        np.asarray(m["xs"]),
+        e.get("chance") or 0.0,
+        tuple(loc) if loc else None,
+        f"{model} | {regime} | {mode}\ninv {_num(e['invariance'][0])}",
+      )
       ax.set_xlabel("")
       ax.set_ylabel("")
   if image is not None:
@@ -85,8 +102,14 @@ def forgetting_curves(entries: list[dict[str, Any]], path: str | os.PathLike) ->
         continue
       steps = [p["step"] for p in e["curve"]]
       values = [np.nan if p["invariance"] is None else np.clip(p["invariance"], *CURVE_YLIM) for p in e["curve"]]
-      ax.plot(steps, values, marker="o", markersize=3, linestyle={"full": "-", "head": "--"}.get(e["finetune"], ":"),
-              label=f"{e['pretrain']}/{e['finetune']}")
+      ax.plot(
+        steps,
+        values,
+        marker="o",
+        markersize=3,
+        linestyle={"full": "-", "head": "--"}.get(e["finetune"], ":"),
+        label=f"{e['pretrain']}/{e['finetune']}",
+      )
     ax.set_title(model, fontsize=10)
     ax.set_xlabel("fine-tune step")
     # One fixed range for every panel: an outlier (a score just defined over a tiny denominator) must not
@@ -120,30 +143,83 @@ def _img(path: Path, alt: str) -> str:
 def _table(columns: list[str], rows: list[list[Any]]) -> str:
   head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
   body = "\n".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>" for r in rows)
-  return (f"<div class='scroll'><table class='board'><thead><tr>{head}</tr></thead>"
-          f"<tbody>\n{body}\n</tbody></table></div>")
+  return (
+    f"<div class='scroll'><table class='board'><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table></div>"
+  )
 
 
-def render_html(columns: list[str], rows: list[list[Any]], figures: dict[str, Path], title: str,
-                claims: tuple[list[str], list[list[Any]]] | None = None) -> str:
-  """One HTML document: the table (click a header to sort), the claims report and the figures inlined as
-  base64 PNG."""
+# The claims table, verdict first: (column in claims_lib.COLUMNS, header, width share). Fixed widths and
+# wrapped text keep it inside a 1280-px window.
+CLAIM_LAYOUT = (
+  ("id", "id", 4),
+  ("verdict", "verdict", 9),
+  ("effect, mean [95% CI]", "effect, mean [95% CI]", 16),
+  ("n", "n", 4),
+  ("kind", "kind", 8),
+  ("claim", "claim", 26),
+  ("compared", "compared", 22),
+  ("source", "source", 13),
+)
+_VERDICT_CLASS = {claims_lib.PASS: "pass", claims_lib.FAIL: "fail"}
+
+
+def claims_table(columns: list[str], rows: list[list[Any]]) -> str:
+  """The claims report as an HTML table, verdict and effect before the long text; ✓ green, ✗ red."""
+  layout = [(columns.index(c), h, w) for c, h, w in CLAIM_LAYOUT if c in columns]
+  layout += [(i, c, 8) for i, c in enumerate(columns) if i not in {j for j, _, _ in layout}]  # columns added later
+  total = sum(w for _, _, w in layout)
+  cols = "".join(f"<col style='width:{100 * w / total:.1f}%'>" for _, _, w in layout)
+  head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in layout)
+  verdict = columns.index("verdict") if "verdict" in columns else -1
+
+  def cell(i: int, value: Any) -> str:
+    css = f" class='{_VERDICT_CLASS.get(str(value), 'other')}'" if i == verdict else ""
+    return f"<td{css}>{html.escape(str(value))}</td>"
+
+  body = "\n".join("<tr>" + "".join(cell(i, r[i]) for i, _, _ in layout) + "</tr>" for r in rows)
+  return (
+    f"<table class='claims'><colgroup>{cols}</colgroup><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>"
+  )
+
+
+def render_html(
+  columns: list[str],
+  rows: list[list[Any]],
+  figures: dict[str, Path],
+  title: str,
+  claims: tuple[list[str], list[list[Any]]] | None = None,
+) -> str:
+  """One HTML document: the claims report with its verdicts first, then the leaderboard (key columns
+  first, click a header to sort, scrolls inside its box when wider than the window), then the figures
+  inlined as base64 PNG."""
   figs = "\n".join(f"<h2>{html.escape(name)}</h2>\n{_img(p, name)}" for name, p in figures.items())
-  claims_html = "" if claims is None else f"<h2>Claims from the literature</h2>\n{_table(*claims)}\n"
-  return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-          f"<style>{_CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n"
-          "<p>Mean ± std over seeds. Click a column header to sort. Columns are defined in DESIGN.md section 4."
-          f"</p>\n{_table(columns, rows)}\n{claims_html}"
-          f"{figs}\n<script>{_SORT_JS}</script>\n</body></html>\n")
+  claims_html = (
+    ""
+    if claims is None
+    else (
+      "<h2>Claims from the literature</h2>\n<p>✓: the 95% interval over seeds lies on the claimed side; ✗: it "
+      "does not. Verdict rules: <code>shiftbench/claims.py</code>.</p>\n"
+      f"{claims_table(*claims)}\n"
+    )
+  )
+  return (
+    f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+    f"<style>{_CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{claims_html}"
+    "<h2>Leaderboard</h2>\n<p>Mean ± std over seeds. Click a column header to sort. Columns are defined in "
+    f"DESIGN.md section 4.</p>\n{_table(columns, rows)}\n"
+    f"{figs}\n<script>{_SORT_JS}</script>\n</body></html>\n"
+  )
 
 
 def write_report(board, out_dir: str | os.PathLike) -> Path:
   """Writes `location_maps.png`, `forgetting_curves.png` and `index.html` into `out_dir`."""
   out_dir = Path(out_dir)
-  figures = {"Location maps (models x pretrain / fine-tune)":
-             location_map_grid(board.entries, out_dir / "location_maps.png")}
+  figures = {
+    "Location maps (models x pretrain / fine-tune)": location_map_grid(board.entries, out_dir / "location_maps.png")
+  }
   if any(e.get("curve") for e in board.entries):
     figures["Invariance over fine-tune steps"] = forgetting_curves(board.entries, out_dir / "forgetting_curves.png")
-  page = render_html(board.columns, board.rows, figures, "shiftbench leaderboard",
-                     (claims_lib.COLUMNS, claims_lib.table(board.claims)))
+  page = render_html(
+    board.columns, board.rows, figures, "shiftbench leaderboard", (claims_lib.COLUMNS, claims_lib.table(board.claims))
+  )
   return atomic_write_text(out_dir / "index.html", page)

@@ -97,3 +97,17 @@ def environment() -> dict[str, Any]:
       "devices": [f"{d.platform}:{d.device_kind}" for d in devices],
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
+
+
+def load_rows(paths: list[str | os.PathLike]) -> Any:
+  """Every row of every `results.json` under `paths` (files or directories) as the tidy table of
+  `shiftbench.tidy`, a `pandas.DataFrame`: one line per results row, undefined values as NaN. Needs pandas
+  (`pip install pandas`, or the `analysis` extra)."""
+  try:
+    import pandas as pd
+  except ImportError as e:
+    raise ImportError("shiftbench.results.load_rows returns a pandas DataFrame: pip install pandas") from e
+  from shiftbench import leaderboard, tidy  # both import this module
+
+  columns, values = tidy.table(leaderboard.collect(paths))
+  return pd.DataFrame(values, columns=columns)

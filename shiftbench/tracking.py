@@ -1,4 +1,18 @@
-"""Experiment tracking with Weights & Biases, offline unless the user asks for online.
+"""Experiment tracking with Weights & Biases: one wandb run per results row, one for the leaderboard.
+
+What wandb's own UI expects (grouping, filtering, mean ± std over seeds, parallel coordinates) needs one
+run per thing measured. So each row (model x pretrain regime x fine-tune mode x seed) is its own run:
+  group     the experiment: the multirun sweep directory, else the run directory (`logger.group` overrides);
+  job_type  the fine-tune mode (`last`, `head`, `full`);
+  config    the row's identity at the top (`model`, `pretrain`, `finetune`, `seed`, `comparison_key`), the
+            settings behind the key (`comparison`, dotted names), the row's `architecture` and the whole
+            resolved config under `cfg`;
+  history   the fine-tune curve (`curve/in_acc`, `curve/off_acc`, `curve/invariance`) against
+            `finetune_step`, so wandb draws it and averages it over a group;
+  summary   every final scalar metric (undefined ones left out, so group means count only defined values),
+            and the location map as a `wandb.Image`.
+The experiment itself is one more run in the same group, `job_type=leaderboard`, open from start to finish:
+it holds the leaderboard, the claims report and the tidy rows as tables, and the figures.
 
 Offline runs never touch the network (upload later with `wandb sync <run dir>/wandb/offline-run-*`);
 `online` falls back to offline with a one-line warning when the wandb server is unreachable (probed for
@@ -9,6 +23,7 @@ files under the run directory are written first and are the record.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import urllib.parse
@@ -17,20 +32,56 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 MODES = ("online", "offline", "disabled")
-_NOT_METRICS = ("seed", "finetune_steps", "finetune_seconds", "eval_seconds", "chance")
+# Numbers and dicts of a row that are identity, settings or timing, not metrics.
+NOT_METRICS = ("seed", "finetune_steps", "finetune_seconds", "eval_seconds", "chance", "comparison", "architecture")
+IDENTITY = ("model", "pretrain", "finetune", "seed", "comparison_key")
+CURVE_METRICS = ("in_acc", "off_acc", "invariance")
+GROUP_MAX = 128  # wandb's limit on a group name
 
 
 def scalar_metrics(row: dict[str, Any]) -> dict[str, float]:
   """Every number of a results row, under its results key; dicts (per-layer similarity) flattened with `/`."""
   out: dict[str, float] = {}
   for name, value in row.items():
-    if name in _NOT_METRICS or isinstance(value, bool):
+    if name in NOT_METRICS or isinstance(value, bool):
       continue
     if isinstance(value, (int, float)):
       out[name] = value
     elif isinstance(value, dict) and value and all(isinstance(v, (int, float)) for v in value.values()):
       out.update({f"{name}/{k}": v for k, v in value.items()})
   return out
+
+
+def row_name(row: dict[str, Any]) -> str:
+  return f"{row['model']}/{row['pretrain']}/{row['finetune']}/s{row['seed']}"
+
+
+def row_config(config: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+  """A row run's wandb config: identity first (what a user groups and filters by), then the settings."""
+  identity = {k: row.get(k) for k in IDENTITY}
+  architecture = row.get("architecture") or (config.get("model") or {}).get(row["model"])
+  return {
+    **identity,
+    "comparison": dict(row.get("comparison") or {}),
+    "architecture": architecture,
+    "finetune_steps": row.get("finetune_steps"),
+    "cfg": config,
+  }
+
+
+def default_group(output_dir: str | os.PathLike) -> str:
+  """The experiment a run belongs to: Hydra's sweep directory in a multirun (every job of a sweep, SLURM
+  jobs included, resolves the same one), else the run directory; its last `GROUP_MAX` characters."""
+  group = str(output_dir)
+  try:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    group = str(hydra_cfg.sweep.dir if hydra_cfg.mode == RunMode.MULTIRUN else hydra_cfg.run.dir)
+  except (ImportError, ValueError):  # ValueError: not under Hydra (library use, tests)
+    pass
+  return group[-GROUP_MAX:]
 
 
 def _reachable(url: str, timeout: float = 3.0) -> bool:
@@ -43,58 +94,99 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
 
 
 class WandbTracker:
-  """Logs config, per-row metrics, heatmaps, curves and the leaderboard table to one wandb run."""
+  """One wandb run per results row plus one `job_type=leaderboard` run per experiment, in one group."""
 
-  def __init__(self, mode: str = "offline", project: str = "shiftbench", entity: str | None = None,
-               group: str | None = None, tags: list[str] | None = None):
+  def __init__(
+    self,
+    mode: str = "offline",
+    project: str = "shiftbench",
+    entity: str | None = None,
+    group: str | None = None,
+    tags: list[str] | None = None,
+  ):
     if mode not in MODES:
       raise ValueError(f"unknown logger.mode {mode!r}; allowed: {', '.join(MODES)}")
     self.mode, self.project, self.entity, self.group = mode, project, entity, group
     self.tags = list(tags or [])
-    self.run = None
+    self.run = None  # the experiment's leaderboard run
+    self.config: dict[str, Any] = {}
+    self.output_dir: Path | None = None
 
-  def start(self, config: dict[str, Any], output_dir: Path, name: str | None = None) -> None:
-    if self.mode == "disabled":
-      return
+  def _init(self, **kwargs: Any):
     import wandb  # imported lazily: importing wandb costs ~1 s and is not needed when disabled
 
+    # create_new: row runs open and finish while the leaderboard run stays open
+    return wandb.init(
+      project=self.project,
+      entity=self.entity,
+      group=self.group,
+      tags=self.tags,
+      dir=str(self.output_dir),
+      mode=self.mode,
+      reinit="create_new",
+      settings=wandb.Settings(console="off", init_timeout=60, x_disable_stats=True),
+      **kwargs,
+    )
+
+  def start(self, config: dict[str, Any], output_dir: Path, name: str | None = None) -> None:
+    """Opens the experiment's leaderboard run; `config` is the resolved config every run records."""
+    if self.mode == "disabled":
+      return
     os.environ.setdefault("WANDB_SILENT", "true")
     if self.mode == "online" and not _reachable(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")):
       # wandb itself would wait 60 s and then blame the timeout; results matter more than live logging
-      log.warning("logger.mode=online but %s is unreachable: logging offline instead (upload later with "
-                  "`wandb sync %s/wandb/offline-run-*`)", os.environ.get("WANDB_BASE_URL", "api.wandb.ai"),
-                  output_dir)
+      log.warning(
+        "logger.mode=online but %s is unreachable: logging offline instead (upload later with "
+        "`wandb sync %s/wandb/offline-run-*`)",
+        os.environ.get("WANDB_BASE_URL", "api.wandb.ai"),
+        output_dir,
+      )
       self.mode = "offline"
-    self.run = wandb.init(project=self.project, entity=self.entity, group=self.group, tags=self.tags,
-                          config=config, dir=str(output_dir), name=name, mode=self.mode,
-                          reinit="finish_previous",
-                          settings=wandb.Settings(console="off", init_timeout=60, x_disable_stats=True))
+    self.config, self.output_dir = config, Path(output_dir)
+    self.group = self.group or default_group(output_dir)
+    self.run = self._init(job_type="leaderboard", config=config, name=f"leaderboard/{name}" if name else "leaderboard")
 
   def log_row(self, row: dict[str, Any], heatmap: Path | None) -> None:
+    """One finished row as its own run: config, curve history, final summary, location map."""
+    if self.mode == "disabled" or self.output_dir is None:
+      return
+    import wandb
+
+    run = self._init(job_type=row["finetune"], name=row_name(row), config=row_config(self.config, row))
+    if run is None:  # wandb.init replaced (tests) or refused
+      return
+    try:
+      run.define_metric("finetune_step")
+      run.define_metric("curve/*", step_metric="finetune_step")
+      for point in row.get("curve") or []:
+        values = {f"curve/{k}": point[k] for k in CURVE_METRICS if point.get(k) is not None}
+        run.log({"finetune_step": point["step"], **values})
+      summary: dict[str, Any] = {**scalar_metrics(row), "comparison_key": row.get("comparison_key")}
+      if heatmap is not None and Path(heatmap).is_file():
+        summary["location_map"] = wandb.Image(str(heatmap), caption=row_name(row))
+      run.summary.update(summary)
+    finally:
+      run.finish()
+
+  def log_table(
+    self,
+    columns: list[str],
+    rows: list[list[Any]],
+    figures: dict[str, Path] | None = None,
+    key: str = "leaderboard",
+    as_text: bool = True,
+  ) -> None:
+    """A table (the leaderboard, the claims report, the tidy rows) as a `wandb.Table` under `key` in the
+    leaderboard run, plus figures (location-map grid, curves) as images. `as_text=False` keeps numbers
+    as numbers (the tidy rows), so wandb can plot them."""
     if self.run is None:
       return
     import wandb
 
-    key = f"{row['model']}/{row['pretrain']}/{row['finetune']}/s{row['seed']}"
-    data = {f"{key}/{name}": value for name, value in scalar_metrics(row).items()}
-    if heatmap is not None:
-      data[f"{key}/location_map"] = wandb.Image(str(heatmap))
-    curve = row.get("curve") or []
-    if curve:
-      table = wandb.Table(columns=["step", "in_acc", "off_acc", "invariance"],
-                          data=[[c["step"], c["in_acc"], c["off_acc"], c["invariance"]] for c in curve])
-      data[f"{key}/curve"] = wandb.plot.line(table, "step", "invariance", title=f"{key}: invariance")
-    self.run.log(data)
-
-  def log_table(self, columns: list[str], rows: list[list[Any]], figures: dict[str, Path] | None = None,
-                key: str = "leaderboard") -> None:
-    """A table (the leaderboard, the claims report) as a `wandb.Table` under `key`, plus figures
-    (location-map grid, curves) as images."""
-    if self.run is None:
-      return
-    import wandb
-
-    data: dict[str, Any] = {key: wandb.Table(columns=columns, data=[[str(v) for v in r] for r in rows])}
+    cells = [[_cell(v, as_text) for v in r] for r in rows]
+    data: dict[str, Any] = {
+      key: wandb.Table(columns=[str(c) for c in columns], data=cells, allow_mixed_types=not as_text)
+    }
     for name, path in (figures or {}).items():
       if Path(path).is_file():
         data[f"{key}/{name}"] = wandb.Image(str(path))
@@ -104,3 +196,12 @@ class WandbTracker:
     if self.run is not None:
       self.run.finish(exit_code=exit_code)
       self.run = None
+
+
+def _cell(value: Any, as_text: bool) -> Any:
+  """A table cell: formatted text, or a number / string (lists and dicts as their JSON) with None kept."""
+  if as_text:
+    return "" if value is None else str(value)
+  if value is None or isinstance(value, (bool, int, float, str)):
+    return value
+  return json.dumps(value, default=str)

@@ -1,0 +1,59 @@
+"""What a run and `shiftbench-leaderboard` print: the key columns and the claims, in a normal terminal.
+
+The full leaderboard has ~20 columns and wraps in any terminal, so only the columns that carry the
+result are printed (plus whatever tells groups apart, e.g. the dataset pair or a differing setting), the
+claims in one short line each, and where the full tables are.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from tabulate import tabulate
+
+KEY_COLUMNS = ("model", "pretrain", "finetune", "seeds", "in_acc", "off_acc", "invariance", "inv_lost")
+COMPARED_WIDTH = 40  # keeps a claims line under ~100 characters
+_GROUP = re.compile(r"\[(.+?)\] (.*)", re.S)  # claims.evaluate prefixes the group label
+
+
+def key_table(columns: list[str], rows: list[list], metric_columns: set[str]) -> str:
+  """The leaderboard's key columns, and every column that is not a metric (the groups' identity)."""
+  keep = [i for i, c in enumerate(columns) if c in KEY_COLUMNS or (c not in metric_columns and c != "params")]
+  return tabulate(
+    [[r[i] for i in keep] for r in rows], headers=[columns[i] for i in keep], tablefmt="simple", disable_numparse=True
+  )
+
+
+def claims_table(claims: list) -> str:
+  """id, verdict, effect, n and what was compared; the claims' wording is in leaderboard.md. Claims of
+  several comparable groups (`[key setting=value] compared`) get one table per group under its label."""
+  groups: dict[str, list[list]] = {}
+  for c in claims:
+    label, compared = _GROUP.match(c.rows).groups() if _GROUP.match(c.rows) else ("", c.rows)
+    groups.setdefault(label, []).append([c.id, c.verdict, c.effect, c.n, compared])
+  tables = [
+    tabulate(
+      rows,
+      headers=["id", "verdict", "effect, mean [95% CI]", "n", "compared"],
+      tablefmt="simple",
+      maxcolwidths=[None, None, None, None, COMPARED_WIDTH],
+      disable_numparse=True,
+    )
+    for rows in groups.values()
+  ]
+  return "\n\n".join(f"[{label}]\n{t}" if label else t for label, t in zip(groups, tables))
+
+
+def summary(board, out_dir: str | os.PathLike) -> str:
+  """The printed summary of a `leaderboard.Board` whose files were written to `out_dir`."""
+  from shiftbench.leaderboard import METRICS
+
+  out = Path(out_dir)
+  return (
+    f"{key_table(board.columns, board.rows, set(METRICS.values()))}\n\n"
+    f"Claims from the literature (shiftbench.claims):\n{claims_table(board.claims)}\n\n"
+    f"Every column and the claims' wording: {out / 'leaderboard.md'} (also .csv, .json, index.html)\n"
+    f"One line per row (every metric, every setting that differs): {out / 'rows.csv'}"
+  )

@@ -1,0 +1,109 @@
+"""The leaderboard page shows the claims and their verdicts first, in a table that wraps instead of
+scrolling; the terminal prints only the key columns and short claim lines."""
+
+import re
+
+from shiftbench import claims, report, terminal
+
+WIDE = [
+  "model",
+  "pretrain",
+  "finetune",
+  "seeds",
+  "in_acc",
+  "off_acc",
+  "invariance",
+  "inv_lost",
+  "consistency",
+  "consist_circ",
+  "worst_case",
+  "worst_of_k",
+  "flip_rate",
+  "similarity",
+  "sim_before",
+  "A_inv_before",
+  "A_inv_after",
+  "A_inv_lost",
+  "params",
+]
+
+
+def _claims():
+  return [
+    claims.Claim(
+      "C2",
+      "translate pretraining, FC layers kept: new classes gain invariance",
+      claims.BB,
+      "cnn_fc: translate/last - scratch/full",
+      [0.8, 0.9, 0.85],
+      claims.PASS,
+      "+0.850 [+0.726, +0.974]",
+    ),
+    claims.Claim(
+      "C3a",
+      "full fine-tuning at one location loses part of the invariance",
+      claims.BB,
+      "cnn_fc: (random_crop/last - scratch/full) / (translate/last - scratch/full)",
+      [0.1, -0.2, 0.05],
+      claims.FAIL,
+      "-0.017 [-0.412, +0.379]",
+    ),
+    claims.Claim(
+      "C5",
+      "APS + circular padding is exactly consistent",
+      "Chaman & Dokmanic, CVPR 2021",
+      "aps: consistency_circular, all rows",
+      [],
+      claims.NOT_RUN,
+      "-",
+    ),
+  ]
+
+
+def _board_rows():
+  return [["cnn_fc", "translate", mode, 3, *["0.872 ± 0.031"] * 14, 205578] for mode in ("last", "head", "full")]
+
+
+def test_the_page_puts_the_claims_with_coloured_verdicts_before_the_wide_table():
+  page = report.render_html(
+    WIDE, _board_rows(), {}, "shiftbench leaderboard", (claims.COLUMNS, claims.table(_claims()))
+  )
+  assert page.index("<table class='claims'>") < page.index("<table class='board'>")
+  claims_html = page[page.index("<table class='claims'>") : page.index("</table>")]
+  headers = re.findall(r"<th>(.*?)</th>", claims_html)
+  assert headers[:4] == ["id", "verdict", "effect, mean [95% CI]", "n"] and set(headers) == set(claims.COLUMNS)
+  assert "<td class='pass'>✓</td>" in claims_html and "<td class='fail'>✗</td>" in claims_html
+  assert "<td class='other'>rows not run</td>" in claims_html
+  widths = [float(w) for w in re.findall(r"<col style='width:([\d.]+)%'>", claims_html)]
+  assert len(widths) == len(claims.COLUMNS) and abs(sum(widths) - 100) < 0.5
+  assert "table.claims{width:100%;table-layout:fixed}" in page  # wraps to the window, never scrolls sideways
+  board_html = page[page.index("<table class='board'>") :]
+  assert re.findall(r"<th>(.*?)</th>", board_html)[:8] == list(terminal.KEY_COLUMNS)
+
+
+def test_the_terminal_prints_the_key_columns_and_the_claims_in_under_100_characters(tmp_path):
+  class Board:
+    columns, rows, claims = WIDE, _board_rows(), _claims()
+
+  text = terminal.summary(Board, tmp_path)
+  table = text.split("\n\n")[0].splitlines()
+  assert table[0].split() == list(terminal.KEY_COLUMNS)
+  assert "consistency" not in "\n".join(table) and "205578" not in text
+  assert max(len(line) for line in text.splitlines()[:-2]) <= 100, text
+  assert "C3a" in text and "✗" in text and "rows not run" in text
+  assert str(tmp_path / "leaderboard.md") in text and str(tmp_path / "rows.csv") in text
+
+
+def test_columns_that_tell_groups_apart_are_kept_in_the_terminal():
+  columns = ["model", "pretrain", "finetune", "canvas.size", "seeds", "in_acc", "consistency", "params"]
+  text = terminal.key_table(columns, [["gap", "scratch", "full", "24", 3, "0.9", "0.8", 10]], {"in_acc", "consistency"})
+  assert text.splitlines()[0].split() == ["model", "pretrain", "finetune", "canvas.size", "seeds", "in_acc"]
+
+
+def test_claims_of_several_comparable_groups_print_one_table_per_group():
+  claims_ = _claims()
+  for c, label in zip(claims_, ["k1 canvas.size=20", "k1 canvas.size=20", "k2 canvas.size=24"]):
+    c.rows = f"[{label}] {c.rows}"
+  text = terminal.claims_table(claims_)
+  assert text.index("[k1 canvas.size=20]") < text.index("C3a") < text.index("[k2 canvas.size=24]") < text.index("C5")
+  assert text.count("[k1 canvas.size=20]") == 1 and "] cnn_fc" not in text
