@@ -20,7 +20,7 @@ from flax import nnx
 from omegaconf import DictConfig, OmegaConf
 
 from shiftbench import (canvas, claims, compile_cache, evaluation, evaluators, leaderboard, metrics, models, plots,
-                        preflight, pretrained, results, train)
+                        preflight, pretrained, results, resume, train)
 from shiftbench.data import ObjectSet, require_task, resize_objects
 from shiftbench.errors import CacheError, DataError
 from shiftbench.settings import Settings
@@ -76,20 +76,23 @@ class Protocol:
     s = self.s
     placement = train.Placement(regime, s.pretrain_location, s.pretrain_jitter)
     path, description = checkpoint_of(self.cfg, s, name, model_cfg, regime, seed)
-    model = self.build(factory, self.data_a.num_classes, seed)
-    if pretrained.exists(path):
-      log.info("restoring pretrained %s/%s seed %d from %s", name, regime, seed, path)
+    label = f"{name}/{regime}/s{seed}"
+
+    def pretrain(model: nnx.Module, resume_dir: Path | None) -> dict[str, Any]:
+      start = time.perf_counter()
+      every = int(self.cfg.pretrain.get("checkpoint_every") or 0) if resume_dir is not None else 0
+      checkpoints = resume.Checkpoints(resume_dir, every, f"pretrain {label}") if every else None
       try:
-        return model, pretrained.restore(path, model)
-      except CacheError as e:  # bad bytes are never used: the checkpoint is made again
-        pretrained.discard(path, e)
-        model = self.build(factory, self.data_a.num_classes, seed)
-    start = time.perf_counter()
-    history = train.train(model, self.pretrain_tx, self.train_a, s.spec, placement, steps=s.pretrain.steps,
-                          batch_size=s.pretrain.batch_size, seed=seed, dispatch=s.pretrain.dispatch,
-                          desc=f"pretrain {name}/{regime}/s{seed}")
-    meta = {"description": description, "history": history, "seconds": time.perf_counter() - start}
-    pretrained.save(path, model, meta)
+        history = train.train(model, self.pretrain_tx, self.train_a, s.spec, placement, steps=s.pretrain.steps,
+                              batch_size=s.pretrain.batch_size, seed=seed, dispatch=s.pretrain.dispatch,
+                              desc=f"pretrain {label}", checkpoints=checkpoints)
+      finally:
+        if checkpoints is not None:
+          checkpoints.close()
+      return {"description": description, "history": history, "seconds": time.perf_counter() - start}
+
+    model, meta, _ = pretrained.obtain(path, lambda: self.build(factory, self.data_a.num_classes, seed), pretrain,
+                                       label=label, wait_timeout_s=float(self.cfg.pretrain.get("wait_timeout_s", 7200)))
     return model, meta
 
   # -- one row ------------------------------------------------------------------------------------
