@@ -30,15 +30,18 @@ class RunDirGuard(Callback):
   """Checks the run directory before Hydra writes `.hydra/` into it (`hydra.callbacks` in config.yaml).
 
   The task checks the same again (library users and multiruns go through it), but only here is the
-  earlier run's `.hydra/config.yaml` still intact when a reused directory is refused.
+  earlier run's `.hydra/config.yaml` still intact when a reused directory is refused. It also takes the
+  run directory's lock (`locks.run_dir`) for the whole run, so a second process there refuses at once.
   """
 
   def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-    from shiftbench import preflight
+    from shiftbench import locks, preflight
 
+    run_dir = None
     try:
       run_dir = preflight.check_writable(OmegaConf.select(config, "hydra.run.dir"), "run directory",
                                          "choose another hydra.run.dir")
+      locks.hold_run_dir(run_dir)  # one process per run directory, held until on_run_end
       task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
       try:
         resolved = OmegaConf.to_container(task, resolve=True)
@@ -46,8 +49,26 @@ class RunDirGuard(Callback):
         return
       preflight.resumable_rows(run_dir / "results.json", resolved, bool(task.get("overwrite", False)))
     except UserError as e:
+      if run_dir is not None and not isinstance(e, locks.Busy):
+        locks.release_run_dir(run_dir)
       _errors.append(e)
       raise SystemExit(1) from e  # Hydra turns a callback's exceptions into warnings
+
+  def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+    from shiftbench import locks
+
+    locks.release_run_dir(Path(OmegaConf.select(config, "hydra.run.dir")).expanduser().absolute())
+
+  def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+    """An unwritable sweep directory is one line, before any job starts (Hydra's own is a traceback)."""
+    from shiftbench import preflight
+
+    try:
+      preflight.check_writable(OmegaConf.select(config, "hydra.sweep.dir"), "sweep directory",
+                               "choose another hydra.sweep.dir")
+    except UserError as e:
+      _errors.append(e)
+      raise SystemExit(1) from e
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")

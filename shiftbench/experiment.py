@@ -19,8 +19,8 @@ import numpy as np
 from flax import nnx
 from omegaconf import DictConfig, OmegaConf
 
-from shiftbench import (canvas, claims, compile_cache, evaluation, evaluators, leaderboard, metrics, models, plots,
-                        preflight, pretrained, results, resume, train)
+from shiftbench import (canvas, claims, compile_cache, evaluation, evaluators, leaderboard, locks, metrics, models,
+                        plots, preflight, pretrained, results, resume, train)
 from shiftbench.data import ObjectSet, require_task, resize_objects
 from shiftbench.errors import CacheError, DataError
 from shiftbench.settings import Settings
@@ -232,7 +232,16 @@ def load_datasets(cfg: DictConfig, object_size: int) -> tuple[ObjectSet, ObjectS
 
 
 def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
-  """Runs every row of the configured protocol and writes results, heatmaps and the leaderboard."""
+  """Runs every row of the configured protocol and writes results, heatmaps and the leaderboard.
+
+  One process per run directory: a `locks.Busy` error at once if another process is running in it.
+  """
+  output_dir = preflight.check_writable(output_dir, "run directory", "choose another hydra.run.dir")
+  with locks.run_dir(output_dir):
+    return _run_experiment(cfg, output_dir)
+
+
+def _run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
   preflight.check_config(cfg)
   output_dir = preflight.check_writable(output_dir, "run directory", "choose another hydra.run.dir")
   compile_cache.configure(cfg.get("compile_cache", False), cfg.paths.get("compile_cache_dir"))

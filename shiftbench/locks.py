@@ -127,6 +127,20 @@ def run_dir(path: Path) -> Iterator[None]:
     lock.release()
 
 
+_HELD: dict[str, contextlib.AbstractContextManager] = {}
+
+
 def hold_run_dir(path: Path) -> None:
-  """Takes the run directory's lock until this process ends (the CLI, before Hydra writes `.hydra/`)."""
-  run_dir(path).__enter__()
+  """Takes the run directory's lock until `release_run_dir` (the CLI: before Hydra writes `.hydra/`, until
+  the run ends), or raises `Busy`. The kernel drops it anyway when the process ends."""
+  key = str(Path(path).absolute())
+  if key not in _HELD:
+    held_lock = run_dir(Path(path))
+    held_lock.__enter__()
+    _HELD[key] = held_lock
+
+
+def release_run_dir(path: Path) -> None:
+  held_lock = _HELD.pop(str(Path(path).absolute()), None)
+  if held_lock is not None:
+    held_lock.__exit__(None, None, None)

@@ -220,6 +220,7 @@ def obtain(path: Path, build: Callable[[], nnx.Module],
   except OSError as e:
     raise CacheError(f"cannot create the checkpoint lock directory {lock.parent} ({e.strerror or e}); make "
                      "paths.checkpoint_dir (or $SHIFTBENCH_CACHE) a writable directory") from e
+  waiting = time.perf_counter()
   busy = not locks.is_free(lock)
   if busy:
     log.info("pretrained %s: waiting for %s, which is pretraining it (up to %s s)", label, locks.owner_text(lock),
@@ -235,7 +236,7 @@ def obtain(path: Path, build: Callable[[], nnx.Module],
         _move_aside(path, e)
     if not holding:
       log.warning("pretrained %s: gave up waiting after %.0f s for %s; pretraining it here as well", label,
-                  time.perf_counter() - start, locks.owner_text(lock))
+                  time.perf_counter() - waiting, locks.owner_text(lock))
     model = build()  # a failed restore may have written part of a state into the first one
     meta = pretrain(model, resume_dir(path) if holding else None)
     published = publish(path, model, meta)
