@@ -1,0 +1,63 @@
+"""One process per run directory, through the CLI; multirun edge cases."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import tiny_overrides
+from shiftbench import locks
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+
+
+def _cli(args, **kwargs):
+  return subprocess.Popen([sys.executable, "-m", "shiftbench.cli", *args], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=ENV, **kwargs)
+
+
+def _last_line(stderr: str) -> str:
+  lines = [line for line in stderr.splitlines() if line.strip()]
+  return lines[-1] if lines else ""
+
+
+@pytest.mark.slow
+def test_a_second_shiftbench_on_a_busy_run_directory_refuses_at_once_and_the_first_finishes(tiny_data_dir,
+                                                                                            tmp_path):
+  run_dir = tmp_path / "run"
+  args = [*tiny_overrides(tiny_data_dir, str(tmp_path / "ckpt")), "model=gap", "pretrain.regimes=[scratch]",
+          "finetune.steps=200", f"hydra.run.dir={run_dir}"]
+  first = _cli(args)
+  try:
+    owner = Path(f"{run_dir / locks.RUN_LOCK}.owner")
+    deadline = time.time() + 300
+    while not owner.is_file():
+      assert first.poll() is None and time.time() < deadline, first.communicate()[1][-3000:]
+      time.sleep(0.05)
+    start = time.perf_counter()
+    second = _cli(args)
+    _, err = second.communicate(timeout=120)
+    seconds = time.perf_counter() - start
+    print(f"second process refused in {seconds:.1f} s")
+    assert second.returncode == 1 and seconds < 10
+    assert _last_line(err).startswith(f"error: run directory {run_dir} is in use by pid {first.pid} on host ")
+    assert first.poll() is None  # refused while the first was still running
+    _, err = first.communicate(timeout=600)
+  finally:
+    if first.poll() is None:
+      first.kill()
+  assert first.returncode == 0, err[-3000:]
+  assert (run_dir / "results.json").is_file() and not owner.exists()
+
+
+def test_an_unwritable_sweep_directory_is_one_line(tmp_path):
+  (tmp_path / "file").write_text("x")
+  run = _cli(["-m", "model=gap,fcn", "logger=none", f"hydra.sweep.dir={tmp_path / 'file' / 'sweep'}"])
+  _, err = run.communicate(timeout=120)
+  assert run.returncode == 1
+  assert _last_line(err).startswith(f"error: sweep directory {tmp_path / 'file' / 'sweep'} is not writable")
+  assert "Traceback" not in err
