@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from shiftbench import (canvas, claims, compile_cache, evaluation, evaluators, leaderboard, locks, metrics, models,
                         plots, preflight, pretrained, results, resume, train)
 from shiftbench.data import ObjectSet, require_task, resize_objects
-from shiftbench.errors import CacheError, DataError
+from shiftbench.errors import DataError
 from shiftbench.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -22,10 +22,10 @@ checkpoint that fails `verify` is moved away, and only under its lock.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
-import errno
 import os
 import shutil
 import tempfile

@@ -102,7 +102,7 @@ def test_a_waiting_job_gives_up_after_its_timeout_and_says_so(tmp_path, caplog):
   try:
     with caplog.at_level(logging.INFO, logger="shiftbench.pretrained"):
       start = time.perf_counter()
-      model, _, how = pretrained.obtain(path, _model, lambda m, d: calls.append(d) or {"by": "me"}, label="x",
+      _, _, how = pretrained.obtain(path, _model, lambda m, d: calls.append(d) or {"by": "me"}, label="x",
                                         wait_timeout_s=1.0)
     assert 1.0 <= time.perf_counter() - start < 30
   finally:

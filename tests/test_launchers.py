@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_overrides
+
 from shiftbench import launchers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +51,6 @@ def test_two_jobs_run_at_once_each_on_its_own_device(tiny_data_dir, tmp_path):
     (row,) = json.loads((sweep / job / "results.json").read_text())["rows"]
     assert row["seed"] == int(job) and row["model"] == "gap"
     (log,) = (sweep / job).glob("*.log")  # Hydra's job log: a timestamp per line
-    stamps = re.findall(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+)\]", log.read_text(), re.M)
+    stamps = re.findall(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+)\]", log.read_text(), re.MULTILINE)
     spans.append((stamps[0], stamps[-1]))
   assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], spans  # the two jobs' lifetimes overlap

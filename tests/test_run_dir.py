@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_overrides
+
 from shiftbench import locks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,3 +61,24 @@ def test_an_unwritable_sweep_directory_is_one_line(tmp_path):
   assert run.returncode == 1
   assert _last_line(err).startswith(f"error: sweep directory {tmp_path / 'file' / 'sweep'} is not writable")
   assert "Traceback" not in err
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+  return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_a_refused_multirun_job_leaves_the_earlier_jobs_files_byte_identical(tiny_data_dir, tmp_path):
+  sweep = tmp_path / "sweep"
+  args = ["-m", *tiny_overrides(tiny_data_dir, str(tmp_path / "ckpt")), "model=gap", "pretrain.regimes=[scratch]",
+          f"hydra.sweep.dir={sweep}"]
+  first = _cli(args)
+  _, err = first.communicate(timeout=600)
+  assert first.returncode == 0, err[-3000:]
+  before = _snapshot(sweep / "0")
+  assert ".hydra/config.yaml" in before and "results.json" in before
+  again = _cli([*args, "finetune.steps=6"])  # another config in the same job directory
+  _, err = again.communicate(timeout=600)
+  assert again.returncode == 1
+  assert _last_line(err).startswith(f"error: {sweep / '0'} holds a run with a different config")
+  assert _snapshot(sweep / "0") == before

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +31,7 @@ def slurm_env():
       pytest.fail(f"CI=true but {reason}")
     pytest.skip(reason)
   start = subprocess.run([str(ROOT / "scripts" / "slurm_local.sh"), "start"], capture_output=True, text=True,
-                         timeout=120)
+                         timeout=120, check=False)
   assert start.returncode == 0, start.stderr
   conf = re.fullmatch(r"export SLURM_CONF=(\S+)", start.stdout.strip()).group(1)
   return {**os.environ, "SLURM_CONF": conf, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
@@ -40,7 +39,7 @@ def slurm_env():
 
 def _shiftbench(args, env, cwd, timeout=900):
   return subprocess.run([sys.executable, "-m", "shiftbench.cli", *args], capture_output=True, text=True, env=env,
-                        cwd=cwd, timeout=timeout)
+                        cwd=cwd, timeout=timeout, check=False)
 
 
 def _rows(sweep: Path) -> dict[str, list[dict]]:
@@ -56,19 +55,61 @@ def _overrides(tmp_path, extra):
           f"paths.compile_cache_dir={tmp_path / 'jax'}", *extra]
 
 
+def _squeue_state(job: str, env) -> str:
+  return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, env=env,
+                        check=False).stdout.strip()
+
+
+def _requeue_in_pretraining(sweep: Path, ckpt: Path, env, proc, timeout=600) -> str:
+  """Requeues array task 0 (gap, seed 0) right after its first periodic checkpoint; returns the task id.
+
+  The job is suspended first (SIGSTOP, at once), so that however fast this machine pretrains, it is still
+  in the middle of pretraining when SLURM kills it for the requeue.
+  """
+  deadline = time.time() + timeout
+  while not [p for p in ckpt.glob(".gap-translate-s0-*.resume/*") if p.name.isdigit()]:  # a finished checkpoint
+    assert proc.poll() is None and time.time() < deadline, "the sweep ended before job 0's first checkpoint"
+    time.sleep(0.02)
+  (job,) = [p.name for p in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+_0", p.name)]
+  subprocess.run(["scontrol", "suspend", job], check=True, env=env)
+  subprocess.run(["scontrol", "requeue", job], check=True, env=env)
+  while _squeue_state(job, env) != "PENDING":
+    assert time.time() < deadline
+    time.sleep(0.2)
+  # A requeued job becomes eligible again only after ~2 min; start it now.
+  subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, env=env)
+  return job
+
+
 @pytest.mark.slow
-def test_a_sweep_on_slurm_equals_the_same_sweep_run_locally(slurm_env, tmp_path):
-  sweep = ["model=gap,cnn_fc", "seeds=[0],[1]", "pretrain.regimes=[scratch]", "finetune.scratch_modes=[full]"]
+def test_a_sweep_on_slurm_with_a_requeued_job_equals_the_same_sweep_run_locally(slurm_env, tmp_path):
+  """4 jobs (2 models x 2 seeds, each pretraining): rows and leaderboard equal the basic launcher's, and the
+  job requeued in the middle of its pretraining resumed from its periodic checkpoint."""
+  sweep = ["model=gap,cnn_fc", "seeds=[0],[1]", "pretrain.regimes=[translate]", "finetune.modes=[last]",
+           "pretrain.steps=1000", "pretrain.checkpoint_every=100"]
   local = _shiftbench(["-m", "hydra/launcher=basic", *_overrides(tmp_path, sweep),
-                       f"hydra.sweep.dir={tmp_path / 'basic'}"], slurm_env, tmp_path)
+                       f"paths.checkpoint_dir={tmp_path / 'ckpt_basic'}", f"hydra.sweep.dir={tmp_path / 'basic'}"],
+                      slurm_env, tmp_path)
   assert local.returncode == 0, local.stderr[-3000:]
   start = time.perf_counter()
-  run = _shiftbench(["-m", "hydra/launcher=slurm_local", *_overrides(tmp_path, sweep),
-                     f"hydra.sweep.dir={tmp_path / 'slurm'}"], slurm_env, tmp_path)
-  assert run.returncode == 0, run.stderr[-3000:]
-  print(f"slurm sweep of 4 jobs: {time.perf_counter() - start:.1f} s")
-  jobs = [p for p in (tmp_path / "slurm" / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name)]
-  assert len(jobs) == 4 and all(list(j.glob("*_result.pkl")) for j in jobs)  # 4 SLURM array tasks ran
+  proc = subprocess.Popen([sys.executable, "-m", "shiftbench.cli", "-m", "hydra/launcher=slurm_local",
+                           *_overrides(tmp_path, sweep), f"hydra.sweep.dir={tmp_path / 'slurm'}"], env=slurm_env,
+                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    job = _requeue_in_pretraining(tmp_path / "slurm", tmp_path / "ckpt", slurm_env, proc)
+    _, err = proc.communicate(timeout=900)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 0, err[-3000:]
+  print(f"slurm sweep of 4 jobs, one requeued: {time.perf_counter() - start:.1f} s")
+  tasks = [p for p in (tmp_path / "slurm" / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name)]
+  assert len(tasks) == 4 and all(list(t.glob("*_result.pkl")) for t in tasks)  # 4 SLURM array tasks ran
+  log = "".join(p.read_text() for p in (tmp_path / "slurm" / ".submitit" / job).glob("*_log.*"))
+  resumed = re.findall(r"pretrain gap/translate/s0: resumed from step (\d+) of 1000", log)
+  assert len(resumed) == 1 and 100 <= int(resumed[0]) < 1000, log[-3000:]
+  print(f"requeued job {job} resumed from step {resumed[0]}")
+  assert not list((tmp_path / "ckpt").glob(".*.resume"))  # dropped once each checkpoint was published
   slurm_rows = _rows(tmp_path / "slurm")
   assert sorted(slurm_rows) == ["0", "1", "2", "3"] and all(len(r) == 1 for r in slurm_rows.values())
   assert slurm_rows == _rows(tmp_path / "basic")
@@ -76,50 +117,7 @@ def test_a_sweep_on_slurm_equals_the_same_sweep_run_locally(slurm_env, tmp_path)
   for name in ("basic", "slurm"):
     out = subprocess.run([sys.executable, "-m", "shiftbench.leaderboard", str(tmp_path / name), "--out",
                           str(tmp_path / f"board_{name}"), "--no-figures"], capture_output=True, text=True,
-                         env=slurm_env, timeout=300)
+                         env=slurm_env, timeout=300, check=False)
     assert out.returncode == 0, out.stderr
     boards.append((tmp_path / f"board_{name}" / "leaderboard.md").read_text())
   assert "| gap" in boards[0] and "| cnn_fc" in boards[0] and boards[0] == boards[1]
-
-
-def _squeue_state(job: str, env) -> str:
-  return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, env=env).stdout.strip()
-
-
-@pytest.mark.slow
-def test_a_job_requeued_in_the_middle_of_pretraining_resumes_and_ends_with_the_same_rows(slurm_env, tmp_path):
-  # ~5 ms per step at batch 128: the job is still pretraining when SLURM kills it, 2 s after the requeue.
-  args = ["model=gap", "seeds=[0]", "pretrain.regimes=[translate]", "finetune.modes=[last]", "pretrain.steps=2000",
-          "pretrain.batch_size=128", "pretrain.checkpoint_every=100"]
-  env = {**slurm_env, "SHIFTBENCH_CACHE": str(tmp_path / "cache")}
-  sub = subprocess.Popen([sys.executable, "-m", "shiftbench.cli", "-m", "hydra/launcher=slurm_local",
-                          *_overrides(tmp_path, args), f"hydra.sweep.dir={tmp_path / 'slurm'}"], env=env,
-                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  try:
-    deadline = time.time() + 600
-    while not [p for p in (tmp_path / "ckpt").glob(".*.resume/*") if p.name.isdigit()]:  # a finished checkpoint
-      assert sub.poll() is None and time.time() < deadline, "the job ended before its first checkpoint"
-      time.sleep(0.1)
-    (job,) = [p.name for p in (tmp_path / "slurm" / ".submitit").iterdir() if p.name.isdigit()]  # one job: no array
-    subprocess.run(["scontrol", "requeue", job], check=True, env=env)
-    while _squeue_state(job, env) != "PENDING":
-      assert time.time() < deadline
-      time.sleep(0.2)
-    # A requeued job waits ~2 min before it is eligible again; start it now.
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, env=env)
-    out, err = sub.communicate(timeout=600)
-  finally:
-    if sub.poll() is None:
-      sub.kill()
-  assert sub.returncode == 0, err[-3000:]
-  log = "".join(p.read_text() for p in (tmp_path / "slurm" / ".submitit" / job).glob("*_log.*"))
-  resumed = re.findall(r"pretrain gap/translate/s0: resumed from step (\d+) of 2000", log)
-  assert len(resumed) == 1 and 100 <= int(resumed[0]) < 2000, log[-3000:]
-  print(f"requeued job resumed from step {resumed[0]}")
-  assert not list((tmp_path / "ckpt").glob(".*.resume"))  # dropped once the checkpoint was published
-  # The same sweep, never interrupted, with its own cache:
-  plain = _shiftbench(["-m", "hydra/launcher=basic", *_overrides(tmp_path, args[:-1]),
-                       f"paths.checkpoint_dir={tmp_path / 'ckpt_plain'}", f"hydra.sweep.dir={tmp_path / 'basic'}"],
-                      env, tmp_path)
-  assert plain.returncode == 0, plain.stderr[-3000:]
-  assert _rows(tmp_path / "slurm") == _rows(tmp_path / "basic")

@@ -23,10 +23,10 @@ import hashlib
 import json
 import logging
 import os
-from pathlib import Path
 import shutil
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import PIL
