@@ -19,6 +19,7 @@ from typing import Any
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher
+from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +49,15 @@ class DeviceLauncher(LocalLauncher):
 
   def __init__(self, devices: Any = "auto", **params: Any) -> None:
     super().__init__(**params)
-    self.devices = devices
+    self.devices = OmegaConf.to_container(devices) if OmegaConf.is_config(devices) else devices
 
   def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
     import submitit
 
     assert self.config is not None
     params = dict(self.params)
-    executor = submitit.AutoExecutor(cluster="local", folder=params.pop("submitit_folder"),
-                                     local_max_num_timeout=params.pop("max_num_timeout", 0))
+    executor = submitit.LocalExecutor(params.pop("submitit_folder"), max_num_timeout=params.pop("max_num_timeout", 0))
+    params.pop("name", None)  # the local executor has no job names
     executor.update_parameters(**params, gpus_per_node=1)
     sweep_dir = Path(str(self.config.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -64,8 +64,7 @@ def _leaves(model):
   return [np.asarray(v) for v in jax.tree.leaves(nnx.state(model))]
 
 
-@pytest.mark.parametrize("jobs", [3, 6])
-def test_jobs_on_an_empty_cache_pretrain_once_and_all_get_the_same_model(tmp_path, jobs):
+def test_jobs_on_an_empty_cache_pretrain_once_and_all_get_the_same_model(tmp_path, jobs=6):
   path = tmp_path / "ckpt" / "gap-translate-s0-0123456789abcdef"
   args = [str(path), str(tmp_path / "jax_cache"), str(tmp_path / "ready"), str(jobs)]
   procs = [subprocess.Popen([sys.executable, "-c", WORKER, *args],

@@ -23,8 +23,8 @@ def _bars(n=60, k=3):
 
 
 def _model(head="fc"):
-  # The fc head with BatchNorm-free layers and the `aps` variant would do too; `fc` has the most state.
-  return ShiftNet(num_classes=3, canvas_size=16, widths=(4, 8), head=head, fc_hidden=(6,), rngs=nnx.Rngs(0))
+  # The fc head (hidden layer + classifier): the most parameters and optimiser state to carry over.
+  return ShiftNet(num_classes=3, canvas_size=16, widths=(4,), head=head, fc_hidden=(6,), rngs=nnx.Rngs(0))
 
 
 def _state(model):

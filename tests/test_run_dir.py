@@ -25,12 +25,17 @@ def _last_line(stderr: str) -> str:
   return lines[-1] if lines else ""
 
 
+def _snapshot(directory: Path) -> dict[str, bytes]:
+  return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
 @pytest.mark.slow
-def test_a_second_shiftbench_on_a_busy_run_directory_refuses_at_once_and_the_first_finishes(tiny_data_dir,
-                                                                                            tmp_path):
+def test_a_busy_run_directory_refuses_a_second_process_and_a_refused_multirun_job_changes_nothing(tiny_data_dir,
+                                                                                                 tmp_path):
   run_dir = tmp_path / "run"
-  args = [*tiny_overrides(tiny_data_dir, str(tmp_path / "ckpt")), "model=gap", "pretrain.regimes=[scratch]",
-          "finetune.steps=200", f"hydra.run.dir={run_dir}"]
+  common = [*tiny_overrides(tiny_data_dir, str(tmp_path / "ckpt")), "compile_cache=true", "model=gap",
+            "pretrain.regimes=[scratch]", "finetune.steps=200"]
+  args = [*common, f"hydra.run.dir={run_dir}"]
   first = _cli(args)
   try:
     owner = Path(f"{run_dir / locks.RUN_LOCK}.owner")
@@ -52,6 +57,15 @@ def test_a_second_shiftbench_on_a_busy_run_directory_refuses_at_once_and_the_fir
       first.kill()
   assert first.returncode == 0, err[-3000:]
   assert (run_dir / "results.json").is_file() and not owner.exists()
+  # A multirun whose job directory is that run directory, with another config: refused, nothing rewritten
+  # (Hydra writes the job's .hydra/ before any job code runs; the refused job puts it back).
+  before = _snapshot(run_dir)
+  assert ".hydra/config.yaml" in before
+  again = _cli(["-m", *common, "finetune.steps=6", f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=run"])
+  _, err = again.communicate(timeout=600)
+  assert again.returncode == 1
+  assert _last_line(err).startswith(f"error: {run_dir} holds a run with a different config")
+  assert _snapshot(run_dir) == before
 
 
 def test_an_unwritable_sweep_directory_is_one_line(tmp_path):
@@ -61,24 +75,3 @@ def test_an_unwritable_sweep_directory_is_one_line(tmp_path):
   assert run.returncode == 1
   assert _last_line(err).startswith(f"error: sweep directory {tmp_path / 'file' / 'sweep'} is not writable")
   assert "Traceback" not in err
-
-
-def _snapshot(directory: Path) -> dict[str, bytes]:
-  return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
-@pytest.mark.slow
-def test_a_refused_multirun_job_leaves_the_earlier_jobs_files_byte_identical(tiny_data_dir, tmp_path):
-  sweep = tmp_path / "sweep"
-  args = ["-m", *tiny_overrides(tiny_data_dir, str(tmp_path / "ckpt")), "model=gap", "pretrain.regimes=[scratch]",
-          f"hydra.sweep.dir={sweep}"]
-  first = _cli(args)
-  _, err = first.communicate(timeout=600)
-  assert first.returncode == 0, err[-3000:]
-  before = _snapshot(sweep / "0")
-  assert ".hydra/config.yaml" in before and "results.json" in before
-  again = _cli([*args, "finetune.steps=6"])  # another config in the same job directory
-  _, err = again.communicate(timeout=600)
-  assert again.returncode == 1
-  assert _last_line(err).startswith(f"error: {sweep / '0'} holds a run with a different config")
-  assert _snapshot(sweep / "0") == before

@@ -51,8 +51,8 @@ def _rows(sweep: Path) -> dict[str, list[dict]]:
 
 
 def _overrides(tmp_path, extra):
-  return [*tiny_overrides(str(tmp_path / "data"), str(tmp_path / "ckpt")), "compile_cache=true",
-          f"paths.compile_cache_dir={tmp_path / 'jax'}", *extra]
+  # The compile cache is the session's ($SHIFTBENCH_CACHE/jax_cache): jobs load the programs compiled before.
+  return [*tiny_overrides(str(tmp_path / "data"), str(tmp_path / "ckpt")), "compile_cache=true", *extra]
 
 
 def _squeue_state(job: str, env) -> str:
@@ -76,7 +76,9 @@ def _requeue_in_pretraining(sweep: Path, ckpt: Path, env, proc, timeout=600) -> 
   while _squeue_state(job, env) != "PENDING":
     assert time.time() < deadline
     time.sleep(0.2)
-  # A requeued job becomes eligible again only after ~2 min; start it now.
+  # SLURM holds a job requeued while suspended, and makes a requeued job eligible only after ~2 min:
+  # release it and start it now.
+  subprocess.run(["scontrol", "release", job], check=True, env=env)
   subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, env=env)
   return job
 
@@ -86,7 +88,7 @@ def test_a_sweep_on_slurm_with_a_requeued_job_equals_the_same_sweep_run_locally(
   """4 jobs (2 models x 2 seeds, each pretraining): rows and leaderboard equal the basic launcher's, and the
   job requeued in the middle of its pretraining resumed from its periodic checkpoint."""
   sweep = ["model=gap,cnn_fc", "seeds=[0],[1]", "pretrain.regimes=[translate]", "finetune.modes=[last]",
-           "pretrain.steps=1000", "pretrain.checkpoint_every=100"]
+           "pretrain.steps=300", "pretrain.checkpoint_every=50"]
   local = _shiftbench(["-m", "hydra/launcher=basic", *_overrides(tmp_path, sweep),
                        f"paths.checkpoint_dir={tmp_path / 'ckpt_basic'}", f"hydra.sweep.dir={tmp_path / 'basic'}"],
                       slurm_env, tmp_path)
@@ -106,8 +108,8 @@ def test_a_sweep_on_slurm_with_a_requeued_job_equals_the_same_sweep_run_locally(
   tasks = [p for p in (tmp_path / "slurm" / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name)]
   assert len(tasks) == 4 and all(list(t.glob("*_result.pkl")) for t in tasks)  # 4 SLURM array tasks ran
   log = "".join(p.read_text() for p in (tmp_path / "slurm" / ".submitit" / job).glob("*_log.*"))
-  resumed = re.findall(r"pretrain gap/translate/s0: resumed from step (\d+) of 1000", log)
-  assert len(resumed) == 1 and 100 <= int(resumed[0]) < 1000, log[-3000:]
+  resumed = re.findall(r"pretrain gap/translate/s0: resumed from step (\d+) of 300", log)
+  assert len(resumed) == 1 and 50 <= int(resumed[0]) < 300, log[-3000:]
   print(f"requeued job {job} resumed from step {resumed[0]}")
   assert not list((tmp_path / "ckpt").glob(".*.resume"))  # dropped once each checkpoint was published
   slurm_rows = _rows(tmp_path / "slurm")
