@@ -32,7 +32,7 @@ def visible_devices(devices: Any) -> list[int]:
       raise ValueError("hydra.launcher.devices is empty; give device ids, e.g. [0,1], or auto")
     return ids
   try:
-    listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+    listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False).stdout
   except (OSError, subprocess.SubprocessError):
     listed = ""
   return list(range(sum(line.startswith("GPU ") for line in listed.splitlines()))) or [0]
