@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -21,11 +22,12 @@ import jax
 import numpy as np
 from flax import nnx
 
-from shiftbench import canvas, consistency, evaluation, metrics, similarity
+from shiftbench import canvas, consistency, evaluation, metrics, similarity, streams
 from shiftbench.errors import ConfigError
 from shiftbench.train import DeviceObjects
 
 Result = Iterator[tuple[str, Any]]
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -33,7 +35,9 @@ class EvalContext:
   """What every evaluator may read besides the model and objects; plain Python, never enters jit.
 
   `map_predictions` holds the (L, N) predictions of the objects on `grid` when the caller has already
-  computed the location map, so metrics that read it (worst case) cost nothing extra.
+  computed the location map, so metrics that read it (worst case) cost nothing extra. `key` is the
+  random stream of the evaluator being run (`streams.evaluator_stream(seed, its eval.metrics key)`, set by
+  `run_all`), so no two evaluators share random draws.
   """
 
   spec: canvas.CanvasSpec
@@ -43,6 +47,7 @@ class EvalContext:
   batch_size: int = 4096
   seed: int = 0
   map_predictions: np.ndarray | None = None
+  key: jax.Array | None = None
 
   def predictions(self, model: nnx.Module, objects: DeviceObjects) -> np.ndarray:
     if self.map_predictions is None or self.map_predictions.shape != (len(self.grid), len(objects)):
@@ -61,14 +66,18 @@ class Evaluator(abc.ABC):
     """Yields `(name, value)`; values are floats or small JSON-able containers."""
 
 
-def _first(objects: DeviceObjects, n: int | None) -> DeviceObjects:
+def _prefix(objects: DeviceObjects, n: int | None) -> DeviceObjects:
+  """The first `n` objects. The protocol hands evaluators its test objects in class-balanced order
+  (`subsets.balanced_order`), so every prefix is class-balanced whatever the order of the file."""
   if n is None or n >= len(objects):
     return objects
   return DeviceObjects(objects.images[:n], objects.labels[:n], objects.num_classes)
 
 
 def _key(ctx: EvalContext, salt: int) -> jax.Array:
-  return jax.random.fold_in(jax.random.key(ctx.seed), salt)
+  """The evaluator's own stream (`ctx.key`), with its configured `seed` folded in."""
+  base = ctx.key if ctx.key is not None else streams.evaluator_stream(ctx.seed, "")
+  return jax.random.fold_in(base, salt)
 
 
 class ShiftConsistency(Evaluator):
@@ -86,7 +95,7 @@ class ShiftConsistency(Evaluator):
     if self.d < 1 or (self.shift == "canvas" and ctx.spec.max_offset == 0):
       yield "", None  # no shift is possible: 1.0 by construction, which measures nothing
       return
-    objs = _first(objects, self.num_objects)
+    objs = _prefix(objects, self.num_objects)
     yield "", consistency.shift_consistency(model, objs.images, _key(ctx, self.seed), ctx.spec, self.d,
                                             self.shift, ctx.batch_size)
 
@@ -131,7 +140,7 @@ class FlipRate(Evaluator):
     self.num_objects = None if num_objects is None else int(num_objects)
 
   def run(self, model, objects, ctx) -> Result:
-    objs = _first(objects, self.num_objects)
+    objs = _prefix(objects, self.num_objects)
     paths = sweep_paths(ctx.spec, ctx.location, self.length)
     locs = np.concatenate(list(paths.values()))
     # Equal location chunks (predict_grid pads the last one): ceil(L / n) locations x all objects each.
@@ -158,7 +167,14 @@ class Similarity(Evaluator):
     self.before = bool(before)
 
   def run(self, model, objects, ctx) -> Result:
-    objs = _first(objects, self.num_objects)
+    objs = _prefix(objects, self.num_objects)
+    present = len(np.unique(np.asarray(objs.labels)))
+    if present < 2:  # no different-class pairs: cos_diff, and so the normalised similarity, is undefined
+      log.warning("similarity: %d test object(s) of %d class(es); it needs two classes or more, so it is "
+                  "undefined for this row", len(objs), present)
+      yield "", None
+      yield "layers", None
+      return
     sims = similarity.similarity_map(model, objs.images, objs.labels, ctx.grid, ctx.location,
                                      ctx.spec.canvas_size, ctx.batch_size, objects.num_classes)
     off = np.asarray(metrics.off_location_mask(ctx.grid, ctx.location, ctx.radius))
@@ -198,6 +214,7 @@ def run_all(evaluators: Mapping[str, Evaluator], model: nnx.Module, objects: Dev
     if before and not evaluator.before:
       continue
     key = f"{prefix}_before" if before else prefix
+    ctx.key = streams.evaluator_stream(ctx.seed, prefix)  # the same draws before and after fine-tuning
     for name, value in evaluator.run(model, objects, ctx):
       out[result_key(key, name)] = value
   return out

@@ -17,12 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from shiftbench import (canvas, claims, compile_cache, evaluation, evaluators, leaderboard, locks, metrics, models,
-                        plots, preflight, pretrained, results, resume, train)
+from shiftbench import (__version__, canvas, claims, comparison, compile_cache, evaluation, evaluators, leaderboard,
+                        locks, metrics, models, plots, preflight, pretrained, results, resume, streams, subsets, train)
 from shiftbench.data import ObjectSet, require_task, resize_objects
-from shiftbench.errors import DataError
+from shiftbench.errors import ConfigError, DataError
 from shiftbench.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,19 +32,22 @@ ModelFactory = Callable[..., nnx.Module]
 class Protocol:
   """Holds the data on the device and the grid; runs pretraining, fine-tuning and evaluation."""
 
-  def __init__(self, cfg: DictConfig, settings: Settings, data_a: ObjectSet, data_b: ObjectSet,
-               output_dir: Path):
-    self.cfg, self.s, self.output_dir = cfg, settings, output_dir
+  def __init__(self, settings: Settings, data_a: ObjectSet, data_b: ObjectSet, output_dir: Path):
+    self.s, self.output_dir = settings, output_dir
     self.data_a, self.data_b = data_a, data_b
-    self.train_a, self.test_a = _device_splits(data_a, settings.max_objects)
-    self.train_b, self.test_b = _device_splits(data_b, settings.max_objects)
+    self.hash_a, self.hash_b = dataset_hash(data_a), dataset_hash(data_b)
+    self.train_a, self.test_a = _device_splits(data_a, settings)
+    self.train_b, self.test_b = _device_splits(data_b, settings, validation=True)
+    # Every evaluation subset is a prefix of one class-balanced order (`subsets.balanced_order`).
     self.curve_b = train.DeviceObjects(self.test_b.images[:settings.curve_objects],
                                        self.test_b.labels[:settings.curve_objects], data_b.num_classes)
     self.grid = canvas.location_grid(settings.spec, settings.grid_stride, include=settings.finetune_location)
     # Optimisers are built once per phase so the jitted steps are cached across rows (no retrace).
-    self.pretrain_tx = hydra.utils.instantiate(cfg.pretrain.optimizer)
-    self.finetune_tx = hydra.utils.instantiate(cfg.finetune.optimizer)
-    self.evaluators = evaluators.build(cfg.eval.get("metrics"))
+    self.pretrain_tx = hydra.utils.instantiate(settings.optimizers["pretrain"])
+    self.finetune_tx = hydra.utils.instantiate(settings.optimizers["finetune"])
+    self.evaluators = evaluators.build(settings.eval_metrics)
+    self.protocol = comparison.protocol_settings(settings.config, {"pretrain": self.hash_a, "finetune": self.hash_b},
+                                                 __version__)
     # Shift metrics before fine-tuning for the latest (model, regime, seed): every mode shares them,
     # and rows run in that order, so one entry is all that is ever reused.
     self._before: dict[tuple, dict[str, Any]] = {}
@@ -56,7 +59,8 @@ class Protocol:
     acc = np.asarray(metrics.location_accuracy(preds, np.asarray(objects.labels)))
     summary = metrics.summarize_location_map(acc, self.grid, self.s.finetune_location, 0, objects.num_classes,
                                              num_objects=len(objects))
-    return {"acc": acc, "predictions": preds, **{k: float(v) for k, v in summary.items()}}
+    return {"acc": acc, "predictions": preds, "distinct_predictions": int(len(np.unique(preds))),
+            **{k: float(v) for k, v in summary.items()}}
 
   def shift_metrics(self, model: nnx.Module, seed: int, predictions: np.ndarray | None = None,
                     before: bool = False) -> dict[str, Any]:
@@ -66,40 +70,45 @@ class Protocol:
     return evaluators.run_all(self.evaluators, model, self.test_b, ctx, before=before)
 
   # -- models -------------------------------------------------------------------------------------
-  def build(self, factory: ModelFactory, num_classes: int, seed: int) -> nnx.Module:
+  def build(self, factory: ModelFactory, num_classes: int, key: jax.Array) -> nnx.Module:
     return factory(num_classes=num_classes, canvas_size=self.s.spec.canvas_size,
-                   in_channels=self.data_a.object_shape[-1], rngs=nnx.Rngs(seed))
+                   in_channels=self.data_a.object_shape[-1], rngs=nnx.Rngs(key))
 
-  def pretrained(self, name: str, factory: ModelFactory, model_cfg: DictConfig, regime: str,
+  def pretrained(self, name: str, factory: ModelFactory, regime: str,
                  seed: int) -> tuple[nnx.Module, dict[str, Any]]:
     """The model pretrained on A under `regime`, restored from the shared cache or trained now."""
     s = self.s
     placement = train.Placement(regime, s.pretrain_location, s.pretrain_jitter)
-    path, description = checkpoint_of(self.cfg, s, name, model_cfg, regime, seed)
+    path, description = checkpoint_of(s, name, regime, seed, self.hash_a)
+    init = streams.stream(seed, streams.PRETRAIN_INIT)
     label = f"{name}/{regime}/s{seed}"
 
     def pretrain(model: nnx.Module, resume_dir: Path | None) -> dict[str, Any]:
       start = time.perf_counter()
-      every = int(self.cfg.pretrain.get("checkpoint_every") or 0) if resume_dir is not None else 0
+      every = int(s.config["pretrain"].get("checkpoint_every") or 0) if resume_dir is not None else 0
       checkpoints = resume.Checkpoints(resume_dir, every, f"pretrain {label}") if every else None
       try:
         history = train.train(model, self.pretrain_tx, self.train_a, s.spec, placement, steps=s.pretrain.steps,
-                              batch_size=s.pretrain.batch_size, seed=seed, dispatch=s.pretrain.dispatch,
-                              desc=f"pretrain {label}", checkpoints=checkpoints)
+                              batch_size=s.pretrain.batch_size, seed=streams.stream(seed, streams.PRETRAIN_BATCHES),
+                              dispatch=s.pretrain.dispatch, desc=f"pretrain {label}", checkpoints=checkpoints)
       finally:
         if checkpoints is not None:
           checkpoints.close()
       return {"description": description, "history": history, "seconds": time.perf_counter() - start}
 
-    model, meta, _ = pretrained.obtain(path, lambda: self.build(factory, self.data_a.num_classes, seed), pretrain,
-                                       label=label, wait_timeout_s=float(self.cfg.pretrain.get("wait_timeout_s", 7200)))
+    # Restored, waited for (another job pretrains it under its lock) or pretrained here and published.
+    model, meta, _ = pretrained.obtain(path, lambda: self.build(factory, self.data_a.num_classes, init), pretrain,
+                                       label=label, description=description,
+                                       wait_timeout_s=float(s.config["pretrain"].get("wait_timeout_s", 7200)))
     return model, meta
 
   # -- one row ------------------------------------------------------------------------------------
   def finetune_row(self, name: str, factory: ModelFactory, regime: str, mode: str, seed: int,
                    source: nnx.Module | None, a_before: dict[str, Any] | None) -> dict[str, Any]:
     s = self.s
-    model = self.build(factory, self.data_b.num_classes, seed + 1)
+    # Its own stream: the same classifier start for every regime and mode of a seed (paired comparisons),
+    # and never pretraining's weights (a `scratch` row once started from pretraining seed s + 1's).
+    model = self.build(factory, self.data_b.num_classes, streams.stream(seed, streams.FINETUNE_INIT))
     if source is not None:
       # Backbone and hidden FC layers carry over (copied: training donates its buffers); only the
       # classifier is new, sized for B's classes.
@@ -120,7 +129,8 @@ class Protocol:
     start = time.perf_counter()
     history = train.train(model, self.finetune_tx, self.train_b, s.spec,
                           train.Placement("fixed", s.finetune_location), steps=s.finetune.steps,
-                          batch_size=s.finetune.batch_size, seed=seed, mode=mode, dispatch=s.finetune.dispatch,
+                          batch_size=s.finetune.batch_size, seed=streams.stream(seed, streams.FINETUNE_BATCHES),
+                          mode=mode, dispatch=s.finetune.dispatch,
                           eval_every=s.eval_every, on_eval=on_eval,
                           desc=f"finetune {name}/{regime}/{mode}/s{seed}")
     train_seconds = time.perf_counter() - start
@@ -142,8 +152,12 @@ class Protocol:
         self.output_dir / "heatmaps" / f"{name}_{regime}_{mode}_s{seed}.png", acc2d, ys, xs,
         1.0 / self.data_b.num_classes, s.finetune_location,
         f"{name} | pretrain {regime} | {mode} | seed {seed}\ninvariance {_fmt(final['invariance'])}")
+    settings = comparison.row_settings(self.protocol, s.models[name])
     return {
         "model": name, "pretrain": regime, "finetune": mode, "seed": seed,
+        "comparison_key": comparison.key_of(settings),
+        "protocol_key": comparison.key_of(comparison.protocol_part(settings)),
+        "eval_split": s.eval_split, "distinct_predictions": final["distinct_predictions"],
         "in_acc": final["in_acc"], "off_acc": final["off_acc"], "invariance": final["invariance"],
         "in_pvalue": final["in_pvalue"], "test_objects": len(self.test_b),
         "chance": 1.0 / self.data_b.num_classes, "finetune_steps": s.finetune.steps,
@@ -161,33 +175,35 @@ class Protocol:
         "params": models.param_count(model), **shift, **before, "eval_seconds": eval_seconds,
         "train_final": history[-1] if history else None, "finetune_seconds": train_seconds,
         "heatmap": str(heatmap.relative_to(self.output_dir)),
+        "comparison": settings,
     }
 
 
-def checkpoint_of(cfg: DictConfig, s: Settings, name: str, model_cfg: DictConfig, regime: str,
-                  seed: int) -> tuple[Path, dict[str, Any]]:
-  """Where the model pretrained under `regime` is cached, and everything that determines it."""
+def checkpoint_of(s: Settings, name: str, regime: str, seed: int, data_hash: str) -> tuple[Path, dict[str, Any]]:
+  """Where the model pretrained under `regime` is cached, and everything that determines it: the model's
+  resolved config, the content hash of dataset A, canvas, placement, budget, optimiser, seed, streams."""
   placement = train.Placement(regime, s.pretrain_location, s.pretrain_jitter)
   description = {
-      "model": OmegaConf.to_container(model_cfg), "data": OmegaConf.to_container(cfg.data.pretrain),
+      "model": s.models[name], "data_sha256": data_hash,
       "canvas": [s.spec.canvas_size, s.spec.object_size], "placement": [regime, *placement.location,
                                                                        placement.jitter],
-      "steps": s.pretrain.steps, "batch_size": s.pretrain.batch_size,
-      "optimizer": OmegaConf.to_container(cfg.pretrain.optimizer), "seed": seed,
+      "steps": s.pretrain.steps, "batch_size": s.pretrain.batch_size, "steps_per_dispatch": s.pretrain.dispatch,
+      "optimizer": s.optimizers["pretrain"], "seed": seed,
+      "streams": {"init": streams.PRETRAIN_INIT, "batches": streams.PRETRAIN_BATCHES},
   }
-  return pretrained.checkpoint_path(cfg.paths.checkpoint_dir, f"{name}-{regime}-s{seed}", description), description
+  return pretrained.checkpoint_path(s.checkpoint_dir, f"{name}-{regime}-s{seed}", description), description
 
 
-def check_cache_writable(cfg: DictConfig, s: Settings, done: dict[tuple, Any]) -> None:
+def check_cache_writable(s: Settings, done: dict[tuple, Any], data_hash: str) -> None:
   """Fails now, not after pretraining, if a checkpoint this run must save cannot be written (a read-only
   cache that already holds every needed checkpoint is fine)."""
   for seed in s.seeds:
-    for name, mcfg in cfg.model.items():
+    for name in s.models:
       for regime in s.pretrain_regimes:
         if regime == "scratch" or all((name, regime, mode, seed) in done for mode in s.modes_for(regime)):
           continue
-        if not pretrained.exists(checkpoint_of(cfg, s, name, mcfg, regime, seed)[0]):
-          preflight.check_writable(cfg.paths.checkpoint_dir, "checkpoint cache (paths.checkpoint_dir)",
+        if not pretrained.exists(checkpoint_of(s, name, regime, seed, data_hash)[0]):
+          preflight.check_writable(s.checkpoint_dir, "checkpoint cache (paths.checkpoint_dir)",
                                    "set $SHIFTBENCH_CACHE or paths.checkpoint_dir to a writable directory")
           return
 
@@ -211,58 +227,91 @@ def _fmt(value: float | None) -> str:
   return f"{value:.3f}" if _defined(value) else "-"
 
 
-def _device_splits(objs: ObjectSet, max_test: int | None) -> tuple[train.DeviceObjects, train.DeviceObjects]:
-  test_images, test_labels = objs.test_images, objs.test_labels
-  if max_test is not None:
-    test_images, test_labels = test_images[:max_test], test_labels[:max_test]
-  return (train.DeviceObjects.from_numpy(objs.train_images, objs.train_labels, objs.num_classes),
-          train.DeviceObjects.from_numpy(test_images, test_labels, objs.num_classes))
+def dataset_hash(objs: ObjectSet) -> str:
+  """sha256 of a dataset's arrays and class names, as loaded and resized: what the data *is*, whatever
+  file, TFDS version or renderer it came from."""
+  return subsets.content_hash(objs.train_images, objs.train_labels, objs.test_images, objs.test_labels,
+                              names=objs.class_names)
 
 
-def load_datasets(cfg: DictConfig, object_size: int) -> tuple[ObjectSet, ObjectSet]:
-  """Instantiates datasets A and B from config and resizes their objects to `object_size`."""
-  data_a = resize_objects(hydra.utils.instantiate(cfg.data.pretrain), object_size)
-  data_b = resize_objects(hydra.utils.instantiate(cfg.data.finetune), object_size)
+def _device_splits(objs: ObjectSet, s: Settings,
+                   validation: bool = False) -> tuple[train.DeviceObjects, train.DeviceObjects]:
+  """(training objects, evaluated objects) on the device.
+
+  With `validation` (dataset B), `s.validation_fraction` of each class of the training objects is held
+  out, the same objects whichever split is evaluated, so a setting chosen on validation
+  (`eval.split=validation`) is chosen under the very protocol that reports on test. The evaluated
+  objects are put in class-balanced order (`subsets.balanced_order`) and cut to `eval.max_objects`.
+  """
+  train_x, train_y = objs.train_images, objs.train_labels
+  eval_x, eval_y = objs.test_images, objs.test_labels
+  if validation and s.validation_fraction > 0:
+    keep, held = subsets.split_validation(train_x, train_y, s.validation_fraction, s.subset_seed)
+    if s.eval_split == "validation":
+      eval_x, eval_y = train_x[held], train_y[held]
+    train_x, train_y = train_x[keep], train_y[keep]
+  elif validation and s.eval_split == "validation":
+    raise ConfigError("eval.split=validation needs eval.validation_fraction > 0 (got 0)")
+  order = subsets.balanced_order(eval_x, eval_y, s.subset_seed)[:s.max_objects]
+  return (train.DeviceObjects.from_numpy(train_x, train_y, objs.num_classes),
+          train.DeviceObjects.from_numpy(eval_x[order], eval_y[order], objs.num_classes))
+
+
+def check_disjoint(data_a: ObjectSet, data_b: ObjectSet, allow_overlap: bool) -> None:
+  """B's classes must be new (the protocol's premise): shared class names are a config error."""
+  shared = sorted(set(data_a.class_names) & set(data_b.class_names))
+  if shared and not allow_overlap:
+    raise ConfigError(f"datasets A ({data_a.name}) and B ({data_b.name}) share the classes {shared}; fine-tuning "
+                      "must be on new classes: choose other data.pretrain.classes / data.finetune.classes, or set "
+                      "data.allow_overlap=true to run it anyway (recorded in every row)")
+
+
+def load_datasets(s: Settings) -> tuple[ObjectSet, ObjectSet]:
+  """Instantiates datasets A and B from the resolved config and resizes their objects to the object size."""
+  data_a = resize_objects(hydra.utils.instantiate(s.data["pretrain"]), s.spec.object_size)
+  data_b = resize_objects(hydra.utils.instantiate(s.data["finetune"]), s.spec.object_size)
   require_task(data_a, "A (data.pretrain)")
   require_task(data_b, "B (data.finetune)")
   if data_a.object_shape[-1] != data_b.object_shape[-1]:
     raise DataError(f"datasets A ({data_a.name}) and B ({data_b.name}) have different channel counts: "
                      f"{data_a.object_shape[-1]} vs {data_b.object_shape[-1]}")
+  check_disjoint(data_a, data_b, s.allow_overlap)
   return data_a, data_b
 
 
-def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
+def run_experiment(cfg: DictConfig | dict[str, Any], output_dir: str | Path) -> dict[str, Any]:
   """Runs every row of the configured protocol and writes results, heatmaps and the leaderboard.
 
-  One process per run directory: a `locks.Busy` error at once if another process is running in it.
+  `cfg` is checked and resolved once into `Settings` (the only view of it below this line). One process
+  per run directory: a `locks.Busy` error at once if another process is running in it.
   """
   output_dir = preflight.check_writable(output_dir, "run directory", "choose another hydra.run.dir")
   with locks.run_dir(output_dir):
     return _run_experiment(cfg, output_dir)
 
 
-def _run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
-  preflight.check_config(cfg)
-  output_dir = preflight.check_writable(output_dir, "run directory", "choose another hydra.run.dir")
-  compile_cache.configure(cfg.get("compile_cache", False), cfg.paths.get("compile_cache_dir"))
+def _run_experiment(cfg: DictConfig | dict[str, Any], output_dir: Path) -> dict[str, Any]:
   settings = Settings.from_config(cfg)
-  models = {name: (hydra.utils.instantiate(mcfg), mcfg) for name, mcfg in cfg.model.items()}
-  config = OmegaConf.to_container(cfg, resolve=True)
+  output_dir = preflight.check_writable(output_dir, "run directory", "choose another hydra.run.dir")
+  compile_cache.configure(settings.compile_cache, settings.compile_cache_dir)
+  models = {name: hydra.utils.instantiate(mcfg) for name, mcfg in settings.models.items()}
+  config = settings.config
   results_path = output_dir / "results.json"
-  done = preflight.resumable_rows(results_path, config, bool(cfg.get("overwrite", False)))
-  check_cache_writable(cfg, settings, done)
-  data_a, data_b = load_datasets(cfg, settings.spec.object_size)
-  protocol = Protocol(cfg, settings, data_a, data_b, output_dir)
+  done = preflight.resumable_rows(results_path, config, settings.overwrite)
+  data_a, data_b = load_datasets(settings)
+  protocol = Protocol(settings, data_a, data_b, output_dir)
+  check_cache_writable(settings, done, protocol.hash_a)
   record = {"config": config, "seeds": list(settings.seeds), "environment": results.environment(),
-            "datasets": {"pretrain": data_a.name, "finetune": data_b.name}, "grid": protocol.grid,
-            "rows": list(done.values())}
+            "datasets": {"pretrain": data_a.name, "finetune": data_b.name,
+                         "pretrain_sha256": protocol.hash_a, "finetune_sha256": protocol.hash_b},
+            "grid": protocol.grid, "rows": list(done.values())}
   record["resolved"] = {"eval_batch_size": settings.eval_batch}  # what `auto` settings became here
-  tracker = hydra.utils.instantiate(cfg.logger)
+  tracker = hydra.utils.instantiate(settings.logger)
   tracker.start(config, output_dir, name=output_dir.name)
   exit_code = 1
   try:
     for seed in settings.seeds:
-      for name, (factory, mcfg) in models.items():
+      for name, factory in models.items():
         for regime in settings.pretrain_regimes:
           modes = settings.modes_for(regime)
           keys = [(name, regime, mode, seed) for mode in modes]
@@ -270,7 +319,7 @@ def _run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
             continue
           source, a_before = None, None
           if regime != "scratch":
-            source, _ = protocol.pretrained(name, factory, mcfg, regime, seed)
+            source, _ = protocol.pretrained(name, factory, regime, seed)
             a_before = protocol.location_map(source, protocol.test_a)
           for mode, key in zip(modes, keys):
             if key in done:

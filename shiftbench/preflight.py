@@ -6,6 +6,7 @@ Each raises a `ConfigError` whose one-line message names the key or path at faul
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import math
 import numbers
@@ -33,7 +34,8 @@ _OPTIMIZER_DOMAINS = {
 }
 
 
-def shipped_top_level_keys() -> set[str]:
+@functools.cache  # the shipped conf/ does not change while a process runs; composing it all takes ~1 s
+def shipped_top_level_keys() -> frozenset[str]:
   """The top-level keys the shipped config defines: the default composition and every experiment preset.
 
   Derived by composing `conf/` (inside a running Hydra app, through its own search path), so a key added
@@ -49,9 +51,9 @@ def shipped_top_level_keys() -> set[str]:
     return found
 
   if GlobalHydra.instance().is_initialized():
-    return keys()
+    return frozenset(keys())
   with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-    return keys()
+    return frozenset(keys())
 
 
 def check_top_level_keys(cfg: DictConfig, allowed: set[str] | None = None) -> None:

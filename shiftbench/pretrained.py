@@ -78,9 +78,9 @@ def _canonical_hash(meta: dict[str, Any]) -> str:
 
 
 def _bad(path: Path, problem: str) -> CacheError:
-  """A `CacheError` for a checkpoint that cannot be used; `problem` alone is kept for `discard`'s line."""
+  """A `CacheError` for a checkpoint that cannot be used; `problem` alone is kept for `_move_aside`'s line."""
   error = CacheError(f"{problem}; delete the checkpoint (rm -rf {path}) and run again to pretrain it afresh")
-  error.problem = problem
+  error.problem, error.corrupted = problem, True
   return error
 
 
@@ -120,17 +120,31 @@ def verify(path: Path) -> dict[str, Any]:
   return meta
 
 
-def restore(path: Path, model: nnx.Module) -> dict[str, Any]:
-  """Verifies the checkpoint's hashes, loads the saved state into `model` (same architecture) and returns
-  the saved metadata. A `CacheError` naming the path if either fails."""
+def _mismatch(path: Path, saved: Any, wanted: Any, why: str) -> CacheError:
+  """A checkpoint that is intact but is not the model asked for: an error naming both, never a deletion."""
+  return CacheError(f"the pretrained checkpoint {path} {why}: it was saved for {json.dumps(saved, default=str)}, "
+                    f"this run wants {json.dumps(wanted, default=str)}; use another paths.checkpoint_dir or remove it "
+                    "yourself if it is yours")
+
+
+def restore(path: Path, model: nnx.Module, description: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Verifies the checkpoint's hashes, checks it was saved for `description` (when given), loads the saved
+  state into `model` (same architecture) and returns the saved metadata.
+
+  A corrupted checkpoint raises a `CacheError` with `corrupted = True` (the caller makes it again); one that
+  is intact but holds another model raises one without it, naming both descriptions."""
   meta = verify(path)
+  saved = meta.get("description")
+  wanted = None if description is None else json.loads(json.dumps(description, default=str))
+  if wanted is not None and saved != wanted:
+    raise _mismatch(path, saved, wanted, "holds another model under this key")
   abstract = nnx.state(model)
   try:
     with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckpt:
       state = ckpt.restore(path / "state", abstract)
-  except Exception as e:  # a checkpoint of another architecture, or one orbax cannot parse
-    raise _bad(path, f"cannot restore the pretrained checkpoint {path} ({type(e).__name__}: "
-               f"{str(e)[:200]})") from e
+  except Exception as e:  # a checkpoint of another architecture: intact bytes, wrong shapes
+    raise _mismatch(path, saved, wanted, f"cannot be restored into this model ({type(e).__name__}: "
+                    f"{str(e)[:200]})") from e
   nnx.update(model, state)
   return meta
 
@@ -188,6 +202,7 @@ def _move_aside(path: Path, reason: CacheError) -> None:
 
 def obtain(path: Path, build: Callable[[], nnx.Module],
            pretrain: Callable[[nnx.Module, Path | None], dict[str, Any]], *, label: str,
+           description: dict[str, Any] | None = None,
            wait_timeout_s: float = 7200.0) -> tuple[nnx.Module, dict[str, Any], str]:
   """The pretrained model of checkpoint `path`: restored, waited for, or pretrained here and published.
 
@@ -197,6 +212,8 @@ def obtain(path: Path, build: Callable[[], nnx.Module],
     pretrain: trains a fresh model in place and returns its metadata; its second argument is the
       directory for periodic resumable checkpoints, or None when this job does not hold the lock.
     label: names the model in the log line.
+    description: what the checkpoint must have been saved for (`restore`); an intact checkpoint of another
+      model is an error naming both, never replaced.
     wait_timeout_s: how long to wait for another job pretraining the same checkpoint before pretraining
       here too (< 0: wait for ever).
 
@@ -209,10 +226,12 @@ def obtain(path: Path, build: Callable[[], nnx.Module],
   bad = False
   if exists(path):
     try:
-      meta = restore(path, model)
+      meta = restore(path, model, description)
       log.info("pretrained %s: restored from %s in %.1f s", label, path, time.perf_counter() - start)
       return model, meta, "restored"
-    except CacheError:
+    except CacheError as e:
+      if not getattr(e, "corrupted", False):
+        raise
       bad = True  # what to do is decided under the lock: another job may be replacing it already
   lock = lock_path(path)
   try:
@@ -228,11 +247,13 @@ def obtain(path: Path, build: Callable[[], nnx.Module],
   with locks.held(lock, wait_timeout_s) as holding:
     if holding and path.exists():  # published meanwhile, or the bad one seen above (or half of one)
       try:
-        meta = restore(path, model)
+        meta = restore(path, model, description)
         log.info("pretrained %s: %s, restored from %s in %.1f s", label,
                  "waited for another job" if busy else "replaced meanwhile", path, time.perf_counter() - start)
         return model, meta, "waited" if busy or bad else "restored"
       except CacheError as e:
+        if not getattr(e, "corrupted", False):
+          raise
         _move_aside(path, e)
     if not holding:
       log.warning("pretrained %s: gave up waiting after %.0f s for %s; pretraining it here as well", label,

@@ -1,13 +1,24 @@
-"""The protocol's settings, read out of the Hydra config once into plain Python (nothing of the config
-enters jitted code) and checked, so bad values fail before any training with a one-line message."""
+"""The protocol's settings: the Hydra config checked, resolved once and read into plain Python.
+
+`Settings.from_config` is the door: it runs every config check (`preflight.check_config`), resolves every
+interpolation once (`${widths}`, `${data.path}`, `${oc.env:...}`), and keeps the resolved tree. Nothing
+below the CLI reads the `DictConfig` again: the protocol, the checkpoint key and the comparison key all
+read this one view, so they can never see a literal `${widths}` (shiftbench <= 0.3 keyed checkpoints by
+the unresolved model config, and jobs that differed only in the global `widths` overwrote each other's).
+Nothing of the config enters jitted code.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
-from omegaconf import DictConfig, OmegaConf
+from typing import Any
 
-from shiftbench import canvas, evaluation, train
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from shiftbench import canvas, evaluation, preflight, train
+from shiftbench.errors import ConfigError
 
 PRETRAIN_REGIMES: tuple[str, ...] = ("scratch", *canvas.REGIMES)
 # Without pretraining the backbone is random: a row that freezes it measures nothing about invariance
@@ -34,16 +45,35 @@ def _location(value, spec: canvas.CanvasSpec, what: str) -> tuple[int, int] | No
   return spec.check_location((value[0], value[1]))
 
 
+def _fraction(value, what: str) -> float:
+  value = float(value)
+  if not 0.0 <= value < 1.0:
+    raise ConfigError(f"{what} must lie in [0, 1), got {value}")
+  return value
+
+
 def _positive(value, what: str) -> int:
   if int(value) < 1:
     raise ValueError(f"{what} must be >= 1, got {value}")
   return int(value)
 
 
-def _model_widths(cfg: DictConfig) -> list[list[int]]:
+def _model_widths(config: dict[str, Any]) -> list[list[int]]:
   """Each model's conv widths (its own, else the global `widths`), for sizing eval batches."""
-  default = [int(w) for w in cfg.get("widths") or [64]]
-  return [[int(w) for w in mcfg.get("widths") or default] for mcfg in (cfg.get("model") or {}).values()] or [default]
+  default = [int(w) for w in config.get("widths") or [64]]
+  return [[int(w) for w in (mcfg or {}).get("widths") or default]
+          for mcfg in (config.get("model") or {}).values()] or [default]
+
+
+def resolve(cfg: DictConfig) -> dict[str, Any]:
+  """The config as plain Python with every interpolation resolved; a `ConfigError` naming the key that
+  cannot be resolved (e.g. `data.path` left at `???`)."""
+  try:
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+  except OmegaConfBaseException as e:
+    key = getattr(e, "full_key", None) or "?"
+    raise ConfigError(f"config key {key} cannot be resolved ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0]}); set it on the command line, e.g. {key}=...") from e
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,15 +102,39 @@ class Settings:
   max_objects: int | None
   curve_objects: int
   eval_batch: int
+  eval_split: str             # which of B's held-out objects are evaluated: test (report) or validation
+  validation_fraction: float  # of each class of B's training objects, held out as validation
+  subset_seed: int            # which class-balanced order evaluation subsets are prefixes of
+  allow_overlap: bool         # A and B may share class names (else a config error)
+  # The resolved config and its parts, plain Python: what the protocol instantiates and keys.
+  config: dict[str, Any]
+  models: dict[str, dict[str, Any]]
+  data: dict[str, dict[str, Any]]           # {"pretrain": ..., "finetune": ...} loader configs
+  optimizers: dict[str, dict[str, Any]]     # {"pretrain": ..., "finetune": ...}
+  eval_metrics: dict[str, dict[str, Any]]
+  logger: dict[str, Any]
+  checkpoint_dir: str
+  compile_cache: bool
+  compile_cache_dir: str | None
+  overwrite: bool
 
   def modes_for(self, regime: str) -> tuple[str, ...]:
     """The fine-tune modes run after `regime`: `scratch_modes` for `scratch`, `finetune_modes` otherwise."""
     return self.scratch_modes if regime == "scratch" else self.finetune_modes
 
   @classmethod
-  def from_config(cls, cfg: DictConfig) -> Settings:
+  def from_config(cls, cfg: DictConfig | dict[str, Any]) -> Settings:
+    """Checks `cfg` (a composed Hydra config), resolves it once and reads every setting out of it."""
+    if isinstance(cfg, DictConfig):
+      preflight.check_config(cfg)
+      cfg = resolve(cfg)
+    return cls._read(cfg)
+
+  @classmethod
+  def _read(cls, config: dict[str, Any]) -> Settings:
+    cfg = OmegaConf.create(config)  # attribute access over the resolved tree; nothing left to resolve
     spec = canvas.CanvasSpec(int(cfg.canvas.size), int(cfg.canvas.object_size))
-    seeds = OmegaConf.to_container(cfg.seeds) if OmegaConf.is_list(cfg.seeds) else [cfg.seeds]
+    seeds = list(cfg.seeds) if OmegaConf.is_list(cfg.seeds) else [cfg.seeds]
     if not seeds:
       raise ValueError("seeds is empty; give at least one, e.g. seeds=[0,1,2]")
     ft_loc = _location(cfg.finetune.location, spec, "finetune.location") or spec.center()
@@ -109,5 +163,19 @@ class Settings:
         grid_stride=_positive(cfg.eval.grid_stride, "eval.grid_stride"),
         max_objects=None if max_objects is None else _positive(max_objects, "eval.max_objects"),
         curve_objects=_positive(cfg.eval.curve_objects, "eval.curve_objects"),
-        eval_batch=evaluation.resolve_batch_size(cfg.eval.batch_size, spec.canvas_size, _model_widths(cfg)),
+        eval_batch=evaluation.resolve_batch_size(cfg.eval.batch_size, spec.canvas_size, _model_widths(config)),
+        eval_split=_choices([cfg.eval.get("split", "test")], ("test", "validation"), "eval.split")[0],
+        validation_fraction=_fraction(cfg.eval.get("validation_fraction", 0.1), "eval.validation_fraction"),
+        subset_seed=int(cfg.eval.get("subset_seed", 0)),
+        allow_overlap=bool(cfg.data.get("allow_overlap", False)),
+        config=config,
+        models=dict(config.get("model") or {}),
+        data={"pretrain": config["data"]["pretrain"], "finetune": config["data"]["finetune"]},
+        optimizers={p: config[p]["optimizer"] for p in ("pretrain", "finetune")},
+        eval_metrics=dict(config["eval"].get("metrics") or {}),
+        logger=dict(config.get("logger") or {"_target_": "shiftbench.tracking.WandbTracker", "mode": "disabled"}),
+        checkpoint_dir=str(config["paths"]["checkpoint_dir"]),
+        compile_cache=bool(config.get("compile_cache", False)),
+        compile_cache_dir=config["paths"].get("compile_cache_dir"),
+        overwrite=bool(config.get("overwrite", False)),
     )

@@ -80,7 +80,9 @@ def cos_diff(feats: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array
   pair_sum = jnp.sum(total * total, axis=-1) - jnp.sum(class_sums * class_sums, axis=(-2, -1))
   counts = jnp.sum(onehot, axis=0)
   n_pairs = labels.shape[0] ** 2 - jnp.sum(counts * counts)
-  return pair_sum / jnp.maximum(n_pairs, 1.0)
+  # No different-class pair (one class present): undefined, never 0 (which would make the normalised
+  # similarity equal raw cos_same).
+  return jnp.where(n_pairs > 0, pair_sum / jnp.maximum(n_pairs, 1.0), jnp.nan)
 
 
 def normalised_similarity(same: jax.Array, diff: jax.Array) -> jax.Array:

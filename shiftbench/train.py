@@ -173,7 +173,7 @@ def check_divergence(history: list[Metrics], num_classes: int, desc: str, final:
 
 
 def train(model: nnx.Module, tx: optax.GradientTransformation, data: DeviceObjects, spec: canvas.CanvasSpec,
-          placement: Placement, *, steps: int, batch_size: int, seed: int, mode: str = "full",
+          placement: Placement, *, steps: int, batch_size: int, seed: int | jax.Array, mode: str = "full",
           dispatch: int | str = "auto", log_every: int = 50, eval_every: int = 0,
           on_eval: Callable[[int, nnx.Module], None] | None = None, desc: str = "train",
           checkpoints: resume.Checkpoints | None = None) -> list[Metrics]:
@@ -185,7 +185,8 @@ def train(model: nnx.Module, tx: optax.GradientTransformation, data: DeviceObjec
     tx: the optax optimiser.
     data: training objects on the device.
     spec, placement: canvas geometry and where objects are placed.
-    steps, batch_size, seed: the budget and the randomness (batches and placements come from `seed`).
+    steps, batch_size, seed: the budget and the randomness: batches and placements come from `seed`, a
+      key (the protocol passes its phase's stream, `streams.stream`) or an int.
     mode: `full` (all params), `head` (backbone frozen) or `last` (the classifier only).
     dispatch: steps per jitted call, or `auto`.
     log_every: host sync interval for the progress bar and the finite-loss check.
@@ -200,7 +201,7 @@ def train(model: nnx.Module, tx: optax.GradientTransformation, data: DeviceObjec
   graphdef, params, rest = nnx.split(model, trainable_filter(mode), ...)
   opt_state = tx.init(params)
   update = _compiled_update(graphdef, tx, spec, placement, batch_size, k)
-  base_key = jax.random.key(seed)
+  base_key = seed if isinstance(seed, jax.Array) else jax.random.key(seed)
   history: list[Metrics] = []
   done = 0
   # Checkpoints at multiples of k too, so chunks (and so every bit) are those of a run without them.

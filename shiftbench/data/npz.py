@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from shiftbench import subsets
 from shiftbench.data.objects import ObjectSet, select_object_classes
 from shiftbench.errors import DataError
 
@@ -42,22 +43,6 @@ def _labels(array: np.ndarray, key: str, images: np.ndarray, images_key: str) ->
   if array.size and array.min() < 0:
     raise ValueError(f"{key!r} must be >= 0, got {array.min()}")
   return array.astype(np.int32)
-
-
-def _stratified_split(
-    labels: np.ndarray, test_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-  """Train and test indices, holding out `test_fraction` of every class (at least one if possible)."""
-  rng = np.random.default_rng(seed)
-  train, test = [], []
-  for k in np.unique(labels):
-    idx = rng.permutation(np.flatnonzero(labels == k))
-    n_test = int(round(test_fraction * len(idx)))
-    if len(idx) > 1:  # keep one object on each side so that every class can be trained and tested
-      n_test = min(max(n_test, 1), len(idx) - 1)
-    test.append(idx[:n_test])
-    train.append(idx[n_test:])
-  return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
 def load_npz(
@@ -113,7 +98,8 @@ def load_npz(
   else:
     if not 0.0 < test_fraction < 1.0:
       raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
-    train_idx, test_idx = _stratified_split(labels, test_fraction, seed)
+    # Chosen by a seeded hash of each object: the same objects whatever the order of the file.
+    train_idx, test_idx = subsets.split_validation(images, labels, test_fraction, seed, min_held=1)
     images, labels, test_images, test_labels = (
         images[train_idx], labels[train_idx], images[test_idx], labels[test_idx])
 
