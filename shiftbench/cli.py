@@ -30,15 +30,25 @@ class RunDirGuard(Callback):
   """Checks the run directory before Hydra writes `.hydra/` into it (`hydra.callbacks` in config.yaml).
 
   The task checks the same again (library users and multiruns go through it), but only here is the
-  earlier run's `.hydra/config.yaml` still intact when a reused directory is refused.
+  earlier run's `.hydra/config.yaml` still intact when a reused directory is refused. It also takes the
+  run directory's lock (`locks.run_dir`) for the whole run, so a second process there refuses at once.
+
+  In a multirun Hydra writes each job's `.hydra/` before any job callback runs, so the sweep's existing
+  `.hydra/` files are read at its start and travel with the jobs (the callback is pickled into submitit
+  jobs); a refused job puts its directory's back, byte for byte (`_refuse_or_run`).
   """
 
-  def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-    from shiftbench import preflight
+  def __init__(self) -> None:
+    self.hydra_files: dict[str, bytes] = {}
 
+  def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+    from shiftbench import locks, preflight
+
+    run_dir = None
     try:
       run_dir = preflight.check_writable(OmegaConf.select(config, "hydra.run.dir"), "run directory",
                                          "choose another hydra.run.dir")
+      locks.hold_run_dir(run_dir)  # one process per run directory, held until on_run_end
       task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
       try:
         resolved = OmegaConf.to_container(task, resolve=True)
@@ -46,8 +56,30 @@ class RunDirGuard(Callback):
         return
       preflight.resumable_rows(run_dir / "results.json", resolved, bool(task.get("overwrite", False)))
     except UserError as e:
+      if run_dir is not None and not isinstance(e, locks.Busy):
+        locks.release_run_dir(run_dir)
       _errors.append(e)
       raise SystemExit(1) from e  # Hydra turns a callback's exceptions into warnings
+
+  def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+    from shiftbench import locks
+
+    locks.release_run_dir(Path(OmegaConf.select(config, "hydra.run.dir")).expanduser().absolute())
+
+  def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+    """An unwritable sweep directory is one line, before any job starts (Hydra's own is a traceback)."""
+    from shiftbench import preflight
+
+    try:
+      sweep = preflight.check_writable(OmegaConf.select(config, "hydra.sweep.dir"), "sweep directory",
+                                       "choose another hydra.sweep.dir")
+    except UserError as e:
+      _errors.append(e)
+      raise SystemExit(1) from e
+    self.hydra_files = {str(p): p.read_bytes() for p in sweep.glob("**/.hydra/*") if p.is_file()}
+
+  def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+    _EARLIER_HYDRA_FILES.update(self.hydra_files)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
@@ -57,10 +89,35 @@ def _main(cfg: DictConfig) -> None:
   logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every checkpoint step at INFO
 
   try:
-    run_experiment(cfg, HydraConfig.get().runtime.output_dir)
+    _refuse_or_run(cfg, Path(HydraConfig.get().runtime.output_dir), run_experiment)
   except Exception as e:
     _errors.append(e)  # Hydra reports it (and a multirun goes on to its next job); `main` prints it last
     raise
+
+
+# A multirun's `.hydra/` files from before it started (see RunDirGuard), by absolute path.
+_EARLIER_HYDRA_FILES: dict[str, bytes] = {}
+
+
+def _refuse_or_run(cfg: DictConfig, output_dir: Path, run: Any) -> None:
+  """Runs the job; a multirun job refused for its directory (another config's run, or another process
+  in it) first puts back the `.hydra/` files that Hydra rewrote there."""
+  from shiftbench import locks, preflight
+
+  # The callback's copy: under `python -m shiftbench.cli` this module is also `__main__` (see errors.py).
+  from shiftbench.cli import _EARLIER_HYDRA_FILES as files
+
+  earlier = {p: b for p, b in files.items() if Path(p).parent == output_dir / ".hydra"}
+  if earlier:
+    try:
+      with locks.run_dir(output_dir):
+        preflight.resumable_rows(output_dir / "results.json", OmegaConf.to_container(cfg, resolve=True),
+                                 bool(cfg.get("overwrite", False)))
+    except UserError:
+      for path, data in earlier.items():
+        Path(path).write_bytes(data)
+      raise
+  run(cfg, output_dir)
 
 
 def main() -> None:

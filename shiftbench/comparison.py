@@ -27,6 +27,7 @@ from typing import Any
 IGNORED = (
     "seeds", "paths.*", "logger.*", "overwrite", "compile_cache", "eval.batch_size", "widths", "model.*",
     "pretrain.regimes", "finetune.modes", "finetune.scratch_modes",
+    "pretrain.checkpoint_every", "pretrain.wait_timeout_s",  # resumable checkpoints resume bit-identically
     "data.data_dir", "data.path", "data.*.data_dir", "data.*.path", "data.*.workers", "data.*.download",
 )
 KEY_LENGTH = 12

@@ -20,9 +20,10 @@ from flax import nnx
 from omegaconf import DictConfig
 
 from shiftbench import (__version__, canvas, claims, comparison, compile_cache, evaluation, evaluators, leaderboard,
-                        metrics, models, plots, preflight, pretrained, results, streams, subsets, terminal, tidy, train)
+                        locks, metrics, models, plots, preflight, pretrained, results, resume, streams, subsets,
+                        terminal, tidy, train)
 from shiftbench.data import ObjectSet, require_task, resize_objects
-from shiftbench.errors import CacheError, ConfigError, DataError
+from shiftbench.errors import ConfigError, DataError
 from shiftbench.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -81,22 +82,25 @@ class Protocol:
     placement = train.Placement(regime, s.pretrain_location, s.pretrain_jitter)
     path, description = checkpoint_of(s, name, regime, seed, self.hash_a)
     init = streams.stream(seed, streams.PRETRAIN_INIT)
-    model = self.build(factory, self.data_a.num_classes, init)
-    if pretrained.exists(path):
-      log.info("restoring pretrained %s/%s seed %d from %s", name, regime, seed, path)
+    label = f"{name}/{regime}/s{seed}"
+
+    def pretrain(model: nnx.Module, resume_dir: Path | None) -> dict[str, Any]:
+      start = time.perf_counter()
+      every = s.checkpoint_every if resume_dir is not None else 0
+      checkpoints = resume.Checkpoints(resume_dir, every, f"pretrain {label}") if every else None
       try:
-        return model, pretrained.restore(path, model, description)
-      except CacheError as e:
-        if not getattr(e, "corrupted", False):
-          raise  # another model under this key: an error naming both, never a deletion
-        pretrained.discard(path, e)  # bad bytes are never used: the checkpoint is made again
-        model = self.build(factory, self.data_a.num_classes, init)
-    start = time.perf_counter()
-    history = train.train(model, self.pretrain_tx, self.train_a, s.spec, placement, steps=s.pretrain.steps,
-                          batch_size=s.pretrain.batch_size, seed=streams.stream(seed, streams.PRETRAIN_BATCHES),
-                          dispatch=s.pretrain.dispatch, desc=f"pretrain {name}/{regime}/s{seed}")
-    meta = {"description": description, "history": history, "seconds": time.perf_counter() - start}
-    pretrained.save(path, model, meta)
+        history = train.train(model, self.pretrain_tx, self.train_a, s.spec, placement, steps=s.pretrain.steps,
+                              batch_size=s.pretrain.batch_size, seed=streams.stream(seed, streams.PRETRAIN_BATCHES),
+                              dispatch=s.pretrain.dispatch, desc=f"pretrain {label}", checkpoints=checkpoints)
+      finally:
+        if checkpoints is not None:
+          checkpoints.close()
+      return {"description": description, "history": history, "seconds": time.perf_counter() - start}
+
+    # Restored, waited for (another job pretrains it under its lock) or pretrained here and published.
+    model, meta, _ = pretrained.obtain(path, lambda: self.build(factory, self.data_a.num_classes, init), pretrain,
+                                       label=label, description=description,
+                                       wait_timeout_s=s.wait_timeout_s)
     return model, meta
 
   # -- one row ------------------------------------------------------------------------------------
@@ -279,8 +283,15 @@ def load_datasets(s: Settings) -> tuple[ObjectSet, ObjectSet]:
 def run_experiment(cfg: DictConfig | dict[str, Any], output_dir: str | Path) -> dict[str, Any]:
   """Runs every row of the configured protocol and writes results, heatmaps and the leaderboard.
 
-  `cfg` is checked and resolved once into `Settings` (the only view of it below this line).
+  `cfg` is checked and resolved once into `Settings` (the only view of it below this line). One process
+  per run directory: a `locks.Busy` error at once if another process is running in it.
   """
+  output_dir = preflight.check_writable(output_dir, "run directory", "choose another hydra.run.dir")
+  with locks.run_dir(output_dir):
+    return _run_experiment(cfg, output_dir)
+
+
+def _run_experiment(cfg: DictConfig | dict[str, Any], output_dir: Path) -> dict[str, Any]:
   settings = Settings.from_config(cfg)
   output_dir = preflight.check_writable(output_dir, "run directory", "choose another hydra.run.dir")
   compile_cache.configure(settings.compile_cache, settings.compile_cache_dir)

@@ -11,21 +11,33 @@ before a restore: a flipped bit or a truncated file is found before its bytes re
 (`verify`), and the caller trains the model again instead of continuing on bad bytes. The synchronous
 orbax checkpointer is used on purpose: the asynchronous one leaves a non-daemon thread behind when a
 save fails, and the interpreter then never exits.
+
+Jobs that share the cache (a sweep's first wave on a cluster) go through `obtain`: it restores a
+published checkpoint without locking; otherwise one job pretrains under a per-checkpoint lock
+(`locks.held`) while the others wait for it and restore what it published. A checkpoint is written into
+a private temporary directory beside its final place and published by one `rename`, which fails rather
+than replace a directory that exists, so no job ever overwrites or deletes another's checkpoint. Only a
+checkpoint that fails `verify` is moved away, and only under its lock.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
+import os
 import shutil
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from shiftbench import __version__
+from shiftbench import __version__, locks
 from shiftbench.errors import CacheError
 from shiftbench.results import write_json
 
@@ -66,7 +78,7 @@ def _canonical_hash(meta: dict[str, Any]) -> str:
 
 
 def _bad(path: Path, problem: str) -> CacheError:
-  """A `CacheError` for a checkpoint that cannot be used; `problem` alone is kept for `discard`'s line."""
+  """A `CacheError` for a checkpoint that cannot be used; `problem` alone is kept for `_move_aside`'s line."""
   error = CacheError(f"{problem}; delete the checkpoint (rm -rf {path}) and run again to pretrain it afresh")
   error.problem, error.corrupted = problem, True
   return error
@@ -78,7 +90,7 @@ def save(path: Path, model: nnx.Module, meta: dict[str, Any]) -> None:
   state = nnx.state(model)
   try:
     with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckpt:
-      ckpt.save(path / "state", state, force=True)
+      ckpt.save(path / "state", state)
     meta = json.loads(json.dumps({**meta, "state_sha256": file_hashes(path / "state")}, default=str))
     meta[_SELF_HASH] = _canonical_hash(meta)
     write_json(path / "meta.json", meta)
@@ -108,15 +120,6 @@ def verify(path: Path) -> dict[str, Any]:
   return meta
 
 
-def discard(path: Path, reason: CacheError) -> None:
-  """Removes a checkpoint that failed `verify`, saying so in one line; a `CacheError` if it cannot."""
-  log.warning("%s: removing the checkpoint and pretraining it again", getattr(reason, "problem", reason))
-  try:
-    shutil.rmtree(path)
-  except OSError as e:
-    raise CacheError(f"{reason} (and removing it failed: {e.strerror or e})") from e
-
-
 def _mismatch(path: Path, saved: Any, wanted: Any, why: str) -> CacheError:
   """A checkpoint that is intact but is not the model asked for: an error naming both, never a deletion."""
   return CacheError(f"the pretrained checkpoint {path} {why}: it was saved for {json.dumps(saved, default=str)}, "
@@ -144,3 +147,123 @@ def restore(path: Path, model: nnx.Module, description: dict[str, Any] | None = 
                     f"{str(e)[:200]})") from e
   nnx.update(model, state)
   return meta
+
+
+def lock_path(path: Path) -> Path:
+  """The lock file of checkpoint `path`: in `<checkpoint_dir>.locks/`, beside the cache rather than in it,
+  so that the cache directory holds checkpoints only."""
+  return path.parent.with_name(path.parent.name + ".locks") / f"{path.name}.lock"
+
+
+def resume_dir(path: Path) -> Path:
+  """Where the pretraining of `path` keeps its periodic checkpoints until it is published."""
+  return path.with_name(f".{path.name}.resume")
+
+
+def publish(path: Path, model: nnx.Module, meta: dict[str, Any]) -> bool:
+  """Saves into a private temporary directory beside `path` and renames it into place.
+
+  Returns:
+    True if this call published `path`; False if a checkpoint was already there (another job's: it
+    is kept, and this one dropped).
+  """
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+  except OSError as e:
+    raise CacheError(f"cannot save the pretrained checkpoint {path} ({type(e).__name__}: {e}); make "
+                     "paths.checkpoint_dir (or $SHIFTBENCH_CACHE) a writable directory") from e
+  try:
+    save(tmp, model, meta)
+    try:
+      os.rename(tmp, path)  # atomic; fails on a non-empty directory instead of replacing it
+      return True
+    except OSError as e:
+      if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+        raise CacheError(f"cannot publish the pretrained checkpoint {path} ({e.strerror or e})") from e
+      return False
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _move_aside(path: Path, reason: CacheError) -> None:
+  """Takes a checkpoint that failed `verify` out of its place (by rename, so a new one can be published
+  at once) and deletes it; called only under its lock."""
+  log.warning("%s: removing the checkpoint and pretraining it again", getattr(reason, "problem", reason))
+  aside = path.with_name(f".{path.name}.bad-{os.getpid()}-{time.time_ns()}")
+  try:
+    os.rename(path, aside)
+  except FileNotFoundError:
+    return
+  except OSError as e:
+    raise CacheError(f"{reason} (and moving it away failed: {e.strerror or e})") from e
+  shutil.rmtree(aside, ignore_errors=True)
+
+
+def obtain(path: Path, build: Callable[[], nnx.Module],
+           pretrain: Callable[[nnx.Module, Path | None], dict[str, Any]], *, label: str,
+           description: dict[str, Any] | None = None,
+           wait_timeout_s: float = 7200.0) -> tuple[nnx.Module, dict[str, Any], str]:
+  """The pretrained model of checkpoint `path`: restored, waited for, or pretrained here and published.
+
+  Args:
+    path: the checkpoint directory (`checkpoint_path`).
+    build: makes the freshly initialised model.
+    pretrain: trains a fresh model in place and returns its metadata; its second argument is the
+      directory for periodic resumable checkpoints, or None when this job does not hold the lock.
+    label: names the model in the log line.
+    description: what the checkpoint must have been saved for (`restore`); an intact checkpoint of another
+      model is an error naming both, never replaced.
+    wait_timeout_s: how long to wait for another job pretraining the same checkpoint before pretraining
+      here too (< 0: wait for ever).
+
+  Returns:
+    (model, metadata, how), how one of `restored`, `waited`, `pretrained`, `pretrained-after-timeout`.
+    One INFO line per call says which and how long it took.
+  """
+  start = time.perf_counter()
+  model = build()
+  bad = False
+  if exists(path):
+    try:
+      meta = restore(path, model, description)
+      log.info("pretrained %s: restored from %s in %.1f s", label, path, time.perf_counter() - start)
+      return model, meta, "restored"
+    except CacheError as e:
+      if not getattr(e, "corrupted", False):
+        raise
+      bad = True  # what to do is decided under the lock: another job may be replacing it already
+  lock = lock_path(path)
+  try:
+    lock.parent.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise CacheError(f"cannot create the checkpoint lock directory {lock.parent} ({e.strerror or e}); make "
+                     "paths.checkpoint_dir (or $SHIFTBENCH_CACHE) a writable directory") from e
+  waiting = time.perf_counter()
+  busy = not locks.is_free(lock)
+  if busy:
+    log.info("pretrained %s: waiting for %s, which is pretraining it (up to %s s)", label, locks.owner_text(lock),
+             "ever" if wait_timeout_s < 0 else f"{wait_timeout_s:.0f}")
+  with locks.held(lock, wait_timeout_s) as holding:
+    if holding and path.exists():  # published meanwhile, or the bad one seen above (or half of one)
+      try:
+        meta = restore(path, model, description)
+        log.info("pretrained %s: %s, restored from %s in %.1f s", label,
+                 "waited for another job" if busy else "replaced meanwhile", path, time.perf_counter() - start)
+        return model, meta, "waited" if busy or bad else "restored"
+      except CacheError as e:
+        if not getattr(e, "corrupted", False):
+          raise
+        _move_aside(path, e)
+    if not holding:
+      log.warning("pretrained %s: gave up waiting after %.0f s for %s; pretraining it here as well", label,
+                  time.perf_counter() - waiting, locks.owner_text(lock))
+    model = build()  # a failed restore may have written part of a state into the first one
+    meta = pretrain(model, resume_dir(path) if holding else None)
+    published = publish(path, model, meta)
+    if holding:
+      shutil.rmtree(resume_dir(path), ignore_errors=True)
+  how = "pretrained" if holding else "pretrained-after-timeout"
+  log.info("pretrained %s: pretrained here in %.1f s, %s %s", label, time.perf_counter() - start,
+           "published to" if published else "another job had already published", path)
+  return model, meta, how

@@ -114,6 +114,8 @@ class Settings:
   eval_metrics: dict[str, dict[str, Any]]
   logger: dict[str, Any]
   checkpoint_dir: str
+  checkpoint_every: int     # pretraining saves a resumable checkpoint this often (0: never)
+  wait_timeout_s: float     # how long a job waits for another that pretrains the same model
   compile_cache: bool
   compile_cache_dir: str | None
   overwrite: bool
@@ -175,6 +177,8 @@ class Settings:
         eval_metrics=dict(config["eval"].get("metrics") or {}),
         logger=dict(config.get("logger") or {"_target_": "shiftbench.tracking.WandbTracker", "mode": "disabled"}),
         checkpoint_dir=str(config["paths"]["checkpoint_dir"]),
+        checkpoint_every=max(0, int(cfg.pretrain.get("checkpoint_every") or 0)),
+        wait_timeout_s=float(cfg.pretrain.get("wait_timeout_s", 7200)),
         compile_cache=bool(config.get("compile_cache", False)),
         compile_cache_dir=config["paths"].get("compile_cache_dir"),
         overwrite=bool(config.get("overwrite", False)),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
@@ -21,9 +22,10 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from shiftbench import canvas, models
+from shiftbench import canvas, models, resume
 from shiftbench.errors import DivergenceError
 
+log = logging.getLogger(__name__)
 Metrics = dict[str, float]
 # Fine-tune modes, named for what trains (DESIGN.md section 3): the classifier only (a linear probe of the
 # pretrained representation), the whole head (classifier + hidden FC layers, conv frozen), or everything.
@@ -173,7 +175,8 @@ def check_divergence(history: list[Metrics], num_classes: int, desc: str, final:
 def train(model: nnx.Module, tx: optax.GradientTransformation, data: DeviceObjects, spec: canvas.CanvasSpec,
           placement: Placement, *, steps: int, batch_size: int, seed: int | jax.Array, mode: str = "full",
           dispatch: int | str = "auto", log_every: int = 50, eval_every: int = 0,
-          on_eval: Callable[[int, nnx.Module], None] | None = None, desc: str = "train") -> list[Metrics]:
+          on_eval: Callable[[int, nnx.Module], None] | None = None, desc: str = "train",
+          checkpoints: resume.Checkpoints | None = None) -> list[Metrics]:
   """Trains `model` in place for `steps` steps and returns the logged metrics.
 
   Args:
@@ -189,6 +192,8 @@ def train(model: nnx.Module, tx: optax.GradientTransformation, data: DeviceObjec
     log_every: host sync interval for the progress bar and the finite-loss check.
     eval_every, on_eval: call `on_eval(step, model)` at step 0, every `eval_every` steps and at the end.
     desc: progress bar label.
+    checkpoints: resumable checkpoints: training continues from the last one there (bit-identical to not
+      stopping) and saves one every `checkpoints.every` steps, rounded up to a multiple of `dispatch`.
   """
   spec.check_location(placement.location)
   k = steps_per_dispatch(dispatch)
@@ -198,18 +203,28 @@ def train(model: nnx.Module, tx: optax.GradientTransformation, data: DeviceObjec
   update = _compiled_update(graphdef, tx, spec, placement, batch_size, k)
   base_key = seed if isinstance(seed, jax.Array) else jax.random.key(seed)
   history: list[Metrics] = []
+  done = 0
+  # Checkpoints at multiples of k too, so chunks (and so every bit) are those of a run without them.
+  every = -(-checkpoints.every // k) * k if checkpoints is not None and checkpoints.every > 0 else 0
+  saved = checkpoints.latest({"params": params, "opt_state": opt_state, "rest": rest}) if checkpoints else None
+  if saved is not None and saved[0] <= steps:
+    done, tree, history = saved
+    params, opt_state, rest = tree["params"], tree["opt_state"], tree["rest"]
+    log.info("%s: resumed from step %d of %d (%s)", desc, done, steps, checkpoints.directory)
 
   def sync_model():
     nnx.update(model, params, rest)
 
-  if on_eval is not None:
+  if on_eval is not None and done == 0:
     on_eval(0, model)
-  done = 0
-  with tqdm(total=steps, desc=desc, unit="step", leave=False, dynamic_ncols=True, disable=None) as bar:
+  with tqdm(total=steps, initial=done, desc=desc, unit="step", leave=False, dynamic_ncols=True,
+            disable=None) as bar:
     while done < steps:
       # Chunks end at every evaluation step, so on_eval sees the model at exactly the steps asked for;
       # a chunk shorter than k runs step by step rather than compiling another scan length.
       stop = min(steps, (done // eval_every + 1) * eval_every) if on_eval is not None and eval_every else steps
+      if every:  # and at every checkpoint, so a resumed run chunks alike
+        stop = min(stop, (done // every + 1) * every)
       n = min(k, stop - done)
       program, starts = ((update, [done]) if n == k else  # the one-step program compiles on first use
                          (_compiled_update(graphdef, tx, spec, placement, batch_size, 1), range(done, done + n)))
@@ -223,7 +238,9 @@ def train(model: nnx.Module, tx: optax.GradientTransformation, data: DeviceObjec
         history.append({"step": done, **logged})
         check_divergence(history, data.num_classes, desc, final=done == steps)
         bar.set_postfix(loss=f"{logged['loss']:.3f}", acc=f"{logged['acc']:.3f}")
-      if done == stop and done != steps:
+      if every and done % every == 0 and done != steps:
+        checkpoints.save(done, {"params": params, "opt_state": opt_state, "rest": rest}, history)
+      if done == stop and done != steps and on_eval is not None and eval_every and done % eval_every == 0:
         sync_model()
         on_eval(done, model)
   sync_model()

@@ -111,7 +111,7 @@ def test_runs_that_differ_only_in_global_widths_keep_two_checkpoints(tiny_data_d
   for widths in ("[4,8]", "[4,6]"):  # a second run of each restores its own, pretraining nothing
     run_experiment(_cfg(tiny_data_dir, ckpt, PRETRAIN_ONLY + [f"widths={widths}", "overwrite=true"]),
                    tmp_path / f"w{widths}")
-  assert caplog.text.count("restoring pretrained") == 2 and len(_checkpoints(ckpt)) == 2
+  assert caplog.text.count(": restored from") == 2 and len(_checkpoints(ckpt)) == 2
 
 
 def _npz(path: Path, seed: int, class_sorted: bool = True) -> Path:

@@ -8,23 +8,31 @@ a truncated, edited or otherwise stale file is never served: it is rendered agai
 Only the selected classes are rendered, in parallel over the available cores (`glyphs.render_split`).
 No TensorFlow or tensorflow-datasets is needed; `glyphs_builder.ShiftbenchGlyphs` wraps the same
 renderer as a TFDS dataset for those who want one.
+
+Jobs that start together on one cache (a sweep's first wave) render each setting once: the first takes
+the setting's lock (in `shiftbench_glyph_cache.locks/`) and renders, the others wait and read its copy.
+An entry is published by renaming a complete temporary directory into place, and one that failed its
+check is moved away only under the lock, so no reader ever sees half an entry or loses one it reads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import logging
 import os
-from pathlib import Path
 import shutil
 import tempfile
+import time
+from pathlib import Path
 
 import numpy as np
 import PIL
 from PIL import features
 
+from shiftbench import locks
 from shiftbench.data import glyphs
 from shiftbench.data.objects import ObjectSet, class_indices
 
@@ -69,8 +77,9 @@ def cache_path(data_dir: str | os.PathLike[str] | None, charset: str, chars: str
   return root / CACHE_SUBDIR / name
 
 
-def _read(path: Path) -> dict[str, np.ndarray] | None:
-  """The cached arrays, or None (with a one-line warning if something was there but fails its check)."""
+def _read(path: Path, quiet: bool = False) -> dict[str, np.ndarray] | None:
+  """The cached arrays, or None (with a one-line warning, unless `quiet`, if something was there but fails
+  its check)."""
   meta_file = path / "meta.json"
   if not meta_file.is_file():
     return None
@@ -83,7 +92,8 @@ def _read(path: Path) -> dict[str, np.ndarray] | None:
     why = "its content hash does not match meta.json"
   except (OSError, ValueError, KeyError) as e:  # unreadable, truncated or malformed
     why = f"it cannot be read ({type(e).__name__}: {e})"
-  log.warning("glyph cache %s failed its check (%s); rendering it again", path, why)
+  if not quiet:
+    log.warning("glyph cache %s failed its check (%s); rendering it again", path, why)
   return None
 
 
@@ -95,12 +105,14 @@ def _write(path: Path, arrays: dict[str, np.ndarray], settings: dict) -> None:
     np.savez(tmp / "arrays.npz", **arrays)
     meta = {"sha256": content_hash(arrays), "settings": settings, "fingerprint": fingerprint()}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    if path.exists():  # a stale entry (failed its check) or a parallel job's copy: replace it
-      shutil.rmtree(path, ignore_errors=True)
+    if path.exists():  # a stale entry that failed its check (we hold its lock): out of the way, by rename
+      aside = path.with_name(f".{path.name}.bad-{os.getpid()}-{time.time_ns()}")
+      os.rename(path, aside)
+      shutil.rmtree(aside, ignore_errors=True)
     try:
       os.rename(tmp, path)
     except OSError:
-      if not (path / "meta.json").is_file():  # else a parallel job renamed the same data into place first
+      if not (path / "meta.json").is_file():  # else a job without the lock (read-only locks) was first
         raise
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -138,14 +150,36 @@ def load_glyphs(
   all_chars = glyphs.check_setting(charset, train_per_class, test_per_class, image_size, seed)
   chars = all_chars if classes is None else "".join(all_chars[i] for i in class_indices(classes, all_chars))
   path = cache_path(data_dir, charset, chars, train_per_class, test_per_class, image_size, seed)
-  arrays = _read(path)
+  arrays = _read(path, quiet=True)  # a failed check is reported (and acted on) under the lock
   if arrays is None:
-    rendered = glyphs.render_splits(chars, {"train": train_per_class, "test": test_per_class}, image_size,
-                                    seed, workers, desc=f"rendering glyphs {path.name}")
-    arrays = {}
-    for split, (images, labels, _) in rendered.items():
-      arrays[f"{split}_images"], arrays[f"{split}_labels"] = images[..., None], labels
-    settings = {"charset": charset, "classes": chars, "train_per_class": train_per_class,
-                "test_per_class": test_per_class, "image_size": image_size, "seed": seed}
-    _write(path, arrays, settings)
+    with _locked(path):
+      arrays = _read(path)  # rendered by the job that held the lock before us
+      if arrays is None:
+        arrays = _render(path, charset, chars, train_per_class, test_per_class, image_size, seed, workers)
   return ObjectSet(name=f"glyphs/{charset}", class_names=tuple(chars), **arrays)
+
+
+def _locked(path: Path):
+  """The entry's lock (waiting as long as it takes: rendering is minutes at most); no lock, and so no
+  waiting, where the lock directory cannot be made (a read-only cache that fails its check fails
+  when written, with its own error)."""
+  lock = path.parent.with_name(path.parent.name + ".locks") / f"{path.name}.lock"
+  try:
+    lock.parent.mkdir(parents=True, exist_ok=True)
+  except OSError:
+    return contextlib.nullcontext(False)
+  return locks.held(lock, timeout=-1)
+
+
+def _render(path: Path, charset: str, chars: str, train_per_class: int, test_per_class: int, image_size: int,
+            seed: int, workers: int | None) -> dict[str, np.ndarray]:
+  """Renders the setting and writes its cache entry (under its lock)."""
+  rendered = glyphs.render_splits(chars, {"train": train_per_class, "test": test_per_class}, image_size,
+                                  seed, workers, desc=f"rendering glyphs {path.name}")
+  arrays = {}
+  for split, (images, labels, _) in rendered.items():
+    arrays[f"{split}_images"], arrays[f"{split}_labels"] = images[..., None], labels
+  settings = {"charset": charset, "classes": chars, "train_per_class": train_per_class,
+              "test_per_class": test_per_class, "image_size": image_size, "seed": seed}
+  _write(path, arrays, settings)
+  return arrays
