@@ -74,6 +74,10 @@ class Protocol:
                  seed: int) -> tuple[nnx.Module, dict[str, Any]]:
     """The model pretrained on A under `regime`, restored from the shared cache or trained now."""
     s = self.s
+    if regime == "imagenet":  # torchvision's ImageNet weights instead of pretraining on A (classifier: A's, new)
+      model = self.build(factory, self.data_a.num_classes, seed)
+      weights = models.torchvision_weights.weights_for(s.pretrain_weights, name)
+      return model, {"weights": models.torchvision_weights.load_imagenet(model, weights)}
     placement = train.Placement(regime, s.pretrain_location, s.pretrain_jitter)
     path, description = checkpoint_of(self.cfg, s, name, model_cfg, regime, seed)
     model = self.build(factory, self.data_a.num_classes, seed)
@@ -115,18 +119,21 @@ class Protocol:
       curve.append({"step": step, **{k: point[k] for k in ("in_acc", "off_acc", "invariance", "in_pvalue")}})
 
     start = time.perf_counter()
+    until = None if s.until_accuracy is None else train.UntilAccuracy(*s.until_accuracy)
     history = train.train(model, self.finetune_tx, self.train_b, s.spec,
                           train.Placement("fixed", s.finetune_location), steps=s.finetune.steps,
                           batch_size=s.finetune.batch_size, seed=seed, mode=mode, dispatch=s.finetune.dispatch,
                           eval_every=s.eval_every, on_eval=on_eval,
-                          desc=f"finetune {name}/{regime}/{mode}/s{seed}")
+                          desc=f"finetune {name}/{regime}/{mode}/s{seed}", until=until)
+    stop = {"rule": "steps", "step": s.finetune.steps} if until is None or until.stopped_at is None else {
+        "rule": "until_accuracy", "step": until.stopped_at, "threshold": until.threshold, "patience": until.patience}
     train_seconds = time.perf_counter() - start
     final = self.location_map(model, self.test_b)
     eval_start = time.perf_counter()
     shift = self.shift_metrics(model, seed, final["predictions"])
     eval_seconds += time.perf_counter() - eval_start
     a_after = None
-    if source is not None:
+    if source is not None and a_before is not None:  # (no A map for ImageNet weights: A is not their task)
       if mode == "last":  # only B's classifier trained: A's network is exactly the one before
         a_after = a_before
       else:
@@ -143,7 +150,8 @@ class Protocol:
         "model": name, "pretrain": regime, "finetune": mode, "seed": seed,
         "in_acc": final["in_acc"], "off_acc": final["off_acc"], "invariance": final["invariance"],
         "in_pvalue": final["in_pvalue"], "test_objects": len(self.test_b),
-        "chance": 1.0 / self.data_b.num_classes, "finetune_steps": s.finetune.steps,
+        "chance": 1.0 / self.data_b.num_classes, "finetune_steps": stop["step"], "finetune_stop": stop,
+        "input_adapter": getattr(getattr(getattr(model, "backbone", None), "adapter", None), "kind", None),
         "finetune_location": list(s.finetune_location),
         "location_map": {"ys": ys, "xs": xs, "acc": acc2d},
         "curve": curve,
@@ -181,7 +189,7 @@ def check_cache_writable(cfg: DictConfig, s: Settings, done: dict[tuple, Any]) -
   for seed in s.seeds:
     for name, mcfg in cfg.model.items():
       for regime in s.pretrain_regimes:
-        if regime == "scratch" or all((name, regime, mode, seed) in done for mode in s.modes_for(regime)):
+        if regime in ("scratch", "imagenet") or all((name, regime, mode, seed) in done for mode in s.modes_for(regime)):
           continue
         if not pretrained.exists(checkpoint_of(cfg, s, name, mcfg, regime, seed)[0]):
           preflight.check_writable(cfg.paths.checkpoint_dir, "checkpoint cache (paths.checkpoint_dir)",
@@ -256,14 +264,16 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
           keys = [(name, regime, mode, seed) for mode in modes]
           if all(k in done for k in keys):
             continue
-          source, a_before = None, None
+          source, a_before, meta = None, None, {}
           if regime != "scratch":
-            source, _ = protocol.pretrained(name, factory, mcfg, regime, seed)
-            a_before = protocol.location_map(source, protocol.test_a)
+            source, meta = protocol.pretrained(name, factory, mcfg, regime, seed)
+            a_before = None if regime == "imagenet" else protocol.location_map(source, protocol.test_a)
           for mode, key in zip(modes, keys):
             if key in done:
               continue
             row = protocol.finetune_row(name, factory, regime, mode, seed, source, a_before)
+            if "weights" in meta:  # the imagenet regime: which file, by content
+              row["pretrain_weights"] = meta["weights"]
             done[key] = row
             fill_invariance_lost(done)
             record["rows"] = list(done.values())

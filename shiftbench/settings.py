@@ -9,7 +9,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from shiftbench import canvas, evaluation, train
 
-PRETRAIN_REGIMES: tuple[str, ...] = ("scratch", *canvas.REGIMES)
+# `imagenet` starts from torchvision's ImageNet weights (`pretrain.weights`) instead of pretraining on A.
+PRETRAIN_REGIMES: tuple[str, ...] = ("scratch", "imagenet", *canvas.REGIMES)
 # Without pretraining the backbone is random: a row that freezes it measures nothing about invariance
 # learned in pretraining, so `scratch` pairs with `full` (and `head` only when asked; `last` never).
 SCRATCH_MODES: tuple[str, ...] = ("full", "head")
@@ -72,6 +73,8 @@ class Settings:
   max_objects: int | None
   curve_objects: int
   eval_batch: int
+  pretrain_weights: str | dict[str, str] | None = None  # the `imagenet` regime's weights file(s)
+  until_accuracy: tuple[float, int] | None = None  # fine-tune stopping rule: (threshold, patience steps)
 
   def modes_for(self, regime: str) -> tuple[str, ...]:
     """The fine-tune modes run after `regime`: `scratch_modes` for `scratch`, `finetune_modes` otherwise."""
@@ -110,4 +113,29 @@ class Settings:
         max_objects=None if max_objects is None else _positive(max_objects, "eval.max_objects"),
         curve_objects=_positive(cfg.eval.curve_objects, "eval.curve_objects"),
         eval_batch=evaluation.resolve_batch_size(cfg.eval.batch_size, spec.canvas_size, _model_widths(cfg)),
+        pretrain_weights=_weights(cfg),
+        until_accuracy=_until_accuracy(cfg.finetune.get("until_accuracy")),
     )
+
+
+def _weights(cfg: DictConfig) -> str | dict[str, str] | None:
+  """`pretrain.weights` (a path, or model name -> path), required when the `imagenet` regime runs."""
+  weights = cfg.pretrain.get("weights")
+  weights = OmegaConf.to_container(weights) if OmegaConf.is_dict(weights) else weights
+  if "imagenet" in cfg.pretrain.regimes:
+    from shiftbench.models.torchvision_weights import weights_for  # models import jax: only when needed
+
+    for name in cfg.get("model") or {}:
+      weights_for(weights, str(name))  # a one-line error now, not after other rows ran
+  return weights
+
+
+def _until_accuracy(value) -> tuple[float, int] | None:
+  """`finetune.until_accuracy`: null (train `finetune.steps`) or {threshold, patience}."""
+  if value is None:
+    return None
+  threshold, patience = float(value.threshold), int(value.patience)
+  if not 0.0 < threshold <= 1.0 or patience < 0:
+    raise ValueError(f"finetune.until_accuracy needs 0 < threshold <= 1 and patience >= 0, got {threshold}, "
+                     f"{patience}")
+  return threshold, patience

@@ -59,6 +59,28 @@ class Placement:
     return canvas.regime_jitter(self.regime, self.jitter, spec)
 
 
+@dataclasses.dataclass
+class UntilAccuracy:
+  """Biscione & Bowers' stopping rule: stop once training accuracy has stayed >= `threshold` for `patience`
+  steps (the `steps` budget stays the cap). Accuracy is read once per dispatch (the batch accuracy of its
+  last step), so a run of readings at or above the threshold spanning `patience` steps ends training.
+  After `train`, `stopped_at` is the step it ended at, or None when the cap came first."""
+
+  threshold: float
+  patience: int
+  since: int | None = None
+  stopped_at: int | None = None
+
+  def update(self, step: int, acc: float) -> bool:
+    if acc < self.threshold:
+      self.since = None
+      return False
+    self.since = step if self.since is None else self.since
+    if step - self.since >= self.patience:
+      self.stopped_at = step
+    return self.stopped_at is not None
+
+
 def trainable_filter(mode: str) -> Any:
   """Which params train: all of them (`full`), the head's (`head`: hidden FC layers + classifier, conv
   frozen) or the classifier's only (`last`)."""
@@ -173,7 +195,8 @@ def check_divergence(history: list[Metrics], num_classes: int, desc: str, final:
 def train(model: nnx.Module, tx: optax.GradientTransformation, data: DeviceObjects, spec: canvas.CanvasSpec,
           placement: Placement, *, steps: int, batch_size: int, seed: int, mode: str = "full",
           dispatch: int | str = "auto", log_every: int = 50, eval_every: int = 0,
-          on_eval: Callable[[int, nnx.Module], None] | None = None, desc: str = "train") -> list[Metrics]:
+          on_eval: Callable[[int, nnx.Module], None] | None = None, desc: str = "train",
+          until: UntilAccuracy | None = None) -> list[Metrics]:
   """Trains `model` in place for `steps` steps and returns the logged metrics.
 
   Args:
@@ -188,6 +211,7 @@ def train(model: nnx.Module, tx: optax.GradientTransformation, data: DeviceObjec
     log_every: host sync interval for the progress bar and the finite-loss check.
     eval_every, on_eval: call `on_eval(step, model)` at step 0, every `eval_every` steps and at the end.
     desc: progress bar label.
+    until: a stopping rule checked after every dispatch (`steps` is then the cap); None trains `steps`.
   """
   spec.check_location(placement.location)
   k = steps_per_dispatch(dispatch)
@@ -217,16 +241,19 @@ def train(model: nnx.Module, tx: optax.GradientTransformation, data: DeviceObjec
                                                    data.images, data.labels)
       done += n
       bar.update(n)
-      if done % log_every < n or done == steps:
+      stopping = until is not None and until.update(done, float(metrics["acc"]))
+      if done % log_every < n or done == steps or stopping:
         logged = {key: float(v) for key, v in metrics.items()}
         history.append({"step": done, **logged})
-        check_divergence(history, data.num_classes, desc, final=done == steps)
+        check_divergence(history, data.num_classes, desc, final=done == steps or stopping)
         bar.set_postfix(loss=f"{logged['loss']:.3f}", acc=f"{logged['acc']:.3f}")
+      if stopping:
+        break
       if done == stop and done != steps:
         sync_model()
         on_eval(done, model)
   sync_model()
   model.eval()
   if on_eval is not None:
-    on_eval(steps, model)
+    on_eval(done, model)
   return history

@@ -129,13 +129,13 @@ def load_into(model: nnx.Module, state_dict: str | Path | Mapping[str, Any], *, 
           problems.append(f"missing {key}")
         continue
       used.add(key)
+      if is_classifier and classifier is False:
+        continue
       value = change(sd[key])
       if value.shape != var.value.shape:
         if is_classifier and classifier is None:
           continue  # another number of classes: the classifier stays freshly initialised
         problems.append(f"{key}: shape {tuple(sd[key].shape)} does not fit {var.value.shape} (as flax lays it out)")
-        continue
-      if is_classifier and classifier is False:
         continue
       var.value = jnp.asarray(value, var.value.dtype)
   unused = sorted(k for k in sd if k not in used and not k.endswith("num_batches_tracked"))
@@ -178,3 +178,31 @@ def from_torchvision(arch: str, state_dict: str | Path | Mapping[str, Any], num_
   load_into(model, sd, classifier=None if num_classes is not None else True)
   model.eval()
   return model
+
+
+def weights_for(weights: str | Mapping[str, str] | None, model_name: str) -> Path:
+  """The local weights file for one model of a run: `pretrain.weights` is one path (every model) or a
+  mapping of model names (the keys of `model`) to paths."""
+  path = weights.get(model_name) if isinstance(weights, Mapping) else weights
+  if not path:
+    raise ValueError(f"the imagenet pretrain regime needs weights for model {model_name!r}: set pretrain.weights="
+                     f"/path/to/{model_name}.pth (or a mapping, e.g. +pretrain.weights.{model_name}=...); see "
+                     "docs/paper.md for getting torchvision's files onto an offline machine")
+  path = Path(str(path)).expanduser().absolute()
+  if not path.is_file():
+    raise FileNotFoundError(f"pretrain.weights for {model_name!r}: no file {path}")
+  return path
+
+
+def load_imagenet(model: nnx.Module, path: Path) -> dict[str, Any]:
+  """Loads everything but the classifier of a torchvision state dict into `model` (the `imagenet` regime)
+  and returns what a row records: the file, its sha256 and the architecture."""
+  adapter = getattr(getattr(model, "backbone", None), "adapter", None)
+  if not hasattr(model, "torchvision_layers"):
+    raise ValueError(f"the imagenet pretrain regime needs a torchvision architecture ({', '.join(ARCHS)}), "
+                     f"got {type(model).__name__}")
+  if adapter is None or adapter.kind != "imagenet":
+    raise ValueError(f"ImageNet weights expect ImageNet-normalised 3-channel input: set input_adapter: imagenet "
+                     f"for {model.arch} (it is {getattr(adapter, 'kind', None)!r})")
+  load_into(model, path, classifier=False)
+  return {"path": str(path), "sha256": file_sha256(path), "arch": model.arch, "source": "torchvision state dict"}
