@@ -135,7 +135,7 @@ def _until_accuracy(value) -> tuple[float, int] | None:
   if value is None:
     return None
   threshold, patience = float(value.threshold), int(value.patience)
-  if not 0.0 < threshold <= 1.0 or patience < 0:
-    raise ValueError(f"finetune.until_accuracy needs 0 < threshold <= 1 and patience >= 0, got {threshold}, "
+  if not 0.0 <= threshold <= 1.0 or patience < 0:
+    raise ValueError(f"finetune.until_accuracy needs 0 <= threshold <= 1 and patience >= 0, got {threshold}, "
                      f"{patience}")
   return threshold, patience
