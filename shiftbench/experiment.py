@@ -51,18 +51,18 @@ class Protocol:
 
   # -- evaluation ---------------------------------------------------------------------------------
   def location_map(self, model: nnx.Module, objects: train.DeviceObjects) -> dict[str, Any]:
-    preds = evaluation.predict_grid(model, objects.images, self.grid, self.s.spec.canvas_size,
-                                    self.s.eval_batch)
-    acc = np.asarray(metrics.location_accuracy(preds, np.asarray(objects.labels)))
+    stats = evaluation.location_stats(model, objects.images, objects.labels, self.grid, self.s.spec.canvas_size,
+                                      self.s.eval_batch)  # reduced on the device: no (L, N) predictions
+    acc = stats.accuracy()
     summary = metrics.summarize_location_map(acc, self.grid, self.s.finetune_location, 0, objects.num_classes,
                                              num_objects=len(objects))
-    return {"acc": acc, "predictions": preds, **{k: float(v) for k, v in summary.items()}}
+    return {"acc": acc, "everywhere": stats.everywhere, **{k: float(v) for k, v in summary.items()}}
 
-  def shift_metrics(self, model: nnx.Module, seed: int, predictions: np.ndarray | None = None,
+  def shift_metrics(self, model: nnx.Module, seed: int, everywhere: np.ndarray | None = None,
                     before: bool = False) -> dict[str, Any]:
-    """Every configured evaluator (`eval.metrics`) on B's test objects; reuses the map's predictions."""
+    """Every configured evaluator (`eval.metrics`) on B's test objects; reuses the map's worst-case flags."""
     ctx = evaluators.EvalContext(self.s.spec, self.grid, self.s.finetune_location, radius=0,
-                                 batch_size=self.s.eval_batch, seed=seed, map_predictions=predictions)
+                                 batch_size=self.s.eval_batch, seed=seed, map_everywhere=everywhere)
     return evaluators.run_all(self.evaluators, model, self.test_b, ctx, before=before)
 
   # -- models -------------------------------------------------------------------------------------
@@ -130,7 +130,7 @@ class Protocol:
     train_seconds = time.perf_counter() - start
     final = self.location_map(model, self.test_b)
     eval_start = time.perf_counter()
-    shift = self.shift_metrics(model, seed, final["predictions"])
+    shift = self.shift_metrics(model, seed, final["everywhere"])
     eval_seconds += time.perf_counter() - eval_start
     a_after = None
     if source is not None and a_before is not None:  # (no A map for ImageNet weights: A is not their task)

@@ -112,10 +112,26 @@ class Settings:
         grid_stride=_positive(cfg.eval.grid_stride, "eval.grid_stride"),
         max_objects=None if max_objects is None else _positive(max_objects, "eval.max_objects"),
         curve_objects=_positive(cfg.eval.curve_objects, "eval.curve_objects"),
-        eval_batch=evaluation.resolve_batch_size(cfg.eval.batch_size, spec.canvas_size, _model_widths(cfg)),
+        eval_batch=evaluation.resolve_batch_size(cfg.eval.batch_size, spec.canvas_size, _model_widths(cfg),
+                                                 lambda: _activation_bytes(cfg, spec.canvas_size)),
         pretrain_weights=_weights(cfg),
         until_accuracy=_until_accuracy(cfg.finetune.get("until_accuracy")),
     )
+
+
+def _activation_bytes(cfg: DictConfig, canvas_size: int) -> int | None:
+  """The largest per-canvas activation count of the run's torchvision models (abstract, nothing allocated);
+  None when it has none (the small CNNs keep the width-based bound)."""
+  import hydra
+  from flax import nnx
+
+  counts = []
+  for mcfg in (cfg.get("model") or {}).values():
+    if ".models.VGG" in mcfg._target_ or "TorchvisionResNet" in mcfg._target_ or "DenseNet" in mcfg._target_:
+      factory = hydra.utils.instantiate(mcfg)
+      model = nnx.eval_shape(lambda f=factory: f(num_classes=2, canvas_size=canvas_size, rngs=nnx.Rngs(0)))
+      counts.append(evaluation.model_activation_bytes(model, canvas_size, 1))
+  return max(counts) if counts else None
 
 
 def _weights(cfg: DictConfig) -> str | dict[str, str] | None:
