@@ -94,8 +94,8 @@ def auto_batch_size(canvas_size: int, model_widths: Sequence[Sequence[int]],
   Returns:
     CPU_BATCH on CPU. On accelerators, the largest power of two up to ACCELERATOR_BATCH's ceiling whose
     activations fit in MEMORY_FRACTION of the device's free memory (from `memory_stats`; the ceiling when
-    the backend does not report it); at least ACCELERATOR_BATCH's floor when that fits, else smaller (VGG16
-    at 224 px needs ~0.2 GB per canvas by its count, so tens of canvases on a 16 GB GPU, not 1024).
+    the backend does not report it); at least ACCELERATOR_BATCH's floor, unless `per_canvas_bytes` says
+    fewer fit (VGG16 at 224 px: ~30 MiB per canvas, so 128 on a 16 GB GPU, not 1024).
   """
   device = device or jax.devices()[0]
   if device.platform == "cpu":
@@ -110,7 +110,9 @@ def auto_batch_size(canvas_size: int, model_widths: Sequence[Sequence[int]],
   free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
   per_canvas = per_canvas_bytes or max(activation_bytes(canvas_size, w) for w in model_widths)
   fit = int(MEMORY_FRACTION * free) // max(1, per_canvas)
-  batch = lo if fit >= lo else 1
+  # The floor stays for the width-based bound (generous: three copies of every block); a model's own count
+  # is what it needs, so below the floor a smaller batch is the one that fits.
+  batch = lo if fit >= lo or per_canvas_bytes is None else 1
   while batch * 2 <= min(fit, hi):
     batch *= 2
   return batch
