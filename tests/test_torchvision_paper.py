@@ -64,3 +64,24 @@ def test_imagenet_regime_needs_weights_for_every_model(tiny_data_dir, tmp_path):
   with pytest.raises(FileNotFoundError, match="no file"):
     Settings.from_config(_compose(base + [f"+pretrain.weights.vgg16={tmp_path}/none.pth",
                                           f"+pretrain.weights.densenet121={tmp_path}/none.pth"]))
+
+
+def _row(model: str, target: str, regime: str, seed: int, inv: float, **arch) -> dict:
+  return {"model": model, "pretrain": regime, "finetune": "full", "seed": seed, "invariance": inv,
+          "architecture": {"_target_": f"shiftbench.models.{target}", **arch}}
+
+
+def test_c7_and_c8_verdicts_follow_the_rows():
+  from shiftbench import claims
+
+  rows = [_row("densenet121", "DenseNet", "scratch", s, 0.6 + 0.01 * s) for s in range(3)]
+  rows += [_row("vgg16", "VGG", "scratch", s, 0.1 + 0.02 * s, depth=16, batch_norm=False) for s in range(3)]
+  got = {(c.id, c.rows): c.verdict for c in claims.evaluate(rows)}
+  assert got[("C7", "densenet121 - vgg16: scratch/full invariance")] == claims.PASS
+  assert got[("C8", "vgg16: imagenet/full - scratch/full")] == claims.NOT_RUN  # no imagenet rows
+  rows += [_row("vgg16", "VGG", "imagenet", s, 0.25 + 0.02 * s, depth=16, batch_norm=False) for s in range(3)]
+  got = {(c.id, c.rows): c.verdict for c in claims.evaluate(rows)}
+  assert got[("C8", "vgg16: imagenet/full - scratch/full")] == claims.FAIL  # +0.15: above scratch, not far above
+  flipped = [dict(r, invariance=0.05 + 0.001 * r["seed"]) if r["model"] == "densenet121" else r for r in rows]
+  assert {c.id: c.verdict for c in claims.evaluate(flipped)}["C7"] == claims.FAIL
+  assert not [c for c in claims.evaluate([_row("cnn", "ShiftNet", "scratch", 0, 0.1)]) if c.id in ("C7", "C8")]
