@@ -125,9 +125,11 @@ def _activation_bytes(cfg: DictConfig, canvas_size: int) -> int | None:
   import hydra
   from flax import nnx
 
+  from shiftbench.models.tv_layers import TorchvisionNet
+
   counts = []
   for mcfg in (cfg.get("model") or {}).values():
-    if ".models.VGG" in mcfg._target_ or "TorchvisionResNet" in mcfg._target_ or "DenseNet" in mcfg._target_:
+    if issubclass(hydra.utils.get_class(mcfg._target_), TorchvisionNet):
       factory = hydra.utils.instantiate(mcfg)
       model = nnx.eval_shape(lambda f=factory: f(num_classes=2, canvas_size=canvas_size, rngs=nnx.Rngs(0)))
       counts.append(evaluation.model_activation_bytes(model, canvas_size, 1))
