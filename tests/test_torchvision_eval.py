@@ -23,7 +23,7 @@ def _objects(n: int, k: int = 3, size: int = 6, seed: int = 0) -> DeviceObjects:
 
 
 def test_reduced_location_map_equals_the_one_read_off_predictions():
-  model = ShiftNet(num_classes=3, canvas_size=16, widths=(4, 8), fc_hidden=(8,), rngs=nnx.Rngs(0))
+  model = ShiftNet(num_classes=3, canvas_size=16, widths=(4, 8), fc_hidden=(8,), object_first=False, rngs=nnx.Rngs(0))
   objs = _objects(13)  # 13 objects, 11 locations, batch 20: ragged chunks on both axes, padding masked
   grid = canvas.location_grid(canvas.CanvasSpec(16, 6), 3)[:11]
   preds = evaluation.predict_grid(model, objs.images, grid, 16, batch_size=20)
