@@ -9,12 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from test_backend_defaults import FakeDevice
 
 from shiftbench import canvas, evaluation, evaluators, metrics
 from shiftbench.models import ShiftNet
 from shiftbench.models import torchvision_weights as tvw
 from shiftbench.train import DeviceObjects
-from test_backend_defaults import FakeDevice
 
 
 def _objects(n: int, k: int = 3, size: int = 6, seed: int = 0) -> DeviceObjects:

@@ -13,10 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+import torchvision_twins as twins
 from flax import nnx
 from safetensors.numpy import save_file
 
-import torchvision_twins as twins
 from shiftbench.models import input_adapter, tv_layers
 from shiftbench.models import torchvision_weights as tvw
 
@@ -72,8 +72,8 @@ def test_converted_weights_match_the_pytorch_twin(arch, tmp_path):
   # A different number of classes: everything but the classifier is the state dict's.
   other = tvw.from_torchvision(arch, source, num_classes=3)
   assert other.head.classifier.kernel.value.shape[-1] == 3
-  first = next(iter(other.torchvision_layers()))[1]
-  np.testing.assert_array_equal(np.asarray(first.kernel.value), np.asarray(next(iter(model.torchvision_layers()))[1].kernel.value))
+  first, first_other = next(iter(model.torchvision_layers()))[1], next(iter(other.torchvision_layers()))[1]
+  np.testing.assert_array_equal(np.asarray(first_other.kernel.value), np.asarray(first.kernel.value))
 
 
 @pytest.mark.parametrize("arch", list(tvw.ARCHS))

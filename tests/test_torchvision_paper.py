@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-
 import torchvision_twins as twins
 from conftest import tiny_overrides
+from hydra import compose, initialize_config_dir
+
 from shiftbench.experiment import run_experiment
 from shiftbench.settings import Settings
 from shiftbench.train import UntilAccuracy

@@ -22,7 +22,7 @@ VGG_CONFIGS = {
 
 
 def scaled(c: int, width: float) -> int:
-  return max(1, int(round(c * width)))
+  return max(1, round(c * width))
 
 
 class VGG(nn.Module):

@@ -96,7 +96,7 @@ def file_sha256(path: str | Path) -> str:
 
 def _targets(layer: nnx.Module) -> dict[str, tuple[nnx.Variable, Callable[[np.ndarray], np.ndarray]]]:
   """PyTorch tensor name suffix -> (flax variable, layout change) for one layer."""
-  same = lambda a: a  # noqa: E731
+  same = lambda a: a
   if isinstance(layer, nnx.Conv):
     out = {"weight": (layer.kernel, lambda a: a.transpose(2, 3, 1, 0))}
     return out | ({"bias": (layer.bias, same)} if layer.bias is not None else {})

@@ -24,7 +24,6 @@ from flax import nnx
 from shiftbench.models import layers
 
 
-
 def host_normal(std_of_shape: Callable[[tuple[int, ...]], float]) -> Callable:
   """A zero-mean normal initializer drawn with numpy from the jax key's bits (under a trace: with jax).
 
@@ -54,7 +53,7 @@ TorchLayers = Iterator[tuple[str, nnx.Module]]
 
 def scaled(channels: int, width: float) -> int:
   """`channels` times the width multiplier, at least 1 (the same topology at a fraction of the cost)."""
-  return max(1, int(round(channels * float(width))))
+  return max(1, round(channels * float(width)))
 
 
 def conv(cin: int, cout: int, k: int, *, stride: int = 1, padding: int = 0, bias: bool = False,
