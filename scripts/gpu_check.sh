@@ -4,7 +4,9 @@
 # 1. scripts/bench.py --device cuda at the forgetting geometry (PyTorch twin + torch.compile anchor);
 # 2. experiment=forgetting model=gap seeds=[0], timed (results.json is written after every row);
 # 3. the quick default run twice: the second reads compiled programs from the persistent compile cache;
-# 4. the bench at the quick geometry, if time is left.
+# 4. the bench at the quick geometry, if time is left;
+# 5. paper scale (docs/paper.md), if time is left: one VGG16 scratch row of experiment=paper with a short
+#    budget (training img/s and location-map time at 224 px), and auto's eval batch there.
 # Budget ~9 min on one H200 (BUDGET seconds, default 540); each step is capped by the time left.
 # Writes under $OUT: run.log, timings.txt, bench_gpu_forgetting.json, bench_gpu.json,
 # forgetting/{results.json,leaderboard.md}, quick/results_run{1,2}.json. Packages missing on the machine
@@ -76,4 +78,11 @@ cp $RUNS/quick2/results.json "$OUT/quick/results_run2.json" 2>/dev/null
 # (d) If time is left: the quick geometry (32 px, 12-px objects, widths 8-16-32, batch 64).
 step bench_quick 120 env XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 python3 scripts/bench.py --device cuda \
   --steps 100 --reps 3 --e2e-steps 0 --out "$OUT/bench_gpu.json"
+# (e) Paper scale: VGG16 at 224 px, 50-px glyphs, one scratch row (200 pretrain-free fine-tune steps at batch
+# 32, the preset's 64-location map of 200 objects); results.json records the resolved auto eval batch.
+step paper_vgg16 150 python3 /tmp/timed_cli.py experiment=paper model=vgg16 'seeds=[0]' logger=none \
+  'pretrain.regimes=[scratch]' finetune.steps=200 finetune.until_accuracy=null finetune.eval_every=0 \
+  eval.max_objects=200 data.pretrain.train_per_class=100 data.finetune.train_per_class=100 \
+  data.pretrain.test_per_class=20 data.finetune.test_per_class=20 hydra.run.dir=$RUNS/paper
+mkdir -p "$OUT/paper"; cp $RUNS/paper/results.json "$OUT/paper/" 2>/dev/null
 echo "total $(( $(date +%s) - START )) s" | tee -a "$TIMES" "$LOG"

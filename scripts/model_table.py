@@ -5,6 +5,8 @@ FLOPs are XLA's own count for the compiled eval-mode forward pass of one image
 
   python scripts/model_table.py                      # default canvas 32x32x1, 10 classes
   python scripts/model_table.py --canvas 64 --classes 26
+  python scripts/model_table.py --canvas 224 --presets vgg11,vgg16,vgg16_bn,resnet18_tv,resnet50,densenet121
+The torchvision presets take 1-channel canvases through their input adapter (3 channels into the first conv).
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ def forward_flops(model: nnx.Module, canvas: int, channels: int) -> float:
   return float(cost["flops"])
 
 
-def rows(canvas: int, classes: int, channels: int) -> list[tuple[str, str, int, float]]:
-  names = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+def rows(canvas: int, classes: int, channels: int, presets: list[str] | None = None) -> list[tuple[str, str, int, float]]:
+  names = presets or sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
   out = []
   for name in names:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -52,11 +54,13 @@ def main() -> None:
   parser.add_argument("--canvas", type=int, default=32)
   parser.add_argument("--classes", type=int, default=10)
   parser.add_argument("--channels", type=int, default=1)
+  parser.add_argument("--presets", default=None, help="comma-separated presets (default: every one in conf/model)")
   args = parser.parse_args()
+  presets = args.presets.split(",") if args.presets else None
   print(f"| preset | class | parameters | forward MFLOPs / image ({args.canvas}x{args.canvas}x{args.channels}, "
         f"{args.classes} classes) |")
   print("|---|---|---:|---:|")
-  for name, target, params, flops in rows(args.canvas, args.classes, args.channels):
+  for name, target, params, flops in rows(args.canvas, args.classes, args.channels, presets):
     print(f"| `{name}` | {target} | {params:,} | {flops / 1e6:.2f} |")
 
 

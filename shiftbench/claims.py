@@ -26,6 +26,11 @@ The claims (thresholds in `NEAR_CHANCE` and the verdict rules below, set from th
       the same backbone, both trained from scratch.
   C5  Chaman & Dokmanic 2021: APS with circular padding is exactly consistent under circular shifts.
   C6  Zhang 2019: BlurPool raises shift consistency over max-pool on the same network.
+At paper scale (torchvision's networks, `experiment=paper`; listed only when a run has them):
+  C7  B&B 2021: DenseNet-121 from scratch is more invariant than VGG16 from scratch ("only DenseNet-121
+      was architecturally invariant").
+  C8  B&B 2021: ImageNet-pretrained networks give new classes invariance far above scratch
+      (`imagenet` - `scratch`, same fine-tune mode, by more than `FAR_ABOVE`).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from scipy import stats
 from tabulate import tabulate
 
 MIN_SEEDS = 3
+FAR_ABOVE = 0.2  # C8: "far above" = the lower 95% bound of the gain exceeds a fifth of the score's range
 NEAR_CHANCE = 0.2  # C1: "near chance off-location" = invariance score below a fifth of the way to in-location
 PASS, FAIL, FEW_SEEDS, NOT_RUN, UNDEFINED, FIGURE = "✓", "✗", "needs ≥3 seeds", "rows not run", "undefined", "figure"
 SIGNIFICANCE = 0.01  # C5: in-location accuracy above chance, as for a defined invariance score (metrics.py)
@@ -192,7 +198,7 @@ def _claims_for(rows: _Rows) -> list[Claim]:
     c6 = _paired(rows.values(b, "scratch", "full", "consistency"), rows.values(m, "scratch", "full", "consistency"))
     out.append(Claim("C6", "BlurPool raises shift consistency over max-pool", "Zhang, ICML 2019",
                      f"{b} - {m}: scratch/full consistency", _vals(c6), _judge(c6, _above_zero)))
-  return out
+  return out + paper_claims(rows)
 
 
 def _share_claim(m: str, scratch, translate, random_crop) -> Claim:
@@ -280,4 +286,30 @@ def to_json(claims: list[Claim]) -> list[dict[str, Any]]:
     out.append({"id": c.id, "kind": c.kind, "group": c.group, "claim": c.claim, "citation": c.citation,
                 "compared": c.rows, "values": c.values, "denominators": c.denominators or None, "mean": mean,
                 "ci95": [lo, hi], "n": c.n, "verdict": c.verdict})
+  return out
+
+
+def _is(arch: dict[str, Any], target: str, **want: Any) -> bool:
+  return str(arch.get("_target_", "")).endswith(target) and all(arch.get(k, v) == v for k, v in want.items())
+
+
+def paper_claims(rows: _Rows) -> list[Claim]:
+  """C7 and C8 (module docstring), for runs with torchvision's networks; none for other runs."""
+  dense = [m for m in rows.models if _is(rows.arch[m], "DenseNet")]
+  vgg16 = [m for m in rows.models if _is(rows.arch[m], "VGG", depth=16, batch_norm=False)]
+  tv = [m for m in rows.models if any(_is(rows.arch[m], t) for t in ("DenseNet", "VGG", "TorchvisionResNet"))]
+  out = []
+  if dense or vgg16:
+    for d, v in [(d, v) for d in dense for v in vgg16] or [(dense[0] if dense else "(no densenet121)",
+                                                             vgg16[0] if vgg16 else "(no vgg16)")]:
+      c7 = _paired(rows.values(d, "scratch", "full"), rows.values(v, "scratch", "full"))
+      out.append(Claim("C7", "DenseNet-121 from scratch is more invariant than VGG16 from scratch", BB,
+                       f"{d} - {v}: scratch/full invariance", c7 or [], _judge(c7, _above_zero)))
+  for m in tv:
+    modes = [mode for mode in ("full", "head", "last") if rows.values(m, "imagenet", mode) is not None]
+    mode = modes[0] if modes else "full"
+    c8 = _paired(rows.values(m, "imagenet", mode), rows.values(m, "scratch", "full"))
+    out.append(Claim("C8", f"ImageNet weights give new classes invariance far above scratch (> +{FAR_ABOVE})", BB,
+                     f"{m}: imagenet/{mode} - scratch/full", c8 or [],
+                     _judge(c8, lambda mean, lo, hi: lo > FAR_ABOVE)))
   return out

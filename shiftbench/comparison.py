@@ -27,7 +27,8 @@ from typing import Any
 IGNORED = (
     "seeds", "paths.*", "logger.*", "overwrite", "compile_cache", "eval.batch_size", "widths", "model.*",
     "pretrain.regimes", "finetune.modes", "finetune.scratch_modes",
-    "pretrain.checkpoint_every", "pretrain.wait_timeout_s",  # resumable checkpoints resume bit-identically
+    "pretrain.checkpoint_every", "pretrain.wait_timeout_s",
+    "pretrain.weights",  # a path: the row's key holds the weights' sha256 instead (experiment.Protocol.rekey)  # resumable checkpoints resume bit-identically
     "data.data_dir", "data.path", "data.*.data_dir", "data.*.path", "data.*.workers", "data.*.download",
 )
 KEY_LENGTH = 12

@@ -1,15 +1,19 @@
 """Predictions over (locations x objects), as one jitted program per chunk shape.
 
-Every metric of DESIGN.md section 4 that reads predictions at many locations starts from
-`predict_grid`: an (L, N) array of predicted classes for N objects at L locations. Objects and
-locations are processed in fixed-size chunks (padded at the end) so the jitted function compiles once
-per model and stays within memory for 1369-location maps of 10k objects.
+A location map needs only two reductions of the (L locations x N objects) correctness, and
+`location_stats` computes them on the device, chunk by chunk: per-location correct counts (the map) and
+per-object "correct everywhere" flags (worst-case accuracy). The (L, N) predictions never exist: at 224 px
+with a 1-px grid and 10k objects they would be ~1 GB of int32. `predict_grid` still returns (L, N)
+predictions for short paths (flip rate) and `predict_at` one prediction per (object, location) pair.
+Objects and locations are processed in fixed-size chunks (padded at the end) so the jitted functions
+compile once per model and chunk shape.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
 import functools
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -51,19 +55,47 @@ def activation_bytes(canvas_size: int, widths: Sequence[int]) -> int:
   return 3 * 4 * total
 
 
+def model_activation_bytes(model: nnx.Module, canvas_size: int, in_channels: int,
+                           batches: tuple[int, int] = (4, 8)) -> int:
+  """Per-canvas device memory of a forward pass that returns every layer's similarity features.
+
+  The model's own count as the compiler lays it out: XLA's buffer assignment (`memory_analysis`, temporaries +
+  outputs) of `similarity.layer_features` compiled for this device at two batch sizes, the difference per
+  canvas (weights and constants drop out). The features are what similarity keeps until its cosines; the
+  temporaries are the forward pass's live activations, which a location map needs too, so one count sizes
+  the three prediction paths. Compiled from abstract shapes: nothing is allocated or run.
+  """
+  from shiftbench import similarity  # similarity imports this module
+
+  graphdef, state = nnx.split(model)
+  state = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), state)
+  fn = jax.jit(lambda s, x: similarity.layer_features(nnx.merge(graphdef, s), x))  # for the default device
+
+  def used(batch: int) -> int:
+    x = jax.ShapeDtypeStruct((batch, canvas_size, canvas_size, in_channels), jnp.float32)
+    ma = fn.lower(state, x).compile().memory_analysis()
+    return int(ma.temp_size_in_bytes + ma.output_size_in_bytes)
+
+  lo, hi = batches
+  return max(1, (used(hi) - used(lo)) // (hi - lo))
+
+
 def auto_batch_size(canvas_size: int, model_widths: Sequence[Sequence[int]],
-                    device: jax.Device | None = None) -> int:
+                    device: jax.Device | None = None, per_canvas_bytes: int | None = None) -> int:
   """Canvases per forward pass for this backend and problem size (`eval.batch_size: auto`).
 
   Args:
     canvas_size: side of the square canvas.
     model_widths: each model's conv widths; the batch is sized for the largest.
     device: the device to size for; None is JAX's default device.
+    per_canvas_bytes: the largest model's own count (`model_activation_bytes`); None estimates it from
+      `model_widths` (`activation_bytes`, the small-CNN bound).
 
   Returns:
-    CPU_BATCH on CPU. On accelerators, the largest power of two within ACCELERATOR_BATCH whose
-    activations (`activation_bytes`) fit in MEMORY_FRACTION of the device's free memory (from
-    `memory_stats`; the ceiling when the backend does not report it).
+    CPU_BATCH on CPU. On accelerators, the largest power of two up to ACCELERATOR_BATCH's ceiling whose
+    activations fit in MEMORY_FRACTION of the device's free memory (from `memory_stats`; the ceiling when
+    the backend does not report it); at least ACCELERATOR_BATCH's floor, unless `per_canvas_bytes` says
+    fewer fit (VGG16 at 224 px: ~30 MiB per canvas, so 128 on a 16 GB GPU, not 1024).
   """
   device = device or jax.devices()[0]
   if device.platform == "cpu":
@@ -76,18 +108,24 @@ def auto_batch_size(canvas_size: int, model_widths: Sequence[Sequence[int]],
   if "bytes_limit" not in stats:
     return hi
   free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-  per_canvas = max(activation_bytes(canvas_size, w) for w in model_widths)
+  per_canvas = per_canvas_bytes or max(activation_bytes(canvas_size, w) for w in model_widths)
   fit = int(MEMORY_FRACTION * free) // max(1, per_canvas)
-  batch = lo
+  # The floor stays for the width-based bound (generous: three copies of every block); a model's own count
+  # is what it needs, so below the floor a smaller batch is the one that fits.
+  batch = lo if fit >= lo or per_canvas_bytes is None else 1
   while batch * 2 <= min(fit, hi):
     batch *= 2
   return batch
 
 
-def resolve_batch_size(value: int | str, canvas_size: int, model_widths: Sequence[Sequence[int]]) -> int:
-  """`eval.batch_size` as a number: `auto` (see `auto_batch_size`) or a positive int."""
+def resolve_batch_size(value: int | str, canvas_size: int, model_widths: Sequence[Sequence[int]],
+                       per_canvas_bytes: Callable[[], int | None] | None = None) -> int:
+  """`eval.batch_size` as a number: `auto` (see `auto_batch_size`) or a positive int. `per_canvas_bytes`
+  is called only for `auto` on an accelerator (it traces the models)."""
   if isinstance(value, str) and value.strip().lower() == "auto":
-    return auto_batch_size(canvas_size, model_widths)
+    on_cpu = jax.devices()[0].platform == "cpu"
+    return auto_batch_size(canvas_size, model_widths,
+                           per_canvas_bytes=None if on_cpu or per_canvas_bytes is None else per_canvas_bytes())
   try:
     batch = int(value)
   except (TypeError, ValueError):
@@ -146,3 +184,85 @@ def predict_grid(model: nnx.Module, objects: jax.Array, locations: np.ndarray, c
     rows.append(jnp.concatenate(cols, axis=1))
   return np.asarray(jnp.concatenate(rows, axis=0))[:n_loc, :n_obj]
 
+
+
+@dataclasses.dataclass(frozen=True)
+class GridStats:
+  """What a location map keeps of (L, N) correctness: `correct` (L,) counts, `everywhere` (N,) flags and
+  `predicted` (K,) flags of the classes predicted anywhere (a constant predictor predicts one)."""
+
+  correct: np.ndarray
+  everywhere: np.ndarray
+  predicted: np.ndarray
+
+  def accuracy(self) -> np.ndarray:
+    return self.correct / max(1, self.everywhere.shape[0])
+
+
+@functools.cache
+def _stats_chunk_fn(graphdef: nnx.GraphDef, canvas_size: int):
+  """(state, objects, labels, valid (B,) bool, locations (L,2)) -> ((L,) correct counts, (B,) all correct,
+  (K,) classes predicted)."""
+
+  def stats(state, objects, labels, valid, locations):
+    model = nnx.merge(graphdef, state)
+    logits = models.logits_on_grid(model, objects.astype(jnp.float32) / 255.0, locations, canvas_size)
+    pred = jnp.argmax(logits, -1)
+    correct = pred == labels[None, :]
+    # Padded locations repeat a real one, so only padded objects need masking out of the class set.
+    predicted = jnp.any(jax.nn.one_hot(pred, logits.shape[-1], dtype=bool) & valid[None, :, None], axis=(0, 1))
+    return jnp.sum(correct & valid[None, :], axis=1, dtype=jnp.int32), jnp.all(correct, axis=0), predicted
+
+  return jax.jit(stats)
+
+
+def location_stats(model: nnx.Module, objects: jax.Array, labels: jax.Array, locations: np.ndarray,
+                   canvas_size: int, batch_size: int = 4096) -> GridStats:
+  """Per-location correct counts and per-object correct-at-every-location flags, reduced on the device.
+
+  The same chunks and forward passes as `predict_grid`, so `GridStats.accuracy()` equals
+  `metrics.location_accuracy(predict_grid(...), labels)`; only (L + N) numbers leave the device.
+  Padded locations repeat the last one (no effect on "everywhere"); padded objects are masked out of counts.
+  """
+  model.eval()
+  graphdef, state = nnx.split(model)
+  fn = _stats_chunk_fn(graphdef, canvas_size)
+  n_obj, n_loc = int(objects.shape[0]), int(locations.shape[0])
+  loc_chunk, obj_chunk = chunk_shape(n_loc, n_obj, batch_size)
+  objs, labs = pad_to(objects, obj_chunk), pad_to(jnp.asarray(labels, jnp.int32), obj_chunk)
+  valid = jnp.arange(objs.shape[0]) < n_obj
+  locs = pad_to(np.asarray(locations, np.int32), loc_chunk)
+  counts, everywhere = [], [jnp.ones(obj_chunk, bool) for _ in range(0, objs.shape[0], obj_chunk)]
+  predicted = False
+  for i in range(0, locs.shape[0], loc_chunk):
+    total = jnp.zeros(loc_chunk, jnp.int32)
+    for c, j in enumerate(range(0, objs.shape[0], obj_chunk)):
+      n, ok, seen = fn(state, objs[j:j + obj_chunk], labs[j:j + obj_chunk], valid[j:j + obj_chunk],
+                       locs[i:i + loc_chunk])
+      total, everywhere[c], predicted = total + n, everywhere[c] & ok, predicted | seen
+    counts.append(total)
+  return GridStats(np.asarray(jnp.concatenate(counts))[:n_loc], np.asarray(jnp.concatenate(everywhere))[:n_obj],
+                   np.asarray(predicted))
+
+
+@functools.cache
+def _predict_at_fn(graphdef: nnx.GraphDef, canvas_size: int):
+  def predict(state, objects, locations):
+    logits = models.logits_on_canvas(nnx.merge(graphdef, state), objects.astype(jnp.float32) / 255.0, locations,
+                                     canvas_size)
+    return jnp.argmax(logits, -1).astype(jnp.int32)
+
+  return jax.jit(predict)
+
+
+def predict_at(model: nnx.Module, objects: jax.Array, locations: jax.Array | np.ndarray, canvas_size: int,
+               batch_size: int = 4096) -> np.ndarray:
+  """Predicted class of object i at location i: (M, h, w, C) uint8 and (M, 2) -> (M,) int32, chunked."""
+  model.eval()
+  graphdef, state = nnx.split(model)
+  fn = _predict_at_fn(graphdef, canvas_size)
+  n = int(objects.shape[0])
+  chunk = max(1, min(n, batch_size))
+  objs, locs = pad_to(objects, chunk), pad_to(jnp.asarray(locations, jnp.int32), chunk)
+  out = [fn(state, objs[i:i + chunk], locs[i:i + chunk]) for i in range(0, objs.shape[0], chunk)]
+  return np.asarray(jnp.concatenate(out))[:n]

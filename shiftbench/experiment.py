@@ -55,19 +55,19 @@ class Protocol:
 
   # -- evaluation ---------------------------------------------------------------------------------
   def location_map(self, model: nnx.Module, objects: train.DeviceObjects) -> dict[str, Any]:
-    preds = evaluation.predict_grid(model, objects.images, self.grid, self.s.spec.canvas_size,
-                                    self.s.eval_batch)
-    acc = np.asarray(metrics.location_accuracy(preds, np.asarray(objects.labels)))
+    stats = evaluation.location_stats(model, objects.images, objects.labels, self.grid, self.s.spec.canvas_size,
+                                      self.s.eval_batch)  # reduced on the device: no (L, N) predictions
+    acc = stats.accuracy()
     summary = metrics.summarize_location_map(acc, self.grid, self.s.finetune_location, 0, objects.num_classes,
                                              num_objects=len(objects))
-    return {"acc": acc, "predictions": preds, "distinct_predictions": int(len(np.unique(preds))),
+    return {"acc": acc, "everywhere": stats.everywhere, "distinct_predictions": int(stats.predicted.sum()),
             **{k: float(v) for k, v in summary.items()}}
 
-  def shift_metrics(self, model: nnx.Module, seed: int, predictions: np.ndarray | None = None,
+  def shift_metrics(self, model: nnx.Module, seed: int, everywhere: np.ndarray | None = None,
                     before: bool = False) -> dict[str, Any]:
-    """Every configured evaluator (`eval.metrics`) on B's test objects; reuses the map's predictions."""
+    """Every configured evaluator (`eval.metrics`) on B's test objects; reuses the map's worst-case flags."""
     ctx = evaluators.EvalContext(self.s.spec, self.grid, self.s.finetune_location, radius=0,
-                                 batch_size=self.s.eval_batch, seed=seed, map_predictions=predictions)
+                                 batch_size=self.s.eval_batch, seed=seed, map_everywhere=everywhere)
     return evaluators.run_all(self.evaluators, model, self.test_b, ctx, before=before)
 
   # -- models -------------------------------------------------------------------------------------
@@ -79,6 +79,10 @@ class Protocol:
                  seed: int) -> tuple[nnx.Module, dict[str, Any]]:
     """The model pretrained on A under `regime`, restored from the shared cache or trained now."""
     s = self.s
+    if regime == "imagenet":  # torchvision's ImageNet weights instead of pretraining on A (classifier: A's, new)
+      model = self.build(factory, self.data_a.num_classes, streams.stream(seed, streams.PRETRAIN_INIT))
+      weights = models.torchvision_weights.weights_for(s.pretrain_weights, name)
+      return model, {"weights": models.torchvision_weights.load_imagenet(model, weights)}
     placement = train.Placement(regime, s.pretrain_location, s.pretrain_jitter)
     path, description = checkpoint_of(s, name, regime, seed, self.hash_a)
     init = streams.stream(seed, streams.PRETRAIN_INIT)
@@ -102,6 +106,12 @@ class Protocol:
                                        label=label, description=description,
                                        wait_timeout_s=s.wait_timeout_s)
     return model, meta
+
+  def rekey(self, row: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Adds settings known only once a row ran (the content hash of its ImageNet weights) to its keys."""
+    row["comparison"] = dict(sorted({**row["comparison"], **extra}.items()))
+    row["comparison_key"] = comparison.key_of(row["comparison"])
+    row["protocol_key"] = comparison.key_of(comparison.protocol_part(row["comparison"]))
 
   # -- one row ------------------------------------------------------------------------------------
   def finetune_row(self, name: str, factory: ModelFactory, regime: str, mode: str, seed: int,
@@ -128,19 +138,22 @@ class Protocol:
       curve.append({"step": step, **{k: point[k] for k in ("in_acc", "off_acc", "invariance", "in_pvalue")}})
 
     start = time.perf_counter()
+    until = None if s.until_accuracy is None else train.UntilAccuracy(*s.until_accuracy)
     history = train.train(model, self.finetune_tx, self.train_b, s.spec,
                           train.Placement("fixed", s.finetune_location), steps=s.finetune.steps,
                           batch_size=s.finetune.batch_size, seed=streams.stream(seed, streams.FINETUNE_BATCHES),
                           mode=mode, dispatch=s.finetune.dispatch,
                           eval_every=s.eval_every, on_eval=on_eval,
-                          desc=f"finetune {name}/{regime}/{mode}/s{seed}")
+                          desc=f"finetune {name}/{regime}/{mode}/s{seed}", until=until)
+    stop = {"rule": "steps", "step": s.finetune.steps} if until is None or until.stopped_at is None else {
+        "rule": "until_accuracy", "step": until.stopped_at, "threshold": until.threshold, "patience": until.patience}
     train_seconds = time.perf_counter() - start
     final = self.location_map(model, self.test_b)
     eval_start = time.perf_counter()
-    shift = self.shift_metrics(model, seed, final["predictions"])
+    shift = self.shift_metrics(model, seed, final["everywhere"])
     eval_seconds += time.perf_counter() - eval_start
     a_after = None
-    if source is not None:
+    if source is not None and a_before is not None:  # (no A map for ImageNet weights: A is not their task)
       if mode == "last":  # only B's classifier trained: A's network is exactly the one before
         a_after = a_before
       else:
@@ -161,7 +174,8 @@ class Protocol:
         "eval_split": s.eval_split, "distinct_predictions": final["distinct_predictions"],
         "in_acc": final["in_acc"], "off_acc": final["off_acc"], "invariance": final["invariance"],
         "in_pvalue": final["in_pvalue"], "test_objects": len(self.test_b),
-        "chance": 1.0 / self.data_b.num_classes, "finetune_steps": s.finetune.steps,
+        "chance": 1.0 / self.data_b.num_classes, "finetune_steps": stop["step"], "finetune_stop": stop,
+        "input_adapter": getattr(getattr(getattr(model, "backbone", None), "adapter", None), "kind", None),
         "finetune_location": list(s.finetune_location),
         "location_map": {"ys": ys, "xs": xs, "acc": acc2d},
         "curve": curve,
@@ -201,7 +215,7 @@ def check_cache_writable(s: Settings, done: dict[tuple, Any], data_hash: str) ->
   for seed in s.seeds:
     for name in s.models:
       for regime in s.pretrain_regimes:
-        if regime == "scratch" or all((name, regime, mode, seed) in done for mode in s.modes_for(regime)):
+        if regime in ("scratch", "imagenet") or all((name, regime, mode, seed) in done for mode in s.modes_for(regime)):
           continue
         if not pretrained.exists(checkpoint_of(s, name, regime, seed, data_hash)[0]):
           preflight.check_writable(s.checkpoint_dir, "checkpoint cache (paths.checkpoint_dir)",
@@ -318,15 +332,18 @@ def _run_experiment(cfg: DictConfig | dict[str, Any], output_dir: Path) -> dict[
           keys = [(name, regime, mode, seed) for mode in modes]
           if all(k in done for k in keys):
             continue
-          source, a_before = None, None
+          source, a_before, meta = None, None, {}
           if regime != "scratch":
-            source, _ = protocol.pretrained(name, factory, regime, seed)
-            a_before = protocol.location_map(source, protocol.test_a)
+            source, meta = protocol.pretrained(name, factory, regime, seed)
+            a_before = None if regime == "imagenet" else protocol.location_map(source, protocol.test_a)
           new = [key for key in keys if key not in done]
           for mode, key in zip(modes, keys):
             if key in done:
               continue
             row = protocol.finetune_row(name, factory, regime, mode, seed, source, a_before)
+            if "weights" in meta:  # the imagenet regime: which file, by content (the key holds its sha256)
+              row["pretrain_weights"] = meta["weights"]
+              protocol.rekey(row, {"pretrain.weights.sha256": meta["weights"]["sha256"]})
             done[key] = row
             fill_invariance_lost(done)
             record["rows"] = list(done.values())

@@ -20,7 +20,8 @@ from omegaconf.errors import OmegaConfBaseException
 from shiftbench import canvas, evaluation, preflight, train
 from shiftbench.errors import ConfigError
 
-PRETRAIN_REGIMES: tuple[str, ...] = ("scratch", *canvas.REGIMES)
+# `imagenet` starts from torchvision's ImageNet weights (`pretrain.weights`) instead of pretraining on A.
+PRETRAIN_REGIMES: tuple[str, ...] = ("scratch", "imagenet", *canvas.REGIMES)
 # Without pretraining the backbone is random: a row that freezes it measures nothing about invariance
 # learned in pretraining, so `scratch` pairs with `full` (and `head` only when asked; `last` never).
 SCRATCH_MODES: tuple[str, ...] = ("full", "head")
@@ -119,6 +120,8 @@ class Settings:
   compile_cache: bool
   compile_cache_dir: str | None
   overwrite: bool
+  pretrain_weights: str | dict[str, str] | None = None  # the `imagenet` regime's weights file(s)
+  until_accuracy: tuple[float, int] | None = None  # fine-tune stopping rule: (threshold, patience steps)
 
   def modes_for(self, regime: str) -> tuple[str, ...]:
     """The fine-tune modes run after `regime`: `scratch_modes` for `scratch`, `finetune_modes` otherwise."""
@@ -165,7 +168,8 @@ class Settings:
         grid_stride=_positive(cfg.eval.grid_stride, "eval.grid_stride"),
         max_objects=None if max_objects is None else _positive(max_objects, "eval.max_objects"),
         curve_objects=_positive(cfg.eval.curve_objects, "eval.curve_objects"),
-        eval_batch=evaluation.resolve_batch_size(cfg.eval.batch_size, spec.canvas_size, _model_widths(config)),
+        eval_batch=evaluation.resolve_batch_size(cfg.eval.batch_size, spec.canvas_size, _model_widths(config),
+                                                 lambda: _activation_bytes(cfg, spec.canvas_size)),
         eval_split=_choices([cfg.eval.get("split", "test")], ("test", "validation"), "eval.split")[0],
         validation_fraction=_fraction(cfg.eval.get("validation_fraction", 0.1), "eval.validation_fraction"),
         subset_seed=int(cfg.eval.get("subset_seed", 0)),
@@ -182,4 +186,46 @@ class Settings:
         compile_cache=bool(config.get("compile_cache", False)),
         compile_cache_dir=config["paths"].get("compile_cache_dir"),
         overwrite=bool(config.get("overwrite", False)),
+        pretrain_weights=_weights(cfg),
+        until_accuracy=_until_accuracy(cfg.finetune.get("until_accuracy")),
     )
+
+
+def _activation_bytes(cfg: DictConfig, canvas_size: int) -> int | None:
+  """The largest per-canvas activation count of the run's torchvision models (abstract, nothing allocated);
+  None when it has none (the small CNNs keep the width-based bound)."""
+  import hydra
+  from flax import nnx
+
+  from shiftbench.models.tv_layers import TorchvisionNet
+
+  counts = []
+  for mcfg in (cfg.get("model") or {}).values():
+    if issubclass(hydra.utils.get_class(mcfg._target_), TorchvisionNet):
+      factory = hydra.utils.instantiate(mcfg)
+      model = nnx.eval_shape(lambda f=factory: f(num_classes=2, canvas_size=canvas_size, rngs=nnx.Rngs(0)))
+      counts.append(evaluation.model_activation_bytes(model, canvas_size, 1))
+  return max(counts) if counts else None
+
+
+def _weights(cfg: DictConfig) -> str | dict[str, str] | None:
+  """`pretrain.weights` (a path, or model name -> path), required when the `imagenet` regime runs."""
+  weights = cfg.pretrain.get("weights")
+  weights = OmegaConf.to_container(weights) if OmegaConf.is_dict(weights) else weights
+  if "imagenet" in cfg.pretrain.regimes:
+    from shiftbench.models.torchvision_weights import weights_for  # models import jax: only when needed
+
+    for name in cfg.get("model") or {}:
+      weights_for(weights, str(name))  # a one-line error now, not after other rows ran
+  return weights
+
+
+def _until_accuracy(value) -> tuple[float, int] | None:
+  """`finetune.until_accuracy`: null (train `finetune.steps`) or {threshold, patience}."""
+  if value is None:
+    return None
+  threshold, patience = float(value.threshold), int(value.patience)
+  if not 0.0 <= threshold <= 1.0 or patience < 0:
+    raise ValueError(f"finetune.until_accuracy needs 0 <= threshold <= 1 and patience >= 0, got {threshold}, "
+                     f"{patience}")
+  return threshold, patience

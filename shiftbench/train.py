@@ -61,6 +61,28 @@ class Placement:
     return canvas.regime_jitter(self.regime, self.jitter, spec)
 
 
+@dataclasses.dataclass
+class UntilAccuracy:
+  """Biscione & Bowers' stopping rule: stop once training accuracy has stayed >= `threshold` for `patience`
+  steps (the `steps` budget stays the cap). Accuracy is read once per dispatch (the batch accuracy of its
+  last step), so a run of readings at or above the threshold spanning `patience` steps ends training.
+  After `train`, `stopped_at` is the step it ended at, or None when the cap came first."""
+
+  threshold: float
+  patience: int
+  since: int | None = None
+  stopped_at: int | None = None
+
+  def update(self, step: int, acc: float) -> bool:
+    if acc < self.threshold:
+      self.since = None
+      return False
+    self.since = step if self.since is None else self.since
+    if step - self.since >= self.patience:
+      self.stopped_at = step
+    return self.stopped_at is not None
+
+
 def trainable_filter(mode: str) -> Any:
   """Which params train: all of them (`full`), the head's (`head`: hidden FC layers + classifier, conv
   frozen) or the classifier's only (`last`)."""
@@ -176,7 +198,8 @@ def train(model: nnx.Module, tx: optax.GradientTransformation, data: DeviceObjec
           placement: Placement, *, steps: int, batch_size: int, seed: int | jax.Array, mode: str = "full",
           dispatch: int | str = "auto", log_every: int = 50, eval_every: int = 0,
           on_eval: Callable[[int, nnx.Module], None] | None = None, desc: str = "train",
-          checkpoints: resume.Checkpoints | None = None) -> list[Metrics]:
+          checkpoints: resume.Checkpoints | None = None,
+          until: UntilAccuracy | None = None) -> list[Metrics]:
   """Trains `model` in place for `steps` steps and returns the logged metrics.
 
   Args:
@@ -194,6 +217,7 @@ def train(model: nnx.Module, tx: optax.GradientTransformation, data: DeviceObjec
     desc: progress bar label.
     checkpoints: resumable checkpoints: training continues from the last one there (bit-identical to not
       stopping) and saves one every `checkpoints.every` steps, rounded up to a multiple of `dispatch`.
+    until: a stopping rule checked after every dispatch (`steps` is then the cap); None trains `steps`.
   """
   spec.check_location(placement.location)
   k = steps_per_dispatch(dispatch)
@@ -233,18 +257,21 @@ def train(model: nnx.Module, tx: optax.GradientTransformation, data: DeviceObjec
                                                    data.images, data.labels)
       done += n
       bar.update(n)
-      if done % log_every < n or done == steps:
+      stopping = until is not None and until.update(done, float(metrics["acc"]))
+      if done % log_every < n or done == steps or stopping:
         logged = {key: float(v) for key, v in metrics.items()}
         history.append({"step": done, **logged})
-        check_divergence(history, data.num_classes, desc, final=done == steps)
+        check_divergence(history, data.num_classes, desc, final=done == steps or stopping)
         bar.set_postfix(loss=f"{logged['loss']:.3f}", acc=f"{logged['acc']:.3f}")
       if every and done % every == 0 and done != steps:
         checkpoints.save(done, {"params": params, "opt_state": opt_state, "rest": rest}, history)
+      if stopping:
+        break
       if done == stop and done != steps and on_eval is not None and eval_every and done % eval_every == 0:
         sync_model()
         on_eval(done, model)
   sync_model()
   model.eval()
   if on_eval is not None:
-    on_eval(steps, model)
+    on_eval(done, model)
   return history

@@ -1,4 +1,5 @@
-"""Models: one backbone with swappable downsampling, padding and head; a ResNet with the same parts."""
+"""Models: one backbone with swappable downsampling, padding and head; a ResNet with the same parts; and
+torchvision's ImageNet networks (VGG, ResNet-18/50, DenseNet-121) with their weights (`from_torchvision`)."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,12 @@ from shiftbench import canvas
 
 from shiftbench.models.cnn import DOWNSAMPLES, HEADS, ShiftNet
 from shiftbench.models.layers import PADDINGS
+from shiftbench.models.densenet import DenseNet
 from shiftbench.models.resnet import ResNet
+from shiftbench.models.resnet_tv import TorchvisionResNet
+from shiftbench.models.torchvision_weights import ARCHS as TORCHVISION_ARCHS
+from shiftbench.models.torchvision_weights import from_torchvision
+from shiftbench.models.vgg import VGG
 
 
 # Every model has `.backbone` (conv) and `.head` (`cnn.Head`: `hidden` FC layers + `classifier`). What a
@@ -46,5 +52,6 @@ def logits_on_grid(model: nnx.Module, objects: jax.Array, locations: jax.Array, 
   return canvas.apply_on_grid(model, objects, locations, canvas_size)
 
 
-__all__ = ["CLASSIFIER", "DOWNSAMPLES", "HEADS", "PADDINGS", "ResNet", "ShiftNet", "TRANSFERABLE", "logits_on_canvas",
-           "logits_on_grid", "param_count", "transfer"]
+__all__ = ["CLASSIFIER", "DOWNSAMPLES", "DenseNet", "HEADS", "PADDINGS", "ResNet", "ShiftNet", "TORCHVISION_ARCHS",
+           "TRANSFERABLE", "TorchvisionResNet", "VGG", "from_torchvision", "logits_on_canvas", "logits_on_grid",
+           "param_count", "transfer"]
