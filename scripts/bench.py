@@ -68,8 +68,14 @@ def jax_model(cfg: dict, canvas_size: int, seed: int, object_first: bool = True)
 
 
 def torch_model(cfg: dict, canvas_size: int) -> torch.nn.Module:
-  net = torch_twin.TorchTwin(num_classes=10, canvas_size=canvas_size, widths=cfg["widths"],
-                             kernel_size=cfg["kernel_size"], head=cfg["head"], fc_hidden=cfg.get("fc_hidden") or ())
+  net = torch_twin.TorchTwin(
+    num_classes=10,
+    canvas_size=canvas_size,
+    widths=cfg["widths"],
+    kernel_size=cfg["kernel_size"],
+    head=cfg["head"],
+    fc_hidden=cfg.get("fc_hidden") or (),
+  )
   return net.to(memory_format=torch.channels_last)
 
 
@@ -127,8 +133,11 @@ def ratio(a: list[float], b: list[float]) -> dict:
 
 def alternatives(res: dict[str, list[float]], unit: str) -> dict:
   """Every contestant but the two main ones: its rate (under `unit`) and shiftbench's speedup over it."""
-  return {k: {unit: summary(v), "speedup": ratio(res["shiftbench"], v)}
-          for k, v in res.items() if k not in ("shiftbench", "torch")}
+  return {
+    k: {unit: summary(v), "speedup": ratio(res["shiftbench"], v)}
+    for k, v in res.items()
+    if k not in ("shiftbench", "torch")
+  }
 
 
 # -- the contestants --------------------------------------------------------------------------------
@@ -140,9 +149,21 @@ def jax_trainer(cfg, args, data, spec, dispatch="auto", object_first=True):
     n = 10 if warmup else args.steps  # 10: compiles the 10-step lax.scan (dispatch="auto")
     state["seed"] += 1
     t = time.perf_counter()
-    train.train(model, tx, data, spec, placement, steps=n, batch_size=args.batch, seed=state["seed"],
-                dispatch=dispatch, log_every=10**9, desc="bench")
+    train.train(
+      model,
+      tx,
+      data,
+      spec,
+      placement,
+      steps=n,
+      batch_size=args.batch,
+      seed=state["seed"],
+      dispatch=dispatch,
+      log_every=10**9,
+      desc="bench",
+    )
     return n * args.batch / (time.perf_counter() - t)
+
   return run
 
 
@@ -184,7 +205,8 @@ def torch_trainer(cfg, args, images, labels, threads, compile_mode: str | None =
       locs = torch.randint(0, hi, (args.batch, 2), generator=gen, device=dev)
       if scatter:
         x = torch_twin.place_scatter(objs[idx].float() / 255.0, locs, args.canvas).contiguous(
-            memory_format=torch.channels_last)
+          memory_format=torch.channels_last
+        )
       else:
         x = torch_twin.place(padded[idx], locs, args.canvas).float() / 255.0  # channels_last already
       opt.zero_grad(set_to_none=True)
@@ -193,6 +215,7 @@ def torch_trainer(cfg, args, images, labels, threads, compile_mode: str | None =
     sync(dev)
     torch.set_num_threads(args.torch_threads)
     return n * args.batch / (time.perf_counter() - t)
+
   return run
 
 
@@ -203,6 +226,7 @@ def jax_evaluator(cfg, args, objects, grid, object_first=True):
     t = time.perf_counter()
     evaluation.predict_grid(model, objects, grid, args.canvas, args.eval_batch)
     return grid.shape[0] * objects.shape[0] / (time.perf_counter() - t)
+
   return run
 
 
@@ -218,12 +242,12 @@ def torch_evaluator(cfg, args, images, grid):
     sync(dev)
     t = time.perf_counter()
     for i in range(0, len(locs), per):  # chunks of (locations x all objects), like predict_grid
-      chunk = locs[i:i + per]
-      x = torch_twin.place(padded.repeat(len(chunk), 1, 1, 1), chunk.repeat_interleave(len(padded), 0),
-                           args.canvas)
+      chunk = locs[i : i + per]
+      x = torch_twin.place(padded.repeat(len(chunk), 1, 1, 1), chunk.repeat_interleave(len(padded), 0), args.canvas)
       net(x.float() / 255.0).argmax(-1)
     sync(dev)
     return len(locs) * len(padded) / (time.perf_counter() - t)
+
   return run
 
 
@@ -237,20 +261,27 @@ def markdown(r: dict) -> str:
     unit_name = unit.replace("_s", "/s")
     for extra, s in alts.items():
       lines.append(f"| {label}, {extra} ({unit_name}) | {s[unit]['median']:.0f} | | {fmt(s['speedup'])} |")
+
   for name, m in r["train"].items():
-    lines.append(f"| train {name} (img/s) | {m['shiftbench']['median']:.0f} ({m['gflops']:.1f} canvas-equivalent "
-                 f"GFLOP/s, {100 * m['peak_fraction']:.1f}% of matmul peak) | {m['torch']['median']:.0f} | "
-                 f"{fmt(m['speedup'])} |")
+    lines.append(
+      f"| train {name} (img/s) | {m['shiftbench']['median']:.0f} ({m['gflops']:.1f} canvas-equivalent "
+      f"GFLOP/s, {100 * m['peak_fraction']:.1f}% of matmul peak) | {m['torch']['median']:.0f} | "
+      f"{fmt(m['speedup'])} |"
+    )
     alternative_rows(f"train {name}", "img_s", m.get("alternatives", {}))
   if "eval" in r:
     e = r["eval"]
-    lines.append(f"| location map (canvases/s) | {e['shiftbench']['median']:.0f} | {e['torch']['median']:.0f} | "
-                 f"{fmt(e['speedup'])} |")
+    lines.append(
+      f"| location map (canvases/s) | {e['shiftbench']['median']:.0f} | {e['torch']['median']:.0f} | "
+      f"{fmt(e['speedup'])} |"
+    )
     alternative_rows("location map", "canvases_s", e.get("alternatives", {}))
   if "e2e" in r:
     e = r["e2e"]
-    lines.append(f"| quick row end to end (s) | {1 / e['shiftbench']['median']:.1f} | "
-                 f"{1 / e['torch']['median']:.1f} | {fmt(e['speedup'])} |")
+    lines.append(
+      f"| quick row end to end (s) | {1 / e['shiftbench']['median']:.1f} | "
+      f"{1 / e['torch']['median']:.1f} | {fmt(e['speedup'])} |"
+    )
   return "\n".join(lines)
 
 
@@ -259,8 +290,10 @@ def setup_device(args) -> list[str]:
   notes = []
   if args.device == "cuda":
     if not torch.cuda.is_available():
-      raise SystemExit(f"--device cuda: PyTorch {torch.__version__} sees no CUDA device (built for CUDA "
-                       f"{torch.version.cuda or 'none'}); install a CUDA build of torch and run on a GPU machine")
+      raise SystemExit(
+        f"--device cuda: PyTorch {torch.__version__} sees no CUDA device (built for CUDA "
+        f"{torch.version.cuda or 'none'}); install a CUDA build of torch and run on a GPU machine"
+      )
     torch.backends.cudnn.benchmark = True
     notes.append(f"torch on {torch.cuda.get_device_name()}, cudnn.benchmark on, timed with cuda.synchronize")
     if jax.default_backend() == "cpu":
@@ -268,9 +301,14 @@ def setup_device(args) -> list[str]:
   mode = {"cpu": "default", "cuda": "reduce-overhead"}[args.device]
   if args.torch_compile == "off" or (args.torch_compile == "auto" and args.device == "cpu"):
     args.compile_mode = None
-    notes.append("torch.compile not timed" + (" (on CPU by default: mode reduce-overhead means CUDA graphs, "
-                                              "GPU only; --torch-compile on times default mode)"
-                                              if args.device == "cpu" else ""))
+    notes.append(
+      "torch.compile not timed"
+      + (
+        " (on CPU by default: mode reduce-overhead means CUDA graphs, GPU only; --torch-compile on times default mode)"
+        if args.device == "cpu"
+        else ""
+      )
+    )
   else:
     args.compile_mode = mode
     if args.device == "cpu":
@@ -292,20 +330,35 @@ def main(argv=None) -> dict:
   p.add_argument("--objects", type=int, default=2000, help="training objects")
   p.add_argument("--eval-objects", type=int, default=500)
   p.add_argument("--grid-stride", type=int, default=5)
-  p.add_argument("--eval-batch", type=int, default=None,
-                 help="canvases per forward pass in the maps (default: eval.batch_size=auto's choice)")
+  p.add_argument(
+    "--eval-batch",
+    type=int,
+    default=None,
+    help="canvases per forward pass in the maps (default: eval.batch_size=auto's choice)",
+  )
   p.add_argument("--e2e-steps", type=int, default=600, help="fine-tune steps of the end-to-end row (0: skip)")
   p.add_argument("--e2e-eval-every", type=int, default=150)
   p.add_argument("--e2e-reps", type=int, default=2)
   p.add_argument("--workers", type=int, default=0, help="PyTorch DataLoader workers in the e2e run")
   p.add_argument("--torch-threads", type=int, default=2)
-  p.add_argument("--alternatives", action="store_true",
-                 help="also time the first block on the canvas, one step per dispatch and torch at 1 thread")
+  p.add_argument(
+    "--alternatives",
+    action="store_true",
+    help="also time the first block on the canvas, one step per dispatch and torch at 1 thread",
+  )
   p.add_argument("--peak-n", type=int, default=2048, help="side of the fp32 matmul that measures the peak")
-  p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                 help="where PyTorch runs; shiftbench runs on JAX's default device (cuda: give it a GPU jaxlib)")
-  p.add_argument("--torch-compile", choices=("auto", "on", "off"), default="auto",
-                 help="also time torch.compile(model): auto = on for cuda (mode reduce-overhead), off on CPU")
+  p.add_argument(
+    "--device",
+    choices=("cpu", "cuda"),
+    default="cpu",
+    help="where PyTorch runs; shiftbench runs on JAX's default device (cuda: give it a GPU jaxlib)",
+  )
+  p.add_argument(
+    "--torch-compile",
+    choices=("auto", "on", "off"),
+    default="auto",
+    help="also time torch.compile(model): auto = on for cuda (mode reduce-overhead), off on CPU",
+  )
   p.add_argument("--out", type=Path)
   args = p.parse_args(argv)
   notes = setup_device(args)
@@ -320,50 +373,76 @@ def main(argv=None) -> dict:
   if args.eval_batch is None:
     args.eval_batch = evaluation.auto_batch_size(args.canvas, [widths])
   peak = matmul_peak(args.peak_n)
-  r = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "argv": sys.argv, "args": vars(args) | {
-      "out": str(args.out)}, "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
-      "load_avg_start": os.getloadavg(), "jax": jax.__version__, "torch": torch.__version__,
-      "backend": jax.default_backend(), "jax_devices": [str(d) for d in jax.devices()], "device": args.device,
-      "notes": notes, "conv": "conv_general_dilated",
-      "allocator": os.environ.get("LD_PRELOAD") or "glibc malloc (no LD_PRELOAD), both sides",
-      "torch_threads": args.torch_threads, "matmul_peak_gflops": peak, "train": {}}
+  r = {
+    "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    "argv": sys.argv,
+    "args": vars(args) | {"out": str(args.out)},
+    "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
+    "load_avg_start": os.getloadavg(),
+    "jax": jax.__version__,
+    "torch": torch.__version__,
+    "backend": jax.default_backend(),
+    "jax_devices": [str(d) for d in jax.devices()],
+    "device": args.device,
+    "notes": notes,
+    "conv": "conv_general_dilated",
+    "allocator": os.environ.get("LD_PRELOAD") or "glibc malloc (no LD_PRELOAD), both sides",
+    "torch_threads": args.torch_threads,
+    "matmul_peak_gflops": peak,
+    "train": {},
+  }
   for name in args.models.split(","):
     cfg = preset(name, widths)
     if (why := torch_twin.check_supported(cfg)) is not None:
       print(f"skipping {name}: {why}")
       continue
-    runs = {"shiftbench": jax_trainer(cfg, args, data, spec),
-            "torch": torch_trainer(cfg, args, images, labels, args.torch_threads)}
+    runs = {
+      "shiftbench": jax_trainer(cfg, args, data, spec),
+      "torch": torch_trainer(cfg, args, images, labels, args.torch_threads),
+    }
     if args.compile_mode:
       runs[f"torch.compile (mode={args.compile_mode})"] = torch_trainer(
-          cfg, args, images, labels, args.torch_threads, compile_mode=args.compile_mode)
+        cfg, args, images, labels, args.torch_threads, compile_mode=args.compile_mode
+      )
     if args.alternatives:
-      runs["first block on the canvas (object_first=False)"] = jax_trainer(cfg, args, data, spec,
-                                                                           object_first=False)
+      runs["first block on the canvas (object_first=False)"] = jax_trainer(cfg, args, data, spec, object_first=False)
       runs["1 step per dispatch (no lax.scan)"] = jax_trainer(cfg, args, data, spec, dispatch=1)
       runs["torch, scatter placement + default Adam (the twin before)"] = torch_trainer(
-          cfg, args, images, labels, args.torch_threads, scatter=True)
+        cfg, args, images, labels, args.torch_threads, scatter=True
+      )
       if args.device == "cpu":
         runs["torch 1 thr"] = torch_trainer(cfg, args, images, labels, 1)
     res = interleave(runs, args.reps)
     gflops = np.median(res["shiftbench"]) * train_flops(cfg, args.canvas) / 1e9
-    r["train"][name] = {"shiftbench": summary(res["shiftbench"]), "torch": summary(res["torch"]),
-                        "speedup": ratio(res["shiftbench"], res["torch"]), "gflops": gflops,
-                        "peak_fraction": gflops / peak, "flops_per_image": train_flops(cfg, args.canvas),
-                        "alternatives": alternatives(res, "img_s")}
+    r["train"][name] = {
+      "shiftbench": summary(res["shiftbench"]),
+      "torch": summary(res["torch"]),
+      "speedup": ratio(res["shiftbench"], res["torch"]),
+      "gflops": gflops,
+      "peak_fraction": gflops / peak,
+      "flops_per_image": train_flops(cfg, args.canvas),
+      "alternatives": alternatives(res, "img_s"),
+    }
     print(name, json.dumps(r["train"][name]), flush=True)
   first = preset(args.models.split(",")[0], widths)
-  ev_objs = images[:args.eval_objects]
-  runs = {"shiftbench": jax_evaluator(first, args, jnp.asarray(ev_objs), grid),
-          "torch": torch_evaluator(first, args, ev_objs, grid)}
+  ev_objs = images[: args.eval_objects]
+  runs = {
+    "shiftbench": jax_evaluator(first, args, jnp.asarray(ev_objs), grid),
+    "torch": torch_evaluator(first, args, ev_objs, grid),
+  }
   if args.alternatives:
-    runs["first block on the canvas (object_first=False)"] = jax_evaluator(first, args, jnp.asarray(ev_objs),
-                                                                           grid, object_first=False)
+    runs["first block on the canvas (object_first=False)"] = jax_evaluator(
+      first, args, jnp.asarray(ev_objs), grid, object_first=False
+    )
   res = interleave(runs, args.reps)
-  r["eval"] = {"shiftbench": summary(res["shiftbench"]), "torch": summary(res["torch"]),
-               "speedup": ratio(res["shiftbench"], res["torch"]), "locations": len(grid),
-               "objects": len(ev_objs),
-               "alternatives": alternatives(res, "canvases_s")}
+  r["eval"] = {
+    "shiftbench": summary(res["shiftbench"]),
+    "torch": summary(res["torch"]),
+    "speedup": ratio(res["shiftbench"], res["torch"]),
+    "locations": len(grid),
+    "objects": len(ev_objs),
+    "alternatives": alternatives(res, "canvases_s"),
+  }
   print("eval", json.dumps(r["eval"]), flush=True)
   if args.e2e_steps and args.device != "cpu":
     print("e2e skipped: it compares against host-composed canvases in a DataLoader, a CPU comparison")
@@ -372,11 +451,19 @@ def main(argv=None) -> dict:
     split = lambda a, b: (images[a:b], labels[a:b])
     host = (split(0, args.objects), split(0, n_curve), split(0, args.eval_objects))
     dev = [train.DeviceObjects.from_numpy(*h, 10) for h in host]
-    res = interleave({"shiftbench": bench_e2e.jax_e2e(jax_model(first, args.canvas, 0), args, spec, *dev, grid),
-                      "torch": bench_e2e.torch_e2e(lambda: torch_model(first, args.canvas), args, host, grid,
-                                                   spec.center())}, args.e2e_reps)
-    r["e2e"] = {"shiftbench": summary(res["shiftbench"]), "torch": summary(res["torch"]),
-                "speedup": ratio(res["shiftbench"], res["torch"]), "unit": "rows per second"}
+    res = interleave(
+      {
+        "shiftbench": bench_e2e.jax_e2e(jax_model(first, args.canvas, 0), args, spec, *dev, grid),
+        "torch": bench_e2e.torch_e2e(lambda: torch_model(first, args.canvas), args, host, grid, spec.center()),
+      },
+      args.e2e_reps,
+    )
+    r["e2e"] = {
+      "shiftbench": summary(res["shiftbench"]),
+      "torch": summary(res["torch"]),
+      "speedup": ratio(res["shiftbench"], res["torch"]),
+      "unit": "rows per second",
+    }
     print("e2e", json.dumps(r["e2e"]), flush=True)
   r["train_speedup"] = {k: v["speedup"]["median"] for k, v in r["train"].items()}
   r["eval_speedup"] = r["eval"]["speedup"]["median"]

@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import optax
 import torch
 import torch.nn.functional as F
+import torch_twin
 from flax import nnx
 
-import torch_twin
 from shiftbench import evaluation, train
 
 
@@ -29,11 +29,23 @@ def jax_e2e(model, args, spec, train_data, curve, test, grid):
     t = time.perf_counter()
     nnx.update(model, jax.tree.map(jnp.copy, init))  # training donates the param buffers
     maps = lambda m, objs: evaluation.predict_grid(m, objs, grid, args.canvas, args.eval_batch)
-    train.train(model, tx, train_data, spec, train.Placement("fixed", spec.center()),
-                steps=2 if warmup else args.e2e_steps, batch_size=args.batch, seed=0, log_every=50,
-                eval_every=args.e2e_eval_every, on_eval=lambda step, m: maps(m, curve.images), desc="e2e")
+    train.train(
+      model,
+      tx,
+      train_data,
+      spec,
+      train.Placement("fixed", spec.center()),
+      steps=2 if warmup else args.e2e_steps,
+      batch_size=args.batch,
+      seed=0,
+      log_every=50,
+      eval_every=args.e2e_eval_every,
+      on_eval=lambda step, m: maps(m, curve.images),
+      desc="e2e",
+    )
     maps(model, test.images)
     return 1.0 / (time.perf_counter() - t)
+
   return run
 
 
@@ -71,4 +83,5 @@ def torch_e2e(make_net, args, data, grid, center):
           break
     location_map(net.eval(), te_x, te_y)
     return 1.0 / (time.perf_counter() - t)
+
   return run

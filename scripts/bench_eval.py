@@ -60,8 +60,9 @@ def main() -> None:
   n_map_chunks = -(-len(grid) // loc_chunk) * -(-args.objects // obj_chunk)  # incl. padding
   n_chunks = -(-len(grid) * args.objects // (loc_chunk * obj_chunk))  # the fewest that hold every canvas
   graphdef, state = nnx.split(model)
-  x = canvas.place_grid(objects[:obj_chunk].astype(jnp.float32) / 255.0, jnp.asarray(grid[:loc_chunk]),
-                        spec.canvas_size)
+  x = canvas.place_grid(
+    objects[:obj_chunk].astype(jnp.float32) / 255.0, jnp.asarray(grid[:loc_chunk]), spec.canvas_size
+  )
   x = jax.block_until_ready(x.reshape(-1, *x.shape[2:]))  # composed before timing starts
 
   @jax.jit
@@ -75,8 +76,10 @@ def main() -> None:
   full_map(), bare()  # compile both
   t_map, t_bare = _best_of_interleaved([full_map, bare], args.repeats)
   canvases = len(grid) * args.objects
-  print(f"device: {jax.devices()[0].device_kind}; grid {len(grid)} locations x {args.objects} objects = "
-        f"{canvases} canvases (map: {n_map_chunks} chunks of {loc_chunk * obj_chunk}; bare: {n_chunks})")
+  print(
+    f"device: {jax.devices()[0].device_kind}; grid {len(grid)} locations x {args.objects} objects = "
+    f"{canvases} canvases (map: {n_map_chunks} chunks of {loc_chunk * obj_chunk}; bare: {n_chunks})"
+  )
   print(f"location map (predict_grid):  {t_map:.3f} s  ({canvases / t_map:,.0f} canvases/s)")
   print(f"bare forward passes:          {t_bare:.3f} s  ({n_chunks * loc_chunk * obj_chunk / t_bare:,.0f} canvases/s)")
   print(f"ratio map / bare: {t_map / t_bare:.2f}x (target <= 1.2x)")

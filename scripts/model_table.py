@@ -35,7 +35,9 @@ def forward_flops(model: nnx.Module, canvas: int, channels: int) -> float:
   return float(cost["flops"])
 
 
-def rows(canvas: int, classes: int, channels: int, presets: list[str] | None = None) -> list[tuple[str, str, int, float]]:
+def rows(
+  canvas: int, classes: int, channels: int, presets: list[str] | None = None
+) -> list[tuple[str, str, int, float]]:
   names = presets or sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
   out = []
   for name in names:
@@ -57,8 +59,10 @@ def main() -> None:
   parser.add_argument("--presets", default=None, help="comma-separated presets (default: every one in conf/model)")
   args = parser.parse_args()
   presets = args.presets.split(",") if args.presets else None
-  print(f"| preset | class | parameters | forward MFLOPs / image ({args.canvas}x{args.canvas}x{args.channels}, "
-        f"{args.classes} classes) |")
+  print(
+    f"| preset | class | parameters | forward MFLOPs / image ({args.canvas}x{args.canvas}x{args.channels}, "
+    f"{args.classes} classes) |"
+  )
   print("|---|---|---:|---:|")
   for name, target, params, flops in rows(args.canvas, args.classes, args.channels, presets):
     print(f"| `{name}` | {target} | {params:,} | {flops / 1e6:.2f} |")

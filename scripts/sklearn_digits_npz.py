@@ -22,8 +22,11 @@ def digits_arrays() -> dict[str, np.ndarray]:
   from sklearn.datasets import load_digits
 
   digits = load_digits()
-  return {"images": (digits.images / 16.0).astype(np.float32), "labels": digits.target.astype(np.int64),
-          "class_names": np.array([str(k) for k in digits.target_names])}
+  return {
+    "images": (digits.images / 16.0).astype(np.float32),
+    "labels": digits.target.astype(np.int64),
+    "class_names": np.array([str(k) for k in digits.target_names]),
+  }
 
 
 def main(argv: list[str] | None = None) -> None:

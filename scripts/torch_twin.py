@@ -32,8 +32,17 @@ class TorchTwin(nn.Module):
   """conv (same padding) -> 2x2 max pool -> ReLU per block, then flatten/GAP -> [linear -> ReLU] x
   len(fc_hidden) -> linear (shiftbench's `Head` with its hidden FC layers)."""
 
-  def __init__(self, *, num_classes: int, canvas_size: int, widths: Sequence[int], kernel_size: int = 3,
-               head: str = "fc", in_channels: int = 1, fc_hidden: Sequence[int] = ()):
+  def __init__(
+    self,
+    *,
+    num_classes: int,
+    canvas_size: int,
+    widths: Sequence[int],
+    kernel_size: int = 3,
+    head: str = "fc",
+    in_channels: int = 1,
+    fc_hidden: Sequence[int] = (),
+  ):
     super().__init__()
     chans = [in_channels, *widths]
     k = kernel_size
@@ -86,16 +95,18 @@ def place_scatter(objects: torch.Tensor, locations: torch.Tensor, canvas_size: i
   dev = objects.device
   rows = (locations[:, 0, None] + torch.arange(h, device=dev))[:, None, :, None]
   cols = (locations[:, 1, None] + torch.arange(w, device=dev))[:, None, None, :]
-  out[torch.arange(b, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None], rows,
-      cols] = objects
+  out[
+    torch.arange(b, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None], rows, cols
+  ] = objects
   return out
 
 
 class HostCanvasDataset(torch.utils.data.Dataset):
   """Each item pastes one uint8 object into a numpy canvas at its location: host-side composition."""
 
-  def __init__(self, images: np.ndarray, labels: np.ndarray, canvas_size: int, location: tuple[int, int] | None,
-               seed: int = 0):
+  def __init__(
+    self, images: np.ndarray, labels: np.ndarray, canvas_size: int, location: tuple[int, int] | None, seed: int = 0
+  ):
     self.images, self.labels, self.canvas_size = images, labels, canvas_size
     self.location = location  # None: uniform over valid locations (translate)
     self.rng = np.random.default_rng(seed)
@@ -111,5 +122,5 @@ class HostCanvasDataset(torch.utils.data.Dataset):
     else:
       y, x = self.location
     canvas = np.zeros((c, self.canvas_size, self.canvas_size), np.float32)
-    canvas[:, y:y + h, x:x + w] = obj.transpose(2, 0, 1) / 255.0
+    canvas[:, y : y + h, x : x + w] = obj.transpose(2, 0, 1) / 255.0
     return torch.from_numpy(canvas), int(self.labels[i])

@@ -31,8 +31,9 @@ class CanvasSpec:
       raise ValueError(f"canvas_size and object_size must be positive, got {self.canvas_size}, {self.object_size}")
     if self.object_size > self.canvas_size:
       raise ValueError(
-          f"object_size={self.object_size} is larger than canvas_size={self.canvas_size}; "
-          "an object must fit inside the canvas")
+        f"object_size={self.object_size} is larger than canvas_size={self.canvas_size}; "
+        "an object must fit inside the canvas"
+      )
 
   @property
   def max_offset(self) -> int:
@@ -43,8 +44,9 @@ class CanvasSpec:
     y, x = (int(v) for v in location)
     if not (0 <= y <= self.max_offset and 0 <= x <= self.max_offset):
       raise ValueError(
-          f"location {(y, x)} puts the object off the canvas; valid top-left coordinates are "
-          f"0..{self.max_offset} per axis (canvas {self.canvas_size}, object {self.object_size})")
+        f"location {(y, x)} puts the object off the canvas; valid top-left coordinates are "
+        f"0..{self.max_offset} per axis (canvas {self.canvas_size}, object {self.object_size})"
+      )
     return y, x
 
   def center(self) -> tuple[int, int]:
@@ -92,8 +94,9 @@ def apply_on_grid(fn, objects: jax.Array, locations: jax.Array, canvas_size: int
   return fn(x.reshape(-1, *x.shape[2:])).reshape(*x.shape[:2], -1)
 
 
-def sample_locations(key: jax.Array, batch: int, spec: CanvasSpec, regime: str, location: tuple[int, int],
-                     jitter: int = 0) -> jax.Array:
+def sample_locations(
+  key: jax.Array, batch: int, spec: CanvasSpec, regime: str, location: tuple[int, int], jitter: int = 0
+) -> jax.Array:
   """Draws (batch, 2) training locations under a placement regime (DESIGN.md section 2).
 
   `fixed` always returns `location`, as a host (numpy) array: a constant the jitted step can specialise

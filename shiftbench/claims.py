@@ -94,8 +94,7 @@ class _Rows:
     self.models = list(dict.fromkeys(r["model"] for r in rows))
     self.seeds = {r["seed"] for r in rows}
 
-  def values(self, model: str, regime: str, mode: str,
-             metric: str = "invariance") -> dict[int, float | None] | None:
+  def values(self, model: str, regime: str, mode: str, metric: str = "invariance") -> dict[int, float | None] | None:
     """Every seed's value (None where undefined); None when the run has no such row at all."""
     found = [r for r in self.rows if (r["model"], r["pretrain"], r["finetune"]) == (model, regime, mode)]
     if not found:
@@ -114,8 +113,13 @@ class _Rows:
   def twins(self, model: str, differing: tuple[str, ...]) -> list[str]:
     """Other models with the same architecture except for the keys in `differing`."""
     same = lambda a: {k: v for k, v in a.items() if k not in differing}  # noqa: E731
-    return [m for m in self.models if m != model and same(self.arch[m]) == same(self.arch[model])
-            and self.arch[m].get("_target_") == self.arch[model].get("_target_")]
+    return [
+      m
+      for m in self.models
+      if m != model
+      and same(self.arch[m]) == same(self.arch[model])
+      and self.arch[m].get("_target_") == self.arch[model].get("_target_")
+    ]
 
 
 @dataclasses.dataclass
@@ -167,37 +171,96 @@ def _claims_for(rows: _Rows) -> list[Claim]:
     last = {r: rows.values(m, r, "last") for r in ("translate", "fixed", "random_crop")}
     full = rows.values(m, "translate", "full")
     c1 = _single(scratch)
-    out.append(Claim("C1", "CNN+FC trained from scratch at one location is near chance elsewhere "
-                     f"(invariance < {NEAR_CHANCE})", BB, f"{m}: scratch/full", _vals(c1),
-                     _judge(c1, lambda mean, lo, hi: hi < NEAR_CHANCE)))
+    out.append(
+      Claim(
+        "C1",
+        f"CNN+FC trained from scratch at one location is near chance elsewhere (invariance < {NEAR_CHANCE})",
+        BB,
+        f"{m}: scratch/full",
+        _vals(c1),
+        _judge(c1, lambda mean, lo, hi: hi < NEAR_CHANCE),
+      )
+    )
     c2 = _paired(last["translate"], scratch)
-    out.append(Claim("C2", "translate pretraining, FC layers kept: new classes gain invariance", BB,
-                     f"{m}: translate/last - scratch/full", _vals(c2), _judge(c2, _above_zero)))
+    out.append(
+      Claim(
+        "C2",
+        "translate pretraining, FC layers kept: new classes gain invariance",
+        BB,
+        f"{m}: translate/last - scratch/full",
+        _vals(c2),
+        _judge(c2, _above_zero),
+      )
+    )
     c2c = _paired(last["translate"], last["fixed"])
-    out.append(Claim("C2c", "control: pretraining at one location (fixed) gives less than translate", BB,
-                     f"{m}: translate/last - fixed/last", _vals(c2c), _judge(c2c, _above_zero)))
+    out.append(
+      Claim(
+        "C2c",
+        "control: pretraining at one location (fixed) gives less than translate",
+        BB,
+        f"{m}: translate/last - fixed/last",
+        _vals(c2c),
+        _judge(c2c, _above_zero),
+      )
+    )
     out.append(_share_claim(m, scratch, last["translate"], last["random_crop"]))
     c3a = _paired(last["translate"], full)
-    out.append(Claim("C3a", "full fine-tuning at one location loses part of the invariance", BB,
-                     f"{m}: translate/last - translate/full", _vals(c3a), _judge(c3a, _above_zero)))
+    out.append(
+      Claim(
+        "C3a",
+        "full fine-tuning at one location loses part of the invariance",
+        BB,
+        f"{m}: translate/last - translate/full",
+        _vals(c3a),
+        _judge(c3a, _above_zero),
+      )
+    )
     c3b = _paired(full, scratch)
-    out.append(Claim("C3b", "... yet stays above training from scratch", BB,
-                     f"{m}: translate/full - scratch/full", _vals(c3b), _judge(c3b, _above_zero)))
-  pairs = [(g, f) for g in rows.with_arch(head="gap") for f in rows.twins(g, _HEAD_KEYS)
-           if rows.arch[f].get("head") == "fc"]
+    out.append(
+      Claim(
+        "C3b",
+        "... yet stays above training from scratch",
+        BB,
+        f"{m}: translate/full - scratch/full",
+        _vals(c3b),
+        _judge(c3b, _above_zero),
+      )
+    )
+  pairs = [
+    (g, f) for g in rows.with_arch(head="gap") for f in rows.twins(g, _HEAD_KEYS) if rows.arch[f].get("head") == "fc"
+  ]
   for g, f in pairs or [("(GAP model)", "(its FC twin)")]:
     c4 = _paired(rows.values(g, "scratch", "full"), rows.values(f, "scratch", "full"))
-    out.append(Claim("C4", "a global-pool head is more invariant than an FC head (both from scratch)",
-                     f"{BB}; Kayhan & van Gemert, CVPR 2020", f"{g} - {f}: scratch/full invariance", _vals(c4),
-                     _judge(c4, _above_zero)))
+    out.append(
+      Claim(
+        "C4",
+        "a global-pool head is more invariant than an FC head (both from scratch)",
+        f"{BB}; Kayhan & van Gemert, CVPR 2020",
+        f"{g} - {f}: scratch/full invariance",
+        _vals(c4),
+        _judge(c4, _above_zero),
+      )
+    )
   for m in rows.with_arch(downsample="aps", padding="circular") or ["(no APS model)"]:
     out.append(_aps_property(m, [r for r in rows.rows if r["model"] == m]))
-  pairs = [(b, m) for b in rows.with_arch(downsample="blur") for m in rows.twins(b, _DOWNSAMPLE_KEYS)
-           if rows.arch[m].get("downsample") == "max"]
+  pairs = [
+    (b, m)
+    for b in rows.with_arch(downsample="blur")
+    for m in rows.twins(b, _DOWNSAMPLE_KEYS)
+    if rows.arch[m].get("downsample") == "max"
+  ]
   for b, m in pairs or [("(BlurPool model)", "(its max-pool twin)")]:
     c6 = _paired(rows.values(b, "scratch", "full", "consistency"), rows.values(m, "scratch", "full", "consistency"))
-    out.append(Claim("C6", "BlurPool raises shift consistency over max-pool", "Zhang, ICML 2019",
-                     f"{b} - {m}: scratch/full consistency", _vals(c6), _judge(c6, _above_zero)))
+    out.append(
+      Claim(
+        "C6",
+        "BlurPool raises shift consistency over max-pool",
+        "Zhang, ICML 2019",
+        f"{b} - {m}: scratch/full consistency",
+        _vals(c6),
+        _judge(c6, _above_zero),
+      )
+    )
   return out + paper_claims(rows)
 
 
@@ -206,8 +269,15 @@ def _share_claim(m: str, scratch, translate, random_crop) -> Claim:
   numerator and denominator over every seed where all three are defined (dropping seeds whose gain is
   <= 0, as shiftbench <= 0.3 did, biased it upward)."""
   compared = f"{m}: (random_crop/last - scratch/full) / (translate/last - scratch/full)"
-  claim = Claim("F1", "share of translate's transferred invariance that random_crop pretraining gives", BB,
-                compared, [], NOT_RUN, kind="figure")
+  claim = Claim(
+    "F1",
+    "share of translate's transferred invariance that random_crop pretraining gives",
+    BB,
+    compared,
+    [],
+    NOT_RUN,
+    kind="figure",
+  )
   if scratch is None or translate is None or random_crop is None:
     return claim
   seeds = sorted(scratch.keys() & translate.keys() & random_crop.keys())
@@ -223,8 +293,15 @@ def _aps_property(m: str, found: list[dict[str, Any]]) -> Claim:
   shifts, and not trivially so (a constant predictor also scores 1.0): predictions not constant and
   in-location accuracy above chance (binomial p < SIGNIFICANCE)."""
   compared = f"{m}: consistency_circular = 1, >1 class predicted, in_acc above chance; all rows"
-  claim = Claim("C5", "APS + circular padding is exactly consistent under circular shifts (every row)",
-                "Chaman & Dokmanic, CVPR 2021", compared, [], NOT_RUN, kind="property")
+  claim = Claim(
+    "C5",
+    "APS + circular padding is exactly consistent under circular shifts (every row)",
+    "Chaman & Dokmanic, CVPR 2021",
+    compared,
+    [],
+    NOT_RUN,
+    kind="property",
+  )
   if not found:
     return claim
   claim.values = [float(r["consistency_circular"]) for r in found if r.get("consistency_circular") is not None]
@@ -283,9 +360,22 @@ def to_json(claims: list[Claim]) -> list[dict[str, Any]]:
   out = []
   for c in claims:
     mean, lo, hi = interval(c.values) if c.values else (math.nan,) * 3
-    out.append({"id": c.id, "kind": c.kind, "group": c.group, "claim": c.claim, "citation": c.citation,
-                "compared": c.rows, "values": c.values, "denominators": c.denominators or None, "mean": mean,
-                "ci95": [lo, hi], "n": c.n, "verdict": c.verdict})
+    out.append(
+      {
+        "id": c.id,
+        "kind": c.kind,
+        "group": c.group,
+        "claim": c.claim,
+        "citation": c.citation,
+        "compared": c.rows,
+        "values": c.values,
+        "denominators": c.denominators or None,
+        "mean": mean,
+        "ci95": [lo, hi],
+        "n": c.n,
+        "verdict": c.verdict,
+      }
+    )
   return out
 
 
@@ -300,16 +390,32 @@ def paper_claims(rows: _Rows) -> list[Claim]:
   tv = [m for m in rows.models if any(_is(rows.arch[m], t) for t in ("DenseNet", "VGG", "TorchvisionResNet"))]
   out = []
   if dense or vgg16:
-    for d, v in [(d, v) for d in dense for v in vgg16] or [(dense[0] if dense else "(no densenet121)",
-                                                             vgg16[0] if vgg16 else "(no vgg16)")]:
+    for d, v in [(d, v) for d in dense for v in vgg16] or [
+      (dense[0] if dense else "(no densenet121)", vgg16[0] if vgg16 else "(no vgg16)")
+    ]:
       c7 = _paired(rows.values(d, "scratch", "full"), rows.values(v, "scratch", "full"))
-      out.append(Claim("C7", "DenseNet-121 from scratch is more invariant than VGG16 from scratch", BB,
-                       f"{d} - {v}: scratch/full invariance", c7 or [], _judge(c7, _above_zero)))
+      out.append(
+        Claim(
+          "C7",
+          "DenseNet-121 from scratch is more invariant than VGG16 from scratch",
+          BB,
+          f"{d} - {v}: scratch/full invariance",
+          _vals(c7),
+          _judge(c7, _above_zero),
+        )
+      )
   for m in tv:
     modes = [mode for mode in ("full", "head", "last") if rows.values(m, "imagenet", mode) is not None]
     mode = modes[0] if modes else "full"
     c8 = _paired(rows.values(m, "imagenet", mode), rows.values(m, "scratch", "full"))
-    out.append(Claim("C8", f"ImageNet weights give new classes invariance far above scratch (> +{FAR_ABOVE})", BB,
-                     f"{m}: imagenet/{mode} - scratch/full", c8 or [],
-                     _judge(c8, lambda mean, lo, hi: lo > FAR_ABOVE)))
+    out.append(
+      Claim(
+        "C8",
+        f"ImageNet weights give new classes invariance far above scratch (> +{FAR_ABOVE})",
+        BB,
+        f"{m}: imagenet/{mode} - scratch/full",
+        _vals(c8),
+        _judge(c8, lambda mean, lo, hi: lo > FAR_ABOVE),
+      )
+    )
   return out

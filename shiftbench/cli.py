@@ -21,7 +21,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from shiftbench.errors import UserError, reported as _errors
+from shiftbench.errors import UserError
+from shiftbench.errors import reported as _errors
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -46,8 +47,9 @@ class RunDirGuard(Callback):
 
     run_dir = None
     try:
-      run_dir = preflight.check_writable(OmegaConf.select(config, "hydra.run.dir"), "run directory",
-                                         "choose another hydra.run.dir")
+      run_dir = preflight.check_writable(
+        OmegaConf.select(config, "hydra.run.dir"), "run directory", "choose another hydra.run.dir"
+      )
       locks.hold_run_dir(run_dir)  # one process per run directory, held until on_run_end
       task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
       try:
@@ -71,8 +73,9 @@ class RunDirGuard(Callback):
     from shiftbench import preflight
 
     try:
-      sweep = preflight.check_writable(OmegaConf.select(config, "hydra.sweep.dir"), "sweep directory",
-                                       "choose another hydra.sweep.dir")
+      sweep = preflight.check_writable(
+        OmegaConf.select(config, "hydra.sweep.dir"), "sweep directory", "choose another hydra.sweep.dir"
+      )
     except UserError as e:
       _errors.append(e)
       raise SystemExit(1) from e
@@ -111,8 +114,9 @@ def _refuse_or_run(cfg: DictConfig, output_dir: Path, run: Any) -> None:
   if earlier:
     try:
       with locks.run_dir(output_dir):
-        preflight.resumable_rows(output_dir / "results.json", OmegaConf.to_container(cfg, resolve=True),
-                                 bool(cfg.get("overwrite", False)))
+        preflight.resumable_rows(
+          output_dir / "results.json", OmegaConf.to_container(cfg, resolve=True), bool(cfg.get("overwrite", False))
+        )
     except UserError:
       for path, data in earlier.items():
         Path(path).write_bytes(data)

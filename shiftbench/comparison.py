@@ -25,11 +25,26 @@ from typing import Any
 # Settings that cannot change a row's numbers. `model.*` is left out of the protocol because each row
 # carries its own model's architecture under `architecture.*`.
 IGNORED = (
-    "seeds", "paths.*", "logger.*", "overwrite", "compile_cache", "eval.batch_size", "widths", "model.*",
-    "pretrain.regimes", "finetune.modes", "finetune.scratch_modes",
-    "pretrain.checkpoint_every", "pretrain.wait_timeout_s",
-    "pretrain.weights",  # a path: the row's key holds the weights' sha256 instead (experiment.Protocol.rekey)  # resumable checkpoints resume bit-identically
-    "data.data_dir", "data.path", "data.*.data_dir", "data.*.path", "data.*.workers", "data.*.download",
+  "seeds",
+  "paths.*",
+  "logger.*",
+  "overwrite",
+  "compile_cache",
+  "eval.batch_size",
+  "widths",
+  "model.*",
+  "pretrain.regimes",
+  "finetune.modes",
+  "finetune.scratch_modes",
+  "pretrain.checkpoint_every",
+  "pretrain.wait_timeout_s",
+  "pretrain.weights",  # a path: the row's key holds the weights' sha256 instead (experiment.Protocol.rekey)
+  "data.data_dir",
+  "data.path",
+  "data.*.data_dir",
+  "data.*.path",
+  "data.*.workers",
+  "data.*.download",
 )
 KEY_LENGTH = 12
 
@@ -48,8 +63,7 @@ def ignored(name: str) -> bool:
   return any(fnmatch.fnmatchcase(name, pattern) for pattern in IGNORED)
 
 
-def protocol_settings(config: Mapping[str, Any], data_hashes: Mapping[str, str | None],
-                      version: str) -> dict[str, Any]:
+def protocol_settings(config: Mapping[str, Any], data_hashes: Mapping[str, str | None], version: str) -> dict[str, Any]:
   """The shared settings of a run: its resolved `config` less `IGNORED`, plus `data.<side>.sha256`."""
   settings = {k: v for k, v in flatten(config).items() if not ignored(k)}
   for side, digest in data_hashes.items():
@@ -80,5 +94,4 @@ def differing(settings: Iterable[Mapping[str, Any]]) -> list[str]:
   settings = list(settings)
   names = sorted({k for s in settings for k in s})
   missing = object()
-  return [n for n in names
-          if len({json.dumps(s.get(n, missing), sort_keys=True, default=repr) for s in settings}) > 1]
+  return [n for n in names if len({json.dumps(s.get(n, missing), sort_keys=True, default=repr) for s in settings}) > 1]

@@ -23,8 +23,9 @@ from jax.experimental.compilation_cache import compilation_cache
 log = logging.getLogger(__name__)
 
 
-def configure(enabled: bool, cache_dir: str | os.PathLike[str] | None, min_compile_secs: float = 0.1,
-              max_bytes: int = 8 << 30) -> str | None:
+def configure(
+  enabled: bool, cache_dir: str | os.PathLike[str] | None, min_compile_secs: float = 0.1, max_bytes: int = 8 << 30
+) -> str | None:
   """Points JAX's persistent compilation cache at `cache_dir`, or leaves it off.
 
   Args:
@@ -45,8 +46,11 @@ def configure(enabled: bool, cache_dir: str | os.PathLike[str] | None, min_compi
   except OSError as e:
     # A speed-up, not a result: a cache that cannot be created (a file in its place, a read-only mount)
     # must not stop the run; the checkpoint cache beside it is checked with its own one-line error.
-    log.warning("compilation cache off: cannot create %s (%s); set paths.compile_cache_dir or "
-                "compile_cache=false", path, e.strerror or e)
+    log.warning(
+      "compilation cache off: cannot create %s (%s); set paths.compile_cache_dir or compile_cache=false",
+      path,
+      e.strerror or e,
+    )
     return None
   if jax.config.jax_compilation_cache_dir != path:
     jax.config.update("jax_compilation_cache_dir", path)

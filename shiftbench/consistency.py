@@ -26,8 +26,9 @@ from shiftbench import canvas, evaluation, models
 SHIFTS: tuple[str, ...] = ("canvas", "circular")
 
 
-def sample_shift_pairs(key: jax.Array, n: int, spec: canvas.CanvasSpec, d: int,
-                       shift: str) -> tuple[jax.Array, jax.Array]:
+def sample_shift_pairs(
+  key: jax.Array, n: int, spec: canvas.CanvasSpec, d: int, shift: str
+) -> tuple[jax.Array, jax.Array]:
   """Draws, per object, a base location and an offset in [-d, d]^2.
 
   For `canvas` shifts the base location is uniform over the locations from which the shifted object
@@ -48,8 +49,9 @@ def sample_shift_pairs(key: jax.Array, n: int, spec: canvas.CanvasSpec, d: int,
   return jnp.minimum(base, hi), offset
 
 
-def shifted_canvases(objects: jax.Array, base: jax.Array, offset: jax.Array, canvas_size: int,
-                     shift: str) -> tuple[jax.Array, jax.Array]:
+def shifted_canvases(
+  objects: jax.Array, base: jax.Array, offset: jax.Array, canvas_size: int, shift: str
+) -> tuple[jax.Array, jax.Array]:
   """The two canvases of each pair: (B, H, W, C) at `base`, and the same shifted by `offset`."""
   first = canvas.place(objects, base, canvas_size)
   if shift == "canvas":
@@ -71,8 +73,9 @@ def _pair_fn(graphdef: nnx.GraphDef, canvas_size: int, shift: str):
     model = nnx.merge(graphdef, state)
     objects = objects.astype(jnp.float32) / 255.0
     if shift == "canvas":  # both are placements on a blank canvas: the models' shortcut applies
-      logits = models.logits_on_canvas(model, jnp.concatenate([objects, objects]),
-                                       jnp.concatenate([base, base + offset]), canvas_size)
+      logits = models.logits_on_canvas(
+        model, jnp.concatenate([objects, objects]), jnp.concatenate([base, base + offset]), canvas_size
+      )
     else:
       logits = model(jnp.concatenate(shifted_canvases(objects, base, offset, canvas_size, shift)))
     return jnp.argmax(logits, -1).reshape(2, -1).astype(jnp.int32)
@@ -80,20 +83,34 @@ def _pair_fn(graphdef: nnx.GraphDef, canvas_size: int, shift: str):
   return jax.jit(predict)
 
 
-def predict_pairs(model: nnx.Module, objects: jax.Array, base: jax.Array, offset: jax.Array,
-                  canvas_size: int, shift: str, batch_size: int = 4096) -> np.ndarray:
+def predict_pairs(
+  model: nnx.Module,
+  objects: jax.Array,
+  base: jax.Array,
+  offset: jax.Array,
+  canvas_size: int,
+  shift: str,
+  batch_size: int = 4096,
+) -> np.ndarray:
   """Predictions at both placements of every pair, in fixed-size chunks: (2, N) int32."""
   graphdef, state = nnx.split(model)
   fn = _pair_fn(graphdef, canvas_size, shift)
   n = int(objects.shape[0])
   chunk = max(1, min(n, batch_size // 2))
   padded = [evaluation.pad_to(a, chunk) for a in (objects, base, offset)]
-  out = [fn(state, *(a[i:i + chunk] for a in padded)) for i in range(0, padded[0].shape[0], chunk)]
+  out = [fn(state, *(a[i : i + chunk] for a in padded)) for i in range(0, padded[0].shape[0], chunk)]
   return np.asarray(jnp.concatenate(out, axis=1))[:, :n]
 
 
-def shift_consistency(model: nnx.Module, objects: jax.Array, key: jax.Array, spec: canvas.CanvasSpec, d: int,
-                      shift: str = "canvas", batch_size: int = 4096) -> float:
+def shift_consistency(
+  model: nnx.Module,
+  objects: jax.Array,
+  key: jax.Array,
+  spec: canvas.CanvasSpec,
+  d: int,
+  shift: str = "canvas",
+  batch_size: int = 4096,
+) -> float:
   """Zhang's consistency of `model` on `objects` (uint8), one random pair per object."""
   base, offset = sample_shift_pairs(key, int(objects.shape[0]), spec, d, shift)
   preds = predict_pairs(model, objects, base, offset, spec.canvas_size, shift, batch_size)

@@ -22,7 +22,6 @@ from flax import nnx
 
 from shiftbench import models
 
-
 OBJECTS_PER_CHUNK = 16
 CPU_BATCH = 512  # canvases per pass on CPU: ran 2-4x faster than 4096 (cache-sized chunks)
 # On an H200, location maps ran 10.6x faster at 8192 than at 512 at the 64-px forgetting geometry and
@@ -55,8 +54,9 @@ def activation_bytes(canvas_size: int, widths: Sequence[int]) -> int:
   return 3 * 4 * total
 
 
-def model_activation_bytes(model: nnx.Module, canvas_size: int, in_channels: int,
-                           batches: tuple[int, int] = (4, 8)) -> int:
+def model_activation_bytes(
+  model: nnx.Module, canvas_size: int, in_channels: int, batches: tuple[int, int] = (4, 8)
+) -> int:
   """Per-canvas device memory of a forward pass that returns every layer's similarity features.
 
   The model's own count as the compiler lays it out: XLA's buffer assignment (`memory_analysis`, temporaries +
@@ -80,8 +80,12 @@ def model_activation_bytes(model: nnx.Module, canvas_size: int, in_channels: int
   return max(1, (used(hi) - used(lo)) // (hi - lo))
 
 
-def auto_batch_size(canvas_size: int, model_widths: Sequence[Sequence[int]],
-                    device: jax.Device | None = None, per_canvas_bytes: int | None = None) -> int:
+def auto_batch_size(
+  canvas_size: int,
+  model_widths: Sequence[Sequence[int]],
+  device: jax.Device | None = None,
+  per_canvas_bytes: int | None = None,
+) -> int:
   """Canvases per forward pass for this backend and problem size (`eval.batch_size: auto`).
 
   Args:
@@ -118,14 +122,19 @@ def auto_batch_size(canvas_size: int, model_widths: Sequence[Sequence[int]],
   return batch
 
 
-def resolve_batch_size(value: int | str, canvas_size: int, model_widths: Sequence[Sequence[int]],
-                       per_canvas_bytes: Callable[[], int | None] | None = None) -> int:
+def resolve_batch_size(
+  value: int | str,
+  canvas_size: int,
+  model_widths: Sequence[Sequence[int]],
+  per_canvas_bytes: Callable[[], int | None] | None = None,
+) -> int:
   """`eval.batch_size` as a number: `auto` (see `auto_batch_size`) or a positive int. `per_canvas_bytes`
   is called only for `auto` on an accelerator (it traces the models)."""
   if isinstance(value, str) and value.strip().lower() == "auto":
     on_cpu = jax.devices()[0].platform == "cpu"
-    return auto_batch_size(canvas_size, model_widths,
-                           per_canvas_bytes=None if on_cpu or per_canvas_bytes is None else per_canvas_bytes())
+    return auto_batch_size(
+      canvas_size, model_widths, per_canvas_bytes=None if on_cpu or per_canvas_bytes is None else per_canvas_bytes()
+    )
   try:
     batch = int(value)
   except (TypeError, ValueError):
@@ -156,8 +165,9 @@ def pad_to(a: jax.Array | np.ndarray, multiple: int) -> jax.Array:
   return jnp.concatenate([jnp.asarray(a), jnp.repeat(jnp.asarray(a)[-1:], extra, axis=0)])
 
 
-def predict_grid(model: nnx.Module, objects: jax.Array, locations: np.ndarray, canvas_size: int,
-                 batch_size: int = 4096) -> np.ndarray:
+def predict_grid(
+  model: nnx.Module, objects: jax.Array, locations: np.ndarray, canvas_size: int, batch_size: int = 4096
+) -> np.ndarray:
   """Predicted class of every object at every location.
 
   Args:
@@ -180,10 +190,9 @@ def predict_grid(model: nnx.Module, objects: jax.Array, locations: np.ndarray, c
   locs = pad_to(np.asarray(locations, np.int32), loc_chunk)
   rows = []
   for i in range(0, locs.shape[0], loc_chunk):
-    cols = [fn(state, objs[j:j + obj_chunk], locs[i:i + loc_chunk]) for j in range(0, objs.shape[0], obj_chunk)]
+    cols = [fn(state, objs[j : j + obj_chunk], locs[i : i + loc_chunk]) for j in range(0, objs.shape[0], obj_chunk)]
     rows.append(jnp.concatenate(cols, axis=1))
   return np.asarray(jnp.concatenate(rows, axis=0))[:n_loc, :n_obj]
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,8 +225,14 @@ def _stats_chunk_fn(graphdef: nnx.GraphDef, canvas_size: int):
   return jax.jit(stats)
 
 
-def location_stats(model: nnx.Module, objects: jax.Array, labels: jax.Array, locations: np.ndarray,
-                   canvas_size: int, batch_size: int = 4096) -> GridStats:
+def location_stats(
+  model: nnx.Module,
+  objects: jax.Array,
+  labels: jax.Array,
+  locations: np.ndarray,
+  canvas_size: int,
+  batch_size: int = 4096,
+) -> GridStats:
   """Per-location correct counts and per-object correct-at-every-location flags, reduced on the device.
 
   The same chunks and forward passes as `predict_grid`, so `GridStats.accuracy()` equals
@@ -237,26 +252,30 @@ def location_stats(model: nnx.Module, objects: jax.Array, labels: jax.Array, loc
   for i in range(0, locs.shape[0], loc_chunk):
     total = jnp.zeros(loc_chunk, jnp.int32)
     for c, j in enumerate(range(0, objs.shape[0], obj_chunk)):
-      n, ok, seen = fn(state, objs[j:j + obj_chunk], labs[j:j + obj_chunk], valid[j:j + obj_chunk],
-                       locs[i:i + loc_chunk])
+      n, ok, seen = fn(
+        state, objs[j : j + obj_chunk], labs[j : j + obj_chunk], valid[j : j + obj_chunk], locs[i : i + loc_chunk]
+      )
       total, everywhere[c], predicted = total + n, everywhere[c] & ok, predicted | seen
     counts.append(total)
-  return GridStats(np.asarray(jnp.concatenate(counts))[:n_loc], np.asarray(jnp.concatenate(everywhere))[:n_obj],
-                   np.asarray(predicted))
+  return GridStats(
+    np.asarray(jnp.concatenate(counts))[:n_loc], np.asarray(jnp.concatenate(everywhere))[:n_obj], np.asarray(predicted)
+  )
 
 
 @functools.cache
 def _predict_at_fn(graphdef: nnx.GraphDef, canvas_size: int):
   def predict(state, objects, locations):
-    logits = models.logits_on_canvas(nnx.merge(graphdef, state), objects.astype(jnp.float32) / 255.0, locations,
-                                     canvas_size)
+    logits = models.logits_on_canvas(
+      nnx.merge(graphdef, state), objects.astype(jnp.float32) / 255.0, locations, canvas_size
+    )
     return jnp.argmax(logits, -1).astype(jnp.int32)
 
   return jax.jit(predict)
 
 
-def predict_at(model: nnx.Module, objects: jax.Array, locations: jax.Array | np.ndarray, canvas_size: int,
-               batch_size: int = 4096) -> np.ndarray:
+def predict_at(
+  model: nnx.Module, objects: jax.Array, locations: jax.Array | np.ndarray, canvas_size: int, batch_size: int = 4096
+) -> np.ndarray:
   """Predicted class of object i at location i: (M, h, w, C) uint8 and (M, 2) -> (M,) int32, chunked."""
   model.eval()
   graphdef, state = nnx.split(model)
@@ -264,5 +283,5 @@ def predict_at(model: nnx.Module, objects: jax.Array, locations: jax.Array | np.
   n = int(objects.shape[0])
   chunk = max(1, min(n, batch_size))
   objs, locs = pad_to(objects, chunk), pad_to(jnp.asarray(locations, jnp.int32), chunk)
-  out = [fn(state, objs[i:i + chunk], locs[i:i + chunk]) for i in range(0, objs.shape[0], chunk)]
+  out = [fn(state, objs[i : i + chunk], locs[i : i + chunk]) for i in range(0, objs.shape[0], chunk)]
   return np.asarray(jnp.concatenate(out))[:n]

@@ -52,8 +52,9 @@ class EvalContext:
 
   def everywhere(self, model: nnx.Module, objects: DeviceObjects) -> np.ndarray:
     if self.map_everywhere is None or self.map_everywhere.shape != (len(objects),):
-      self.map_everywhere = evaluation.location_stats(model, objects.images, objects.labels, self.grid,
-                                                      self.spec.canvas_size, self.batch_size).everywhere
+      self.map_everywhere = evaluation.location_stats(
+        model, objects.images, objects.labels, self.grid, self.spec.canvas_size, self.batch_size
+      ).everywhere
     return self.map_everywhere
 
 
@@ -97,8 +98,12 @@ class ShiftConsistency(Evaluator):
       yield "", None  # no shift is possible: 1.0 by construction, which measures nothing
       return
     objs = _prefix(objects, self.num_objects)
-    yield "", consistency.shift_consistency(model, objs.images, _key(ctx, self.seed), ctx.spec, self.d,
-                                            self.shift, ctx.batch_size)
+    yield (
+      "",
+      consistency.shift_consistency(
+        model, objs.images, _key(ctx, self.seed), ctx.spec, self.d, self.shift, ctx.batch_size
+      ),
+    )
 
 
 class WorstCase(Evaluator):
@@ -117,8 +122,13 @@ class WorstCase(Evaluator):
     n = len(objects)
     # metrics.worst_of_k_accuracy's draw, so the number is the one it reads off an (L, N) map
     picks = np.asarray(jax.random.randint(_key(ctx, self.seed), (self.k, n), 0, len(ctx.grid)))
-    preds = evaluation.predict_at(model, jnp.tile(objects.images, (self.k, 1, 1, 1)),
-                                  ctx.grid[picks.reshape(-1)], ctx.spec.canvas_size, ctx.batch_size)
+    preds = evaluation.predict_at(
+      model,
+      jnp.tile(objects.images, (self.k, 1, 1, 1)),
+      ctx.grid[picks.reshape(-1)],
+      ctx.spec.canvas_size,
+      ctx.batch_size,
+    )
     yield "acc", float(np.mean(np.all(preds.reshape(self.k, n) == np.asarray(objects.labels)[None], axis=0)))
 
 
@@ -133,8 +143,10 @@ def sweep_paths(spec: canvas.CanvasSpec, through: tuple[int, int], length: int |
     return np.arange(start, start + n)
 
   xs, ys = span(x), span(y)
-  return {"horizontal": np.stack([np.full_like(xs, y), xs], 1).astype(np.int32),
-          "vertical": np.stack([ys, np.full_like(ys, x)], 1).astype(np.int32)}
+  return {
+    "horizontal": np.stack([np.full_like(xs, y), xs], 1).astype(np.int32),
+    "vertical": np.stack([ys, np.full_like(ys, x)], 1).astype(np.int32),
+  }
 
 
 class FlipRate(Evaluator):
@@ -154,7 +166,7 @@ class FlipRate(Evaluator):
     preds = evaluation.predict_grid(model, objs.images, locs, ctx.spec.canvas_size, batch)
     flips, start = {}, 0
     for name, path in paths.items():
-      flips[name] = np.asarray(metrics.path_flips(preds[start:start + len(path)]))
+      flips[name] = np.asarray(metrics.path_flips(preds[start : start + len(path)]))
       start += len(path)
     yield "", float(np.mean(np.concatenate(list(flips.values()))))
     for name, f in flips.items():
@@ -175,13 +187,17 @@ class Similarity(Evaluator):
     objs = _prefix(objects, self.num_objects)
     present = len(np.unique(np.asarray(objs.labels)))
     if present < 2:  # no different-class pairs: cos_diff, and so the normalised similarity, is undefined
-      log.warning("similarity: %d test object(s) of %d class(es); it needs two classes or more, so it is "
-                  "undefined for this row", len(objs), present)
+      log.warning(
+        "similarity: %d test object(s) of %d class(es); it needs two classes or more, so it is undefined for this row",
+        len(objs),
+        present,
+      )
       yield "", None
       yield "layers", None
       return
-    sims = similarity.similarity_map(model, objs.images, objs.labels, ctx.grid, ctx.location,
-                                     ctx.spec.canvas_size, ctx.batch_size, objects.num_classes)
+    sims = similarity.similarity_map(
+      model, objs.images, objs.labels, ctx.grid, ctx.location, ctx.spec.canvas_size, ctx.batch_size, objects.num_classes
+    )
     off = np.asarray(metrics.off_location_mask(ctx.grid, ctx.location, ctx.radius))
     names = similarity.layer_names(model, ctx.spec.canvas_size, int(objects.images.shape[-1]))
     per_layer = {n: float(np.nanmean(s[off])) if off.any() else float("nan") for n, s in zip(names, sims)}
@@ -206,8 +222,9 @@ def result_key(prefix: str, name: str) -> str:
   return f"{prefix}_{name}" if name else prefix
 
 
-def run_all(evaluators: Mapping[str, Evaluator], model: nnx.Module, objects: DeviceObjects, ctx: EvalContext,
-            before: bool = False) -> dict[str, Any]:
+def run_all(
+  evaluators: Mapping[str, Evaluator], model: nnx.Module, objects: DeviceObjects, ctx: EvalContext, before: bool = False
+) -> dict[str, Any]:
   """Runs every evaluator (only those with `before` set when `before`) into one flat result dict.
 
   The model is put in eval mode first: evaluators split it and run it as is, and a model in train mode

@@ -14,14 +14,33 @@ from typing import Any
 
 import hydra
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from omegaconf import DictConfig
 
-from shiftbench import (__version__, canvas, claims, comparison, compile_cache, evaluation, evaluators, leaderboard,
-                        locks, metrics, models, plots, preflight, pretrained, results, resume, streams, subsets,
-                        terminal, tidy, train)
+from shiftbench import (
+  __version__,
+  canvas,
+  claims,
+  comparison,
+  compile_cache,
+  evaluation,
+  evaluators,
+  leaderboard,
+  locks,
+  metrics,
+  models,
+  plots,
+  preflight,
+  pretrained,
+  results,
+  resume,
+  streams,
+  subsets,
+  terminal,
+  tidy,
+  train,
+)
 from shiftbench.data import ObjectSet, require_task, resize_objects
 from shiftbench.errors import ConfigError, DataError
 from shiftbench.settings import Settings
@@ -40,43 +59,62 @@ class Protocol:
     self.train_a, self.test_a = _device_splits(data_a, settings)
     self.train_b, self.test_b = _device_splits(data_b, settings, validation=True)
     # Every evaluation subset is a prefix of one class-balanced order (`subsets.balanced_order`).
-    self.curve_b = train.DeviceObjects(self.test_b.images[:settings.curve_objects],
-                                       self.test_b.labels[:settings.curve_objects], data_b.num_classes)
+    self.curve_b = train.DeviceObjects(
+      self.test_b.images[: settings.curve_objects], self.test_b.labels[: settings.curve_objects], data_b.num_classes
+    )
     self.grid = canvas.location_grid(settings.spec, settings.grid_stride, include=settings.finetune_location)
     # Optimisers are built once per phase so the jitted steps are cached across rows (no retrace).
     self.pretrain_tx = hydra.utils.instantiate(settings.optimizers["pretrain"])
     self.finetune_tx = hydra.utils.instantiate(settings.optimizers["finetune"])
     self.evaluators = evaluators.build(settings.eval_metrics)
-    self.protocol = comparison.protocol_settings(settings.config, {"pretrain": self.hash_a, "finetune": self.hash_b},
-                                                 __version__)
+    self.protocol = comparison.protocol_settings(
+      settings.config, {"pretrain": self.hash_a, "finetune": self.hash_b}, __version__
+    )
     # Shift metrics before fine-tuning for the latest (model, regime, seed): every mode shares them,
     # and rows run in that order, so one entry is all that is ever reused.
     self._before: dict[tuple, dict[str, Any]] = {}
 
   # -- evaluation ---------------------------------------------------------------------------------
   def location_map(self, model: nnx.Module, objects: train.DeviceObjects) -> dict[str, Any]:
-    stats = evaluation.location_stats(model, objects.images, objects.labels, self.grid, self.s.spec.canvas_size,
-                                      self.s.eval_batch)  # reduced on the device: no (L, N) predictions
+    stats = evaluation.location_stats(
+      model, objects.images, objects.labels, self.grid, self.s.spec.canvas_size, self.s.eval_batch
+    )  # reduced on the device: no (L, N) predictions
     acc = stats.accuracy()
-    summary = metrics.summarize_location_map(acc, self.grid, self.s.finetune_location, 0, objects.num_classes,
-                                             num_objects=len(objects))
-    return {"acc": acc, "everywhere": stats.everywhere, "distinct_predictions": int(stats.predicted.sum()),
-            **{k: float(v) for k, v in summary.items()}}
+    summary = metrics.summarize_location_map(
+      acc, self.grid, self.s.finetune_location, 0, objects.num_classes, num_objects=len(objects)
+    )
+    return {
+      "acc": acc,
+      "everywhere": stats.everywhere,
+      "distinct_predictions": int(stats.predicted.sum()),
+      **{k: float(v) for k, v in summary.items()},
+    }
 
-  def shift_metrics(self, model: nnx.Module, seed: int, everywhere: np.ndarray | None = None,
-                    before: bool = False) -> dict[str, Any]:
+  def shift_metrics(
+    self, model: nnx.Module, seed: int, everywhere: np.ndarray | None = None, before: bool = False
+  ) -> dict[str, Any]:
     """Every configured evaluator (`eval.metrics`) on B's test objects; reuses the map's worst-case flags."""
-    ctx = evaluators.EvalContext(self.s.spec, self.grid, self.s.finetune_location, radius=0,
-                                 batch_size=self.s.eval_batch, seed=seed, map_everywhere=everywhere)
+    ctx = evaluators.EvalContext(
+      self.s.spec,
+      self.grid,
+      self.s.finetune_location,
+      radius=0,
+      batch_size=self.s.eval_batch,
+      seed=seed,
+      map_everywhere=everywhere,
+    )
     return evaluators.run_all(self.evaluators, model, self.test_b, ctx, before=before)
 
   # -- models -------------------------------------------------------------------------------------
   def build(self, factory: ModelFactory, num_classes: int, key: jax.Array) -> nnx.Module:
-    return factory(num_classes=num_classes, canvas_size=self.s.spec.canvas_size,
-                   in_channels=self.data_a.object_shape[-1], rngs=nnx.Rngs(key))
+    return factory(
+      num_classes=num_classes,
+      canvas_size=self.s.spec.canvas_size,
+      in_channels=self.data_a.object_shape[-1],
+      rngs=nnx.Rngs(key),
+    )
 
-  def pretrained(self, name: str, factory: ModelFactory, regime: str,
-                 seed: int) -> tuple[nnx.Module, dict[str, Any]]:
+  def pretrained(self, name: str, factory: ModelFactory, regime: str, seed: int) -> tuple[nnx.Module, dict[str, Any]]:
     """The model pretrained on A under `regime`, restored from the shared cache or trained now."""
     s = self.s
     if regime == "imagenet":  # torchvision's ImageNet weights instead of pretraining on A (classifier: A's, new)
@@ -93,18 +131,33 @@ class Protocol:
       every = s.checkpoint_every if resume_dir is not None else 0
       checkpoints = resume.Checkpoints(resume_dir, every, f"pretrain {label}") if every else None
       try:
-        history = train.train(model, self.pretrain_tx, self.train_a, s.spec, placement, steps=s.pretrain.steps,
-                              batch_size=s.pretrain.batch_size, seed=streams.stream(seed, streams.PRETRAIN_BATCHES),
-                              dispatch=s.pretrain.dispatch, desc=f"pretrain {label}", checkpoints=checkpoints)
+        history = train.train(
+          model,
+          self.pretrain_tx,
+          self.train_a,
+          s.spec,
+          placement,
+          steps=s.pretrain.steps,
+          batch_size=s.pretrain.batch_size,
+          seed=streams.stream(seed, streams.PRETRAIN_BATCHES),
+          dispatch=s.pretrain.dispatch,
+          desc=f"pretrain {label}",
+          checkpoints=checkpoints,
+        )
       finally:
         if checkpoints is not None:
           checkpoints.close()
       return {"description": description, "history": history, "seconds": time.perf_counter() - start}
 
     # Restored, waited for (another job pretrains it under its lock) or pretrained here and published.
-    model, meta, _ = pretrained.obtain(path, lambda: self.build(factory, self.data_a.num_classes, init), pretrain,
-                                       label=label, description=description,
-                                       wait_timeout_s=s.wait_timeout_s)
+    model, meta, _ = pretrained.obtain(
+      path,
+      lambda: self.build(factory, self.data_a.num_classes, init),
+      pretrain,
+      label=label,
+      description=description,
+      wait_timeout_s=s.wait_timeout_s,
+    )
     return model, meta
 
   def rekey(self, row: dict[str, Any], extra: dict[str, Any]) -> None:
@@ -114,8 +167,16 @@ class Protocol:
     row["protocol_key"] = comparison.key_of(comparison.protocol_part(row["comparison"]))
 
   # -- one row ------------------------------------------------------------------------------------
-  def finetune_row(self, name: str, factory: ModelFactory, regime: str, mode: str, seed: int,
-                   source: nnx.Module | None, a_before: dict[str, Any] | None) -> dict[str, Any]:
+  def finetune_row(
+    self,
+    name: str,
+    factory: ModelFactory,
+    regime: str,
+    mode: str,
+    seed: int,
+    source: nnx.Module | None,
+    a_before: dict[str, Any] | None,
+  ) -> dict[str, Any]:
     s = self.s
     # Its own stream: the same classifier start for every regime and mode of a seed (paired comparisons),
     # and never pretraining's weights (a `scratch` row once started from pretraining seed s + 1's).
@@ -139,14 +200,32 @@ class Protocol:
 
     start = time.perf_counter()
     until = None if s.until_accuracy is None else train.UntilAccuracy(*s.until_accuracy)
-    history = train.train(model, self.finetune_tx, self.train_b, s.spec,
-                          train.Placement("fixed", s.finetune_location), steps=s.finetune.steps,
-                          batch_size=s.finetune.batch_size, seed=streams.stream(seed, streams.FINETUNE_BATCHES),
-                          mode=mode, dispatch=s.finetune.dispatch,
-                          eval_every=s.eval_every, on_eval=on_eval,
-                          desc=f"finetune {name}/{regime}/{mode}/s{seed}", until=until)
-    stop = {"rule": "steps", "step": s.finetune.steps} if until is None or until.stopped_at is None else {
-        "rule": "until_accuracy", "step": until.stopped_at, "threshold": until.threshold, "patience": until.patience}
+    history = train.train(
+      model,
+      self.finetune_tx,
+      self.train_b,
+      s.spec,
+      train.Placement("fixed", s.finetune_location),
+      steps=s.finetune.steps,
+      batch_size=s.finetune.batch_size,
+      seed=streams.stream(seed, streams.FINETUNE_BATCHES),
+      mode=mode,
+      dispatch=s.finetune.dispatch,
+      eval_every=s.eval_every,
+      on_eval=on_eval,
+      desc=f"finetune {name}/{regime}/{mode}/s{seed}",
+      until=until,
+    )
+    stop = (
+      {"rule": "steps", "step": s.finetune.steps}
+      if until is None or until.stopped_at is None
+      else {
+        "rule": "until_accuracy",
+        "step": until.stopped_at,
+        "threshold": until.threshold,
+        "patience": until.patience,
+      }
+    )
     train_seconds = time.perf_counter() - start
     final = self.location_map(model, self.test_b)
     eval_start = time.perf_counter()
@@ -163,34 +242,52 @@ class Protocol:
     ys, xs = canvas.grid_axes(self.grid)
     acc2d = final["acc"].reshape(len(ys), len(xs))
     heatmap = plots.save_location_map(
-        self.output_dir / "heatmaps" / f"{name}_{regime}_{mode}_s{seed}.png", acc2d, ys, xs,
-        1.0 / self.data_b.num_classes, s.finetune_location,
-        f"{name} | pretrain {regime} | {mode} | seed {seed}\ninvariance {_fmt(final['invariance'])}")
+      self.output_dir / "heatmaps" / f"{name}_{regime}_{mode}_s{seed}.png",
+      acc2d,
+      ys,
+      xs,
+      1.0 / self.data_b.num_classes,
+      s.finetune_location,
+      f"{name} | pretrain {regime} | {mode} | seed {seed}\ninvariance {_fmt(final['invariance'])}",
+    )
     settings = comparison.row_settings(self.protocol, s.models[name])
     return {
-        "model": name, "pretrain": regime, "finetune": mode, "seed": seed,
-        "comparison_key": comparison.key_of(settings),
-        "protocol_key": comparison.key_of(comparison.protocol_part(settings)),
-        "eval_split": s.eval_split, "distinct_predictions": final["distinct_predictions"],
-        "in_acc": final["in_acc"], "off_acc": final["off_acc"], "invariance": final["invariance"],
-        "in_pvalue": final["in_pvalue"], "test_objects": len(self.test_b),
-        "chance": 1.0 / self.data_b.num_classes, "finetune_steps": stop["step"], "finetune_stop": stop,
-        "input_adapter": getattr(getattr(getattr(model, "backbone", None), "adapter", None), "kind", None),
-        "finetune_location": list(s.finetune_location),
-        "location_map": {"ys": ys, "xs": xs, "acc": acc2d},
-        "curve": curve,
-        "pretrain_invariance_before": None if a_before is None else a_before["invariance"],
-        "pretrain_invariance_after": None if a_after is None else a_after["invariance"],
-        "pretrain_in_acc_before": None if a_before is None else a_before["in_acc"],
-        "pretrain_off_acc_before": None if a_before is None else a_before["off_acc"],
-        "pretrain_in_acc_after": None if a_after is None else a_after["in_acc"],
-        "pretrain_off_acc_after": None if a_after is None else a_after["off_acc"],
-        "pretrain_invariance_lost": (None if a_after is None else a_before["invariance"] - a_after["invariance"]),
-        "invariance_lost": None,  # filled in once the last and full rows of this seed both exist
-        "params": models.param_count(model), **shift, **before, "eval_seconds": eval_seconds,
-        "train_final": history[-1] if history else None, "finetune_seconds": train_seconds,
-        "heatmap": str(heatmap.relative_to(self.output_dir)),
-        "comparison": settings,
+      "model": name,
+      "pretrain": regime,
+      "finetune": mode,
+      "seed": seed,
+      "comparison_key": comparison.key_of(settings),
+      "protocol_key": comparison.key_of(comparison.protocol_part(settings)),
+      "eval_split": s.eval_split,
+      "distinct_predictions": final["distinct_predictions"],
+      "in_acc": final["in_acc"],
+      "off_acc": final["off_acc"],
+      "invariance": final["invariance"],
+      "in_pvalue": final["in_pvalue"],
+      "test_objects": len(self.test_b),
+      "chance": 1.0 / self.data_b.num_classes,
+      "finetune_steps": stop["step"],
+      "finetune_stop": stop,
+      "input_adapter": getattr(getattr(getattr(model, "backbone", None), "adapter", None), "kind", None),
+      "finetune_location": list(s.finetune_location),
+      "location_map": {"ys": ys, "xs": xs, "acc": acc2d},
+      "curve": curve,
+      "pretrain_invariance_before": None if a_before is None else a_before["invariance"],
+      "pretrain_invariance_after": None if a_after is None else a_after["invariance"],
+      "pretrain_in_acc_before": None if a_before is None else a_before["in_acc"],
+      "pretrain_off_acc_before": None if a_before is None else a_before["off_acc"],
+      "pretrain_in_acc_after": None if a_after is None else a_after["in_acc"],
+      "pretrain_off_acc_after": None if a_after is None else a_after["off_acc"],
+      "pretrain_invariance_lost": (None if a_after is None else a_before["invariance"] - a_after["invariance"]),
+      "invariance_lost": None,  # filled in once the last and full rows of this seed both exist
+      "params": models.param_count(model),
+      **shift,
+      **before,
+      "eval_seconds": eval_seconds,
+      "train_final": history[-1] if history else None,
+      "finetune_seconds": train_seconds,
+      "heatmap": str(heatmap.relative_to(self.output_dir)),
+      "comparison": settings,
     }
 
 
@@ -199,12 +296,16 @@ def checkpoint_of(s: Settings, name: str, regime: str, seed: int, data_hash: str
   resolved config, the content hash of dataset A, canvas, placement, budget, optimiser, seed, streams."""
   placement = train.Placement(regime, s.pretrain_location, s.pretrain_jitter)
   description = {
-      "model": s.models[name], "data_sha256": data_hash,
-      "canvas": [s.spec.canvas_size, s.spec.object_size], "placement": [regime, *placement.location,
-                                                                       placement.jitter],
-      "steps": s.pretrain.steps, "batch_size": s.pretrain.batch_size, "steps_per_dispatch": s.pretrain.dispatch,
-      "optimizer": s.optimizers["pretrain"], "seed": seed,
-      "streams": {"init": streams.PRETRAIN_INIT, "batches": streams.PRETRAIN_BATCHES},
+    "model": s.models[name],
+    "data_sha256": data_hash,
+    "canvas": [s.spec.canvas_size, s.spec.object_size],
+    "placement": [regime, *placement.location, placement.jitter],
+    "steps": s.pretrain.steps,
+    "batch_size": s.pretrain.batch_size,
+    "steps_per_dispatch": s.pretrain.dispatch,
+    "optimizer": s.optimizers["pretrain"],
+    "seed": seed,
+    "streams": {"init": streams.PRETRAIN_INIT, "batches": streams.PRETRAIN_BATCHES},
   }
   return pretrained.checkpoint_path(s.checkpoint_dir, f"{name}-{regime}-s{seed}", description), description
 
@@ -218,8 +319,11 @@ def check_cache_writable(s: Settings, done: dict[tuple, Any], data_hash: str) ->
         if regime in ("scratch", "imagenet") or all((name, regime, mode, seed) in done for mode in s.modes_for(regime)):
           continue
         if not pretrained.exists(checkpoint_of(s, name, regime, seed, data_hash)[0]):
-          preflight.check_writable(s.checkpoint_dir, "checkpoint cache (paths.checkpoint_dir)",
-                                   "set $SHIFTBENCH_CACHE or paths.checkpoint_dir to a writable directory")
+          preflight.check_writable(
+            s.checkpoint_dir,
+            "checkpoint cache (paths.checkpoint_dir)",
+            "set $SHIFTBENCH_CACHE or paths.checkpoint_dir to a writable directory",
+          )
           return
 
 
@@ -227,7 +331,7 @@ def fill_invariance_lost(rows: dict[tuple, dict[str, Any]]) -> None:
   """invariance(last) - invariance(full) per model x pretrain x seed (the forgetting result: what the
   pretrained representation carried, minus what survives training everything at one location), written
   into both rows."""
-  for (name, regime, mode, seed), row in rows.items():
+  for (name, regime, _mode, seed), row in rows.items():
     last, full = rows.get((name, regime, "last", seed)), rows.get((name, regime, "full", seed))
     if last and full and _defined(last["invariance"]) and _defined(full["invariance"]):
       row["invariance_lost"] = last["invariance"] - full["invariance"]
@@ -245,12 +349,14 @@ def _fmt(value: float | None) -> str:
 def dataset_hash(objs: ObjectSet) -> str:
   """sha256 of a dataset's arrays and class names, as loaded and resized: what the data *is*, whatever
   file, TFDS version or renderer it came from."""
-  return subsets.content_hash(objs.train_images, objs.train_labels, objs.test_images, objs.test_labels,
-                              names=objs.class_names)
+  return subsets.content_hash(
+    objs.train_images, objs.train_labels, objs.test_images, objs.test_labels, names=objs.class_names
+  )
 
 
-def _device_splits(objs: ObjectSet, s: Settings,
-                   validation: bool = False) -> tuple[train.DeviceObjects, train.DeviceObjects]:
+def _device_splits(
+  objs: ObjectSet, s: Settings, validation: bool = False
+) -> tuple[train.DeviceObjects, train.DeviceObjects]:
   """(training objects, evaluated objects) on the device.
 
   With `validation` (dataset B), `s.validation_fraction` of each class of the training objects is held
@@ -267,18 +373,22 @@ def _device_splits(objs: ObjectSet, s: Settings,
     train_x, train_y = train_x[keep], train_y[keep]
   elif validation and s.eval_split == "validation":
     raise ConfigError("eval.split=validation needs eval.validation_fraction > 0 (got 0)")
-  order = subsets.balanced_order(eval_x, eval_y, s.subset_seed)[:s.max_objects]
-  return (train.DeviceObjects.from_numpy(train_x, train_y, objs.num_classes),
-          train.DeviceObjects.from_numpy(eval_x[order], eval_y[order], objs.num_classes))
+  order = subsets.balanced_order(eval_x, eval_y, s.subset_seed)[: s.max_objects]
+  return (
+    train.DeviceObjects.from_numpy(train_x, train_y, objs.num_classes),
+    train.DeviceObjects.from_numpy(eval_x[order], eval_y[order], objs.num_classes),
+  )
 
 
 def check_disjoint(data_a: ObjectSet, data_b: ObjectSet, allow_overlap: bool) -> None:
   """B's classes must be new (the protocol's premise): shared class names are a config error."""
   shared = sorted(set(data_a.class_names) & set(data_b.class_names))
   if shared and not allow_overlap:
-    raise ConfigError(f"datasets A ({data_a.name}) and B ({data_b.name}) share the classes {shared}; fine-tuning "
-                      "must be on new classes: choose other data.pretrain.classes / data.finetune.classes, or set "
-                      "data.allow_overlap=true to run it anyway (recorded in every row)")
+    raise ConfigError(
+      f"datasets A ({data_a.name}) and B ({data_b.name}) share the classes {shared}; fine-tuning "
+      "must be on new classes: choose other data.pretrain.classes / data.finetune.classes, or set "
+      "data.allow_overlap=true to run it anyway (recorded in every row)"
+    )
 
 
 def load_datasets(s: Settings) -> tuple[ObjectSet, ObjectSet]:
@@ -288,8 +398,10 @@ def load_datasets(s: Settings) -> tuple[ObjectSet, ObjectSet]:
   require_task(data_a, "A (data.pretrain)")
   require_task(data_b, "B (data.finetune)")
   if data_a.object_shape[-1] != data_b.object_shape[-1]:
-    raise DataError(f"datasets A ({data_a.name}) and B ({data_b.name}) have different channel counts: "
-                     f"{data_a.object_shape[-1]} vs {data_b.object_shape[-1]}")
+    raise DataError(
+      f"datasets A ({data_a.name}) and B ({data_b.name}) have different channel counts: "
+      f"{data_a.object_shape[-1]} vs {data_b.object_shape[-1]}"
+    )
   check_disjoint(data_a, data_b, s.allow_overlap)
   return data_a, data_b
 
@@ -316,10 +428,19 @@ def _run_experiment(cfg: DictConfig | dict[str, Any], output_dir: Path) -> dict[
   data_a, data_b = load_datasets(settings)
   protocol = Protocol(settings, data_a, data_b, output_dir)
   check_cache_writable(settings, done, protocol.hash_a)
-  record = {"config": config, "seeds": list(settings.seeds), "environment": results.environment(),
-            "datasets": {"pretrain": data_a.name, "finetune": data_b.name,
-                         "pretrain_sha256": protocol.hash_a, "finetune_sha256": protocol.hash_b},
-            "grid": protocol.grid, "rows": list(done.values())}
+  record = {
+    "config": config,
+    "seeds": list(settings.seeds),
+    "environment": results.environment(),
+    "datasets": {
+      "pretrain": data_a.name,
+      "finetune": data_b.name,
+      "pretrain_sha256": protocol.hash_a,
+      "finetune_sha256": protocol.hash_b,
+    },
+    "grid": protocol.grid,
+    "rows": list(done.values()),
+  }
   record["resolved"] = {"eval_batch_size": settings.eval_batch}  # what `auto` settings became here
   tracker = hydra.utils.instantiate(settings.logger)
   tracker.start(config, output_dir, name=output_dir.name)
@@ -348,14 +469,23 @@ def _run_experiment(cfg: DictConfig | dict[str, Any], output_dir: Path) -> dict[
             fill_invariance_lost(done)
             record["rows"] = list(done.values())
             results.write_json(results_path, record)
-            log.info("%s/%s/%s seed %d: in %.3f off %.3f invariance %s", name, regime, mode, seed,
-                     row["in_acc"], row["off_acc"], _fmt(row["invariance"]))
+            log.info(
+              "%s/%s/%s seed %d: in %.3f off %.3f invariance %s",
+              name,
+              regime,
+              mode,
+              seed,
+              row["in_acc"],
+              row["off_acc"],
+              _fmt(row["invariance"]),
+            )
           for key in new:  # once the set is done: `invariance_lost` needs its last and full rows
             tracker.log_row(done[key], output_dir / done[key]["heatmap"])
     board = leaderboard.write_leaderboard(leaderboard.annotate(record), output_dir)
     print(f"\n{terminal.summary(board, output_dir)}\n", flush=True)
-    tracker.log_table(board.columns, board.rows, {n: output_dir / f"{n}.png"
-                                                  for n in ("location_maps", "forgetting_curves")})
+    tracker.log_table(
+      board.columns, board.rows, {n: output_dir / f"{n}.png" for n in ("location_maps", "forgetting_curves")}
+    )
     tracker.log_table(claims.COLUMNS, claims.table(board.claims), key="claims")
     tracker.log_table(*tidy.table(leaderboard.annotate(record)), key="rows", as_text=False)
     exit_code = 0

@@ -71,11 +71,11 @@ class DeviceLauncher(LocalLauncher):
       device = free.pop(0)
       executor.update_parameters(visible_gpus=[device])
       idx = initial_job_idx + i
-      job = executor.submit(self, list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}",
-                            Singleton.get_state())
+      job = executor.submit(self, list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state())
       running[i] = (job, device)
-      log.info("local_gpus: job #%d on device %d (pid %s): %s", idx, device, job.job_id,
-               " ".join(filter_overrides(overrides)))
+      log.info(
+        "local_gpus: job #%d on device %d (pid %s): %s", idx, device, job.job_id, " ".join(filter_overrides(overrides))
+      )
     while running:
       self._collect(running, results)
       time.sleep(0.5)
@@ -92,4 +92,3 @@ class DeviceLauncher(LocalLauncher):
         del running[i]
         freed.append(device)
     return freed
-

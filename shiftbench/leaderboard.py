@@ -38,18 +38,28 @@ from shiftbench.train import TRAIN_MODES
 GROUP_KEYS = ("model", "pretrain", "finetune", "comparison_key")
 IDENTITY = ("comparison_key", "model", "pretrain", "finetune", "seed")  # one row of one experiment
 # Fields that may differ between two copies of one row (where and how fast it ran), not its numbers.
-_NOT_NUMBERS = ("heatmap", "source", "eval_seconds", "finetune_seconds", "train_final", "datasets",
-                "architecture")
+_NOT_NUMBERS = ("heatmap", "source", "eval_seconds", "finetune_seconds", "train_final", "datasets", "architecture")
 # Every per-row number aggregated over seeds, and its leaderboard column header.
 METRICS = {
-    "in_acc": "in_acc", "off_acc": "off_acc", "invariance": "invariance", "invariance_lost": "inv_lost",
-    "consistency": "consistency", "consistency_circular": "consist_circ", "worst_case_acc": "worst_case",
-    "worst_of_k_acc": "worst_of_k", "flip_rate": "flip_rate", "similarity": "similarity",
-    "similarity_before": "sim_before", "pretrain_invariance_before": "A_inv_before",
-    "pretrain_invariance_after": "A_inv_after", "pretrain_invariance_lost": "A_inv_lost",
+  "in_acc": "in_acc",
+  "off_acc": "off_acc",
+  "invariance": "invariance",
+  "invariance_lost": "inv_lost",
+  "consistency": "consistency",
+  "consistency_circular": "consist_circ",
+  "worst_case_acc": "worst_case",
+  "worst_of_k_acc": "worst_of_k",
+  "flip_rate": "flip_rate",
+  "similarity": "similarity",
+  "similarity_before": "sim_before",
+  "pretrain_invariance_before": "A_inv_before",
+  "pretrain_invariance_after": "A_inv_after",
+  "pretrain_invariance_lost": "A_inv_lost",
 }
-REFERENCE = ("shiftbench protocol after Biscione & Bowers, JMLR 22 (2021), arXiv 2110.05861; "
-             "consistency: Zhang, ICML 2019; worst case: Engstrom et al. 2019; flip rate: Hendrycks 2019")
+REFERENCE = (
+  "shiftbench protocol after Biscione & Bowers, JMLR 22 (2021), arXiv 2110.05861; "
+  "consistency: Zhang, ICML 2019; worst case: Engstrom et al. 2019; flip rate: Hendrycks 2019"
+)
 
 
 @dataclasses.dataclass
@@ -83,7 +93,8 @@ def annotate(record: dict[str, Any], source: str | Path | None = None) -> list[d
     r = {**r, "datasets": pair, "architecture": models.get(r["model"]), "source": str(source or "")}
     if "comparison_key" not in r:
       protocol = protocol or comparison.protocol_settings(
-          config, {"pretrain": datasets.get("pretrain_sha256"), "finetune": datasets.get("finetune_sha256")}, version)
+        config, {"pretrain": datasets.get("pretrain_sha256"), "finetune": datasets.get("finetune_sha256")}, version
+      )
       r["comparison"] = comparison.row_settings(protocol, r["architecture"])
       r["comparison_key"] = comparison.key_of(r["comparison"])
       r["protocol_key"] = comparison.key_of(protocol)
@@ -108,10 +119,12 @@ def merge_duplicates(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
       seen[ident] = r
       out.append(r)
     elif _numbers(first) != _numbers(r):
-      raise DataError(f"{first['source'] or 'a results file'} and {r['source'] or 'another'} both hold "
-                      f"{r['model']}/{r['pretrain']}/{r['finetune']} seed {r['seed']} of experiment "
-                      f"{r['comparison_key']} with different numbers; the same settings and seed must give the "
-                      "same row: leave one of the files out")
+      raise DataError(
+        f"{first['source'] or 'a results file'} and {r['source'] or 'another'} both hold "
+        f"{r['model']}/{r['pretrain']}/{r['finetune']} seed {r['seed']} of experiment "
+        f"{r['comparison_key']} with different numbers; the same settings and seed must give the "
+        "same row: leave one of the files out"
+      )
   return out
 
 
@@ -138,8 +151,10 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
       if missing:
         raise KeyError(", ".join(missing))
   except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-    raise DataError(f"{path} is not a readable shiftbench results.json ({type(e).__name__}: {e}); it may be "
-                    "truncated or corrupted: run that experiment again (it resumes) or leave the file out") from e
+    raise DataError(
+      f"{path} is not a readable shiftbench results.json ({type(e).__name__}: {e}); it may be "
+      "truncated or corrupted: run that experiment again (it resumes) or leave the file out"
+    ) from e
   return rows
 
 
@@ -162,8 +177,12 @@ def _mean_curve(members: list[dict[str, Any]]) -> list[dict[str, float]]:
 def _mean_map(members: list[dict[str, Any]]) -> dict[str, Any] | None:
   """The seed-mean location map; None when the maps are not on one grid (they never average)."""
   maps = [m["location_map"] for m in members if m.get("location_map")]
-  if not maps or any(np.shape(m["acc"]) != np.shape(maps[0]["acc"]) or not np.array_equal(m["ys"], maps[0]["ys"])
-                     or not np.array_equal(m["xs"], maps[0]["xs"]) for m in maps):
+  if not maps or any(
+    np.shape(m["acc"]) != np.shape(maps[0]["acc"])
+    or not np.array_equal(m["ys"], maps[0]["ys"])
+    or not np.array_equal(m["xs"], maps[0]["xs"])
+    for m in maps
+  ):
     return None
   acc = np.nanmean([np.asarray(m["acc"], float) for m in maps], axis=0)
   return {"ys": maps[0]["ys"], "xs": maps[0]["xs"], "acc": acc.tolist()}
@@ -208,8 +227,15 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   regime_order = {r: i for i, r in enumerate(PRETRAIN_REGIMES)}
   mode_order = {m: i for i, m in enumerate(TRAIN_MODES)}
   group_order = {g: i for i, g in enumerate(dict.fromkeys(r.get("protocol_key", "") for r in rows))}
-  return sorted(out, key=lambda e: (group_order.get(e["protocol_key"], 99), model_order[e["model"]],
-                                    regime_order.get(e["pretrain"], 99), mode_order.get(e["finetune"], 99)))
+  return sorted(
+    out,
+    key=lambda e: (
+      group_order.get(e["protocol_key"], 99),
+      model_order[e["model"]],
+      regime_order.get(e["pretrain"], 99),
+      mode_order.get(e["finetune"], 99),
+    ),
+  )
 
 
 def differing_settings(entries: list[dict[str, Any]]) -> list[str]:
@@ -252,10 +278,20 @@ def fmt_mean_std(ms: tuple[float, float, int], seeds: int | None = None) -> str:
 
 def json_entry(e: dict[str, Any]) -> dict[str, Any]:
   """A RobustBench-like record of one leaderboard row (values are seed means; `*_std` their spread)."""
-  entry = {"model": e["model"], "architecture": e["architecture"], "pretrain": e["pretrain"],
-           "finetune": e["finetune"], "dataset_pair": e["datasets"], "comparison_key": e["comparison_key"],
-           "protocol_key": e["protocol_key"], "settings": e["settings"], "seeds": e["seeds"],
-           "params": e["params"], "chance": e["chance"], "reference": REFERENCE}
+  entry = {
+    "model": e["model"],
+    "architecture": e["architecture"],
+    "pretrain": e["pretrain"],
+    "finetune": e["finetune"],
+    "dataset_pair": e["datasets"],
+    "comparison_key": e["comparison_key"],
+    "protocol_key": e["protocol_key"],
+    "settings": e["settings"],
+    "seeds": e["seeds"],
+    "params": e["params"],
+    "chance": e["chance"],
+    "reference": REFERENCE,
+  }
   for metric in METRICS:
     mean, std, n = e[metric]
     entry[metric], entry[f"{metric}_std"] = (mean, std) if n else (None, None)
@@ -268,21 +304,52 @@ def build(rows: list[dict[str, Any]]) -> Board:
   entries = aggregate(rows)
   differ = differing_settings(entries)
   several = len({e["protocol_key"] for e in entries}) > 1
-  columns = ["model", "pretrain", "finetune", *(["protocol"] if several else []), *differ, "seeds",
-             *METRICS.values(), "params"]
-  table = [[e["model"], e["pretrain"], e["finetune"], *([e["protocol_key"]] if several else []),
-            *(_cell(e["settings"].get(n)) for n in differ), len(e["seeds"]),
-            *(fmt_mean_std(e[m], len(e["seeds"])) for m in METRICS), e["params"] if e["params"] is not None else "-"]
-           for e in entries]
+  columns = [
+    "model",
+    "pretrain",
+    "finetune",
+    *(["protocol"] if several else []),
+    *differ,
+    "seeds",
+    *METRICS.values(),
+    "params",
+  ]
+  table = [
+    [
+      e["model"],
+      e["pretrain"],
+      e["finetune"],
+      *([e["protocol_key"]] if several else []),
+      *(_cell(e["settings"].get(n)) for n in differ),
+      len(e["seeds"]),
+      *(fmt_mean_std(e[m], len(e["seeds"])) for m in METRICS),
+      e["params"] if e["params"] is not None else "-",
+    ]
+    for e in entries
+  ]
   markdown = tabulate(table, headers=columns, tablefmt="github")
   buf = io.StringIO()
   writer = csv.writer(buf)
-  writer.writerow(["model", "pretrain", "finetune", "comparison_key", "protocol_key", *differ, "datasets", "n_seeds"]
-                  + [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "n")] + ["params"])
+  writer.writerow(
+    ["model", "pretrain", "finetune", "comparison_key", "protocol_key", *differ, "datasets", "n_seeds"]
+    + [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "n")]
+    + ["params"]
+  )
   for e in entries:
-    writer.writerow([e["model"], e["pretrain"], e["finetune"], e["comparison_key"], e["protocol_key"],
-                     *(_cell(e["settings"].get(n)) for n in differ), e["datasets"], len(e["seeds"])]
-                    + [v for m in METRICS for v in e[m]] + [e["params"]])
+    writer.writerow(
+      [
+        e["model"],
+        e["pretrain"],
+        e["finetune"],
+        e["comparison_key"],
+        e["protocol_key"],
+        *(_cell(e["settings"].get(n)) for n in differ),
+        e["datasets"],
+        len(e["seeds"]),
+      ]
+      + [v for m in METRICS for v in e[m]]
+      + [e["params"]]
+    )
   claims = claims_lib.evaluate(rows, group_labels(entries, differ))
   return Board(columns, table, markdown, buf.getvalue(), entries, claims)
 
@@ -293,13 +360,16 @@ def write_leaderboard(rows: list[dict[str, Any]], out_dir: str | Path, figures: 
 
   board = build(rows)
   out_dir = Path(out_dir)
-  atomic_write_text(out_dir / "leaderboard.md",
-                    f"{board.markdown}\n\n## Claims from the literature\n\n{board.claims_markdown}\n")
+  atomic_write_text(
+    out_dir / "leaderboard.md", f"{board.markdown}\n\n## Claims from the literature\n\n{board.claims_markdown}\n"
+  )
   atomic_write_text(out_dir / "leaderboard.csv", board.csv)
-  atomic_write_text(out_dir / "leaderboard.json",
-                    json.dumps([json_entry(e) for e in board.entries], indent=1, allow_nan=False) + "\n")
-  atomic_write_text(out_dir / "claims.json",
-                    json.dumps(to_jsonable(claims_lib.to_json(board.claims)), indent=1, allow_nan=False) + "\n")
+  atomic_write_text(
+    out_dir / "leaderboard.json", json.dumps([json_entry(e) for e in board.entries], indent=1, allow_nan=False) + "\n"
+  )
+  atomic_write_text(
+    out_dir / "claims.json", json.dumps(to_jsonable(claims_lib.to_json(board.claims)), indent=1, allow_nan=False) + "\n"
+  )
   tidy.write_rows(merge_duplicates(rows), out_dir)
   if figures:
     report.write_report(board, out_dir)

@@ -115,8 +115,10 @@ def run_dir(path: Path) -> Iterator[None]:
   try:
     lock.acquire(timeout=0)
   except filelock.Timeout:
-    raise Busy(f"run directory {path} is in use by {owner_text(lock_path)}; wait for it to finish, or choose "
-               "another hydra.run.dir") from None
+    raise Busy(
+      f"run directory {path} is in use by {owner_text(lock_path)}; wait for it to finish, or choose "
+      "another hydra.run.dir"
+    ) from None
   try:
     if lock.lock_counter == 1:
       _write_owner(lock_path)

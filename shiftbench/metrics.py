@@ -41,8 +41,9 @@ def binomial_pvalue(correct: jax.Array, n: int, chance: float) -> jax.Array:
   return jnp.where(k <= 0, 1.0, tail)
 
 
-def invariance_score(in_acc: jax.Array, off_acc: jax.Array, chance: float, num_objects: int | None = None,
-                     alpha: float = SIGNIFICANCE) -> jax.Array:
+def invariance_score(
+  in_acc: jax.Array, off_acc: jax.Array, chance: float, num_objects: int | None = None, alpha: float = SIGNIFICANCE
+) -> jax.Array:
   """(off - c) / (in - c): 1 = as good everywhere as at p_ft, 0 = chance off-location.
 
   Undefined (NaN) when in-location accuracy is at or below chance, or, given the number of test objects
@@ -56,8 +57,14 @@ def invariance_score(in_acc: jax.Array, off_acc: jax.Array, chance: float, num_o
   return jnp.where(defined, (off_acc - chance) / jnp.where(denom > 0, denom, 1.0), jnp.nan)
 
 
-def summarize_location_map(acc_map: jax.Array, grid: jax.Array, location: tuple[int, int], radius: int,
-                           num_classes: int, num_objects: int | None = None) -> dict[str, jax.Array]:
+def summarize_location_map(
+  acc_map: jax.Array,
+  grid: jax.Array,
+  location: tuple[int, int],
+  radius: int,
+  num_classes: int,
+  num_objects: int | None = None,
+) -> dict[str, jax.Array]:
   """in-location accuracy, off-location accuracy (mean over G_off) and the invariance score; with
   `num_objects` (test objects per location) also the binomial p-value of in-location accuracy, and the
   score is undefined unless that p-value is below `SIGNIFICANCE`."""
@@ -72,8 +79,12 @@ def summarize_location_map(acc_map: jax.Array, grid: jax.Array, location: tuple[
     return {"in_acc": in_acc, "off_acc": off_acc, "invariance": invariance}
   # The test `invariance_score(..., num_objects)` applies, with its p-value computed once and reported.
   pvalue = binomial_pvalue(jnp.round(in_acc * num_objects), num_objects, chance)
-  return {"in_acc": in_acc, "off_acc": off_acc, "in_pvalue": pvalue,
-          "invariance": jnp.where(pvalue < SIGNIFICANCE, invariance, jnp.nan)}
+  return {
+    "in_acc": in_acc,
+    "off_acc": off_acc,
+    "in_pvalue": pvalue,
+    "invariance": jnp.where(pvalue < SIGNIFICANCE, invariance, jnp.nan),
+  }
 
 
 def worst_case_accuracy(predictions: jax.Array, labels: jax.Array) -> jax.Array:

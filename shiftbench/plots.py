@@ -12,12 +12,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-
-def plot_location_map(ax: plt.Axes, acc_map: np.ndarray, ys: np.ndarray, xs: np.ndarray, chance: float,
-                      location: tuple[int, int] | None = None, title: str = "") -> matplotlib.image.AxesImage:
+def plot_location_map(
+  ax: plt.Axes,
+  acc_map: np.ndarray,
+  ys: np.ndarray,
+  xs: np.ndarray,
+  chance: float,
+  location: tuple[int, int] | None = None,
+  title: str = "",
+) -> matplotlib.image.AxesImage:
   """Draws acc(p) over the grid, colour scale fixed to [chance, 1], with the fine-tune location marked."""
-  im = ax.imshow(acc_map, vmin=chance, vmax=1.0, cmap="viridis", origin="upper",
-                 extent=(xs[0] - 0.5, xs[-1] + 0.5, ys[-1] + 0.5, ys[0] - 0.5) if len(xs) > 1 else None)
+  im = ax.imshow(
+    acc_map,
+    vmin=chance,
+    vmax=1.0,
+    cmap="viridis",
+    origin="upper",
+    extent=(xs[0] - 0.5, xs[-1] + 0.5, ys[-1] + 0.5, ys[0] - 0.5) if len(xs) > 1 else None,
+  )
   if location is not None:
     ax.plot(location[1], location[0], marker="x", color="red", markersize=8, mew=2)
   ax.set_xlabel("x (object top-left)")
@@ -26,8 +38,15 @@ def plot_location_map(ax: plt.Axes, acc_map: np.ndarray, ys: np.ndarray, xs: np.
   return im
 
 
-def save_location_map(path: str | os.PathLike, acc_map: np.ndarray, ys: np.ndarray, xs: np.ndarray,
-                      chance: float, location: tuple[int, int] | None = None, title: str = "") -> Path:
+def save_location_map(
+  path: str | os.PathLike,
+  acc_map: np.ndarray,
+  ys: np.ndarray,
+  xs: np.ndarray,
+  chance: float,
+  location: tuple[int, int] | None = None,
+  title: str = "",
+) -> Path:
   """Saves one heatmap PNG (written to a temp name and renamed, like every result file)."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)

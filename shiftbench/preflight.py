@@ -24,13 +24,13 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 EXTRA_KEYS = frozenset({"overwrite"})
 # Optimiser hyperparameters with an obvious domain: name -> (check, what it must be).
 _OPTIMIZER_DOMAINS = {
-    "learning_rate": (lambda v: v > 0, "> 0"),
-    "b1": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "b2": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "eps": (lambda v: v >= 0, ">= 0"),
-    "weight_decay": (lambda v: v >= 0, ">= 0"),
+  "learning_rate": (lambda v: v > 0, "> 0"),
+  "b1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+  "b2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+  "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+  "decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
+  "eps": (lambda v: v >= 0, ">= 0"),
+  "weight_decay": (lambda v: v >= 0, ">= 0"),
 }
 
 
@@ -64,8 +64,9 @@ def check_top_level_keys(cfg: DictConfig, allowed: set[str] | None = None) -> No
       continue
     close = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.5)
     hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(sorted(allowed))}"
-    raise ConfigError(f"unknown config key {key!r} (the config defines no such top-level key, so it would "
-                      f"be ignored); {hint}")
+    raise ConfigError(
+      f"unknown config key {key!r} (the config defines no such top-level key, so it would be ignored); {hint}"
+    )
 
 
 def check_optimizers(cfg: DictConfig, phases: tuple[str, ...] = ("pretrain", "finetune")) -> None:
@@ -79,8 +80,9 @@ def check_optimizers(cfg: DictConfig, phases: tuple[str, ...] = ("pretrain", "fi
       if value is None or isinstance(value, bool) or not isinstance(value, numbers.Real):
         continue  # absent, or a schedule (`_target_`): optax checks those itself
       if not (math.isfinite(value) and ok(value)):
-        raise ConfigError(f"{phase}.optimizer.{name} must be {domain}, got {value} "
-                          f"({opt.get('_target_', 'optimizer')})")
+        raise ConfigError(
+          f"{phase}.optimizer.{name} must be {domain}, got {value} ({opt.get('_target_', 'optimizer')})"
+        )
 
 
 def int_list(value: Any, key: str, minimum: int | None = None, example: str = "[0, 1, 2]") -> list[int]:
@@ -151,17 +153,21 @@ def resumable_rows(path: Path, config: dict[str, Any], overwrite: bool = False) 
     rows, old = previous["rows"], previous["config"]
     keyed = {(r["model"], r["pretrain"], r["finetune"], r["seed"]): r for r in rows}
   except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-    raise DataError(f"{path} exists but is not a readable shiftbench results file ({type(e).__name__}: "
-                    f"{e}); {fix}") from e
+    raise DataError(
+      f"{path} exists but is not a readable shiftbench results file ({type(e).__name__}: {e}); {fix}"
+    ) from e
   from shiftbench import __version__
 
   written_by = ((previous.get("environment") or {}).get("versions") or {}).get("shiftbench")
   if written_by != __version__:  # another version computes other numbers: its rows never join this run's
-    raise ConfigError(f"{path.parent} holds a run of shiftbench {written_by}, whose rows are not comparable with "
-                      f"this version's ({__version__}); {fix}")
+    raise ConfigError(
+      f"{path.parent} holds a run of shiftbench {written_by}, whose rows are not comparable with "
+      f"this version's ({__version__}); {fix}"
+    )
   ignore = ("overwrite",)  # how a run was started, not what it computed
-  diff = config_diff({k: v for k, v in old.items() if k not in ignore},
-                     {k: v for k, v in to_jsonable(config).items() if k not in ignore})
+  diff = config_diff(
+    {k: v for k, v in old.items() if k not in ignore}, {k: v for k, v in to_jsonable(config).items() if k not in ignore}
+  )
   if diff:
     shown = ", ".join(diff[:8]) + (f" and {len(diff) - 8} more" if len(diff) > 8 else "")
     raise ConfigError(f"{path.parent} holds a run with a different config (differs in: {shown}); {fix}")

@@ -95,8 +95,10 @@ def save(path: Path, model: nnx.Module, meta: dict[str, Any]) -> None:
     meta[_SELF_HASH] = _canonical_hash(meta)
     write_json(path / "meta.json", meta)
   except Exception as e:  # orbax wraps OS errors in several types; all mean the same to the user
-    raise CacheError(f"cannot save the pretrained checkpoint {path} ({type(e).__name__}: {e}); make "
-                     "paths.checkpoint_dir (or $SHIFTBENCH_CACHE) a writable directory") from e
+    raise CacheError(
+      f"cannot save the pretrained checkpoint {path} ({type(e).__name__}: {e}); make "
+      "paths.checkpoint_dir (or $SHIFTBENCH_CACHE) a writable directory"
+    ) from e
 
 
 def verify(path: Path) -> dict[str, Any]:
@@ -107,24 +109,28 @@ def verify(path: Path) -> dict[str, Any]:
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
     raise _bad(path, f"checkpoint metadata {meta_file} is unreadable ({e})") from e
   if not isinstance(meta, dict) or _SELF_HASH not in meta or "state_sha256" not in meta:
-    raise _bad(path, f"checkpoint metadata {meta_file} has no content hash (written by an older shiftbench "
-                     "or altered)")
+    raise _bad(path, f"checkpoint metadata {meta_file} has no content hash (written by an older shiftbench or altered)")
   if meta[_SELF_HASH] != _canonical_hash(meta):
     raise _bad(path, f"checkpoint metadata {meta_file} does not match its sha256 (corrupted)")
   expected, actual = meta["state_sha256"], file_hashes(path / "state")
   for name in sorted(set(expected) | set(actual)):
     if expected.get(name) != actual.get(name):
-      what = "is missing" if name not in actual else ("is unexpected" if name not in expected else
-                                                      "does not match its sha256 (corrupted)")
+      what = (
+        "is missing"
+        if name not in actual
+        else ("is unexpected" if name not in expected else "does not match its sha256 (corrupted)")
+      )
       raise _bad(path, f"checkpoint file {path / 'state' / name} {what}")
   return meta
 
 
 def _mismatch(path: Path, saved: Any, wanted: Any, why: str) -> CacheError:
   """A checkpoint that is intact but is not the model asked for: an error naming both, never a deletion."""
-  return CacheError(f"the pretrained checkpoint {path} {why}: it was saved for {json.dumps(saved, default=str)}, "
-                    f"this run wants {json.dumps(wanted, default=str)}; use another paths.checkpoint_dir or remove it "
-                    "yourself if it is yours")
+  return CacheError(
+    f"the pretrained checkpoint {path} {why}: it was saved for {json.dumps(saved, default=str)}, "
+    f"this run wants {json.dumps(wanted, default=str)}; use another paths.checkpoint_dir or remove it "
+    "yourself if it is yours"
+  )
 
 
 def restore(path: Path, model: nnx.Module, description: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -143,8 +149,9 @@ def restore(path: Path, model: nnx.Module, description: dict[str, Any] | None = 
     with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckpt:
       state = ckpt.restore(path / "state", abstract)
   except Exception as e:  # a checkpoint of another architecture: intact bytes, wrong shapes
-    raise _mismatch(path, saved, wanted, f"cannot be restored into this model ({type(e).__name__}: "
-                    f"{str(e)[:200]})") from e
+    raise _mismatch(
+      path, saved, wanted, f"cannot be restored into this model ({type(e).__name__}: {str(e)[:200]})"
+    ) from e
   nnx.update(model, state)
   return meta
 
@@ -171,8 +178,10 @@ def publish(path: Path, model: nnx.Module, meta: dict[str, Any]) -> bool:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
   except OSError as e:
-    raise CacheError(f"cannot save the pretrained checkpoint {path} ({type(e).__name__}: {e}); make "
-                     "paths.checkpoint_dir (or $SHIFTBENCH_CACHE) a writable directory") from e
+    raise CacheError(
+      f"cannot save the pretrained checkpoint {path} ({type(e).__name__}: {e}); make "
+      "paths.checkpoint_dir (or $SHIFTBENCH_CACHE) a writable directory"
+    ) from e
   try:
     save(tmp, model, meta)
     try:
@@ -200,10 +209,15 @@ def _move_aside(path: Path, reason: CacheError) -> None:
   shutil.rmtree(aside, ignore_errors=True)
 
 
-def obtain(path: Path, build: Callable[[], nnx.Module],
-           pretrain: Callable[[nnx.Module, Path | None], dict[str, Any]], *, label: str,
-           description: dict[str, Any] | None = None,
-           wait_timeout_s: float = 7200.0) -> tuple[nnx.Module, dict[str, Any], str]:
+def obtain(
+  path: Path,
+  build: Callable[[], nnx.Module],
+  pretrain: Callable[[nnx.Module, Path | None], dict[str, Any]],
+  *,
+  label: str,
+  description: dict[str, Any] | None = None,
+  wait_timeout_s: float = 7200.0,
+) -> tuple[nnx.Module, dict[str, Any], str]:
   """The pretrained model of checkpoint `path`: restored, waited for, or pretrained here and published.
 
   Args:
@@ -237,33 +251,53 @@ def obtain(path: Path, build: Callable[[], nnx.Module],
   try:
     lock.parent.mkdir(parents=True, exist_ok=True)
   except OSError as e:
-    raise CacheError(f"cannot create the checkpoint lock directory {lock.parent} ({e.strerror or e}); make "
-                     "paths.checkpoint_dir (or $SHIFTBENCH_CACHE) a writable directory") from e
+    raise CacheError(
+      f"cannot create the checkpoint lock directory {lock.parent} ({e.strerror or e}); make "
+      "paths.checkpoint_dir (or $SHIFTBENCH_CACHE) a writable directory"
+    ) from e
   waiting = time.perf_counter()
   busy = not locks.is_free(lock)
   if busy:
-    log.info("pretrained %s: waiting for %s, which is pretraining it (up to %s s)", label, locks.owner_text(lock),
-             "ever" if wait_timeout_s < 0 else f"{wait_timeout_s:.0f}")
+    log.info(
+      "pretrained %s: waiting for %s, which is pretraining it (up to %s s)",
+      label,
+      locks.owner_text(lock),
+      "ever" if wait_timeout_s < 0 else f"{wait_timeout_s:.0f}",
+    )
   with locks.held(lock, wait_timeout_s) as holding:
     if holding and path.exists():  # published meanwhile, or the bad one seen above (or half of one)
       try:
         meta = restore(path, model, description)
-        log.info("pretrained %s: %s, restored from %s in %.1f s", label,
-                 "waited for another job" if busy else "replaced meanwhile", path, time.perf_counter() - start)
+        log.info(
+          "pretrained %s: %s, restored from %s in %.1f s",
+          label,
+          "waited for another job" if busy else "replaced meanwhile",
+          path,
+          time.perf_counter() - start,
+        )
         return model, meta, "waited" if busy or bad else "restored"
       except CacheError as e:
         if not getattr(e, "corrupted", False):
           raise
         _move_aside(path, e)
     if not holding:
-      log.warning("pretrained %s: gave up waiting after %.0f s for %s; pretraining it here as well", label,
-                  time.perf_counter() - waiting, locks.owner_text(lock))
+      log.warning(
+        "pretrained %s: gave up waiting after %.0f s for %s; pretraining it here as well",
+        label,
+        time.perf_counter() - waiting,
+        locks.owner_text(lock),
+      )
     model = build()  # a failed restore may have written part of a state into the first one
     meta = pretrain(model, resume_dir(path) if holding else None)
     published = publish(path, model, meta)
     if holding:
       shutil.rmtree(resume_dir(path), ignore_errors=True)
   how = "pretrained" if holding else "pretrained-after-timeout"
-  log.info("pretrained %s: pretrained here in %.1f s, %s %s", label, time.perf_counter() - start,
-           "published to" if published else "another job had already published", path)
+  log.info(
+    "pretrained %s: pretrained here in %.1f s, %s %s",
+    label,
+    time.perf_counter() - start,
+    "published to" if published else "another job had already published",
+    path,
+  )
   return model, meta, how

@@ -18,8 +18,18 @@ from typing import Any
 import jax
 import numpy as np
 
-_PACKAGES = ("shiftbench", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets",
-             "hydra-core", "wandb", "numpy")
+_PACKAGES = (
+  "shiftbench",
+  "jax",
+  "jaxlib",
+  "flax",
+  "optax",
+  "orbax-checkpoint",
+  "tensorflow-datasets",
+  "hydra-core",
+  "wandb",
+  "numpy",
+)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -90,12 +100,12 @@ def environment() -> dict[str, Any]:
   versions["shiftbench"] = __version__
   devices = jax.devices()
   return {
-      "versions": versions,
-      "python": platform.python_version(),
-      "platform": platform.platform(),
-      "backend": jax.default_backend(),
-      "devices": [f"{d.platform}:{d.device_kind}" for d in devices],
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "versions": versions,
+    "python": platform.python_version(),
+    "platform": platform.platform(),
+    "backend": jax.default_backend(),
+    "devices": [f"{d.platform}:{d.device_kind}" for d in devices],
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
 
 

@@ -40,8 +40,9 @@ class Checkpoints:
 
   def save(self, step: int, state: Any, history: list[dict[str, float]]) -> None:
     """Saves `state` (a pytree of arrays) and the logged history as of `step`; older ones are dropped."""
-    self._open().save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                    history=ocp.args.JsonSave(history)))
+    self._open().save(
+      step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), history=ocp.args.JsonSave(history))
+    )
 
   def latest(self, target: Any) -> tuple[int, Any, list[dict[str, float]]] | None:
     """(step, state shaped like `target`, history) of the last checkpoint, or None when there is none.
@@ -56,11 +57,18 @@ class Checkpoints:
     if step is None:
       return None
     try:
-      out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                                          history=ocp.args.JsonRestore()))
+      out = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), history=ocp.args.JsonRestore())
+      )
     except Exception as e:  # orbax raises several types for a tree it cannot read into `target`
-      log.warning("%s: cannot resume from the checkpoint of step %d in %s (%s: %s); starting from step 0",
-                  self.label, step, self.directory, type(e).__name__, str(e)[:200])
+      log.warning(
+        "%s: cannot resume from the checkpoint of step %d in %s (%s: %s); starting from step 0",
+        self.label,
+        step,
+        self.directory,
+        type(e).__name__,
+        str(e)[:200],
+      )
       return None
     return step, out.state, list(out.history)
 

@@ -11,7 +11,6 @@ Nothing of the config enters jitted code.
 from __future__ import annotations
 
 import dataclasses
-
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -62,8 +61,9 @@ def _positive(value, what: str) -> int:
 def _model_widths(config: dict[str, Any]) -> list[list[int]]:
   """Each model's conv widths (its own, else the global `widths`), for sizing eval batches."""
   default = [int(w) for w in config.get("widths") or [64]]
-  return [[int(w) for w in (mcfg or {}).get("widths") or default]
-          for mcfg in (config.get("model") or {}).values()] or [default]
+  return [[int(w) for w in (mcfg or {}).get("widths") or default] for mcfg in (config.get("model") or {}).values()] or [
+    default
+  ]
 
 
 def resolve(cfg: DictConfig) -> dict[str, Any]:
@@ -73,8 +73,10 @@ def resolve(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
   except OmegaConfBaseException as e:
     key = getattr(e, "full_key", None) or "?"
-    raise ConfigError(f"config key {key} cannot be resolved ({type(e).__name__}: "
-                      f"{str(e).splitlines()[0]}); set it on the command line, e.g. {key}=...") from e
+    raise ConfigError(
+      f"config key {key} cannot be resolved ({type(e).__name__}: "
+      f"{str(e).splitlines()[0]}); set it on the command line, e.g. {key}=..."
+    ) from e
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,20 +105,20 @@ class Settings:
   max_objects: int | None
   curve_objects: int
   eval_batch: int
-  eval_split: str             # which of B's held-out objects are evaluated: test (report) or validation
+  eval_split: str  # which of B's held-out objects are evaluated: test (report) or validation
   validation_fraction: float  # of each class of B's training objects, held out as validation
-  subset_seed: int            # which class-balanced order evaluation subsets are prefixes of
-  allow_overlap: bool         # A and B may share class names (else a config error)
+  subset_seed: int  # which class-balanced order evaluation subsets are prefixes of
+  allow_overlap: bool  # A and B may share class names (else a config error)
   # The resolved config and its parts, plain Python: what the protocol instantiates and keys.
   config: dict[str, Any]
   models: dict[str, dict[str, Any]]
-  data: dict[str, dict[str, Any]]           # {"pretrain": ..., "finetune": ...} loader configs
-  optimizers: dict[str, dict[str, Any]]     # {"pretrain": ..., "finetune": ...}
+  data: dict[str, dict[str, Any]]  # {"pretrain": ..., "finetune": ...} loader configs
+  optimizers: dict[str, dict[str, Any]]  # {"pretrain": ..., "finetune": ...}
   eval_metrics: dict[str, dict[str, Any]]
   logger: dict[str, Any]
   checkpoint_dir: str
-  checkpoint_every: int     # pretraining saves a resumable checkpoint this often (0: never)
-  wait_timeout_s: float     # how long a job waits for another that pretrains the same model
+  checkpoint_every: int  # pretraining saves a resumable checkpoint this often (0: never)
+  wait_timeout_s: float  # how long a job waits for another that pretrains the same model
   compile_cache: bool
   compile_cache_dir: str | None
   overwrite: bool
@@ -149,45 +151,53 @@ class Settings:
       raise ValueError(f"pretrain.jitter must be >= 0, got {jitter}")
     max_objects = cfg.eval.max_objects
     return cls(
-        seeds=tuple(int(s) for s in seeds),
-        spec=spec,
-        finetune_location=ft_loc,
-        pretrain_location=pre_loc,
-        pretrain_regimes=_choices(cfg.pretrain.regimes, PRETRAIN_REGIMES, "pretrain regime"),
-        pretrain_jitter=jitter,
-        pretrain=Phase(_positive(cfg.pretrain.steps, "pretrain.steps"),
-                       _positive(cfg.pretrain.batch_size, "pretrain.batch_size"),
-                       cfg.pretrain.steps_per_dispatch),
-        finetune_modes=_choices(cfg.finetune.modes, train.TRAIN_MODES, "fine-tune mode"),
-        scratch_modes=_choices(cfg.finetune.get("scratch_modes", ["full"]), SCRATCH_MODES,
-                               "finetune.scratch_modes entry (modes run for the scratch regime)"),
-        finetune=Phase(_positive(cfg.finetune.steps, "finetune.steps"),
-                       _positive(cfg.finetune.batch_size, "finetune.batch_size"),
-                       cfg.finetune.steps_per_dispatch),
-        eval_every=max(0, int(cfg.finetune.eval_every)),
-        grid_stride=_positive(cfg.eval.grid_stride, "eval.grid_stride"),
-        max_objects=None if max_objects is None else _positive(max_objects, "eval.max_objects"),
-        curve_objects=_positive(cfg.eval.curve_objects, "eval.curve_objects"),
-        eval_batch=evaluation.resolve_batch_size(cfg.eval.batch_size, spec.canvas_size, _model_widths(config),
-                                                 lambda: _activation_bytes(cfg, spec.canvas_size)),
-        eval_split=_choices([cfg.eval.get("split", "test")], ("test", "validation"), "eval.split")[0],
-        validation_fraction=_fraction(cfg.eval.get("validation_fraction", 0.1), "eval.validation_fraction"),
-        subset_seed=int(cfg.eval.get("subset_seed", 0)),
-        allow_overlap=bool(cfg.data.get("allow_overlap", False)),
-        config=config,
-        models=dict(config.get("model") or {}),
-        data={"pretrain": config["data"]["pretrain"], "finetune": config["data"]["finetune"]},
-        optimizers={p: config[p]["optimizer"] for p in ("pretrain", "finetune")},
-        eval_metrics=dict(config["eval"].get("metrics") or {}),
-        logger=dict(config.get("logger") or {"_target_": "shiftbench.tracking.WandbTracker", "mode": "disabled"}),
-        checkpoint_dir=str(config["paths"]["checkpoint_dir"]),
-        checkpoint_every=max(0, int(cfg.pretrain.get("checkpoint_every") or 0)),
-        wait_timeout_s=float(cfg.pretrain.get("wait_timeout_s", 7200)),
-        compile_cache=bool(config.get("compile_cache", False)),
-        compile_cache_dir=config["paths"].get("compile_cache_dir"),
-        overwrite=bool(config.get("overwrite", False)),
-        pretrain_weights=_weights(cfg),
-        until_accuracy=_until_accuracy(cfg.finetune.get("until_accuracy")),
+      seeds=tuple(int(s) for s in seeds),
+      spec=spec,
+      finetune_location=ft_loc,
+      pretrain_location=pre_loc,
+      pretrain_regimes=_choices(cfg.pretrain.regimes, PRETRAIN_REGIMES, "pretrain regime"),
+      pretrain_jitter=jitter,
+      pretrain=Phase(
+        _positive(cfg.pretrain.steps, "pretrain.steps"),
+        _positive(cfg.pretrain.batch_size, "pretrain.batch_size"),
+        cfg.pretrain.steps_per_dispatch,
+      ),
+      finetune_modes=_choices(cfg.finetune.modes, train.TRAIN_MODES, "fine-tune mode"),
+      scratch_modes=_choices(
+        cfg.finetune.get("scratch_modes", ["full"]),
+        SCRATCH_MODES,
+        "finetune.scratch_modes entry (modes run for the scratch regime)",
+      ),
+      finetune=Phase(
+        _positive(cfg.finetune.steps, "finetune.steps"),
+        _positive(cfg.finetune.batch_size, "finetune.batch_size"),
+        cfg.finetune.steps_per_dispatch,
+      ),
+      eval_every=max(0, int(cfg.finetune.eval_every)),
+      grid_stride=_positive(cfg.eval.grid_stride, "eval.grid_stride"),
+      max_objects=None if max_objects is None else _positive(max_objects, "eval.max_objects"),
+      curve_objects=_positive(cfg.eval.curve_objects, "eval.curve_objects"),
+      eval_batch=evaluation.resolve_batch_size(
+        cfg.eval.batch_size, spec.canvas_size, _model_widths(config), lambda: _activation_bytes(cfg, spec.canvas_size)
+      ),
+      eval_split=_choices([cfg.eval.get("split", "test")], ("test", "validation"), "eval.split")[0],
+      validation_fraction=_fraction(cfg.eval.get("validation_fraction", 0.1), "eval.validation_fraction"),
+      subset_seed=int(cfg.eval.get("subset_seed", 0)),
+      allow_overlap=bool(cfg.data.get("allow_overlap", False)),
+      config=config,
+      models=dict(config.get("model") or {}),
+      data={"pretrain": config["data"]["pretrain"], "finetune": config["data"]["finetune"]},
+      optimizers={p: config[p]["optimizer"] for p in ("pretrain", "finetune")},
+      eval_metrics=dict(config["eval"].get("metrics") or {}),
+      logger=dict(config.get("logger") or {"_target_": "shiftbench.tracking.WandbTracker", "mode": "disabled"}),
+      checkpoint_dir=str(config["paths"]["checkpoint_dir"]),
+      checkpoint_every=max(0, int(cfg.pretrain.get("checkpoint_every") or 0)),
+      wait_timeout_s=float(cfg.pretrain.get("wait_timeout_s", 7200)),
+      compile_cache=bool(config.get("compile_cache", False)),
+      compile_cache_dir=config["paths"].get("compile_cache_dir"),
+      overwrite=bool(config.get("overwrite", False)),
+      pretrain_weights=_weights(cfg),
+      until_accuracy=_until_accuracy(cfg.finetune.get("until_accuracy")),
     )
 
 
@@ -226,6 +236,7 @@ def _until_accuracy(value) -> tuple[float, int] | None:
     return None
   threshold, patience = float(value.threshold), int(value.patience)
   if not 0.0 <= threshold <= 1.0 or patience < 0:
-    raise ValueError(f"finetune.until_accuracy needs 0 <= threshold <= 1 and patience >= 0, got {threshold}, "
-                     f"{patience}")
+    raise ValueError(
+      f"finetune.until_accuracy needs 0 <= threshold <= 1 and patience >= 0, got {threshold}, {patience}"
+    )
   return threshold, patience

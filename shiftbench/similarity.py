@@ -121,9 +121,16 @@ def _similarity_fn(graphdef: nnx.GraphDef, canvas_size: int, num_classes: int):
   return jax.jit(similarity)
 
 
-def similarity_map(model: nnx.Module, objects: jax.Array, labels: jax.Array, locations: np.ndarray,
-                   reference: tuple[int, int], canvas_size: int, batch_size: int = 4096,
-                   num_classes: int | None = None) -> np.ndarray:
+def similarity_map(
+  model: nnx.Module,
+  objects: jax.Array,
+  labels: jax.Array,
+  locations: np.ndarray,
+  reference: tuple[int, int],
+  canvas_size: int,
+  batch_size: int = 4096,
+  num_classes: int | None = None,
+) -> np.ndarray:
   """Normalised similarity of every layer at every location: (layers, L) float numpy array.
 
   All objects at one location are evaluated together (cos_diff pairs them all), in chunks of locations.
@@ -136,7 +143,7 @@ def similarity_map(model: nnx.Module, objects: jax.Array, labels: jax.Array, loc
   n_loc = len(locations)
   chunk = max(1, min(n_loc, batch_size // max(1, int(objects.shape[0]))))
   locs = evaluation.pad_to(np.asarray(locations, np.int32), chunk)
-  parts = [fn(state, objects, labels, refs, locs[i:i + chunk]) for i in range(0, locs.shape[0], chunk)]
+  parts = [fn(state, objects, labels, refs, locs[i : i + chunk]) for i in range(0, locs.shape[0], chunk)]
   layers = []
   for layer in range(len(refs)):
     s = np.concatenate([np.asarray(p[layer][0]) for p in parts])[:n_loc]

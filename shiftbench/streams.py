@@ -20,8 +20,13 @@ FINETUNE_INIT = 2
 PRETRAIN_BATCHES = 3
 FINETUNE_BATCHES = 4
 EVALUATION = 5  # each evaluator folds its own name into this one (`evaluator_stream`)
-PHASES = {"pretrain_init": PRETRAIN_INIT, "finetune_init": FINETUNE_INIT, "pretrain_batches": PRETRAIN_BATCHES,
-          "finetune_batches": FINETUNE_BATCHES, "evaluation": EVALUATION}
+PHASES = {
+  "pretrain_init": PRETRAIN_INIT,
+  "finetune_init": FINETUNE_INIT,
+  "pretrain_batches": PRETRAIN_BATCHES,
+  "finetune_batches": FINETUNE_BATCHES,
+  "evaluation": EVALUATION,
+}
 
 
 def stream(seed: int, phase: int) -> jax.Array:

@@ -20,9 +20,16 @@ def object_digests(images: np.ndarray, labels: np.ndarray, seed: int) -> np.ndar
   """A seeded 64-bit hash of each object's pixels and label: (N,) uint64."""
   salt = int(seed).to_bytes(8, "little", signed=True)
   images = np.ascontiguousarray(images)
-  return np.array([int.from_bytes(hashlib.blake2b(images[i].tobytes() + int(labels[i]).to_bytes(4, "little"),
-                                                  digest_size=8, salt=salt).digest(), "little")
-                   for i in range(len(labels))], dtype=np.uint64)
+  return np.array(
+    [
+      int.from_bytes(
+        hashlib.blake2b(images[i].tobytes() + int(labels[i]).to_bytes(4, "little"), digest_size=8, salt=salt).digest(),
+        "little",
+      )
+      for i in range(len(labels))
+    ],
+    dtype=np.uint64,
+  )
 
 
 def balanced_order(images: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -47,8 +54,9 @@ def balanced_order(images: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.
   return np.lexsort((labels, rank)).astype(np.int64)
 
 
-def split_validation(images: np.ndarray, labels: np.ndarray, fraction: float, seed: int = 0,
-                     min_held: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def split_validation(
+  images: np.ndarray, labels: np.ndarray, fraction: float, seed: int = 0, min_held: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
   """(kept indices, held-out indices): `fraction` of each class (at least `min_held`) held out, chosen by
   seeded hash, so the same objects are held out whatever the order of the file.
 

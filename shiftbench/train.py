@@ -42,8 +42,9 @@ class DeviceObjects:
 
   @classmethod
   def from_numpy(cls, images: np.ndarray, labels: np.ndarray, num_classes: int) -> DeviceObjects:
-    return cls(jax.device_put(np.asarray(images, np.uint8)), jax.device_put(np.asarray(labels, np.int32)),
-               int(num_classes))
+    return cls(
+      jax.device_put(np.asarray(images, np.uint8)), jax.device_put(np.asarray(labels, np.int32)), int(num_classes)
+    )
 
   def __len__(self) -> int:
     return int(self.images.shape[0])
@@ -119,16 +120,20 @@ def steps_per_dispatch(requested: int | str) -> int:
   return k
 
 
-def _make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, spec: canvas.CanvasSpec,
-               placement: Placement, batch_size: int) -> Callable:
+def _make_step(
+  graphdef: nnx.GraphDef,
+  tx: optax.GradientTransformation,
+  spec: canvas.CanvasSpec,
+  placement: Placement,
+  batch_size: int,
+) -> Callable:
   """The single training step as a pure function of (params, opt_state, rest, key, images, labels)."""
 
   def step(params, opt_state, rest, key, images, labels):
     k_idx, k_loc = jax.random.split(key)
     idx = jax.random.randint(k_idx, (batch_size,), 0, images.shape[0])
     objs = images[idx].astype(jnp.float32) / 255.0
-    locs = canvas.sample_locations(k_loc, batch_size, spec, placement.regime, placement.location,
-                                   placement.jitter)
+    locs = canvas.sample_locations(k_loc, batch_size, spec, placement.regime, placement.location, placement.jitter)
     y = labels[idx]
 
     def loss_fn(p):
@@ -182,24 +187,37 @@ def check_divergence(history: list[Metrics], num_classes: int, desc: str, final:
   `DIVERGENCE_PATIENCE` logged points in a row (or at the last step)."""
   step, loss = history[-1]["step"], history[-1]["loss"]
   if not math.isfinite(loss):
-    raise DivergenceError(f"{desc}: loss became {loss} at step {step}; lower the learning rate or check "
-                          "the data")
+    raise DivergenceError(f"{desc}: loss became {loss} at step {step}; lower the learning rate or check the data")
   log_k = math.log(max(num_classes, 2))
   limit = DIVERGENCE_FACTOR * log_k + 1.0
   recent = [h["loss"] for h in history[-DIVERGENCE_PATIENCE:]]
   if loss > limit and (final or (len(recent) == DIVERGENCE_PATIENCE and min(recent) > limit)):
     raise DivergenceError(
-        f"{desc}: training diverged at step {step}: loss {loss:.4g}, far above log(K) = {log_k:.3g} where it "
-        f"starts (first logged {history[0]['loss']:.4g} at step {history[0]['step']}); the learning rate is "
-        "probably too high: lower it")
+      f"{desc}: training diverged at step {step}: loss {loss:.4g}, far above log(K) = {log_k:.3g} where it "
+      f"starts (first logged {history[0]['loss']:.4g} at step {history[0]['step']}); the learning rate is "
+      "probably too high: lower it"
+    )
 
 
-def train(model: nnx.Module, tx: optax.GradientTransformation, data: DeviceObjects, spec: canvas.CanvasSpec,
-          placement: Placement, *, steps: int, batch_size: int, seed: int | jax.Array, mode: str = "full",
-          dispatch: int | str = "auto", log_every: int = 50, eval_every: int = 0,
-          on_eval: Callable[[int, nnx.Module], None] | None = None, desc: str = "train",
-          checkpoints: resume.Checkpoints | None = None,
-          until: UntilAccuracy | None = None) -> list[Metrics]:
+def train(
+  model: nnx.Module,
+  tx: optax.GradientTransformation,
+  data: DeviceObjects,
+  spec: canvas.CanvasSpec,
+  placement: Placement,
+  *,
+  steps: int,
+  batch_size: int,
+  seed: int | jax.Array,
+  mode: str = "full",
+  dispatch: int | str = "auto",
+  log_every: int = 50,
+  eval_every: int = 0,
+  on_eval: Callable[[int, nnx.Module], None] | None = None,
+  desc: str = "train",
+  checkpoints: resume.Checkpoints | None = None,
+  until: UntilAccuracy | None = None,
+) -> list[Metrics]:
   """Trains `model` in place for `steps` steps and returns the logged metrics.
 
   Args:
@@ -241,8 +259,7 @@ def train(model: nnx.Module, tx: optax.GradientTransformation, data: DeviceObjec
 
   if on_eval is not None and done == 0:
     on_eval(0, model)
-  with tqdm(total=steps, initial=done, desc=desc, unit="step", leave=False, dynamic_ncols=True,
-            disable=None) as bar:
+  with tqdm(total=steps, initial=done, desc=desc, unit="step", leave=False, dynamic_ncols=True, disable=None) as bar:
     while done < steps:
       # Chunks end at every evaluation step, so on_eval sees the model at exactly the steps asked for;
       # a chunk shorter than k runs step by step rather than compiling another scan length.
@@ -250,11 +267,16 @@ def train(model: nnx.Module, tx: optax.GradientTransformation, data: DeviceObjec
       if every:  # and at every checkpoint, so a resumed run chunks alike
         stop = min(stop, (done // every + 1) * every)
       n = min(k, stop - done)
-      program, starts = ((update, [done]) if n == k else  # the one-step program compiles on first use
-                         (_compiled_update(graphdef, tx, spec, placement, batch_size, 1), range(done, done + n)))
+      program, starts = (
+        (update, [done])
+        if n == k
+        # the one-step program compiles on first use
+        else (_compiled_update(graphdef, tx, spec, placement, batch_size, 1), range(done, done + n))
+      )
       for start in starts:
-        params, opt_state, rest, metrics = program(params, opt_state, rest, base_key, np.int32(start),
-                                                   data.images, data.labels)
+        params, opt_state, rest, metrics = program(
+          params, opt_state, rest, base_key, np.int32(start), data.images, data.labels
+        )
       done += n
       bar.update(n)
       stopping = until is not None and until.update(done, float(metrics["acc"]))

@@ -22,13 +22,28 @@ def tiny_data_dir(tmp_path_factory):
 # Overrides that make the protocol run in seconds: 3 classes x few objects, 20px canvas, few steps.
 def tiny_overrides(data_dir: str, checkpoint_dir: str) -> list[str]:
   return [
-      "logger=none", f"data.data_dir={data_dir}", f"paths.checkpoint_dir={checkpoint_dir}", "compile_cache=false",
-      "canvas.size=20", "canvas.object_size=8", "widths=[4,8]",
-      "data.pretrain.classes=['0','1','2']", "data.pretrain.train_per_class=20", "data.pretrain.test_per_class=6",
-      "data.finetune.classes=[A,B,C]", "data.finetune.train_per_class=20", "data.finetune.test_per_class=6",
-      "data.pretrain.image_size=16", "data.finetune.image_size=16",
-      "pretrain.steps=6", "pretrain.batch_size=8", "finetune.steps=4", "finetune.batch_size=8",
-      "finetune.eval_every=2", "eval.grid_stride=6", "eval.curve_objects=6",
+    "logger=none",
+    f"data.data_dir={data_dir}",
+    f"paths.checkpoint_dir={checkpoint_dir}",
+    "compile_cache=false",
+    "canvas.size=20",
+    "canvas.object_size=8",
+    "widths=[4,8]",
+    "data.pretrain.classes=['0','1','2']",
+    "data.pretrain.train_per_class=20",
+    "data.pretrain.test_per_class=6",
+    "data.finetune.classes=[A,B,C]",
+    "data.finetune.train_per_class=20",
+    "data.finetune.test_per_class=6",
+    "data.pretrain.image_size=16",
+    "data.finetune.image_size=16",
+    "pretrain.steps=6",
+    "pretrain.batch_size=8",
+    "finetune.steps=4",
+    "finetune.batch_size=8",
+    "finetune.eval_every=2",
+    "eval.grid_stride=6",
+    "eval.curve_objects=6",
   ]
 
 
@@ -46,8 +61,11 @@ def tiny_results(tiny_data_dir, tmp_path_factory):
   root = tmp_path_factory.mktemp("tiny_results")
   conf = Path(__file__).resolve().parent.parent / "conf"
   with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-    cfg = compose("config", overrides=tiny_overrides(tiny_data_dir, str(root / "ckpt"))
-                  + ["model=gap", "pretrain.regimes=[scratch]", "finetune.scratch_modes=[head,full]"])
+    cfg = compose(
+      "config",
+      overrides=tiny_overrides(tiny_data_dir, str(root / "ckpt"))
+      + ["model=gap", "pretrain.regimes=[scratch]", "finetune.scratch_modes=[head,full]"],
+    )
   run_experiment(cfg, root / "seed0")
   record = json.loads((root / "seed0" / "results.json").read_text())
   for r in record["rows"]:  # a tiny run may sit at chance (invariance undefined): give seed spread to test
@@ -102,8 +120,9 @@ def _adam():
   return optax.adam(1e-2)
 
 
-def train_a_few_steps(model, steps: int = 3, mode: str = "full", canvas_size: int = 32, seed: int = 0,
-                      dispatch: int = 1):
+def train_a_few_steps(
+  model, steps: int = 3, mode: str = "full", canvas_size: int = 32, seed: int = 0, dispatch: int = 1
+):
   """A few real training steps through `shiftbench.train` (random objects, translate regime)."""
   import numpy as np
 
@@ -111,6 +130,15 @@ def train_a_few_steps(model, steps: int = 3, mode: str = "full", canvas_size: in
 
   rng = np.random.default_rng(seed)
   data = train.DeviceObjects.from_numpy(rng.integers(0, 256, (16, 8, 8, 1)), rng.integers(0, 3, 16), 3)
-  return train.train(model, _adam(), data, canvas.CanvasSpec(canvas_size, 8),
-                     train.Placement("translate", (0, 0)), steps=steps, batch_size=8, seed=seed, mode=mode,
-                     dispatch=dispatch)
+  return train.train(
+    model,
+    _adam(),
+    data,
+    canvas.CanvasSpec(canvas_size, 8),
+    train.Placement("translate", (0, 0)),
+    steps=steps,
+    batch_size=8,
+    seed=seed,
+    mode=mode,
+    dispatch=dispatch,
+  )

@@ -34,8 +34,9 @@ def test_auto_eval_batch_is_512_on_cpu_and_sized_by_memory_on_accelerators():
   assert evaluation.auto_batch_size(*forgetting, FakeDevice(4 * 2**30)) == 1024  # the floor
   assert evaluation.auto_batch_size(*forgetting, FakeDevice(None)) == 8192  # no memory stats: the ceiling
   # The largest model sets the size: widening one model can only lower it.
-  assert evaluation.auto_batch_size(64, [[8], [32, 64, 128]], FakeDevice(20 * 2**30)) == \
-      evaluation.auto_batch_size(64, [[32, 64, 128]], FakeDevice(20 * 2**30))
+  assert evaluation.auto_batch_size(64, [[8], [32, 64, 128]], FakeDevice(20 * 2**30)) == evaluation.auto_batch_size(
+    64, [[32, 64, 128]], FakeDevice(20 * 2**30)
+  )
 
 
 def test_eval_batch_size_from_config_is_auto_or_a_positive_int():

@@ -25,8 +25,9 @@ from shiftbench.models import ShiftNet
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
 
-# One job: when every job is ready (imports done, its program compiled), asks for the checkpoint. "Pretraining" sleeps (a wide
-# window for a race) and sets the params from the seed, so every job that trained has the same bytes.
+# One job: when every job is ready (imports done, its program compiled), asks for the checkpoint.
+# "Pretraining" sleeps (a wide window for a race) and sets the params from the seed, so every job that
+# trained has the same bytes.
 WORKER = textwrap.dedent("""
   import hashlib, json, logging, sys, time
   import jax, numpy as np
@@ -67,10 +68,14 @@ def _leaves(model):
 def test_jobs_on_an_empty_cache_pretrain_once_and_all_get_the_same_model(tmp_path, jobs=6):
   path = tmp_path / "ckpt" / "gap-translate-s0-0123456789abcdef"
   args = [str(path), str(tmp_path / "jax_cache"), str(tmp_path / "ready"), str(jobs)]
-  procs = [subprocess.Popen([sys.executable, "-c", WORKER, *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV) for _ in range(jobs)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-c", WORKER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    )
+    for _ in range(jobs)
+  ]
   outs = [p.communicate(timeout=240) for p in procs]
-  for p, (out, err) in zip(procs, outs):
+  for p, (_out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
   results = [json.loads(out.splitlines()[-1]) for out, _ in outs]
   logs = "".join(err for _, err in outs)
@@ -101,8 +106,9 @@ def test_a_waiting_job_gives_up_after_its_timeout_and_says_so(tmp_path, caplog):
   try:
     with caplog.at_level(logging.INFO, logger="shiftbench.pretrained"):
       start = time.perf_counter()
-      _, _, how = pretrained.obtain(path, _model, lambda m, d: calls.append(d) or {"by": "me"}, label="x",
-                                        wait_timeout_s=1.0)
+      _, _, how = pretrained.obtain(
+        path, _model, lambda m, d: calls.append(d) or {"by": "me"}, label="x", wait_timeout_s=1.0
+      )
     assert 1.0 <= time.perf_counter() - start < 30
   finally:
     os.close(fd)
@@ -150,19 +156,22 @@ def test_an_unwritable_lock_directory_is_a_cache_error(tmp_path):
     pretrained.obtain(tmp_path / "ckpt" / "m", _model, lambda m, d: {}, label="m")
 
 
-HOLDER = "import sys, time; from pathlib import Path; from shiftbench import locks\n" \
-         "with locks.run_dir(Path(sys.argv[1])):\n  print('held', flush=True); time.sleep(120)\n"
+HOLDER = (
+  "import sys, time; from pathlib import Path; from shiftbench import locks\n"
+  "with locks.run_dir(Path(sys.argv[1])):\n  print('held', flush=True); time.sleep(120)\n"
+)
 
 
 def test_a_busy_run_directory_refuses_at_once_naming_the_process_and_a_dead_ones_lock_does_not_block(tmp_path):
-  holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True,
-                            env=ENV)
+  holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=ENV)
   try:
     assert holder.stdout.readline().strip() == "held"
     start = time.perf_counter()
-    with pytest.raises(locks.Busy, match=f"in use by pid {holder.pid} on host {socket.gethostname()}"):
-      with locks.run_dir(tmp_path):
-        pass
+    with (
+      pytest.raises(locks.Busy, match=f"in use by pid {holder.pid} on host {socket.gethostname()}"),
+      locks.run_dir(tmp_path),
+    ):
+      pass
     assert time.perf_counter() - start < 1.0
   finally:
     holder.send_signal(signal.SIGKILL)  # no clean-up: its owner file stays behind, stale

@@ -10,7 +10,7 @@ from shiftbench import canvas
 
 def _numpy_place(obj: np.ndarray, y: int, x: int, size: int) -> np.ndarray:
   out = np.zeros((size, size, obj.shape[-1]), np.float32)
-  out[y:y + obj.shape[0], x:x + obj.shape[1]] = obj
+  out[y : y + obj.shape[0], x : x + obj.shape[1]] = obj
   return out
 
 
@@ -37,8 +37,7 @@ def test_place_grid_is_every_object_at_every_location():
 def test_place_under_jit_equals_eager():
   objs = jnp.arange(2 * 3 * 3, dtype=jnp.float32).reshape(2, 3, 3, 1)
   locs = jnp.array([[1, 2], [4, 0]])
-  np.testing.assert_array_equal(jax.jit(canvas.place, static_argnums=2)(objs, locs, 7),
-                                canvas.place(objs, locs, 7))
+  np.testing.assert_array_equal(jax.jit(canvas.place, static_argnums=2)(objs, locs, 7), canvas.place(objs, locs, 7))
 
 
 @pytest.mark.parametrize("regime,jitter", [("fixed", 0), ("random_crop", 2), ("translate", 0)])

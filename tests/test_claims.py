@@ -7,25 +7,43 @@ from scipy import stats
 
 from shiftbench import claims, leaderboard
 
-FC = {"_target_": "shiftbench.models.ShiftNet", "widths": [8, 16], "downsample": "max", "padding": "same",
-      "head": "fc", "fc_hidden": [256, 256]}
+FC = {
+  "_target_": "shiftbench.models.ShiftNet",
+  "widths": [8, 16],
+  "downsample": "max",
+  "padding": "same",
+  "head": "fc",
+  "fc_hidden": [256, 256],
+}
 GAP = {**FC, "head": "gap", "fc_hidden": []}
 BLUR = {**GAP, "downsample": "blur", "blur_size": 4}
 APS = {**GAP, "downsample": "aps", "padding": "circular"}
 
 
 def _row(model, arch, regime, mode, seed, invariance, **extra):
-  return {"model": model, "architecture": arch, "pretrain": regime, "finetune": mode, "seed": seed,
-          "invariance": invariance, "datasets": "A -> B", **extra}
+  return {
+    "model": model,
+    "architecture": arch,
+    "pretrain": regime,
+    "finetune": mode,
+    "seed": seed,
+    "invariance": invariance,
+    "datasets": "A -> B",
+    **extra,
+  }
 
 
 def _forgetting_rows(seeds=(0, 1, 2), scratch=0.05, last=0.85, full=0.45, fixed=0.06, crop=0.4):
   rows = []
   for s in seeds:
     e = 0.01 * s  # a little seed spread
-    rows += [_row("cnn_fc", FC, "scratch", "full", s, scratch + e), _row("cnn_fc", FC, "translate", "last", s, last - e),
-             _row("cnn_fc", FC, "translate", "full", s, full + e), _row("cnn_fc", FC, "fixed", "last", s, fixed),
-             _row("cnn_fc", FC, "random_crop", "last", s, crop)]
+    rows += [
+      _row("cnn_fc", FC, "scratch", "full", s, scratch + e),
+      _row("cnn_fc", FC, "translate", "last", s, last - e),
+      _row("cnn_fc", FC, "translate", "full", s, full + e),
+      _row("cnn_fc", FC, "fixed", "last", s, fixed),
+      _row("cnn_fc", FC, "random_crop", "last", s, crop),
+    ]
   return rows
 
 
@@ -109,8 +127,10 @@ def test_a_claim_with_no_effect_passes_at_about_the_nominal_rate():
     noise = rng.normal(0.0, 0.1, size=(3, 2))  # scratch and translate/last of 3 seeds, same mean
     rows = []
     for s in range(3):
-      rows += [_row("cnn_fc", FC, "scratch", "full", s, 0.3 + noise[s, 0]),
-               _row("cnn_fc", FC, "translate", "last", s, 0.3 + noise[s, 1])]
+      rows += [
+        _row("cnn_fc", FC, "scratch", "full", s, 0.3 + noise[s, 0]),
+        _row("cnn_fc", FC, "translate", "last", s, 0.3 + noise[s, 1]),
+      ]
     passes += _by_id(claims.evaluate(rows))["C2"].verdict == claims.PASS
   rate = passes / trials
   assert 0.015 < rate < 0.037, rate  # 2.5% +- 3 binomial standard errors (0.0025)
@@ -119,11 +139,12 @@ def test_a_claim_with_no_effect_passes_at_about_the_nominal_rate():
 def test_aps_exactness_and_architecture_twins():
   rows = []
   for s in range(3):
-    rows += [_row("gap", GAP, "scratch", "full", s, 0.5 + 0.01 * s, consistency=0.6 + 0.01 * s),
-             _row("cnn_fc", FC, "scratch", "full", s, 0.05, consistency=0.5),
-             _row("blurpool", BLUR, "scratch", "full", s, 0.6, consistency=0.8 - 0.01 * s),
-             _row("aps", APS, "scratch", "full", s, 0.9, consistency_circular=1.0, distinct_predictions=5,
-                  in_pvalue=1e-9)]
+    rows += [
+      _row("gap", GAP, "scratch", "full", s, 0.5 + 0.01 * s, consistency=0.6 + 0.01 * s),
+      _row("cnn_fc", FC, "scratch", "full", s, 0.05, consistency=0.5),
+      _row("blurpool", BLUR, "scratch", "full", s, 0.6, consistency=0.8 - 0.01 * s),
+      _row("aps", APS, "scratch", "full", s, 0.9, consistency_circular=1.0, distinct_predictions=5, in_pvalue=1e-9),
+    ]
   c = _by_id(claims.evaluate(rows))
   assert c["C4"].verdict == claims.PASS and "gap - cnn_fc" in c["C4"].rows
   assert c["C6"].verdict == claims.PASS and "blurpool - gap" in c["C6"].rows

@@ -10,9 +10,9 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import tiny_overrides
 from hydra import compose, initialize_config_dir
 
-from conftest import tiny_overrides
 from shiftbench import comparison, experiment, leaderboard, pretrained, streams, subsets
 from shiftbench.errors import CacheError, ConfigError, DataError
 from shiftbench.experiment import run_experiment
@@ -43,24 +43,51 @@ def test_key_ignores_seeds_paths_and_batch_size_but_not_settings_that_change_num
     return comparison.protocol_settings(s.config, {"pretrain": "a", "finetune": "b"}, "v")
 
   base = comparison.key_of(protocol([]))
-  for same in (["seeds=[3,4]"], ["eval.batch_size=7"], [f"paths.checkpoint_dir={tmp_path}/other"],
-               ["data.pretrain.workers=1"], ["logger=wandb"]):
+  for same in (
+    ["seeds=[3,4]"],
+    ["eval.batch_size=7"],
+    [f"paths.checkpoint_dir={tmp_path}/other"],
+    ["data.pretrain.workers=1"],
+    ["logger=wandb"],
+  ):
     assert comparison.key_of(protocol(same)) == base, same
-  for other in (["canvas.size=24"], ["finetune.steps=5"], ["eval.grid_stride=3"], ["finetune.optimizer.learning_rate=0.1"],
-                ["eval.max_objects=10"], ["pretrain.jitter=2"]):
+  for other in (
+    ["canvas.size=24"],
+    ["finetune.steps=5"],
+    ["eval.grid_stride=3"],
+    ["finetune.optimizer.learning_rate=0.1"],
+    ["eval.max_objects=10"],
+    ["pretrain.jitter=2"],
+  ):
     assert comparison.key_of(protocol(other)) != base, other
   assert comparison.differing([protocol([]), protocol(["canvas.size=24"])]) == ["canvas.size"]
 
 
 def test_runs_that_differ_in_canvas_size_are_two_groups_with_their_own_claims(tiny_results, tiny_data_dir, tmp_path):
   """0.3: one leaderboard row per model x regime x mode x dataset name, so canvas 20 and 24 merged."""
-  cfg = _cfg(tiny_data_dir, tmp_path / "ckpt", ["canvas.size=24", "pretrain.regimes=[scratch]",
-                                                "finetune.scratch_modes=[head,full]"])
+  cfg = _cfg(
+    tiny_data_dir,
+    tmp_path / "ckpt",
+    ["canvas.size=24", "pretrain.regimes=[scratch]", "finetune.scratch_modes=[head,full]"],
+  )
   run_experiment(cfg, tmp_path / "c24")
   out = tmp_path / "board"
-  run = subprocess.run([sys.executable, "-m", "shiftbench.leaderboard", str(tiny_results / "seed0"),
-                        str(tmp_path / "c24"), "--out", str(out), "--no-figures"], capture_output=True, text=True,
-                       timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+  run = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "shiftbench.leaderboard",
+      str(tiny_results / "seed0"),
+      str(tmp_path / "c24"),
+      "--out",
+      str(out),
+      "--no-figures",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, "PYTHONPATH": str(ROOT)},
+  )
   assert run.returncode == 0, run.stderr[-2000:]
   entries = json.loads((out / "leaderboard.json").read_text())
   assert len(entries) == 4 and len({e["comparison_key"] for e in entries}) == 2
@@ -109,8 +136,9 @@ def test_runs_that_differ_only_in_global_widths_keep_two_checkpoints(tiny_data_d
   assert len(_checkpoints(ckpt)) == 2
   caplog.set_level("INFO")
   for widths in ("[4,8]", "[4,6]"):  # a second run of each restores its own, pretraining nothing
-    run_experiment(_cfg(tiny_data_dir, ckpt, PRETRAIN_ONLY + [f"widths={widths}", "overwrite=true"]),
-                   tmp_path / f"w{widths}")
+    run_experiment(
+      _cfg(tiny_data_dir, ckpt, PRETRAIN_ONLY + [f"widths={widths}", "overwrite=true"]), tmp_path / f"w{widths}"
+    )
   assert caplog.text.count(": restored from") == 2 and len(_checkpoints(ckpt)) == 2
 
 
@@ -131,8 +159,9 @@ def test_an_npz_rewritten_in_place_or_another_npz_never_restores_the_first_ones_
   ckpt = tmp_path / "ckpt"
 
   def run(path, name):
-    run_experiment(_cfg(tiny_data_dir, ckpt, PRETRAIN_ONLY + ["data=npz", f"data.path={path}", "overwrite=true"]),
-                   tmp_path / name)
+    run_experiment(
+      _cfg(tiny_data_dir, ckpt, PRETRAIN_ONLY + ["data=npz", f"data.path={path}", "overwrite=true"]), tmp_path / name
+    )
 
   first = _npz(tmp_path / "d.npz", seed=0)
   run(first, "r1")
@@ -158,7 +187,8 @@ def test_a_checkpoint_holding_another_model_is_an_error_naming_both_never_delete
   from flax import nnx
 
   wider = hydra.utils.instantiate({**s.models["gap"], "widths": [4, 16]})(
-      num_classes=3, canvas_size=20, in_channels=1, rngs=nnx.Rngs(0))
+    num_classes=3, canvas_size=20, in_channels=1, rngs=nnx.Rngs(0)
+  )
   with pytest.raises(CacheError, match="cannot be restored into this model") as e:
     pretrained.restore(path, wider, meta["description"])
   assert not getattr(e.value, "corrupted", False) and pretrained.exists(path)
@@ -191,8 +221,7 @@ def test_validation_split_is_class_balanced_held_out_and_evaluated_only_when_ask
   s = Settings.from_config(_cfg(tiny_data_dir, tmp_path, ["eval.split=validation", "eval.validation_fraction=0.25"]))
   from shiftbench.data import ObjectSet
 
-  objs = ObjectSet("t", images, labels.astype(np.int32), images[:8], labels[:8].astype(np.int32),
-                   tuple("abcd"))
+  objs = ObjectSet("t", images, labels.astype(np.int32), images[:8], labels[:8].astype(np.int32), tuple("abcd"))
   train_b, eval_b = experiment._device_splits(objs, s, validation=True)
   assert len(train_b) == 60 and len(eval_b) == 20  # validation objects are evaluated, never trained on
   train_images = {np.asarray(x).tobytes() for x in train_b.images}
@@ -214,8 +243,13 @@ def test_class_sorted_and_shuffled_files_evaluate_the_same_objects(tiny_data_dir
   sorted_file, shuffled_file = _npz(tmp_path / "s.npz", 0), _npz(tmp_path / "u.npz", 0, class_sorted=False)
   results = []
   for path in (sorted_file, shuffled_file):
-    s = Settings.from_config(_cfg(tiny_data_dir, tmp_path, ["data=npz", f"data.path={path}", "eval.max_objects=9",
-                                                            "data.finetune.test_fraction=0.5"]))
+    s = Settings.from_config(
+      _cfg(
+        tiny_data_dir,
+        tmp_path,
+        ["data=npz", f"data.path={path}", "eval.max_objects=9", "data.finetune.test_fraction=0.5"],
+      )
+    )
     _, data_b = experiment.load_datasets(s)
     _, test_b = experiment._device_splits(data_b, s, validation=True)
     results.append(sorted(np.asarray(x).tobytes() for x in test_b.images))
@@ -265,11 +299,17 @@ def test_a_run_directory_of_another_version_is_not_resumed_into(tmp_path):
   from shiftbench import __version__, preflight
 
   config = {"seeds": [0], "canvas": {"size": 20}}
-  record = {"config": config, "environment": {"versions": {"shiftbench": "0.3.0"}},
-            "rows": [{"model": "gap", "pretrain": "scratch", "finetune": "full", "seed": 0}]}
+  record = {
+    "config": config,
+    "environment": {"versions": {"shiftbench": "0.3.0"}},
+    "rows": [{"model": "gap", "pretrain": "scratch", "finetune": "full", "seed": 0}],
+  }
   (tmp_path / "results.json").write_text(json.dumps(record))
-  with pytest.raises(ConfigError, match=f"shiftbench 0.3.0, whose rows are not comparable with this version's "
-                                        rf"\({__version__}\)"):
+  with pytest.raises(
+    ConfigError,
+    match=f"shiftbench 0.3.0, whose rows are not comparable with this version's "
+    rf"\({__version__}\)",
+  ):
     preflight.resumable_rows(tmp_path / "results.json", config)
   record["environment"]["versions"]["shiftbench"] = __version__
   (tmp_path / "results.json").write_text(json.dumps(record))

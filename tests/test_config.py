@@ -75,13 +75,16 @@ def test_every_launcher_composes(launcher):
   assert hydra.utils.get_class(cfg.hydra.launcher._target_)
 
 
-@pytest.mark.parametrize("override,message", [
+@pytest.mark.parametrize(
+  "override,message",
+  [
     ("canvas.object_size=40", "object_size=40 is larger than canvas_size=32"),
     ("finetune.location=[30,0]", r"location \(30, 0\) puts the object off the canvas"),
     ("pretrain.regimes=[scratch,rotate]", "unknown pretrain regime 'rotate'"),
     ("finetune.modes=[head,partial]", "unknown fine-tune mode 'partial'"),
     ("seeds=[]", "seeds is empty"),
-])
+  ],
+)
 def test_bad_settings_fail_before_training_with_one_clear_line(override, message):
   with pytest.raises(ValueError, match=message):
     Settings.from_config(_compose([override]))
@@ -98,4 +101,5 @@ def test_unknown_model_part_names_the_allowed_values():
 
 def test_the_model_zoo_presets_exist():
   assert {"cnn_fc", "fcn", "gap", "blurpool", "aps", "resnet18", "resnet18_blurpool", "resnet18_aps"} <= set(
-      _options("model"))
+    _options("model")
+  )

@@ -8,10 +8,10 @@ import os
 import pathlib
 import types
 
-from etils import epath
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from etils import epath
 
 from shiftbench import data
 from shiftbench.data import glyph_cache, glyphs, glyphs_builder, tfds_source
@@ -20,15 +20,15 @@ from shiftbench.data.objects import ObjectSet
 SIZE = 32
 
 
-def render(charset: str = "digits", per_class: int = 5, seed: int = 0,
-           split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+def render(
+  charset: str = "digits", per_class: int = 5, seed: int = 0, split: str = "train"
+) -> tuple[np.ndarray, np.ndarray]:
   images, labels, _ = glyphs.render_split(glyphs.CHARSETS[charset], per_class, SIZE, seed, split, workers=1)
   return images, labels
 
 
 def tiny_glyphs(data_dir: pathlib.Path, **kwargs) -> ObjectSet:
-  settings = dict(charset="digits", train_per_class=5, test_per_class=3, image_size=SIZE,
-                  data_dir=str(data_dir))
+  settings = dict(charset="digits", train_per_class=5, test_per_class=3, image_size=SIZE, data_dir=str(data_dir))
   return data.load_glyphs(**{**settings, **kwargs})
 
 
@@ -119,8 +119,13 @@ def test_cache_reloads_without_rendering_and_keys_every_setting(tmp_path, monkey
   again = tiny_glyphs(tmp_path)
   np.testing.assert_array_equal(objs.train_images, again.train_images)
   np.testing.assert_array_equal(objs.test_labels, again.test_labels)
-  for change in ({"seed": 1}, {"train_per_class": 4}, {"test_per_class": 2}, {"image_size": 30},
-                 {"classes": ["1", "0"]}):  # a new setting is a new cache entry
+  for change in (
+    {"seed": 1},
+    {"train_per_class": 4},
+    {"test_per_class": 2},
+    {"image_size": 30},
+    {"classes": ["1", "0"]},
+  ):  # a new setting is a new cache entry
     with pytest.raises(AssertionError, match="rendered again"):
       tiny_glyphs(tmp_path, **change)
   monkeypatch.setattr(glyph_cache, "RENDER_VERSION", glyph_cache.RENDER_VERSION + 1)
@@ -152,10 +157,12 @@ def test_a_cache_whose_bytes_changed_is_rendered_again(tmp_path, caplog):
 
 
 def test_tfds_builder_holds_the_same_objects_as_load_glyphs(tmp_path):
-  builder = glyphs_builder.ShiftbenchGlyphs(config=glyphs_builder.glyphs_config("digits", 3, 2, 16, 2),
-                                            data_dir=str(tmp_path / "tfds"))
-  builder.download_and_prepare(file_format="array_record",
-                               download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  builder = glyphs_builder.ShiftbenchGlyphs(
+    config=glyphs_builder.glyphs_config("digits", 3, 2, 16, 2), data_dir=str(tmp_path / "tfds")
+  )
+  builder.download_and_prepare(
+    file_format="array_record", download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+  )
   stored = tfds_source.read_split(builder, "train", ("image", "label"))
   objs = tiny_glyphs(tmp_path, train_per_class=3, test_per_class=2, image_size=16, seed=2)
   # TFDS reorders examples; as sets, the stored objects are exactly the rendered ones.
@@ -170,8 +177,7 @@ def test_config_name_encodes_every_setting():
 
 
 def test_glyph_classes_are_selected_by_name_and_relabelled(tmp_path):
-  objs = tiny_glyphs(tmp_path, charset="letters", classes=["C", "A"], train_per_class=2,
-                     test_per_class=1)
+  objs = tiny_glyphs(tmp_path, charset="letters", classes=["C", "A"], train_per_class=2, test_per_class=1)
   full = tiny_glyphs(tmp_path, charset="letters", train_per_class=2, test_per_class=1)
   assert objs.class_names == ("C", "A") and objs.num_classes == 2
   assert objs.train_images.shape == (4, SIZE, SIZE, 1)
@@ -201,23 +207,27 @@ def test_select_classes_keeps_order_and_relabels():
 
 def test_resize_objects():
   rng = np.random.default_rng(0)
-  objs = ObjectSet("t", np.full((2, 28, 28, 3), 100, np.uint8), np.zeros(2, np.int32),
-                   rng.integers(0, 256, (1, 28, 28, 3), dtype=np.uint8), np.zeros(1, np.int32), ("a",))
+  objs = ObjectSet(
+    "t",
+    np.full((2, 28, 28, 3), 100, np.uint8),
+    np.zeros(2, np.int32),
+    rng.integers(0, 256, (1, 28, 28, 3), dtype=np.uint8),
+    np.zeros(1, np.int32),
+    ("a",),
+  )
   big = data.resize_objects(objs, 40)
   assert big.object_shape == (40, 40, 3) and big.train_images.dtype == np.uint8
   np.testing.assert_array_equal(big.train_images, 100)  # a constant image stays constant
   np.testing.assert_array_equal(big.train_labels, objs.train_labels)
   assert data.resize_objects(objs, 28) is objs
-  grey = dataclasses.replace(objs, train_images=objs.train_images[..., :1],
-                             test_images=objs.test_images[..., :1])
+  grey = dataclasses.replace(objs, train_images=objs.train_images[..., :1], test_images=objs.test_images[..., :1])
   assert data.resize_objects(grey, 14).object_shape == (14, 14, 1)
 
 
 def test_object_set_validates_its_arrays():
   images = np.zeros((2, 4, 4, 1), np.uint8)
   with pytest.raises(ValueError, match="uint8"):
-    ObjectSet("t", images.astype(np.float32), np.zeros(2, np.int32), images, np.zeros(2, np.int32),
-              ("a",))
+    ObjectSet("t", images.astype(np.float32), np.zeros(2, np.int32), images, np.zeros(2, np.int32), ("a",))
   with pytest.raises(ValueError, match=r"\[0, 1\)"):
     ObjectSet("t", images, np.array([0, 1], np.int32), images, np.zeros(2, np.int32), ("a",))
 
@@ -229,8 +239,14 @@ def test_npz_round_trip_with_test_arrays(tmp_path):
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (6, 5, 5), dtype=np.uint8)
   test_images = rng.random((3, 5, 5, 1))
-  np.savez(tmp_path / "d.npz", images=images, labels=np.array([0, 1, 2, 0, 1, 2]),
-           test_images=test_images, test_labels=np.array([2, 1, 0]), class_names=["x", "y", "z"])
+  np.savez(
+    tmp_path / "d.npz",
+    images=images,
+    labels=np.array([0, 1, 2, 0, 1, 2]),
+    test_images=test_images,
+    test_labels=np.array([2, 1, 0]),
+    class_names=["x", "y", "z"],
+  )
   objs = data.load_npz(str(tmp_path / "d.npz"), classes=["z", "x"])
   np.testing.assert_array_equal(objs.train_images[..., 0], images[[0, 2, 3, 5]])
   np.testing.assert_array_equal(objs.train_labels, [1, 0, 1, 0])
@@ -278,10 +294,15 @@ class ShiftbenchTinyTest(tfds.core.GeneratorBasedBuilder):
   code_path = epath.Path(__file__)  # see ShiftbenchGlyphs.code_path
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        "image": tfds.features.Tensor(shape=(4, 4, 3), dtype=np.uint8),
-        "label": tfds.features.ClassLabel(names=["ant", "bee", "cat"]),
-    }))
+    return tfds.core.DatasetInfo(
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Tensor(shape=(4, 4, 3), dtype=np.uint8),
+          "label": tfds.features.ClassLabel(names=["ant", "bee", "cat"]),
+        }
+      ),
+    )
 
   def _split_generators(self, dl_manager):
     return {"train": self._generate_examples(12), "test": self._generate_examples(6)}
@@ -299,8 +320,9 @@ def test_load_tfds_reads_a_prepared_array_record_dataset(tmp_path):
   np.testing.assert_array_equal(objs.train_labels, objs.train_images[:, 0, 0, 0] % 3)
   np.testing.assert_array_equal(np.sort(objs.train_images[:, 0, 0, 0]), np.arange(12))
 
-  some = data.load_tfds("shiftbench_tiny_test", classes=["cat", 0], data_dir=str(tmp_path),
-                        download=False, max_train=3, max_test=1)
+  some = data.load_tfds(
+    "shiftbench_tiny_test", classes=["cat", 0], data_dir=str(tmp_path), download=False, max_train=3, max_test=1
+  )
   values = some.train_images[:, 0, 0, 0]
   kept = objs.train_images[np.isin(objs.train_labels, [2, 0]), 0, 0, 0]
   np.testing.assert_array_equal(values, kept[:3])  # the first objects after class filtering
@@ -324,8 +346,14 @@ def test_missing_dataset_without_network_fails_at_once_with_instructions(tmp_pat
   with pytest.raises(data.DatasetNotFoundError) as info:
     data.load_tfds("mnist", data_dir=str(tmp_path))
   message = str(info.value)
-  for part in ("'mnist'", str(tmp_path), "unreachable", "pip install 'shiftbench[tfds]'",
-               "download_and_prepare(file_format='array_record')", "data.data_dir"):
+  for part in (
+    "'mnist'",
+    str(tmp_path),
+    "unreachable",
+    "pip install 'shiftbench[tfds]'",
+    "download_and_prepare(file_format='array_record')",
+    "data.data_dir",
+  ):
     assert part in message
   assert not os.listdir(tmp_path)  # nothing half-written
 
@@ -354,8 +382,7 @@ def test_tfrecord_dataset_without_tensorflow_says_how_to_read_it():
     pytest.skip("TensorFlow is installed, so tfrecord datasets are readable")
 
   class TfrecordBuilder:
-    info = types.SimpleNamespace(full_name="mnist/3.0.1",
-                                 file_format=types.SimpleNamespace(value="tfrecord"))
+    info = types.SimpleNamespace(full_name="mnist/3.0.1", file_format=types.SimpleNamespace(value="tfrecord"))
     data_dir = "/data/mnist/3.0.1"
 
     def as_data_source(self, split):

@@ -8,18 +8,38 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_overrides
 from hydra import compose, initialize_config_dir
 
 import shiftbench
-from conftest import tiny_overrides
 from shiftbench.experiment import run_experiment
 from shiftbench.results import to_jsonable
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
-ROW_FIELDS = {"model", "pretrain", "finetune", "seed", "in_acc", "off_acc", "invariance", "location_map", "curve",
-              "pretrain_invariance_before", "pretrain_invariance_after", "pretrain_invariance_lost", "invariance_lost",
-              "params", "similarity", "similarity_layers", "similarity_before", "consistency", "consistency_circular",
-              "worst_case_acc", "worst_of_k_acc", "flip_rate"}
+ROW_FIELDS = {
+  "model",
+  "pretrain",
+  "finetune",
+  "seed",
+  "in_acc",
+  "off_acc",
+  "invariance",
+  "location_map",
+  "curve",
+  "pretrain_invariance_before",
+  "pretrain_invariance_after",
+  "pretrain_invariance_lost",
+  "invariance_lost",
+  "params",
+  "similarity",
+  "similarity_layers",
+  "similarity_before",
+  "consistency",
+  "consistency_circular",
+  "worst_case_acc",
+  "worst_of_k_acc",
+  "flip_rate",
+}
 
 
 def _cfg(tiny_data_dir, tmp_path, extra=()):
@@ -36,15 +56,18 @@ def test_tiny_protocol_writes_every_row_and_artifact(tiny_data_dir, tmp_path, ca
   assert len(rows) == 2 * (1 + 3) == len(record["rows"])
   keys = {(r["model"], r["pretrain"], r["finetune"]) for r in rows}
   # scratch pairs with full only (a random frozen backbone measures nothing); translate with every mode
-  assert keys == {(m, p, f) for m in ("cnn_fc", "gap")
-                  for p, f in [("scratch", "full"), ("translate", "last"), ("translate", "head"), ("translate", "full")]}
+  assert keys == {
+    (m, p, f)
+    for m in ("cnn_fc", "gap")
+    for p, f in [("scratch", "full"), ("translate", "last"), ("translate", "head"), ("translate", "full")]
+  }
   saved = json.loads((out / "results.json").read_text())
   assert saved["environment"]["versions"]["jax"] and saved["environment"]["devices"]
   assert saved["environment"]["versions"]["shiftbench"] == shiftbench.__version__  # the code that ran
   assert saved["config"]["seeds"] == [0]
   by_key = {(r["model"], r["pretrain"], r["finetune"]): r for r in rows}
   for r in rows:
-    assert ROW_FIELDS <= set(r)
+    assert set(r) >= ROW_FIELDS
     acc = np.array(r["location_map"]["acc"])
     assert acc.shape == (len(r["location_map"]["ys"]), len(r["location_map"]["xs"]))
     assert ((acc >= 0) & (acc <= 1)).all()
@@ -100,19 +123,47 @@ def test_cli_runs_npz_data_and_a_multirun(tiny_data_dir, tmp_path):
   base = [o for o in base if not o.startswith("data.")]
   env = {**os.environ, "WANDB_MODE": "disabled"}
   jax_cache = tmp_path / "jax_cache"  # the compile cache goes where paths.compile_cache_dir says
-  run = subprocess.run([sys.executable, "-m", "shiftbench.cli", "data=npz", f"data.path={npz}", "model=gap",
-                        f"hydra.run.dir={tmp_path / 'npz_run'}", *base, "compile_cache=true",
-                        f"paths.compile_cache_dir={jax_cache}"], capture_output=True, text=True, env=env,
-                       timeout=600)
+  run = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "shiftbench.cli",
+      "data=npz",
+      f"data.path={npz}",
+      "model=gap",
+      f"hydra.run.dir={tmp_path / 'npz_run'}",
+      *base,
+      "compile_cache=true",
+      f"paths.compile_cache_dir={jax_cache}",
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=600,
+  )
   assert run.returncode == 0, run.stderr[-3000:]
   saved = json.loads((tmp_path / "npz_run" / "results.json").read_text())
   assert saved["datasets"]["pretrain"].startswith("npz:") and len(saved["rows"]) == 4
   assert saved["resolved"] == {"eval_batch_size": 512}  # eval.batch_size: auto on CPU
   assert any(jax_cache.iterdir()), "no compiled program was written to the compile cache"
   sweep = tmp_path / "sweep"
-  run = subprocess.run([sys.executable, "-m", "shiftbench.cli", "-m", "model=cnn_fc,gap", "pretrain.regimes=[scratch]",
-                        "finetune.modes=[head]", f"hydra.sweep.dir={sweep}", *tiny_overrides(tiny_data_dir, str(tmp_path / "ckpt"))],
-                       capture_output=True, text=True, env=env, timeout=600)
+  run = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "shiftbench.cli",
+      "-m",
+      "model=cnn_fc,gap",
+      "pretrain.regimes=[scratch]",
+      "finetune.modes=[head]",
+      f"hydra.sweep.dir={sweep}",
+      *tiny_overrides(tiny_data_dir, str(tmp_path / "ckpt")),
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=600,
+  )
   assert run.returncode == 0, run.stderr[-3000:]
   models = sorted(json.loads(p.read_text())["rows"][0]["model"] for p in sweep.glob("*/results.json"))
   assert models == ["cnn_fc", "gap"]
@@ -120,9 +171,21 @@ def test_cli_runs_npz_data_and_a_multirun(tiny_data_dir, tmp_path):
 
 def test_missing_npz_file_fails_with_its_path(tmp_path):
   env = {**os.environ, "WANDB_MODE": "disabled"}
-  run = subprocess.run([sys.executable, "-m", "shiftbench.cli", "data=npz", f"data.path={tmp_path}/nope.npz",
-                        "logger=none", f"hydra.run.dir={tmp_path / 'r'}"], capture_output=True, text=True, env=env,
-                       timeout=300)
+  run = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "shiftbench.cli",
+      "data=npz",
+      f"data.path={tmp_path}/nope.npz",
+      "logger=none",
+      f"hydra.run.dir={tmp_path / 'r'}",
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=300,
+  )
   assert run.returncode != 0
   assert f"npz file not found: {tmp_path}/nope.npz" in run.stderr
 
@@ -131,8 +194,11 @@ def test_missing_npz_file_fails_with_its_path(tmp_path):
 def test_tiny_protocol_with_a_batchnorm_aps_resnet(tiny_data_dir, tmp_path):
   """BatchNorm through the whole protocol (train, head-only fine-tuning, every evaluator); APS with
   circular padding must stay exactly invariant to circular shifts after all of it."""
-  cfg = _cfg(tiny_data_dir, tmp_path, ["model=resnet18_aps", "model.resnet18_aps.widths=[4,4,8,8]", "canvas.size=24",
-                                       "eval.grid_stride=8"])
+  cfg = _cfg(
+    tiny_data_dir,
+    tmp_path,
+    ["model=resnet18_aps", "model.resnet18_aps.widths=[4,4,8,8]", "canvas.size=24", "eval.grid_stride=8"],
+  )
   rows = run_experiment(cfg, tmp_path / "run")["rows"]
   assert len(rows) == 4
   for r in rows:
@@ -144,8 +210,17 @@ def test_tiny_protocol_with_a_batchnorm_aps_resnet(tiny_data_dir, tmp_path):
 def test_a_row_not_significantly_above_chance_shows_no_invariance(tiny_data_dir, tmp_path):
   # One step at a negligible learning rate: the classifier is as good as random, so whatever the off/in
   # ratio happens to be, it must not be reported.
-  cfg = _cfg(tiny_data_dir, tmp_path, ["model=gap", "pretrain.regimes=[scratch]", "finetune.steps=1",
-                                       "finetune.eval_every=0", "finetune.optimizer.learning_rate=1e-9"])
+  cfg = _cfg(
+    tiny_data_dir,
+    tmp_path,
+    [
+      "model=gap",
+      "pretrain.regimes=[scratch]",
+      "finetune.steps=1",
+      "finetune.eval_every=0",
+      "finetune.optimizer.learning_rate=1e-9",
+    ],
+  )
   row = run_experiment(cfg, tmp_path / "run")["rows"][0]
   assert row["in_pvalue"] >= 0.01 and row["test_objects"] == 18
   assert row["invariance"] is None or np.isnan(row["invariance"])
@@ -178,8 +253,9 @@ def test_protocol_runs_on_real_handwritten_digits_shipped_with_scikit_learn(tiny
   write_digits([str(npz)])
   base = [o for o in tiny_overrides(tiny_data_dir, str(tmp_path / "ckpt")) if not o.startswith("data.")]
   with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-    cfg = compose("config", overrides=[*base, "data=npz", f"data.path={npz}", "model=cnn_fc",
-                                       "pretrain.regimes=[scratch]"])
+    cfg = compose(
+      "config", overrides=[*base, "data=npz", f"data.path={npz}", "model=cnn_fc", "pretrain.regimes=[scratch]"]
+    )
   record = run_experiment(cfg, tmp_path / "run")
   assert record["datasets"]["pretrain"].startswith("npz:") and len(record["rows"]) == 1
   row = record["rows"][0]

@@ -33,12 +33,29 @@ def test_devices_are_the_given_ids_or_every_listed_gpu(monkeypatch):
 def test_two_jobs_run_at_once_each_on_its_own_device(tiny_data_dir, tmp_path):
   sweep = tmp_path / "sweep"
   run = subprocess.run(
-      [sys.executable, "-m", "shiftbench.cli", "-m", "hydra/launcher=local_gpus", "hydra.launcher.devices=[0,1]",
-       "hydra.launcher.setup=[\"echo job-device=$CUDA_VISIBLE_DEVICES\"]",
-       *tiny_overrides(tiny_data_dir, str(tmp_path / "ckpt")), "compile_cache=true", "model=gap", "seeds=[0],[1]",
-       "pretrain.regimes=[scratch]", "finetune.scratch_modes=[full]", f"hydra.sweep.dir={sweep}"],
-      capture_output=True, text=True, timeout=600, cwd=tmp_path, check=False,
-      env={**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"})
+    [
+      sys.executable,
+      "-m",
+      "shiftbench.cli",
+      "-m",
+      "hydra/launcher=local_gpus",
+      "hydra.launcher.devices=[0,1]",
+      'hydra.launcher.setup=["echo job-device=$CUDA_VISIBLE_DEVICES"]',
+      *tiny_overrides(tiny_data_dir, str(tmp_path / "ckpt")),
+      "compile_cache=true",
+      "model=gap",
+      "seeds=[0],[1]",
+      "pretrain.regimes=[scratch]",
+      "finetune.scratch_modes=[full]",
+      f"hydra.sweep.dir={sweep}",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    cwd=tmp_path,
+    check=False,
+    env={**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"},
+  )
   assert run.returncode == 0, run.stderr[-3000:]
   out = run.stdout + run.stderr
   assert sorted(re.findall(r"job-device=(\d)", out)) == ["0", "1"]  # each job saw one device, its own

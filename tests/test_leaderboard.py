@@ -16,33 +16,49 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_cli_aggregates_seeds_from_every_results_file_and_writes_all_formats(tiny_results, tmp_path):
   out = tmp_path / "board"
-  run = subprocess.run([sys.executable, "-m", "shiftbench.leaderboard", str(tiny_results / "seed0"),
-                        str(tiny_results / "seed1"), "--out", str(out)], capture_output=True, text=True,
-                       timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+  run = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "shiftbench.leaderboard",
+      str(tiny_results / "seed0"),
+      str(tiny_results / "seed1"),
+      "--out",
+      str(out),
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, "PYTHONPATH": str(ROOT)},
+  )
   assert run.returncode == 0, run.stderr[-3000:]
   entries = json.loads((out / "leaderboard.json").read_text())
   keys = {(e["model"], e["pretrain"], e["finetune"]) for e in entries}
   assert keys == {("gap", "scratch", m) for m in ("head", "full")}
   for e in entries:
     assert e["seeds"] == [0, 1] and e["params"] > 0 and e["dataset_pair"] and e["architecture"]["head"] == "gap"
-    assert e["reference"] and e["invariance_std"] == pytest.approx(0.1 / 2 ** 0.5, abs=1e-6)
+    assert e["reference"] and e["invariance_std"] == pytest.approx(0.1 / 2**0.5, abs=1e-6)
     for field in ("in_acc", "off_acc", "invariance", "consistency", "worst_case_acc", "flip_rate", "similarity"):
       assert field in e
   assert "consistency" in (out / "leaderboard.md").read_text()
   header = (out / "leaderboard.csv").read_text().splitlines()[0]
   assert "worst_case_acc_mean" in header and "invariance_lost_std" in header
   page = (out / "index.html").read_text()
-  assert "<script>" in page and "<table class='board'>" in page and "src=\"http" not in page
+  assert "<script>" in page and "<table class='board'>" in page and 'src="http' not in page
   assert len(re.findall(r"data:image/png;base64,", page)) == 2  # location-map grid and curves, inline
   assert (out / "location_maps.png").stat().st_size > 1000 and (out / "forgetting_curves.png").is_file()
 
 
 def test_invariance_lost_is_last_minus_full_per_seed():
-  rows = [{"model": "m", "pretrain": "p", "finetune": f, "seed": s, "invariance": v, "invariance_lost": None}
-          for s, (h, fu) in enumerate([(0.9, 0.5), (0.8, 0.6)]) for f, v in (("last", h), ("full", fu))]
+  rows = [
+    {"model": "m", "pretrain": "p", "finetune": f, "seed": s, "invariance": v, "invariance_lost": None}
+    for s, (h, fu) in enumerate([(0.9, 0.5), (0.8, 0.6)])
+    for f, v in (("last", h), ("full", fu))
+  ]
   for r in rows:  # what experiment.fill_invariance_lost writes
-    r["invariance_lost"] = [x for x in rows if x["seed"] == r["seed"] and x["finetune"] == "last"][0]["invariance"] \
-        - [x for x in rows if x["seed"] == r["seed"] and x["finetune"] == "full"][0]["invariance"]
+    r["invariance_lost"] = [x for x in rows if x["seed"] == r["seed"] and x["finetune"] == "last"][0]["invariance"] - [
+      x for x in rows if x["seed"] == r["seed"] and x["finetune"] == "full"
+    ][0]["invariance"]
   entry = leaderboard.aggregate(rows)[0]
   assert entry["invariance_lost"][:2] == pytest.approx((0.3, 0.1414213), abs=1e-6)
   for r in rows:  # older results without the per-seed field: from the seed means
@@ -57,8 +73,9 @@ def test_notebook_runs_on_a_tiny_run(tiny_results, tmp_path, monkeypatch):
   monkeypatch.setenv("SHIFTBENCH_FIGURES", str(tmp_path))
   monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
   nb = nbformat.read(ROOT / "notebooks" / "forgetting.ipynb", as_version=4)
-  client = nbclient.NotebookClient(nb, timeout=180, kernel_name="python3",
-                                   resources={"metadata": {"path": str(tmp_path)}})
+  client = nbclient.NotebookClient(
+    nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+  )
   client.execute()
   text = json.dumps(nb["cells"][2]["outputs"])
   assert "2 leaderboard entries" in text and "consistency" in text
@@ -80,8 +97,10 @@ def test_wandb_offline_logs_rows_images_and_the_table_without_network(tiny_resul
 
 
 def test_means_count_only_defined_values_and_say_how_many():
-  rows = [{"model": "m", "pretrain": "translate", "finetune": "full", "seed": s, "invariance": v}
-          for s, v in enumerate([3.625, None, None])]
+  rows = [
+    {"model": "m", "pretrain": "translate", "finetune": "full", "seed": s, "invariance": v}
+    for s, v in enumerate([3.625, None, None])
+  ]
   entry = leaderboard.aggregate(rows)[0]
   assert entry["invariance"] == (3.625, 0.0, 1)
   board = leaderboard.build(rows)

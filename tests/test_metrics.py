@@ -1,6 +1,5 @@
 """Location-map metrics against their definitions (DESIGN.md section 4), with known answers."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -97,13 +96,16 @@ def test_predict_grid_chunking_matches_one_big_batch():
 
 # -- when the invariance score is defined --------------------------------------------------------------
 
-@pytest.mark.parametrize("correct,n,chance", [(17, 100, 0.1), (20, 100, 0.1), (34, 200, 0.1), (3, 6, 1 / 3),
-                                              (1, 10, 0.5), (10, 10, 0.5)])
+
+@pytest.mark.parametrize(
+  "correct,n,chance", [(17, 100, 0.1), (20, 100, 0.1), (34, 200, 0.1), (3, 6, 1 / 3), (1, 10, 0.5), (10, 10, 0.5)]
+)
 def test_binomial_pvalue_matches_the_binomial_tail(correct, n, chance):
   from scipy import stats
 
-  assert float(metrics.binomial_pvalue(correct, n, chance)) == pytest.approx(stats.binom.sf(correct - 1, n, chance),
-                                                                              rel=1e-3, abs=1e-7)  # float32
+  assert float(metrics.binomial_pvalue(correct, n, chance)) == pytest.approx(
+    stats.binom.sf(correct - 1, n, chance), rel=1e-3, abs=1e-7
+  )  # float32
   assert float(metrics.binomial_pvalue(0, n, chance)) == 1.0  # nothing right: no evidence at all
 
 

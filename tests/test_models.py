@@ -7,11 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import circular_shift_logits, objects_on_blank_canvas, train_a_few_steps
 from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import circular_shift_logits, objects_on_blank_canvas, train_a_few_steps
 from shiftbench.models import ShiftNet, aps, layers
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -36,11 +36,14 @@ def test_binomial_filter_is_the_normalised_outer_product_of_pascals_row(size):
   np.testing.assert_allclose(layers.binomial_filter(size), np.outer(row, row) / row.sum() ** 2, rtol=1e-6)
 
 
-@pytest.mark.parametrize("padding,expected", [
-    ("reflect", [[0.5, 2.0], [0.5, 2.0]]),       # columns padded 1,0,1,2,3,2 -> [1,2,1]/4 -> 0.5, 2
-    ("zero", [[0.1875, 1.5], [0.25, 2.0]]),      # row 0 keeps 3/4 of its weight: 0.25 * 0.75, 2 * 0.75
-    ("circular", [[1.0, 2.0], [1.0, 2.0]]),      # columns padded 3,0,1,2,3,0 -> (3 + 0 + 1) / 4 = 1
-])
+@pytest.mark.parametrize(
+  "padding,expected",
+  [
+    ("reflect", [[0.5, 2.0], [0.5, 2.0]]),  # columns padded 1,0,1,2,3,2 -> [1,2,1]/4 -> 0.5, 2
+    ("zero", [[0.1875, 1.5], [0.25, 2.0]]),  # row 0 keeps 3/4 of its weight: 0.25 * 0.75, 2 * 0.75
+    ("circular", [[1.0, 2.0], [1.0, 2.0]]),  # columns padded 3,0,1,2,3,0 -> (3 + 0 + 1) / 4 = 1
+  ],
+)
 def test_blur_size_3_by_hand_on_a_column_ramp(padding, expected):
   x = jnp.tile(jnp.arange(4.0), (4, 1))[None, :, :, None]  # x[i, j] = j
   np.testing.assert_allclose(layers.blur_downsample(x, 3, padding)[0, :, :, 0], expected, rtol=1e-6)
@@ -53,8 +56,9 @@ def test_blur_equals_a_depthwise_conv_with_the_binomial_filter(size, padding):
   before, after = (size - 1) // 2, size // 2
   xp = jnp.pad(x, ((0, 0), (before, after), (before, after), (0, 0)), mode=layers._JNP_PAD_MODE[padding])
   kernel = jnp.tile(jnp.asarray(layers.binomial_filter(size))[:, :, None, None], (1, 1, 1, 3))
-  ref = jax.lax.conv_general_dilated(xp, kernel, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                     feature_group_count=3)
+  ref = jax.lax.conv_general_dilated(
+    xp, kernel, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=3
+  )
   np.testing.assert_allclose(layers.blur_downsample(x, size, padding), ref, atol=1e-5)
 
 
@@ -79,7 +83,7 @@ def _with_components(values):
   """A (1, 2, 8, 1) map whose 4 polyphase components (each 1x4) are the given rows."""
   x = np.zeros((1, 2, 8, 1), np.float32)
   for k, row in enumerate(values):
-    x[0, k // 2, (k % 2)::2, 0] = row
+    x[0, k // 2, (k % 2) :: 2, 0] = row
   return jnp.asarray(x)
 
 
@@ -144,23 +148,44 @@ def test_full_padding_is_k_minus_1_zeros_and_circular_wraps_around():
   x = _rand((1, 6, 6, 1))
   for padding, pad, mode in [("full", 2, "constant"), ("circular", 1, "wrap"), ("same", 1, "constant")]:
     conv = layers.PaddedConv(1, 1, 3, padding=padding, rngs=nnx.Rngs(0))
-    ref = jax.lax.conv_general_dilated(jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode=mode),
-                                       conv.conv.kernel.value, (1, 1), "VALID",
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC")) + conv.conv.bias.value
+    ref = (
+      jax.lax.conv_general_dilated(
+        jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode=mode),
+        conv.conv.kernel.value,
+        (1, 1),
+        "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      )
+      + conv.conv.bias.value
+    )
     np.testing.assert_allclose(conv(x), ref, atol=1e-5)
 
 
 def _xla_conv(stride, padding):
-  return lambda x, k: jax.lax.conv_general_dilated(x, k, (stride, stride), padding,
-                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return lambda x, k: jax.lax.conv_general_dilated(
+    x, k, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
 
 
 # Every padding and stride the presets use (same, valid, full's explicit pads; stride 1 and 2), plus even
 # and 1x1 kernels, odd sizes (the stride does not divide the padded size) and asymmetric pads.
-@pytest.mark.parametrize("k,stride,pad", [
-    (3, 1, ((1, 1), (1, 1))), (3, 2, ((1, 1), (1, 1))), (3, 1, ((0, 0), (0, 0))), (3, 2, ((0, 0), (0, 0))),
-    (5, 1, ((2, 2), (2, 2))), (5, 2, ((4, 4), (4, 4))), (4, 1, ((1, 2), (1, 2))), (2, 2, ((0, 1), (0, 1))),
-    (1, 1, ((0, 0), (0, 0))), (1, 2, ((0, 0), (0, 0))), (3, 2, ((2, 0), (0, 1))), (7, 2, ((3, 3), (3, 3)))])
+@pytest.mark.parametrize(
+  "k,stride,pad",
+  [
+    (3, 1, ((1, 1), (1, 1))),
+    (3, 2, ((1, 1), (1, 1))),
+    (3, 1, ((0, 0), (0, 0))),
+    (3, 2, ((0, 0), (0, 0))),
+    (5, 1, ((2, 2), (2, 2))),
+    (5, 2, ((4, 4), (4, 4))),
+    (4, 1, ((1, 2), (1, 2))),
+    (2, 2, ((0, 1), (0, 1))),
+    (1, 1, ((0, 0), (0, 0))),
+    (1, 2, ((0, 0), (0, 0))),
+    (3, 2, ((2, 0), (0, 1))),
+    (7, 2, ((3, 3), (3, 3))),
+  ],
+)
 @pytest.mark.parametrize("size", [(9, 9), (12, 11)])
 def test_conv2d_gradients_equal_xlas_conv_gradients(k, stride, pad, size):
   x, kernel = _rand((3, *size, 4), 1), _rand((k, k, 4, 5), 2)
@@ -178,10 +203,13 @@ def test_conv_drop_in_takes_nnx_convs_padding_and_sends_the_rest_to_lax(padding)
   x, kernel = _rand((2, 9, 8, 3), 4), _rand((3, 3, 3, 4), 5)
   args = (x, kernel, (2, 2), padding)
   nhwc = dict(dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  np.testing.assert_allclose(layers.conv_general_dilated(*args, **nhwc),
-                             jax.lax.conv_general_dilated(*args, **nhwc), atol=1e-5)
-  uses_conv2d = lambda **kw: "custom_vjp_call" in str(jax.make_jaxpr(
-      lambda x, k: layers.conv_general_dilated(x, k, (2, 2), padding, **kw))(x, kernel))
+  np.testing.assert_allclose(
+    layers.conv_general_dilated(*args, **nhwc), jax.lax.conv_general_dilated(*args, **nhwc), atol=1e-5
+  )
+  uses_conv2d = lambda **kw: (
+    "custom_vjp_call"
+    in str(jax.make_jaxpr(lambda x, k: layers.conv_general_dilated(x, k, (2, 2), padding, **kw))(x, kernel))
+  )
   assert uses_conv2d(**nhwc)
   assert not uses_conv2d(rhs_dilation=(2, 2), **nhwc)  # dilated (or grouped, or another layout): plain lax
 
@@ -199,7 +227,9 @@ def test_conv_gradients_in_a_scan_compile_to_canonical_convs():
   def steps(params, xs):
     def body(p, x):
       return jax.tree.map(lambda a, b: a - 0.1 * b, p, jax.grad(loss)(p, x)), None
+
     return jax.lax.scan(body, params, xs)[0]
+
   params = (p1, p2)
   hlo = jax.jit(steps).lower(params, _rand((3, 2, 9, 9, 4))).compile().as_text()
   labels = [line.split("dim_labels=")[1].split(",")[0] for line in hlo.splitlines() if " convolution(" in line]
@@ -210,8 +240,10 @@ def test_conv_gradients_in_a_scan_compile_to_canonical_convs():
 @functools.cache
 def _conv_stack(padding):
   rngs = nnx.Rngs(0)
-  convs = [layers.PaddedConv(c_in, c_out, k, padding=padding, rngs=rngs) for c_in, c_out, k in
-           [(1, 4, 3), (4, 4, 4), (4, 2, 5)]]
+  convs = [
+    layers.PaddedConv(c_in, c_out, k, padding=padding, rngs=rngs)
+    for c_in, c_out, k in [(1, 4, 3), (4, 4, 4), (4, 2, 5)]
+  ]
   return jax.jit(lambda x: functools.reduce(lambda h, c: jax.nn.relu(c(h)), convs, x))
 
 
@@ -261,14 +293,23 @@ def test_max_pool_presets_are_not_invariant_to_circular_shifts(name):
 
 @functools.cache
 def _aps_net(trained: bool, blur_size: int = 1):
-  net = ShiftNet(num_classes=3, canvas_size=32, widths=(4, 8, 8), downsample="aps", padding="circular",
-                 head="gap", blur_size=blur_size, rngs=nnx.Rngs(0))
+  net = ShiftNet(
+    num_classes=3,
+    canvas_size=32,
+    widths=(4, 8, 8),
+    downsample="aps",
+    padding="circular",
+    head="gap",
+    blur_size=blur_size,
+    rngs=nnx.Rngs(0),
+  )
   if trained:
     before = nnx.state(net, nnx.Param)
     before = jax.tree.map(np.array, before)
     train_a_few_steps(net, steps=3)
-    assert not np.allclose(nnx.state(net, nnx.Param)["head"]["classifier"]["bias"].value,
-                           before["head"]["classifier"]["bias"].value)
+    assert not np.allclose(
+      nnx.state(net, nnx.Param)["head"]["classifier"]["bias"].value, before["head"]["classifier"]["bias"].value
+    )
   return net
 
 
@@ -288,6 +329,7 @@ def test_aps_with_a_circular_blur_before_selection_stays_invariant():
 
 
 # -- heads: hidden FC layers transfer, only the classifier is new -----------------------------------------
+
 
 @pytest.mark.parametrize("head", ["fc", "gap", "conv"])
 def test_head_hidden_layers_and_classifier(head):
@@ -317,8 +359,14 @@ def test_no_hidden_layers_is_the_plain_head():
 def test_transfer_copies_everything_but_the_classifier():
   from shiftbench.models import transfer
 
-  make = lambda k, seed: ShiftNet(num_classes=k, canvas_size=16, widths=(4, 8), head="fc", fc_hidden=(6,),  # noqa: E731
-                                  rngs=nnx.Rngs(seed))
+  make = lambda k, seed: ShiftNet(
+    num_classes=k,
+    canvas_size=16,
+    widths=(4, 8),
+    head="fc",
+    fc_hidden=(6,),  # noqa: E731
+    rngs=nnx.Rngs(seed),
+  )
   source, target = make(10, 0), make(3, 1)
   fresh = jax.tree.map(np.array, nnx.state(target, nnx.Param))
   transfer(source, target)

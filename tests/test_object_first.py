@@ -47,8 +47,9 @@ def test_patch_conv_matches_xla_conv_values_and_gradients(stride, cin):
   x = jnp.asarray(rng.normal(size=(3, 11, 10, cin)).astype(np.float32))
   k = jnp.asarray(rng.normal(size=(3, 3, cin, 5)).astype(np.float32))
   f = lambda patches: lambda x, k: (object_first.conv_valid(x, k, stride, patches) ** 2).sum()
-  np.testing.assert_allclose(object_first.conv_valid(x, k, stride, True),
-                             object_first.conv_valid(x, k, stride, False), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    object_first.conv_valid(x, k, stride, True), object_first.conv_valid(x, k, stride, False), rtol=1e-5, atol=1e-5
+  )
   for a, b in zip(jax.grad(f(True), (0, 1))(x, k), jax.grad(f(False), (0, 1))(x, k)):
     # Gradients reach ~800 here, so entries that cancel to ~0.2 carry float32 rounding of the large terms
     # (1e-4 seen when XLA's dot and conv sum in different orders): tolerance relative to the largest entry.
@@ -59,20 +60,28 @@ def test_patch_conv_matches_xla_conv_values_and_gradients(stride, cin):
 # odd canvases, even and larger kernels, `valid` and `full` padding. Three-block models: with `max`, block
 # 1 runs on the object and later convs near it while their window is small enough; with `stride` only block 1.
 CASES = [
-    (32, 12, 3, "same", "max", "fc"),
-    (31, 12, 3, "same", "max", "gap"),
-    (32, 7, 4, "valid", "max", "gap"),
-    (21, 8, 5, "full", "max", "fc"),
-    (21, 8, 5, "full", "stride", "conv"),
-    (24, 9, 2, "same", "stride", "gap"),
-    (23, 10, 3, "same", "stride", "conv"),
-    (56, 20, 3, "same", "max", "fc"),  # blocks 2 and 3 both run near the object in training
+  (32, 12, 3, "same", "max", "fc"),
+  (31, 12, 3, "same", "max", "gap"),
+  (32, 7, 4, "valid", "max", "gap"),
+  (21, 8, 5, "full", "max", "fc"),
+  (21, 8, 5, "full", "stride", "conv"),
+  (24, 9, 2, "same", "stride", "gap"),
+  (23, 10, 3, "same", "stride", "conv"),
+  (56, 20, 3, "same", "max", "fc"),  # blocks 2 and 3 both run near the object in training
 ]
 
 
 def _model(canvas_size, kernel, padding, downsample, head, seed=0):
-  model = ShiftNet(num_classes=5, canvas_size=canvas_size, widths=(4, 6, 3), kernel_size=kernel, padding=padding,
-                   downsample=downsample, head=head, rngs=nnx.Rngs(seed))
+  model = ShiftNet(
+    num_classes=5,
+    canvas_size=canvas_size,
+    widths=(4, 6, 3),
+    kernel_size=kernel,
+    padding=padding,
+    downsample=downsample,
+    head=head,
+    rngs=nnx.Rngs(seed),
+  )
   bias = model.backbone.blocks[0].conv.conv.bias  # a non-zero bias: the blank canvas is not blank after it
   bias[...] = jnp.asarray(np.random.default_rng(seed).normal(size=bias.shape).astype(np.float32))
   assert object_first.supported(model.backbone.blocks[0]) is None
@@ -90,12 +99,12 @@ def _objects_and_locations(canvas_size, size, n=7, seed=0):
 
 @pytest.mark.parametrize("canvas_size,size,kernel,padding,downsample,head", CASES)
 def test_on_canvas_equals_the_network_on_the_placed_canvas_values_and_gradients(
-    canvas_size, size, kernel, padding, downsample, head):
+  canvas_size, size, kernel, padding, downsample, head
+):
   model = _model(canvas_size, kernel, padding, downsample, head)
   objects, locations = _objects_and_locations(canvas_size, size)
   placed = lambda m: m(canvas.place(objects, locations, canvas_size))
-  np.testing.assert_allclose(model.on_canvas(objects, locations, canvas_size), placed(model), rtol=1e-5,
-                             atol=1e-5)
+  np.testing.assert_allclose(model.on_canvas(objects, locations, canvas_size), placed(model), rtol=1e-5, atol=1e-5)
   loss = lambda logits: (jnp.sin(logits) * jnp.arange(5)).sum()  # every logit gets its own weight
   fast = nnx.grad(lambda m: loss(m.on_canvas(objects, locations, canvas_size)))(model)
   slow = nnx.grad(lambda m: loss(placed(m)))(model)
@@ -105,7 +114,8 @@ def test_on_canvas_equals_the_network_on_the_placed_canvas_values_and_gradients(
 
 @pytest.mark.parametrize("canvas_size,size,kernel,padding,downsample,head", CASES)
 def test_on_canvas_at_one_host_location_equals_the_placed_canvas_values_and_gradients(
-    canvas_size, size, kernel, padding, downsample, head):
+  canvas_size, size, kernel, padding, downsample, head
+):
   # `fixed` training passes one numpy location for the whole batch: placements become pads, not gathers.
   model = _model(canvas_size, kernel, padding, downsample, head)
   objects = _objects_and_locations(canvas_size, size)[0][:3]
@@ -113,18 +123,16 @@ def test_on_canvas_at_one_host_location_equals_the_placed_canvas_values_and_grad
   loss = lambda logits: (jnp.sin(logits) * jnp.arange(5)).sum()
   for location in [(0, 0), (m, m), (1, m - 1), (m // 2, m // 2 + 1)]:
     locations = np.broadcast_to(np.asarray(location, np.int32), (3, 2))
-    placed = lambda mod: mod(canvas.place(objects, jnp.asarray(locations), canvas_size))
-    np.testing.assert_allclose(model.on_canvas(objects, locations, canvas_size), placed(model), rtol=1e-5,
-                               atol=1e-5)
-    fast = nnx.grad(lambda mod: loss(mod.on_canvas(objects, locations, canvas_size)))(model)
-    slow = nnx.grad(lambda mod: loss(placed(mod)))(model)
+    placed = lambda mod: mod(canvas.place(objects, jnp.asarray(locations), canvas_size))  # noqa: B023 (used at once)
+    np.testing.assert_allclose(model.on_canvas(objects, locations, canvas_size), placed(model), rtol=1e-5, atol=1e-5)
+    fast = nnx.grad(lambda mod: loss(mod.on_canvas(objects, locations, canvas_size)))(model)  # noqa: B023
+    slow = nnx.grad(lambda mod: loss(placed(mod)))(model)  # noqa: B023
     for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(slow)):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("canvas_size,size,kernel,padding,downsample,head", CASES)
-def test_on_grid_equals_the_network_on_every_placed_canvas(canvas_size, size, kernel, padding, downsample,
-                                                           head):
+def test_on_grid_equals_the_network_on_every_placed_canvas(canvas_size, size, kernel, padding, downsample, head):
   model = _model(canvas_size, kernel, padding, downsample, head)
   objects, _ = _objects_and_locations(canvas_size, size, n=5)
   m = canvas_size - size
@@ -138,29 +146,42 @@ def test_on_grid_equals_the_network_on_every_placed_canvas(canvas_size, size, ke
 
 @pytest.mark.parametrize("kind", ["circular", "blur", "aps"])
 def test_unsupported_first_blocks_fall_back_to_the_canvas_and_still_agree(kind):
-  kw = {"circular": dict(padding="circular"), "blur": dict(downsample="blur"),
-        "aps": dict(padding="circular", downsample="aps")}[kind]
+  kw = {
+    "circular": dict(padding="circular"),
+    "blur": dict(downsample="blur"),
+    "aps": dict(padding="circular", downsample="aps"),
+  }[kind]
   model = ShiftNet(num_classes=3, canvas_size=16, widths=(4, 4), head="gap", rngs=nnx.Rngs(0), **kw)
   assert object_first.supported(model.backbone.blocks[0]) is not None
   objects, locations = _objects_and_locations(16, 6, n=6)
-  np.testing.assert_allclose(logits_on_canvas(model, objects, locations, 16),
-                             model(canvas.place(objects, locations, 16)), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+    logits_on_canvas(model, objects, locations, 16), model(canvas.place(objects, locations, 16)), rtol=1e-6, atol=1e-6
+  )
   grid = locations[:3]
   x = canvas.place_grid(objects, grid, 16)
-  np.testing.assert_allclose(logits_on_grid(model, objects, grid, 16),
-                             model(x.reshape(-1, *x.shape[2:])).reshape(3, 6, -1), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+    logits_on_grid(model, objects, grid, 16), model(x.reshape(-1, *x.shape[2:])).reshape(3, 6, -1), rtol=1e-6, atol=1e-6
+  )
 
 
 def test_training_with_and_without_the_shortcut_gives_the_same_parameters():
   rng = np.random.default_rng(0)
-  data = train.DeviceObjects.from_numpy(rng.integers(0, 256, (40, 8, 8, 1), dtype=np.uint8),
-                                        rng.integers(0, 3, 40), 3)
+  data = train.DeviceObjects.from_numpy(rng.integers(0, 256, (40, 8, 8, 1), dtype=np.uint8), rng.integers(0, 3, 40), 3)
   spec = canvas.CanvasSpec(20, 8)
   params = []
   for shortcut in (True, False):
     model = ShiftNet(num_classes=3, canvas_size=20, widths=(4, 8), object_first=shortcut, rngs=nnx.Rngs(0))
-    train.train(model, optax.adam(1e-2), data, spec, train.Placement("translate", (0, 0)), steps=5,
-                batch_size=8, seed=0, log_every=10**9)
+    train.train(
+      model,
+      optax.adam(1e-2),
+      data,
+      spec,
+      train.Placement("translate", (0, 0)),
+      steps=5,
+      batch_size=8,
+      seed=0,
+      log_every=10**9,
+    )
     params.append(jax.tree.leaves(nnx.state(model, nnx.Param)))
   for a, b in zip(*params):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
@@ -203,16 +224,21 @@ def test_the_placement_gradient_is_its_transpose():
 def test_crop_image_equals_slicing_the_padded_image_values_and_gradients(host):
   rng = np.random.default_rng(6)
   image = jnp.asarray(rng.normal(size=(7, 7, 3)).astype(np.float32))
-  offsets = np.asarray([[0, 0], [-2, 5], [6, -3], [-9, 0], [3, 40], [2, 3]] if not host else [[-2, 5]] * 3,
-                       np.int32)
+  offsets = np.asarray([[0, 0], [-2, 5], [6, -3], [-9, 0], [3, 40], [2, 3]] if not host else [[-2, 5]] * 3, np.int32)
+
   def reference(im):  # zero-pad generously, then slice each window
     p = jnp.pad(im, ((50, 50), (50, 50), (0, 0)))
-    return jnp.stack([p[50 + a:54 + a, 50 + b:54 + b] for a, b in offsets])
+    return jnp.stack([p[50 + a : 54 + a, 50 + b : 54 + b] for a, b in offsets])
+
   fast = lambda im: object_first.crop_image(im, offsets if host else jnp.asarray(offsets), 4)
   np.testing.assert_array_equal(fast(image), reference(image))
   w = jnp.asarray(rng.normal(size=(len(offsets), 4, 4, 3)).astype(np.float32))
-  np.testing.assert_allclose(jax.grad(lambda im: (fast(im) * w).sum())(image),
-                             jax.grad(lambda im: (reference(im) * w).sum())(image), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+    jax.grad(lambda im: (fast(im) * w).sum())(image),
+    jax.grad(lambda im: (reference(im) * w).sum())(image),
+    rtol=1e-6,
+    atol=1e-6,
+  )
 
 
 def test_the_shortcut_reaches_as_far_as_it_should():
@@ -230,5 +256,6 @@ def test_non_square_objects_take_the_canvas_path():
   model = _model(20, 3, "same", "max", "gap")
   objects = jnp.asarray(np.random.default_rng(5).uniform(size=(3, 6, 9, 1)).astype(np.float32))
   locations = jnp.asarray([[0, 0], [14, 11], [5, 3]], jnp.int32)
-  np.testing.assert_allclose(model.on_canvas(objects, locations, 20),
-                             model(canvas.place(objects, locations, 20)), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+    model.on_canvas(objects, locations, 20), model(canvas.place(objects, locations, 20)), rtol=1e-6, atol=1e-6
+  )

@@ -2,7 +2,6 @@
 one-line causes as the last line. One or more cases per class of failure; the CLI ones run a subprocess
 and check its exit code, its last line of stderr and that nothing of an earlier run was lost."""
 
-import json
 import logging
 import os
 import subprocess
@@ -14,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import optax
 import pytest
+from conftest import tiny_overrides
 from flax import nnx
 from hydra import compose, initialize_config_dir
 
-from conftest import tiny_overrides
 from shiftbench import evaluators, leaderboard, preflight, pretrained, results, tracking, train
 from shiftbench.canvas import CanvasSpec
 from shiftbench.data import load_npz, require_task
@@ -38,8 +37,9 @@ def _cfg(tiny_data_dir, tmp_path, extra=()):
 
 def _cli(args, timeout=120, env=None):
   start = time.perf_counter()
-  run = subprocess.run([sys.executable, "-m", "shiftbench.cli", *args], capture_output=True, text=True,
-                       env=env or ENV, timeout=timeout)
+  run = subprocess.run(
+    [sys.executable, "-m", "shiftbench.cli", *args], capture_output=True, text=True, env=env or ENV, timeout=timeout
+  )
   return run, time.perf_counter() - start
 
 
@@ -56,8 +56,16 @@ def _snapshot(directory: Path) -> dict[str, bytes]:
 def test_cache_that_is_a_file_fails_within_seconds_naming_the_path(tmp_path):
   cachefile = tmp_path / "cachefile"
   cachefile.write_text("x\n")
-  run, seconds = _cli(["model=gap", "pretrain.regimes=[translate]", "finetune.modes=[full]", "logger=none",
-                       f"hydra.run.dir={tmp_path / 'run'}"], env={**ENV, "SHIFTBENCH_CACHE": str(cachefile)})
+  run, seconds = _cli(
+    [
+      "model=gap",
+      "pretrain.regimes=[translate]",
+      "finetune.modes=[full]",
+      "logger=none",
+      f"hydra.run.dir={tmp_path / 'run'}",
+    ],
+    env={**ENV, "SHIFTBENCH_CACHE": str(cachefile)},
+  )
   assert run.returncode == 1 and seconds < 60
   assert _last_line(run).startswith("error: checkpoint cache") and str(cachefile) in _last_line(run)
   assert "pretrain" not in run.stdout  # refused before any pretraining step
@@ -86,8 +94,9 @@ def test_reused_run_dir_with_another_config_is_refused_and_nothing_is_lost(tiny_
     run_experiment(_cfg(tiny_data_dir, tmp_path, SCRATCH + ["finetune.steps=6"]), out)
   assert _snapshot(out) == first
   # The CLI refuses before Hydra rewrites .hydra/, and says so on its last line.
-  run, _ = _cli([*tiny_overrides(tiny_data_dir, str(tmp_path / "ckpt")), *SCRATCH, "finetune.steps=6",
-                 f"hydra.run.dir={out}"])
+  run, _ = _cli(
+    [*tiny_overrides(tiny_data_dir, str(tmp_path / "ckpt")), *SCRATCH, "finetune.steps=6", f"hydra.run.dir={out}"]
+  )
   assert run.returncode == 1 and _last_line(run).startswith(f"error: {out} holds a run with a different config")
   assert _snapshot(out) == first
   again = run_experiment(_cfg(tiny_data_dir, tmp_path, SCRATCH), out)  # same config: resumes, recomputes nothing
@@ -132,8 +141,13 @@ def test_empty_datasets_and_empty_test_splits_are_errors(tmp_path):
   np.savez(tmp_path / "empty.npz", images=np.zeros((0, 8, 8), np.uint8), labels=np.zeros(0, np.int64))
   with pytest.raises(DataError, match="holds no objects"):
     load_npz(str(tmp_path / "empty.npz"))
-  objs = load_npz(str(_npz(tmp_path / "notest.npz", [0, 1, 2], test_images=np.zeros((0, 8, 8), np.uint8),
-                           test_labels=np.zeros(0, np.int64))))
+  objs = load_npz(
+    str(
+      _npz(
+        tmp_path / "notest.npz", [0, 1, 2], test_images=np.zeros((0, 8, 8), np.uint8), test_labels=np.zeros(0, np.int64)
+      )
+    )
+  )
   with pytest.raises(DataError, match="has an empty test split"):
     require_task(objs, "B (data.finetune)")
 
@@ -147,12 +161,15 @@ def test_consistency_without_any_possible_shift_is_not_reported():
 
 
 # -- BAD 4: optimiser domains are checked; divergence fails the run -------------------------------------
-@pytest.mark.parametrize("override,message", [
+@pytest.mark.parametrize(
+  "override,message",
+  [
     ("finetune.optimizer.learning_rate=-0.003", r"finetune.optimizer.learning_rate must be > 0, got -0.003"),
     ("pretrain.optimizer.learning_rate=0", r"pretrain.optimizer.learning_rate must be > 0"),
     ("+pretrain.optimizer.b1=1.0", r"pretrain.optimizer.b1 must be in \[0, 1\)"),
     ("+finetune.optimizer.weight_decay=-1", r"finetune.optimizer.weight_decay must be >= 0"),
-])
+  ],
+)
 def test_optimizer_hyperparameters_outside_their_domain_fail_before_training(override, message):
   with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
     cfg = compose("config", overrides=[override])
@@ -170,8 +187,17 @@ def _bars(n=60, k=3):
 def test_a_huge_learning_rate_with_a_finite_loss_is_divergence():
   model = ShiftNet(num_classes=3, canvas_size=16, widths=(4, 8), head="gap", rngs=nnx.Rngs(0))
   with pytest.raises(DivergenceError, match=r"finetune gap/x/full/s0: training diverged at step \d+: loss"):
-    train.train(model, optax.adam(1e6), _bars(), CanvasSpec(16, 6), train.Placement("fixed", (0, 0)), steps=10,
-                batch_size=8, seed=0, desc="finetune gap/x/full/s0")
+    train.train(
+      model,
+      optax.adam(1e6),
+      _bars(),
+      CanvasSpec(16, 6),
+      train.Placement("fixed", (0, 0)),
+      steps=10,
+      batch_size=8,
+      seed=0,
+      desc="finetune gap/x/full/s0",
+    )
 
 
 def test_divergence_needs_several_points_mid_run_and_ignores_normal_noise():
@@ -183,8 +209,18 @@ def test_divergence_needs_several_points_mid_run_and_ignores_normal_noise():
   with pytest.raises(DivergenceError, match="at step 10"):
     train.check_divergence(hist(1.1, 50.0), 3, "t", final=True)
   model = ShiftNet(num_classes=3, canvas_size=16, widths=(4, 8), head="gap", rngs=nnx.Rngs(0))
-  train.train(model, optax.adam(3e-2), _bars(), CanvasSpec(16, 6), train.Placement("translate", (0, 0)), steps=30,
-              batch_size=4, seed=0, log_every=1, dispatch=1)  # tiny noisy batches, every step checked
+  train.train(
+    model,
+    optax.adam(3e-2),
+    _bars(),
+    CanvasSpec(16, 6),
+    train.Placement("translate", (0, 0)),
+    steps=30,
+    batch_size=4,
+    seed=0,
+    log_every=1,
+    dispatch=1,
+  )  # tiny noisy batches, every step checked
 
 
 # -- BAD 5: cached checkpoints are verified; bad bytes are never used ------------------------------------
@@ -240,11 +276,14 @@ def test_a_typo_key_added_with_plus_is_an_error_with_the_nearest_key():
 
 
 def test_the_cli_ends_with_the_cause_even_with_hydra_full_error(tmp_path):
-  run, seconds = _cli(["+seedz=[1]", "logger=none", f"hydra.run.dir={tmp_path / 'r'}"],
-                      env={**ENV, "HYDRA_FULL_ERROR": "1"})
+  run, seconds = _cli(
+    ["+seedz=[1]", "logger=none", f"hydra.run.dir={tmp_path / 'r'}"], env={**ENV, "HYDRA_FULL_ERROR": "1"}
+  )
   assert run.returncode == 1 and seconds < 60
-  assert _last_line(run) == "error: unknown config key 'seedz' (the config defines no such top-level key, so it " \
-                            "would be ignored); did you mean 'seeds'?"
+  assert (
+    _last_line(run) == "error: unknown config key 'seedz' (the config defines no such top-level key, so it "
+    "would be ignored); did you mean 'seeds'?"
+  )
 
 
 # -- POOR: corrupted files, bad lists, unwritable dirs, online logging, file modes ----------------------
@@ -262,12 +301,15 @@ def test_a_corrupted_results_file_is_the_leaderboards_last_line(tmp_path):
     leaderboard.main([str(tmp_path / "run"), "--out", str(tmp_path / "board"), "--no-figures"])
 
 
-@pytest.mark.parametrize("override,message", [
+@pytest.mark.parametrize(
+  "override,message",
+  [
     ("widths=[]", "widths is empty"),
     ("seeds=[a]", r"seeds must be a list of integers, got 'a'"),
     ("widths=[8,1.5]", "widths must be a list of integers, got 1.5"),
     ("model.gap.widths=[0]", r"model.gap.widths values must be >= 1"),
-])
+  ],
+)
 def test_empty_or_non_integer_lists_name_the_key(override, message):
   with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
     cfg = compose("config", overrides=["model=gap", override])

@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import circular_shift_logits, objects_on_blank_canvas, train_a_few_steps
 from flax import nnx
 
-from conftest import circular_shift_logits, objects_on_blank_canvas, train_a_few_steps
 from shiftbench import evaluation
 from shiftbench.models import ResNet
 
@@ -22,19 +22,26 @@ def _jit(model: nnx.Module):
 
 
 def test_resnet18_at_the_published_widths_has_torchvisions_parameter_count():
-  net = nnx.eval_shape(lambda: ResNet(num_classes=1000, canvas_size=64, in_channels=3, widths=(64, 128, 256, 512),
-                                      stem="imagenet", rngs=nnx.Rngs(0)))
+  net = nnx.eval_shape(
+    lambda: ResNet(
+      num_classes=1000, canvas_size=64, in_channels=3, widths=(64, 128, 256, 512), stem="imagenet", rngs=nnx.Rngs(0)
+    )
+  )
   assert sum(p.size for p in jax.tree.leaves(nnx.state(net, nnx.Param))) == 11_689_512
 
 
 @pytest.mark.parametrize("stem,side", [("cifar", 4), ("imagenet", 1)])
 @pytest.mark.parametrize("downsample", ["stride", "blur", "aps"])
 def test_every_downsampling_halves_the_map_at_the_same_places(stem, side, downsample):
-  net = nnx.eval_shape(lambda: ResNet(num_classes=3, canvas_size=32, stem=stem, downsample=downsample,
-                                      padding="circular", rngs=nnx.Rngs(0), **TINY))
+  net = nnx.eval_shape(
+    lambda: ResNet(
+      num_classes=3, canvas_size=32, stem=stem, downsample=downsample, padding="circular", rngs=nnx.Rngs(0), **TINY
+    )
+  )
   graphdef, state = nnx.split(net.backbone)
-  feats = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s).features(x), state,
-                         jax.ShapeDtypeStruct((2, 32, 32, 1), jnp.float32))
+  feats = jax.eval_shape(
+    lambda s, x: nnx.merge(graphdef, s).features(x), state, jax.ShapeDtypeStruct((2, 32, 32, 1), jnp.float32)
+  )
   sides = [f.shape[1] for f in feats]
   first = 32 if stem == "cifar" else 8
   assert sides == [first, first, first, first // 2, first // 2, first // 4, first // 4, side, side]
@@ -77,8 +84,9 @@ def test_several_steps_per_dispatch_carry_the_batch_stats_through_the_scan():
   train_a_few_steps(two, steps=2, canvas_size=16, dispatch=2)
   for u, v in zip(jax.tree.leaves(_stats(one)), jax.tree.leaves(_stats(two))):
     np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5)
-  assert _changed(_stats(one), _stats(ResNet(num_classes=3, canvas_size=16, rngs=nnx.Rngs(0), widths=(4,),
-                                             blocks=(1,))))
+  assert _changed(
+    _stats(one), _stats(ResNet(num_classes=3, canvas_size=16, rngs=nnx.Rngs(0), widths=(4,), blocks=(1,)))
+  )
 
 
 def test_eval_mode_output_does_not_depend_on_the_rest_of_the_batch():
@@ -118,8 +126,11 @@ def test_resnet18_aps_preset_and_imagenet_stem_are_invariant_on_shifts_of_every_
   from test_models import _preset
 
   # The preset itself with its CIFAR stem; the ImageNet stem (2 more APS layers) on a small variant.
-  net = _preset("resnet18_aps") if stem == "cifar" else ResNet(num_classes=3, canvas_size=32, stem=stem,
-                                                                rngs=nnx.Rngs(0), **APS_SMALL)
+  net = (
+    _preset("resnet18_aps")
+    if stem == "cifar"
+    else ResNet(num_classes=3, canvas_size=32, stem=stem, rngs=nnx.Rngs(0), **APS_SMALL)
+  )
   shifts = [(0, 0), (1, 0), (0, 1), (1, 1), (3, 30), (30, 5), (16, 16), (7, 21)]
   logits = np.asarray(circular_shift_logits(net, objects_on_blank_canvas(2, 32), shifts))
   assert (logits.argmax(-1) == logits[0].argmax(-1)).all()

@@ -50,8 +50,19 @@ class _StopAfter(resume.Checkpoints):
 
 def _run(checkpoints=None, dispatch=10):
   model = _model()
-  history = train.train(model, TX, _bars(), SPEC, train.Placement("translate", (0, 0)), steps=STEPS,
-                        batch_size=8, seed=3, dispatch=dispatch, log_every=5, checkpoints=checkpoints)
+  history = train.train(
+    model,
+    TX,
+    _bars(),
+    SPEC,
+    train.Placement("translate", (0, 0)),
+    steps=STEPS,
+    batch_size=8,
+    seed=3,
+    dispatch=dispatch,
+    log_every=5,
+    checkpoints=checkpoints,
+  )
   return _state(model), history
 
 
@@ -89,8 +100,11 @@ def test_a_checkpoint_of_another_model_is_a_warning_and_a_fresh_start(tmp_path, 
   with pytest.raises(_Preempted):
     _run(_StopAfter(tmp_path / "ck", 10, at=10))
   model = _model(head="gap")  # other parameter shapes
-  target = {"params": nnx.state(model, nnx.Param), "opt_state": TX.init(nnx.state(model, nnx.Param)),
-            "rest": nnx.state(model, nnx.Not(nnx.Param))}
+  target = {
+    "params": nnx.state(model, nnx.Param),
+    "opt_state": TX.init(nnx.state(model, nnx.Param)),
+    "rest": nnx.state(model, nnx.Not(nnx.Param)),
+  }
   with caplog.at_level("WARNING"):
     assert resume.Checkpoints(tmp_path / "ck", 10).latest(target) is None
   assert "cannot resume from the checkpoint of step 10" in caplog.text and "starting from step 0" in caplog.text

@@ -16,8 +16,14 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
 
 
 def _cli(args, **kwargs):
-  return subprocess.Popen([sys.executable, "-m", "shiftbench.cli", *args], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, env=ENV, **kwargs)
+  return subprocess.Popen(
+    [sys.executable, "-m", "shiftbench.cli", *args],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env=ENV,
+    **kwargs,
+  )
 
 
 def _last_line(stderr: str) -> str:
@@ -30,11 +36,17 @@ def _snapshot(directory: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
-def test_a_busy_run_directory_refuses_a_second_process_and_a_refused_multirun_job_changes_nothing(tiny_data_dir,
-                                                                                                 tmp_path):
+def test_a_busy_run_directory_refuses_a_second_process_and_a_refused_multirun_job_changes_nothing(
+  tiny_data_dir, tmp_path
+):
   run_dir = tmp_path / "run"
-  common = [*tiny_overrides(tiny_data_dir, str(tmp_path / "ckpt")), "compile_cache=true", "model=gap",
-            "pretrain.regimes=[scratch]", "finetune.steps=200"]
+  common = [
+    *tiny_overrides(tiny_data_dir, str(tmp_path / "ckpt")),
+    "compile_cache=true",
+    "model=gap",
+    "pretrain.regimes=[scratch]",
+    "finetune.steps=200",
+  ]
   args = [*common, f"hydra.run.dir={run_dir}"]
   first = _cli(args)
   try:

@@ -6,11 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from test_metrics import GlobalMax, PixelReader, _constant_objects
 
-from shiftbench import canvas, consistency, evaluation, evaluators, metrics, similarity
+from shiftbench import canvas, consistency, evaluators, metrics, similarity
 from shiftbench.models import ShiftNet
 from shiftbench.train import DeviceObjects
-from test_metrics import GlobalMax, PixelReader, _constant_objects
 
 K, SPEC, P_FT = 4, canvas.CanvasSpec(14, 4), (5, 5)
 
@@ -34,7 +34,7 @@ def _objects(relabel: int = 0) -> DeviceObjects:
 
 def _canvas_np(obj: np.ndarray, y: int, x: int, size: int) -> np.ndarray:
   out = np.zeros((size, size, obj.shape[-1]), np.float32)
-  out[y:y + obj.shape[0], x:x + obj.shape[1]] = obj.astype(np.float32) / 255
+  out[y : y + obj.shape[0], x : x + obj.shape[1]] = obj.astype(np.float32) / 255
   return out
 
 
@@ -48,8 +48,9 @@ def _tiny_net(head: str = "fc", seed: int = 0) -> ShiftNet:
 
 def _random_objects(n: int = 12, seed: int = 0) -> DeviceObjects:
   rng = np.random.default_rng(seed)
-  return DeviceObjects(jnp.asarray(rng.integers(0, 256, (n, 4, 4, 1), dtype=np.uint8)),
-                       jnp.asarray(np.arange(n) % K, jnp.int32), K)
+  return DeviceObjects(
+    jnp.asarray(rng.integers(0, 256, (n, 4, 4, 1), dtype=np.uint8)), jnp.asarray(np.arange(n) % K, jnp.int32), K
+  )
 
 
 # -- known answers ----------------------------------------------------------------------------------
@@ -77,13 +78,14 @@ def test_a_fixed_patch_reader_is_correct_everywhere_only_for_the_background_clas
 def test_identical_inputs_have_similarity_one_and_an_invariant_representation_scores_one_everywhere():
   f = jax.random.normal(jax.random.key(0), (6, 10))
   labels = jnp.arange(6) % 3
-  assert float(similarity.normalised_similarity(similarity.cos_same(f, f), similarity.cos_diff(f, labels, 3))) \
-      == pytest.approx(1.0)
+  assert float(
+    similarity.normalised_similarity(similarity.cos_same(f, f), similarity.cos_diff(f, labels, 3))
+  ) == pytest.approx(1.0)
 
   class MaxBackbone(nnx.Module):  # a global max per channel: the same features wherever the object is
     def features(self, x):
       m = x.max(axis=(1, 2))  # (B, 1); features not collinear across classes, so cos_diff < 1
-      return [jnp.concatenate([m, m ** 2, 1.0 - m], axis=-1)]
+      return [jnp.concatenate([m, m**2, 1.0 - m], axis=-1)]
 
   class Invariant(nnx.Module):
     def __init__(self):
@@ -171,15 +173,23 @@ def test_similarity_equals_a_loop_over_layers_locations_and_pairs():
 
 def test_every_metric_configured_by_default_runs_and_is_prefixed_by_its_key():
   from hydra import compose, initialize_config_dir
-
   from test_config import CONF
 
   with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
     cfg = compose("config")
   evals = evaluators.build(cfg.eval.metrics)
   out = evaluators.run_all(evals, _tiny_net("gap"), _random_objects(), _ctx())
-  assert {"similarity", "similarity_layers", "consistency", "consistency_circular", "worst_case_acc",
-          "worst_of_k_acc", "flip_rate", "flip_rate_horizontal", "flip_rate_vertical"} == set(out)
+  assert {
+    "similarity",
+    "similarity_layers",
+    "consistency",
+    "consistency_circular",
+    "worst_case_acc",
+    "worst_of_k_acc",
+    "flip_rate",
+    "flip_rate_horizontal",
+    "flip_rate_vertical",
+  } == set(out)
   before = evaluators.run_all(evals, _tiny_net("gap"), _random_objects(), _ctx(), before=True)
   assert set(before) == {"similarity_before", "similarity_before_layers"}
   assert set(out["similarity_layers"]) == {"block0", "block1", "pre_logits", "logits"}

@@ -30,16 +30,24 @@ def slurm_env():
     if os.environ.get("CI") == "true":
       pytest.fail(f"CI=true but {reason}")
     pytest.skip(reason)
-  start = subprocess.run([str(ROOT / "scripts" / "slurm_local.sh"), "start"], capture_output=True, text=True,
-                         timeout=120, check=False)
+  start = subprocess.run(
+    [str(ROOT / "scripts" / "slurm_local.sh"), "start"], capture_output=True, text=True, timeout=120, check=False
+  )
   assert start.returncode == 0, start.stderr
   conf = re.fullmatch(r"export SLURM_CONF=(\S+)", start.stdout.strip()).group(1)
   return {**os.environ, "SLURM_CONF": conf, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
 
 
 def _shiftbench(args, env, cwd, timeout=900):
-  return subprocess.run([sys.executable, "-m", "shiftbench.cli", *args], capture_output=True, text=True, env=env,
-                        cwd=cwd, timeout=timeout, check=False)
+  return subprocess.run(
+    [sys.executable, "-m", "shiftbench.cli", *args],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=cwd,
+    timeout=timeout,
+    check=False,
+  )
 
 
 def _rows(sweep: Path) -> dict[str, list[dict]]:
@@ -56,8 +64,9 @@ def _overrides(tmp_path, extra):
 
 
 def _squeue_state(job: str, env) -> str:
-  return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, env=env,
-                        check=False).stdout.strip()
+  return subprocess.run(
+    ["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, env=env, check=False
+  ).stdout.strip()
 
 
 def _requeue_in_pretraining(sweep: Path, ckpt: Path, env, proc, timeout=600) -> str:
@@ -87,16 +96,43 @@ def _requeue_in_pretraining(sweep: Path, ckpt: Path, env, proc, timeout=600) -> 
 def test_a_sweep_on_slurm_with_a_requeued_job_equals_the_same_sweep_run_locally(slurm_env, tmp_path):
   """4 jobs (2 models x 2 seeds, each pretraining): rows and leaderboard equal the basic launcher's, and the
   job requeued in the middle of its pretraining resumed from its periodic checkpoint."""
-  sweep = ["model=gap,cnn_fc", "seeds=[0],[1]", "pretrain.regimes=[translate]", "finetune.modes=[last]",
-           "pretrain.steps=300", "pretrain.checkpoint_every=50"]
-  local = _shiftbench(["-m", "hydra/launcher=basic", *_overrides(tmp_path, sweep),
-                       f"paths.checkpoint_dir={tmp_path / 'ckpt_basic'}", f"hydra.sweep.dir={tmp_path / 'basic'}"],
-                      slurm_env, tmp_path)
+  sweep = [
+    "model=gap,cnn_fc",
+    "seeds=[0],[1]",
+    "pretrain.regimes=[translate]",
+    "finetune.modes=[last]",
+    "pretrain.steps=300",
+    "pretrain.checkpoint_every=50",
+  ]
+  local = _shiftbench(
+    [
+      "-m",
+      "hydra/launcher=basic",
+      *_overrides(tmp_path, sweep),
+      f"paths.checkpoint_dir={tmp_path / 'ckpt_basic'}",
+      f"hydra.sweep.dir={tmp_path / 'basic'}",
+    ],
+    slurm_env,
+    tmp_path,
+  )
   assert local.returncode == 0, local.stderr[-3000:]
   start = time.perf_counter()
-  proc = subprocess.Popen([sys.executable, "-m", "shiftbench.cli", "-m", "hydra/launcher=slurm_local",
-                           *_overrides(tmp_path, sweep), f"hydra.sweep.dir={tmp_path / 'slurm'}"], env=slurm_env,
-                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    [
+      sys.executable,
+      "-m",
+      "shiftbench.cli",
+      "-m",
+      "hydra/launcher=slurm_local",
+      *_overrides(tmp_path, sweep),
+      f"hydra.sweep.dir={tmp_path / 'slurm'}",
+    ],
+    env=slurm_env,
+    cwd=tmp_path,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   try:
     job = _requeue_in_pretraining(tmp_path / "slurm", tmp_path / "ckpt", slurm_env, proc)
     _, err = proc.communicate(timeout=900)
@@ -117,9 +153,22 @@ def test_a_sweep_on_slurm_with_a_requeued_job_equals_the_same_sweep_run_locally(
   assert slurm_rows == _rows(tmp_path / "basic")
   boards = []
   for name in ("basic", "slurm"):
-    out = subprocess.run([sys.executable, "-m", "shiftbench.leaderboard", str(tmp_path / name), "--out",
-                          str(tmp_path / f"board_{name}"), "--no-figures"], capture_output=True, text=True,
-                         env=slurm_env, timeout=300, check=False)
+    out = subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "shiftbench.leaderboard",
+        str(tmp_path / name),
+        "--out",
+        str(tmp_path / f"board_{name}"),
+        "--no-figures",
+      ],
+      capture_output=True,
+      text=True,
+      env=slurm_env,
+      timeout=300,
+      check=False,
+    )
     assert out.returncode == 0, out.stderr
     boards.append((tmp_path / f"board_{name}" / "leaderboard.md").read_text())
   assert "| gap" in boards[0] and "| cnn_fc" in boards[0] and boards[0] == boards[1]

@@ -23,11 +23,23 @@ from shiftbench.models import torchvision_weights as tvw
 WIDTH, SIZE = 0.125, 64  # 1/8 of every channel count; 64 px takes every architecture through all its stages
 TOLERANCE = 1e-4
 # torchvision's documented parameter counts of the full-size ImageNet networks (1000 classes).
-PARAMS = {"vgg11": 132_863_336, "vgg16": 138_357_544, "vgg16_bn": 138_365_992, "resnet18_tv": 11_689_512,
-          "resnet50": 25_557_032, "densenet121": 7_978_856}
+PARAMS = {
+  "vgg11": 132_863_336,
+  "vgg16": 138_357_544,
+  "vgg16_bn": 138_365_992,
+  "resnet18_tv": 11_689_512,
+  "resnet50": 25_557_032,
+  "densenet121": 7_978_856,
+}
 # Each architecture reads its state dict from another kind of source, so every path is exercised.
-SOURCES = {"vgg11": "pth", "vgg16": "safetensors", "vgg16_bn": "pth", "resnet18_tv": "mapping",
-           "resnet50": "safetensors", "densenet121": "pth"}
+SOURCES = {
+  "vgg11": "pth",
+  "vgg16": "safetensors",
+  "vgg16_bn": "pth",
+  "resnet18_tv": "mapping",
+  "resnet50": "safetensors",
+  "densenet121": "pth",
+}
 
 
 def _features_and_logits(model: nnx.Module, x: np.ndarray) -> list[np.ndarray]:
@@ -85,8 +97,9 @@ def test_full_width_twins_have_torchvisions_parameter_count(arch):
 
 def test_a_state_dict_of_another_width_or_architecture_is_refused():
   sd = {k: v.numpy() for k, v in twins.randomise(twins.build("resnet18_tv", WIDTH, 10), 0).state_dict().items()}
-  model = tvw.ARCHS["resnet18_tv"](num_classes=10, in_channels=3, width=2 * WIDTH, input_adapter="none",
-                                   rngs=nnx.Rngs(0))
+  model = tvw.ARCHS["resnet18_tv"](
+    num_classes=10, in_channels=3, width=2 * WIDTH, input_adapter="none", rngs=nnx.Rngs(0)
+  )
   with pytest.raises(ValueError, match=r"does not fit resnet18_tv: conv1.weight: shape"):
     tvw.load_into(model, sd)
   with pytest.raises(ValueError, match="does not fit resnet50"):
@@ -113,8 +126,9 @@ def test_max_pool_3x3_stride_2_matches_pytorch():
 def test_imagenet_adapter_repeats_gray_and_normalises():
   gray = np.random.default_rng(0).uniform(size=(2, 5, 5, 1)).astype(np.float32)
   got = np.asarray(input_adapter.InputAdapter("imagenet", 1)(jnp.asarray(gray)))
-  want = (np.repeat(gray, 3, -1) - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225],
-                                                                                            np.float32)
+  want = (np.repeat(gray, 3, -1) - np.array([0.485, 0.456, 0.406], np.float32)) / np.array(
+    [0.229, 0.224, 0.225], np.float32
+  )
   np.testing.assert_allclose(got, want, rtol=1e-6)
   assert np.asarray(input_adapter.InputAdapter("repeat", 1)(jnp.asarray(gray))).shape == (2, 5, 5, 3)
   with pytest.raises(ValueError, match="unknown input_adapter"):

@@ -36,18 +36,36 @@ def test_until_accuracy_stops_once_accuracy_has_held_for_patience_steps():
 def test_paper_preset_runs_end_to_end_with_imagenet_weights(tiny_data_dir, tmp_path):
   weights = tmp_path / "vgg11.pth"
   torch.save(twins.randomise(twins.build("vgg11", WIDTH, 1000), 0).state_dict(), weights)
-  cfg = _compose(["experiment=paper", *tiny_overrides(tiny_data_dir, str(tmp_path / "ckpt")), "model=vgg11",
-                  f"tv_width={WIDTH}", "canvas.size=32", "canvas.object_size=8", "seeds=[0]",
-                  "pretrain.regimes=[scratch,imagenet]", f"pretrain.weights={weights}", "finetune.steps=12",
-                  "finetune.steps_per_dispatch=2", "finetune.until_accuracy.threshold=0.0",
-                  "finetune.until_accuracy.patience=2", "finetune.eval_every=0", "eval.grid_stride=12",
-                  "eval.metrics=null"])  # the shift metrics are tested elsewhere; each would compile VGG again
+  cfg = _compose(
+    [
+      "experiment=paper",
+      *tiny_overrides(tiny_data_dir, str(tmp_path / "ckpt")),
+      "model=vgg11",
+      f"tv_width={WIDTH}",
+      "canvas.size=32",
+      "canvas.object_size=8",
+      "seeds=[0]",
+      "pretrain.regimes=[scratch,imagenet]",
+      f"pretrain.weights={weights}",
+      "finetune.steps=12",
+      "finetune.steps_per_dispatch=2",
+      "finetune.until_accuracy.threshold=0.0",
+      "finetune.until_accuracy.patience=2",
+      "finetune.eval_every=0",
+      "eval.grid_stride=12",
+      "eval.metrics=null",
+    ]
+  )  # the shift metrics are tested elsewhere; each would compile VGG again
   record = run_experiment(cfg, tmp_path / "run")
   rows = {r["pretrain"]: r for r in record["rows"]}
   assert set(rows) == {"scratch", "imagenet"}
   sha = hashlib.sha256(weights.read_bytes()).hexdigest()
-  assert rows["imagenet"]["pretrain_weights"] == {"path": str(weights), "sha256": sha, "arch": "vgg11",
-                                                  "source": "torchvision state dict"}
+  assert rows["imagenet"]["pretrain_weights"] == {
+    "path": str(weights),
+    "sha256": sha,
+    "arch": "vgg11",
+    "source": "torchvision state dict",
+  }
   for row in rows.values():
     # Readings every 2 steps; at threshold 0 the first (step 2) starts the run and step 4 has held it 2 steps.
     assert row["finetune_stop"] == {"rule": "until_accuracy", "step": 4, "threshold": 0.0, "patience": 2}
@@ -57,18 +75,32 @@ def test_paper_preset_runs_end_to_end_with_imagenet_weights(tiny_data_dir, tmp_p
 
 
 def test_imagenet_regime_needs_weights_for_every_model(tiny_data_dir, tmp_path):
-  base = ["experiment=paper", *tiny_overrides(tiny_data_dir, str(tmp_path)), "canvas.size=32", "canvas.object_size=8",
-          "pretrain.regimes=[imagenet]"]
+  base = [
+    "experiment=paper",
+    *tiny_overrides(tiny_data_dir, str(tmp_path)),
+    "canvas.size=32",
+    "canvas.object_size=8",
+    "pretrain.regimes=[imagenet]",
+  ]
   with pytest.raises(ValueError, match="needs weights for model 'vgg16'"):
     Settings.from_config(_compose(base))
   with pytest.raises(FileNotFoundError, match="no file"):
-    Settings.from_config(_compose(base + [f"+pretrain.weights.vgg16={tmp_path}/none.pth",
-                                          f"+pretrain.weights.densenet121={tmp_path}/none.pth"]))
+    Settings.from_config(
+      _compose(
+        base + [f"+pretrain.weights.vgg16={tmp_path}/none.pth", f"+pretrain.weights.densenet121={tmp_path}/none.pth"]
+      )
+    )
 
 
 def _row(model: str, target: str, regime: str, seed: int, inv: float, **arch) -> dict:
-  return {"model": model, "pretrain": regime, "finetune": "full", "seed": seed, "invariance": inv,
-          "architecture": {"_target_": f"shiftbench.models.{target}", **arch}}
+  return {
+    "model": model,
+    "pretrain": regime,
+    "finetune": "full",
+    "seed": seed,
+    "invariance": inv,
+    "architecture": {"_target_": f"shiftbench.models.{target}", **arch},
+  }
 
 
 def test_c7_and_c8_verdicts_follow_the_rows():

@@ -52,8 +52,9 @@ def test_same_seed_same_params_and_different_seed_differs():
 def test_head_mode_leaves_the_backbone_untouched():
   data, model = _bars(), _model()
   before = _params(model)
-  train.train(model, optax.adam(1e-2), data, SPEC, train.Placement("fixed", (2, 3)), steps=5, batch_size=8,
-              seed=0, mode="head")
+  train.train(
+    model, optax.adam(1e-2), data, SPEC, train.Placement("fixed", (2, 3)), steps=5, batch_size=8, seed=0, mode="head"
+  )
   after = _params(model)
   jax.tree.map(np.testing.assert_array_equal, before["backbone"], after["backbone"])
   assert not np.array_equal(before["head"]["classifier"]["kernel"], after["head"]["classifier"]["kernel"])
@@ -63,8 +64,9 @@ def test_head_mode_leaves_the_backbone_untouched():
 def test_last_mode_trains_the_classifier_only():
   data, model = _bars(), _model()
   before = _params(model)
-  train.train(model, optax.adam(1e-2), data, SPEC, train.Placement("fixed", (2, 3)), steps=5, batch_size=8,
-              seed=0, mode="last")
+  train.train(
+    model, optax.adam(1e-2), data, SPEC, train.Placement("fixed", (2, 3)), steps=5, batch_size=8, seed=0, mode="last"
+  )
   after = _params(model)
   jax.tree.map(np.testing.assert_array_equal, before["backbone"], after["backbone"])
   jax.tree.map(np.testing.assert_array_equal, before["head"]["hidden"], after["head"]["hidden"])
@@ -97,8 +99,19 @@ def test_scanned_chunks_end_at_every_evaluation_step():
   runs = []
   for k in (1, 5):
     seen = []
-    train.train(_model(), optax.adam(1e-3), data, SPEC, place, steps=23, batch_size=8, seed=0, dispatch=k,
-                eval_every=7, on_eval=lambda step, m, seen=seen: seen.append((step, _params(m))))
+    train.train(
+      _model(),
+      optax.adam(1e-3),
+      data,
+      SPEC,
+      place,
+      steps=23,
+      batch_size=8,
+      seed=0,
+      dispatch=k,
+      eval_every=7,
+      on_eval=lambda step, m, seen=seen: seen.append((step, _params(m))),
+    )
     runs.append(seen)
   for one, scanned in zip(*runs):
     assert one[0] == scanned[0]
@@ -109,15 +122,24 @@ def test_scanned_chunks_end_at_every_evaluation_step():
 def test_nan_loss_stops_training_with_a_clear_error():
   data, model = _bars(), _model()
   with pytest.raises(FloatingPointError, match="loss became nan at step"):
-    train.train(model, optax.sgd(1e30), data, SPEC, train.Placement("fixed", (0, 0)), steps=20, batch_size=8,
-                seed=0, log_every=5)
+    train.train(
+      model, optax.sgd(1e30), data, SPEC, train.Placement("fixed", (0, 0)), steps=20, batch_size=8, seed=0, log_every=5
+    )
 
 
 def test_bad_mode_and_location_are_rejected():
   data, model = _bars(), _model()
   with pytest.raises(ValueError, match="unknown fine-tune mode 'partial'"):
-    train.train(model, optax.sgd(1e-2), data, SPEC, train.Placement("fixed", (0, 0)), steps=1, batch_size=8,
-                seed=0, mode="partial")
+    train.train(
+      model,
+      optax.sgd(1e-2),
+      data,
+      SPEC,
+      train.Placement("fixed", (0, 0)),
+      steps=1,
+      batch_size=8,
+      seed=0,
+      mode="partial",
+    )
   with pytest.raises(ValueError, match="puts the object off the canvas"):
-    train.train(model, optax.sgd(1e-2), data, SPEC, train.Placement("fixed", (11, 0)), steps=1, batch_size=8,
-                seed=0)
+    train.train(model, optax.sgd(1e-2), data, SPEC, train.Placement("fixed", (11, 0)), steps=1, batch_size=8, seed=0)

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 VGG_CONFIGS = {
-    11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
-    16: (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+  11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+  16: (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
 }
 
 
@@ -42,8 +42,15 @@ class VGG(nn.Module):
     self.features = nn.Sequential(*entries)
     self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
     fc = scaled(4096, width)
-    self.classifier = nn.Sequential(nn.Linear(cin * 49, fc), nn.ReLU(), nn.Dropout(0.5), nn.Linear(fc, fc), nn.ReLU(),
-                                    nn.Dropout(0.5), nn.Linear(fc, num_classes))
+    self.classifier = nn.Sequential(
+      nn.Linear(cin * 49, fc),
+      nn.ReLU(),
+      nn.Dropout(0.5),
+      nn.Linear(fc, fc),
+      nn.ReLU(),
+      nn.Dropout(0.5),
+      nn.Linear(fc, num_classes),
+    )
 
   def forward_blocks(self, x: torch.Tensor) -> list[torch.Tensor]:
     out = []
@@ -107,7 +114,7 @@ class ResNet(nn.Module):
     self.maxpool = nn.MaxPool2d(3, 2, 1)
     cin = stem
     for i, n in enumerate(counts):
-      planes = scaled(64 * 2 ** i, width)
+      planes = scaled(64 * 2**i, width)
       blocks = []
       for j in range(n):
         blocks.append(block(cin, planes, 2 if i > 0 and j == 0 else 1))
@@ -150,16 +157,20 @@ class DenseBlock(nn.ModuleDict):
 
 class Transition(nn.Sequential):
   def __init__(self, cin: int, cout: int):
-    super().__init__(OrderedDict(norm=nn.BatchNorm2d(cin), relu=nn.ReLU(), conv=nn.Conv2d(cin, cout, 1, bias=False),
-                                 pool=nn.AvgPool2d(2, 2)))
+    super().__init__(
+      OrderedDict(
+        norm=nn.BatchNorm2d(cin), relu=nn.ReLU(), conv=nn.Conv2d(cin, cout, 1, bias=False), pool=nn.AvgPool2d(2, 2)
+      )
+    )
 
 
 class DenseNet121(nn.Module):
   def __init__(self, width: float, num_classes: int):
     super().__init__()
     growth, c = scaled(32, width), scaled(64, width)
-    entries = OrderedDict(conv0=nn.Conv2d(3, c, 7, 2, 3, bias=False), norm0=nn.BatchNorm2d(c), relu0=nn.ReLU(),
-                          pool0=nn.MaxPool2d(3, 2, 1))
+    entries = OrderedDict(
+      conv0=nn.Conv2d(3, c, 7, 2, 3, bias=False), norm0=nn.BatchNorm2d(c), relu0=nn.ReLU(), pool0=nn.MaxPool2d(3, 2, 1)
+    )
     for i, n in enumerate((6, 12, 24, 16)):
       entries[f"denseblock{i + 1}"] = DenseBlock(n, c, growth)
       c += n * growth
@@ -182,10 +193,14 @@ class DenseNet121(nn.Module):
 
 
 def build(arch: str, width: float, num_classes: int) -> nn.Module:
-  return {"vgg11": lambda: VGG(11, False, width, num_classes), "vgg16": lambda: VGG(16, False, width, num_classes),
-          "vgg16_bn": lambda: VGG(16, True, width, num_classes), "resnet18_tv": lambda: ResNet(18, width, num_classes),
-          "resnet50": lambda: ResNet(50, width, num_classes),
-          "densenet121": lambda: DenseNet121(width, num_classes)}[arch]()
+  return {
+    "vgg11": lambda: VGG(11, False, width, num_classes),
+    "vgg16": lambda: VGG(16, False, width, num_classes),
+    "vgg16_bn": lambda: VGG(16, True, width, num_classes),
+    "resnet18_tv": lambda: ResNet(18, width, num_classes),
+    "resnet50": lambda: ResNet(50, width, num_classes),
+    "densenet121": lambda: DenseNet121(width, num_classes),
+  }[arch]()
 
 
 def randomise(model: nn.Module, seed: int) -> nn.Module:

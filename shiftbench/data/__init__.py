@@ -18,15 +18,15 @@ from shiftbench.data.objects import ObjectSet, require_task, resize_objects, sel
 _LAZY = {"DatasetNotFoundError": "tfds_source", "load_tfds": "tfds_source", "ShiftbenchGlyphs": "glyphs_builder"}
 
 __all__ = [
-    "DatasetNotFoundError",
-    "ObjectSet",
-    "ShiftbenchGlyphs",
-    "load_glyphs",
-    "load_npz",
-    "load_tfds",
-    "require_task",
-    "resize_objects",
-    "select_classes",
+  "DatasetNotFoundError",
+  "ObjectSet",
+  "ShiftbenchGlyphs",
+  "load_glyphs",
+  "load_npz",
+  "load_tfds",
+  "require_task",
+  "resize_objects",
+  "select_classes",
 ]
 
 

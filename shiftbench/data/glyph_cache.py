@@ -49,8 +49,13 @@ _ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
 def fingerprint() -> str:
   """A short hash of what, besides the settings, determines the rendered bytes."""
   fonts = [(Path(p).name, os.path.getsize(p)) for p in glyphs.font_paths()]
-  parts = [RENDER_VERSION, fonts, PIL.__version__, features.version("freetype2"),
-           ".".join(np.__version__.split(".")[:2])]
+  parts = [
+    RENDER_VERSION,
+    fonts,
+    PIL.__version__,
+    features.version("freetype2"),
+    ".".join(np.__version__.split(".")[:2]),
+  ]
   return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:10]
 
 
@@ -69,8 +74,15 @@ def content_hash(arrays: dict[str, np.ndarray]) -> str:
   return h.hexdigest()
 
 
-def cache_path(data_dir: str | os.PathLike[str] | None, charset: str, chars: str, train_per_class: int,
-               test_per_class: int, image_size: int, seed: int) -> Path:
+def cache_path(
+  data_dir: str | os.PathLike[str] | None,
+  charset: str,
+  chars: str,
+  train_per_class: int,
+  test_per_class: int,
+  image_size: int,
+  seed: int,
+) -> Path:
   """The cache directory of one setting (absolute: Hydra may change the working directory)."""
   root = Path(os.path.expanduser(os.fspath(data_dir or default_data_dir()))).absolute()
   name = f"{charset}-{chars}-{image_size}px-{train_per_class}x{test_per_class}-s{seed}-r{fingerprint()}"
@@ -119,14 +131,14 @@ def _write(path: Path, arrays: dict[str, np.ndarray], settings: dict) -> None:
 
 
 def load_glyphs(
-    charset: str = "digits",
-    classes: list[str] | None = None,
-    train_per_class: int = 500,
-    test_per_class: int = 100,
-    image_size: int = 32,
-    seed: int = 0,
-    data_dir: str | None = None,
-    workers: int | None = None,
+  charset: str = "digits",
+  classes: list[str] | None = None,
+  train_per_class: int = 500,
+  test_per_class: int = 100,
+  image_size: int = 32,
+  seed: int = 0,
+  data_dir: str | None = None,
+  workers: int | None = None,
 ) -> ObjectSet:
   """Loads generated glyphs, rendering and caching them under `data_dir` the first time.
 
@@ -171,15 +183,35 @@ def _locked(path: Path):
   return locks.held(lock, timeout=-1)
 
 
-def _render(path: Path, charset: str, chars: str, train_per_class: int, test_per_class: int, image_size: int,
-            seed: int, workers: int | None) -> dict[str, np.ndarray]:
+def _render(
+  path: Path,
+  charset: str,
+  chars: str,
+  train_per_class: int,
+  test_per_class: int,
+  image_size: int,
+  seed: int,
+  workers: int | None,
+) -> dict[str, np.ndarray]:
   """Renders the setting and writes its cache entry (under its lock)."""
-  rendered = glyphs.render_splits(chars, {"train": train_per_class, "test": test_per_class}, image_size,
-                                  seed, workers, desc=f"rendering glyphs {path.name}")
+  rendered = glyphs.render_splits(
+    chars,
+    {"train": train_per_class, "test": test_per_class},
+    image_size,
+    seed,
+    workers,
+    desc=f"rendering glyphs {path.name}",
+  )
   arrays = {}
   for split, (images, labels, _) in rendered.items():
     arrays[f"{split}_images"], arrays[f"{split}_labels"] = images[..., None], labels
-  settings = {"charset": charset, "classes": chars, "train_per_class": train_per_class,
-              "test_per_class": test_per_class, "image_size": image_size, "seed": seed}
+  settings = {
+    "charset": charset,
+    "classes": chars,
+    "train_per_class": train_per_class,
+    "test_per_class": test_per_class,
+    "image_size": image_size,
+    "seed": seed,
+  }
   _write(path, arrays, settings)
   return arrays

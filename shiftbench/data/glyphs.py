@@ -9,7 +9,6 @@ target size and downsampled, which antialiases them and keeps generation fast.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 import concurrent.futures
 import concurrent.futures.process
 import contextlib
@@ -20,6 +19,7 @@ import multiprocessing
 import os
 import string
 import sys
+from collections.abc import Iterator
 
 import matplotlib
 import numpy as np
@@ -29,9 +29,9 @@ from tqdm import tqdm
 log = logging.getLogger(__name__)
 
 CHARSETS: dict[str, str] = {
-    "digits": string.digits,
-    "letters": string.ascii_uppercase,
-    "lowercase": string.ascii_lowercase,
+  "digits": string.digits,
+  "letters": string.ascii_uppercase,
+  "lowercase": string.ascii_lowercase,
 }
 SPLITS: tuple[str, ...] = ("train", "test")
 
@@ -68,8 +68,9 @@ def _draw(char: str, path: str, size: int, stroke: int = 0) -> Image.Image:
   """Draws `char` white on black, centred on a canvas with room for the glyph and its stroke."""
   side = 2 * size + 4 * stroke
   image = Image.new("L", (side, side), 0)
-  ImageDraw.Draw(image).text((side / 2, side / 2), char, fill=255, font=_font(path, size),
-                             anchor="mm", stroke_width=stroke, stroke_fill=255)
+  ImageDraw.Draw(image).text(
+    (side / 2, side / 2), char, fill=255, font=_font(path, size), anchor="mm", stroke_width=stroke, stroke_fill=255
+  )
   return image
 
 
@@ -140,14 +141,15 @@ def render_glyph(char: str, rng: np.random.Generator, image_size: int) -> tuple[
 
   # Offset the centre, but never so far that the glyph leaves the image.
   offset = rng.uniform(-1, 1, 2) * _MAX_OFFSET * side
-  centre = [side / 2 + min(max(float(o), -s), s)
-            for o, s in zip(offset, (max((side - scale * e) / 2 - _OVERSAMPLE, 0.0) for e in (extent_x, extent_y)))]
+  centre = [
+    side / 2 + min(max(float(o), -s), s)
+    for o, s in zip(offset, (max((side - scale * e) / 2 - _OVERSAMPLE, 0.0) for e in (extent_x, extent_y)))
+  ]
 
   # PIL's affine transform maps output pixels back to input pixels: the inverse of [[a, b], [c, d]].
   det = a * d - b * c
   ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
-  coeffs = (ia, ib, w / 2 - (ia * centre[0] + ib * centre[1]),
-            ic, id_, h / 2 - (ic * centre[0] + id_ * centre[1]))
+  coeffs = (ia, ib, w / 2 - (ia * centre[0] + ib * centre[1]), ic, id_, h / 2 - (ic * centre[0] + id_ * centre[1]))
   big = master.transform((side, side), Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR)
   small = big.resize((image_size, image_size), Image.Resampling.BOX)
 
@@ -164,8 +166,9 @@ def sample_rng(seed: int, split: str, char: str, index: int) -> np.random.Genera
   return np.random.default_rng([seed, SPLITS.index(split), ord(char), index])
 
 
-def render_samples(char: str, start: int, stop: int, image_size: int, seed: int,
-                   split: str) -> tuple[np.ndarray, np.ndarray]:
+def render_samples(
+  char: str, start: int, stop: int, image_size: int, seed: int, split: str
+) -> tuple[np.ndarray, np.ndarray]:
   """Samples `start..stop-1` of one character: ((n, image_size, image_size) uint8, (n,) font indices)."""
   images = np.empty((stop - start, image_size, image_size), np.uint8)
   fonts = np.empty(stop - start, np.int64)
@@ -186,8 +189,7 @@ def check_setting(charset: str, train_per_class: int, test_per_class: int, image
   characters."""
   chars = charset_chars(charset)
   if train_per_class < 1 or test_per_class < 1:
-    raise ValueError(f"train_per_class and test_per_class must be >= 1, got {train_per_class}, "
-                     f"{test_per_class}")
+    raise ValueError(f"train_per_class and test_per_class must be >= 1, got {train_per_class}, {test_per_class}")
   if image_size < 8:
     raise ValueError(f"image_size must be >= 8 pixels, got {image_size}")
   if seed < 0:
@@ -243,14 +245,22 @@ def _main_not_rerun() -> Iterator[None]:
     main.__dict__.update(saved)
 
 
-def render_split(chars: str, per_class: int, image_size: int, seed: int, split: str,
-                 workers: int | None = None, desc: str | None = None) -> tuple[np.ndarray, ...]:
+def render_split(
+  chars: str,
+  per_class: int,
+  image_size: int,
+  seed: int,
+  split: str,
+  workers: int | None = None,
+  desc: str | None = None,
+) -> tuple[np.ndarray, ...]:
   """`render_splits` for one split: (images, labels, fonts)."""
   return render_splits(chars, {split: per_class}, image_size, seed, workers, desc)[split]
 
 
-def render_splits(chars: str, per_class: dict[str, int], image_size: int, seed: int,
-                  workers: int | None = None, desc: str | None = None) -> dict[str, tuple[np.ndarray, ...]]:
+def render_splits(
+  chars: str, per_class: dict[str, int], image_size: int, seed: int, workers: int | None = None, desc: str | None = None
+) -> dict[str, tuple[np.ndarray, ...]]:
   """Renders samples of every character in `chars` for each split, in parallel over processes.
 
   Sample `i` of class `k` sits at index `i * len(chars) + k`: labels cycle (0, 1, ..., K-1, 0, ...), so
@@ -269,8 +279,9 @@ def render_splits(chars: str, per_class: dict[str, int], image_size: int, seed: 
     split -> (images (N, image_size, image_size) uint8, labels (N,) int32, fonts (N,) int64), N = K * n.
   """
   k = len(chars)
-  tasks = [(c, a, min(a + _TASK, n), split) for split, n in per_class.items() for c in chars
-           for a in range(0, n, _TASK)]
+  tasks = [
+    (c, a, min(a + _TASK, n), split) for split, n in per_class.items() for c in chars for a in range(0, n, _TASK)
+  ]
   total = k * sum(per_class.values())
   if workers is None:
     workers = available_cores() if total >= _MIN_PARALLEL else 1
@@ -288,5 +299,7 @@ def render_splits(chars: str, per_class: dict[str, int], image_size: int, seed: 
     return render_splits(chars, per_class, image_size, seed, 1, desc)
   finally:
     bar.close()
-  return {s: (images[s].reshape(-1, image_size, image_size), np.tile(np.arange(k, dtype=np.int32), n),
-              fonts[s].reshape(-1)) for s, n in per_class.items()}
+  return {
+    s: (images[s].reshape(-1, image_size, image_size), np.tile(np.arange(k, dtype=np.int32), n), fonts[s].reshape(-1))
+    for s, n in per_class.items()
+  }

@@ -38,18 +38,19 @@ def _labels(array: np.ndarray, key: str, images: np.ndarray, images_key: str) ->
   if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
     raise ValueError(f"{key!r} must be a 1-D integer array, got {array.shape} {array.dtype}")
   if array.shape[0] != images.shape[0]:
-    raise ValueError(f"{key!r} has shape {array.shape} but {images_key!r} has shape {images.shape}: "
-                     "one label per image is needed")
+    raise ValueError(
+      f"{key!r} has shape {array.shape} but {images_key!r} has shape {images.shape}: one label per image is needed"
+    )
   if array.size and array.min() < 0:
     raise ValueError(f"{key!r} must be >= 0, got {array.min()}")
   return array.astype(np.int32)
 
 
 def load_npz(
-    path: str,
-    classes: list[int] | str | None = None,
-    test_fraction: float = 0.2,
-    seed: int = 0,
+  path: str,
+  classes: list[int] | str | None = None,
+  test_fraction: float = 0.2,
+  seed: int = 0,
 ) -> ObjectSet:
   """Loads objects from a `.npz` file (keys in the module docstring).
 
@@ -75,8 +76,10 @@ def load_npz(
     with np.load(path, allow_pickle=False) as data:
       arrays = {k: data[k] for k in data.files}
   except Exception as e:  # zipfile, zlib, EOF and format errors: all mean "not a readable .npz"
-    raise DataError(f"{path} is not a readable .npz file ({type(e).__name__}: {e}); it may be truncated or "
-                    "corrupted: write it again with numpy.savez") from e
+    raise DataError(
+      f"{path} is not a readable .npz file ({type(e).__name__}: {e}); it may be truncated or "
+      "corrupted: write it again with numpy.savez"
+    ) from e
 
   def need(key: str) -> np.ndarray:
     if key not in arrays:
@@ -93,22 +96,26 @@ def load_npz(
     test_images = _images(arrays["test_images"], "test_images")
     test_labels = _labels(arrays["test_labels"], "test_labels", test_images, "test_images")
     if test_images.shape[1:] != images.shape[1:]:
-      raise ValueError(f"'test_images' objects have shape {test_images.shape[1:]} but 'images' "
-                       f"objects have shape {images.shape[1:]}")
+      raise ValueError(
+        f"'test_images' objects have shape {test_images.shape[1:]} but 'images' objects have shape {images.shape[1:]}"
+      )
   else:
     if not 0.0 < test_fraction < 1.0:
       raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
     # Chosen by a seeded hash of each object: the same objects whatever the order of the file.
     train_idx, test_idx = subsets.split_validation(images, labels, test_fraction, seed, min_held=1)
     images, labels, test_images, test_labels = (
-        images[train_idx], labels[train_idx], images[test_idx], labels[test_idx])
+      images[train_idx],
+      labels[train_idx],
+      images[test_idx],
+      labels[test_idx],
+    )
 
   num_classes = int(max(labels.max(initial=-1), test_labels.max(initial=-1))) + 1
   if "class_names" in arrays:
     class_names = tuple(str(n) for n in arrays["class_names"])
     if len(class_names) < num_classes:
-      raise ValueError(f"'class_names' has {len(class_names)} names but labels go up to "
-                       f"{num_classes - 1}")
+      raise ValueError(f"'class_names' has {len(class_names)} names but labels go up to {num_classes - 1}")
   else:
     class_names = tuple(str(k) for k in range(num_classes))
   objs = ObjectSet(f"npz:{path}", images, labels, test_images, test_labels, class_names)

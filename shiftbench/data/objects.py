@@ -7,8 +7,8 @@ these objects on larger canvases on the device; nothing here knows about locatio
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -39,16 +39,18 @@ class ObjectSet:
     for split in ("train", "test"):
       images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
       if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(f"{self.name}: {split}_images must be (N, h, w, C) uint8, got "
-                         f"{images.shape} {images.dtype}")
+        raise ValueError(f"{self.name}: {split}_images must be (N, h, w, C) uint8, got {images.shape} {images.dtype}")
       if labels.dtype != np.int32 or labels.shape != images.shape[:1]:
-        raise ValueError(f"{self.name}: {split}_labels must be int32 of shape {images.shape[:1]}, got "
-                         f"{labels.shape} {labels.dtype}")
+        raise ValueError(
+          f"{self.name}: {split}_labels must be int32 of shape {images.shape[:1]}, got {labels.shape} {labels.dtype}"
+        )
       if labels.size and (labels.min() < 0 or labels.max() >= len(self.class_names)):
         raise ValueError(f"{self.name}: {split}_labels must lie in [0, {len(self.class_names)})")
     if self.train_images.shape[1:] != self.test_images.shape[1:]:
-      raise ValueError(f"{self.name}: train objects {self.train_images.shape[1:]} and test objects "
-                       f"{self.test_images.shape[1:]} differ in shape")
+      raise ValueError(
+        f"{self.name}: train objects {self.train_images.shape[1:]} and test objects "
+        f"{self.test_images.shape[1:]} differ in shape"
+      )
 
   @property
   def num_classes(self) -> int:
@@ -77,12 +79,16 @@ def require_task(objs: ObjectSet, side: str) -> None:
   sizes = {split: int(getattr(objs, f"{split}_images").shape[0]) for split in ("train", "test")}
   for split in ("train", "test"):
     if sizes[split] == 0:
-      raise DataError(f"dataset {side} ({objs.name}) has an empty {split} split (train: {sizes['train']} "
-                      f"objects, test: {sizes['test']}); give it objects or choose other classes")
+      raise DataError(
+        f"dataset {side} ({objs.name}) has an empty {split} split (train: {sizes['train']} "
+        f"objects, test: {sizes['test']}); give it objects or choose other classes"
+      )
   if min(counts.values()) < 2:
-    raise DataError(f"dataset {side} ({objs.name}) has {counts['train']} class(es) in its train split and "
-                    f"{counts['test']} in its test split; a classification task needs at least 2 in each "
-                    "(give the dataset more classes, or choose its classes in the config)")
+    raise DataError(
+      f"dataset {side} ({objs.name}) has {counts['train']} class(es) in its train split and "
+      f"{counts['test']} in its test split; a classification task needs at least 2 in each "
+      "(give the dataset more classes, or choose its classes in the config)"
+    )
 
 
 def class_indices(classes: Sequence[int | str], names: Sequence[str]) -> list[int]:
@@ -111,8 +117,7 @@ def class_indices(classes: Sequence[int | str], names: Sequence[str]) -> list[in
     else:
       i = int(c)
       if not 0 <= i < len(names):
-        raise ValueError(f"unknown class {c!r}; allowed class indices: 0..{len(names) - 1} "
-                         f"(names: {names})")
+        raise ValueError(f"unknown class {c!r}; allowed class indices: 0..{len(names) - 1} (names: {names})")
       indices.append(i)
   if len(set(indices)) != len(indices):
     raise ValueError(f"classes {list(classes)} name the same class twice")
@@ -120,10 +125,10 @@ def class_indices(classes: Sequence[int | str], names: Sequence[str]) -> list[in
 
 
 def select_classes(
-    images: np.ndarray,
-    labels: np.ndarray,
-    classes: Sequence[int | str] | None,
-    names: Sequence[str],
+  images: np.ndarray,
+  labels: np.ndarray,
+  classes: Sequence[int | str] | None,
+  names: Sequence[str],
 ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
   """Keeps only the given classes and relabels them 0..K-1 in the given order.
 
@@ -154,8 +159,7 @@ def select_object_classes(objs: ObjectSet, classes: Sequence[int | str] | None) 
   """`select_classes` applied to both splits of an `ObjectSet`."""
   if classes is None:
     return objs
-  train_x, train_y, names = select_classes(objs.train_images, objs.train_labels, classes,
-                                           objs.class_names)
+  train_x, train_y, names = select_classes(objs.train_images, objs.train_labels, classes, objs.class_names)
   test_x, test_y, _ = select_classes(objs.test_images, objs.test_labels, classes, objs.class_names)
   return ObjectSet(objs.name, train_x, train_y, test_x, test_y, names)
 
@@ -189,5 +193,6 @@ def resize_objects(objs: ObjectSet, size: int) -> ObjectSet:
     raise ValueError(f"size must be positive, got {size}")
   if objs.object_shape[:2] == (size, size):
     return objs
-  return dataclasses.replace(objs, train_images=_resize_images(objs.train_images, size),
-                             test_images=_resize_images(objs.test_images, size))
+  return dataclasses.replace(
+    objs, train_images=_resize_images(objs.train_images, size), test_images=_resize_images(objs.test_images, size)
+  )

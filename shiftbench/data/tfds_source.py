@@ -8,7 +8,6 @@ for minutes on a machine without network, so connectivity is probed first with a
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
 import contextlib
 import difflib
 import importlib.util
@@ -16,6 +15,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -78,11 +78,15 @@ def quiet_tfds() -> Iterator[None]:
 
 
 def _missing_message(name: str, data_dir: str, reason: str) -> str:
-  prepare = (f"import tensorflow_datasets as tfds; tfds.builder('{name}', data_dir='{data_dir}')"
-             ".download_and_prepare(file_format='array_record')")
-  return (f"TFDS dataset '{name}' is not prepared in {data_dir} and {reason}. To get it, on a machine "
-          f"with network run: {_EXTRA} && python -c \"{prepare}\", then copy {data_dir} to this "
-          "machine, or set data.data_dir to a directory that holds it.")
+  prepare = (
+    f"import tensorflow_datasets as tfds; tfds.builder('{name}', data_dir='{data_dir}')"
+    ".download_and_prepare(file_format='array_record')"
+  )
+  return (
+    f"TFDS dataset '{name}' is not prepared in {data_dir} and {reason}. To get it, on a machine "
+    f'with network run: {_EXTRA} && python -c "{prepare}", then copy {data_dir} to this '
+    "machine, or set data.data_dir to a directory that holds it."
+  )
 
 
 def _check_registered(name: str, data_dir: str) -> None:
@@ -100,12 +104,11 @@ def _stack(examples: Sequence[dict[str, Any]], key: str) -> np.ndarray:
   try:
     return np.stack([np.asarray(ex[key]) for ex in examples])
   except ValueError as e:
-    raise ValueError(f"feature {key!r} has examples of different shapes; objects must share one "
-                     "shape") from e
+    raise ValueError(f"feature {key!r} has examples of different shapes; objects must share one shape") from e
 
 
 def read_split(
-    builder: tfds.core.DatasetBuilder, split: str, keys: Sequence[str], limit: int | None = None
+  builder: tfds.core.DatasetBuilder, split: str, keys: Sequence[str], limit: int | None = None
 ) -> dict[str, np.ndarray]:
   """Reads the first `limit` (default all) examples of a prepared split into stacked numpy arrays.
 
@@ -131,12 +134,14 @@ def read_split(
 
 
 def _read_split_tf(
-    builder: tfds.core.DatasetBuilder, split: str, keys: Sequence[str], limit: int | None
+  builder: tfds.core.DatasetBuilder, split: str, keys: Sequence[str], limit: int | None
 ) -> dict[str, np.ndarray]:
   if importlib.util.find_spec("tensorflow") is None:
-    raise ImportError(f"{builder.info.full_name} in {builder.data_dir} is stored as "
-                      f"{builder.info.file_format.value}, which needs TensorFlow to read: {_EXTRA} "
-                      "(or prepare it again with file_format='array_record')")
+    raise ImportError(
+      f"{builder.info.full_name} in {builder.data_dir} is stored as "
+      f"{builder.info.file_format.value}, which needs TensorFlow to read: {_EXTRA} "
+      "(or prepare it again with file_format='array_record')"
+    )
   if limit is not None:
     split = f"{split}[:{limit}]"
   arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
@@ -164,12 +169,12 @@ def _as_objects(images: np.ndarray) -> np.ndarray:
 
 
 def load_tfds(
-    name: str,
-    classes: list[int | str] | None = None,
-    data_dir: str | None = None,
-    download: bool = True,
-    max_train: int | None = None,
-    max_test: int | None = None,
+  name: str,
+  classes: list[int | str] | None = None,
+  data_dir: str | None = None,
+  download: bool = True,
+  max_train: int | None = None,
+  max_test: int | None = None,
 ) -> ObjectSet:
   """Loads a TFDS image-classification dataset's train and test splits as objects.
 
@@ -219,9 +224,11 @@ def load_tfds(
     except ImportError:
       raise
     except Exception as e:  # array_record, protobuf and decoder errors: the prepared files are bad
-      raise DataError(f"TFDS dataset '{name}' in {builder.data_dir} cannot be read ({type(e).__name__}: "
-                      f"{str(e)[:200]}); it may be truncated or corrupted: delete {builder.data_dir} and "
-                      "prepare it again") from e
+      raise DataError(
+        f"TFDS dataset '{name}' in {builder.data_dir} cannot be read ({type(e).__name__}: "
+        f"{str(e)[:200]}); it may be truncated or corrupted: delete {builder.data_dir} and "
+        "prepare it again"
+      ) from e
     splits[split] = (_as_objects(arrays[image_key]), arrays[label_key].astype(np.int64), limit)
 
   if isinstance(label_feature, tfds.features.ClassLabel):

@@ -6,16 +6,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from shiftbench import canvas
-
 from shiftbench.models.cnn import DOWNSAMPLES, HEADS, ShiftNet
-from shiftbench.models.layers import PADDINGS
 from shiftbench.models.densenet import DenseNet
+from shiftbench.models.layers import PADDINGS
 from shiftbench.models.resnet import ResNet
 from shiftbench.models.resnet_tv import TorchvisionResNet
 from shiftbench.models.torchvision_weights import ARCHS as TORCHVISION_ARCHS
 from shiftbench.models.torchvision_weights import from_torchvision
 from shiftbench.models.vgg import VGG
-
 
 # Every model has `.backbone` (conv) and `.head` (`cnn.Head`: `hidden` FC layers + `classifier`). What a
 # pretrained model passes on to a model for new classes is everything but the classifier (Biscione &
@@ -52,6 +50,21 @@ def logits_on_grid(model: nnx.Module, objects: jax.Array, locations: jax.Array, 
   return canvas.apply_on_grid(model, objects, locations, canvas_size)
 
 
-__all__ = ["CLASSIFIER", "DOWNSAMPLES", "DenseNet", "HEADS", "PADDINGS", "ResNet", "ShiftNet", "TORCHVISION_ARCHS",
-           "TRANSFERABLE", "TorchvisionResNet", "VGG", "from_torchvision", "logits_on_canvas", "logits_on_grid",
-           "param_count", "transfer"]
+__all__ = [
+  "CLASSIFIER",
+  "DOWNSAMPLES",
+  "DenseNet",
+  "HEADS",
+  "PADDINGS",
+  "ResNet",
+  "ShiftNet",
+  "TORCHVISION_ARCHS",
+  "TRANSFERABLE",
+  "TorchvisionResNet",
+  "VGG",
+  "from_torchvision",
+  "logits_on_canvas",
+  "logits_on_grid",
+  "param_count",
+  "transfer",
+]

@@ -41,8 +41,19 @@ class Block(nnx.Module):
   """conv -> downsample -> ReLU. ReLU commutes with max, so applying it after the pool is exact and
   touches 4x fewer values; for blur/stride the order is Zhang's conv -> ReLU -> (max) -> blur."""
 
-  def __init__(self, in_features: int, out_features: int, kernel_size: int, *, downsample: str,
-               padding: str, blur_size: int, blur_padding: str, aps_norm: str = "l2", rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    kernel_size: int,
+    *,
+    downsample: str,
+    padding: str,
+    blur_size: int,
+    blur_padding: str,
+    aps_norm: str = "l2",
+    rngs: nnx.Rngs,
+  ):
     layers._check(downsample, DOWNSAMPLES, "downsample")
     self.downsample = downsample
     self.blur_size = blur_size
@@ -50,8 +61,7 @@ class Block(nnx.Module):
     self.aps_norm = layers._check(aps_norm, aps.NORMS, "APS norm")
     self.max_mode = "wrap" if padding == "circular" else "edge"
     stride = 2 if downsample == "stride" else 1
-    self.conv = layers.PaddedConv(in_features, out_features, kernel_size, padding=padding, stride=stride,
-                                  rngs=rngs)
+    self.conv = layers.PaddedConv(in_features, out_features, kernel_size, padding=padding, stride=stride, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.after_conv(self.conv(x))
@@ -79,14 +89,36 @@ class Block(nnx.Module):
 class Backbone(nnx.Module):
   """A stack of `Block`s; `widths` sets depth and channel counts."""
 
-  def __init__(self, in_channels: int, widths: Sequence[int], kernel_size: int, *, downsample: str,
-               padding: str, blur_size: int, blur_padding: str, aps_norm: str = "l2", rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_channels: int,
+    widths: Sequence[int],
+    kernel_size: int,
+    *,
+    downsample: str,
+    padding: str,
+    blur_size: int,
+    blur_padding: str,
+    aps_norm: str = "l2",
+    rngs: nnx.Rngs,
+  ):
     chans = [in_channels, *widths]
-    self.blocks = nnx.List([
-        Block(cin, cout, kernel_size, downsample=downsample, padding=padding, blur_size=blur_size,
-              blur_padding=blur_padding, aps_norm=aps_norm, rngs=rngs)
+    self.blocks = nnx.List(
+      [
+        Block(
+          cin,
+          cout,
+          kernel_size,
+          downsample=downsample,
+          padding=padding,
+          blur_size=blur_size,
+          blur_padding=blur_padding,
+          aps_norm=aps_norm,
+          rngs=rngs,
+        )
         for cin, cout in zip(chans[:-1], chans[1:])
-    ])
+      ]
+    )
 
   def __call__(self, x: jax.Array, start: int = 0) -> jax.Array:
     """The backbone's output; from block `start` on when x is already block `start - 1`'s output."""
@@ -113,8 +145,15 @@ class Head(nnx.Module):
   class maps, averaged (no dense layer, so the hidden layers are 1x1 convs too).
   """
 
-  def __init__(self, kind: str, feature_shape: tuple[int, int, int], num_classes: int, *,
-               hidden: Sequence[int] = (), rngs: nnx.Rngs):
+  def __init__(
+    self,
+    kind: str,
+    feature_shape: tuple[int, int, int],
+    num_classes: int,
+    *,
+    hidden: Sequence[int] = (),
+    rngs: nnx.Rngs,
+  ):
     self.kind = layers._check(kind, HEADS, "head")
     hidden = tuple(int(h) for h in hidden)
     if any(h < 1 for h in hidden):
@@ -166,17 +205,38 @@ class ShiftNet(nnx.Module):
   for benchmarks and checks).
   """
 
-  def __init__(self, *, num_classes: int, canvas_size: int, in_channels: int = 1,
-               widths: Sequence[int] = (8, 16, 32), kernel_size: int = 3, downsample: str = "max",
-               padding: str = "same", head: str = "fc", blur_size: int = 4, blur_padding: str | None = None,
-               aps_norm: str = "l2", fc_hidden: Sequence[int] = (), object_first: bool = True,
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    *,
+    num_classes: int,
+    canvas_size: int,
+    in_channels: int = 1,
+    widths: Sequence[int] = (8, 16, 32),
+    kernel_size: int = 3,
+    downsample: str = "max",
+    padding: str = "same",
+    head: str = "fc",
+    blur_size: int = 4,
+    blur_padding: str | None = None,
+    aps_norm: str = "l2",
+    fc_hidden: Sequence[int] = (),
+    object_first: bool = True,
+    rngs: nnx.Rngs,
+  ):
     layers._check(padding, layers.PADDINGS, "padding")
     self.object_first = object_first
     blur_padding = layers.default_blur_padding(padding) if blur_padding is None else blur_padding
-    self.backbone = Backbone(in_channels, tuple(widths), kernel_size, downsample=downsample,
-                             padding=padding, blur_size=blur_size, blur_padding=blur_padding,
-                             aps_norm=aps_norm, rngs=rngs)
+    self.backbone = Backbone(
+      in_channels,
+      tuple(widths),
+      kernel_size,
+      downsample=downsample,
+      padding=padding,
+      blur_size=blur_size,
+      blur_padding=blur_padding,
+      aps_norm=aps_norm,
+      rngs=rngs,
+    )
     probe = jnp.zeros((1, canvas_size, canvas_size, in_channels), jnp.float32)
     feature_shape = jax.eval_shape(self.backbone, probe).shape[1:]
     if min(feature_shape[:2]) < 1:

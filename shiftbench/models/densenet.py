@@ -104,8 +104,17 @@ class DenseNet(tv_layers.TorchvisionNet):
     input_adapter: `imagenet`, `repeat` or `none` (`input_adapter.py`).
   """
 
-  def __init__(self, *, num_classes: int, canvas_size: int = 224, in_channels: int = 1, width: float = 1.0,
-               blocks: tuple[int, ...] = BLOCKS_121, input_adapter: str = "imagenet", rngs: nnx.Rngs):
+  def __init__(
+    self,
+    *,
+    num_classes: int,
+    canvas_size: int = 224,
+    in_channels: int = 1,
+    width: float = 1.0,
+    blocks: tuple[int, ...] = BLOCKS_121,
+    input_adapter: str = "imagenet",
+    rngs: nnx.Rngs,
+  ):
     if canvas_size < 32:
       raise ValueError(f"canvas_size={canvas_size} is too small for DenseNet's five halvings (>= 32)")
     blocks = tuple(int(b) for b in blocks)

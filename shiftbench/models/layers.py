@@ -46,25 +46,52 @@ def conv_padding(kernel_size: int, padding: str) -> tuple[tuple[int, int], str]:
   return (before, after), ("wrap" if padding == "circular" else "constant")
 
 
-def _is_plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, precision,
-                 kwargs) -> bool:
+def _is_plain_2d(
+  lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, precision, kwargs
+) -> bool:
   """Whether a `lax.conv_general_dilated` call is the plain NHWC/HWIO 2-D conv `conv2d` handles."""
   nhwc = dimension_numbers is not None and jax.lax.conv_dimension_numbers(
-      lhs.shape, rhs.shape, dimension_numbers) == jax.lax.conv_dimension_numbers(
-      lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+    lhs.shape, rhs.shape, dimension_numbers
+  ) == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
   no_dilation = all(d in (None, 1) or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
-  return (lhs.ndim == 4 and nhwc and no_dilation and feature_group_count == 1 and precision is None
-          and not any(v is not None for v in kwargs.values()) and jax.default_backend() == "cpu")
+  return (
+    lhs.ndim == 4
+    and nhwc
+    and no_dilation
+    and feature_group_count == 1
+    and precision is None
+    and not any(v is not None for v in kwargs.values())
+    and jax.default_backend() == "cpu"
+  )
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+def conv_general_dilated(
+  lhs,
+  rhs,
+  window_strides,
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count=1,
+  precision=None,
+  **kwargs,
+):
   """`lax.conv_general_dilated` (a drop-in for `nnx.Conv`), with the gradient of plain NHWC/HWIO 2-D
   convs on CPU written as canonical convs (`conv2d`); everything else goes to `lax` unchanged."""
-  if not _is_plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, precision,
-                      kwargs):
-    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                        dimension_numbers, feature_group_count, precision=precision, **kwargs)
+  if not _is_plain_2d(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count, precision, kwargs):
+    return jax.lax.conv_general_dilated(
+      lhs,
+      rhs,
+      window_strides,
+      padding,
+      lhs_dilation,
+      rhs_dilation,
+      dimension_numbers,
+      feature_group_count,
+      precision=precision,
+      **kwargs,
+    )
   strides = tuple(int(s) for s in window_strides)
   if isinstance(padding, str):  # "SAME" / "VALID" as nnx.Conv passes them, to explicit pads
     padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
@@ -72,13 +99,15 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 
 
 def _conv_nhwc(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0)), lhs_dilation=None, rhs_dilation=None):
-  return jax.lax.conv_general_dilated(x, kernel, strides, padding, lhs_dilation, rhs_dilation,
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return jax.lax.conv_general_dilated(
+    x, kernel, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
-           padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+def conv2d(
+  x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: tuple[tuple[int, int], tuple[int, int]]
+) -> jax.Array:
   """NHWC x HWIO conv with explicit zero padding, whose VJP is two convs in XLA:CPU's canonical form.
 
   XLA rewrites a conv's gradients (the input gradient: a conv with the flipped kernel; the kernel
@@ -102,8 +131,10 @@ def _conv2d_bwd(strides, padding, res, g):
   # padding puts g's first row where the forward conv's first window started (k - 1 - lo rows before)
   # and makes the output x's size (the rest after; rows the forward conv never read get zeros).
   flipped = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)
-  back_pad = tuple((k - 1 - lo, size - 1 - (n - 1) * s + lo) for k, (lo, _), size, n, s in
-                   zip((kh, kw), padding, x.shape[1:3], g.shape[1:3], strides))
+  back_pad = tuple(
+    (k - 1 - lo, size - 1 - (n - 1) * s + lo)
+    for k, (lo, _), size, n, s in zip((kh, kw), padding, x.shape[1:3], g.shape[1:3], strides)
+  )
   dx = _conv_nhwc(g, flipped, padding=back_pad, lhs_dilation=strides)
   # Kernel gradient: features of x as the batch, the batch as the features, g as a kernel dilated by the
   # stride; the window positions past the kernel (when the stride does not divide the padded size) drop.
@@ -124,14 +155,30 @@ class PaddedConv(nnx.Module):
   gradient of a conv padded by k - 1 ran at half the speed of pad + unpadded conv.
   """
 
-  def __init__(self, in_features: int, out_features: int, kernel_size: int, *, padding: str = "same",
-               stride: int = 1, use_bias: bool = True, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    kernel_size: int,
+    *,
+    padding: str = "same",
+    stride: int = 1,
+    use_bias: bool = True,
+    rngs: nnx.Rngs,
+  ):
     self.pad, self.pad_mode = conv_padding(kernel_size, padding)
     self.explicit_pad = padding in ("circular", "full")
     conv_pad = "VALID" if self.explicit_pad else (self.pad, self.pad)
-    self.conv = nnx.Conv(in_features, out_features, (kernel_size, kernel_size), strides=stride,
-                         padding=conv_pad, use_bias=use_bias, conv_general_dilated=conv_general_dilated,
-                         rngs=rngs)
+    self.conv = nnx.Conv(
+      in_features,
+      out_features,
+      (kernel_size, kernel_size),
+      strides=stride,
+      padding=conv_pad,
+      use_bias=use_bias,
+      conv_general_dilated=conv_general_dilated,
+      rngs=rngs,
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.explicit_pad:
@@ -191,7 +238,7 @@ def dense_max(x: jax.Array, size: int, mode: str = "edge") -> jax.Array:
   for dy in range(size):
     for dx in range(size):
       if dy or dx:
-        out = jnp.maximum(out, xp[:, dy:dy + h, dx:dx + w])
+        out = jnp.maximum(out, xp[:, dy : dy + h, dx : dx + w])
   return out
 
 

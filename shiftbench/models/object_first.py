@@ -80,12 +80,14 @@ def conv_valid(x: jax.Array, kernel: jax.Array, stride: int = 1, patches: bool |
   if patches is None:
     patches = _uses_patches(cin)
   if not patches:
-    return layers.conv_general_dilated(x, kernel, (stride, stride), "VALID",
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return layers.conv_general_dilated(x, kernel, (stride, stride), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
   ho = (x.shape[1] - kh) // stride + 1
   wo = (x.shape[2] - kw) // stride + 1
-  cols = [x[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride]
-          for dy in range(kh) for dx in range(kw)]
+  cols = [
+    x[:, dy : dy + stride * (ho - 1) + 1 : stride, dx : dx + stride * (wo - 1) + 1 : stride]
+    for dy in range(kh)
+    for dx in range(kw)
+  ]
   return jnp.einsum("bhwpc,pco->bhwo", jnp.stack(cols, axis=3), kernel.reshape(kh * kw, cin, cout))
 
 
@@ -135,8 +137,9 @@ def place_per_location(x: jax.Array, offsets: jax.Array | np.ndarray, size: int)
   if (offset := _same_static_offset(offsets)) is not None:
     h, w = x.shape[2:4]
     oy, ox = (int(v) for v in np.clip(offset, (-h, -w), size))  # beyond these nothing overlaps
-    return jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (0, 0, 0), (oy, size - oy - h, 0),
-                                                   (ox, size - ox - w, 0), (0, 0, 0)))
+    return jax.lax.pad(
+      x, jnp.zeros((), x.dtype), ((0, 0, 0), (0, 0, 0), (oy, size - oy - h, 0), (ox, size - ox - w, 0), (0, 0, 0))
+    )
   return _place_gather(x, offsets, size)
 
 
@@ -147,8 +150,7 @@ def crop_image(image: jax.Array, offsets: jax.Array | np.ndarray, size: int) -> 
   g = image.shape[0]
   if (offset := _same_static_offset(offsets)) is not None:
     oy, ox = (int(v) for v in np.clip(offset, -size, g))
-    out = jax.lax.pad(image, jnp.zeros((), image.dtype), ((-oy, oy + size - g, 0), (-ox, ox + size - g, 0),
-                                                         (0, 0, 0)))
+    out = jax.lax.pad(image, jnp.zeros((), image.dtype), ((-oy, oy + size - g, 0), (-ox, ox + size - g, 0), (0, 0, 0)))
     return jnp.broadcast_to(out, (offsets.shape[0], *out.shape))
   return _crop(image[None, None], offsets, (size, size), shared=True)[:, 0]
 
@@ -188,8 +190,10 @@ def _crop(x: jax.Array, offsets: jax.Array, hw: tuple[int, int], shared: bool = 
 
 
 # Placing and cropping are transposes, so the placement's VJP is a crop (integer offsets: no cotangent).
-_place_gather.defvjp(lambda x, offsets, size: (_place(x, offsets, size), (offsets, x.shape[2:4])),
-                     lambda size, res, g: (_crop(g, res[0], res[1]), None))
+_place_gather.defvjp(
+  lambda x, offsets, size: (_place(x, offsets, size), (offsets, x.shape[2:4])),
+  lambda size, res, g: (_crop(g, res[0], res[1]), None),
+)
 
 
 def _worth_it(block, window: int, grid: int) -> bool:
@@ -243,8 +247,7 @@ def _near_object(blocks: Sequence, local1: jax.Array, q: jax.Array, grid: int) -
   return x.reshape(-1, *x.shape[2:]), i
 
 
-def first_blocks(blocks: Sequence, objects: jax.Array, locations: jax.Array,
-                 canvas_size: int) -> tuple[jax.Array, int]:
+def first_blocks(blocks: Sequence, objects: jax.Array, locations: jax.Array, canvas_size: int) -> tuple[jax.Array, int]:
   """The output of the first block(s) for objects (B, h, w, C) at (B, 2) locations on blank canvases, and
   the index of the next block: `(x, i)` with x equal to blocks[:i] applied to the placed canvases."""
   local_side, grid = _first_geometry(blocks[0], objects.shape[1:3], canvas_size)
@@ -253,8 +256,9 @@ def first_blocks(blocks: Sequence, objects: jax.Array, locations: jax.Array,
   return _near_object(blocks, local1[:, None], q, grid)
 
 
-def first_blocks_grid(blocks: Sequence, objects: jax.Array, locations: jax.Array,
-                      canvas_size: int) -> tuple[jax.Array, int]:
+def first_blocks_grid(
+  blocks: Sequence, objects: jax.Array, locations: jax.Array, canvas_size: int
+) -> tuple[jax.Array, int]:
   """`first_blocks` for every object (B, ...) at every location (L, 2): features of shape (L * B, ...)
   in location-major order. L is computed once per object and residue (4 per object), not per canvas."""
   local_side, grid = _first_geometry(blocks[0], objects.shape[1:3], canvas_size)

@@ -60,15 +60,15 @@ class BasicBlock(nnx.Module):
   def __init__(self, cin: int, cout: int, stride: int, *, padding: str, down: Down, rngs: nnx.Rngs):
     self.stride, self.down = stride, down
     conv_stride = stride if down.downsample == "stride" else 1
-    self.conv1 = layers.PaddedConv(cin, cout, 3, padding=padding, stride=conv_stride, use_bias=False,
-                                     rngs=rngs)
+    self.conv1 = layers.PaddedConv(cin, cout, 3, padding=padding, stride=conv_stride, use_bias=False, rngs=rngs)
     self.bn1 = nnx.BatchNorm(cout, momentum=BN_MOMENTUM, rngs=rngs)
     self.conv2 = layers.PaddedConv(cout, cout, 3, padding=padding, use_bias=False, rngs=rngs)
     self.bn2 = nnx.BatchNorm(cout, momentum=BN_MOMENTUM, rngs=rngs)
     self.project = stride != 1 or cin != cout
     if self.project:
-      self.short_conv = nnx.Conv(cin, cout, (1, 1), use_bias=False,
-                                 conv_general_dilated=layers.conv_general_dilated, rngs=rngs)
+      self.short_conv = nnx.Conv(
+        cin, cout, (1, 1), use_bias=False, conv_general_dilated=layers.conv_general_dilated, rngs=rngs
+      )
       self.short_bn = nnx.BatchNorm(cout, momentum=BN_MOMENTUM, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -92,17 +92,34 @@ class BasicBlock(nnx.Module):
 class ResNetBackbone(nnx.Module):
   """Stem + 4 stages of BasicBlocks; stages 2-4 halve the resolution."""
 
-  def __init__(self, in_channels: int, widths: Sequence[int], blocks: Sequence[int], *, stem: str,
-               downsample: str, padding: str, blur_size: int, blur_padding: str, aps_norm: str,
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_channels: int,
+    widths: Sequence[int],
+    blocks: Sequence[int],
+    *,
+    stem: str,
+    downsample: str,
+    padding: str,
+    blur_size: int,
+    blur_padding: str,
+    aps_norm: str,
+    rngs: nnx.Rngs,
+  ):
     self.stem_kind = layers._check(stem, STEMS, "stem")
     down = Down(downsample, blur_size, blur_padding, aps_norm)
     self.down = down
     self.max_mode = "wrap" if padding == "circular" else "edge"
     k, stem_stride = (3, 1) if stem == "cifar" else (7, 2)
-    self.stem_conv = layers.PaddedConv(in_channels, widths[0], k, padding=padding,
-                                       stride=stem_stride if downsample == "stride" else 1, use_bias=False,
-                                       rngs=rngs)
+    self.stem_conv = layers.PaddedConv(
+      in_channels,
+      widths[0],
+      k,
+      padding=padding,
+      stride=stem_stride if downsample == "stride" else 1,
+      use_bias=False,
+      rngs=rngs,
+    )
     self.stem_bn = nnx.BatchNorm(widths[0], momentum=BN_MOMENTUM, rngs=rngs)
     blocks_list = []
     cin = widths[0]
@@ -152,11 +169,24 @@ class ResNet(nnx.Module):
     aps_norm: `l2`, `l1` or `linf`.
   """
 
-  def __init__(self, *, num_classes: int, canvas_size: int, in_channels: int = 1,
-               widths: Sequence[int] = (16, 32, 64, 128), blocks: Sequence[int] = (2, 2, 2, 2),
-               stem: str = "cifar", downsample: str = "stride", padding: str = "same", head: str = "gap",
-               blur_size: int = 4, blur_padding: str | None = None, aps_norm: str = "l2",
-               fc_hidden: Sequence[int] = (), rngs: nnx.Rngs):
+  def __init__(
+    self,
+    *,
+    num_classes: int,
+    canvas_size: int,
+    in_channels: int = 1,
+    widths: Sequence[int] = (16, 32, 64, 128),
+    blocks: Sequence[int] = (2, 2, 2, 2),
+    stem: str = "cifar",
+    downsample: str = "stride",
+    padding: str = "same",
+    head: str = "gap",
+    blur_size: int = 4,
+    blur_padding: str | None = None,
+    aps_norm: str = "l2",
+    fc_hidden: Sequence[int] = (),
+    rngs: nnx.Rngs,
+  ):
     layers._check(downsample, DOWNSAMPLES, "downsample")
     layers._check(padding, ("same", "circular"), "ResNet padding")  # residuals need size-preserving convs
     layers._check(aps_norm, aps.NORMS, "APS norm")
@@ -164,9 +194,18 @@ class ResNet(nnx.Module):
       raise ValueError(f"widths {list(widths)} and blocks {list(blocks)} must have the same length")
     blur_padding = layers.default_blur_padding(padding) if blur_padding is None else blur_padding
     layers._check(blur_padding, layers.BLUR_PADDINGS, "blur padding")
-    self.backbone = ResNetBackbone(in_channels, tuple(widths), tuple(blocks), stem=stem, downsample=downsample,
-                                   padding=padding, blur_size=blur_size, blur_padding=blur_padding,
-                                   aps_norm=aps_norm, rngs=rngs)
+    self.backbone = ResNetBackbone(
+      in_channels,
+      tuple(widths),
+      tuple(blocks),
+      stem=stem,
+      downsample=downsample,
+      padding=padding,
+      blur_size=blur_size,
+      blur_padding=blur_padding,
+      aps_norm=aps_norm,
+      rngs=rngs,
+    )
     # Shape probe on a merged copy: a train-mode BatchNorm call would otherwise write tracers into the stats.
     graphdef, state = nnx.split(self.backbone)
     probe = jax.ShapeDtypeStruct((1, canvas_size, canvas_size, in_channels), jnp.float32)

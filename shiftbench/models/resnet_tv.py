@@ -72,7 +72,7 @@ class ResNetFeatures(nnx.Module):
     self.bn1 = tv_layers.batch_norm(stem, rngs)
     blocks, names, cin = [], [], stem
     for i, n in enumerate(counts):
-      planes = tv_layers.scaled(64 * 2 ** i, width)
+      planes = tv_layers.scaled(64 * 2**i, width)
       for j in range(n):
         blocks.append(Block(kind, cin, planes, 2 if i > 0 and j == 0 else 1, rngs))
         names.append(f"layer{i + 1}.{j}")
@@ -109,8 +109,17 @@ class TorchvisionResNet(tv_layers.TorchvisionNet):
     input_adapter: `imagenet`, `repeat` or `none` (`input_adapter.py`).
   """
 
-  def __init__(self, *, num_classes: int, canvas_size: int = 224, in_channels: int = 1, depth: int = 50,
-               width: float = 1.0, input_adapter: str = "imagenet", rngs: nnx.Rngs):
+  def __init__(
+    self,
+    *,
+    num_classes: int,
+    canvas_size: int = 224,
+    in_channels: int = 1,
+    depth: int = 50,
+    width: float = 1.0,
+    input_adapter: str = "imagenet",
+    rngs: nnx.Rngs,
+  ):
     if depth not in LAYOUTS:
       raise ValueError(f"torchvision ResNet depth must be one of {sorted(LAYOUTS)}, got {depth}")
     if canvas_size < 32:

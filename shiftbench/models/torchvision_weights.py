@@ -34,20 +34,34 @@ from shiftbench.models.vgg import VGG
 # The factories of the torchvision architectures, by torchvision's names (`resnet18_tv`: torchvision's
 # ResNet-18, named apart from shiftbench's CIFAR-sized `resnet18` preset).
 ARCHS: dict[str, Callable[..., nnx.Module]] = {
-    "vgg11": functools.partial(VGG, depth=11),
-    "vgg16": functools.partial(VGG, depth=16),
-    "vgg16_bn": functools.partial(VGG, depth=16, batch_norm=True),
-    "resnet18_tv": functools.partial(TorchvisionResNet, depth=18),
-    "resnet50": functools.partial(TorchvisionResNet, depth=50),
-    "densenet121": DenseNet,
+  "vgg11": functools.partial(VGG, depth=11),
+  "vgg16": functools.partial(VGG, depth=16),
+  "vgg16_bn": functools.partial(VGG, depth=16, batch_norm=True),
+  "resnet18_tv": functools.partial(TorchvisionResNet, depth=18),
+  "resnet50": functools.partial(TorchvisionResNet, depth=50),
+  "densenet121": DenseNet,
 }
-_FIRST_CONV = {"vgg11": "features.0", "vgg16": "features.0", "vgg16_bn": "features.0", "resnet18_tv": "conv1",
-               "resnet50": "conv1", "densenet121": "features.conv0"}
-_CLASSIFIER = {"vgg11": "classifier.6", "vgg16": "classifier.6", "vgg16_bn": "classifier.6", "resnet18_tv": "fc",
-               "resnet50": "fc", "densenet121": "classifier"}
+_FIRST_CONV = {
+  "vgg11": "features.0",
+  "vgg16": "features.0",
+  "vgg16_bn": "features.0",
+  "resnet18_tv": "conv1",
+  "resnet50": "conv1",
+  "densenet121": "features.conv0",
+}
+_CLASSIFIER = {
+  "vgg11": "classifier.6",
+  "vgg16": "classifier.6",
+  "vgg16_bn": "classifier.6",
+  "resnet18_tv": "fc",
+  "resnet50": "fc",
+  "densenet121": "classifier",
+}
 # torchvision's old DenseNet checkpoints name `norm1` as `norm.1` (its own loader renames them the same way).
-_LEGACY_DENSENET = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|"
-                              r"running_var))$")
+_LEGACY_DENSENET = re.compile(
+  r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|"
+  r"running_var))$"
+)
 
 StateDict = dict[str, np.ndarray]
 
@@ -74,8 +88,9 @@ def load_state_dict(source: str | Path | Mapping[str, Any]) -> StateDict:
       try:
         import torch
       except ImportError as e:
-        raise ImportError(f"reading {path} needs torch (pip install torch), or convert it to .safetensors "
-                          "on a machine that has torch") from e
+        raise ImportError(
+          f"reading {path} needs torch (pip install torch), or convert it to .safetensors on a machine that has torch"
+        ) from e
       raw = torch.load(str(path), map_location="cpu", weights_only=True)
       raw = raw.get("state_dict", raw) if isinstance(raw, Mapping) else raw
   out = {}
@@ -103,8 +118,12 @@ def _targets(layer: nnx.Module) -> dict[str, tuple[nnx.Variable, Callable[[np.nd
   if isinstance(layer, nnx.Linear):
     return {"weight": (layer.kernel, lambda a: a.T), "bias": (layer.bias, same)}
   if isinstance(layer, nnx.BatchNorm):
-    return {"weight": (layer.scale, same), "bias": (layer.bias, same), "running_mean": (layer.mean, same),
-            "running_var": (layer.var, same)}
+    return {
+      "weight": (layer.scale, same),
+      "bias": (layer.bias, same),
+      "running_mean": (layer.mean, same),
+      "running_var": (layer.var, same),
+    }
   raise TypeError(f"no PyTorch mapping for {type(layer).__name__}")
 
 
@@ -150,9 +169,18 @@ def infer_width(arch: str, sd: StateDict) -> float:
   return float(sd[_FIRST_CONV[arch] + ".weight"].shape[0]) / 64.0
 
 
-def from_torchvision(arch: str, state_dict: str | Path | Mapping[str, Any], num_classes: int | None = None, *,
-                     width: float | None = None, in_channels: int = 3, input_adapter: str = "none",
-                     canvas_size: int = 224, seed: int = 0, **kwargs: Any) -> nnx.Module:
+def from_torchvision(
+  arch: str,
+  state_dict: str | Path | Mapping[str, Any],
+  num_classes: int | None = None,
+  *,
+  width: float | None = None,
+  in_channels: int = 3,
+  input_adapter: str = "none",
+  canvas_size: int = 224,
+  seed: int = 0,
+  **kwargs: Any,
+) -> nnx.Module:
   """The flax network of torchvision architecture `arch` holding the weights of `state_dict`.
 
   With the defaults (3-channel input, no adapter), `model(x)` for NHWC float32 `x` equals torchvision's
@@ -173,8 +201,15 @@ def from_torchvision(arch: str, state_dict: str | Path | Mapping[str, Any], num_
   classes = num_classes
   if classes is None:
     classes = int(sd[_CLASSIFIER[arch] + ".weight"].shape[0])
-  model = ARCHS[arch](num_classes=classes, canvas_size=canvas_size, in_channels=in_channels, width=width,
-                      input_adapter=input_adapter, rngs=nnx.Rngs(seed), **kwargs)
+  model = ARCHS[arch](
+    num_classes=classes,
+    canvas_size=canvas_size,
+    in_channels=in_channels,
+    width=width,
+    input_adapter=input_adapter,
+    rngs=nnx.Rngs(seed),
+    **kwargs,
+  )
   load_into(model, sd, classifier=None if num_classes is not None else True)
   model.eval()
   return model
@@ -185,9 +220,11 @@ def weights_for(weights: str | Mapping[str, str] | None, model_name: str) -> Pat
   mapping of model names (the keys of `model`) to paths."""
   path = weights.get(model_name) if isinstance(weights, Mapping) else weights
   if not path:
-    raise ValueError(f"the imagenet pretrain regime needs weights for model {model_name!r}: set pretrain.weights="
-                     f"/path/to/{model_name}.pth (or a mapping, e.g. +pretrain.weights.{model_name}=...); see "
-                     "docs/paper.md for getting torchvision's files onto an offline machine")
+    raise ValueError(
+      f"the imagenet pretrain regime needs weights for model {model_name!r}: set pretrain.weights="
+      f"/path/to/{model_name}.pth (or a mapping, e.g. +pretrain.weights.{model_name}=...); see "
+      "docs/paper.md for getting torchvision's files onto an offline machine"
+    )
   path = Path(str(path)).expanduser().absolute()
   if not path.is_file():
     raise FileNotFoundError(f"pretrain.weights for {model_name!r}: no file {path}")
@@ -199,10 +236,13 @@ def load_imagenet(model: nnx.Module, path: Path) -> dict[str, Any]:
   and returns what a row records: the file, its sha256 and the architecture."""
   adapter = getattr(getattr(model, "backbone", None), "adapter", None)
   if not hasattr(model, "torchvision_layers"):
-    raise ValueError(f"the imagenet pretrain regime needs a torchvision architecture ({', '.join(ARCHS)}), "
-                     f"got {type(model).__name__}")
+    raise ValueError(
+      f"the imagenet pretrain regime needs a torchvision architecture ({', '.join(ARCHS)}), got {type(model).__name__}"
+    )
   if adapter is None or adapter.kind != "imagenet":
-    raise ValueError(f"ImageNet weights expect ImageNet-normalised 3-channel input: set input_adapter: imagenet "
-                     f"for {model.arch} (it is {getattr(adapter, 'kind', None)!r})")
+    raise ValueError(
+      f"ImageNet weights expect ImageNet-normalised 3-channel input: set input_adapter: imagenet "
+      f"for {model.arch} (it is {getattr(adapter, 'kind', None)!r})"
+    )
   load_into(model, path, classifier=False)
   return {"path": str(path), "sha256": file_sha256(path), "arch": model.arch, "source": "torchvision state dict"}

@@ -56,12 +56,22 @@ def scaled(channels: int, width: float) -> int:
   return max(1, round(channels * float(width)))
 
 
-def conv(cin: int, cout: int, k: int, *, stride: int = 1, padding: int = 0, bias: bool = False,
-         rngs: nnx.Rngs) -> nnx.Conv:
+def conv(
+  cin: int, cout: int, k: int, *, stride: int = 1, padding: int = 0, bias: bool = False, rngs: nnx.Rngs
+) -> nnx.Conv:
   """`nn.Conv2d(cin, cout, k, stride, padding, bias=bias)` as an NHWC/HWIO conv."""
   pad = ((padding, padding), (padding, padding))
-  return nnx.Conv(cin, cout, (k, k), strides=stride, padding=pad, use_bias=bias, kernel_init=HE_FAN_OUT,
-                  conv_general_dilated=layers.conv_general_dilated, rngs=rngs)
+  return nnx.Conv(
+    cin,
+    cout,
+    (k, k),
+    strides=stride,
+    padding=pad,
+    use_bias=bias,
+    kernel_init=HE_FAN_OUT,
+    conv_general_dilated=layers.conv_general_dilated,
+    rngs=rngs,
+  )
 
 
 def batch_norm(channels: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
@@ -91,8 +101,9 @@ def adaptive_avg_pool(x: jax.Array, out: int) -> jax.Array:
     return x.mean(axis=(1, 2), keepdims=True)
   if (h, w) == (out, out):
     return x
-  return jnp.einsum("ph,qw,bhwc->bpqc", _pool_matrix(h, out), _pool_matrix(w, out), x,
-                    precision=jax.lax.Precision.HIGHEST)
+  return jnp.einsum(
+    "ph,qw,bhwc->bpqc", _pool_matrix(h, out), _pool_matrix(w, out), x, precision=jax.lax.Precision.HIGHEST
+  )
 
 
 class Head(nnx.Module):
@@ -103,8 +114,17 @@ class Head(nnx.Module):
   Dropout follows torchvision's VGG classifier (Linear, ReLU, Dropout); it is off in eval mode.
   """
 
-  def __init__(self, channels: int, pool: int, hidden: Sequence[int], num_classes: int, *, dropout: float = 0.0,
-               linear_init=None, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    channels: int,
+    pool: int,
+    hidden: Sequence[int],
+    num_classes: int,
+    *,
+    dropout: float = 0.0,
+    linear_init=None,
+    rngs: nnx.Rngs,
+  ):
     self.pool = int(pool)
     dims = [channels * self.pool * self.pool, *(int(h) for h in hidden)]
     init = {"kernel_init": LECUN if linear_init is None else linear_init, "bias_init": nnx.initializers.zeros}

@@ -21,8 +21,8 @@ from shiftbench.models import layers, tv_layers
 from shiftbench.models.input_adapter import InputAdapter
 
 CONFIGS: dict[int, tuple] = {
-    11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
-    16: (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+  11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+  16: (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
 }
 
 
@@ -90,9 +90,19 @@ class VGG(tv_layers.TorchvisionNet):
     input_adapter: `imagenet`, `repeat` or `none` (`input_adapter.py`).
   """
 
-  def __init__(self, *, num_classes: int, canvas_size: int = 224, in_channels: int = 1, depth: int = 16,
-               batch_norm: bool = False, width: float = 1.0, dropout: float = 0.5, input_adapter: str = "imagenet",
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    *,
+    num_classes: int,
+    canvas_size: int = 224,
+    in_channels: int = 1,
+    depth: int = 16,
+    batch_norm: bool = False,
+    width: float = 1.0,
+    dropout: float = 0.5,
+    input_adapter: str = "imagenet",
+    rngs: nnx.Rngs,
+  ):
     if depth not in CONFIGS:
       raise ValueError(f"VGG depth must be one of {sorted(CONFIGS)}, got {depth}")
     if canvas_size < 32:
@@ -100,6 +110,13 @@ class VGG(tv_layers.TorchvisionNet):
     self.arch = f"vgg{depth}" + ("_bn" if batch_norm else "")
     self.backbone = VGGFeatures(depth, batch_norm, width, InputAdapter(input_adapter, in_channels), rngs)
     fc = tv_layers.scaled(4096, width)
-    self.head = tv_layers.Head(self.backbone.channels, 7, (fc, fc), num_classes, dropout=dropout,
-                               linear_init=tv_layers.host_normal(lambda s: 0.01), rngs=rngs)
+    self.head = tv_layers.Head(
+      self.backbone.channels,
+      7,
+      (fc, fc),
+      num_classes,
+      dropout=dropout,
+      linear_init=tv_layers.host_normal(lambda s: 0.01),
+      rngs=rngs,
+    )
     self.head_names = ("classifier.0", "classifier.3", "classifier.6")
