@@ -97,19 +97,41 @@ def _objects_and_locations(canvas_size, size, n=7, seed=0):
   return objects, jnp.asarray(locations)
 
 
+def _logits_and_gradients(model, forwards):
+  """For each `forward(model)` in `forwards`: its logits and the gradient of a loss that weighs every logit,
+  all in one compiled program, as training and evaluation run them (dispatching the same ops eagerly cost
+  ~4x more time here, most of it compiling each op on its own)."""
+  loss = lambda logits: (jnp.sin(logits) * jnp.arange(logits.shape[-1])).sum()
+
+  @nnx.jit
+  def run(model):
+    return [(f(model), jax.tree.leaves(nnx.grad(lambda m, f=f: loss(f(m)))(model))) for f in forwards]
+
+  return run(model)
+
+
+def _assert_same_logits_and_gradients(fast, slow):
+  (fast_logits, fast_grads), (slow_logits, slow_grads) = fast, slow
+  np.testing.assert_allclose(fast_logits, slow_logits, rtol=1e-5, atol=1e-5)
+  assert len(fast_grads) == len(slow_grads)
+  for a, b in zip(fast_grads, slow_grads):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("canvas_size,size,kernel,padding,downsample,head", CASES)
 def test_on_canvas_equals_the_network_on_the_placed_canvas_values_and_gradients(
   canvas_size, size, kernel, padding, downsample, head
 ):
   model = _model(canvas_size, kernel, padding, downsample, head)
   objects, locations = _objects_and_locations(canvas_size, size)
-  placed = lambda m: m(canvas.place(objects, locations, canvas_size))
-  np.testing.assert_allclose(model.on_canvas(objects, locations, canvas_size), placed(model), rtol=1e-5, atol=1e-5)
-  loss = lambda logits: (jnp.sin(logits) * jnp.arange(5)).sum()  # every logit gets its own weight
-  fast = nnx.grad(lambda m: loss(m.on_canvas(objects, locations, canvas_size)))(model)
-  slow = nnx.grad(lambda m: loss(placed(m)))(model)
-  for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(slow)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  fast, slow = _logits_and_gradients(
+    model,
+    [
+      lambda m: m.on_canvas(objects, locations, canvas_size),
+      lambda m: m(canvas.place(objects, locations, canvas_size)),
+    ],
+  )
+  _assert_same_logits_and_gradients(fast, slow)
 
 
 @pytest.mark.parametrize("canvas_size,size,kernel,padding,downsample,head", CASES)
@@ -117,18 +139,20 @@ def test_on_canvas_at_one_host_location_equals_the_placed_canvas_values_and_grad
   canvas_size, size, kernel, padding, downsample, head
 ):
   # `fixed` training passes one numpy location for the whole batch: placements become pads, not gathers.
+  # The numpy locations are closed over, never traced, so the compiled program takes the pad path.
   model = _model(canvas_size, kernel, padding, downsample, head)
   objects = _objects_and_locations(canvas_size, size)[0][:3]
   m = canvas_size - size
-  loss = lambda logits: (jnp.sin(logits) * jnp.arange(5)).sum()
+  forwards = []
   for location in [(0, 0), (m, m), (1, m - 1), (m // 2, m // 2 + 1)]:
-    locations = np.broadcast_to(np.asarray(location, np.int32), (3, 2))
-    placed = lambda mod: mod(canvas.place(objects, jnp.asarray(locations), canvas_size))  # noqa: B023 (used at once)
-    np.testing.assert_allclose(model.on_canvas(objects, locations, canvas_size), placed(model), rtol=1e-5, atol=1e-5)
-    fast = nnx.grad(lambda mod: loss(mod.on_canvas(objects, locations, canvas_size)))(model)  # noqa: B023
-    slow = nnx.grad(lambda mod: loss(placed(mod)))(model)  # noqa: B023
-    for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(slow)):
-      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    host = np.broadcast_to(np.asarray(location, np.int32), (3, 2))
+    forwards += [
+      lambda mod, host=host: mod.on_canvas(objects, host, canvas_size),
+      lambda mod, host=host: mod(canvas.place(objects, jnp.asarray(host), canvas_size)),
+    ]
+  results = _logits_and_gradients(model, forwards)
+  for fast, slow in zip(results[::2], results[1::2]):
+    _assert_same_logits_and_gradients(fast, slow)
 
 
 @pytest.mark.parametrize("canvas_size,size,kernel,padding,downsample,head", CASES)
@@ -137,9 +161,13 @@ def test_on_grid_equals_the_network_on_every_placed_canvas(canvas_size, size, ke
   objects, _ = _objects_and_locations(canvas_size, size, n=5)
   m = canvas_size - size
   grid = jnp.asarray(list(itertools.product([0, 1, m // 2, m - 1, m], [0, 1, 2, m])), jnp.int32)
-  fast = model.on_grid(objects, grid, canvas_size)
   x = canvas.place_grid(objects, grid, canvas_size)
-  slow = model(x.reshape(-1, *x.shape[2:])).reshape(*x.shape[:2], -1)
+  fast, slow = nnx.jit(
+    lambda model: (
+      model.on_grid(objects, grid, canvas_size),
+      model(x.reshape(-1, *x.shape[2:])).reshape(*x.shape[:2], -1),
+    )
+  )(model)
   assert fast.shape == (len(grid), 5, 5)
   np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-5)
 
@@ -154,14 +182,18 @@ def test_unsupported_first_blocks_fall_back_to_the_canvas_and_still_agree(kind):
   model = ShiftNet(num_classes=3, canvas_size=16, widths=(4, 4), head="gap", rngs=nnx.Rngs(0), **kw)
   assert object_first.supported(model.backbone.blocks[0]) is not None
   objects, locations = _objects_and_locations(16, 6, n=6)
-  np.testing.assert_allclose(
-    logits_on_canvas(model, objects, locations, 16), model(canvas.place(objects, locations, 16)), rtol=1e-6, atol=1e-6
-  )
   grid = locations[:3]
   x = canvas.place_grid(objects, grid, 16)
-  np.testing.assert_allclose(
-    logits_on_grid(model, objects, grid, 16), model(x.reshape(-1, *x.shape[2:])).reshape(3, 6, -1), rtol=1e-6, atol=1e-6
-  )
+
+  @nnx.jit
+  def both_paths(model):
+    return (
+      (logits_on_canvas(model, objects, locations, 16), model(canvas.place(objects, locations, 16))),
+      (logits_on_grid(model, objects, grid, 16), model(x.reshape(-1, *x.shape[2:])).reshape(3, 6, -1)),
+    )
+
+  for fast, slow in both_paths(model):
+    np.testing.assert_allclose(fast, slow, rtol=1e-6, atol=1e-6)
 
 
 def test_training_with_and_without_the_shortcut_gives_the_same_parameters():
@@ -248,8 +280,14 @@ def test_the_shortcut_reaches_as_far_as_it_should():
     model = _model(canvas_size, 3, "same", "max", "gap")
     objects, locations = _objects_and_locations(canvas_size, size, n=5)
     blocks = model.backbone.blocks
-    assert object_first.first_blocks(blocks, objects, locations, canvas_size)[1] == train_next
-    assert object_first.first_blocks_grid(blocks, objects, locations, canvas_size)[1] == grid_next
+    reached = []  # how far each path goes is decided from shapes alone: trace it, compute nothing
+
+    def trace(objects, locations, blocks=blocks, canvas_size=canvas_size, reached=reached):
+      for path in (object_first.first_blocks, object_first.first_blocks_grid):
+        reached.append(path(blocks, objects, locations, canvas_size)[1])
+
+    jax.eval_shape(trace, objects, locations)
+    assert reached == [train_next, grid_next]
 
 
 def test_non_square_objects_take_the_canvas_path():
