@@ -9,8 +9,23 @@ os.environ["WANDB_MODE"] = "disabled"
 # Nothing a test runs may write under the user's home: checkpoints and the JAX compilation cache
 # default to $SHIFTBENCH_CACHE, so point it at a throwaway directory.
 os.environ["SHIFTBENCH_CACHE"] = tempfile.mkdtemp(prefix="shiftbench-test-cache-")
+# JAX's compilation cache, shared by every test of this session and by the pytest-xdist workers (a
+# program is keyed by its own HLO, so sharing cannot mix results): most tests run the same tiny programs,
+# and compiling them is most of the suite's time on CPU.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+COMPILE_CACHE = (
+  os.path.join(tempfile.gettempdir(), f"shiftbench-test-jax-cache-{_RUN}")
+  if _RUN
+  else os.path.join(os.environ["SHIFTBENCH_CACHE"], "jax_cache")
+)
 
 import pytest  # noqa: E402
+
+
+def pytest_collection_modifyitems(items):
+  """End-to-end runs first: with the suite spread over workers, a long test started last would keep
+  one worker busy while the others sit idle."""
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +40,8 @@ def tiny_overrides(data_dir: str, checkpoint_dir: str) -> list[str]:
     "logger=none",
     f"data.data_dir={data_dir}",
     f"paths.checkpoint_dir={checkpoint_dir}",
-    "compile_cache=false",
+    "compile_cache=true",
+    f"paths.compile_cache_dir={COMPILE_CACHE}",
     "canvas.size=20",
     "canvas.object_size=8",
     "widths=[4,8]",

@@ -60,7 +60,9 @@ def test_a_busy_run_directory_refuses_a_second_process_and_a_refused_multirun_jo
     _, err = second.communicate(timeout=120)
     seconds = time.perf_counter() - start
     print(f"second process refused in {seconds:.1f} s")
-    assert second.returncode == 1 and seconds < 10
+    # "At once" is the behaviour: it is refused while the first still runs, not made to wait. The time is
+    # printed (a quiet run takes ~5 s, mostly importing jax); speed targets stay out of assertions.
+    assert second.returncode == 1
     assert _last_line(err).startswith(f"error: run directory {run_dir} is in use by pid {first.pid} on host ")
     assert first.poll() is None  # refused while the first was still running
     _, err = first.communicate(timeout=600)

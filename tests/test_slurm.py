@@ -59,7 +59,7 @@ def _rows(sweep: Path) -> dict[str, list[dict]]:
 
 
 def _overrides(tmp_path, extra):
-  # The compile cache is the session's ($SHIFTBENCH_CACHE/jax_cache): jobs load the programs compiled before.
+  # The compile cache is the test session's (conftest.COMPILE_CACHE): jobs load the programs compiled before.
   return [*tiny_overrides(str(tmp_path / "data"), str(tmp_path / "ckpt")), "compile_cache=true", *extra]
 
 
