@@ -312,6 +312,9 @@ def paper(args, r: dict, data, spec, images, labels, grid, peak: float) -> None:
     runs[f"torch.compile (mode={args.compile_mode})"] = torch_trainer(
       build, args, images, labels, args.torch_threads, compile_mode=args.compile_mode
     )
+  on_canvas = lambda: bench_paper.jax_vgg(args.tv_width, args.canvas, object_first=False)
+  if args.alternatives:
+    runs["first stages on the canvas (object_first=False)"] = jax_trainer(on_canvas(), args, data, spec, dispatch)
   r["train"][name] = train_entry(interleave(runs, args.reps), bench_paper.train_flops(args.tv_width, args.canvas), peak)
   print(name, json.dumps(r["train"][name]), flush=True)
   ev_objs, ev_labels = images[: args.eval_objects], labels[: args.eval_objects]
@@ -324,6 +327,10 @@ def paper(args, r: dict, data, spec, images, labels, grid, peak: float) -> None:
   if args.compile_mode:
     runs[f"torch.compile (mode={args.compile_mode})"] = torch_evaluator(
       build, args, ev_objs, grid, ev_labels, compile_mode=args.compile_mode
+    )
+  if args.alternatives:
+    runs["first stages on the canvas (object_first=False)"] = jax_evaluator(
+      on_canvas(), args, jnp.asarray(ev_objs), grid, jnp.asarray(ev_labels)
     )
   r["eval"] = eval_entry(interleave(runs, args.reps), grid, ev_objs)
   r["paper"] = {"arch": bench_paper.ARCH, "tv_width": args.tv_width, "dispatch": dispatch, "lr": args.lr}

@@ -2,7 +2,8 @@
 50-px objects, batch 32, Adam 1e-4, as experiment=paper trains and evaluates it (docs/paper.md).
 
 shiftbench side: `shiftbench.models.VGG(depth=16)` with its `imagenet` input adapter (gray -> 3 channels,
-ImageNet mean/std), trained by `train.train` and mapped by `evaluation.location_stats`, the protocol's path.
+ImageNet mean/std), trained by `train.train` and mapped by `evaluation.location_stats`, the protocol's path,
+its first stages run near the object (exact; `--alternatives` also times them on the whole canvas).
 PyTorch side: the twin of torchvision's VGG16 from tests/torchvision_twins.py, the module the known-answer
 tests (tests/test_torchvision_models.py) check the flax networks against, so both sides are proven to compute
 the same function; it is imported from there rather than copied (bench.py puts tests/ on sys.path). The same
@@ -36,8 +37,16 @@ DEFAULTS = {
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def jax_vgg(width: float, canvas_size: int, seed: int = 0) -> VGG:
-  return VGG(num_classes=CLASSES, canvas_size=canvas_size, depth=DEPTH, width=width, rngs=nnx.Rngs(seed))
+def jax_vgg(width: float, canvas_size: int, seed: int = 0, object_first: bool = True) -> VGG:
+  """`object_first`: the first stages near the object (models/vgg_object_first.py), as the protocol runs them."""
+  return VGG(
+    num_classes=CLASSES,
+    canvas_size=canvas_size,
+    depth=DEPTH,
+    width=width,
+    object_first=object_first,
+    rngs=nnx.Rngs(seed),
+  )
 
 
 class TorchVGG(nn.Module):
