@@ -3,6 +3,13 @@
   PYTHONPATH=. python scripts/bench.py --out bench.json          # quick geometry: 32px canvas, 12px objects
   PYTHONPATH=. python scripts/bench.py --canvas 64 --object 28 --widths 16,32,64 --batch 128
   PYTHONPATH=. python scripts/bench.py --device cuda --out bench_gpu.json   # both sides on the GPU
+  PYTHONPATH=. python scripts/bench.py --preset paper --device cuda --out bench_paper.json  # VGG16, 224 px
+  PYTHONPATH=. python scripts/bench.py --preset paper --tv-width 0.0625 --steps 2 --reps 1  # the same on a CPU
+
+`--preset paper` (scripts/bench_paper.py) times torchvision's VGG16 as experiment=paper runs it: 224-px
+canvases, 50-px objects, batch 32, Adam 1e-4, training steps and the protocol's location map
+(`location_stats`), against the PyTorch twin that the known-answer tests check it against
+(tests/torchvision_twins.py), eager and with torch.compile. `--tv-width` scales both networks' channels.
 
 Three comparisons, each interleaved (shiftbench block, PyTorch block, repeat) after warm-up, so machine
 load hits both sides alike; ratios are per repetition, reported as median [min, max]:
@@ -31,6 +38,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import sys
@@ -47,7 +55,9 @@ from flax import nnx
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))  # torchvision_twins, for --preset paper
 import bench_e2e  # noqa: E402  (scripts/ siblings)
+import bench_paper  # noqa: E402
 import torch_twin  # noqa: E402
 
 from shiftbench import canvas, evaluation, train  # noqa: E402
@@ -141,12 +151,11 @@ def alternatives(res: dict[str, list[float]], unit: str) -> dict:
 
 
 # -- the contestants --------------------------------------------------------------------------------
-def jax_trainer(cfg, args, data, spec, dispatch="auto", object_first=True):
-  model = jax_model(cfg, args.canvas, 0, object_first)
-  tx, placement, state = optax.adam(1e-3), train.Placement("translate", (0, 0)), {"seed": 0}
+def jax_trainer(model, args, data, spec, dispatch="auto"):
+  tx, placement, state = optax.adam(args.lr), train.Placement("translate", (0, 0)), {"seed": 0}
 
   def run(warmup=False):
-    n = 10 if warmup else args.steps  # 10: compiles the 10-step lax.scan (dispatch="auto")
+    n = train.steps_per_dispatch(dispatch) if warmup else args.steps  # compiles the scan of that many steps
     state["seed"] += 1
     t = time.perf_counter()
     train.train(
@@ -167,14 +176,14 @@ def jax_trainer(cfg, args, data, spec, dispatch="auto", object_first=True):
   return run
 
 
-def adam(params, device: torch.device, fused: bool = True) -> torch.optim.Optimizer:
+def adam(params, device: torch.device, fused: bool = True, lr: float = 1e-3) -> torch.optim.Optimizer:
   """Adam with one fused kernel per step (CUDA, and CPU in recent PyTorch), else the multi-tensor one."""
   if not fused:
-    return torch.optim.Adam(params, 1e-3)
+    return torch.optim.Adam(params, lr)
   try:
-    return torch.optim.Adam(params, 1e-3, fused=True)
+    return torch.optim.Adam(params, lr, fused=True)
   except (RuntimeError, ValueError):  # fused not available for this device or build
-    return torch.optim.Adam(params, 1e-3, foreach=True)
+    return torch.optim.Adam(params, lr, foreach=True)
 
 
 def sync(device: torch.device) -> None:
@@ -182,13 +191,14 @@ def sync(device: torch.device) -> None:
     torch.cuda.synchronize(device)
 
 
-def torch_trainer(cfg, args, images, labels, threads, compile_mode: str | None = None, scatter: bool = False):
-  """PyTorch's training step: draw, place, forward, backward, Adam. `compile_mode`: torch.compile the
-  model in that mode. `scatter`: the twin before (indexed-assignment placement, default Adam)."""
+def torch_trainer(build, args, images, labels, threads, compile_mode: str | None = None, scatter: bool = False):
+  """PyTorch's training step: draw, place, forward, backward, Adam. `build()` makes the network;
+  `compile_mode`: torch.compile it in that mode. `scatter`: the twin before (indexed-assignment placement,
+  default Adam)."""
   dev = torch.device(args.device)
-  net = torch_model(cfg, args.canvas).to(dev)
+  net = build().to(dev)
   model = net if compile_mode is None else torch.compile(net, mode=compile_mode)
-  opt = adam(net.parameters(), dev, fused=not scatter)
+  opt = adam(net.parameters(), dev, fused=not scatter, lr=args.lr)
   objs = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(dev)
   padded = torch_twin.pad_objects(objs)
   labs = torch.from_numpy(labels.astype(np.int64)).to(dev)
@@ -219,21 +229,28 @@ def torch_trainer(cfg, args, images, labels, threads, compile_mode: str | None =
   return run
 
 
-def jax_evaluator(cfg, args, objects, grid, object_first=True):
-  model = jax_model(cfg, args.canvas, 0, object_first)
+def jax_evaluator(model, args, objects, grid, labels=None):
+  """A location map: predicted classes (`predict_grid`), or with `labels` the protocol's reduced map
+  (`location_stats`: per-location correct counts, computed on the device)."""
 
   def run(warmup=False):
     t = time.perf_counter()
-    evaluation.predict_grid(model, objects, grid, args.canvas, args.eval_batch)
+    if labels is None:
+      evaluation.predict_grid(model, objects, grid, args.canvas, args.eval_batch)
+    else:
+      evaluation.location_stats(model, objects, labels, grid, args.canvas, args.eval_batch).accuracy()
     return grid.shape[0] * objects.shape[0] / (time.perf_counter() - t)
 
   return run
 
 
-def torch_evaluator(cfg, args, images, grid):
+def torch_evaluator(build, args, images, grid, labels=None, compile_mode: str | None = None):
+  """The same map in PyTorch: argmax per canvas, or with `labels` correct counts per location on the device."""
   dev = torch.device(args.device)
-  net = torch_model(cfg, args.canvas).to(dev).eval()
+  net = build().to(dev).eval()
+  model = net if compile_mode is None else torch.compile(net, mode=compile_mode)
   padded = torch_twin.pad_objects(torch.from_numpy(images).permute(0, 3, 1, 2).to(dev))
+  labs = None if labels is None else torch.from_numpy(np.asarray(labels, np.int64)).to(dev)
   locs = torch.from_numpy(grid.astype(np.int64)).to(dev)
   per = max(1, args.eval_batch // len(padded))
 
@@ -241,14 +258,83 @@ def torch_evaluator(cfg, args, images, grid):
   def run(warmup=False):
     sync(dev)
     t = time.perf_counter()
+    counts = []
     for i in range(0, len(locs), per):  # chunks of (locations x all objects), like predict_grid
       chunk = locs[i : i + per]
       x = torch_twin.place(padded.repeat(len(chunk), 1, 1, 1), chunk.repeat_interleave(len(padded), 0), args.canvas)
-      net(x.float() / 255.0).argmax(-1)
+      predicted = model(x.float() / 255.0).argmax(-1)
+      if labs is not None:
+        counts.append((predicted.view(len(chunk), -1) == labs).sum(1))
+    if counts:
+      torch.cat(counts).cpu()  # the per-location counts leave the device, as location_stats' do
     sync(dev)
     return len(locs) * len(padded) / (time.perf_counter() - t)
 
   return run
+
+
+def train_entry(res: dict[str, list[float]], flops_per_image: float, peak: float) -> dict:
+  """One model's training figures: both sides' img/s, the speedup, GFLOP/s and every alternative."""
+  gflops = np.median(res["shiftbench"]) * flops_per_image / 1e9
+  return {
+    "shiftbench": summary(res["shiftbench"]),
+    "torch": summary(res["torch"]),
+    "speedup": ratio(res["shiftbench"], res["torch"]),
+    "gflops": gflops,
+    "peak_fraction": gflops / peak,
+    "flops_per_image": flops_per_image,
+    "alternatives": alternatives(res, "img_s"),
+  }
+
+
+def eval_entry(res: dict[str, list[float]], grid: np.ndarray, objects: np.ndarray) -> dict:
+  return {
+    "shiftbench": summary(res["shiftbench"]),
+    "torch": summary(res["torch"]),
+    "speedup": ratio(res["shiftbench"], res["torch"]),
+    "locations": len(grid),
+    "objects": len(objects),
+    "alternatives": alternatives(res, "canvases_s"),
+  }
+
+
+def paper(args, r: dict, data, spec, images, labels, grid, peak: float) -> None:
+  """`--preset paper`: VGG16 training steps and the protocol's location map (`location_stats`) against
+  the PyTorch twin of torchvision's VGG16, eager and (where `args.compile_mode`) torch.compile."""
+  name = bench_paper.ARCH if args.tv_width == 1 else f"{bench_paper.ARCH} (width {args.tv_width:g})"
+  build = lambda: bench_paper.torch_vgg(args.tv_width)
+  dispatch = math.gcd(10, args.steps)  # the warm-up compiles the scan that the timed blocks run
+  runs = {
+    "shiftbench": jax_trainer(bench_paper.jax_vgg(args.tv_width, args.canvas), args, data, spec, dispatch),
+    "torch": torch_trainer(build, args, images, labels, args.torch_threads),
+  }
+  if args.compile_mode:
+    runs[f"torch.compile (mode={args.compile_mode})"] = torch_trainer(
+      build, args, images, labels, args.torch_threads, compile_mode=args.compile_mode
+    )
+  on_canvas = lambda: bench_paper.jax_vgg(args.tv_width, args.canvas, object_first=False)
+  if args.alternatives:
+    runs["first stages on the canvas (object_first=False)"] = jax_trainer(on_canvas(), args, data, spec, dispatch)
+  r["train"][name] = train_entry(interleave(runs, args.reps), bench_paper.train_flops(args.tv_width, args.canvas), peak)
+  print(name, json.dumps(r["train"][name]), flush=True)
+  ev_objs, ev_labels = images[: args.eval_objects], labels[: args.eval_objects]
+  runs = {
+    "shiftbench": jax_evaluator(
+      bench_paper.jax_vgg(args.tv_width, args.canvas), args, jnp.asarray(ev_objs), grid, jnp.asarray(ev_labels)
+    ),
+    "torch": torch_evaluator(build, args, ev_objs, grid, ev_labels),
+  }
+  if args.compile_mode:
+    runs[f"torch.compile (mode={args.compile_mode})"] = torch_evaluator(
+      build, args, ev_objs, grid, ev_labels, compile_mode=args.compile_mode
+    )
+  if args.alternatives:
+    runs["first stages on the canvas (object_first=False)"] = jax_evaluator(
+      on_canvas(), args, jnp.asarray(ev_objs), grid, jnp.asarray(ev_labels)
+    )
+  r["eval"] = eval_entry(interleave(runs, args.reps), grid, ev_objs)
+  r["paper"] = {"arch": bench_paper.ARCH, "tv_width": args.tv_width, "dispatch": dispatch, "lr": args.lr}
+  print("eval", json.dumps(r["eval"]), flush=True)
 
 
 # -- main -------------------------------------------------------------------------------------------
@@ -320,6 +406,14 @@ def setup_device(args) -> list[str]:
 
 def main(argv=None) -> dict:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument(
+    "--preset",
+    choices=("default", "paper"),
+    default="default",
+    help="paper: VGG16 at 224 px, 50-px objects, batch 32, Adam 1e-4 (scripts/bench_paper.py; flags still win)",
+  )
+  p.add_argument("--tv-width", type=float, default=1.0, help="paper: channel multiplier of VGG16 on both sides")
+  p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate on both sides")
   p.add_argument("--canvas", type=int, default=32)
   p.add_argument("--object", type=int, default=12)
   p.add_argument("--widths", default="8,16,32")
@@ -360,6 +454,8 @@ def main(argv=None) -> dict:
     help="also time torch.compile(model): auto = on for cuda (mode reduce-overhead), off on CPU",
   )
   p.add_argument("--out", type=Path)
+  if p.parse_known_args(argv)[0].preset == "paper":
+    p.set_defaults(**bench_paper.DEFAULTS)
   args = p.parse_args(argv)
   notes = setup_device(args)
   torch.set_num_threads(args.torch_threads)
@@ -370,6 +466,10 @@ def main(argv=None) -> dict:
   labels = rng.integers(0, 10, args.objects).astype(np.int32)
   data = train.DeviceObjects.from_numpy(images, labels, 10)
   grid = canvas.location_grid(spec, args.grid_stride, include=spec.center())
+  if args.eval_batch is None and args.preset == "paper":  # VGG's own activation count, as experiment=paper sizes it
+    vgg = nnx.eval_shape(lambda: bench_paper.jax_vgg(args.tv_width, args.canvas))
+    per_canvas = evaluation.model_activation_bytes(vgg, args.canvas, 1)
+    args.eval_batch = evaluation.auto_batch_size(args.canvas, [], per_canvas_bytes=per_canvas)
   if args.eval_batch is None:
     args.eval_batch = evaluation.auto_batch_size(args.canvas, [widths])
   peak = matmul_peak(args.peak_n)
@@ -391,59 +491,47 @@ def main(argv=None) -> dict:
     "matmul_peak_gflops": peak,
     "train": {},
   }
-  for name in args.models.split(","):
+  if args.preset == "paper":
+    paper(args, r, data, spec, images, labels, grid, peak)
+  for name in args.models.split(",") if args.preset == "default" else ():
     cfg = preset(name, widths)
     if (why := torch_twin.check_supported(cfg)) is not None:
       print(f"skipping {name}: {why}")
       continue
+    build = lambda cfg=cfg: torch_model(cfg, args.canvas)
     runs = {
-      "shiftbench": jax_trainer(cfg, args, data, spec),
-      "torch": torch_trainer(cfg, args, images, labels, args.torch_threads),
+      "shiftbench": jax_trainer(jax_model(cfg, args.canvas, 0), args, data, spec),
+      "torch": torch_trainer(build, args, images, labels, args.torch_threads),
     }
     if args.compile_mode:
       runs[f"torch.compile (mode={args.compile_mode})"] = torch_trainer(
-        cfg, args, images, labels, args.torch_threads, compile_mode=args.compile_mode
+        build, args, images, labels, args.torch_threads, compile_mode=args.compile_mode
       )
     if args.alternatives:
-      runs["first block on the canvas (object_first=False)"] = jax_trainer(cfg, args, data, spec, object_first=False)
-      runs["1 step per dispatch (no lax.scan)"] = jax_trainer(cfg, args, data, spec, dispatch=1)
+      on_canvas = jax_model(cfg, args.canvas, 0, object_first=False)
+      runs["first block on the canvas (object_first=False)"] = jax_trainer(on_canvas, args, data, spec)
+      runs["1 step per dispatch (no lax.scan)"] = jax_trainer(jax_model(cfg, args.canvas, 0), args, data, spec, 1)
       runs["torch, scatter placement + default Adam (the twin before)"] = torch_trainer(
-        cfg, args, images, labels, args.torch_threads, scatter=True
+        build, args, images, labels, args.torch_threads, scatter=True
       )
       if args.device == "cpu":
-        runs["torch 1 thr"] = torch_trainer(cfg, args, images, labels, 1)
-    res = interleave(runs, args.reps)
-    gflops = np.median(res["shiftbench"]) * train_flops(cfg, args.canvas) / 1e9
-    r["train"][name] = {
-      "shiftbench": summary(res["shiftbench"]),
-      "torch": summary(res["torch"]),
-      "speedup": ratio(res["shiftbench"], res["torch"]),
-      "gflops": gflops,
-      "peak_fraction": gflops / peak,
-      "flops_per_image": train_flops(cfg, args.canvas),
-      "alternatives": alternatives(res, "img_s"),
-    }
+        runs["torch 1 thr"] = torch_trainer(build, args, images, labels, 1)
+    r["train"][name] = train_entry(interleave(runs, args.reps), train_flops(cfg, args.canvas), peak)
     print(name, json.dumps(r["train"][name]), flush=True)
-  first = preset(args.models.split(",")[0], widths)
-  ev_objs = images[: args.eval_objects]
-  runs = {
-    "shiftbench": jax_evaluator(first, args, jnp.asarray(ev_objs), grid),
-    "torch": torch_evaluator(first, args, ev_objs, grid),
-  }
-  if args.alternatives:
-    runs["first block on the canvas (object_first=False)"] = jax_evaluator(
-      first, args, jnp.asarray(ev_objs), grid, object_first=False
-    )
-  res = interleave(runs, args.reps)
-  r["eval"] = {
-    "shiftbench": summary(res["shiftbench"]),
-    "torch": summary(res["torch"]),
-    "speedup": ratio(res["shiftbench"], res["torch"]),
-    "locations": len(grid),
-    "objects": len(ev_objs),
-    "alternatives": alternatives(res, "canvases_s"),
-  }
-  print("eval", json.dumps(r["eval"]), flush=True)
+  if args.preset == "default":
+    first = preset(args.models.split(",")[0], widths)
+    build = lambda: torch_model(first, args.canvas)
+    ev_objs = images[: args.eval_objects]
+    ev_dev = jnp.asarray(ev_objs)
+    runs = {
+      "shiftbench": jax_evaluator(jax_model(first, args.canvas, 0), args, ev_dev, grid),
+      "torch": torch_evaluator(build, args, ev_objs, grid),
+    }
+    if args.alternatives:
+      on_canvas = jax_model(first, args.canvas, 0, object_first=False)
+      runs["first block on the canvas (object_first=False)"] = jax_evaluator(on_canvas, args, ev_dev, grid)
+    r["eval"] = eval_entry(interleave(runs, args.reps), grid, ev_objs)
+    print("eval", json.dumps(r["eval"]), flush=True)
   if args.e2e_steps and args.device != "cpu":
     print("e2e skipped: it compares against host-composed canvases in a DataLoader, a CPU comparison")
   elif args.e2e_steps:
@@ -466,6 +554,8 @@ def main(argv=None) -> dict:
     }
     print("e2e", json.dumps(r["e2e"]), flush=True)
   r["train_speedup"] = {k: v["speedup"]["median"] for k, v in r["train"].items()}
+  compiled = lambda m: [s["speedup"]["median"] for a, s in m["alternatives"].items() if a.startswith("torch.compile")]
+  r["train_speedup_compiled"] = {k: c[0] for k, v in r["train"].items() if (c := compiled(v))}
   r["eval_speedup"] = r["eval"]["speedup"]["median"]
   r["e2e_speedup"] = r["e2e"]["speedup"]["median"] if "e2e" in r else None
   r["load_avg_end"] = os.getloadavg()

@@ -6,11 +6,12 @@
 # 3. the quick default run twice: the second reads compiled programs from the persistent compile cache;
 # 4. the bench at the quick geometry, if time is left;
 # 5. paper scale (docs/paper.md), if time is left: one VGG16 scratch row of experiment=paper with a short
-#    budget (training img/s and location-map time at 224 px), and auto's eval batch there.
+#    budget (training img/s and location-map time at 224 px), and auto's eval batch there;
+# 6. scripts/bench.py --preset paper: VGG16 at 224 px vs its PyTorch twin, eager and torch.compile.
 # Budget ~9 min on one H200 (BUDGET seconds, default 540); each step is capped by the time left.
 # Writes under $OUT: run.log, timings.txt, bench_gpu_forgetting.json, bench_gpu.json,
-# forgetting/{results.json,leaderboard.md}, quick/results_run{1,2}.json. Packages missing on the machine
-# can be given as wheels in .whl/ (installed into /tmp/site, never into the environment).
+# forgetting/{results.json,leaderboard.md}, quick/results_run{1,2}.json, bench_gpu_paper.json. Packages
+# missing on the machine can be given as wheels in .whl/ (installed into /tmp/site, never into the environment).
 set -u
 START=$(date +%s); DEADLINE=$((START + ${BUDGET:-540}))
 OUT=${OUT:-gpu_check}; mkdir -p "$OUT/forgetting" "$OUT/quick"
@@ -85,4 +86,8 @@ step paper_vgg16 150 python3 /tmp/timed_cli.py experiment=paper model=vgg16 'see
   eval.max_objects=200 data.pretrain.train_per_class=100 data.finetune.train_per_class=100 \
   data.pretrain.test_per_class=20 data.finetune.test_per_class=20 hydra.run.dir=$RUNS/paper
 mkdir -p "$OUT/paper"; cp $RUNS/paper/results.json "$OUT/paper/" 2>/dev/null
+# (f) Paper-scale bench: VGG16 training steps (batch 32) and a 64-location map of 128 objects at 224 px,
+# shiftbench vs the torchvision twin eager and torch.compile(mode="reduce-overhead"), 3 repetitions.
+step bench_paper 150 env XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 python3 scripts/bench.py --preset paper --device cuda \
+  --out "$OUT/bench_gpu_paper.json"
 echo "total $(( $(date +%s) - START )) s" | tee -a "$TIMES" "$LOG"

@@ -94,12 +94,8 @@ def predict_pairs(
 ) -> np.ndarray:
   """Predictions at both placements of every pair, in fixed-size chunks: (2, N) int32."""
   graphdef, state = nnx.split(model)
-  fn = _pair_fn(graphdef, canvas_size, shift)
-  n = int(objects.shape[0])
-  chunk = max(1, min(n, batch_size // 2))
-  padded = [evaluation.pad_to(a, chunk) for a in (objects, base, offset)]
-  out = [fn(state, *(a[i : i + chunk] for a in padded)) for i in range(0, padded[0].shape[0], chunk)]
-  return np.asarray(jnp.concatenate(out, axis=1))[:, :n]
+  fn = functools.partial(_pair_fn(graphdef, canvas_size, shift), state)
+  return np.asarray(evaluation.map_chunks(fn, [objects, base, offset], batch_size // 2, axis=1))
 
 
 def shift_consistency(

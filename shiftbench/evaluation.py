@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -165,6 +166,28 @@ def pad_to(a: jax.Array | np.ndarray, multiple: int) -> jax.Array:
   return jnp.concatenate([jnp.asarray(a), jnp.repeat(jnp.asarray(a)[-1:], extra, axis=0)])
 
 
+def map_chunks(fn: Callable[..., Any], arrays: Sequence[jax.Array | np.ndarray], chunk: int, axis: int = 0) -> Any:
+  """`fn` over fixed-size chunks of axis 0 of `arrays`, its outputs joined along `axis` (any pytree of arrays).
+
+  The one chunked predictor of the evaluation paths (location maps, point predictions, shift pairs,
+  similarity): every array is padded to a multiple of the chunk (`pad_to`) so one compiled program serves
+  every chunk, and the padded results are cut off. The outputs stay on the device until the caller reads
+  them, so chunks are dispatched without waiting for each other.
+
+  Args:
+    fn: a jitted function of one chunk of each array.
+    arrays: arrays of equal length n along axis 0.
+    chunk: rows per call (clipped to 1..n).
+    axis: the axis of each output that the chunks make up.
+  """
+  n = int(arrays[0].shape[0])
+  chunk = max(1, min(n, chunk))
+  padded = [pad_to(a, chunk) for a in arrays]
+  parts = [fn(*(a[i : i + chunk] for a in padded)) for i in range(0, padded[0].shape[0], chunk)]
+  cut = (slice(None),) * axis + (slice(0, n),)
+  return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=axis)[cut], *parts)
+
+
 def predict_grid(
   model: nnx.Module, objects: jax.Array, locations: np.ndarray, canvas_size: int, batch_size: int = 4096
 ) -> np.ndarray:
@@ -184,15 +207,9 @@ def predict_grid(
   model.eval()
   graphdef, state = nnx.split(model)
   fn = _predict_chunk_fn(graphdef, canvas_size)
-  n_obj, n_loc = int(objects.shape[0]), int(locations.shape[0])
-  loc_chunk, obj_chunk = chunk_shape(n_loc, n_obj, batch_size)
-  objs = pad_to(objects, obj_chunk)
-  locs = pad_to(np.asarray(locations, np.int32), loc_chunk)
-  rows = []
-  for i in range(0, locs.shape[0], loc_chunk):
-    cols = [fn(state, objs[j : j + obj_chunk], locs[i : i + loc_chunk]) for j in range(0, objs.shape[0], obj_chunk)]
-    rows.append(jnp.concatenate(cols, axis=1))
-  return np.asarray(jnp.concatenate(rows, axis=0))[:n_loc, :n_obj]
+  loc_chunk, obj_chunk = chunk_shape(int(locations.shape[0]), int(objects.shape[0]), batch_size)
+  row = lambda locs: map_chunks(lambda objs: fn(state, objs, locs), [objects], obj_chunk, axis=1)
+  return np.asarray(map_chunks(row, [np.asarray(locations, np.int32)], loc_chunk))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,8 +297,4 @@ def predict_at(
   model.eval()
   graphdef, state = nnx.split(model)
   fn = _predict_at_fn(graphdef, canvas_size)
-  n = int(objects.shape[0])
-  chunk = max(1, min(n, batch_size))
-  objs, locs = pad_to(objects, chunk), pad_to(jnp.asarray(locations, jnp.int32), chunk)
-  out = [fn(state, objs[i : i + chunk], locs[i : i + chunk]) for i in range(0, objs.shape[0], chunk)]
-  return np.asarray(jnp.concatenate(out))[:n]
+  return np.asarray(map_chunks(functools.partial(fn, state), [objects, jnp.asarray(locations, jnp.int32)], batch_size))

@@ -33,6 +33,7 @@ from shiftbench import (
   plots,
   preflight,
   pretrained,
+  published_weights,
   results,
   resume,
   streams,
@@ -43,6 +44,7 @@ from shiftbench import (
 )
 from shiftbench.data import ObjectSet, require_task, resize_objects
 from shiftbench.errors import ConfigError, DataError
+from shiftbench.models import torchvision_weights
 from shiftbench.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,7 @@ class Protocol:
     # Shift metrics before fine-tuning for the latest (model, regime, seed): every mode shares them,
     # and rows run in that order, so one entry is all that is ever reused.
     self._before: dict[tuple, dict[str, Any]] = {}
+    self.weights_cache = published_weights.cache_dir(settings.checkpoint_dir)  # named ImageNet weights
 
   # -- evaluation ---------------------------------------------------------------------------------
   def location_map(self, model: nnx.Module, objects: train.DeviceObjects) -> dict[str, Any]:
@@ -119,8 +122,8 @@ class Protocol:
     s = self.s
     if regime == "imagenet":  # torchvision's ImageNet weights instead of pretraining on A (classifier: A's, new)
       model = self.build(factory, self.data_a.num_classes, streams.stream(seed, streams.PRETRAIN_INIT))
-      weights = models.torchvision_weights.weights_for(s.pretrain_weights, name)
-      return model, {"weights": models.torchvision_weights.load_imagenet(model, weights)}
+      weights, source = torchvision_weights.weights_for(s.pretrain_weights, name, model.arch, self.weights_cache)
+      return model, {"weights": torchvision_weights.load_imagenet(model, weights, source)}
     placement = train.Placement(regime, s.pretrain_location, s.pretrain_jitter)
     path, description = checkpoint_of(s, name, regime, seed, self.hash_a)
     init = streams.stream(seed, streams.PRETRAIN_INIT)
@@ -428,6 +431,8 @@ def _run_experiment(cfg: DictConfig | dict[str, Any], output_dir: Path) -> dict[
   data_a, data_b = load_datasets(settings)
   protocol = Protocol(settings, data_a, data_b, output_dir)
   check_cache_writable(settings, done, protocol.hash_a)
+  if "imagenet" in settings.pretrain_regimes:  # named weights: downloaded (once) before any row trains
+    torchvision_weights.prefetch(settings.pretrain_weights, models, protocol.weights_cache)
   record = {
     "config": config,
     "seeds": list(settings.seeds),

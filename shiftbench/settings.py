@@ -219,14 +219,18 @@ def _activation_bytes(cfg: DictConfig, canvas_size: int) -> int | None:
 
 
 def _weights(cfg: DictConfig) -> str | dict[str, str] | None:
-  """`pretrain.weights` (a path, or model name -> path), required when the `imagenet` regime runs."""
+  """`pretrain.weights` (a path or a published name such as IMAGENET1K_V1, or model name -> either),
+  required when the `imagenet` regime runs."""
   weights = cfg.pretrain.get("weights")
   weights = OmegaConf.to_container(weights) if OmegaConf.is_dict(weights) else weights
   if "imagenet" in cfg.pretrain.regimes:
-    from shiftbench.models.torchvision_weights import weights_for  # models import jax: only when needed
+    import hydra
 
-    for name in cfg.get("model") or {}:
-      weights_for(weights, str(name))  # a one-line error now, not after other rows ran
+    from shiftbench.models import torchvision_weights as tvw  # models import jax: only when needed
+
+    for name, mcfg in (cfg.get("model") or {}).items():
+      arch = lambda mcfg=mcfg: tvw.arch_of(hydra.utils.instantiate(mcfg))
+      tvw.check_weights(weights, str(name), arch)  # a one-line error now, not after other rows ran
   return weights
 
 

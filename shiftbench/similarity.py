@@ -140,13 +140,8 @@ def similarity_map(
   num_classes = int(labels.max()) + 1 if num_classes is None else int(num_classes)
   refs = _features_fn(graphdef, canvas_size)(state, objects, jnp.asarray(reference, jnp.int32))
   fn = _similarity_fn(graphdef, canvas_size, num_classes)
-  n_loc = len(locations)
-  chunk = max(1, min(n_loc, batch_size // max(1, int(objects.shape[0]))))
-  locs = evaluation.pad_to(np.asarray(locations, np.int32), chunk)
-  parts = [fn(state, objects, labels, refs, locs[i : i + chunk]) for i in range(0, locs.shape[0], chunk)]
-  layers = []
-  for layer in range(len(refs)):
-    s = np.concatenate([np.asarray(p[layer][0]) for p in parts])[:n_loc]
-    d = np.concatenate([np.asarray(p[layer][1]) for p in parts])[:n_loc]
-    layers.append(np.asarray(normalised_similarity(s, d)))
-  return np.stack(layers)
+  chunk = batch_size // max(1, int(objects.shape[0]))  # locations per call, all objects at each
+  per_layer = evaluation.map_chunks(
+    lambda locs: fn(state, objects, labels, refs, locs), [np.asarray(locations, np.int32)], chunk
+  )
+  return np.stack([np.asarray(normalised_similarity(s, d)) for s, d in per_layer])

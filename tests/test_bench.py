@@ -73,3 +73,29 @@ def test_bench_on_cuda_without_a_gpu_says_so(tmp_path):
   )
   assert run.returncode != 0
   assert "--device cuda: PyTorch" in run.stderr and "sees no CUDA device" in run.stderr
+
+
+def test_paper_preset_times_vgg16_against_the_torchvision_twin(tmp_path):
+  # The tiniest VGG16 (1/32 width, 32-px canvas) so the run stays ~20 s here; the figures are measured ones.
+  out = tmp_path / "paper.json"
+  cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--preset", "paper", "--tv-width", "0.03125"]
+  cmd += ["--canvas", "32", "--object", "8", "--batch", "4", "--steps", "1", "--reps", "2", "--objects", "16"]
+  cmd += ["--eval-objects", "2", "--grid-stride", "24", "--peak-n", "128", "--torch-threads", "1", "--out", str(out)]
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+  subprocess.run(cmd, check=True, env=env, cwd=tmp_path, capture_output=True, timeout=300)
+  r = json.loads(out.read_text())
+  name = "vgg16 (width 0.03125)"
+  assert r["args"]["preset"] == "paper" and r["args"]["lr"] == 1e-4 and r["paper"]["arch"] == "vgg16"
+  assert set(r["train"]) == {name} and "e2e" not in r
+  train, ev = r["train"][name], r["eval"]
+  for side in ("shiftbench", "torch"):
+    for m in (train, ev):
+      assert 0 < m[side]["min"] <= m[side]["median"] <= m[side]["max"]
+    assert train[side]["min"] != train[side]["max"]  # two repetitions, each timed: not one injected number
+  assert train["speedup"]["median"] == pytest.approx(train["shiftbench"]["median"] / train["torch"]["median"], rel=0.5)
+  assert train["flops_per_image"] > 0 and train["gflops"] > 0
+  assert ev["locations"] == 9 and ev["objects"] == 2  # rows/columns 0, 12 (the centre, always included), 24
+  assert f"| train {name} (img/s) | {train['shiftbench']['median']:.0f} " in r["markdown"]
+  shown = f"| location map (canvases/s) | {ev['shiftbench']['median']:.0f} | {ev['torch']['median']:.0f} |"
+  assert shown in r["markdown"]
+  assert "torch.compile not timed" in " ".join(r["notes"])  # CPU: off unless --torch-compile on

@@ -94,6 +94,27 @@ def test_predict_grid_chunking_matches_one_big_batch():
   np.testing.assert_array_equal(small, ref)
 
 
+def test_map_chunks_pads_to_one_shape_cuts_the_padding_and_joins_pytrees_along_the_axis():
+  import jax
+
+  traces = []
+
+  @jax.jit
+  def fn(a, b):
+    traces.append(a.shape)  # runs once per traced shape
+    return {"rows": (a + b)[None, :], "pair": (a, 2 * b)}
+
+  a, b = np.arange(7.0), np.arange(7.0) * 10
+  out = evaluation.map_chunks(fn, [a, b], 3)  # 3 + 3 + 1 (padded to 3)
+  np.testing.assert_array_equal(out["pair"][0], a)
+  np.testing.assert_array_equal(out["pair"][1], 2 * b)
+  np.testing.assert_array_equal(out["rows"], np.stack([a[:3] + b[:3], a[3:6] + b[3:6], [a[6] + b[6]] * 3]))
+  assert traces == [(3,)]  # one program for every chunk, the last one padded
+  rows = evaluation.map_chunks(lambda x, y: fn(x, y)["rows"], [a, b], 3, axis=1)  # joined along axis 1
+  np.testing.assert_array_equal(rows, (a + b)[None, :])
+  assert evaluation.map_chunks(fn, [a, b], 100)["pair"][0].shape == (7,)  # chunk clipped to n
+
+
 # -- when the invariance score is defined --------------------------------------------------------------
 
 

@@ -90,6 +90,10 @@ def test_imagenet_regime_needs_weights_for_every_model(tiny_data_dir, tmp_path):
         base + [f"+pretrain.weights.vgg16={tmp_path}/none.pth", f"+pretrain.weights.densenet121={tmp_path}/none.pth"]
       )
     )
+  # A published name is checked against each model's architecture, and nothing is downloaded yet.
+  assert Settings.from_config(_compose(base + ["pretrain.weights=IMAGENET1K_V1"])).pretrain_weights == "IMAGENET1K_V1"
+  with pytest.raises(ValueError, match="no published weights 'IMAGENET1K_V2' for 'vgg16'"):
+    Settings.from_config(_compose(base + ["pretrain.weights=IMAGENET1K_V2"]))
 
 
 def _row(model: str, target: str, regime: str, seed: int, inv: float, **arch) -> dict:

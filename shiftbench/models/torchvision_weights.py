@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from shiftbench import published_weights
 from shiftbench.models.densenet import DenseNet
 from shiftbench.models.resnet_tv import TorchvisionResNet
 from shiftbench.models.vgg import VGG
@@ -215,25 +216,67 @@ def from_torchvision(
   return model
 
 
-def weights_for(weights: str | Mapping[str, str] | None, model_name: str) -> Path:
-  """The local weights file for one model of a run: `pretrain.weights` is one path (every model) or a
-  mapping of model names (the keys of `model`) to paths."""
-  path = weights.get(model_name) if isinstance(weights, Mapping) else weights
-  if not path:
+def weights_spec(weights: str | Mapping[str, str] | None, model_name: str) -> str:
+  """One model's `pretrain.weights` value: a file path or a published name (`IMAGENET1K_V1`). The setting is
+  one value (every model) or a mapping of model names (the keys of `model`) to values."""
+  spec = weights.get(model_name) if isinstance(weights, Mapping) else weights
+  if not spec:
     raise ValueError(
       f"the imagenet pretrain regime needs weights for model {model_name!r}: set pretrain.weights="
-      f"/path/to/{model_name}.pth (or a mapping, e.g. +pretrain.weights.{model_name}=...); see "
-      "docs/paper.md for getting torchvision's files onto an offline machine"
+      f"/path/to/{model_name}.pth or a published name (IMAGENET1K_V1), or a mapping, e.g. "
+      f"+pretrain.weights.{model_name}=...; see docs/paper.md"
     )
-  path = Path(str(path)).expanduser().absolute()
+  return str(spec)
+
+
+def arch_of(factory: Callable[..., nnx.Module]) -> str:
+  """The torchvision architecture a model factory builds (abstractly: no weights are drawn)."""
+  model = nnx.eval_shape(lambda: factory(num_classes=2, canvas_size=224, rngs=nnx.Rngs(0)))
+  return getattr(model, "arch", "") or type(model).__name__
+
+
+def check_weights(weights: str | Mapping[str, str] | None, model_name: str, arch: Callable[[], str]) -> None:
+  """Fails now, on one line, if a model's weights are neither an existing file nor a published name of its
+  architecture (`arch()`, called only for names). Nothing is downloaded."""
+  spec = weights_spec(weights, model_name)
+  if published_weights.is_name(spec):
+    published_weights.filename(arch(), spec)
+  else:
+    _local(spec, model_name)
+
+
+def _local(spec: str, model_name: str) -> Path:
+  path = Path(spec).expanduser().absolute()
   if not path.is_file():
     raise FileNotFoundError(f"pretrain.weights for {model_name!r}: no file {path}")
   return path
 
 
-def load_imagenet(model: nnx.Module, path: Path) -> dict[str, Any]:
+def weights_for(
+  weights: str | Mapping[str, str] | None, model_name: str, arch: str, cache: str | Path
+) -> tuple[Path, dict[str, str]]:
+  """The local weights file for one model of a run, downloaded into `cache` first when the setting names
+  published weights (`published_weights.fetch`: once, verified), and what a row records of its source."""
+  spec = weights_spec(weights, model_name)
+  if not published_weights.is_name(spec):
+    return _local(spec, model_name), {"source": "torchvision state dict"}
+  file = published_weights.filename(arch, spec)
+  path = published_weights.fetch(file, cache)
+  return path, {"source": f"torchvision {spec}", "url": published_weights.url(file)}
+
+
+def prefetch(weights: str | Mapping[str, str] | None, factories: Mapping[str, Callable], cache: str | Path) -> None:
+  """Downloads every model's published weights before any row runs, so no network failure comes after
+  hours of other rows."""
+  for name, factory in factories.items():
+    spec = weights_spec(weights, name)
+    if published_weights.is_name(spec):
+      published_weights.fetch(published_weights.filename(arch_of(factory), spec), cache)
+
+
+def load_imagenet(model: nnx.Module, path: Path, source: Mapping[str, str] | None = None) -> dict[str, Any]:
   """Loads everything but the classifier of a torchvision state dict into `model` (the `imagenet` regime)
-  and returns what a row records: the file, its sha256 and the architecture."""
+  and returns what a row records: the file, its sha256, the architecture and `source` (`weights_for`)."""
   adapter = getattr(getattr(model, "backbone", None), "adapter", None)
   if not hasattr(model, "torchvision_layers"):
     raise ValueError(
@@ -245,4 +288,5 @@ def load_imagenet(model: nnx.Module, path: Path) -> dict[str, Any]:
       f"for {model.arch} (it is {getattr(adapter, 'kind', None)!r})"
     )
   load_into(model, path, classifier=False)
-  return {"path": str(path), "sha256": file_sha256(path), "arch": model.arch, "source": "torchvision state dict"}
+  source = dict(source or {"source": "torchvision state dict"})
+  return {"path": str(path), "sha256": file_sha256(path), "arch": model.arch, **source}

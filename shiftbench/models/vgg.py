@@ -9,15 +9,19 @@ PyTorch names: `features.<i>` for the i-th entry of that Sequential (conv, BN, R
 count), `classifier.0/3/6` for fc6/fc7/fc8.
 
 `width` multiplies every channel count (convs and FC layers), so the same topology runs small on CPU; the
-adaptive pool lets any canvas of at least 32 px (five halvings) work.
+adaptive pool lets any canvas of at least 32 px (five halvings) work. On blank canvases (`on_canvas`,
+`on_grid`) the first stages run near the object (`vgg_object_first.py`, exact).
 """
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from shiftbench.models import layers, tv_layers
+from shiftbench import canvas
+from shiftbench.models import layers, tv_layers, vgg_object_first
 from shiftbench.models.input_adapter import InputAdapter
 
 CONFIGS: dict[int, tuple] = {
@@ -88,6 +92,8 @@ class VGG(tv_layers.TorchvisionNet):
     width: channel multiplier for convs and FC layers (1 = torchvision's network).
     dropout: the classifier's dropout rate (torchvision: 0.5); off in eval mode.
     input_adapter: `imagenet`, `repeat` or `none` (`input_adapter.py`).
+    object_first: run the first stages near the object in `on_canvas` / `on_grid` (`vgg_object_first.py`:
+      the same logits, less work); False always convolves the whole canvas.
   """
 
   def __init__(
@@ -101,6 +107,7 @@ class VGG(tv_layers.TorchvisionNet):
     width: float = 1.0,
     dropout: float = 0.5,
     input_adapter: str = "imagenet",
+    object_first: bool = True,
     rngs: nnx.Rngs,
   ):
     if depth not in CONFIGS:
@@ -120,3 +127,30 @@ class VGG(tv_layers.TorchvisionNet):
       rngs=rngs,
     )
     self.head_names = ("classifier.0", "classifier.3", "classifier.6")
+    self.object_first = object_first
+
+  def _near_stages(self, objects: jax.Array, canvas_size: int) -> int:
+    """How many stages `on_canvas` runs near the objects (0: the canvas path)."""
+    if not self.object_first or objects.shape[1] != objects.shape[2] or vgg_object_first.supported(self.backbone):
+      return 0
+    return vgg_object_first.near_stages(self.backbone, objects.shape[1], canvas_size)
+
+  def on_canvas(self, objects: jax.Array, locations: jax.Array, canvas_size: int) -> jax.Array:
+    """`self(canvas.place(objects, locations, canvas_size))`, with the first stages run near the objects."""
+    n = self._near_stages(objects, canvas_size)
+    if n == 0:
+      return self(canvas.place(objects, locations, canvas_size))
+    x = vgg_object_first.first_stages(self.backbone, objects, locations, canvas_size, n)
+    for i in range(n, len(self.backbone.stages)):
+      x = self.backbone.stage(i, x)
+    return self.head(x)
+
+  def on_grid(self, objects: jax.Array, locations: jax.Array, canvas_size: int) -> jax.Array:
+    """Logits of every object at every location, (L, B, classes), through `on_canvas`."""
+    if self._near_stages(objects, canvas_size) == 0:
+      return canvas.apply_on_grid(self, objects, locations, canvas_size)
+    n_loc, n_obj = locations.shape[0], objects.shape[0]
+    xp = np if isinstance(locations, np.ndarray) else jnp
+    locs = xp.repeat(locations, n_obj, axis=0)  # location-major, as canvas.apply_on_grid
+    logits = self.on_canvas(jnp.tile(objects, (n_loc, 1, 1, 1)), locs, canvas_size)
+    return logits.reshape(n_loc, n_obj, -1)
