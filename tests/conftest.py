@@ -119,6 +119,40 @@ def _shift_logits_fn(graphdef):
   return jax.jit(run)
 
 
+def logits_and_gradients(model, forwards):
+  """For each `forward(model)` in `forwards`: its logits and the leaves of the gradient of a loss that weighs
+  every logit, all in one compiled program, as training and evaluation run them (dispatching the same ops
+  eagerly cost ~4x more time here, most of it compiling each op on its own). Numpy arrays a forward closes
+  over stay numpy while tracing (a host location keeps its pad path)."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  loss = lambda logits: (jnp.sin(logits) * jnp.arange(logits.shape[-1])).sum()
+
+  @nnx.jit
+  def run(model):
+    return [(f(model), jax.tree.leaves(nnx.grad(lambda m, f=f: loss(f(m)))(model))) for f in forwards]
+
+  return run(model)
+
+
+def grid_logits_both_ways(model, objects, grid, canvas_size):
+  """`model.on_grid` logits and the network's logits on every placed canvas, each (L, N, K), in one
+  compiled program."""
+  from flax import nnx
+
+  from shiftbench import canvas
+
+  x = canvas.place_grid(objects, grid, canvas_size)
+  return nnx.jit(
+    lambda model: (
+      model.on_grid(objects, grid, canvas_size),
+      model(x.reshape(-1, *x.shape[2:])).reshape(*x.shape[:2], -1),
+    )
+  )(model)
+
+
 def objects_on_blank_canvas(n: int, canvas: int, size: int = 12, seed: int = 0):
   """`n` random-noise objects at the top-left of an otherwise black canvas (position matters for them)."""
   import numpy as np

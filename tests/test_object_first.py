@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import grid_logits_both_ways, logits_and_gradients
 from flax import nnx
 
 from shiftbench import canvas, train
@@ -97,19 +98,6 @@ def _objects_and_locations(canvas_size, size, n=7, seed=0):
   return objects, jnp.asarray(locations)
 
 
-def _logits_and_gradients(model, forwards):
-  """For each `forward(model)` in `forwards`: its logits and the gradient of a loss that weighs every logit,
-  all in one compiled program, as training and evaluation run them (dispatching the same ops eagerly cost
-  ~4x more time here, most of it compiling each op on its own)."""
-  loss = lambda logits: (jnp.sin(logits) * jnp.arange(logits.shape[-1])).sum()
-
-  @nnx.jit
-  def run(model):
-    return [(f(model), jax.tree.leaves(nnx.grad(lambda m, f=f: loss(f(m)))(model))) for f in forwards]
-
-  return run(model)
-
-
 def _assert_same_logits_and_gradients(fast, slow):
   (fast_logits, fast_grads), (slow_logits, slow_grads) = fast, slow
   np.testing.assert_allclose(fast_logits, slow_logits, rtol=1e-5, atol=1e-5)
@@ -124,7 +112,7 @@ def test_on_canvas_equals_the_network_on_the_placed_canvas_values_and_gradients(
 ):
   model = _model(canvas_size, kernel, padding, downsample, head)
   objects, locations = _objects_and_locations(canvas_size, size)
-  fast, slow = _logits_and_gradients(
+  fast, slow = logits_and_gradients(
     model,
     [
       lambda m: m.on_canvas(objects, locations, canvas_size),
@@ -150,7 +138,7 @@ def test_on_canvas_at_one_host_location_equals_the_placed_canvas_values_and_grad
       lambda mod, host=host: mod.on_canvas(objects, host, canvas_size),
       lambda mod, host=host: mod(canvas.place(objects, jnp.asarray(host), canvas_size)),
     ]
-  results = _logits_and_gradients(model, forwards)
+  results = logits_and_gradients(model, forwards)
   for fast, slow in zip(results[::2], results[1::2]):
     _assert_same_logits_and_gradients(fast, slow)
 
@@ -161,13 +149,7 @@ def test_on_grid_equals_the_network_on_every_placed_canvas(canvas_size, size, ke
   objects, _ = _objects_and_locations(canvas_size, size, n=5)
   m = canvas_size - size
   grid = jnp.asarray(list(itertools.product([0, 1, m // 2, m - 1, m], [0, 1, 2, m])), jnp.int32)
-  x = canvas.place_grid(objects, grid, canvas_size)
-  fast, slow = nnx.jit(
-    lambda model: (
-      model.on_grid(objects, grid, canvas_size),
-      model(x.reshape(-1, *x.shape[2:])).reshape(*x.shape[:2], -1),
-    )
-  )(model)
+  fast, slow = grid_logits_both_ways(model, objects, grid, canvas_size)
   assert fast.shape == (len(grid), 5, 5)
   np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-5)
 

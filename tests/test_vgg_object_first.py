@@ -4,10 +4,10 @@ change the blank canvas, odd canvases and one host location (`fixed` training); 
 
 import itertools
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import grid_logits_both_ways, logits_and_gradients
 from flax import nnx
 
 from shiftbench import canvas
@@ -46,18 +46,11 @@ def _objects_and_locations(canvas_size, size, n=6):
 
 
 def _grads_match(model, objects, locations, canvas_size):
-  """Logits and gradients of the shortcut and of the placed canvas, both in one compiled program, as
-  training runs them (dispatching the same ops eagerly cost several times more here). Numpy `locations`
-  are closed over, never traced, so a host location takes the pad path."""
-  loss = lambda logits: (jnp.sin(logits) * jnp.arange(5)).sum()  # every logit gets its own weight
+  """The shortcut's and the placed canvas's logits and gradients (`conftest.logits_and_gradients`: one
+  compiled program; numpy `locations` stay numpy, so a host location takes the pad path)."""
   fast = lambda m: m.on_canvas(objects, locations, canvas_size)
   placed = lambda m: m(canvas.place(objects, jnp.asarray(locations), canvas_size))
-
-  @nnx.jit
-  def both(model):
-    return [(f(model), jax.tree.leaves(nnx.grad(lambda m, f=f: loss(f(m)))(model))) for f in (fast, placed)]
-
-  (fast_logits, fast_grads), (slow_logits, slow_grads) = both(model)
+  (fast_logits, fast_grads), (slow_logits, slow_grads) = logits_and_gradients(model, [fast, placed])
   np.testing.assert_allclose(fast_logits, slow_logits, rtol=1e-5, atol=1e-5)
   assert len(fast_grads) == len(slow_grads)
   for a, b in zip(fast_grads, slow_grads):
@@ -87,13 +80,7 @@ def test_on_grid_equals_the_network_on_every_placed_canvas(canvas_size, size, de
   objects, _ = _objects_and_locations(canvas_size, size, n=5)
   m = canvas_size - size
   grid = jnp.asarray(list(itertools.product([0, 1, m // 2, m], [0, m - 1, m])), jnp.int32)
-  x = canvas.place_grid(objects, grid, canvas_size)
-  fast, slow = nnx.jit(
-    lambda model: (
-      model.on_grid(objects, grid, canvas_size),
-      model(x.reshape(-1, *x.shape[2:])).reshape(*x.shape[:2], -1),
-    )
-  )(model)
+  fast, slow = grid_logits_both_ways(model, objects, grid, canvas_size)
   np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-5)
 
 
