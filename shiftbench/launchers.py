@@ -49,7 +49,7 @@ class DeviceLauncher(LocalLauncher):
 
   def __init__(self, devices: Any = "auto", **params: Any) -> None:
     super().__init__(**params)
-    self.devices = OmegaConf.to_container(devices) if OmegaConf.is_config(devices) else devices
+    self.devices = OmegaConf.to_container(devices, resolve=True) if OmegaConf.is_config(devices) else devices
 
   def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
     import submitit

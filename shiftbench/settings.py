@@ -222,7 +222,7 @@ def _weights(cfg: DictConfig) -> str | dict[str, str] | None:
   """`pretrain.weights` (a path or a published name such as IMAGENET1K_V1, or model name -> either),
   required when the `imagenet` regime runs."""
   weights = cfg.pretrain.get("weights")
-  weights = OmegaConf.to_container(weights) if OmegaConf.is_dict(weights) else weights
+  weights = OmegaConf.to_container(weights, resolve=True) if OmegaConf.is_dict(weights) else weights
   if "imagenet" in cfg.pretrain.regimes:
     import hydra
 
