@@ -314,14 +314,23 @@ def _aps_property(m: str, found: list[dict[str, Any]]) -> Claim:
   return claim
 
 
+def figure(claim: Claim) -> float | None:
+  """A figure claim's number (F1: mean numerator / mean denominator); None for other claims, or when the
+  mean denominator is not positive (a share of no gain is undefined)."""
+  if not (claim.values and claim.denominators):
+    return None
+  gain = float(np.mean(claim.denominators))
+  return float(np.mean(claim.values)) / gain if gain > 0 else None
+
+
 def _finish(claim: Claim) -> Claim:
   if claim.values:
     mean, lo, hi = interval(claim.values)
     if claim.kind == "property":
       claim.effect = f"min {min(claim.values):.4f} over {claim.n} rows"
     elif claim.denominators:
-      gain = float(np.mean(claim.denominators))
-      claim.effect = f"{mean / gain:.3f} (of a mean gain {gain:+.3f})" if gain > 0 else f"- (mean gain {gain:+.3f})"
+      gain, share = float(np.mean(claim.denominators)), figure(claim)
+      claim.effect = f"{share:.3f} (of a mean gain {gain:+.3f})" if share is not None else f"- (mean gain {gain:+.3f})"
     else:
       claim.effect = f"{mean:+.3f}" + ("" if math.isnan(lo) else f" [{lo:+.3f}, {hi:+.3f}]")
   else:
@@ -370,7 +379,8 @@ def to_json(claims: list[Claim]) -> list[dict[str, Any]]:
         "compared": c.rows,
         "values": c.values,
         "denominators": c.denominators or None,
-        "mean": mean,
+        "mean": mean,  # of `values`: for a figure, the numerator's mean
+        "figure": figure(c),
         "ci95": [lo, hi],
         "n": c.n,
         "verdict": c.verdict,

@@ -66,6 +66,9 @@ def test_the_forgetting_result_passes_with_three_seeds():
   assert c["F1"].verdict == claims.FIGURE and c["F1"].kind == "figure"
   assert c["F1"].values == pytest.approx([0.35, 0.34, 0.33])  # random_crop - scratch, every seed
   assert c["F1"].effect.startswith(f"{0.34 / 0.78:.3f}")  # ratio of the seed means of gain and share
+  f1 = {d["id"]: d for d in claims.to_json(list(c.values()))}["F1"]
+  # `figure` is the share itself; `mean` is its numerator's
+  assert f1["figure"] == pytest.approx(0.34 / 0.78) and f1["mean"] == pytest.approx(0.34)
   assert "[+" in c["C2"].effect  # mean and its interval are printed
 
 
