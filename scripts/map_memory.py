@@ -43,7 +43,8 @@ def main() -> dict:
     model = DenseNet(num_classes=10, canvas_size=args.canvas, rngs=rngs)
   model.eval()
   per_canvas = evaluation.model_activation_bytes(model, args.canvas, 1)
-  batch = evaluation.resolve_batch_size(args.batch, args.canvas, [[1]], lambda: per_canvas)
+  # The model's own count sizes `auto`: no widths needed.
+  batch = evaluation.resolve_batch_size(args.batch, args.canvas, [], lambda: per_canvas)
   n_loc = max(1, batch // args.objects)
   rng = np.random.default_rng(0)
   objects = jnp.asarray(rng.uniform(size=(args.objects, args.object, args.object, 1)).astype(np.float32))

@@ -81,6 +81,20 @@ def model_activation_bytes(
   return max(1, (used(hi) - used(lo)) // (hi - lo))
 
 
+def host_available_bytes() -> int:
+  """Memory the host can still give this process (free plus reclaimable cache): on CPU, JAX's buffers."""
+  import psutil
+
+  return int(psutil.virtual_memory().available)
+
+
+def _largest_power_of_two(start: int, limit: int) -> int:
+  batch = start
+  while batch * 2 <= limit:
+    batch *= 2
+  return batch
+
+
 def auto_batch_size(
   canvas_size: int,
   model_widths: Sequence[Sequence[int]],
@@ -97,14 +111,22 @@ def auto_batch_size(
       `model_widths` (`activation_bytes`, the small-CNN bound).
 
   Returns:
-    CPU_BATCH on CPU. On accelerators, the largest power of two up to ACCELERATOR_BATCH's ceiling whose
-    activations fit in MEMORY_FRACTION of the device's free memory (from `memory_stats`; the ceiling when
-    the backend does not report it); at least ACCELERATOR_BATCH's floor, unless `per_canvas_bytes` says
-    fewer fit (VGG16 at 224 px: ~30 MiB per canvas, so 128 on a 16 GB GPU, not 1024).
+    On CPU, CPU_BATCH, or fewer when a model's own count says CPU_BATCH canvases would take more than
+    MEMORY_FRACTION of the host's available memory (VGG16's whole-canvas pass at 224 px: ~30 MiB per
+    canvas, so 128 with ~20 GiB available; 256 aborted with `std::bad_alloc`, docs/paper.md).
+    On accelerators, the largest power of two up to ACCELERATOR_BATCH's ceiling whose activations fit in
+    MEMORY_FRACTION of the device's free memory (from `memory_stats`; the ceiling when the backend does
+    not report it); at least ACCELERATOR_BATCH's floor, unless `per_canvas_bytes` says fewer fit (VGG16 at
+    224 px: 128 on a 16 GB GPU, not 1024).
   """
   device = device or jax.devices()[0]
   if device.platform == "cpu":
-    return CPU_BATCH
+    if per_canvas_bytes is None:  # the small CNNs: 512 canvases take well under 1 GiB at 64 px
+      return CPU_BATCH
+    # XLA:CPU's convolutions take workspace that buffer assignment does not count (a 3x3 conv over
+    # 256 x 224^2 x 64 peaked at twice its input + output), hence the same quarter as on accelerators.
+    fit = int(MEMORY_FRACTION * host_available_bytes()) // per_canvas_bytes
+    return _largest_power_of_two(1, min(fit, CPU_BATCH))
   lo, hi = ACCELERATOR_BATCH
   try:
     stats = device.memory_stats() or {}
@@ -117,10 +139,7 @@ def auto_batch_size(
   fit = int(MEMORY_FRACTION * free) // max(1, per_canvas)
   # The floor stays for the width-based bound (generous: three copies of every block); a model's own count
   # is what it needs, so below the floor a smaller batch is the one that fits.
-  batch = lo if fit >= lo or per_canvas_bytes is None else 1
-  while batch * 2 <= min(fit, hi):
-    batch *= 2
-  return batch
+  return _largest_power_of_two(lo if fit >= lo or per_canvas_bytes is None else 1, min(fit, hi))
 
 
 def resolve_batch_size(
@@ -130,12 +149,10 @@ def resolve_batch_size(
   per_canvas_bytes: Callable[[], int | None] | None = None,
 ) -> int:
   """`eval.batch_size` as a number: `auto` (see `auto_batch_size`) or a positive int. `per_canvas_bytes`
-  is called only for `auto` on an accelerator (it traces the models)."""
+  (the models' own count, or None for models the width bound covers) is called only for `auto`: it
+  compiles the models from abstract shapes."""
   if isinstance(value, str) and value.strip().lower() == "auto":
-    on_cpu = jax.devices()[0].platform == "cpu"
-    return auto_batch_size(
-      canvas_size, model_widths, per_canvas_bytes=None if on_cpu or per_canvas_bytes is None else per_canvas_bytes()
-    )
+    return auto_batch_size(canvas_size, model_widths, per_canvas_bytes=per_canvas_bytes() if per_canvas_bytes else None)
   try:
     batch = int(value)
   except (TypeError, ValueError):

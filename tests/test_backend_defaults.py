@@ -39,6 +39,32 @@ def test_auto_eval_batch_is_512_on_cpu_and_sized_by_memory_on_accelerators():
   )
 
 
+def test_auto_eval_batch_on_cpu_fits_a_models_own_count_in_a_quarter_of_host_memory(monkeypatch):
+  cpu, vgg16_224 = jax.devices("cpu")[0], 30 * 2**20  # VGG16's whole-canvas pass at 224 px: ~30 MiB per canvas
+  monkeypatch.setattr(evaluation, "host_available_bytes", lambda: 20 * 2**30)
+  # 5 GiB / 30 MiB = 170 -> 128, the largest size measured to run here (256 aborted, docs/paper.md)
+  assert evaluation.auto_batch_size(224, [[64]], cpu, per_canvas_bytes=vgg16_224) == 128
+  assert evaluation.auto_batch_size(224, [[64]], cpu, per_canvas_bytes=2**40) == 1  # one canvas at least
+  assert evaluation.auto_batch_size(64, [[32, 64, 128]], cpu) == 512  # the small CNNs: no count, 512 as before
+  monkeypatch.setattr(evaluation, "host_available_bytes", lambda: 2**40)
+  assert evaluation.auto_batch_size(224, [[64]], cpu, per_canvas_bytes=vgg16_224) == evaluation.CPU_BATCH  # no more
+
+
+def test_auto_eval_batch_of_a_torchvision_preset_on_cpu_comes_from_its_compiled_count(monkeypatch):
+  """The config path: `auto` with a torchvision model counts its activations on CPU too, not only on GPUs."""
+  overrides = ["model=vgg11", "+tv_width=0.125", "canvas.size=64", "canvas.object_size=16"]
+  with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+    cfg = compose("config", overrides)
+  monkeypatch.setattr(evaluation, "host_available_bytes", lambda: 2**40)
+  assert Settings.from_config(cfg).eval_batch == 512
+  counted = []
+  real = evaluation.model_activation_bytes
+  count = lambda *a, **k: counted.append(real(*a, **k)) or counted[-1]  # noqa: E731
+  monkeypatch.setattr(evaluation, "model_activation_bytes", count)
+  monkeypatch.setattr(evaluation, "host_available_bytes", lambda: 64 * 4 * counted[-1] if counted else 2**40)
+  assert Settings.from_config(cfg).eval_batch == 64 and counted  # a quarter of 256 canvases' worth: 64
+
+
 def test_eval_batch_size_from_config_is_auto_or_a_positive_int():
   with initialize_config_dir(config_dir=CONF, version_base="1.3"):
     assert compose("config").eval.batch_size == "auto"
