@@ -33,17 +33,16 @@ from shiftbench import (
   plots,
   preflight,
   pretrained,
+  protocol_data,
   published_weights,
   results,
   resume,
   streams,
-  subsets,
   terminal,
   tidy,
   train,
 )
-from shiftbench.data import ObjectSet, require_task, resize_objects
-from shiftbench.errors import ConfigError, DataError
+from shiftbench.data import ObjectSet
 from shiftbench.models import torchvision_weights
 from shiftbench.settings import Settings
 
@@ -57,9 +56,9 @@ class Protocol:
   def __init__(self, settings: Settings, data_a: ObjectSet, data_b: ObjectSet, output_dir: Path):
     self.s, self.output_dir = settings, output_dir
     self.data_a, self.data_b = data_a, data_b
-    self.hash_a, self.hash_b = dataset_hash(data_a), dataset_hash(data_b)
-    self.train_a, self.test_a = _device_splits(data_a, settings)
-    self.train_b, self.test_b = _device_splits(data_b, settings, validation=True)
+    self.hash_a, self.hash_b = protocol_data.dataset_hash(data_a), protocol_data.dataset_hash(data_b)
+    self.train_a, self.test_a = protocol_data.device_splits(data_a, settings)
+    self.train_b, self.test_b = protocol_data.device_splits(data_b, settings, validation=True)
     # Every evaluation subset is a prefix of one class-balanced order (`subsets.balanced_order`).
     self.curve_b = train.DeviceObjects(
       self.test_b.images[: settings.curve_objects], self.test_b.labels[: settings.curve_objects], data_b.num_classes
@@ -349,66 +348,6 @@ def _fmt(value: float | None) -> str:
   return f"{value:.3f}" if _defined(value) else "-"
 
 
-def dataset_hash(objs: ObjectSet) -> str:
-  """sha256 of a dataset's arrays and class names, as loaded and resized: what the data *is*, whatever
-  file, TFDS version or renderer it came from."""
-  return subsets.content_hash(
-    objs.train_images, objs.train_labels, objs.test_images, objs.test_labels, names=objs.class_names
-  )
-
-
-def _device_splits(
-  objs: ObjectSet, s: Settings, validation: bool = False
-) -> tuple[train.DeviceObjects, train.DeviceObjects]:
-  """(training objects, evaluated objects) on the device.
-
-  With `validation` (dataset B), `s.validation_fraction` of each class of the training objects is held
-  out, the same objects whichever split is evaluated, so a setting chosen on validation
-  (`eval.split=validation`) is chosen under the very protocol that reports on test. The evaluated
-  objects are put in class-balanced order (`subsets.balanced_order`) and cut to `eval.max_objects`.
-  """
-  train_x, train_y = objs.train_images, objs.train_labels
-  eval_x, eval_y = objs.test_images, objs.test_labels
-  if validation and s.validation_fraction > 0:
-    keep, held = subsets.split_validation(train_x, train_y, s.validation_fraction, s.subset_seed)
-    if s.eval_split == "validation":
-      eval_x, eval_y = train_x[held], train_y[held]
-    train_x, train_y = train_x[keep], train_y[keep]
-  elif validation and s.eval_split == "validation":
-    raise ConfigError("eval.split=validation needs eval.validation_fraction > 0 (got 0)")
-  order = subsets.balanced_order(eval_x, eval_y, s.subset_seed)[: s.max_objects]
-  return (
-    train.DeviceObjects.from_numpy(train_x, train_y, objs.num_classes),
-    train.DeviceObjects.from_numpy(eval_x[order], eval_y[order], objs.num_classes),
-  )
-
-
-def check_disjoint(data_a: ObjectSet, data_b: ObjectSet, allow_overlap: bool) -> None:
-  """B's classes must be new (the protocol's premise): shared class names are a config error."""
-  shared = sorted(set(data_a.class_names) & set(data_b.class_names))
-  if shared and not allow_overlap:
-    raise ConfigError(
-      f"datasets A ({data_a.name}) and B ({data_b.name}) share the classes {shared}; fine-tuning "
-      "must be on new classes: choose other data.pretrain.classes / data.finetune.classes, or set "
-      "data.allow_overlap=true to run it anyway (recorded in every row)"
-    )
-
-
-def load_datasets(s: Settings) -> tuple[ObjectSet, ObjectSet]:
-  """Instantiates datasets A and B from the resolved config and resizes their objects to the object size."""
-  data_a = resize_objects(hydra.utils.instantiate(s.data["pretrain"]), s.spec.object_size)
-  data_b = resize_objects(hydra.utils.instantiate(s.data["finetune"]), s.spec.object_size)
-  require_task(data_a, "A (data.pretrain)")
-  require_task(data_b, "B (data.finetune)")
-  if data_a.object_shape[-1] != data_b.object_shape[-1]:
-    raise DataError(
-      f"datasets A ({data_a.name}) and B ({data_b.name}) have different channel counts: "
-      f"{data_a.object_shape[-1]} vs {data_b.object_shape[-1]}"
-    )
-  check_disjoint(data_a, data_b, s.allow_overlap)
-  return data_a, data_b
-
-
 def run_experiment(cfg: DictConfig | dict[str, Any], output_dir: str | Path) -> dict[str, Any]:
   """Runs every row of the configured protocol and writes results, heatmaps and the leaderboard.
 
@@ -428,7 +367,7 @@ def _run_experiment(cfg: DictConfig | dict[str, Any], output_dir: Path) -> dict[
   config = settings.config
   results_path = output_dir / "results.json"
   done = preflight.resumable_rows(results_path, config, settings.overwrite)
-  data_a, data_b = load_datasets(settings)
+  data_a, data_b = protocol_data.load_datasets(settings)
   protocol = Protocol(settings, data_a, data_b, output_dir)
   check_cache_writable(settings, done, protocol.hash_a)
   if "imagenet" in settings.pretrain_regimes:  # named weights: downloaded (once) before any row trains

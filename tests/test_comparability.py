@@ -13,7 +13,7 @@ import pytest
 from conftest import tiny_overrides
 from hydra import compose, initialize_config_dir
 
-from shiftbench import comparison, experiment, leaderboard, pretrained, streams, subsets
+from shiftbench import comparison, leaderboard, pretrained, protocol_data, streams, subsets
 from shiftbench.errors import CacheError, ConfigError, DataError
 from shiftbench.experiment import run_experiment
 from shiftbench.settings import Settings
@@ -222,7 +222,7 @@ def test_validation_split_is_class_balanced_held_out_and_evaluated_only_when_ask
   from shiftbench.data import ObjectSet
 
   objs = ObjectSet("t", images, labels.astype(np.int32), images[:8], labels[:8].astype(np.int32), tuple("abcd"))
-  train_b, eval_b = experiment._device_splits(objs, s, validation=True)
+  train_b, eval_b = protocol_data.device_splits(objs, s, validation=True)
   assert len(train_b) == 60 and len(eval_b) == 20  # validation objects are evaluated, never trained on
   train_images = {np.asarray(x).tobytes() for x in train_b.images}
   assert not any(np.asarray(x).tobytes() in train_images for x in eval_b.images)
@@ -250,8 +250,8 @@ def test_class_sorted_and_shuffled_files_evaluate_the_same_objects(tiny_data_dir
         ["data=npz", f"data.path={path}", "eval.max_objects=9", "data.finetune.test_fraction=0.5"],
       )
     )
-    _, data_b = experiment.load_datasets(s)
-    _, test_b = experiment._device_splits(data_b, s, validation=True)
+    _, data_b = protocol_data.load_datasets(s)
+    _, test_b = protocol_data.device_splits(data_b, s, validation=True)
     results.append(sorted(np.asarray(x).tobytes() for x in test_b.images))
     assert np.bincount(np.asarray(test_b.labels)).tolist() == [3, 3, 3]
   assert results[0] == results[1]
@@ -287,9 +287,9 @@ def test_overlapping_classes_are_a_config_error_unless_allowed(tiny_data_dir, tm
   overlap = ["data.finetune.charset=digits", "data.finetune.classes=['2','3','4']"]
   s = Settings.from_config(_cfg(tiny_data_dir, tmp_path, overlap))
   with pytest.raises(ConfigError, match=r"share the classes \['2'\].*data.allow_overlap=true"):
-    experiment.load_datasets(s)
+    protocol_data.load_datasets(s)
   allowed = Settings.from_config(_cfg(tiny_data_dir, tmp_path, overlap + ["data.allow_overlap=true"]))
-  experiment.load_datasets(allowed)
+  protocol_data.load_datasets(allowed)
   protocol = comparison.protocol_settings(allowed.config, {}, "v")
   assert protocol["data.allow_overlap"] is True  # recorded in every row's settings
 
