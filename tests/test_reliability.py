@@ -66,7 +66,8 @@ def test_cache_that_is_a_file_fails_within_seconds_naming_the_path(tmp_path):
     ],
     env={**ENV, "SHIFTBENCH_CACHE": str(cachefile)},
   )
-  assert run.returncode == 1 and seconds < 60
+  print(f"unusable cache refused in {seconds:.1f} s")  # _cli's timeout catches a hang; no speed assert
+  assert run.returncode == 1
   assert _last_line(run).startswith("error: checkpoint cache") and str(cachefile) in _last_line(run)
   assert "pretrain" not in run.stdout  # refused before any pretraining step
 
@@ -279,7 +280,8 @@ def test_the_cli_ends_with_the_cause_even_with_hydra_full_error(tmp_path):
   run, seconds = _cli(
     ["+seedz=[1]", "logger=none", f"hydra.run.dir={tmp_path / 'r'}"], env={**ENV, "HYDRA_FULL_ERROR": "1"}
   )
-  assert run.returncode == 1 and seconds < 60
+  print(f"unknown key refused in {seconds:.1f} s")
+  assert run.returncode == 1
   assert (
     _last_line(run) == "error: unknown config key 'seedz' (the config defines no such top-level key, so it "
     "would be ignored); did you mean 'seeds'?"
@@ -329,11 +331,15 @@ def test_online_logging_without_network_falls_back_to_offline(tmp_path, monkeypa
   calls = []
   monkeypatch.setattr(wandb, "init", lambda **kw: calls.append(kw["mode"]))
   monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # discard port: nothing listens
+  from shiftbench.data import tfds_source
+
+  probes, real = [], tfds_source.has_network
+  monkeypatch.setattr(tfds_source, "has_network", lambda *a: probes.append(a) or real(*a))
   tracker = tracking.WandbTracker(mode="online")
-  start = time.perf_counter()
   with caplog.at_level(logging.WARNING):
     tracker.start({}, tmp_path)
-  assert calls == ["offline"] and time.perf_counter() - start < 10
+  # The server was probed (a short TCP connect, not wandb's 60 s init timeout), then offline was chosen.
+  assert calls == ["offline"] and probes == [("127.0.0.1", 9, 3.0)]
   assert "unreachable: logging offline instead" in caplog.text
 
 
