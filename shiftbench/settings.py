@@ -11,6 +11,8 @@ Nothing of the config enters jitted code.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -150,7 +152,7 @@ class Settings:
     if jitter < 0:
       raise ValueError(f"pretrain.jitter must be >= 0, got {jitter}")
     max_objects = cfg.eval.max_objects
-    return cls(
+    settings = cls(
       seeds=tuple(int(s) for s in seeds),
       spec=spec,
       finetune_location=ft_loc,
@@ -177,9 +179,7 @@ class Settings:
       grid_stride=_positive(cfg.eval.grid_stride, "eval.grid_stride"),
       max_objects=None if max_objects is None else _positive(max_objects, "eval.max_objects"),
       curve_objects=_positive(cfg.eval.curve_objects, "eval.curve_objects"),
-      eval_batch=evaluation.resolve_batch_size(
-        cfg.eval.batch_size, spec.canvas_size, _model_widths(config), lambda: _activation_bytes(cfg, spec.canvas_size)
-      ),
+      eval_batch=evaluation.resolve_batch_size(cfg.eval.batch_size, spec.canvas_size, _model_widths(config), None),
       eval_split=_choices([cfg.eval.get("split", "test")], ("test", "validation"), "eval.split")[0],
       validation_fraction=_fraction(cfg.eval.get("validation_fraction", 0.1), "eval.validation_fraction"),
       subset_seed=int(cfg.eval.get("subset_seed", 0)),
@@ -199,18 +199,35 @@ class Settings:
       pretrain_weights=_weights(cfg),
       until_accuracy=_until_accuracy(cfg.finetune.get("until_accuracy")),
     )
+    # `auto` for the torchvision networks compiles them (~40 s for DenseNet-121 at full width), so it
+    # comes after every other check: a bad setting is reported at once, not after the count.
+    eval_batch = evaluation.resolve_batch_size(
+      cfg.eval.batch_size, spec.canvas_size, _model_widths(config), lambda: _activation_bytes(config, spec.canvas_size)
+    )
+    return dataclasses.replace(settings, eval_batch=eval_batch)
 
 
-def _activation_bytes(cfg: DictConfig, canvas_size: int) -> int | None:
+def _activation_bytes(config: dict[str, Any], canvas_size: int) -> int | None:
   """The largest per-canvas activation count of the run's torchvision models (abstract, nothing allocated);
   None when it has none (the small CNNs keep the width-based bound)."""
+  import jax
+
+  models_json = json.dumps(config.get("model") or {}, sort_keys=True, default=str)
+  return _activation_bytes_of(models_json, canvas_size, jax.devices()[0].platform)
+
+
+@functools.lru_cache(maxsize=32)
+def _activation_bytes_of(models_json: str, canvas_size: int, platform: str) -> int | None:
+  """`_activation_bytes`, once per process for the same models, canvas and backend (a sweep's jobs in one
+  process, or several `Settings` of one run, compile the count once)."""
   import hydra
   from flax import nnx
 
   from shiftbench.models.tv_layers import TorchvisionNet
 
+  del platform  # part of the cache key: the count is the default device's
   counts = []
-  for mcfg in (cfg.get("model") or {}).values():
+  for mcfg in OmegaConf.create(json.loads(models_json)).values():
     if issubclass(hydra.utils.get_class(mcfg._target_), TorchvisionNet):
       factory = hydra.utils.instantiate(mcfg)
       model = nnx.eval_shape(lambda f=factory: f(num_classes=2, canvas_size=canvas_size, rngs=nnx.Rngs(0)))

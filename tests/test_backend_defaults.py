@@ -8,7 +8,7 @@ import jax
 import pytest
 from hydra import compose, initialize_config_dir
 
-from shiftbench import compile_cache, evaluation
+from shiftbench import compile_cache, evaluation, settings
 from shiftbench.settings import Settings
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
@@ -55,14 +55,15 @@ def test_auto_eval_batch_of_a_torchvision_preset_on_cpu_comes_from_its_compiled_
   overrides = ["model=vgg11", "+tv_width=0.125", "canvas.size=64", "canvas.object_size=16"]
   with initialize_config_dir(config_dir=CONF, version_base="1.3"):
     cfg = compose("config", overrides)
-  monkeypatch.setattr(evaluation, "host_available_bytes", lambda: 2**40)
-  assert Settings.from_config(cfg).eval_batch == 512
+  settings._activation_bytes_of.cache_clear()  # counted once per process and config: count it here
   counted = []
   real = evaluation.model_activation_bytes
   count = lambda *a, **k: counted.append(real(*a, **k)) or counted[-1]  # noqa: E731
   monkeypatch.setattr(evaluation, "model_activation_bytes", count)
   monkeypatch.setattr(evaluation, "host_available_bytes", lambda: 64 * 4 * counted[-1] if counted else 2**40)
-  assert Settings.from_config(cfg).eval_batch == 64 and counted  # a quarter of 256 canvases' worth: 64
+  assert Settings.from_config(cfg).eval_batch == 64 and len(counted) == 1  # a quarter of 256 canvases' worth
+  monkeypatch.setattr(evaluation, "host_available_bytes", lambda: 2**40)
+  assert Settings.from_config(cfg).eval_batch == 512 and len(counted) == 1  # ample memory; the count was kept
 
 
 def test_eval_batch_size_from_config_is_auto_or_a_positive_int():

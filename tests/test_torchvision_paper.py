@@ -81,6 +81,7 @@ def test_imagenet_regime_needs_weights_for_every_model(tiny_data_dir, tmp_path):
     "canvas.size=32",
     "canvas.object_size=8",
     "pretrain.regimes=[imagenet]",
+    "eval.batch_size=8",  # not auto: its count would compile the full-width networks (~40 s), not the point here
   ]
   with pytest.raises(ValueError, match="needs weights for model 'vgg16'"):
     Settings.from_config(_compose(base))
