@@ -152,7 +152,7 @@ class Settings:
     if jitter < 0:
       raise ValueError(f"pretrain.jitter must be >= 0, got {jitter}")
     max_objects = cfg.eval.max_objects
-    settings = cls(
+    return cls(
       seeds=tuple(int(s) for s in seeds),
       spec=spec,
       finetune_location=ft_loc,
@@ -179,7 +179,6 @@ class Settings:
       grid_stride=_positive(cfg.eval.grid_stride, "eval.grid_stride"),
       max_objects=None if max_objects is None else _positive(max_objects, "eval.max_objects"),
       curve_objects=_positive(cfg.eval.curve_objects, "eval.curve_objects"),
-      eval_batch=evaluation.resolve_batch_size(cfg.eval.batch_size, spec.canvas_size, _model_widths(config), None),
       eval_split=_choices([cfg.eval.get("split", "test")], ("test", "validation"), "eval.split")[0],
       validation_fraction=_fraction(cfg.eval.get("validation_fraction", 0.1), "eval.validation_fraction"),
       subset_seed=int(cfg.eval.get("subset_seed", 0)),
@@ -198,13 +197,15 @@ class Settings:
       overwrite=bool(config.get("overwrite", False)),
       pretrain_weights=_weights(cfg),
       until_accuracy=_until_accuracy(cfg.finetune.get("until_accuracy")),
+      # Last, as arguments are evaluated in order: `auto` for the torchvision networks compiles them (~40 s
+      # for DenseNet-121 at full width), so every other setting is checked, and reported, before the count.
+      eval_batch=evaluation.resolve_batch_size(
+        cfg.eval.batch_size,
+        spec.canvas_size,
+        _model_widths(config),
+        lambda: _activation_bytes(config, spec.canvas_size),
+      ),
     )
-    # `auto` for the torchvision networks compiles them (~40 s for DenseNet-121 at full width), so it
-    # comes after every other check: a bad setting is reported at once, not after the count.
-    eval_batch = evaluation.resolve_batch_size(
-      cfg.eval.batch_size, spec.canvas_size, _model_widths(config), lambda: _activation_bytes(config, spec.canvas_size)
-    )
-    return dataclasses.replace(settings, eval_batch=eval_batch)
 
 
 def _activation_bytes(config: dict[str, Any], canvas_size: int) -> int | None:
