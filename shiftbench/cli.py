@@ -28,11 +28,10 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 class RunDirGuard(Callback):
-  """Checks the run directory before Hydra writes `.hydra/` into it (`hydra.callbacks` in config.yaml).
-
-  The task checks the same again (library users and multiruns go through it), but only here is the
-  earlier run's `.hydra/config.yaml` still intact when a reused directory is refused. It also takes the
-  run directory's lock (`locks.run_dir`) for the whole run, so a second process there refuses at once.
+  """Opens the run directory (`shiftbench.run_dir`: writable, locked, resumable rows read) before Hydra
+  writes `.hydra/` into it (`hydra.callbacks` in config.yaml), so a reused directory is refused while the
+  earlier run's `.hydra/config.yaml` is still intact. The task gets the same open directory back; it is
+  closed when the run ends.
 
   In a multirun Hydra writes each job's `.hydra/` before any job callback runs, so the sweep's existing
   `.hydra/` files are read at its start and travel with the jobs (the callback is pickled into submitit
@@ -43,30 +42,23 @@ class RunDirGuard(Callback):
     self.hydra_files: dict[str, bytes] = {}
 
   def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-    from shiftbench import locks, preflight
+    from shiftbench import run_dir
 
-    run_dir = None
+    task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
     try:
-      run_dir = preflight.check_writable(
-        OmegaConf.select(config, "hydra.run.dir"), "run directory", "choose another hydra.run.dir"
-      )
-      locks.hold_run_dir(run_dir)  # one process per run directory, held until on_run_end
-      task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-      try:
-        resolved = OmegaConf.to_container(task, resolve=True)
-      except Exception:  # e.g. `${hydra:...}` before Hydra sets it up: the task checks it later
-        return
-      preflight.resumable_rows(run_dir / "results.json", resolved, bool(task.get("overwrite", False)))
+      resolved = OmegaConf.to_container(task, resolve=True)
+    except Exception:  # e.g. `${hydra:...}` before Hydra sets it up: the task opens the directory later
+      return
+    try:
+      run_dir.open_run_dir(OmegaConf.select(config, "hydra.run.dir"), resolved, bool(task.get("overwrite", False)))
     except UserError as e:
-      if run_dir is not None and not isinstance(e, locks.Busy):
-        locks.release_run_dir(run_dir)
       _errors.append(e)
       raise SystemExit(1) from e  # Hydra turns a callback's exceptions into warnings
 
   def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
-    from shiftbench import locks
+    from shiftbench import run_dir
 
-    locks.release_run_dir(Path(OmegaConf.select(config, "hydra.run.dir")).expanduser().absolute())
+    run_dir.close_run_dir(OmegaConf.select(config, "hydra.run.dir"))
 
   def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
     """An unwritable sweep directory is one line, before any job starts (Hydra's own is a traceback)."""
@@ -103,25 +95,30 @@ _EARLIER_HYDRA_FILES: dict[str, bytes] = {}
 
 
 def _refuse_or_run(cfg: DictConfig, output_dir: Path, run: Any) -> None:
-  """Runs the job; a multirun job refused for its directory (another config's run, or another process
-  in it) first puts back the `.hydra/` files that Hydra rewrote there."""
-  from shiftbench import locks, preflight
+  """Runs the job in its opened run directory; a multirun job refused for its directory (another
+  config's run, or another process in it) first puts back the `.hydra/` files that Hydra rewrote there."""
+  from shiftbench import run_dir
 
   # The callback's copy: under `python -m shiftbench.cli` this module is also `__main__` (see errors.py).
   from shiftbench.cli import _EARLIER_HYDRA_FILES as files
 
   earlier = {p: b for p, b in files.items() if Path(p).parent == output_dir / ".hydra"}
-  if earlier:
-    try:
-      with locks.run_dir(output_dir):
-        preflight.resumable_rows(
-          output_dir / "results.json", OmegaConf.to_container(cfg, resolve=True), bool(cfg.get("overwrite", False))
-        )
-    except UserError:
-      for path, data in earlier.items():
-        Path(path).write_bytes(data)
-      raise
-  run(cfg, output_dir)
+  try:
+    config = OmegaConf.to_container(cfg, resolve=True)
+  except Exception:  # an unresolvable key: `run` reports it with its own one-line error
+    run(cfg, output_dir)
+    return
+  try:
+    opened = run_dir.opened_run_dir(output_dir, config, bool(cfg.get("overwrite", False)))
+    opened.__enter__()
+  except UserError:
+    for path, data in earlier.items():
+      Path(path).write_bytes(data)
+    raise
+  try:
+    run(cfg, output_dir)
+  finally:
+    opened.__exit__(None, None, None)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -95,3 +96,18 @@ def differing(settings: Iterable[Mapping[str, Any]]) -> list[str]:
   names = sorted({k for s in settings for k in s})
   missing = object()
   return [n for n in names if len({json.dumps(s.get(n, missing), sort_keys=True, default=repr) for s in settings}) > 1]
+
+
+def differing_settings(entries: list[dict[str, Any]]) -> list[str]:
+  """The settings in which the leaderboard's groups differ: protocol settings between protocol groups,
+  and architecture settings between groups of one model name (model names already tell models apart)."""
+  protocols = {e["protocol_key"]: protocol_part(e["settings"]) for e in entries}
+  names = differing(protocols.values()) if len(protocols) > 1 else []
+  by_model: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+  for e in entries:
+    arch = {k: v for k, v in e["settings"].items() if k.startswith("architecture.")}
+    by_model[e["model"]][key_of(arch)] = arch
+  for archs in by_model.values():
+    if len(archs) > 1:
+      names += [n for n in differing(archs.values()) if n not in names]
+  return names

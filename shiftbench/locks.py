@@ -108,7 +108,7 @@ def run_dir(path: Path) -> Iterator[None]:
 
   One process per run directory: a second `shiftbench` on the same directory (the same command started
   twice, or a requeued job while the old one still runs) would rewrite the same `results.json`. Nested
-  holds in one process (the CLI's callback, then the task) share one lock.
+  holds in one process share one lock (`shiftbench.run_dir` opens it once).
   """
   lock_path = Path(path) / RUN_LOCK
   lock = _lock(lock_path)
@@ -127,22 +127,3 @@ def run_dir(path: Path) -> Iterator[None]:
     if lock.lock_counter == 1:
       _clear_owner(lock_path)
     lock.release()
-
-
-_HELD: dict[str, contextlib.AbstractContextManager] = {}
-
-
-def hold_run_dir(path: Path) -> None:
-  """Takes the run directory's lock until `release_run_dir` (the CLI: before Hydra writes `.hydra/`, until
-  the run ends), or raises `Busy`. The kernel drops it anyway when the process ends."""
-  key = str(Path(path).absolute())
-  if key not in _HELD:
-    held_lock = run_dir(Path(path))
-    held_lock.__enter__()
-    _HELD[key] = held_lock
-
-
-def release_run_dir(path: Path) -> None:
-  held_lock = _HELD.pop(str(Path(path).absolute()), None)
-  if held_lock is not None:
-    held_lock.__exit__(None, None, None)

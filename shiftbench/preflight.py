@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import json
 import math
 import numbers
 import os
@@ -17,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from shiftbench.errors import ConfigError, DataError
+from shiftbench.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Top-level keys that are not in the shipped config but that the code reads.
@@ -135,40 +134,3 @@ def check_config(cfg: DictConfig) -> None:
   check_top_level_keys(cfg)
   check_lists(cfg)
   check_optimizers(cfg)
-
-
-def resumable_rows(path: Path, config: dict[str, Any], overwrite: bool = False) -> dict[tuple, dict[str, Any]]:
-  """Rows already in `results.json` from a run with the same config (a requeued job), keyed by row.
-
-  A different config, or a file that cannot be read, is an error rather than a fresh start: starting
-  afresh would overwrite the earlier run's rows and heatmaps. `overwrite=true` starts afresh on purpose.
-  """
-  from shiftbench.results import to_jsonable
-
-  if overwrite or not path.is_file():
-    return {}
-  fix = f"use a new hydra.run.dir, or add overwrite=true to replace the run in {path.parent}"
-  try:
-    previous = json.loads(path.read_text())
-    rows, old = previous["rows"], previous["config"]
-    keyed = {(r["model"], r["pretrain"], r["finetune"], r["seed"]): r for r in rows}
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-    raise DataError(
-      f"{path} exists but is not a readable shiftbench results file ({type(e).__name__}: {e}); {fix}"
-    ) from e
-  from shiftbench import __version__
-
-  written_by = ((previous.get("environment") or {}).get("versions") or {}).get("shiftbench")
-  if written_by != __version__:  # another version computes other numbers: its rows never join this run's
-    raise ConfigError(
-      f"{path.parent} holds a run of shiftbench {written_by}, whose rows are not comparable with "
-      f"this version's ({__version__}); {fix}"
-    )
-  ignore = ("overwrite",)  # how a run was started, not what it computed
-  diff = config_diff(
-    {k: v for k, v in old.items() if k not in ignore}, {k: v for k, v in to_jsonable(config).items() if k not in ignore}
-  )
-  if diff:
-    shown = ", ".join(diff[:8]) + (f" and {len(diff) - 8} more" if len(diff) > 8 else "")
-    raise ConfigError(f"{path.parent} holds a run with a different config (differs in: {shown}); {fix}")
-  return keyed

@@ -15,8 +15,7 @@ import numpy as np
 from shiftbench import claims as claims_lib
 from shiftbench import plots
 from shiftbench.results import atomic_write_text
-from shiftbench.settings import PRETRAIN_REGIMES
-from shiftbench.train import TRAIN_MODES
+from shiftbench.schema import FINETUNE_MODES, PRETRAIN_REGIMES
 
 plt = plots.plt  # pyplot with the headless backend already selected
 
@@ -45,7 +44,7 @@ td.other{color:#666} img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}"""
 
 def _regime_columns(entries: list[dict[str, Any]]) -> list[tuple[str, str]]:
   regimes = {r: i for i, r in enumerate(PRETRAIN_REGIMES)}
-  modes = {m: i for i, m in enumerate(TRAIN_MODES)}
+  modes = {m: i for i, m in enumerate(FINETUNE_MODES)}
   return sorted(
     {(e["pretrain"], e["finetune"]) for e in entries}, key=lambda c: (regimes.get(c[0], 99), modes.get(c[1], 99))
   )

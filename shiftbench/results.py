@@ -1,4 +1,4 @@
-"""Writing results safely and recording where they came from.
+"""Writing result files safely: atomic text and JSON, with numpy values made plain.
 
 Every file is written to a temporary name in the same directory and renamed into place, so a crash or
 a requeued SLURM job never leaves a half-written `results.json` (rename is atomic on POSIX).
@@ -6,30 +6,14 @@ a requeued SLURM job never leaves a half-written `results.json` (rename is atomi
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import math
 import os
-import platform
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
-
-_PACKAGES = (
-  "shiftbench",
-  "jax",
-  "jaxlib",
-  "flax",
-  "optax",
-  "orbax-checkpoint",
-  "tensorflow-datasets",
-  "hydra-core",
-  "wandb",
-  "numpy",
-)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -69,8 +53,8 @@ def to_jsonable(value: Any) -> Any:
     return {str(k): to_jsonable(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
     return [to_jsonable(v) for v in value]
-  if isinstance(value, (np.ndarray, jax.Array)):
-    return to_jsonable(np.asarray(value).tolist())
+  if isinstance(value, np.ndarray) or (hasattr(value, "__array__") and not isinstance(value, np.generic)):
+    return to_jsonable(np.asarray(value).tolist())  # numpy and jax arrays, without importing jax
   if isinstance(value, (np.floating, float)):
     value = float(value)
     return value if math.isfinite(value) else None
@@ -83,41 +67,3 @@ def to_jsonable(value: Any) -> Any:
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
   return atomic_write_text(path, json.dumps(to_jsonable(data), indent=1, allow_nan=False) + "\n")
-
-
-def environment() -> dict[str, Any]:
-  """Package versions, Python, platform and the JAX devices a result was computed on."""
-  versions = {}
-  for name in _PACKAGES:
-    try:
-      versions[name] = importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-      versions[name] = None
-  # The code that ran, not what pip last recorded: an editable install keeps the metadata of the version
-  # it was installed at.
-  from shiftbench import __version__
-
-  versions["shiftbench"] = __version__
-  devices = jax.devices()
-  return {
-    "versions": versions,
-    "python": platform.python_version(),
-    "platform": platform.platform(),
-    "backend": jax.default_backend(),
-    "devices": [f"{d.platform}:{d.device_kind}" for d in devices],
-    "xla_flags": os.environ.get("XLA_FLAGS", ""),
-  }
-
-
-def load_rows(paths: list[str | os.PathLike]) -> Any:
-  """Every row of every `results.json` under `paths` (files or directories) as the tidy table of
-  `shiftbench.tidy`, a `pandas.DataFrame`: one line per results row, undefined values as NaN. Needs pandas
-  (`pip install pandas`, or the `analysis` extra)."""
-  try:
-    import pandas as pd
-  except ImportError as e:
-    raise ImportError("shiftbench.results.load_rows returns a pandas DataFrame: pip install pandas") from e
-  from shiftbench import leaderboard, tidy  # both import this module
-
-  columns, values = tidy.table(leaderboard.collect(paths))
-  return pd.DataFrame(values, columns=columns)

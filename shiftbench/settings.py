@@ -1,11 +1,11 @@
-"""The protocol's settings: the Hydra config checked, resolved once and read into plain Python.
+"""The protocol's settings: the Hydra config checked, resolved and built once, at the door.
 
-`Settings.from_config` is the door: it runs every config check (`preflight.check_config`), resolves every
-interpolation once (`${widths}`, `${data.path}`, `${oc.env:...}`), and keeps the resolved tree. Nothing
-below the CLI reads the `DictConfig` again: the protocol, the checkpoint key and the comparison key all
-read this one view, so they can never see a literal `${widths}` (shiftbench <= 0.3 keyed checkpoints by
-the unresolved model config, and jobs that differed only in the global `widths` overwrote each other's).
-Nothing of the config enters jitted code.
+`Settings.from_config` takes a composed `DictConfig` or a plain dict (both get the same checks,
+`preflight.check_config`), resolves every interpolation once (`${widths}`, `${data.path}`,
+`${oc.env:...}`), reads every setting into plain Python, and builds every `_target_` once: the model
+factories, the optimisers, the evaluators, the dataset loaders and the tracker. Nothing below it sees a
+`DictConfig` or instantiates anything: the protocol, the checkpoint key and the comparison key all read
+this one view, so they can never see a literal `${widths}`. Nothing of the config enters jitted code.
 """
 
 from __future__ import annotations
@@ -13,16 +13,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import hydra
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from shiftbench import canvas, evaluation, preflight, train
+from shiftbench import batching, canvas, preflight, schema
 from shiftbench.errors import ConfigError
+from shiftbench.evaluators import Evaluator
 
-# `imagenet` starts from torchvision's ImageNet weights (`pretrain.weights`) instead of pretraining on A.
-PRETRAIN_REGIMES: tuple[str, ...] = ("scratch", "imagenet", *canvas.REGIMES)
+PRETRAIN_REGIMES = schema.PRETRAIN_REGIMES
 # Without pretraining the backbone is random: a row that freezes it measures nothing about invariance
 # learned in pretraining, so `scratch` pairs with `full` (and `head` only when asked; `last` never).
 SCRATCH_MODES: tuple[str, ...] = ("full", "head")
@@ -111,7 +113,7 @@ class Settings:
   validation_fraction: float  # of each class of B's training objects, held out as validation
   subset_seed: int  # which class-balanced order evaluation subsets are prefixes of
   allow_overlap: bool  # A and B may share class names (else a config error)
-  # The resolved config and its parts, plain Python: what the protocol instantiates and keys.
+  # The resolved config and its parts, plain Python: what checkpoints and comparison keys are made of.
   config: dict[str, Any]
   models: dict[str, dict[str, Any]]
   data: dict[str, dict[str, Any]]  # {"pretrain": ..., "finetune": ...} loader configs
@@ -124,6 +126,12 @@ class Settings:
   compile_cache: bool
   compile_cache_dir: str | None
   overwrite: bool
+  # What the config builds, each built once here.
+  factories: dict[str, Callable[..., Any]]  # model name -> factory(num_classes, canvas_size, in_channels, rngs)
+  transforms: dict[str, Any]  # {"pretrain": ..., "finetune": ...} optax gradient transformations
+  evaluators: dict[str, Evaluator]  # `eval.metrics` key -> evaluator
+  loaders: dict[str, Callable[[], Any]]  # {"pretrain": ..., "finetune": ...} -> ObjectSet
+  tracker: Any  # the experiment tracker (`logger`)
   pretrain_weights: str | dict[str, str] | None = None  # the `imagenet` regime's weights file(s)
   until_accuracy: tuple[float, int] | None = None  # fine-tune stopping rule: (threshold, patience steps)
 
@@ -132,12 +140,13 @@ class Settings:
     return self.scratch_modes if regime == "scratch" else self.finetune_modes
 
   @classmethod
-  def from_config(cls, cfg: DictConfig | dict[str, Any]) -> Settings:
-    """Checks `cfg` (a composed Hydra config), resolves it once and reads every setting out of it."""
-    if isinstance(cfg, DictConfig):
-      preflight.check_config(cfg)
-      cfg = resolve(cfg)
-    return cls._read(cfg)
+  def from_config(cls, cfg: DictConfig | Mapping[str, Any]) -> Settings:
+    """Checks `cfg` (a composed Hydra config, or the same as a dict), resolves it once, reads every
+    setting out of it and builds what it names."""
+    if not isinstance(cfg, DictConfig):
+      cfg = OmegaConf.create(dict(cfg))
+    preflight.check_config(cfg)
+    return cls._read(resolve(cfg))
 
   @classmethod
   def _read(cls, config: dict[str, Any]) -> Settings:
@@ -152,6 +161,11 @@ class Settings:
     if jitter < 0:
       raise ValueError(f"pretrain.jitter must be >= 0, got {jitter}")
     max_objects = cfg.eval.max_objects
+    model_configs = dict(config.get("model") or {})
+    factories = {name: hydra.utils.instantiate(mcfg) for name, mcfg in model_configs.items()}
+    optimizers = {p: config[p]["optimizer"] for p in ("pretrain", "finetune")}
+    data = {"pretrain": config["data"]["pretrain"], "finetune": config["data"]["finetune"]}
+    logger = dict(config.get("logger") or {"_target_": "shiftbench.tracking.WandbTracker", "mode": "disabled"})
     return cls(
       seeds=tuple(int(s) for s in seeds),
       spec=spec,
@@ -164,7 +178,7 @@ class Settings:
         _positive(cfg.pretrain.batch_size, "pretrain.batch_size"),
         cfg.pretrain.steps_per_dispatch,
       ),
-      finetune_modes=_choices(cfg.finetune.modes, train.TRAIN_MODES, "fine-tune mode"),
+      finetune_modes=_choices(cfg.finetune.modes, schema.FINETUNE_MODES, "fine-tune mode"),
       scratch_modes=_choices(
         cfg.finetune.get("scratch_modes", ["full"]),
         SCRATCH_MODES,
@@ -184,71 +198,95 @@ class Settings:
       subset_seed=int(cfg.eval.get("subset_seed", 0)),
       allow_overlap=bool(cfg.data.get("allow_overlap", False)),
       config=config,
-      models=dict(config.get("model") or {}),
-      data={"pretrain": config["data"]["pretrain"], "finetune": config["data"]["finetune"]},
-      optimizers={p: config[p]["optimizer"] for p in ("pretrain", "finetune")},
+      models=model_configs,
+      data=data,
+      optimizers=optimizers,
       eval_metrics=dict(config["eval"].get("metrics") or {}),
-      logger=dict(config.get("logger") or {"_target_": "shiftbench.tracking.WandbTracker", "mode": "disabled"}),
+      logger=logger,
+      factories=factories,
+      transforms={phase: hydra.utils.instantiate(opt) for phase, opt in optimizers.items()},
+      evaluators=build_evaluators(config["eval"].get("metrics")),
+      loaders={side: hydra.utils.instantiate(dcfg, _partial_=True) for side, dcfg in data.items()},
+      tracker=hydra.utils.instantiate(logger),
       checkpoint_dir=str(config["paths"]["checkpoint_dir"]),
       checkpoint_every=max(0, int(cfg.pretrain.get("checkpoint_every") or 0)),
       wait_timeout_s=float(cfg.pretrain.get("wait_timeout_s", 7200)),
       compile_cache=bool(config.get("compile_cache", False)),
       compile_cache_dir=config["paths"].get("compile_cache_dir"),
       overwrite=bool(config.get("overwrite", False)),
-      pretrain_weights=_weights(cfg),
+      pretrain_weights=_weights(cfg, factories),
       until_accuracy=_until_accuracy(cfg.finetune.get("until_accuracy")),
       # Last, as arguments are evaluated in order: `auto` for the torchvision networks compiles them (~40 s
       # for DenseNet-121 at full width), so every other setting is checked, and reported, before the count.
-      eval_batch=evaluation.resolve_batch_size(
+      eval_batch=batching.resolve_batch_size(
         cfg.eval.batch_size,
         spec.canvas_size,
         _model_widths(config),
-        lambda: _activation_bytes(config, spec.canvas_size),
+        lambda: _activation_bytes(factories, model_configs, spec.canvas_size),
       ),
     )
 
 
-def _activation_bytes(config: dict[str, Any], canvas_size: int) -> int | None:
+def build_evaluators(cfg: Mapping[str, Any] | None) -> dict[str, Evaluator]:
+  """Every evaluator of the `eval.metrics` config, keyed by its prefix."""
+  out = {}
+  for prefix, entry in (cfg or {}).items():
+    evaluator = hydra.utils.instantiate(entry)
+    if not isinstance(evaluator, Evaluator):
+      raise TypeError(f"eval.metrics.{prefix} must build a shiftbench.evaluators.Evaluator, got {type(evaluator)}")
+    out[str(prefix)] = evaluator
+  return out
+
+
+def _model_class(factory: Callable[..., Any]) -> type | None:
+  """The class a model factory builds (a `_partial_` of it, or the class itself)."""
+  target = factory.func if isinstance(factory, functools.partial) else factory
+  return target if isinstance(target, type) else None
+
+
+def _activation_bytes(
+  factories: Mapping[str, Callable[..., Any]], model_configs: Mapping[str, Any], canvas_size: int
+) -> int | None:
   """The largest per-canvas activation count of the run's torchvision models (abstract, nothing allocated);
-  None when it has none (the small CNNs keep the width-based bound)."""
+  None when it has none (the small CNNs keep the width-based bound). Once per process for the same
+  models, canvas and backend (a sweep's jobs in one process compile the count once)."""
   import jax
-
-  models_json = json.dumps(config.get("model") or {}, sort_keys=True, default=str)
-  return _activation_bytes_of(models_json, canvas_size, jax.devices()[0].platform)
-
-
-@functools.lru_cache(maxsize=32)
-def _activation_bytes_of(models_json: str, canvas_size: int, platform: str) -> int | None:
-  """`_activation_bytes`, once per process for the same models, canvas and backend (a sweep's jobs in one
-  process, or several `Settings` of one run, compile the count once)."""
-  import hydra
-  from flax import nnx
 
   from shiftbench.models.tv_layers import TorchvisionNet
 
-  del platform  # part of the cache key: the count is the default device's
-  counts = []
-  for mcfg in OmegaConf.create(json.loads(models_json)).values():
-    if issubclass(hydra.utils.get_class(mcfg._target_), TorchvisionNet):
-      factory = hydra.utils.instantiate(mcfg)
+  torchvision = {
+    name: factory
+    for name, factory in factories.items()
+    if (cls := _model_class(factory)) is not None and issubclass(cls, TorchvisionNet)
+  }
+  if not torchvision:
+    return None
+  key = (json.dumps({n: model_configs[n] for n in torchvision}, sort_keys=True, default=str), canvas_size)
+  key += (jax.devices()[0].platform,)  # the count is the default device's
+  if key not in _ACTIVATION_BYTES:
+    from flax import nnx
+
+    counts = []
+    for factory in torchvision.values():
       model = nnx.eval_shape(lambda f=factory: f(num_classes=2, canvas_size=canvas_size, rngs=nnx.Rngs(0)))
-      counts.append(evaluation.model_activation_bytes(model, canvas_size, 1))
-  return max(counts) if counts else None
+      counts.append(batching.model_activation_bytes(model, canvas_size, 1))
+    _ACTIVATION_BYTES[key] = max(counts)
+  return _ACTIVATION_BYTES[key]
 
 
-def _weights(cfg: DictConfig) -> str | dict[str, str] | None:
+_ACTIVATION_BYTES: dict[tuple, int] = {}
+
+
+def _weights(cfg: DictConfig, factories: Mapping[str, Callable[..., Any]]) -> str | dict[str, str] | None:
   """`pretrain.weights` (a path or a published name such as IMAGENET1K_V1, or model name -> either),
   required when the `imagenet` regime runs."""
   weights = cfg.pretrain.get("weights")
   weights = OmegaConf.to_container(weights, resolve=True) if OmegaConf.is_dict(weights) else weights
   if "imagenet" in cfg.pretrain.regimes:
-    import hydra
+    from shiftbench.models import torchvision_weights as tvw
 
-    from shiftbench.models import torchvision_weights as tvw  # models import jax: only when needed
-
-    for name, mcfg in (cfg.get("model") or {}).items():
-      arch = lambda mcfg=mcfg: tvw.arch_of(hydra.utils.instantiate(mcfg))
-      tvw.check_weights(weights, str(name), arch)  # a one-line error now, not after other rows ran
+    for name, factory in factories.items():
+      tvw.check_weights(weights, str(name), lambda f=factory: tvw.arch_of(f))  # one line now, not after other rows
   return weights
 
 

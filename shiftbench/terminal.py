@@ -13,7 +13,9 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-KEY_COLUMNS = ("model", "pretrain", "finetune", "seeds", "in_acc", "off_acc", "invariance", "inv_lost")
+from shiftbench import schema
+
+KEY_COLUMNS = (*schema.DIMENSIONS, "seeds", "in_acc", "off_acc", "invariance", "inv_lost")
 COMPARED_WIDTH = 40  # keeps a claims line under ~100 characters
 _GROUP = re.compile(r"\[(.+?)\] (.*)", re.S)  # claims.evaluate prefixes the group label
 
@@ -48,11 +50,9 @@ def claims_table(claims: list) -> str:
 
 def summary(board, out_dir: str | os.PathLike) -> str:
   """The printed summary of a `leaderboard.Board` whose files were written to `out_dir`."""
-  from shiftbench.leaderboard import METRICS
-
   out = Path(out_dir)
   return (
-    f"{key_table(board.columns, board.rows, set(METRICS.values()))}\n\n"
+    f"{key_table(board.columns, board.rows, set(schema.METRICS.values()))}\n\n"
     f"Claims from the literature (shiftbench.claims):\n{claims_table(board.claims)}\n\n"
     f"Every column and the claims' wording: {out / 'leaderboard.md'} (also .csv, .json, index.html)\n"
     f"One line per row (every metric, every setting that differs): {out / 'rows.csv'}"

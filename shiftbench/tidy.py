@@ -1,16 +1,16 @@
 """The tidy results table: one line per results row, for a researcher's own plots (pandas, seaborn, R).
 
 `leaderboard.csv` is aggregated over seeds; `rows.csv` is not. Its columns:
-  identity   `model`, `pretrain`, `finetune`, `seed`, then the comparison key (and the protocol key and
-             dataset pair where rows carry them);
+  identity   the row's dimensions and seed (`shiftbench.schema.IDENTITY`), then the comparison key (and the
+             protocol key, dataset pair and source file where rows carry them);
   settings   every setting (dotted name, e.g. `canvas.size`) in which the rows' experiments differ, as the
-             leaderboard shows them (`leaderboard.differing_settings`: protocol settings, and architecture
+             leaderboard shows them (`comparison.differing_settings`: protocol settings, and architecture
              settings between rows of one model name), so two runs that differ only in canvas size get a
              `canvas.size` column and nothing else;
-  metrics    every scalar metric of any row (`shiftbench.tracking.scalar_metrics`; per-layer similarity
+  metrics    every scalar metric of any row (`shiftbench.schema.scalar_metrics`; per-layer similarity
              as `similarity_layers/<layer>`), empty where a row has none or it is undefined.
 Written next to every leaderboard (each run, and `shiftbench-leaderboard`), as `rows.csv` and, since
-pyarrow comes with tensorflow-datasets, `rows.parquet`. `shiftbench.results.load_rows` reads it back
+pyarrow comes with tensorflow-datasets, `rows.parquet`. `shiftbench.tidy.load_rows` reads results back
 as a pandas DataFrame.
 """
 
@@ -24,33 +24,27 @@ import os
 from pathlib import Path
 from typing import Any
 
-from shiftbench import tracking
+from shiftbench import comparison, schema
 from shiftbench.results import atomic_write_text
-from shiftbench.tracking import scalar_metrics
 
 log = logging.getLogger(__name__)
-IDENTITY = ("model", "pretrain", "finetune", "seed")
-KEYS = ("comparison_key", "protocol_key", "datasets", "source")  # written when any row has them
-# Fields of a row that are never metric columns, even when None.
-_NOT_METRICS = (*IDENTITY, *KEYS, *tracking.NOT_METRICS, "train_final", "heatmap", "location_map", "curve")
+KEYS = (*schema.KEYS, "datasets", "source")  # written when any row has them
 
 
 def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
   """Columns and one list of values per row (None where a row lacks a value); lists as their JSON."""
   keys = [k for k in KEYS if any(r.get(k) not in (None, "") for r in rows)]
-  from shiftbench.leaderboard import differing_settings  # the leaderboard imports this module
-
   settings = [r.get("comparison") or {} for r in rows]
-  names = differing_settings(
+  names = comparison.differing_settings(
     [{"model": r["model"], "protocol_key": r.get("protocol_key"), "settings": s} for r, s in zip(rows, settings)]
   )
   metrics = [_metrics(r) for r in rows]
   metric_names = [m for m in dict.fromkeys(k for ms in metrics for k in ms) if m not in KEYS]
-  columns = [*IDENTITY, *keys, *names, *metric_names]
+  columns = [*schema.IDENTITY, *keys, *names, *metric_names]
   out = []
   for r, s, m in zip(rows, settings, metrics):
     values = [
-      *(r.get(k) for k in IDENTITY),
+      *(r.get(k) for k in schema.IDENTITY),
       *(r.get(k) for k in keys),
       *(s.get(n) for n in names),
       *(m.get(k) for k in metric_names),
@@ -62,10 +56,10 @@ def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
 def _metrics(row: dict[str, Any]) -> dict[str, Any]:
   """The row's scalar metrics in the row's order, an undefined one (None) kept as None: a metric undefined
   in every row (invariance at chance) is still a column."""
-  flat = scalar_metrics(row)
+  flat = schema.scalar_metrics(row)
   out: dict[str, Any] = {}
   for name, value in row.items():
-    if value is None and name not in _NOT_METRICS:
+    if value is None and name not in schema.NOT_METRICS:
       out[name] = None
     out.update({k: v for k, v in flat.items() if k == name or k.startswith(f"{name}/")})
   return out
@@ -107,3 +101,17 @@ def _write_parquet(columns: list[str], rows: list[list[Any]], path: Path) -> Non
   except (pa.ArrowException, OSError) as e:
     tmp.unlink(missing_ok=True)
     log.warning("rows.parquet not written (%s); rows.csv has the same table", e)
+
+
+def load_rows(paths: list[str | os.PathLike]) -> Any:
+  """Every row of every `results.json` under `paths` (files or directories) as this module's table, a
+  `pandas.DataFrame`: one line per results row, undefined values as NaN. Needs pandas (`pip install
+  pandas`, or the `analysis` extra)."""
+  try:
+    import pandas as pd
+  except ImportError as e:
+    raise ImportError("shiftbench.tidy.load_rows returns a pandas DataFrame: pip install pandas") from e
+  from shiftbench import collect  # reading results files sits below this table
+
+  columns, values = table(collect.collect(paths))
+  return pd.DataFrame(values, columns=columns)

@@ -30,35 +30,16 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+from shiftbench import network, schema
+
 log = logging.getLogger(__name__)
 MODES = ("online", "offline", "disabled")
-# Numbers and dicts of a row that are identity, settings or timing, not metrics.
-NOT_METRICS = ("seed", "finetune_steps", "finetune_seconds", "eval_seconds", "chance", "comparison", "architecture")
-IDENTITY = ("model", "pretrain", "finetune", "seed", "comparison_key")
-CURVE_METRICS = ("in_acc", "off_acc", "invariance")
 GROUP_MAX = 128  # wandb's limit on a group name
-
-
-def scalar_metrics(row: dict[str, Any]) -> dict[str, float]:
-  """Every number of a results row, under its results key; dicts (per-layer similarity) flattened with `/`."""
-  out: dict[str, float] = {}
-  for name, value in row.items():
-    if name in NOT_METRICS or isinstance(value, bool):
-      continue
-    if isinstance(value, (int, float)):
-      out[name] = value
-    elif isinstance(value, dict) and value and all(isinstance(v, (int, float)) for v in value.values()):
-      out.update({f"{name}/{k}": v for k, v in value.items()})
-  return out
-
-
-def row_name(row: dict[str, Any]) -> str:
-  return f"{row['model']}/{row['pretrain']}/{row['finetune']}/s{row['seed']}"
 
 
 def row_config(config: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
   """A row run's wandb config: identity first (what a user groups and filters by), then the settings."""
-  identity = {k: row.get(k) for k in IDENTITY}
+  identity = {k: row.get(k) for k in (*schema.IDENTITY, "comparison_key")}
   architecture = row.get("architecture") or (config.get("model") or {}).get(row["model"])
   return {
     **identity,
@@ -69,28 +50,11 @@ def row_config(config: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
   }
 
 
-def default_group(output_dir: str | os.PathLike) -> str:
-  """The experiment a run belongs to: Hydra's sweep directory in a multirun (every job of a sweep, SLURM
-  jobs included, resolves the same one), else the run directory; its last `GROUP_MAX` characters."""
-  group = str(output_dir)
-  try:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    hydra_cfg = HydraConfig.get()
-    group = str(hydra_cfg.sweep.dir if hydra_cfg.mode == RunMode.MULTIRUN else hydra_cfg.run.dir)
-  except (ImportError, ValueError):  # ValueError: not under Hydra (library use, tests)
-    pass
-  return group[-GROUP_MAX:]
-
-
 def _reachable(url: str, timeout: float = 3.0) -> bool:
   """Whether a TCP connection to the URL's host opens within `timeout` seconds."""
-  from shiftbench.data.tfds_source import has_network
-
   parts = urllib.parse.urlsplit(url if "://" in url else f"https://{url}")
   port = parts.port or (80 if parts.scheme == "http" else 443)
-  return bool(parts.hostname) and has_network(parts.hostname, port, timeout)
+  return bool(parts.hostname) and network.reachable(parts.hostname, port, timeout)
 
 
 class WandbTracker:
@@ -128,8 +92,9 @@ class WandbTracker:
       **kwargs,
     )
 
-  def start(self, config: dict[str, Any], output_dir: Path, name: str | None = None) -> None:
-    """Opens the experiment's leaderboard run; `config` is the resolved config every run records."""
+  def start(self, config: dict[str, Any], output_dir: Path, name: str | None = None, group: str | None = None) -> None:
+    """Opens the experiment's leaderboard run; `config` is the resolved config every run records, `group`
+    the experiment's default group (`logger.group` wins; else the run directory)."""
     if self.mode == "disabled":
       return
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -143,7 +108,7 @@ class WandbTracker:
       )
       self.mode = "offline"
     self.config, self.output_dir = config, Path(output_dir)
-    self.group = self.group or default_group(output_dir)
+    self.group = self.group or (group or str(output_dir))[-GROUP_MAX:]
     self.run = self._init(job_type="leaderboard", config=config, name=f"leaderboard/{name}" if name else "leaderboard")
 
   def log_row(self, row: dict[str, Any], heatmap: Path | None) -> None:
@@ -152,18 +117,19 @@ class WandbTracker:
       return
     import wandb
 
-    run = self._init(job_type=row["finetune"], name=row_name(row), config=row_config(self.config, row))
+    name = schema.identity(row).name()
+    run = self._init(job_type=row["finetune"], name=name, config=row_config(self.config, row))
     if run is None:  # wandb.init replaced (tests) or refused
       return
     try:
       run.define_metric("finetune_step")
       run.define_metric("curve/*", step_metric="finetune_step")
       for point in row.get("curve") or []:
-        values = {f"curve/{k}": point[k] for k in CURVE_METRICS if point.get(k) is not None}
+        values = {f"curve/{k}": point[k] for k in schema.CURVE_METRICS if point.get(k) is not None}
         run.log({"finetune_step": point["step"], **values})
-      summary: dict[str, Any] = {**scalar_metrics(row), "comparison_key": row.get("comparison_key")}
+      summary: dict[str, Any] = {**schema.scalar_metrics(row), "comparison_key": row.get("comparison_key")}
       if heatmap is not None and Path(heatmap).is_file():
-        summary["location_map"] = wandb.Image(str(heatmap), caption=row_name(row))
+        summary["location_map"] = wandb.Image(str(heatmap), caption=name)
       run.summary.update(summary)
     finally:
       run.finish()

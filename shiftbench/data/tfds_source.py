@@ -13,8 +13,6 @@ import difflib
 import importlib.util
 import logging
 import os
-import socket
-import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -23,6 +21,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core import constants as tfds_constants
 from tensorflow_datasets.core.utils import tqdm_utils
 
+from shiftbench import network
 from shiftbench.data.objects import ObjectSet, select_classes
 from shiftbench.errors import DataError
 
@@ -45,21 +44,8 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> str:
 
 
 def has_network(host: str = _PROBE_HOST, port: int = 443, timeout: float = 3.0) -> bool:
-  """Whether a TCP connection to `host` opens within `timeout` seconds (DNS lookup included)."""
-  opened: list[bool] = []
-
-  def probe() -> None:
-    try:
-      with socket.create_connection((host, port), timeout=timeout):
-        opened.append(True)
-    except OSError:
-      opened.append(False)
-
-  # A thread bounds the DNS lookup too, which ignores the socket timeout.
-  thread = threading.Thread(target=probe, daemon=True)
-  thread.start()
-  thread.join(timeout)
-  return bool(opened and opened[0])
+  """Whether TFDS's download host (or `host`) answers within `timeout` seconds."""
+  return network.reachable(host, port, timeout)
 
 
 @contextlib.contextmanager

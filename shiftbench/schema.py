@@ -1,0 +1,180 @@
+"""The row schema: what a results row is, said once.
+
+A row is one fine-tuned model evaluated: `RowId` names it within a run (model x pretrain regime x fine-tune
+mode x seed), and its `comparison_key` (`shiftbench.comparison`) names the experiment it belongs to, so
+`(comparison_key, *RowId)` names it across runs. Everything that reads rows (the leaderboard, the tidy
+table, wandb, resuming a run, the claims) takes its identity, its order and which of its fields are
+metrics from here. To add a row dimension, add a field to `RowId` and have the protocol fill it.
+
+No jax here: the table tools import this module and must start without it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
+
+# The allowed values of each dimension, in the order rows are shown: regimes from least to most
+# augmentation, modes from least to most trained. Models keep the order they were run in.
+PLACEMENT_REGIMES: tuple[str, ...] = ("fixed", "random_crop", "translate")
+# `imagenet` starts from torchvision's ImageNet weights instead of pretraining on A.
+PRETRAIN_REGIMES: tuple[str, ...] = ("scratch", "imagenet", *PLACEMENT_REGIMES)
+# Named for what trains: the classifier only, hidden FC layers + classifier (conv frozen), everything.
+FINETUNE_MODES: tuple[str, ...] = ("last", "head", "full")
+
+
+class RowId(NamedTuple):
+  """A row of one run. The fields are the row's dimensions, in the order tables show them."""
+
+  model: str
+  pretrain: str
+  finetune: str
+  seed: int
+
+  @classmethod
+  def of(cls, row: Mapping[str, Any]) -> RowId:
+    return cls(*(row[k] for k in cls._fields))
+
+  def name(self, sep: str = "/") -> str:
+    """`cnn_fc/translate/full/s0`: how log lines, wandb runs and heatmap files name the row."""
+    *dims, seed = self
+    return sep.join([*map(str, dims), f"s{seed}"])
+
+  def sibling(self, **changes: Any) -> RowId:
+    """The row of the same run that differs in the given dimensions (e.g. `finetune="last"`)."""
+    return self._replace(**changes)
+
+
+IDENTITY: tuple[str, ...] = RowId._fields
+SEED = "seed"
+# What a leaderboard line averages over seeds: every dimension but the seed, within one experiment.
+DIMENSIONS: tuple[str, ...] = tuple(k for k in IDENTITY if k != SEED)
+KEYS: tuple[str, ...] = ("comparison_key", "protocol_key")
+GROUP: tuple[str, ...] = (*DIMENSIONS, "comparison_key")
+UNIQUE: tuple[str, ...] = ("comparison_key", *IDENTITY)  # one row across runs
+# Attached to each row when a results file is read (`leaderboard.annotate`), not stored in it.
+ANNOTATIONS: tuple[str, ...] = ("datasets", "architecture", "source")
+# Where and how fast a row ran: two copies of one row may differ in these, never in anything else.
+PROVENANCE: tuple[str, ...] = (
+  "heatmap",
+  "source",
+  "eval_seconds",
+  "finetune_seconds",
+  "train_final",
+  "datasets",
+  "architecture",
+)
+# Fields that are identity, settings, timing or arrays, never metric columns (numbers among them too).
+NOT_METRICS: tuple[str, ...] = (
+  *IDENTITY,
+  *KEYS,
+  *ANNOTATIONS,
+  "finetune_steps",
+  "finetune_seconds",
+  "eval_seconds",
+  "chance",
+  "comparison",
+  "heatmap",
+  "location_map",
+  "curve",
+)
+# The numbers the leaderboard averages over seeds, and their column headers.
+METRICS: dict[str, str] = {
+  "in_acc": "in_acc",
+  "off_acc": "off_acc",
+  "invariance": "invariance",
+  "invariance_lost": "inv_lost",
+  "consistency": "consistency",
+  "consistency_circular": "consist_circ",
+  "worst_case_acc": "worst_case",
+  "worst_of_k_acc": "worst_of_k",
+  "flip_rate": "flip_rate",
+  "similarity": "similarity",
+  "similarity_before": "sim_before",
+  "pretrain_invariance_before": "A_inv_before",
+  "pretrain_invariance_after": "A_inv_after",
+  "pretrain_invariance_lost": "A_inv_lost",
+}
+# What the fine-tune curve records at each evaluation.
+CURVE_METRICS: tuple[str, ...] = ("in_acc", "off_acc", "invariance")
+_ORDERS = {"pretrain": PRETRAIN_REGIMES, "finetune": FINETUNE_MODES}
+
+
+def identity(row: Mapping[str, Any]) -> RowId:
+  return RowId.of(row)
+
+
+def unique(row: Mapping[str, Any]) -> tuple:
+  """(comparison key, *identity): the same row in any run."""
+  return tuple(row.get(k) for k in UNIQUE)
+
+
+def group(row: Mapping[str, Any]) -> tuple:
+  """(*dimensions, comparison key): the rows a leaderboard line averages over seeds."""
+  return tuple(row.get(k, "") for k in GROUP)
+
+
+def missing_identity(row: Mapping[str, Any]) -> list[str]:
+  return [k for k in IDENTITY if k not in row]
+
+
+def sort_key(model_order: Mapping[str, int]):
+  """A key that orders rows (or leaderboard entries, which carry the same dimension fields) like the
+  protocol: models in `model_order`, then every other dimension in its declared order."""
+
+  def key(entry: Mapping[str, Any]) -> tuple:
+    out = []
+    for name in DIMENSIONS:
+      value = entry.get(name)
+      if name == "model":
+        out.append(model_order.get(value, len(model_order)))
+      elif name in _ORDERS:
+        out.append(_ORDERS[name].index(value) if value in _ORDERS[name] else 99)
+      else:
+        out.append(value)
+    return tuple(out)
+
+  return key
+
+
+def defined(value: Any) -> bool:
+  """A finite number (an undefined metric is None, or NaN before it is written)."""
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def scalar_metrics(row: Mapping[str, Any]) -> dict[str, float]:
+  """Every number of a row that is a metric, under its results key; dicts of numbers (per-layer
+  similarity) flattened with `/`."""
+  out: dict[str, float] = {}
+  for name, value in row.items():
+    if name in NOT_METRICS or isinstance(value, bool):
+      continue
+    if isinstance(value, (int, float)):
+      out[name] = value
+    elif isinstance(value, dict) and value and all(isinstance(v, (int, float)) for v in value.values()):
+      out.update({f"{name}/{k}": v for k, v in value.items()})
+  return out
+
+
+def fill_invariance_lost(rows: Iterable[dict[str, Any]]) -> None:
+  """`invariance_lost` = invariance after `last` minus after `full` fine-tuning, for the same experiment,
+  model, pretrain regime and seed (the forgetting result: what the pretrained representation carried,
+  minus what survives training everything at one location), written into both rows; rows without both
+  defined keep what they have."""
+  rows = list(rows)
+  by_id = {(r.get("comparison_key"), identity(r)): r for r in rows}
+  for r in rows:
+    rid = identity(r)
+    last = by_id.get((r.get("comparison_key"), rid.sibling(finetune="last")))
+    full = by_id.get((r.get("comparison_key"), rid.sibling(finetune="full")))
+    if last and full and defined(last["invariance"]) and defined(full["invariance"]):
+      r["invariance_lost"] = last["invariance"] - full["invariance"]
+
+
+def by_group(rows: Iterable[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+  out: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+  for r in rows:
+    out[group(r)].append(r)
+  return out
