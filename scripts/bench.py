@@ -60,7 +60,7 @@ import bench_e2e  # noqa: E402  (scripts/ siblings)
 import bench_paper  # noqa: E402
 import torch_twin  # noqa: E402
 
-from shiftbench import canvas, evaluation, train  # noqa: E402
+from shiftbench import batching, canvas, evaluation, train  # noqa: E402
 from shiftbench.models import ShiftNet  # noqa: E402
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
@@ -468,10 +468,10 @@ def main(argv=None) -> dict:
   grid = canvas.location_grid(spec, args.grid_stride, include=spec.center())
   if args.eval_batch is None and args.preset == "paper":  # VGG's own activation count, as experiment=paper sizes it
     vgg = nnx.eval_shape(lambda: bench_paper.jax_vgg(args.tv_width, args.canvas))
-    per_canvas = evaluation.model_activation_bytes(vgg, args.canvas, 1)
-    args.eval_batch = evaluation.auto_batch_size(args.canvas, [], per_canvas_bytes=per_canvas)
+    per_canvas = batching.model_activation_bytes(vgg, args.canvas, 1)
+    args.eval_batch = batching.auto_batch_size(args.canvas, [], per_canvas_bytes=per_canvas)
   if args.eval_batch is None:
-    args.eval_batch = evaluation.auto_batch_size(args.canvas, [widths])
+    args.eval_batch = batching.auto_batch_size(args.canvas, [widths])
   peak = matmul_peak(args.peak_n)
   r = {
     "date": datetime.datetime.now().isoformat(timespec="seconds"),

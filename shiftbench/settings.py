@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from shiftbench import canvas, evaluation, preflight, train
+from shiftbench import batching, canvas, preflight, train
 from shiftbench.errors import ConfigError
 
 # `imagenet` starts from torchvision's ImageNet weights (`pretrain.weights`) instead of pretraining on A.
@@ -199,7 +199,7 @@ class Settings:
       until_accuracy=_until_accuracy(cfg.finetune.get("until_accuracy")),
       # Last, as arguments are evaluated in order: `auto` for the torchvision networks compiles them (~40 s
       # for DenseNet-121 at full width), so every other setting is checked, and reported, before the count.
-      eval_batch=evaluation.resolve_batch_size(
+      eval_batch=batching.resolve_batch_size(
         cfg.eval.batch_size,
         spec.canvas_size,
         _model_widths(config),
@@ -232,7 +232,7 @@ def _activation_bytes_of(models_json: str, canvas_size: int, platform: str) -> i
     if issubclass(hydra.utils.get_class(mcfg._target_), TorchvisionNet):
       factory = hydra.utils.instantiate(mcfg)
       model = nnx.eval_shape(lambda f=factory: f(num_classes=2, canvas_size=canvas_size, rngs=nnx.Rngs(0)))
-      counts.append(evaluation.model_activation_bytes(model, canvas_size, 1))
+      counts.append(batching.model_activation_bytes(model, canvas_size, 1))
   return max(counts) if counts else None
 
 

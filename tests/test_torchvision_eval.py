@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 from test_backend_defaults import FakeDevice
 
-from shiftbench import canvas, evaluation, evaluators, metrics, streams
+from shiftbench import batching, canvas, evaluation, evaluators, metrics, streams
 from shiftbench.models import ShiftNet
 from shiftbench.models import torchvision_weights as tvw
 from shiftbench.train import DeviceObjects
@@ -45,7 +45,7 @@ def test_reduced_location_map_equals_the_one_read_off_predictions():
 def test_activation_estimate_bounds_what_xla_assigns_to_a_location_map_chunk():
   model = tvw.ARCHS["resnet18_tv"](num_classes=3, width=0.125, rngs=nnx.Rngs(0))
   model.eval()
-  per_canvas = evaluation.model_activation_bytes(model, 64, 1)
+  per_canvas = batching.model_activation_bytes(model, 64, 1)
   graphdef, state = nnx.split(model)
   fn = evaluation._stats_chunk_fn(graphdef, 64)
   objs, labels = jnp.zeros((16, 14, 14, 1), jnp.uint8), jnp.zeros(16, jnp.int32)
@@ -56,6 +56,6 @@ def test_activation_estimate_bounds_what_xla_assigns_to_a_location_map_chunk():
 
 def test_auto_batch_goes_below_the_floor_only_on_a_models_own_count():
   big = 30 * 2**20  # VGG16 at 224 px: ~30 MiB per canvas
-  assert evaluation.auto_batch_size(224, [[64]], FakeDevice(16 * 2**30), per_canvas_bytes=big) == 128
-  assert evaluation.auto_batch_size(224, [[64]], FakeDevice(100 * 2**30), per_canvas_bytes=big) == 512
-  assert evaluation.auto_batch_size(64, [[32, 64, 128]], FakeDevice(4 * 2**30)) == 1024  # width bound: the floor
+  assert batching.auto_batch_size(224, [[64]], FakeDevice(16 * 2**30), per_canvas_bytes=big) == 128
+  assert batching.auto_batch_size(224, [[64]], FakeDevice(100 * 2**30), per_canvas_bytes=big) == 512
+  assert batching.auto_batch_size(64, [[32, 64, 128]], FakeDevice(4 * 2**30)) == 1024  # width bound: the floor
