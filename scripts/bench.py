@@ -62,6 +62,7 @@ import torch_twin  # noqa: E402
 
 from shiftbench import batching, canvas, evaluation, train  # noqa: E402
 from shiftbench.models import ShiftNet  # noqa: E402
+from shiftbench.predictor import Predictor  # noqa: E402
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
 
@@ -235,10 +236,11 @@ def jax_evaluator(model, args, objects, grid, labels=None):
 
   def run(warmup=False):
     t = time.perf_counter()
+    predictor = Predictor(model, args.canvas)
     if labels is None:
-      evaluation.predict_grid(model, objects, grid, args.canvas, args.eval_batch)
+      evaluation.predict_grid(predictor, objects, grid, args.eval_batch)
     else:
-      evaluation.location_stats(model, objects, labels, grid, args.canvas, args.eval_batch).accuracy()
+      evaluation.location_stats(predictor, objects, labels, grid, args.eval_batch).accuracy()
     return grid.shape[0] * objects.shape[0] / (time.perf_counter() - t)
 
   return run

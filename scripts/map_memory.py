@@ -21,6 +21,7 @@ from flax import nnx
 
 from shiftbench import batching, evaluation
 from shiftbench.models import VGG, DenseNet
+from shiftbench.predictor import Predictor
 
 
 def peak_rss_bytes() -> int:
@@ -53,7 +54,7 @@ def main() -> dict:
   locations = rng.integers(0, m + 1, (n_loc, 2)).astype(np.int32)
   before = peak_rss_bytes()
   start = time.perf_counter()
-  stats = evaluation.location_stats(model, objects, labels, locations, args.canvas, batch_size=batch)
+  stats = evaluation.location_stats(Predictor(model, args.canvas), objects, labels, locations, batch_size=batch)
   jax.block_until_ready(stats.correct)
   out = {
     "model": args.model,

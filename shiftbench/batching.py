@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from shiftbench import similarity
+from shiftbench import predictor
 
 CPU_BATCH = 512  # canvases per pass on CPU: ran 2-4x faster than 4096 (cache-sized chunks)
 # On an H200, location maps ran 10.6x faster at 8192 than at 512 at the 64-px forgetting geometry and
@@ -47,7 +47,7 @@ def model_activation_bytes(
   """Per-canvas device memory of a forward pass that returns every layer's similarity features.
 
   The model's own count as the compiler lays it out: XLA's buffer assignment (`memory_analysis`, temporaries +
-  outputs) of `similarity.layer_features` compiled for this device at two batch sizes, the difference per
+  outputs) of `predictor.layer_features` compiled for this device at two batch sizes, the difference per
   canvas (weights and constants drop out). The features are what similarity keeps until its cosines; the
   temporaries are the forward pass's live activations, which a location map needs too, so one count sizes
   the three prediction paths. Compiled from abstract shapes: nothing is allocated or run.
@@ -63,7 +63,7 @@ def model_activation_bytes(
   """
   graphdef, state = nnx.split(model)
   state = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), state)
-  fn = jax.jit(lambda s, x: similarity.layer_features(nnx.merge(graphdef, s), x))  # for the default device
+  fn = jax.jit(lambda s, x: predictor.layer_features(nnx.merge(graphdef, s), x))  # for the default device
 
   def used(batch: int) -> int:
     x = jax.ShapeDtypeStruct((batch, canvas_size, canvas_size, in_channels), jnp.float32)
