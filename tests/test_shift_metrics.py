@@ -10,7 +10,7 @@ from test_metrics import GlobalMax, PixelReader, _constant_objects
 
 from shiftbench import canvas, consistency, evaluators, metrics, similarity
 from shiftbench.models import ShiftNet
-from shiftbench.predictor import Predictor, layer_features
+from shiftbench.predictor import Forward, Predictor, layer_features
 from shiftbench.train import DeviceObjects
 
 K, SPEC, P_FT = 4, canvas.CanvasSpec(14, 4), (5, 5)
@@ -178,14 +178,31 @@ def test_similarity_equals_a_loop_over_layers_locations_and_pairs():
   assert np.allclose(got[:, list(map(tuple, grid)).index(P_FT)], 1.0, atol=1e-5)  # at p_ft itself
 
 
-def test_every_metric_configured_by_default_runs_and_is_prefixed_by_its_key():
+def _count_traces(monkeypatch) -> list:
+  """A list that grows by one whenever a `Predictor` program is traced (each trace builds one `Forward`)."""
+  traced, init = [], Forward.__init__
+  monkeypatch.setattr(Forward, "__init__", lambda self, *a: traced.append(a) or init(self, *a))
+  return traced
+
+
+def test_every_default_metric_runs_on_the_one_predictor_it_is_handed_and_nothing_retraces(monkeypatch):
   from hydra import compose, initialize_config_dir
   from test_config import CONF
 
   with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
     cfg = compose("config")
   evals = evaluators.build(cfg.eval.metrics)
-  out = evaluators.run_all(evals, Predictor(_tiny_net("gap"), SPEC.canvas_size), _random_objects(), _ctx())
+  received = []
+  for e in evals.values():
+    e.run = lambda p, o, c, run=e.run: received.append(p) or run(p, o, c)
+  traced = _count_traces(monkeypatch)
+  # Widths no other test compiles, so every program of every evaluator is traced here, and only here.
+  net = lambda seed: ShiftNet(
+    num_classes=K, canvas_size=SPEC.canvas_size, widths=(3, 5), head="gap", rngs=nnx.Rngs(seed)
+  )
+  objs = _random_objects()
+  first = Predictor(net(0), SPEC.canvas_size)
+  out = evaluators.run_all(evals, first, objs, _ctx())
   assert {
     "similarity",
     "similarity_layers",
@@ -197,8 +214,13 @@ def test_every_metric_configured_by_default_runs_and_is_prefixed_by_its_key():
     "flip_rate_horizontal",
     "flip_rate_vertical",
   } == set(out)
-  before = evaluators.run_all(
-    evals, Predictor(_tiny_net("gap"), SPEC.canvas_size), _random_objects(), _ctx(), before=True
-  )
-  assert set(before) == {"similarity_before", "similarity_before_layers"}
   assert set(out["similarity_layers"]) == {"block0", "block1", "pre_logits", "logits"}
+  assert received == [first] * len(evals) and traced
+  compiled = len(traced)
+  # Other weights of the same model (as after fine-tuning) at another fine-tune location (flip-rate sweeps
+  # and similarity references elsewhere): their own Predictor, and the programs already compiled.
+  second = Predictor(net(1), SPEC.canvas_size)
+  evaluators.run_all(evals, second, objs, evaluators.EvalContext(SPEC, _ctx().grid, (10, 3), batch_size=256))
+  before = evaluators.run_all(evals, second, objs, _ctx(), before=True)
+  assert set(before) == {"similarity_before", "similarity_before_layers"}
+  assert received[len(evals) :] == [second] * (len(evals) + 1) and len(traced) == compiled
