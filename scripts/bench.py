@@ -60,8 +60,9 @@ import bench_e2e  # noqa: E402  (scripts/ siblings)
 import bench_paper  # noqa: E402
 import torch_twin  # noqa: E402
 
-from shiftbench import canvas, evaluation, train  # noqa: E402
+from shiftbench import batching, canvas, evaluation, train  # noqa: E402
 from shiftbench.models import ShiftNet  # noqa: E402
+from shiftbench.predictor import Predictor  # noqa: E402
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
 
@@ -235,10 +236,11 @@ def jax_evaluator(model, args, objects, grid, labels=None):
 
   def run(warmup=False):
     t = time.perf_counter()
+    predictor = Predictor(model, args.canvas)
     if labels is None:
-      evaluation.predict_grid(model, objects, grid, args.canvas, args.eval_batch)
+      evaluation.predict_grid(predictor, objects, grid, args.eval_batch)
     else:
-      evaluation.location_stats(model, objects, labels, grid, args.canvas, args.eval_batch).accuracy()
+      evaluation.location_stats(predictor, objects, labels, grid, args.eval_batch).accuracy()
     return grid.shape[0] * objects.shape[0] / (time.perf_counter() - t)
 
   return run
@@ -468,10 +470,10 @@ def main(argv=None) -> dict:
   grid = canvas.location_grid(spec, args.grid_stride, include=spec.center())
   if args.eval_batch is None and args.preset == "paper":  # VGG's own activation count, as experiment=paper sizes it
     vgg = nnx.eval_shape(lambda: bench_paper.jax_vgg(args.tv_width, args.canvas))
-    per_canvas = evaluation.model_activation_bytes(vgg, args.canvas, 1)
-    args.eval_batch = evaluation.auto_batch_size(args.canvas, [], per_canvas_bytes=per_canvas)
+    per_canvas = batching.model_activation_bytes(vgg, args.canvas, 1)
+    args.eval_batch = batching.auto_batch_size(args.canvas, [], per_canvas_bytes=per_canvas)
   if args.eval_batch is None:
-    args.eval_batch = evaluation.auto_batch_size(args.canvas, [widths])
+    args.eval_batch = batching.auto_batch_size(args.canvas, [widths])
   peak = matmul_peak(args.peak_n)
   r = {
     "date": datetime.datetime.now().isoformat(timespec="seconds"),

@@ -19,6 +19,7 @@ import torch_twin
 from flax import nnx
 
 from shiftbench import evaluation, train
+from shiftbench.predictor import Predictor
 
 
 def jax_e2e(model, args, spec, train_data, curve, test, grid):
@@ -28,7 +29,7 @@ def jax_e2e(model, args, spec, train_data, curve, test, grid):
   def run(warmup=False):
     t = time.perf_counter()
     nnx.update(model, jax.tree.map(jnp.copy, init))  # training donates the param buffers
-    maps = lambda m, objs: evaluation.predict_grid(m, objs, grid, args.canvas, args.eval_batch)
+    maps = lambda m, objs: evaluation.predict_grid(Predictor(m, args.canvas), objs, grid, args.eval_batch)
     train.train(
       model,
       tx,

@@ -20,8 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from shiftbench import canvas, evaluation
+from shiftbench import canvas, chunks, evaluation
 from shiftbench.models import ShiftNet
+from shiftbench.predictor import Predictor
 
 
 def _best_of_interleaved(fns, repeats: int) -> list[float]:
@@ -53,10 +54,10 @@ def main() -> None:
   objects = jax.device_put(rng.integers(0, 256, (args.objects, spec.object_size, spec.object_size, 1), np.uint8))
 
   def full_map():
-    return evaluation.predict_grid(model, objects, grid, spec.canvas_size, args.batch)
+    return evaluation.predict_grid(Predictor(model, spec.canvas_size), objects, grid, args.batch)
 
   # The same chunking predict_grid uses, so both sides run identical forward-pass shapes and counts.
-  loc_chunk, obj_chunk = evaluation.chunk_shape(len(grid), args.objects, args.batch)
+  loc_chunk, obj_chunk = chunks.chunk_shape(len(grid), args.objects, args.batch)
   n_map_chunks = -(-len(grid) // loc_chunk) * -(-args.objects // obj_chunk)  # incl. padding
   n_chunks = -(-len(grid) * args.objects // (loc_chunk * obj_chunk))  # the fewest that hold every canvas
   graphdef, state = nnx.split(model)

@@ -2,7 +2,7 @@
 
 Builds a torchvision-topology network at full width (random weights), takes the chunk `auto` gives on this
 device, runs `evaluation.location_stats` over it once, and prints the process's peak resident memory
-above what it held before the map, next to the estimate (`evaluation.model_activation_bytes` x canvases).
+above what it held before the map, next to the estimate (`batching.model_activation_bytes` x canvases).
 On CPU, JAX's buffers are host memory, so the resident-set peak is the device peak.
 
   python scripts/map_memory.py --model vgg16                 # the path training and maps use
@@ -19,8 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from shiftbench import evaluation
+from shiftbench import batching, evaluation
 from shiftbench.models import VGG, DenseNet
+from shiftbench.predictor import Predictor
 
 
 def peak_rss_bytes() -> int:
@@ -42,9 +43,9 @@ def main() -> dict:
   else:
     model = DenseNet(num_classes=10, canvas_size=args.canvas, rngs=rngs)
   model.eval()
-  per_canvas = evaluation.model_activation_bytes(model, args.canvas, 1)
+  per_canvas = batching.model_activation_bytes(model, args.canvas, 1)
   # The model's own count sizes `auto`: no widths needed.
-  batch = evaluation.resolve_batch_size(args.batch, args.canvas, [], lambda: per_canvas)
+  batch = batching.resolve_batch_size(args.batch, args.canvas, [], lambda: per_canvas)
   n_loc = max(1, batch // args.objects)
   rng = np.random.default_rng(0)
   objects = jnp.asarray(rng.uniform(size=(args.objects, args.object, args.object, 1)).astype(np.float32))
@@ -53,7 +54,7 @@ def main() -> dict:
   locations = rng.integers(0, m + 1, (n_loc, 2)).astype(np.int32)
   before = peak_rss_bytes()
   start = time.perf_counter()
-  stats = evaluation.location_stats(model, objects, labels, locations, args.canvas, batch_size=batch)
+  stats = evaluation.location_stats(Predictor(model, args.canvas), objects, labels, locations, batch_size=batch)
   jax.block_until_ready(stats.correct)
   out = {
     "model": args.model,

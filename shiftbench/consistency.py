@@ -14,14 +14,13 @@ lower variance, and makes the number independent of the batch size.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from shiftbench import canvas, evaluation, models
+from shiftbench import canvas
+from shiftbench.chunks import map_chunks
+from shiftbench.predictor import Forward, Predictor
 
 SHIFTS: tuple[str, ...] = ("canvas", "circular")
 
@@ -65,41 +64,39 @@ def consistency(pred_a: jax.Array, pred_b: jax.Array) -> jax.Array:
   return jnp.mean(jnp.asarray(pred_a) == jnp.asarray(pred_b))
 
 
-@functools.cache
-def _pair_fn(graphdef: nnx.GraphDef, canvas_size: int, shift: str):
-  """(state, objects (B,h,w,C) uint8, base, offset) -> (2, B) predictions. Cached per model and shift."""
-
-  def predict(state, objects, base, offset):
-    model = nnx.merge(graphdef, state)
-    objects = objects.astype(jnp.float32) / 255.0
-    if shift == "canvas":  # both are placements on a blank canvas: the models' shortcut applies
-      logits = models.logits_on_canvas(
-        model, jnp.concatenate([objects, objects]), jnp.concatenate([base, base + offset]), canvas_size
-      )
-    else:
-      logits = model(jnp.concatenate(shifted_canvases(objects, base, offset, canvas_size, shift)))
-    return jnp.argmax(logits, -1).reshape(2, -1).astype(jnp.int32)
-
-  return jax.jit(predict)
+def _pair_predictions(model: Forward, objects: jax.Array, base: jax.Array, offset: jax.Array, shift: str) -> jax.Array:
+  """objects (B,h,w,C) uint8, base, offset (B,2) -> (2, B) predictions at both placements."""
+  if shift == "canvas":  # both are placements on a blank canvas: the models' shortcut applies
+    logits = model.on_canvas(jnp.concatenate([objects, objects]), jnp.concatenate([base, base + offset]))
+  else:
+    logits = model.logits(
+      jnp.concatenate(shifted_canvases(model.pixels(objects), base, offset, model.canvas_size, shift))
+    )
+  return jnp.argmax(logits, -1).reshape(2, -1).astype(jnp.int32)
 
 
 def predict_pairs(
-  model: nnx.Module,
-  objects: jax.Array,
-  base: jax.Array,
-  offset: jax.Array,
-  canvas_size: int,
-  shift: str,
-  batch_size: int = 4096,
+  predictor: Predictor, objects: jax.Array, base: jax.Array, offset: jax.Array, shift: str, batch_size: int = 4096
 ) -> np.ndarray:
-  """Predictions at both placements of every pair, in fixed-size chunks: (2, N) int32."""
-  graphdef, state = nnx.split(model)
-  fn = functools.partial(_pair_fn(graphdef, canvas_size, shift), state)
-  return np.asarray(evaluation.map_chunks(fn, [objects, base, offset], batch_size // 2, axis=1))
+  """Predictions at both placements of every pair, in fixed-size chunks.
+
+  Args:
+    predictor: the model in eval mode.
+    objects: (N, h, w, C) uint8 objects.
+    base: (N, 2) int32 first placements.
+    offset: (N, 2) int32 offsets of the second placement.
+    shift: `canvas` or `circular`.
+    batch_size: canvases per forward pass (two per pair).
+
+  Returns:
+    (2, N) int32 numpy array: the predictions at `base`, then at the shifted placement.
+  """
+  fn = predictor.jit(_pair_predictions, shift=shift)
+  return np.asarray(map_chunks(fn, [objects, base, offset], batch_size // 2, axis=1))
 
 
 def shift_consistency(
-  model: nnx.Module,
+  predictor: Predictor,
   objects: jax.Array,
   key: jax.Array,
   spec: canvas.CanvasSpec,
@@ -107,7 +104,22 @@ def shift_consistency(
   shift: str = "canvas",
   batch_size: int = 4096,
 ) -> float:
-  """Zhang's consistency of `model` on `objects` (uint8), one random pair per object."""
+  """Zhang's consistency of the predictor's model on `objects` (uint8), one random pair per object.
+
+  Args:
+    predictor: the model in eval mode, on `spec`'s canvas.
+    objects: (N, h, w, C) uint8 objects.
+    key: the random key of the pairs.
+    spec: the canvas the pairs are drawn on.
+    d: largest offset per axis, in pixels.
+    shift: `canvas` or `circular`.
+    batch_size: canvases per forward pass.
+
+  Returns:
+    The fraction of pairs with the same predicted class.
+  """
+  if spec.canvas_size != predictor.canvas_size:
+    raise ValueError(f"pairs drawn on a {spec.canvas_size}-px canvas, predictor on {predictor.canvas_size} px")
   base, offset = sample_shift_pairs(key, int(objects.shape[0]), spec, d, shift)
-  preds = predict_pairs(model, objects, base, offset, spec.canvas_size, shift, batch_size)
+  preds = predict_pairs(predictor, objects, base, offset, shift, batch_size)
   return float(consistency(preds[0], preds[1]))

@@ -5,227 +5,43 @@ A location map needs only two reductions of the (L locations x N objects) correc
 per-object "correct everywhere" flags (worst-case accuracy). The (L, N) predictions never exist: at 224 px
 with a 1-px grid and 10k objects they would be ~1 GB of int32. `predict_grid` still returns (L, N)
 predictions for short paths (flip rate) and `predict_at` one prediction per (object, location) pair.
-Objects and locations are processed in fixed-size chunks (padded at the end) so the jitted functions
-compile once per model and chunk shape.
+Objects and locations are processed in fixed-size chunks (padded at the end, `shiftbench.chunks`) so the
+jitted programs compile once per model and chunk shape. Every path takes a `Predictor`: the model in eval
+mode, made once per model state.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-from collections.abc import Callable, Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from shiftbench import models
-
-OBJECTS_PER_CHUNK = 16
-CPU_BATCH = 512  # canvases per pass on CPU: ran 2-4x faster than 4096 (cache-sized chunks)
-# On an H200, location maps ran 10.6x faster at 8192 than at 512 at the 64-px forgetting geometry and
-# 3.6x at the quick one (README, Performance). 8192 is the largest size measured, so the ceiling.
-ACCELERATOR_BATCH = (1024, 8192)
-MEMORY_FRACTION = 0.25  # of the device's free memory that one chunk's activations may take
+from shiftbench.chunks import chunk_shape, map_chunks, pad_to
+from shiftbench.predictor import Forward, Predictor
 
 
-def _balanced(n: int, chunk: int) -> int:
-  """The smallest chunk that covers n in as many chunks as `chunk` does (least padding)."""
-  return -(-n // -(-n // chunk))
+def _predictions_on_grid(model: Forward, objects: jax.Array, locations: jax.Array) -> jax.Array:
+  """objects (B,h,w,C) uint8, locations (L,2) -> (L, B) predicted classes."""
+  return jnp.argmax(model.on_grid(objects, locations), -1).astype(jnp.int32)
 
 
-def chunk_shape(n_loc: int, n_obj: int, batch_size: int) -> tuple[int, int]:
-  """(locations, objects) per chunk: about `batch_size` canvases, as many locations as leave at least
-  OBJECTS_PER_CHUNK objects (models that run their first block once per object and residue,
-  `ShiftNet.on_grid`, share it across the chunk's locations), balanced so the padding is small."""
-  loc_chunk = _balanced(n_loc, max(1, min(n_loc, batch_size // min(n_obj, OBJECTS_PER_CHUNK))))
-  obj_chunk = _balanced(n_obj, max(1, min(n_obj, batch_size // loc_chunk)))
-  return loc_chunk, obj_chunk
-
-
-def activation_bytes(canvas_size: int, widths: Sequence[int]) -> int:
-  """A generous bound on one canvas's live activations in a forward pass: every block's conv output
-  at full resolution (before its 2x2 downsampling), three fp32 copies (conv, pool, temporaries)."""
-  side, total = canvas_size, 0
-  for w in widths:
-    total += side * side * int(w)
-    side = max(1, side // 2)
-  return 3 * 4 * total
-
-
-def model_activation_bytes(
-  model: nnx.Module, canvas_size: int, in_channels: int, batches: tuple[int, int] = (4, 8)
-) -> int:
-  """Per-canvas device memory of a forward pass that returns every layer's similarity features.
-
-  The model's own count as the compiler lays it out: XLA's buffer assignment (`memory_analysis`, temporaries +
-  outputs) of `similarity.layer_features` compiled for this device at two batch sizes, the difference per
-  canvas (weights and constants drop out). The features are what similarity keeps until its cosines; the
-  temporaries are the forward pass's live activations, which a location map needs too, so one count sizes
-  the three prediction paths. Compiled from abstract shapes: nothing is allocated or run.
-  """
-  from shiftbench import similarity  # similarity imports this module
-
-  graphdef, state = nnx.split(model)
-  state = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), state)
-  fn = jax.jit(lambda s, x: similarity.layer_features(nnx.merge(graphdef, s), x))  # for the default device
-
-  def used(batch: int) -> int:
-    x = jax.ShapeDtypeStruct((batch, canvas_size, canvas_size, in_channels), jnp.float32)
-    ma = fn.lower(state, x).compile().memory_analysis()
-    return int(ma.temp_size_in_bytes + ma.output_size_in_bytes)
-
-  lo, hi = batches
-  return max(1, (used(hi) - used(lo)) // (hi - lo))
-
-
-def host_available_bytes() -> int:
-  """Memory the host can still give this process (free plus reclaimable cache): on CPU, JAX's buffers."""
-  import psutil
-
-  return int(psutil.virtual_memory().available)
-
-
-def _largest_power_of_two(start: int, limit: int) -> int:
-  batch = start
-  while batch * 2 <= limit:
-    batch *= 2
-  return batch
-
-
-def auto_batch_size(
-  canvas_size: int,
-  model_widths: Sequence[Sequence[int]],
-  device: jax.Device | None = None,
-  per_canvas_bytes: int | None = None,
-) -> int:
-  """Canvases per forward pass for this backend and problem size (`eval.batch_size: auto`).
-
-  Args:
-    canvas_size: side of the square canvas.
-    model_widths: each model's conv widths; the batch is sized for the largest.
-    device: the device to size for; None is JAX's default device.
-    per_canvas_bytes: the largest model's own count (`model_activation_bytes`); None estimates it from
-      `model_widths` (`activation_bytes`, the small-CNN bound).
-
-  Returns:
-    On CPU, CPU_BATCH, or fewer when a model's own count says CPU_BATCH canvases would take more than
-    MEMORY_FRACTION of the host's available memory (VGG16's whole-canvas pass at 224 px: ~30 MiB per
-    canvas, so 128 with ~20 GiB available; 256 aborted with `std::bad_alloc`, docs/paper.md).
-    On accelerators, the largest power of two up to ACCELERATOR_BATCH's ceiling whose activations fit in
-    MEMORY_FRACTION of the device's free memory (from `memory_stats`; the ceiling when the backend does
-    not report it); at least ACCELERATOR_BATCH's floor, unless `per_canvas_bytes` says fewer fit (VGG16 at
-    224 px: 128 on a 16 GB GPU, not 1024).
-  """
-  device = device or jax.devices()[0]
-  if device.platform == "cpu":
-    if per_canvas_bytes is None:  # the small CNNs: 512 canvases take well under 1 GiB at 64 px
-      return CPU_BATCH
-    # XLA:CPU's convolutions take workspace that buffer assignment does not count (a 3x3 conv over
-    # 256 x 224^2 x 64 peaked at twice its input + output), hence the same quarter as on accelerators.
-    fit = int(MEMORY_FRACTION * host_available_bytes()) // per_canvas_bytes
-    return _largest_power_of_two(1, min(fit, CPU_BATCH))
-  lo, hi = ACCELERATOR_BATCH
-  try:
-    stats = device.memory_stats() or {}
-  except Exception:  # noqa: BLE001  (not every backend implements it)
-    stats = {}
-  if "bytes_limit" not in stats:
-    return hi
-  free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-  per_canvas = per_canvas_bytes or max(activation_bytes(canvas_size, w) for w in model_widths)
-  fit = int(MEMORY_FRACTION * free) // max(1, per_canvas)
-  # The floor stays for the width-based bound (generous: three copies of every block); a model's own count
-  # is what it needs, so below the floor a smaller batch is the one that fits.
-  return _largest_power_of_two(lo if fit >= lo or per_canvas_bytes is None else 1, min(fit, hi))
-
-
-def resolve_batch_size(
-  value: int | str,
-  canvas_size: int,
-  model_widths: Sequence[Sequence[int]],
-  per_canvas_bytes: Callable[[], int | None] | None = None,
-) -> int:
-  """`eval.batch_size` as a number: `auto` (see `auto_batch_size`) or a positive int. `per_canvas_bytes`
-  (the models' own count, or None for models the width bound covers) is called only for `auto`: it
-  compiles the models from abstract shapes."""
-  if isinstance(value, str) and value.strip().lower() == "auto":
-    return auto_batch_size(canvas_size, model_widths, per_canvas_bytes=per_canvas_bytes() if per_canvas_bytes else None)
-  try:
-    batch = int(value)
-  except (TypeError, ValueError):
-    raise ValueError(f"eval.batch_size must be a positive int or 'auto', got {value!r}") from None
-  if batch < 1:
-    raise ValueError(f"eval.batch_size must be a positive int or 'auto', got {value!r}")
-  return batch
-
-
-@functools.cache
-def _predict_chunk_fn(graphdef: nnx.GraphDef, canvas_size: int):
-  """(state, objects (B,h,w,C) uint8, locations (L,2)) -> (L, B) predicted classes. Cached per model."""
-
-  def predict(state, objects, locations):
-    model = nnx.merge(graphdef, state)
-    logits = models.logits_on_grid(model, objects.astype(jnp.float32) / 255.0, locations, canvas_size)
-    return jnp.argmax(logits, -1).astype(jnp.int32)
-
-  return jax.jit(predict)
-
-
-def pad_to(a: jax.Array | np.ndarray, multiple: int) -> jax.Array:
-  """Pads axis 0 to a multiple of `multiple` by repeating the last entry (results are sliced off)."""
-  n = a.shape[0]
-  extra = (-n) % multiple
-  if extra == 0:
-    return jnp.asarray(a)
-  return jnp.concatenate([jnp.asarray(a), jnp.repeat(jnp.asarray(a)[-1:], extra, axis=0)])
-
-
-def map_chunks(fn: Callable[..., Any], arrays: Sequence[jax.Array | np.ndarray], chunk: int, axis: int = 0) -> Any:
-  """`fn` over fixed-size chunks of axis 0 of `arrays`, its outputs joined along `axis` (any pytree of arrays).
-
-  The one chunked predictor of the evaluation paths (location maps, point predictions, shift pairs,
-  similarity): every array is padded to a multiple of the chunk (`pad_to`) so one compiled program serves
-  every chunk, and the padded results are cut off. The outputs stay on the device until the caller reads
-  them, so chunks are dispatched without waiting for each other.
-
-  Args:
-    fn: a jitted function of one chunk of each array.
-    arrays: arrays of equal length n along axis 0.
-    chunk: rows per call (clipped to 1..n).
-    axis: the axis of each output that the chunks make up.
-  """
-  n = int(arrays[0].shape[0])
-  chunk = max(1, min(n, chunk))
-  padded = [pad_to(a, chunk) for a in arrays]
-  parts = [fn(*(a[i : i + chunk] for a in padded)) for i in range(0, padded[0].shape[0], chunk)]
-  cut = (slice(None),) * axis + (slice(0, n),)
-  return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=axis)[cut], *parts)
-
-
-def predict_grid(
-  model: nnx.Module, objects: jax.Array, locations: np.ndarray, canvas_size: int, batch_size: int = 4096
-) -> np.ndarray:
+def predict_grid(predictor: Predictor, objects: jax.Array, locations: np.ndarray, batch_size: int = 4096) -> np.ndarray:
   """Predicted class of every object at every location.
 
   Args:
-    model: the network; switched to eval mode (`model.eval()`: BatchNorm uses its running averages, so a
-      prediction does not depend on the rest of the batch).
+    predictor: the model in eval mode.
     objects: (N, h, w, C) uint8 objects, ideally already on the device.
     locations: (L, 2) int top-left coordinates, all valid.
-    canvas_size: side of the square canvas.
     batch_size: canvases per forward pass; chunks are (batch_size // object_chunk) locations x objects.
 
   Returns:
     (L, N) int32 numpy array of predicted classes.
   """
-  model.eval()
-  graphdef, state = nnx.split(model)
-  fn = _predict_chunk_fn(graphdef, canvas_size)
+  fn = predictor.jit(_predictions_on_grid)
   loc_chunk, obj_chunk = chunk_shape(int(locations.shape[0]), int(objects.shape[0]), batch_size)
-  row = lambda locs: map_chunks(lambda objs: fn(state, objs, locs), [objects], obj_chunk, axis=1)
+  row = lambda locs: map_chunks(lambda objs: fn(objs, locs), [objects], obj_chunk, axis=1)
   return np.asarray(map_chunks(row, [np.asarray(locations, np.int32)], loc_chunk))
 
 
@@ -242,40 +58,39 @@ class GridStats:
     return self.correct / max(1, self.everywhere.shape[0])
 
 
-@functools.cache
-def _stats_chunk_fn(graphdef: nnx.GraphDef, canvas_size: int):
-  """(state, objects, labels, valid (B,) bool, locations (L,2)) -> ((L,) correct counts, (B,) all correct,
+def _chunk_stats(
+  model: Forward, objects: jax.Array, labels: jax.Array, valid: jax.Array, locations: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """objects, labels, valid (B,) bool, locations (L,2) -> ((L,) correct counts, (B,) all correct,
   (K,) classes predicted)."""
-
-  def stats(state, objects, labels, valid, locations):
-    model = nnx.merge(graphdef, state)
-    logits = models.logits_on_grid(model, objects.astype(jnp.float32) / 255.0, locations, canvas_size)
-    pred = jnp.argmax(logits, -1)
-    correct = pred == labels[None, :]
-    # Padded locations repeat a real one, so only padded objects need masking out of the class set.
-    predicted = jnp.any(jax.nn.one_hot(pred, logits.shape[-1], dtype=bool) & valid[None, :, None], axis=(0, 1))
-    return jnp.sum(correct & valid[None, :], axis=1, dtype=jnp.int32), jnp.all(correct, axis=0), predicted
-
-  return jax.jit(stats)
+  logits = model.on_grid(objects, locations)
+  pred = jnp.argmax(logits, -1)
+  correct = pred == labels[None, :]
+  # Padded locations repeat a real one, so only padded objects need masking out of the class set.
+  predicted = jnp.any(jax.nn.one_hot(pred, logits.shape[-1], dtype=bool) & valid[None, :, None], axis=(0, 1))
+  return jnp.sum(correct & valid[None, :], axis=1, dtype=jnp.int32), jnp.all(correct, axis=0), predicted
 
 
 def location_stats(
-  model: nnx.Module,
-  objects: jax.Array,
-  labels: jax.Array,
-  locations: np.ndarray,
-  canvas_size: int,
-  batch_size: int = 4096,
+  predictor: Predictor, objects: jax.Array, labels: jax.Array, locations: np.ndarray, batch_size: int = 4096
 ) -> GridStats:
   """Per-location correct counts and per-object correct-at-every-location flags, reduced on the device.
 
   The same chunks and forward passes as `predict_grid`, so `GridStats.accuracy()` equals
   `metrics.location_accuracy(predict_grid(...), labels)`; only (L + N) numbers leave the device.
   Padded locations repeat the last one (no effect on "everywhere"); padded objects are masked out of counts.
+
+  Args:
+    predictor: the model in eval mode.
+    objects: (N, h, w, C) uint8 objects, ideally already on the device.
+    labels: (N,) int labels.
+    locations: (L, 2) int top-left coordinates, all valid.
+    batch_size: canvases per forward pass.
+
+  Returns:
+    The map's `GridStats`.
   """
-  model.eval()
-  graphdef, state = nnx.split(model)
-  fn = _stats_chunk_fn(graphdef, canvas_size)
+  fn = predictor.jit(_chunk_stats)
   n_obj, n_loc = int(objects.shape[0]), int(locations.shape[0])
   loc_chunk, obj_chunk = chunk_shape(n_loc, n_obj, batch_size)
   objs, labs = pad_to(objects, obj_chunk), pad_to(jnp.asarray(labels, jnp.int32), obj_chunk)
@@ -287,7 +102,7 @@ def location_stats(
     total = jnp.zeros(loc_chunk, jnp.int32)
     for c, j in enumerate(range(0, objs.shape[0], obj_chunk)):
       n, ok, seen = fn(
-        state, objs[j : j + obj_chunk], labs[j : j + obj_chunk], valid[j : j + obj_chunk], locs[i : i + loc_chunk]
+        objs[j : j + obj_chunk], labs[j : j + obj_chunk], valid[j : j + obj_chunk], locs[i : i + loc_chunk]
       )
       total, everywhere[c], predicted = total + n, everywhere[c] & ok, predicted | seen
     counts.append(total)
@@ -296,22 +111,24 @@ def location_stats(
   )
 
 
-@functools.cache
-def _predict_at_fn(graphdef: nnx.GraphDef, canvas_size: int):
-  def predict(state, objects, locations):
-    logits = models.logits_on_canvas(
-      nnx.merge(graphdef, state), objects.astype(jnp.float32) / 255.0, locations, canvas_size
-    )
-    return jnp.argmax(logits, -1).astype(jnp.int32)
-
-  return jax.jit(predict)
+def _predictions_at(model: Forward, objects: jax.Array, locations: jax.Array) -> jax.Array:
+  """objects (B,h,w,C) uint8, locations (B,2) -> (B,) predicted classes, object i at location i."""
+  return jnp.argmax(model.on_canvas(objects, locations), -1).astype(jnp.int32)
 
 
 def predict_at(
-  model: nnx.Module, objects: jax.Array, locations: jax.Array | np.ndarray, canvas_size: int, batch_size: int = 4096
+  predictor: Predictor, objects: jax.Array, locations: jax.Array | np.ndarray, batch_size: int = 4096
 ) -> np.ndarray:
-  """Predicted class of object i at location i: (M, h, w, C) uint8 and (M, 2) -> (M,) int32, chunked."""
-  model.eval()
-  graphdef, state = nnx.split(model)
-  fn = _predict_at_fn(graphdef, canvas_size)
-  return np.asarray(map_chunks(functools.partial(fn, state), [objects, jnp.asarray(locations, jnp.int32)], batch_size))
+  """Predicted class of object i at location i, chunked.
+
+  Args:
+    predictor: the model in eval mode.
+    objects: (M, h, w, C) uint8 objects.
+    locations: (M, 2) int top-left coordinates, all valid.
+    batch_size: canvases per forward pass.
+
+  Returns:
+    (M,) int32 numpy array of predicted classes.
+  """
+  fn = predictor.jit(_predictions_at)
+  return np.asarray(map_chunks(fn, [objects, jnp.asarray(locations, jnp.int32)], batch_size))

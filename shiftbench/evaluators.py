@@ -1,5 +1,6 @@
-"""Uniform evaluators for every shift metric (big_vision style): `run(model, objects, ctx)` yields
-`(name, value)` pairs.
+"""Uniform evaluators for every shift metric (big_vision style): `run(predictor, objects, ctx)` yields
+`(name, value)` pairs; the `Predictor` (the model in eval mode, made once per model state) is what every
+evaluator runs, as big_vision's evaluators run a `predict_fn`.
 
 Which evaluators run, and with which parameters, is the `eval.metrics` config: each key names one
 evaluator (instantiated with Hydra's `_target_`) and becomes the prefix of its results, so the same
@@ -21,10 +22,10 @@ import hydra
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from shiftbench import canvas, consistency, evaluation, metrics, similarity, streams
 from shiftbench.errors import ConfigError
+from shiftbench.predictor import Predictor
 from shiftbench.train import DeviceObjects
 
 Result = Iterator[tuple[str, Any]]
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class EvalContext:
-  """What every evaluator may read besides the model and objects; plain Python, never enters jit.
+  """What every evaluator may read besides the predictor and objects; plain Python, never enters jit.
 
   `map_everywhere` holds the map's per-object "correct at every grid location" flags when the caller has
   already computed the location map (`evaluation.location_stats`), so the worst case costs nothing extra.
@@ -44,16 +45,16 @@ class EvalContext:
   spec: canvas.CanvasSpec
   grid: np.ndarray
   location: tuple[int, int]
-  radius: int = 0
   batch_size: int = 4096
   seed: int = 0
   map_everywhere: np.ndarray | None = None
   key: jax.Array | None = None
 
-  def everywhere(self, model: nnx.Module, objects: DeviceObjects) -> np.ndarray:
+  def everywhere(self, predictor: Predictor, objects: DeviceObjects) -> np.ndarray:
+    """Per-object "correct at every grid location" flags: the map's, or computed now (and kept)."""
     if self.map_everywhere is None or self.map_everywhere.shape != (len(objects),):
       self.map_everywhere = evaluation.location_stats(
-        model, objects.images, objects.labels, self.grid, self.spec.canvas_size, self.batch_size
+        predictor, objects.images, objects.labels, self.grid, self.batch_size
       ).everywhere
     return self.map_everywhere
 
@@ -64,8 +65,14 @@ class Evaluator(abc.ABC):
   before: bool = False
 
   @abc.abstractmethod
-  def run(self, model: nnx.Module, objects: DeviceObjects, ctx: EvalContext) -> Result:
-    """Yields `(name, value)`; values are floats or small JSON-able containers."""
+  def run(self, predictor: Predictor, objects: DeviceObjects, ctx: EvalContext) -> Result:
+    """Yields `(name, value)`; values are floats or small JSON-able containers.
+
+    Args:
+      predictor: the model in eval mode; one for every evaluator of a model state.
+      objects: the test objects, in class-balanced order.
+      ctx: the canvas, grid, fine-tune location, batch size and this evaluator's random stream.
+    """
 
 
 def _prefix(objects: DeviceObjects, n: int | None) -> DeviceObjects:
@@ -93,7 +100,7 @@ class ShiftConsistency(Evaluator):
     self.d, self.shift, self.seed = int(d), shift, int(seed)
     self.num_objects = None if num_objects is None else int(num_objects)
 
-  def run(self, model, objects, ctx) -> Result:
+  def run(self, predictor, objects, ctx) -> Result:
     if self.d < 1 or (self.shift == "canvas" and ctx.spec.max_offset == 0):
       yield "", None  # no shift is possible: 1.0 by construction, which measures nothing
       return
@@ -101,7 +108,7 @@ class ShiftConsistency(Evaluator):
     yield (
       "",
       consistency.shift_consistency(
-        model, objs.images, _key(ctx, self.seed), ctx.spec, self.d, self.shift, ctx.batch_size
+        predictor, objs.images, _key(ctx, self.seed), ctx.spec, self.d, self.shift, ctx.batch_size
       ),
     )
 
@@ -115,19 +122,15 @@ class WorstCase(Evaluator):
       raise ConfigError(f"WorstCase k must be >= 1 or null (every grid location), got {k}")
     self.k, self.seed = (None if k is None else int(k)), int(seed)
 
-  def run(self, model, objects, ctx) -> Result:
+  def run(self, predictor, objects, ctx) -> Result:
     if self.k is None:
-      yield "acc", float(np.mean(ctx.everywhere(model, objects)))
+      yield "acc", float(np.mean(ctx.everywhere(predictor, objects)))
       return
     n = len(objects)
     # metrics.worst_of_k_accuracy's draw, so the number is the one it reads off an (L, N) map
     picks = np.asarray(jax.random.randint(_key(ctx, self.seed), (self.k, n), 0, len(ctx.grid)))
     preds = evaluation.predict_at(
-      model,
-      jnp.tile(objects.images, (self.k, 1, 1, 1)),
-      ctx.grid[picks.reshape(-1)],
-      ctx.spec.canvas_size,
-      ctx.batch_size,
+      predictor, jnp.tile(objects.images, (self.k, 1, 1, 1)), ctx.grid[picks.reshape(-1)], ctx.batch_size
     )
     yield "acc", float(np.mean(np.all(preds.reshape(self.k, n) == np.asarray(objects.labels)[None], axis=0)))
 
@@ -156,14 +159,14 @@ class FlipRate(Evaluator):
     self.length = None if length is None else int(length)
     self.num_objects = None if num_objects is None else int(num_objects)
 
-  def run(self, model, objects, ctx) -> Result:
+  def run(self, predictor, objects, ctx) -> Result:
     objs = _prefix(objects, self.num_objects)
     paths = sweep_paths(ctx.spec, ctx.location, self.length)
     locs = np.concatenate(list(paths.values()))
     # Equal location chunks (predict_grid pads the last one): ceil(L / n) locations x all objects each.
     n_chunks = -(-len(locs) * len(objs) // ctx.batch_size)
     batch = max(len(objs), -(-len(locs) // n_chunks) * len(objs))
-    preds = evaluation.predict_grid(model, objs.images, locs, ctx.spec.canvas_size, batch)
+    preds = evaluation.predict_grid(predictor, objs.images, locs, batch)
     flips, start = {}, 0
     for name, path in paths.items():
       flips[name] = np.asarray(metrics.path_flips(preds[start : start + len(path)]))
@@ -183,7 +186,7 @@ class Similarity(Evaluator):
     self.num_objects = None if num_objects is None else int(num_objects)
     self.before = bool(before)
 
-  def run(self, model, objects, ctx) -> Result:
+  def run(self, predictor, objects, ctx) -> Result:
     objs = _prefix(objects, self.num_objects)
     present = len(np.unique(np.asarray(objs.labels)))
     if present < 2:  # no different-class pairs: cos_diff, and so the normalised similarity, is undefined
@@ -196,10 +199,10 @@ class Similarity(Evaluator):
       yield "layers", None
       return
     sims = similarity.similarity_map(
-      model, objs.images, objs.labels, ctx.grid, ctx.location, ctx.spec.canvas_size, ctx.batch_size, objects.num_classes
+      predictor, objs.images, objs.labels, ctx.grid, ctx.location, ctx.batch_size, objects.num_classes
     )
-    off = np.asarray(metrics.off_location_mask(ctx.grid, ctx.location, ctx.radius))
-    names = similarity.layer_names(model, ctx.spec.canvas_size, int(objects.images.shape[-1]))
+    off = np.asarray(metrics.off_location_mask(ctx.grid, ctx.location, 0))  # G_off: every grid location but p_ft
+    names = predictor.layer_names(int(objects.images.shape[-1]))
     per_layer = {n: float(np.nanmean(s[off])) if off.any() else float("nan") for n, s in zip(names, sims)}
     yield "", per_layer[names[-2]]  # the penultimate layer: the classifier's input
     yield "layers", per_layer
@@ -223,20 +226,30 @@ def result_key(prefix: str, name: str) -> str:
 
 
 def run_all(
-  evaluators: Mapping[str, Evaluator], model: nnx.Module, objects: DeviceObjects, ctx: EvalContext, before: bool = False
+  evaluators: Mapping[str, Evaluator],
+  predictor: Predictor,
+  objects: DeviceObjects,
+  ctx: EvalContext,
+  before: bool = False,
 ) -> dict[str, Any]:
   """Runs every evaluator (only those with `before` set when `before`) into one flat result dict.
 
-  The model is put in eval mode first: evaluators split it and run it as is, and a model in train mode
-  would use (and try to update) batch statistics (ResNet BatchNorm).
+  Args:
+    evaluators: the evaluators by result prefix (`build`).
+    predictor: the model state to evaluate, in eval mode; every evaluator gets this one.
+    objects: the test objects, in class-balanced order.
+    ctx: the evaluation context; its `key` is set to each evaluator's stream in turn.
+    before: run only the evaluators with `before` set, under `<prefix>_before` keys.
+
+  Returns:
+    {result key: value}.
   """
-  model.eval()
   out = {}
   for prefix, evaluator in evaluators.items():
     if before and not evaluator.before:
       continue
     key = f"{prefix}_before" if before else prefix
     ctx.key = streams.evaluator_stream(ctx.seed, prefix)  # the same draws before and after fine-tuning
-    for name, value in evaluator.run(model, objects, ctx):
+    for name, value in evaluator.run(predictor, objects, ctx):
       out[result_key(key, name)] = value
   return out

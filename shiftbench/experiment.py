@@ -44,6 +44,7 @@ from shiftbench import (
 )
 from shiftbench.data import ObjectSet
 from shiftbench.models import torchvision_weights
+from shiftbench.predictor import Predictor
 from shiftbench.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -77,9 +78,13 @@ class Protocol:
     self.weights_cache = published_weights.cache_dir(settings.checkpoint_dir)  # named ImageNet weights
 
   # -- evaluation ---------------------------------------------------------------------------------
-  def location_map(self, model: nnx.Module, objects: train.DeviceObjects) -> dict[str, Any]:
+  def predictor(self, model: nnx.Module) -> Predictor:
+    """`model` in eval mode for every evaluation of its current state (made again after it trains)."""
+    return Predictor(model, self.s.spec.canvas_size)
+
+  def location_map(self, predictor: Predictor, objects: train.DeviceObjects) -> dict[str, Any]:
     stats = evaluation.location_stats(
-      model, objects.images, objects.labels, self.grid, self.s.spec.canvas_size, self.s.eval_batch
+      predictor, objects.images, objects.labels, self.grid, self.s.eval_batch
     )  # reduced on the device: no (L, N) predictions
     acc = stats.accuracy()
     summary = metrics.summarize_location_map(
@@ -93,19 +98,18 @@ class Protocol:
     }
 
   def shift_metrics(
-    self, model: nnx.Module, seed: int, everywhere: np.ndarray | None = None, before: bool = False
+    self, predictor: Predictor, seed: int, everywhere: np.ndarray | None = None, before: bool = False
   ) -> dict[str, Any]:
     """Every configured evaluator (`eval.metrics`) on B's test objects; reuses the map's worst-case flags."""
     ctx = evaluators.EvalContext(
       self.s.spec,
       self.grid,
       self.s.finetune_location,
-      radius=0,
       batch_size=self.s.eval_batch,
       seed=seed,
       map_everywhere=everywhere,
     )
-    return evaluators.run_all(self.evaluators, model, self.test_b, ctx, before=before)
+    return evaluators.run_all(self.evaluators, predictor, self.test_b, ctx, before=before)
 
   # -- models -------------------------------------------------------------------------------------
   def build(self, factory: ModelFactory, num_classes: int, key: jax.Array) -> nnx.Module:
@@ -192,12 +196,12 @@ class Protocol:
     # Pretrained layers + fresh classifier: the same for every fine-tune mode, so computed once per row set.
     key = (name, regime, seed)
     if key not in self._before:
-      self._before = {key: self.shift_metrics(model, seed, before=True)}
+      self._before = {key: self.shift_metrics(self.predictor(model), seed, before=True)}
     before = self._before[key]
     eval_seconds = time.perf_counter() - eval_start
 
     def on_eval(step: int, m: nnx.Module):
-      point = self.location_map(m, self.curve_b)
+      point = self.location_map(self.predictor(m), self.curve_b)
       curve.append({"step": step, **{k: point[k] for k in ("in_acc", "off_acc", "invariance", "in_pvalue")}})
 
     start = time.perf_counter()
@@ -229,9 +233,10 @@ class Protocol:
       }
     )
     train_seconds = time.perf_counter() - start
-    final = self.location_map(model, self.test_b)
+    trained = self.predictor(model)  # the fine-tuned state: one for its map and its shift metrics
+    final = self.location_map(trained, self.test_b)
     eval_start = time.perf_counter()
-    shift = self.shift_metrics(model, seed, final["everywhere"])
+    shift = self.shift_metrics(trained, seed, final["everywhere"])
     eval_seconds += time.perf_counter() - eval_start
     a_after = None
     if source is not None and a_before is not None:  # (no A map for ImageNet weights: A is not their task)
@@ -240,7 +245,7 @@ class Protocol:
       else:
         a_model = nnx.clone(source)  # A's classifier on the fine-tuned layers; `source` stays pretrained
         nnx.update(a_model, nnx.state(model, models.TRANSFERABLE))
-        a_after = self.location_map(a_model, self.test_a)
+        a_after = self.location_map(self.predictor(a_model), self.test_a)
     ys, xs = canvas.grid_axes(self.grid)
     acc2d = final["acc"].reshape(len(ys), len(xs))
     heatmap = plots.save_location_map(
@@ -400,7 +405,9 @@ def _run_experiment(cfg: DictConfig | dict[str, Any], output_dir: Path) -> dict[
           source, a_before, meta = None, None, {}
           if regime != "scratch":
             source, meta = protocol.pretrained(name, factory, regime, seed)
-            a_before = None if regime == "imagenet" else protocol.location_map(source, protocol.test_a)
+            a_before = (
+              None if regime == "imagenet" else protocol.location_map(protocol.predictor(source), protocol.test_a)
+            )
           new = [key for key in keys if key not in done]
           for mode, key in zip(modes, keys):
             if key in done:

@@ -8,7 +8,7 @@ import jax
 import pytest
 from hydra import compose, initialize_config_dir
 
-from shiftbench import compile_cache, evaluation, settings
+from shiftbench import batching, compile_cache, settings
 from shiftbench.settings import Settings
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
@@ -27,27 +27,27 @@ class FakeDevice:
 
 
 def test_auto_eval_batch_is_512_on_cpu_and_sized_by_memory_on_accelerators():
-  assert evaluation.auto_batch_size(64, [[32, 64, 128]], jax.devices("cpu")[0]) == evaluation.CPU_BATCH == 512
+  assert batching.auto_batch_size(64, [[32, 64, 128]], jax.devices("cpu")[0]) == batching.CPU_BATCH == 512
   forgetting, quick = (64, [[32, 64, 128]]), (32, [[8, 16, 32]])
-  assert evaluation.auto_batch_size(*forgetting, FakeDevice(100 * 2**30)) == 8192  # an H200 after preallocation
-  assert evaluation.auto_batch_size(*quick, FakeDevice(4 * 2**30)) == 4096  # small, at this geometry
-  assert evaluation.auto_batch_size(*forgetting, FakeDevice(4 * 2**30)) == 1024  # the floor
-  assert evaluation.auto_batch_size(*forgetting, FakeDevice(None)) == 8192  # no memory stats: the ceiling
+  assert batching.auto_batch_size(*forgetting, FakeDevice(100 * 2**30)) == 8192  # an H200 after preallocation
+  assert batching.auto_batch_size(*quick, FakeDevice(4 * 2**30)) == 4096  # small, at this geometry
+  assert batching.auto_batch_size(*forgetting, FakeDevice(4 * 2**30)) == 1024  # the floor
+  assert batching.auto_batch_size(*forgetting, FakeDevice(None)) == 8192  # no memory stats: the ceiling
   # The largest model sets the size: widening one model can only lower it.
-  assert evaluation.auto_batch_size(64, [[8], [32, 64, 128]], FakeDevice(20 * 2**30)) == evaluation.auto_batch_size(
+  assert batching.auto_batch_size(64, [[8], [32, 64, 128]], FakeDevice(20 * 2**30)) == batching.auto_batch_size(
     64, [[32, 64, 128]], FakeDevice(20 * 2**30)
   )
 
 
 def test_auto_eval_batch_on_cpu_fits_a_models_own_count_in_a_quarter_of_host_memory(monkeypatch):
   cpu, vgg16_224 = jax.devices("cpu")[0], 30 * 2**20  # VGG16's whole-canvas pass at 224 px: ~30 MiB per canvas
-  monkeypatch.setattr(evaluation, "host_available_bytes", lambda: 20 * 2**30)
+  monkeypatch.setattr(batching, "host_available_bytes", lambda: 20 * 2**30)
   # 5 GiB / 30 MiB = 170 -> 128, the largest size measured to run here (256 aborted, docs/paper.md)
-  assert evaluation.auto_batch_size(224, [[64]], cpu, per_canvas_bytes=vgg16_224) == 128
-  assert evaluation.auto_batch_size(224, [[64]], cpu, per_canvas_bytes=2**40) == 1  # one canvas at least
-  assert evaluation.auto_batch_size(64, [[32, 64, 128]], cpu) == 512  # the small CNNs: no count, 512 as before
-  monkeypatch.setattr(evaluation, "host_available_bytes", lambda: 2**40)
-  assert evaluation.auto_batch_size(224, [[64]], cpu, per_canvas_bytes=vgg16_224) == evaluation.CPU_BATCH  # no more
+  assert batching.auto_batch_size(224, [[64]], cpu, per_canvas_bytes=vgg16_224) == 128
+  assert batching.auto_batch_size(224, [[64]], cpu, per_canvas_bytes=2**40) == 1  # one canvas at least
+  assert batching.auto_batch_size(64, [[32, 64, 128]], cpu) == 512  # the small CNNs: no count, 512 as before
+  monkeypatch.setattr(batching, "host_available_bytes", lambda: 2**40)
+  assert batching.auto_batch_size(224, [[64]], cpu, per_canvas_bytes=vgg16_224) == batching.CPU_BATCH  # no more
 
 
 def test_auto_eval_batch_of_a_torchvision_preset_on_cpu_comes_from_its_compiled_count(monkeypatch):
@@ -57,12 +57,12 @@ def test_auto_eval_batch_of_a_torchvision_preset_on_cpu_comes_from_its_compiled_
     cfg = compose("config", overrides)
   settings._activation_bytes_of.cache_clear()  # counted once per process and config: count it here
   counted = []
-  real = evaluation.model_activation_bytes
+  real = batching.model_activation_bytes
   count = lambda *a, **k: counted.append(real(*a, **k)) or counted[-1]  # noqa: E731
-  monkeypatch.setattr(evaluation, "model_activation_bytes", count)
-  monkeypatch.setattr(evaluation, "host_available_bytes", lambda: 64 * 4 * counted[-1] if counted else 2**40)
+  monkeypatch.setattr(batching, "model_activation_bytes", count)
+  monkeypatch.setattr(batching, "host_available_bytes", lambda: 64 * 4 * counted[-1] if counted else 2**40)
   assert Settings.from_config(cfg).eval_batch == 64 and len(counted) == 1  # a quarter of 256 canvases' worth
-  monkeypatch.setattr(evaluation, "host_available_bytes", lambda: 2**40)
+  monkeypatch.setattr(batching, "host_available_bytes", lambda: 2**40)
   assert Settings.from_config(cfg).eval_batch == 512 and len(counted) == 1  # ample memory; the count was kept
 
 

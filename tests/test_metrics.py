@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from shiftbench import canvas, evaluation, metrics
+from shiftbench import canvas, chunks, evaluation, metrics
+from shiftbench.predictor import Predictor
 
 
 def test_off_location_mask_uses_per_axis_distance_beyond_the_jitter():
@@ -71,14 +72,14 @@ def test_a_pixel_reader_scores_chance_off_location_and_an_invariant_model_scores
   p_ft = (5, 5)
   grid = canvas.location_grid(spec, 2, include=p_ft)
 
-  preds = evaluation.predict_grid(PixelReader(*p_ft, k), objs, grid, spec.canvas_size, batch_size=64)
+  preds = evaluation.predict_grid(Predictor(PixelReader(*p_ft, k), spec.canvas_size), objs, grid, batch_size=64)
   summary = metrics.summarize_location_map(metrics.location_accuracy(preds, labels), grid, p_ft, 1, k)
   assert float(summary["in_acc"]) == 1.0
   # Off-location the pixel is background (0) and the model always answers the same class: chance.
   assert float(summary["off_acc"]) == pytest.approx(1 / k, abs=0.02)
   assert float(summary["invariance"]) == pytest.approx(0.0, abs=0.03)
 
-  preds = evaluation.predict_grid(GlobalMax(k), objs, grid, spec.canvas_size, batch_size=64)
+  preds = evaluation.predict_grid(Predictor(GlobalMax(k), spec.canvas_size), objs, grid, batch_size=64)
   summary = metrics.summarize_location_map(metrics.location_accuracy(preds, labels), grid, p_ft, 0, k)
   assert float(summary["in_acc"]) == 1.0 and float(summary["invariance"]) == 1.0
 
@@ -88,7 +89,7 @@ def test_predict_grid_chunking_matches_one_big_batch():
   objs, _ = _constant_objects(k, 7, 4)  # 21 objects: chunks do not divide evenly
   grid = canvas.location_grid(spec, 1)  # 81 locations
   model = PixelReader(3, 2, k)
-  small = evaluation.predict_grid(model, objs, grid, spec.canvas_size, batch_size=40)
+  small = evaluation.predict_grid(Predictor(model, spec.canvas_size), objs, grid, batch_size=40)
   x = canvas.place_grid(objs.astype(jnp.float32) / 255, jnp.asarray(grid), spec.canvas_size)
   ref = np.asarray(jnp.argmax(model(x.reshape(-1, 12, 12, 1)), -1)).reshape(len(grid), len(objs))
   np.testing.assert_array_equal(small, ref)
@@ -105,14 +106,14 @@ def test_map_chunks_pads_to_one_shape_cuts_the_padding_and_joins_pytrees_along_t
     return {"rows": (a + b)[None, :], "pair": (a, 2 * b)}
 
   a, b = np.arange(7.0), np.arange(7.0) * 10
-  out = evaluation.map_chunks(fn, [a, b], 3)  # 3 + 3 + 1 (padded to 3)
+  out = chunks.map_chunks(fn, [a, b], 3)  # 3 + 3 + 1 (padded to 3)
   np.testing.assert_array_equal(out["pair"][0], a)
   np.testing.assert_array_equal(out["pair"][1], 2 * b)
   np.testing.assert_array_equal(out["rows"], np.stack([a[:3] + b[:3], a[3:6] + b[3:6], [a[6] + b[6]] * 3]))
   assert traces == [(3,)]  # one program for every chunk, the last one padded
-  rows = evaluation.map_chunks(lambda x, y: fn(x, y)["rows"], [a, b], 3, axis=1)  # joined along axis 1
+  rows = chunks.map_chunks(lambda x, y: fn(x, y)["rows"], [a, b], 3, axis=1)  # joined along axis 1
   np.testing.assert_array_equal(rows, (a + b)[None, :])
-  assert evaluation.map_chunks(fn, [a, b], 100)["pair"][0].shape == (7,)  # chunk clipped to n
+  assert chunks.map_chunks(fn, [a, b], 100)["pair"][0].shape == (7,)  # chunk clipped to n
 
 
 # -- when the invariance score is defined --------------------------------------------------------------

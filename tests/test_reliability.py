@@ -154,7 +154,7 @@ def test_empty_datasets_and_empty_test_splits_are_errors(tmp_path):
 
 
 def test_consistency_without_any_possible_shift_is_not_reported():
-  ctx = evaluators.EvalContext(CanvasSpec(8, 8), np.zeros((1, 2), np.int32), (0, 0), 0, 64, 0)
+  ctx = evaluators.EvalContext(CanvasSpec(8, 8), np.zeros((1, 2), np.int32), (0, 0), 64, 0)
   assert list(evaluators.ShiftConsistency(d=4).run(None, None, ctx)) == [("", None)]
   assert list(evaluators.ShiftConsistency(d=0, shift="circular").run(None, None, ctx)) == [("", None)]
   with pytest.raises(ConfigError, match="WorstCase k must be >= 1"):

@@ -9,6 +9,7 @@ from flax import nnx
 
 from shiftbench import evaluation
 from shiftbench.models import ResNet
+from shiftbench.predictor import Predictor
 
 TINY = dict(widths=(4, 4, 8, 8), blocks=(2, 2, 2, 2))
 SMALL = dict(widths=(4, 8), blocks=(1, 1))  # stem + a plain block + a stride-2 block: compiles fast
@@ -100,14 +101,14 @@ def test_eval_mode_output_does_not_depend_on_the_rest_of_the_batch():
   assert not np.allclose(f(x[:2])[:1], f(x)[:1], atol=1e-3)
 
 
-def test_predict_grid_evaluates_a_train_mode_model_with_running_averages():
+def test_a_predictor_evaluates_a_train_mode_model_with_running_averages():
   net = ResNet(num_classes=3, canvas_size=16, rngs=nnx.Rngs(0), **SMALL)
   train_a_few_steps(net, steps=2, canvas_size=16)
   objects = jnp.asarray(np.random.default_rng(0).integers(0, 256, (5, 8, 8, 1)), jnp.uint8)
   locations = np.array([[0, 0], [4, 8]])
   net.train()
-  alone = evaluation.predict_grid(net, objects[:1], locations, 16)
-  together = evaluation.predict_grid(net, objects, locations, 16)
+  alone = evaluation.predict_grid(Predictor(net, 16), objects[:1], locations)
+  together = evaluation.predict_grid(Predictor(net, 16), objects, locations)
   assert all(bn.use_running_average for _, bn in nnx.iter_graph(net) if isinstance(bn, nnx.BatchNorm))
   np.testing.assert_array_equal(alone[:, 0], together[:, 0])
 

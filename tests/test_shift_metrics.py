@@ -10,6 +10,7 @@ from test_metrics import GlobalMax, PixelReader, _constant_objects
 
 from shiftbench import canvas, consistency, evaluators, metrics, similarity
 from shiftbench.models import ShiftNet
+from shiftbench.predictor import Forward, Predictor, layer_features
 from shiftbench.train import DeviceObjects
 
 K, SPEC, P_FT = 4, canvas.CanvasSpec(14, 4), (5, 5)
@@ -21,7 +22,7 @@ def _ctx(grid=None, **kw) -> evaluators.EvalContext:
 
 
 def _run(evaluator, model, objects, ctx=None) -> dict:
-  return dict(evaluator.run(model, objects, ctx or _ctx()))
+  return dict(evaluator.run(Predictor(model, SPEC.canvas_size), objects, ctx or _ctx()))
 
 
 def _objects(relabel: int = 0) -> DeviceObjects:
@@ -92,7 +93,9 @@ def test_identical_inputs_have_similarity_one_and_an_invariant_representation_sc
       self.backbone, self.head = MaxBackbone(), nnx.Linear(3, K, rngs=nnx.Rngs(0))
 
   objs = _objects()
-  sims = similarity.similarity_map(Invariant(), objs.images, objs.labels, _ctx().grid, P_FT, SPEC.canvas_size)
+  sims = similarity.similarity_map(
+    Predictor(Invariant(), SPEC.canvas_size), objs.images, objs.labels, _ctx().grid, P_FT
+  )
   np.testing.assert_allclose(sims, 1.0, atol=1e-5)
 
 
@@ -114,7 +117,9 @@ def test_consistency_equals_a_loop_over_the_same_pairs(shift):
     pairs += [a, b]
   preds = _predict_np(model, pairs)  # one batched call: the loop above is the definition
   same = [preds[2 * i] == preds[2 * i + 1] for i in range(len(objs))]
-  got = consistency.shift_consistency(model, objs.images, jax.random.key(1), SPEC, d, shift, batch_size=10)
+  got = consistency.shift_consistency(
+    Predictor(model, SPEC.canvas_size), objs.images, jax.random.key(1), SPEC, d, shift, batch_size=10
+  )
   assert got == pytest.approx(np.mean(same))
 
 
@@ -151,10 +156,12 @@ def test_flip_rate_equals_a_loop_over_sweeps():
 def test_similarity_equals_a_loop_over_layers_locations_and_pairs():
   model, objs = _tiny_net("fc"), _random_objects(8)
   grid = canvas.location_grid(SPEC, 5, include=P_FT)
-  got = similarity.similarity_map(model, objs.images, objs.labels, grid, P_FT, SPEC.canvas_size, batch_size=20)
+  got = similarity.similarity_map(
+    Predictor(model, SPEC.canvas_size), objs.images, objs.labels, grid, P_FT, batch_size=20
+  )
   labels = np.asarray(objs.labels)
   ref_x = np.stack([_canvas_np(o, *P_FT, SPEC.canvas_size) for o in np.asarray(objs.images)])
-  ref_f = [np.asarray(f) for f in similarity.layer_features(model, jnp.asarray(ref_x))]
+  ref_f = [np.asarray(f) for f in layer_features(model, jnp.asarray(ref_x))]
   assert len(ref_f) == 4  # 2 blocks, the flattened pre-logit input, the logits
 
   def cos(a, b):
@@ -163,7 +170,7 @@ def test_similarity_equals_a_loop_over_layers_locations_and_pairs():
 
   for pi, (y, x) in enumerate(grid):
     xs = np.stack([_canvas_np(o, y, x, SPEC.canvas_size) for o in np.asarray(objs.images)])
-    for li, f in enumerate(similarity.layer_features(model, jnp.asarray(xs))):
+    for li, f in enumerate(layer_features(model, jnp.asarray(xs))):
       f = np.asarray(f)
       same = np.mean([cos(ref_f[li][i], f[i]) for i in range(len(f))])
       diff = np.mean([cos(f[i], f[j]) for i in range(len(f)) for j in range(len(f)) if labels[i] != labels[j]])
@@ -171,14 +178,31 @@ def test_similarity_equals_a_loop_over_layers_locations_and_pairs():
   assert np.allclose(got[:, list(map(tuple, grid)).index(P_FT)], 1.0, atol=1e-5)  # at p_ft itself
 
 
-def test_every_metric_configured_by_default_runs_and_is_prefixed_by_its_key():
+def _count_traces(monkeypatch) -> list:
+  """A list that grows by one whenever a `Predictor` program is traced (each trace builds one `Forward`)."""
+  traced, init = [], Forward.__init__
+  monkeypatch.setattr(Forward, "__init__", lambda self, *a: traced.append(a) or init(self, *a))
+  return traced
+
+
+def test_every_default_metric_runs_on_the_one_predictor_it_is_handed_and_nothing_retraces(monkeypatch):
   from hydra import compose, initialize_config_dir
   from test_config import CONF
 
   with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
     cfg = compose("config")
   evals = evaluators.build(cfg.eval.metrics)
-  out = evaluators.run_all(evals, _tiny_net("gap"), _random_objects(), _ctx())
+  received = []
+  for e in evals.values():
+    e.run = lambda p, o, c, run=e.run: received.append(p) or run(p, o, c)
+  traced = _count_traces(monkeypatch)
+  # Widths no other test compiles, so every program of every evaluator is traced here, and only here.
+  net = lambda seed: ShiftNet(
+    num_classes=K, canvas_size=SPEC.canvas_size, widths=(3, 5), head="gap", rngs=nnx.Rngs(seed)
+  )
+  objs = _random_objects()
+  first = Predictor(net(0), SPEC.canvas_size)
+  out = evaluators.run_all(evals, first, objs, _ctx())
   assert {
     "similarity",
     "similarity_layers",
@@ -190,6 +214,13 @@ def test_every_metric_configured_by_default_runs_and_is_prefixed_by_its_key():
     "flip_rate_horizontal",
     "flip_rate_vertical",
   } == set(out)
-  before = evaluators.run_all(evals, _tiny_net("gap"), _random_objects(), _ctx(), before=True)
-  assert set(before) == {"similarity_before", "similarity_before_layers"}
   assert set(out["similarity_layers"]) == {"block0", "block1", "pre_logits", "logits"}
+  assert received == [first] * len(evals) and traced
+  compiled = len(traced)
+  # Other weights of the same model (as after fine-tuning) at another fine-tune location (flip-rate sweeps
+  # and similarity references elsewhere): their own Predictor, and the programs already compiled.
+  second = Predictor(net(1), SPEC.canvas_size)
+  evaluators.run_all(evals, second, objs, evaluators.EvalContext(SPEC, _ctx().grid, (10, 3), batch_size=256))
+  before = evaluators.run_all(evals, second, objs, _ctx(), before=True)
+  assert set(before) == {"similarity_before", "similarity_before_layers"}
+  assert received[len(evals) :] == [second] * (len(evals) + 1) and len(traced) == compiled

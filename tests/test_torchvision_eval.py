@@ -11,9 +11,10 @@ import pytest
 from flax import nnx
 from test_backend_defaults import FakeDevice
 
-from shiftbench import canvas, evaluation, evaluators, metrics, streams
+from shiftbench import batching, canvas, evaluation, evaluators, metrics, predictor, streams
 from shiftbench.models import ShiftNet
 from shiftbench.models import torchvision_weights as tvw
+from shiftbench.predictor import Predictor
 from shiftbench.train import DeviceObjects
 
 
@@ -26,8 +27,9 @@ def test_reduced_location_map_equals_the_one_read_off_predictions():
   model = ShiftNet(num_classes=3, canvas_size=16, widths=(4, 8), fc_hidden=(8,), object_first=False, rngs=nnx.Rngs(0))
   objs = _objects(13)  # 13 objects, 11 locations, batch 20: ragged chunks on both axes, padding masked
   grid = canvas.location_grid(canvas.CanvasSpec(16, 6), 3)[:11]
-  preds = evaluation.predict_grid(model, objs.images, grid, 16, batch_size=20)
-  stats = evaluation.location_stats(model, objs.images, objs.labels, grid, 16, batch_size=20)
+  model = Predictor(model, 16)
+  preds = evaluation.predict_grid(model, objs.images, grid, batch_size=20)
+  stats = evaluation.location_stats(model, objs.images, objs.labels, grid, batch_size=20)
   labels = np.asarray(objs.labels)
   np.testing.assert_array_equal(stats.correct, (preds == labels[None]).sum(1))
   np.testing.assert_allclose(stats.accuracy(), np.asarray(metrics.location_accuracy(preds, labels)), rtol=1e-6)
@@ -45,17 +47,17 @@ def test_reduced_location_map_equals_the_one_read_off_predictions():
 def test_activation_estimate_bounds_what_xla_assigns_to_a_location_map_chunk():
   model = tvw.ARCHS["resnet18_tv"](num_classes=3, width=0.125, rngs=nnx.Rngs(0))
   model.eval()
-  per_canvas = evaluation.model_activation_bytes(model, 64, 1)
-  graphdef, state = nnx.split(model)
-  fn = evaluation._stats_chunk_fn(graphdef, 64)
+  per_canvas = batching.model_activation_bytes(model, 64, 1)
+  p = Predictor(model, 64)
+  fn = predictor._compiled(p.graphdef, 64, evaluation._chunk_stats, ())  # the program `location_stats` runs
   objs, labels = jnp.zeros((16, 14, 14, 1), jnp.uint8), jnp.zeros(16, jnp.int32)
-  compiled = fn.lower(state, objs, labels, jnp.ones(16, bool), jnp.zeros((4, 2), jnp.int32)).compile()
+  compiled = fn.lower(p.state, objs, labels, jnp.ones(16, bool), jnp.zeros((4, 2), jnp.int32)).compile()
   used = compiled.memory_analysis().temp_size_in_bytes  # 64 canvases
   assert used <= 64 * per_canvas <= 2.0 * used
 
 
 def test_auto_batch_goes_below_the_floor_only_on_a_models_own_count():
   big = 30 * 2**20  # VGG16 at 224 px: ~30 MiB per canvas
-  assert evaluation.auto_batch_size(224, [[64]], FakeDevice(16 * 2**30), per_canvas_bytes=big) == 128
-  assert evaluation.auto_batch_size(224, [[64]], FakeDevice(100 * 2**30), per_canvas_bytes=big) == 512
-  assert evaluation.auto_batch_size(64, [[32, 64, 128]], FakeDevice(4 * 2**30)) == 1024  # width bound: the floor
+  assert batching.auto_batch_size(224, [[64]], FakeDevice(16 * 2**30), per_canvas_bytes=big) == 128
+  assert batching.auto_batch_size(224, [[64]], FakeDevice(100 * 2**30), per_canvas_bytes=big) == 512
+  assert batching.auto_batch_size(64, [[32, 64, 128]], FakeDevice(4 * 2**30)) == 1024  # width bound: the floor

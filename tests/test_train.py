@@ -8,6 +8,7 @@ from flax import nnx
 
 from shiftbench import canvas, evaluation, train
 from shiftbench.models import ShiftNet
+from shiftbench.predictor import Predictor
 
 SPEC = canvas.CanvasSpec(16, 6)
 
@@ -34,7 +35,7 @@ def test_training_learns_an_easy_task_at_one_location():
   place = train.Placement("fixed", (5, 5))
   hist = train.train(model, optax.adam(1e-2), data, SPEC, place, steps=60, batch_size=32, seed=0, log_every=10)
   assert hist[-1]["loss"] < hist[0]["loss"]
-  preds = evaluation.predict_grid(model, data.images, np.array([[5, 5]]), 16)
+  preds = evaluation.predict_grid(Predictor(model, 16), data.images, np.array([[5, 5]]))
   assert (preds[0] == np.asarray(data.labels)).mean() > 0.9
 
 

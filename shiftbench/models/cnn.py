@@ -185,7 +185,7 @@ class Head(nnx.Module):
     return out
 
   def pre_logits(self, x: jax.Array) -> jax.Array:
-    """The classifier's input (the penultimate representation; see `similarity.layer_features`)."""
+    """The classifier's input (the penultimate representation; see `predictor.layer_features`)."""
     feats = self.hidden_features(x)
     return feats[-1] if feats else self.head_input(x)
 
