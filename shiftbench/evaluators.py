@@ -18,7 +18,6 @@ import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import hydra
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -206,19 +205,6 @@ class Similarity(Evaluator):
     per_layer = {n: float(np.nanmean(s[off])) if off.any() else float("nan") for n, s in zip(names, sims)}
     yield "", per_layer[names[-2]]  # the penultimate layer: the classifier's input
     yield "layers", per_layer
-
-
-def build(cfg: Mapping[str, Any] | None) -> dict[str, Evaluator]:
-  """Instantiates every evaluator of the `eval.metrics` config, keyed by its prefix."""
-  if not cfg:
-    return {}
-  out = {}
-  for prefix, entry in cfg.items():
-    evaluator = hydra.utils.instantiate(entry)
-    if not isinstance(evaluator, Evaluator):
-      raise TypeError(f"eval.metrics.{prefix} must build a shiftbench.evaluators.Evaluator, got {type(evaluator)}")
-    out[str(prefix)] = evaluator
-  return out
 
 
 def result_key(prefix: str, name: str) -> str:

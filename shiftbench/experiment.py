@@ -1,18 +1,17 @@
-"""The protocol (DESIGN.md section 3): pretrain on A -> fine-tune on B at one location -> location maps.
+"""The protocol: pretrain on A -> fine-tune on B at one location -> location maps (docs/protocol.md).
 
-One row per model x pretrain regime x fine-tune mode x seed. `results.json` is rewritten atomically
-after every row, so an interrupted or requeued run resumes where it stopped and loses nothing.
+One row (`schema.RowId`) per model x pretrain regime x fine-tune mode x seed. `results.json` is rewritten
+atomically after every row, so an interrupted or requeued run resumes where it stopped and loses nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import hydra
 import jax
 import numpy as np
 from flax import nnx
@@ -22,33 +21,45 @@ from shiftbench import (
   __version__,
   canvas,
   claims,
+  collect,
   comparison,
   compile_cache,
   evaluation,
   evaluators,
   leaderboard,
-  locks,
   metrics,
   models,
   plots,
-  preflight,
-  pretrained,
+  pretraining,
   protocol_data,
   published_weights,
   results,
-  resume,
+  run_dir,
+  schema,
   streams,
   terminal,
   tidy,
   train,
 )
 from shiftbench.data import ObjectSet
+from shiftbench.environment import environment
 from shiftbench.models import torchvision_weights
 from shiftbench.predictor import Predictor
+from shiftbench.schema import RowId
 from shiftbench.settings import Settings
 
 log = logging.getLogger(__name__)
-ModelFactory = Callable[..., nnx.Module]
+
+
+@dataclasses.dataclass
+class Finetuned:
+  """A fine-tuning run: the trained model, its curve and history, where it stopped, and how long it took."""
+
+  model: nnx.Module
+  curve: list[dict[str, Any]]
+  history: list[dict[str, float]]
+  stop: dict[str, Any]
+  seconds: float
 
 
 class Protocol:
@@ -65,10 +76,6 @@ class Protocol:
       self.test_b.images[: settings.curve_objects], self.test_b.labels[: settings.curve_objects], data_b.num_classes
     )
     self.grid = canvas.location_grid(settings.spec, settings.grid_stride, include=settings.finetune_location)
-    # Optimisers are built once per phase so the jitted steps are cached across rows (no retrace).
-    self.pretrain_tx = hydra.utils.instantiate(settings.optimizers["pretrain"])
-    self.finetune_tx = hydra.utils.instantiate(settings.optimizers["finetune"])
-    self.evaluators = evaluators.build(settings.eval_metrics)
     self.protocol = comparison.protocol_settings(
       settings.config, {"pretrain": self.hash_a, "finetune": self.hash_b}, __version__
     )
@@ -109,62 +116,25 @@ class Protocol:
       seed=seed,
       map_everywhere=everywhere,
     )
-    return evaluators.run_all(self.evaluators, predictor, self.test_b, ctx, before=before)
+    return evaluators.run_all(self.s.evaluators, predictor, self.test_b, ctx, before=before)
 
   # -- models -------------------------------------------------------------------------------------
-  def build(self, factory: ModelFactory, num_classes: int, key: jax.Array) -> nnx.Module:
-    return factory(
+  def build(self, name: str, num_classes: int, key: jax.Array) -> nnx.Module:
+    return self.s.factories[name](
       num_classes=num_classes,
       canvas_size=self.s.spec.canvas_size,
       in_channels=self.data_a.object_shape[-1],
       rngs=nnx.Rngs(key),
     )
 
-  def pretrained(self, name: str, factory: ModelFactory, regime: str, seed: int) -> tuple[nnx.Module, dict[str, Any]]:
+  def pretrained(self, name: str, regime: str, seed: int) -> tuple[nnx.Module, dict[str, Any]]:
     """The model pretrained on A under `regime`, restored from the shared cache or trained now."""
-    s = self.s
+    build = lambda: self.build(name, self.data_a.num_classes, streams.stream(seed, streams.PRETRAIN_INIT))
     if regime == "imagenet":  # torchvision's ImageNet weights instead of pretraining on A (classifier: A's, new)
-      model = self.build(factory, self.data_a.num_classes, streams.stream(seed, streams.PRETRAIN_INIT))
-      weights, source = torchvision_weights.weights_for(s.pretrain_weights, name, model.arch, self.weights_cache)
+      model = build()
+      weights, source = torchvision_weights.weights_for(self.s.pretrain_weights, name, model.arch, self.weights_cache)
       return model, {"weights": torchvision_weights.load_imagenet(model, weights, source)}
-    placement = train.Placement(regime, s.pretrain_location, s.pretrain_jitter)
-    path, description = checkpoint_of(s, name, regime, seed, self.hash_a)
-    init = streams.stream(seed, streams.PRETRAIN_INIT)
-    label = f"{name}/{regime}/s{seed}"
-
-    def pretrain(model: nnx.Module, resume_dir: Path | None) -> dict[str, Any]:
-      start = time.perf_counter()
-      every = s.checkpoint_every if resume_dir is not None else 0
-      checkpoints = resume.Checkpoints(resume_dir, every, f"pretrain {label}") if every else None
-      try:
-        history = train.train(
-          model,
-          self.pretrain_tx,
-          self.train_a,
-          s.spec,
-          placement,
-          steps=s.pretrain.steps,
-          batch_size=s.pretrain.batch_size,
-          seed=streams.stream(seed, streams.PRETRAIN_BATCHES),
-          dispatch=s.pretrain.dispatch,
-          desc=f"pretrain {label}",
-          checkpoints=checkpoints,
-        )
-      finally:
-        if checkpoints is not None:
-          checkpoints.close()
-      return {"description": description, "history": history, "seconds": time.perf_counter() - start}
-
-    # Restored, waited for (another job pretrains it under its lock) or pretrained here and published.
-    model, meta, _ = pretrained.obtain(
-      path,
-      lambda: self.build(factory, self.data_a.num_classes, init),
-      pretrain,
-      label=label,
-      description=description,
-      wait_timeout_s=s.wait_timeout_s,
-    )
-    return model, meta
+    return pretraining.pretrained_model(self.s, name, regime, seed, build, self.train_a, self.hash_a)
 
   def rekey(self, row: dict[str, Any], extra: dict[str, Any]) -> None:
     """Adds settings known only once a row ran (the content hash of its ImageNet weights) to its keys."""
@@ -173,32 +143,26 @@ class Protocol:
     row["protocol_key"] = comparison.key_of(comparison.protocol_part(row["comparison"]))
 
   # -- one row ------------------------------------------------------------------------------------
-  def finetune_row(
-    self,
-    name: str,
-    factory: ModelFactory,
-    regime: str,
-    mode: str,
-    seed: int,
-    source: nnx.Module | None,
-    a_before: dict[str, Any] | None,
-  ) -> dict[str, Any]:
-    s = self.s
-    # Its own stream: the same classifier start for every regime and mode of a seed (paired comparisons),
-    # and never pretraining's weights (a `scratch` row once started from pretraining seed s + 1's).
-    model = self.build(factory, self.data_b.num_classes, streams.stream(seed, streams.FINETUNE_INIT))
+  def start(self, rid: RowId, source: nnx.Module | None) -> nnx.Module:
+    """B's model before fine-tuning. Its own stream: the same classifier start for every regime and mode
+    of a seed (paired comparisons), never pretraining's weights. The backbone and hidden FC layers carry
+    over from `source` (copied: training donates its buffers); only the classifier is new, for B's classes."""
+    model = self.build(rid.model, self.data_b.num_classes, streams.stream(rid.seed, streams.FINETUNE_INIT))
     if source is not None:
-      # Backbone and hidden FC layers carry over (copied: training donates its buffers); only the
-      # classifier is new, sized for B's classes.
       models.transfer(source, model)
-    curve: list[dict[str, Any]] = []
-    eval_start = time.perf_counter()
-    # Pretrained layers + fresh classifier: the same for every fine-tune mode, so computed once per row set.
-    key = (name, regime, seed)
+    return model
+
+  def before(self, rid: RowId, model: nnx.Module) -> dict[str, Any]:
+    """Shift metrics of the pretrained layers + fresh classifier: the same for every fine-tune mode."""
+    key = (rid.model, rid.pretrain, rid.seed)
     if key not in self._before:
-      self._before = {key: self.shift_metrics(self.predictor(model), seed, before=True)}
-    before = self._before[key]
-    eval_seconds = time.perf_counter() - eval_start
+      self._before = {key: self.shift_metrics(self.predictor(model), rid.seed, before=True)}
+    return self._before[key]
+
+  def finetune(self, rid: RowId, model: nnx.Module) -> Finetuned:
+    """Trains `model` in place on B at the fine-tune location, evaluating the curve along the way."""
+    s = self.s
+    curve: list[dict[str, Any]] = []
 
     def on_eval(step: int, m: nnx.Module):
       point = self.location_map(self.predictor(m), self.curve_b)
@@ -208,179 +172,146 @@ class Protocol:
     until = None if s.until_accuracy is None else train.UntilAccuracy(*s.until_accuracy)
     history = train.train(
       model,
-      self.finetune_tx,
+      s.transforms["finetune"],
       self.train_b,
       s.spec,
       train.Placement("fixed", s.finetune_location),
       steps=s.finetune.steps,
       batch_size=s.finetune.batch_size,
-      seed=streams.stream(seed, streams.FINETUNE_BATCHES),
-      mode=mode,
+      seed=streams.stream(rid.seed, streams.FINETUNE_BATCHES),
+      mode=rid.finetune,
       dispatch=s.finetune.dispatch,
       eval_every=s.eval_every,
       on_eval=on_eval,
-      desc=f"finetune {name}/{regime}/{mode}/s{seed}",
+      desc=f"finetune {rid.name()}",
       until=until,
     )
-    stop = (
-      {"rule": "steps", "step": s.finetune.steps}
-      if until is None or until.stopped_at is None
-      else {
+    if until is None or until.stopped_at is None:
+      stop = {"rule": "steps", "step": s.finetune.steps}
+    else:
+      stop = {
         "rule": "until_accuracy",
         "step": until.stopped_at,
         "threshold": until.threshold,
         "patience": until.patience,
       }
-    )
-    train_seconds = time.perf_counter() - start
-    trained = self.predictor(model)  # the fine-tuned state: one for its map and its shift metrics
-    final = self.location_map(trained, self.test_b)
-    eval_start = time.perf_counter()
-    shift = self.shift_metrics(trained, seed, final["everywhere"])
-    eval_seconds += time.perf_counter() - eval_start
-    a_after = None
-    if source is not None and a_before is not None:  # (no A map for ImageNet weights: A is not their task)
-      if mode == "last":  # only B's classifier trained: A's network is exactly the one before
-        a_after = a_before
-      else:
-        a_model = nnx.clone(source)  # A's classifier on the fine-tuned layers; `source` stays pretrained
-        nnx.update(a_model, nnx.state(model, models.TRANSFERABLE))
-        a_after = self.location_map(self.predictor(a_model), self.test_a)
+    return Finetuned(model, curve, history, stop, time.perf_counter() - start)
+
+  def pretrain_task_after(
+    self, rid: RowId, source: nnx.Module | None, model: nnx.Module, a_before: dict[str, Any] | None
+  ) -> dict[str, Any] | None:
+    """A's location map with A's classifier on the fine-tuned layers (None for ImageNet weights: A is
+    not their task). After `last` only B's classifier trained, so A's network is exactly the one before."""
+    if source is None or a_before is None:
+      return None
+    if rid.finetune == "last":
+      return a_before
+    a_model = nnx.clone(source)  # `source` stays pretrained for the next mode
+    nnx.update(a_model, nnx.state(model, models.TRANSFERABLE))
+    return self.location_map(self.predictor(a_model), self.test_a)
+
+  def heatmap(self, rid: RowId, final: dict[str, Any]) -> tuple[dict[str, Any], Path]:
+    """The final location map as a (ys, xs, acc) record and its PNG under `heatmaps/`."""
     ys, xs = canvas.grid_axes(self.grid)
     acc2d = final["acc"].reshape(len(ys), len(xs))
-    heatmap = plots.save_location_map(
-      self.output_dir / "heatmaps" / f"{name}_{regime}_{mode}_s{seed}.png",
+    title = " | ".join([rid.model, f"pretrain {rid.pretrain}", rid.finetune, f"seed {rid.seed}"])
+    path = plots.save_location_map(
+      self.output_dir / "heatmaps" / f"{rid.name('_')}.png",
       acc2d,
       ys,
       xs,
       1.0 / self.data_b.num_classes,
-      s.finetune_location,
-      f"{name} | pretrain {regime} | {mode} | seed {seed}\ninvariance {_fmt(final['invariance'])}",
+      self.s.finetune_location,
+      f"{title}\ninvariance {_fmt(final['invariance'])}",
     )
-    settings = comparison.row_settings(self.protocol, s.models[name])
+    return {"ys": ys, "xs": xs, "acc": acc2d}, path
+
+  def row(self, rid: RowId, source: nnx.Module | None, a_before: dict[str, Any] | None) -> dict[str, Any]:
+    """Fine-tunes and evaluates one row; its fields in `results.json` order."""
+    s = self.s
+    model = self.start(rid, source)
+    eval_start = time.perf_counter()
+    before = self.before(rid, model)
+    eval_seconds = time.perf_counter() - eval_start
+    tuned = self.finetune(rid, model)
+    trained = self.predictor(model)  # the fine-tuned state: one for its map and its shift metrics
+    final = self.location_map(trained, self.test_b)
+    eval_start = time.perf_counter()
+    shift = self.shift_metrics(trained, rid.seed, final["everywhere"])
+    eval_seconds += time.perf_counter() - eval_start
+    a_after = self.pretrain_task_after(rid, source, model, a_before)
+    location_map, heatmap = self.heatmap(rid, final)
+    settings = comparison.row_settings(self.protocol, s.models[rid.model])
     return {
-      "model": name,
-      "pretrain": regime,
-      "finetune": mode,
-      "seed": seed,
+      **rid._asdict(),
       "comparison_key": comparison.key_of(settings),
       "protocol_key": comparison.key_of(comparison.protocol_part(settings)),
       "eval_split": s.eval_split,
-      "distinct_predictions": final["distinct_predictions"],
-      "in_acc": final["in_acc"],
-      "off_acc": final["off_acc"],
-      "invariance": final["invariance"],
-      "in_pvalue": final["in_pvalue"],
+      **{k: final[k] for k in ("distinct_predictions", "in_acc", "off_acc", "invariance", "in_pvalue")},
       "test_objects": len(self.test_b),
       "chance": 1.0 / self.data_b.num_classes,
-      "finetune_steps": stop["step"],
-      "finetune_stop": stop,
+      "finetune_steps": tuned.stop["step"],
+      "finetune_stop": tuned.stop,
       "input_adapter": getattr(getattr(getattr(model, "backbone", None), "adapter", None), "kind", None),
       "finetune_location": list(s.finetune_location),
-      "location_map": {"ys": ys, "xs": xs, "acc": acc2d},
-      "curve": curve,
-      "pretrain_invariance_before": None if a_before is None else a_before["invariance"],
-      "pretrain_invariance_after": None if a_after is None else a_after["invariance"],
-      "pretrain_in_acc_before": None if a_before is None else a_before["in_acc"],
-      "pretrain_off_acc_before": None if a_before is None else a_before["off_acc"],
-      "pretrain_in_acc_after": None if a_after is None else a_after["in_acc"],
-      "pretrain_off_acc_after": None if a_after is None else a_after["off_acc"],
-      "pretrain_invariance_lost": (None if a_after is None else a_before["invariance"] - a_after["invariance"]),
+      "location_map": location_map,
+      "curve": tuned.curve,
+      **_pretrain_task_fields(a_before, a_after),
       "invariance_lost": None,  # filled in once the last and full rows of this seed both exist
       "params": models.param_count(model),
       **shift,
       **before,
       "eval_seconds": eval_seconds,
-      "train_final": history[-1] if history else None,
-      "finetune_seconds": train_seconds,
+      "train_final": tuned.history[-1] if tuned.history else None,
+      "finetune_seconds": tuned.seconds,
       "heatmap": str(heatmap.relative_to(self.output_dir)),
       "comparison": settings,
     }
 
 
-def checkpoint_of(s: Settings, name: str, regime: str, seed: int, data_hash: str) -> tuple[Path, dict[str, Any]]:
-  """Where the model pretrained under `regime` is cached, and everything that determines it: the model's
-  resolved config, the content hash of dataset A, canvas, placement, budget, optimiser, seed, streams."""
-  placement = train.Placement(regime, s.pretrain_location, s.pretrain_jitter)
-  description = {
-    "model": s.models[name],
-    "data_sha256": data_hash,
-    "canvas": [s.spec.canvas_size, s.spec.object_size],
-    "placement": [regime, *placement.location, placement.jitter],
-    "steps": s.pretrain.steps,
-    "batch_size": s.pretrain.batch_size,
-    "steps_per_dispatch": s.pretrain.dispatch,
-    "optimizer": s.optimizers["pretrain"],
-    "seed": seed,
-    "streams": {"init": streams.PRETRAIN_INIT, "batches": streams.PRETRAIN_BATCHES},
+def _pretrain_task_fields(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any]:
+  """A's own invariance and accuracies before and after fine-tuning (None where there is no A map)."""
+  get = lambda m, k: None if m is None else m[k]
+  return {
+    "pretrain_invariance_before": get(before, "invariance"),
+    "pretrain_invariance_after": get(after, "invariance"),
+    "pretrain_in_acc_before": get(before, "in_acc"),
+    "pretrain_off_acc_before": get(before, "off_acc"),
+    "pretrain_in_acc_after": get(after, "in_acc"),
+    "pretrain_off_acc_after": get(after, "off_acc"),
+    "pretrain_invariance_lost": None if after is None else before["invariance"] - after["invariance"],
   }
-  return pretrained.checkpoint_path(s.checkpoint_dir, f"{name}-{regime}-s{seed}", description), description
-
-
-def check_cache_writable(s: Settings, done: dict[tuple, Any], data_hash: str) -> None:
-  """Fails now, not after pretraining, if a checkpoint this run must save cannot be written (a read-only
-  cache that already holds every needed checkpoint is fine)."""
-  for seed in s.seeds:
-    for name in s.models:
-      for regime in s.pretrain_regimes:
-        if regime in ("scratch", "imagenet") or all((name, regime, mode, seed) in done for mode in s.modes_for(regime)):
-          continue
-        if not pretrained.exists(checkpoint_of(s, name, regime, seed, data_hash)[0]):
-          preflight.check_writable(
-            s.checkpoint_dir,
-            "checkpoint cache (paths.checkpoint_dir)",
-            "set $SHIFTBENCH_CACHE or paths.checkpoint_dir to a writable directory",
-          )
-          return
-
-
-def fill_invariance_lost(rows: dict[tuple, dict[str, Any]]) -> None:
-  """invariance(last) - invariance(full) per model x pretrain x seed (the forgetting result: what the
-  pretrained representation carried, minus what survives training everything at one location), written
-  into both rows."""
-  for (name, regime, _mode, seed), row in rows.items():
-    last, full = rows.get((name, regime, "last", seed)), rows.get((name, regime, "full", seed))
-    if last and full and _defined(last["invariance"]) and _defined(full["invariance"]):
-      row["invariance_lost"] = last["invariance"] - full["invariance"]
-
-
-def _defined(value: Any) -> bool:
-  return value is not None and bool(np.isfinite(value))
 
 
 def _fmt(value: float | None) -> str:
   """A score for a title or log line; `-` when undefined (in-location accuracy not above chance)."""
-  return f"{value:.3f}" if _defined(value) else "-"
+  return f"{value:.3f}" if schema.defined(value) else "-"
 
 
 def run_experiment(cfg: DictConfig | dict[str, Any], output_dir: str | Path) -> dict[str, Any]:
   """Runs every row of the configured protocol and writes results, heatmaps and the leaderboard.
 
-  `cfg` is checked and resolved once into `Settings` (the only view of it below this line). One process
-  per run directory: a `locks.Busy` error at once if another process is running in it.
+  `cfg` is checked, resolved and built once into `Settings` (the only view of it below this line). The
+  run directory is opened once (`run_dir`): one process per directory, a `locks.Busy` error at once if
+  another process is running in it, and the rows a previous run with the same config left are kept.
   """
-  output_dir = preflight.check_writable(output_dir, "run directory", "choose another hydra.run.dir")
-  with locks.run_dir(output_dir):
-    return _run_experiment(cfg, output_dir)
-
-
-def _run_experiment(cfg: DictConfig | dict[str, Any], output_dir: Path) -> dict[str, Any]:
   settings = Settings.from_config(cfg)
-  output_dir = preflight.check_writable(output_dir, "run directory", "choose another hydra.run.dir")
+  with run_dir.opened_run_dir(output_dir, settings.config, settings.overwrite) as opened:
+    return _run(settings, opened)
+
+
+def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
+  output_dir, done = opened.path, opened.done
   compile_cache.configure(settings.compile_cache, settings.compile_cache_dir)
-  models = {name: hydra.utils.instantiate(mcfg) for name, mcfg in settings.models.items()}
-  config = settings.config
-  results_path = output_dir / "results.json"
-  done = preflight.resumable_rows(results_path, config, settings.overwrite)
   data_a, data_b = protocol_data.load_datasets(settings)
   protocol = Protocol(settings, data_a, data_b, output_dir)
-  check_cache_writable(settings, done, protocol.hash_a)
+  pretraining.check_cache_writable(settings, done, protocol.hash_a)
   if "imagenet" in settings.pretrain_regimes:  # named weights: downloaded (once) before any row trains
-    torchvision_weights.prefetch(settings.pretrain_weights, models, protocol.weights_cache)
+    torchvision_weights.prefetch(settings.pretrain_weights, settings.factories, protocol.weights_cache)
   record = {
-    "config": config,
+    "config": settings.config,
     "seeds": list(settings.seeds),
-    "environment": results.environment(),
+    "environment": environment(),
     "datasets": {
       "pretrain": data_a.name,
       "finetune": data_b.name,
@@ -391,54 +322,44 @@ def _run_experiment(cfg: DictConfig | dict[str, Any], output_dir: Path) -> dict[
     "rows": list(done.values()),
   }
   record["resolved"] = {"eval_batch_size": settings.eval_batch}  # what `auto` settings became here
-  tracker = hydra.utils.instantiate(settings.logger)
-  tracker.start(config, output_dir, name=output_dir.name)
+  tracker = settings.tracker
+  tracker.start(settings.config, output_dir, name=output_dir.name, group=run_dir.experiment_group(output_dir))
   exit_code = 1
   try:
     for seed in settings.seeds:
-      for name, factory in models.items():
+      for name in settings.factories:
         for regime in settings.pretrain_regimes:
-          modes = settings.modes_for(regime)
-          keys = [(name, regime, mode, seed) for mode in modes]
-          if all(k in done for k in keys):
+          ids = [RowId(name, regime, mode, seed) for mode in settings.modes_for(regime)]
+          new = [rid for rid in ids if rid not in done]
+          if not new:
             continue
           source, a_before, meta = None, None, {}
           if regime != "scratch":
-            source, meta = protocol.pretrained(name, factory, regime, seed)
-            a_before = (
-              None if regime == "imagenet" else protocol.location_map(protocol.predictor(source), protocol.test_a)
-            )
-          new = [key for key in keys if key not in done]
-          for mode, key in zip(modes, keys):
-            if key in done:
-              continue
-            row = protocol.finetune_row(name, factory, regime, mode, seed, source, a_before)
+            source, meta = protocol.pretrained(name, regime, seed)
+            if regime != "imagenet":
+              a_before = protocol.location_map(protocol.predictor(source), protocol.test_a)
+          for rid in new:
+            row = protocol.row(rid, source, a_before)
             if "weights" in meta:  # the imagenet regime: which file, by content (the key holds its sha256)
               row["pretrain_weights"] = meta["weights"]
               protocol.rekey(row, {"pretrain.weights.sha256": meta["weights"]["sha256"]})
-            done[key] = row
-            fill_invariance_lost(done)
+            done[rid] = row
+            schema.fill_invariance_lost(done.values())
             record["rows"] = list(done.values())
-            results.write_json(results_path, record)
+            results.write_json(opened.results_path, record)
             log.info(
-              "%s/%s/%s seed %d: in %.3f off %.3f invariance %s",
-              name,
-              regime,
-              mode,
-              seed,
-              row["in_acc"],
-              row["off_acc"],
-              _fmt(row["invariance"]),
+              "%s: in %.3f off %.3f invariance %s", rid.name(), row["in_acc"], row["off_acc"], _fmt(row["invariance"])
             )
-          for key in new:  # once the set is done: `invariance_lost` needs its last and full rows
-            tracker.log_row(done[key], output_dir / done[key]["heatmap"])
-    board = leaderboard.write_leaderboard(leaderboard.annotate(record), output_dir)
+          for rid in new:  # once the set is done: `invariance_lost` needs its last and full rows
+            tracker.log_row(done[rid], output_dir / done[rid]["heatmap"])
+    rows = collect.annotate(record)
+    board = leaderboard.write_leaderboard(rows, output_dir)
     print(f"\n{terminal.summary(board, output_dir)}\n", flush=True)
     tracker.log_table(
       board.columns, board.rows, {n: output_dir / f"{n}.png" for n in ("location_maps", "forgetting_curves")}
     )
     tracker.log_table(claims.COLUMNS, claims.table(board.claims), key="claims")
-    tracker.log_table(*tidy.table(leaderboard.annotate(record)), key="rows", as_text=False)
+    tracker.log_table(*tidy.table(rows), key="rows", as_text=False)
     exit_code = 0
   finally:
     tracker.finish(exit_code)

@@ -4,8 +4,6 @@ the device (B's validation objects held out; evaluated objects in class-balanced
 
 from __future__ import annotations
 
-import hydra
-
 from shiftbench import subsets, train
 from shiftbench.data import ObjectSet, require_task, resize_objects
 from shiftbench.errors import ConfigError, DataError
@@ -58,9 +56,9 @@ def check_disjoint(data_a: ObjectSet, data_b: ObjectSet, allow_overlap: bool) ->
 
 
 def load_datasets(s: Settings) -> tuple[ObjectSet, ObjectSet]:
-  """Instantiates datasets A and B from the resolved config and resizes their objects to the object size."""
-  data_a = resize_objects(hydra.utils.instantiate(s.data["pretrain"]), s.spec.object_size)
-  data_b = resize_objects(hydra.utils.instantiate(s.data["finetune"]), s.spec.object_size)
+  """Loads datasets A and B (`Settings.loaders`) and resizes their objects to the object size."""
+  data_a = resize_objects(s.loaders["pretrain"](), s.spec.object_size)
+  data_b = resize_objects(s.loaders["finetune"](), s.spec.object_size)
   require_task(data_a, "A (data.pretrain)")
   require_task(data_b, "B (data.finetune)")
   if data_a.object_shape[-1] != data_b.object_shape[-1]:
