@@ -1,7 +1,7 @@
 """Cost of one full location map relative to the bare forward passes it needs, measured in one run.
 
 `evaluation.predict_grid` composes every canvas on the device inside the jitted program and chunks over
-(locations x objects); DESIGN.md section 6 asks that this costs about as much as the forward passes alone.
+(locations x objects); the design asks that this costs about as much as the forward passes alone (docs/performance.md).
 The baseline runs the same model, in the same chunk shape, the same number of times, on canvases that
 were composed beforehand (so it does no placement, no padding and no host work). Models whose first
 blocks run near the object (`models/object_first.py`) can make the map cheaper than the bare passes over

@@ -3,13 +3,10 @@
 import importlib.metadata as _metadata
 import os as _os
 
-# jax 0.10 sends CPU convolutions, dots, reductions and elementwise fusions to YNNPACK. Its convolutions
-# run on one thread; handing them back to Eigen used both cores and doubled training throughput here
-# (../shared/PERF-NOTES.md). At this package's small shapes (batch 64, 8-32 channels) YNNPACK's dots,
-# reductions and elementwise fusions were slower than XLA's own code too: turning them off as well took
-# a quick-geometry training step from 3.68 to 3.30 ms and a 64-px step from 66.6 to 63.5 ms (bench notes
-# in README.md, Performance). The flag must be set before jax is imported, and only for jaxlib versions
-# that know it (an unknown XLA flag aborts); a user's own `ynn_fusion_type` in XLA_FLAGS wins.
+# jax 0.10 sends CPU convolutions, dots, reductions and elementwise fusions to YNNPACK, whose convolutions
+# run on one thread and whose other kernels were slower than XLA's own at this package's small shapes
+# (docs/performance.md). The flag must be set before jax is imported, and only for jaxlib versions that
+# know it (an unknown XLA flag aborts); a user's own `ynn_fusion_type` in XLA_FLAGS wins.
 _YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution,-individual_dot,-dot,-reduce,-eltwise"
 
 

@@ -16,9 +16,8 @@ from flax import nnx
 
 from shiftbench import predictor
 
-CPU_BATCH = 512  # canvases per pass on CPU: ran 2-4x faster than 4096 (cache-sized chunks)
-# On an H200, location maps ran 10.6x faster at 8192 than at 512 at the 64-px forgetting geometry and
-# 3.6x at the quick one (README, Performance). 8192 is the largest size measured, so the ceiling.
+CPU_BATCH = 512  # canvases per pass on CPU: cache-sized chunks beat large ones (docs/performance.md)
+# Accelerators want large passes; the ceiling is the largest size measured (docs/performance.md).
 ACCELERATOR_BATCH = (1024, 8192)
 MEMORY_FRACTION = 0.25  # of the device's free memory that one chunk's activations may take
 

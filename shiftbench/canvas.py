@@ -1,7 +1,7 @@
 """Placing objects on canvases, in pure `jnp`, so it runs inside jitted steps.
 
 An object of size (h, w) is placed with its top-left corner at (y, x) on a zero (black) canvas of size
-(H, W); valid locations are 0 <= y <= H - h and 0 <= x <= W - w (DESIGN.md section 2). Placement is
+(H, W); valid locations are 0 <= y <= H - h and 0 <= x <= W - w (docs/metrics.md, Terms). Placement is
 written as two 0/1 selection matrices, canvas = Ey @ object @ Ex^T, which is exact in float32, batches
 over objects *and* locations without scatter, and runs at matmul speed on CPU and GPU.
 """
@@ -97,7 +97,7 @@ def apply_on_grid(fn, objects: jax.Array, locations: jax.Array, canvas_size: int
 def sample_locations(
   key: jax.Array, batch: int, spec: CanvasSpec, regime: str, location: tuple[int, int], jitter: int = 0
 ) -> jax.Array:
-  """Draws (batch, 2) training locations under a placement regime (DESIGN.md section 2).
+  """Draws (batch, 2) training locations under a placement regime (docs/metrics.md, Terms).
 
   `fixed` always returns `location`, as a host (numpy) array: a constant the jitted step can specialise
   on (`models/object_first.py` then places with pads instead of gathers); `random_crop` adds uniform

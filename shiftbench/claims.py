@@ -267,7 +267,7 @@ def _claims_for(rows: _Rows) -> list[Claim]:
 def _share_claim(m: str, scratch, translate, random_crop) -> Claim:
   """F1: (random_crop/last - scratch) / (translate/last - scratch), as the ratio of the seed means of
   numerator and denominator over every seed where all three are defined (dropping seeds whose gain is
-  <= 0, as shiftbench <= 0.3 did, biased it upward)."""
+  <= 0 would bias it upward)."""
   compared = f"{m}: (random_crop/last - scratch/full) / (translate/last - scratch/full)"
   claim = Claim(
     "F1",

@@ -15,7 +15,7 @@ from shiftbench.errors import DataError
 def annotate(record: dict[str, Any], source: str | Path | None = None) -> list[dict[str, Any]]:
   """A results.json record's rows, each with its dataset pair, architecture config and source attached.
 
-  Rows written before comparison keys existed (shiftbench <= 0.3) get one computed from the record's
+  Rows written before comparison keys existed get one computed from the record's
   config, with unknown data hashes: they never merge with a newer row.
   """
   datasets = record.get("datasets") or {}

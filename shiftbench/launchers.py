@@ -1,6 +1,6 @@
 """`hydra/launcher=local_gpus`: a sweep's jobs in parallel on one machine, one device (GPU) each.
 
-Every workload so far fits one GPU per job (DESIGN.md section 7), so a machine with several GPUs runs
+Every workload so far fits one GPU per job (docs/clusters.md), so a machine with several GPUs runs
 several jobs at once. Each job is a submitit local job, a separate process that sees exactly one GPU
 (`CUDA_VISIBLE_DEVICES`). At most one job runs per device, and the next job starts on the device that the
 first finished job frees. Each job prints its own log, and each one can be requeued on a time limit, as

@@ -1,4 +1,4 @@
-"""Invariance metrics, exactly as defined in DESIGN.md section 4; pure `jnp` functions, jit-able.
+"""Invariance metrics, exactly as defined in docs/metrics.md; pure `jnp` functions, jit-able.
 
 Notation: acc(p) is accuracy with every test object at location p, c = 1/K is chance, p_ft the
 fine-tune location, G the test grid and G_off the grid points farther (Chebyshev distance, i.e. per

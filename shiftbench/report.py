@@ -205,7 +205,7 @@ def render_html(
     f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
     f"<style>{_CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{claims_html}"
     "<h2>Leaderboard</h2>\n<p>Mean ± std over seeds. Click a column header to sort. Columns are defined in "
-    f"DESIGN.md section 4.</p>\n{_table(columns, rows)}\n"
+    f"shiftbench's docs/metrics.md.</p>\n{_table(columns, rows)}\n"
     f"{figs}\n<script>{_SORT_JS}</script>\n</body></html>\n"
   )
 

@@ -3,9 +3,8 @@
 Every consumer of randomness asks for its own stream: `stream(seed, PRETRAIN_INIT)` for the weights a
 pretraining starts from, `stream(seed, FINETUNE_BATCHES)` for the fine-tune batches and placements, and
 `evaluator_stream(seed, "consistency")` for one evaluator. Streams never share a key, and no seed `s + 1`
-stands in for another phase's seed `s` (shiftbench <= 0.3 built the fine-tune model with seed + 1, so
-`scratch` seed s started from pretraining seed s + 1's exact weights, and pretraining and fine-tuning drew
-their batch indices from the same key).
+stands in for another phase's seed `s` (a `scratch` row would then start from another seed's pretrained
+weights).
 """
 
 from __future__ import annotations

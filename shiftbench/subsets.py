@@ -4,9 +4,8 @@ Every place that evaluates "N test objects" takes a prefix of one order, `balanc
 objects sorted by a seeded hash of their content, then dealt out class by class (one of each class, then
 the next of each, ...). Any prefix of it is therefore class-balanced (class counts differ by at most one
 while every class still has objects), and the same objects are chosen whether the file is sorted by class
-or shuffled. shiftbench <= 0.3 took the first N objects of the file: with a class-sorted `.npz` the first 64
-test objects were one class, and similarity (which needs pairs of different classes) silently became
-raw cos_same.
+or shuffled: a prefix of a class-sorted file would be one class, and similarity (which needs pairs of
+different classes) would be undefined.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from shiftbench.errors import DivergenceError
 
 log = logging.getLogger(__name__)
 Metrics = dict[str, float]
-# Fine-tune modes, named for what trains (DESIGN.md section 3): the classifier only (a linear probe of the
+# Fine-tune modes, named for what trains (docs/protocol.md): the classifier only (a linear probe of the
 # pretrained representation), the whole head (classifier + hidden FC layers, conv frozen), or everything.
 TRAIN_MODES: tuple[str, ...] = ("last", "head", "full")
 
@@ -52,7 +52,7 @@ class DeviceObjects:
 
 @dataclasses.dataclass(frozen=True)
 class Placement:
-  """Where training objects go: a regime, its base location and jitter radius (DESIGN.md section 2)."""
+  """Where training objects go: a regime, its base location and jitter radius (docs/protocol.md)."""
 
   regime: str
   location: tuple[int, int]
@@ -108,9 +108,8 @@ def set_mode(model: nnx.Module, mode: str) -> None:
 def steps_per_dispatch(requested: int | str) -> int:
   """`auto`: 10 training steps per jitted call (a `lax.scan`), on every backend.
 
-  On CPU this needs the conv gradients written out in canonical form (`layers.conv2d`): with XLA's own,
-  a scanned conv step ran ~20x slower than one step per call (PERF-NOTES.md); with them it runs as fast
-  or up to 1.4x faster, depending on the model and canvas (README, Performance).
+  On CPU this needs the conv gradients written out in canonical form (`layers.conv2d`): XLA:CPU rewrites
+  its own conv gradients into fast kernels only outside a while loop (docs/performance.md).
   """
   if requested == "auto":
     return 10

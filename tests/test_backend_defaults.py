@@ -55,7 +55,7 @@ def test_auto_eval_batch_of_a_torchvision_preset_on_cpu_comes_from_its_compiled_
   overrides = ["model=vgg11", "+tv_width=0.125", "canvas.size=64", "canvas.object_size=16"]
   with initialize_config_dir(config_dir=CONF, version_base="1.3"):
     cfg = compose("config", overrides)
-  settings._activation_bytes_of.cache_clear()  # counted once per process and config: count it here
+  settings._ACTIVATION_BYTES.clear()  # counted once per process and config: count it here
   counted = []
   real = batching.model_activation_bytes
   count = lambda *a, **k: counted.append(real(*a, **k)) or counted[-1]  # noqa: E731

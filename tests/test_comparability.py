@@ -13,7 +13,7 @@ import pytest
 from conftest import tiny_overrides
 from hydra import compose, initialize_config_dir
 
-from shiftbench import comparison, leaderboard, pretrained, protocol_data, streams, subsets
+from shiftbench import collect, comparison, leaderboard, pretrained, protocol_data, run_dir, streams, subsets
 from shiftbench.errors import CacheError, ConfigError, DataError
 from shiftbench.experiment import run_experiment
 from shiftbench.settings import Settings
@@ -102,8 +102,8 @@ def test_runs_that_differ_in_canvas_size_are_two_groups_with_their_own_claims(ti
 
 def test_the_same_run_collected_twice_counts_once(tiny_results):
   """0.3: a run directory and a parent holding it were read twice, doubling n and narrowing intervals."""
-  once = leaderboard.build(leaderboard.collect([tiny_results]))
-  twice = leaderboard.build(leaderboard.collect([tiny_results, tiny_results / "seed0", tiny_results / "seed1"]))
+  once = leaderboard.build(collect.collect([tiny_results]))
+  twice = leaderboard.build(collect.collect([tiny_results, tiny_results / "seed0", tiny_results / "seed1"]))
   assert once.markdown == twice.markdown and once.csv == twice.csv
   assert {e["invariance"][2] for e in twice.entries} == {2}  # two seeds, not four
 
@@ -114,7 +114,7 @@ def test_one_row_with_two_different_results_is_an_error_naming_both_files(tiny_r
   (tmp_path / "copy").mkdir()
   (tmp_path / "copy" / "results.json").write_text(json.dumps(record))
   with pytest.raises(DataError, match=r"seed0/results.json and .*copy/results.json both hold"):
-    leaderboard.collect([tiny_results / "seed0", tmp_path / "copy"])
+    collect.collect([tiny_results / "seed0", tmp_path / "copy"])
 
 
 def test_maps_of_different_grids_never_average():
@@ -296,7 +296,7 @@ def test_overlapping_classes_are_a_config_error_unless_allowed(tiny_data_dir, tm
 
 def test_a_run_directory_of_another_version_is_not_resumed_into(tmp_path):
   """0.3 resumed any run with the same config, so rows of two versions (other streams) could mix."""
-  from shiftbench import __version__, preflight
+  from shiftbench import __version__
 
   config = {"seeds": [0], "canvas": {"size": 20}}
   record = {
@@ -310,7 +310,7 @@ def test_a_run_directory_of_another_version_is_not_resumed_into(tmp_path):
     match=f"shiftbench 0.3.0, whose rows are not comparable with this version's "
     rf"\({__version__}\)",
   ):
-    preflight.resumable_rows(tmp_path / "results.json", config)
+    run_dir.resumable_rows(tmp_path / "results.json", config)
   record["environment"]["versions"]["shiftbench"] = __version__
   (tmp_path / "results.json").write_text(json.dumps(record))
-  assert len(preflight.resumable_rows(tmp_path / "results.json", config)) == 1
+  assert len(run_dir.resumable_rows(tmp_path / "results.json", config)) == 1

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shiftbench import leaderboard, tracking
+from shiftbench import collect, leaderboard, schema, tracking
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,7 +55,7 @@ def test_invariance_lost_is_last_minus_full_per_seed():
     for s, (h, fu) in enumerate([(0.9, 0.5), (0.8, 0.6)])
     for f, v in (("last", h), ("full", fu))
   ]
-  for r in rows:  # what experiment.fill_invariance_lost writes
+  for r in rows:  # what schema.fill_invariance_lost writes
     r["invariance_lost"] = [x for x in rows if x["seed"] == r["seed"] and x["finetune"] == "last"][0]["invariance"] - [
       x for x in rows if x["seed"] == r["seed"] and x["finetune"] == "full"
     ][0]["invariance"]
@@ -85,12 +85,12 @@ def test_notebook_runs_on_a_tiny_run(tiny_results, tmp_path, monkeypatch):
 def test_wandb_offline_logs_rows_images_and_the_table_without_network(tiny_results, tmp_path, monkeypatch):
   monkeypatch.setenv("WANDB_MODE", "offline")
   rows = json.loads((tiny_results / "seed0" / "results.json").read_text())["rows"]
-  assert {"consistency", "similarity_layers/pre_logits", "flip_rate"} <= set(tracking.scalar_metrics(rows[0]))
+  assert {"consistency", "similarity_layers/pre_logits", "flip_rate"} <= set(schema.scalar_metrics(rows[0]))
   tracker = tracking.WandbTracker(mode="offline", project="shiftbench-test")
   tracker.start({"a": 1}, tmp_path, name="t")
   for r in rows:
     tracker.log_row(r, tiny_results / "seed0" / r["heatmap"])
-  board = leaderboard.write_leaderboard(leaderboard.collect([tiny_results]), tmp_path / "board")
+  board = leaderboard.write_leaderboard(collect.collect([tiny_results]), tmp_path / "board")
   tracker.log_table(board.columns, board.rows, {"location_maps": tmp_path / "board" / "location_maps.png"})
   tracker.finish()
   assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))

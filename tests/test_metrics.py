@@ -1,4 +1,4 @@
-"""Location-map metrics against their definitions (DESIGN.md section 4), with known answers."""
+"""Location-map metrics against their definitions (docs/metrics.md), with known answers."""
 
 import jax.numpy as jnp
 import numpy as np

@@ -17,7 +17,7 @@ from conftest import tiny_overrides
 from flax import nnx
 from hydra import compose, initialize_config_dir
 
-from shiftbench import evaluators, leaderboard, preflight, pretrained, results, tracking, train
+from shiftbench import evaluators, leaderboard, network, preflight, pretrained, results, tracking, train
 from shiftbench.canvas import CanvasSpec
 from shiftbench.data import load_npz, require_task
 from shiftbench.errors import CacheError, ConfigError, DataError, DivergenceError
@@ -331,10 +331,9 @@ def test_online_logging_without_network_falls_back_to_offline(tmp_path, monkeypa
   calls = []
   monkeypatch.setattr(wandb, "init", lambda **kw: calls.append(kw["mode"]))
   monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # discard port: nothing listens
-  from shiftbench.data import tfds_source
 
-  probes, real = [], tfds_source.has_network
-  monkeypatch.setattr(tfds_source, "has_network", lambda *a: probes.append(a) or real(*a))
+  probes, real = [], network.reachable
+  monkeypatch.setattr(network, "reachable", lambda *a: probes.append(a) or real(*a))
   tracker = tracking.WandbTracker(mode="online")
   with caplog.at_level(logging.WARNING):
     tracker.start({}, tmp_path)

@@ -1,5 +1,5 @@
 """Consistency, worst case, flip rate and similarity: known answers from hand-built models, and equality
-with slow NumPy loops over the definitions of DESIGN.md section 4."""
+with slow NumPy loops over the definitions of docs/metrics.md."""
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +11,7 @@ from test_metrics import GlobalMax, PixelReader, _constant_objects
 from shiftbench import canvas, consistency, evaluators, metrics, similarity
 from shiftbench.models import ShiftNet
 from shiftbench.predictor import Forward, Predictor, layer_features
+from shiftbench.settings import build_evaluators
 from shiftbench.train import DeviceObjects
 
 K, SPEC, P_FT = 4, canvas.CanvasSpec(14, 4), (5, 5)
@@ -191,7 +192,7 @@ def test_every_default_metric_runs_on_the_one_predictor_it_is_handed_and_nothing
 
   with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
     cfg = compose("config")
-  evals = evaluators.build(cfg.eval.metrics)
+  evals = build_evaluators(cfg.eval.metrics)
   received = []
   for e in evals.values():
     e.run = lambda p, o, c, run=e.run: received.append(p) or run(p, o, c)

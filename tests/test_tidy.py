@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from shiftbench import leaderboard, results, tidy
+from shiftbench import leaderboard, tidy
 
 
 def _two_runs(tiny_results, tmp_path):
@@ -87,7 +87,7 @@ def test_undefined_values_are_empty_cells_and_lists_are_json():
 def test_load_rows_returns_a_dataframe(tiny_results, tmp_path):
   pd = pytest.importorskip("pandas")
   runs, per_run = _two_runs(tiny_results, tmp_path)
-  frame = results.load_rows(runs)
+  frame = tidy.load_rows(runs)
   assert isinstance(frame, pd.DataFrame) and len(frame) == 2 * per_run
   assert sorted(frame["canvas.size"].unique()) == [20, 24]
   assert frame.groupby("canvas.size")["in_acc"].mean().notna().all()

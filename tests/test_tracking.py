@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 from conftest import tiny_overrides  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from shiftbench import plots, tracking  # noqa: E402
+from shiftbench import plots, run_dir  # noqa: E402
 from shiftbench.tracking import WandbTracker  # noqa: E402
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -175,15 +175,15 @@ def test_under_hydra_the_group_is_the_sweep_in_a_multirun_else_the_run(mode, gro
     cfg.hydra.mode = RunMode[mode]
   HydraConfig.instance().set_config(cfg)
   try:
-    assert tracking.default_group("/elsewhere/multirun/sweep1/3") == group  # every job of a sweep: one group
+    assert run_dir.experiment_group("/elsewhere/multirun/sweep1/3") == group  # every job of a sweep: one group
   finally:
     HydraConfig.instance().cfg = None
 
 
 def test_default_group_outside_hydra_is_the_run_directory(tmp_path):
   deep = tmp_path / ("d" * 200)
-  assert tracking.default_group(tmp_path) == str(tmp_path)
-  assert tracking.default_group(deep) == str(deep)[-tracking.GROUP_MAX :]
+  assert run_dir.experiment_group(tmp_path) == str(tmp_path)
+  assert run_dir.experiment_group(deep) == str(deep)[-run_dir.GROUP_MAX :]
 
 
 def test_disabled_tracker_does_nothing(tmp_path):

@@ -198,7 +198,7 @@ def check_setting(charset: str, train_per_class: int, test_per_class: int, image
 
 
 # Samples per task handed to a worker: large enough that pickling and dispatch are noise next to
-# rendering (~0.4 ms a sample), small enough that the last tasks balance across workers.
+# rendering a sample, small enough that the last tasks balance across workers.
 _TASK = 250
 # Below this many samples a pool's start-up (a fresh interpreter per worker) costs more than it saves.
 _MIN_PARALLEL = 2000

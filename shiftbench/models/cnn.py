@@ -1,4 +1,4 @@
-"""One convolutional network with swappable downsampling, padding and head (DESIGN.md section 5).
+"""One convolutional network with swappable downsampling, padding and head (docs/models.md).
 
 The presets in `conf/model/` are settings of this one class:
   cnn_fc   = max-pool backbone + flatten -> hidden FC layers -> classifier (the classic CNN+FC);

@@ -191,7 +191,7 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   """2x2 max pool with stride 2 (odd trailing row/column dropped), as reshape + max.
 
   XLA:CPU's `reduce_window` gradient built large index arrays every step; this version's gradient is
-  an elementwise mask, several times cheaper (../shared/PERF-NOTES.md). Each window sends its gradient to
+  an elementwise mask, several times cheaper (docs/performance.md). Each window sends its gradient to
   one position, its first maximum in row-major order, as `reduce_window`'s gradient and PyTorch's
   `max_pool2d` do. Ties are common here, not rare: a window of blank canvas holds four equal values (the
   conv bias), and sending the gradient to all four would count it four times.
@@ -268,7 +268,7 @@ def blur_downsample(x: jax.Array, size: int, padding: str = "reflect", stride: i
 
   The size-k binomial filter is k - 1 passes of the two-tap average [1, 1] / 2 per axis, so the blur is
   computed as shifted adds: exact, and its gradient is far cheaper on XLA:CPU than a grouped conv's
-  (a MaxBlurPool training step went from ~90 ms to ~10 ms here).
+  (docs/performance.md).
   """
   _check(padding, BLUR_PADDINGS, "blur padding")
   if not 1 <= size <= 7:

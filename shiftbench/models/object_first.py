@@ -44,8 +44,8 @@ import numpy as np
 
 from shiftbench.models import layers
 
-# Patches + matmul beat XLA:CPU's conv for the 1-channel first layer (measured: 0.71 vs 1.77 ms forward,
-# 1.39 vs 2.07 ms kernel gradient on 64 canvases), and tie or lose from 8 input channels up.
+# Patches + matmul beat XLA:CPU's conv for a first layer with few input channels, and tie or lose from 8
+# input channels up (docs/performance.md).
 PATCH_CONV_MAX_CHANNELS = 4
 # A later block's conv runs near the object only when its full conv covers at most this fraction of the
 # conv's output map; past that, the gathers cost more than the conv work they save.
@@ -226,8 +226,8 @@ def _near_object(blocks: Sequence, local1: jax.Array, q: jax.Array, grid: int) -
     xp = np if isinstance(q, np.ndarray) else jnp  # host offsets give a constant mask
     on_grid = (q[:, :, None] + xp.arange(s) >= 0) & (q[:, :, None] + xp.arange(s) < grid)  # (L, 2, s)
     mask = (on_grid[:, 0, :, None] & on_grid[:, 1, None, :]).astype(delta.dtype)[:, None, :, :, None]
-    # The full conv as an explicit pad + unpadded conv: XLA:CPU's gradient of a conv padded by k - 1 ran
-    # at half the speed (2.2 vs 1.2 ms for 64 maps of 8x8x8).
+    # The full conv as an explicit pad + unpadded conv: XLA:CPU's gradient of a conv padded by k - 1 is
+    # slower (docs/performance.md).
     pad = ((0, 0), (k - 1, k - 1), (k - 1, k - 1), (0, 0))
     full = conv_valid(jnp.pad((delta * mask).reshape(-1, *delta.shape[2:]), pad), block.conv.conv.kernel[...])
     full = full.reshape(*delta.shape[:2], *full.shape[1:])
