@@ -340,7 +340,7 @@ def _finish(claim: Claim) -> Claim:
 
 def evaluate(rows: list[dict[str, Any]], labels: dict[str, str] | None = None) -> list[Claim]:
   """Every claim for every comparable group among `rows` (annotated results rows with a `protocol_key`,
-  see `leaderboard.annotate`); `labels` names each group (e.g. by the settings in which it differs)."""
+  see `collect.annotate`); `labels` names each group (e.g. by the settings in which it differs)."""
   by_group: dict[str, list[dict[str, Any]]] = defaultdict(list)
   for r in rows:
     by_group[r.get("protocol_key", "")].append(r)

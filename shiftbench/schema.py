@@ -54,7 +54,7 @@ DIMENSIONS: tuple[str, ...] = tuple(k for k in IDENTITY if k != SEED)
 KEYS: tuple[str, ...] = ("comparison_key", "protocol_key")
 GROUP: tuple[str, ...] = (*DIMENSIONS, "comparison_key")
 UNIQUE: tuple[str, ...] = ("comparison_key", *IDENTITY)  # one row across runs
-# Attached to each row when a results file is read (`leaderboard.annotate`), not stored in it.
+# Attached to each row when a results file is read (`collect.annotate`), not stored in it.
 ANNOTATIONS: tuple[str, ...] = ("datasets", "architecture", "source")
 # Where and how fast a row ran: two copies of one row may differ in these, never in anything else.
 PROVENANCE: tuple[str, ...] = (

@@ -1,0 +1,110 @@
+"""The row schema, the config door and the run directory: each fact in one place, each check done once."""
+
+import re
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from shiftbench import run_dir, schema
+from shiftbench.errors import ConfigError
+from shiftbench.evaluators import Evaluator
+from shiftbench.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _compose(overrides=()):
+  with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    return compose("config", overrides=["logger=none", *overrides])
+
+
+def _row(model, regime, mode, seed, invariance, key="k"):
+  return {
+    "model": model,
+    "pretrain": regime,
+    "finetune": mode,
+    "seed": seed,
+    "invariance": invariance,
+    "comparison_key": key,
+    "invariance_lost": None,
+  }
+
+
+def test_identity_fields_are_named_in_the_schema_only():
+  spelled = re.compile(r"""["']model["'],\s*["']pretrain["'],\s*["']finetune["']""")
+  found = [p.name for p in (ROOT / "shiftbench").rglob("*.py") if spelled.search(p.read_text())]
+  assert found == [], f"a row's identity is spelled out in {found}; read schema.IDENTITY / schema.RowId"
+  assert schema.IDENTITY == ("model", "pretrain", "finetune", "seed")
+  assert schema.DIMENSIONS == ("model", "pretrain", "finetune") and schema.GROUP[-1] == "comparison_key"
+
+
+def test_row_ids_name_rows_and_find_their_siblings():
+  rid = schema.RowId.of(_row("cnn_fc", "translate", "full", 2, 0.1))
+  assert rid.name() == "cnn_fc/translate/full/s2" and rid.name("_") == "cnn_fc_translate_full_s2"
+  assert rid.sibling(finetune="last") == ("cnn_fc", "translate", "last", 2)
+
+
+def test_invariance_lost_pairs_last_and_full_of_one_experiment_model_regime_and_seed():
+  rows = [
+    _row("m", "translate", "last", 0, 0.9),
+    _row("m", "translate", "full", 0, 0.25),
+    _row("m", "translate", "full", 1, 0.5),  # no `last` row of seed 1
+    _row("m", "translate", "last", 0, 0.1, key="other"),  # another experiment's: never paired with key k
+    _row("m", "translate", "head", 0, 0.4),
+  ]
+  schema.fill_invariance_lost(rows)
+  assert [r["invariance_lost"] for r in rows] == [0.65, 0.65, None, None, 0.65]
+  rows[1]["invariance"] = None  # undefined: nothing to subtract
+  for r in rows:
+    r["invariance_lost"] = None
+  schema.fill_invariance_lost(rows)
+  assert all(r["invariance_lost"] is None for r in rows)
+
+
+def test_rows_sort_like_the_protocol():
+  entries = [
+    _row("b", "translate", "full", 0, 0),
+    _row("a", "translate", "last", 0, 0),
+    _row("b", "scratch", "full", 0, 0),
+  ]
+  key = schema.sort_key({"b": 0, "a": 1})
+  assert [schema.identity(e)[:3] for e in sorted(entries, key=key)] == [
+    ("b", "scratch", "full"),
+    ("b", "translate", "full"),
+    ("a", "translate", "last"),
+  ]
+
+
+def test_a_plain_dict_gets_the_same_checks_as_a_dictconfig():
+  bad = _compose(["finetune.optimizer.learning_rate=-1"])
+  for cfg in (bad, OmegaConf.to_container(bad)):
+    with pytest.raises(ConfigError, match="finetune.optimizer.learning_rate must be > 0"):
+      Settings.from_config(cfg)
+  typo = OmegaConf.to_container(_compose())
+  typo["seedz"] = [0]
+  with pytest.raises(ConfigError, match="unknown config key 'seedz'"):
+    Settings.from_config(typo)
+
+
+def test_settings_build_every_target_once():
+  s = Settings.from_config(_compose(["model=[gap,cnn_fc]"]))
+  assert list(s.factories) == ["gap", "cnn_fc"] and all(callable(f) for f in s.factories.values())
+  assert set(s.transforms) == {"pretrain", "finetune"} and all(hasattr(t, "update") for t in s.transforms.values())
+  assert s.evaluators and all(isinstance(e, Evaluator) for e in s.evaluators.values())
+  assert set(s.loaders) == {"pretrain", "finetune"} and s.tracker.mode == "disabled"
+
+
+def test_the_run_directory_is_opened_once_and_released(tmp_path):
+  config = {"seeds": [0]}
+  first = run_dir.open_run_dir(tmp_path / "run", config)
+  try:
+    assert run_dir.open_run_dir(tmp_path / "run", config) is first  # the task after the CLI: no second check
+    with run_dir.opened_run_dir(tmp_path / "run", config) as again:
+      assert again is first
+    assert run_dir.open_run_dir(tmp_path / "run", config) is first  # still open: its opener closes it
+  finally:
+    run_dir.close_run_dir(tmp_path / "run")
+  with run_dir.opened_run_dir(tmp_path / "run", config) as reopened:
+    assert reopened is not first and reopened.done == {}
