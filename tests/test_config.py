@@ -51,7 +51,9 @@ def test_every_model_preset_instantiates_and_runs(model):
 
 @pytest.mark.parametrize("experiment", _options("experiment"))
 def test_every_experiment_composes_into_valid_settings(experiment):
-  cfg = _compose([f"experiment={experiment}"])
+  # A fixed batch size: `auto` compiles the paper networks to count their activations, which
+  # test_backend_defaults checks on its own.
+  cfg = _compose([f"experiment={experiment}", "eval.batch_size=512"])
   settings = Settings.from_config(cfg)
   assert settings.spec.canvas_size >= 2.5 * settings.spec.object_size
   for name in ("pretrain", "finetune"):
