@@ -4,9 +4,7 @@ Every place that evaluates "N test objects" takes a prefix of one order, `balanc
 objects sorted by a seeded hash of their content, then dealt out class by class (one of each class, then
 the next of each, ...). Any prefix of it is therefore class-balanced (class counts differ by at most one
 while every class still has objects), and the same objects are chosen whether the file is sorted by class
-or shuffled. shiftbench <= 0.3 took the first N objects of the file: with a class-sorted `.npz` the first 64
-test objects were one class, and similarity (which needs pairs of different classes) silently became
-raw cos_same.
+or shuffled.
 """
 
 from __future__ import annotations
@@ -75,14 +73,3 @@ def split_validation(
   val_idx = np.sort(np.concatenate(val)) if val else np.zeros(0, np.int64)
   train_idx = np.setdiff1d(np.arange(len(labels)), val_idx)
   return train_idx, val_idx
-
-
-def content_hash(*arrays: np.ndarray, names: tuple[str, ...] = ()) -> str:
-  """sha256 of arrays' dtypes, shapes and bytes (and class names): what a dataset *is*."""
-  digest = hashlib.sha256()
-  for a in arrays:
-    a = np.ascontiguousarray(a)
-    digest.update(f"{a.dtype.str}{a.shape}".encode())
-    digest.update(memoryview(a).cast("B"))
-  digest.update("\x1f".join(names).encode())
-  return digest.hexdigest()
