@@ -9,13 +9,11 @@ over objects *and* locations without scatter, and runs at matmul speed on CPU an
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-Regime = Literal["fixed", "random_crop", "translate"]
 REGIMES: tuple[str, ...] = ("fixed", "random_crop", "translate")
 
 
@@ -112,17 +110,6 @@ def sample_locations(
     return jnp.clip(base + offsets, 0, spec.max_offset)
   if regime == "translate":
     return jax.random.randint(key, (batch, 2), 0, spec.max_offset + 1)
-  raise ValueError(f"unknown placement regime {regime!r}; allowed: {', '.join(REGIMES)}")
-
-
-def regime_jitter(regime: str, jitter: int, spec: CanvasSpec) -> int:
-  """Chebyshev radius of the training locations around the base location."""
-  if regime == "fixed":
-    return 0
-  if regime == "random_crop":
-    return int(jitter)
-  if regime == "translate":
-    return spec.max_offset
   raise ValueError(f"unknown placement regime {regime!r}; allowed: {', '.join(REGIMES)}")
 
 

@@ -17,11 +17,12 @@ Anything new in the config counts by default: only the names in `IGNORED` are le
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from shiftbench import hashing
 
 # Settings that cannot change a row's numbers. `model.*` is left out of the protocol because each row
 # carries its own model's architecture under `architecture.*`.
@@ -80,9 +81,8 @@ def row_settings(protocol: Mapping[str, Any], architecture: Mapping[str, Any] | 
 
 
 def key_of(settings: Mapping[str, Any]) -> str:
-  """A short stable hash of the settings (canonical JSON)."""
-  blob = json.dumps(settings, sort_keys=True, default=str, separators=(",", ":"))
-  return hashlib.sha256(blob.encode()).hexdigest()[:KEY_LENGTH]
+  """A short stable hash of the settings (`hashing.json_hash`: canonical JSON)."""
+  return hashing.json_hash(settings, KEY_LENGTH)
 
 
 def protocol_part(settings: Mapping[str, Any]) -> dict[str, Any]:

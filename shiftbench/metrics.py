@@ -111,16 +111,6 @@ def worst_of_k_accuracy(key: jax.Array, predictions: jax.Array, labels: jax.Arra
   return jnp.mean(jnp.all(chosen == jnp.asarray(labels)[None, :], axis=0))
 
 
-def flip_rate(predictions: jax.Array) -> jax.Array:
-  """Fraction of consecutive pairs along a path whose predictions differ (Hendrycks & Dietterich 2019).
-
-  Args:
-    predictions: (S, N) predicted classes of N objects at S successive locations of one path, each a
-      1-pixel step from the previous (several paths: concatenate their per-pair flags, see `path_flips`).
-  """
-  return jnp.mean(path_flips(predictions))
-
-
 def path_flips(predictions: jax.Array) -> jax.Array:
   """(S, N) predictions along a path -> (S - 1, N) flags: did step s -> s + 1 change the prediction."""
   predictions = jnp.asarray(predictions)

@@ -4,7 +4,7 @@ the device (B's validation objects held out; evaluated objects in class-balanced
 
 from __future__ import annotations
 
-from shiftbench import subsets, train
+from shiftbench import hashing, subsets, train
 from shiftbench.data import ObjectSet, require_task, resize_objects
 from shiftbench.errors import ConfigError, DataError
 from shiftbench.settings import Settings
@@ -13,7 +13,7 @@ from shiftbench.settings import Settings
 def dataset_hash(objs: ObjectSet) -> str:
   """sha256 of a dataset's arrays and class names, as loaded and resized: what the data *is*, whatever
   file, TFDS version or renderer it came from."""
-  return subsets.content_hash(
+  return hashing.sha256_arrays(
     objs.train_images, objs.train_labels, objs.test_images, objs.test_labels, names=objs.class_names
   )
 

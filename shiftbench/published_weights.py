@@ -5,30 +5,34 @@ The hex digits after the last `-` of its name are the start of the file's sha256
 so a download is checked against them before it is published, and a cached copy every time it is used.
 
 The cache is `<cache>/weights/` beside `paths.checkpoint_dir` (`<cache>/checkpoints`), shared like the
-checkpoints: one process downloads under a lock (`locks.held`, lock files in `weights.locks/`) into a
-private temporary file and renames it into place (`os.replace`), and the others wait and read the file.
+checkpoints (`cache.obtain`): one process downloads under a lock (lock files in `weights.locks/`) into a
+private temporary file and publishes it by a link that never replaces a file, and the others wait and
+read it. A copy that fails its check is moved aside, under the lock, and downloaded again.
 No network: the error names the URL and where to copy the file (docs/paper.md, "offline cluster").
 
-Only the standard library (urllib): nothing of jax or torch is imported here.
+The standard library (urllib) and the cache layer (`cache`, `hashing`): nothing of jax or torch is imported here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
 import os
 import re
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from shiftbench import locks
+from shiftbench import cache, hashing
 from shiftbench.errors import CacheError, ConfigError
 
 log = logging.getLogger(__name__)
+_KIND = cache.Kind(
+  noun="weights file",
+  making="downloading",
+  log=log,
+  hint="make paths.checkpoint_dir (or $SHIFTBENCH_CACHE) a writable directory",
+)
 
 BASE_URL = "https://download.pytorch.org/models/"
 # A mirror (or, in the tests, a local server) instead of BASE_URL.
@@ -78,27 +82,17 @@ def hash_prefix(file: str) -> str:
   return match.group(1)
 
 
-def sha256(path: Path) -> str:
-  digest = hashlib.sha256()
-  with path.open("rb") as fh:
-    for block in iter(lambda: fh.read(CHUNK), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
-def _lock_path(path: Path) -> Path:
-  """In `weights.locks/` beside the cache, as the checkpoint cache keeps its locks (`pretrained.lock_path`)."""
-  return path.parent.with_name(path.parent.name + ".locks") / f"{path.name}.lock"
-
-
-def _verified(path: Path) -> bool:
-  """Whether `path` exists and its sha256 starts with its name's prefix (a cached copy is checked every use)."""
-  if not path.is_file():
-    return False
-  if sha256(path).startswith(hash_prefix(path.name)):
-    return True
-  log.warning("%s: its sha256 does not start with %s (truncated or altered); downloading it again", path, path.name)
-  return False
+def _verified(path: Path) -> Path:
+  """`path` if its sha256 starts with its name's prefix (a cached copy is checked every use), else a
+  `cache.Corrupt`."""
+  want = hash_prefix(path.name)
+  try:
+    if hashing.sha256_file(path).startswith(want):
+      return path
+    problem = f"{path}: its sha256 does not start with {want} (truncated or altered)"
+  except OSError as e:
+    problem = f"{path} cannot be read ({e.strerror or e})"
+  raise cache.Corrupt(problem)
 
 
 def _manual(link: str, target: Path) -> str:
@@ -108,39 +102,25 @@ def _manual(link: str, target: Path) -> str:
   )
 
 
-def _download(link: str, target: Path, timeout_s: float) -> None:
-  """Streams `link` into a private temporary file beside `target`, checks its sha256 prefix and renames it
-  into place; on any failure nothing is published and the temporary file is removed."""
+def _download(link: str, tmp: Path, target: Path, timeout_s: float) -> Path:
+  """Streams `link` into `tmp` (a private temporary place) and checks its sha256 against `target`'s name;
+  any failure is a `CacheError` (and `cache.obtain` publishes nothing)."""
+  start = time.perf_counter()
   try:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
-  except OSError as e:
+    with tmp.open("wb") as out, urllib.request.urlopen(link, timeout=timeout_s) as response:
+      for block in iter(lambda: response.read(CHUNK), b""):
+        out.write(block)
+  except (urllib.error.URLError, OSError) as e:  # no network, HTTP errors, timeouts, a dropped connection
+    reason = getattr(e, "reason", None) or e
+    raise CacheError(f"cannot download {link} ({reason}); {_manual(link, target)}") from e
+  digest, want = hashing.sha256_file(tmp), hash_prefix(target.name)
+  if not digest.startswith(want):
     raise CacheError(
-      f"cannot write into the weights cache {target.parent} ({e.strerror or e}); make paths.checkpoint_dir "
-      "(or $SHIFTBENCH_CACHE) a writable directory"
-    ) from e
-  tmp, digest, start = Path(tmp_name), hashlib.sha256(), time.perf_counter()
-  try:
-    with os.fdopen(fd, "wb") as out:
-      try:
-        with urllib.request.urlopen(link, timeout=timeout_s) as response:
-          for block in iter(lambda: response.read(CHUNK), b""):
-            digest.update(block)
-            out.write(block)
-      except (urllib.error.URLError, OSError) as e:  # no network, HTTP errors, timeouts, a dropped connection
-        reason = getattr(e, "reason", None) or e
-        raise CacheError(f"cannot download {link} ({reason}); {_manual(link, target)}") from e
-    want = hash_prefix(target.name)
-    if not digest.hexdigest().startswith(want):
-      raise CacheError(
-        f"downloaded {link}, but its sha256 {digest.hexdigest()[:16]}... does not start with {want} (its name's "
-        f"prefix): refused, nothing cached; {_manual(link, target)}"
-      )
-    os.replace(tmp, target)
-    log.info("weights %s: downloaded %s in %.1f s", target.name, link, time.perf_counter() - start)
-  finally:
-    with contextlib.suppress(FileNotFoundError):
-      tmp.unlink()
+      f"downloaded {link}, but its sha256 {digest[:16]}... does not start with {want} (its name's "
+      f"prefix): refused, nothing cached; {_manual(link, target)}"
+    )
+  log.info("weights %s: downloaded %s in %.1f s", target.name, link, time.perf_counter() - start)
+  return target
 
 
 def fetch(file: str, directory: str | Path, *, base_url: str | None = None, timeout_s: float = 60.0) -> Path:
@@ -156,16 +136,6 @@ def fetch(file: str, directory: str | Path, *, base_url: str | None = None, time
     The file's path, which holds bytes whose sha256 starts with the name's prefix.
   """
   target = Path(directory).expanduser().absolute() / file
-  if _verified(target):
-    return target
-  lock = _lock_path(target)
-  try:
-    lock.parent.mkdir(parents=True, exist_ok=True)
-  except OSError as e:
-    raise CacheError(f"cannot create the weights lock directory {lock.parent} ({e.strerror or e})") from e
-  if not locks.is_free(lock):
-    log.info("weights %s: waiting for %s, which is downloading it", file, locks.owner_text(lock))
-  with locks.held(lock, -1):
-    if not _verified(target):  # another process may have published it while this one waited
-      _download(url(file, base_url), target, timeout_s)
-  return target
+  link = url(file, base_url)
+  download = lambda tmp, locked: _download(link, tmp, target, timeout_s)
+  return cache.obtain(target, download, _verified, kind=_KIND, label=f"weights {file}").value

@@ -74,14 +74,3 @@ def split_validation(
   val_idx = np.sort(np.concatenate(val)) if val else np.zeros(0, np.int64)
   train_idx = np.setdiff1d(np.arange(len(labels)), val_idx)
   return train_idx, val_idx
-
-
-def content_hash(*arrays: np.ndarray, names: tuple[str, ...] = ()) -> str:
-  """sha256 of arrays' dtypes, shapes and bytes (and class names): what a dataset *is*."""
-  digest = hashlib.sha256()
-  for a in arrays:
-    a = np.ascontiguousarray(a)
-    digest.update(f"{a.dtype.str}{a.shape}".encode())
-    digest.update(memoryview(a).cast("B"))
-  digest.update("\x1f".join(names).encode())
-  return digest.hexdigest()

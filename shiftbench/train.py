@@ -58,9 +58,6 @@ class Placement:
   location: tuple[int, int]
   jitter: int = 0
 
-  def radius(self, spec: canvas.CanvasSpec) -> int:
-    return canvas.regime_jitter(self.regime, self.jitter, spec)
-
 
 @dataclasses.dataclass
 class UntilAccuracy:

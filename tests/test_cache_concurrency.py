@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from shiftbench import locks, pretrained
+from shiftbench import cache, hashing, locks, pretrained
 from shiftbench.errors import CacheError
 from shiftbench.models import ShiftNet
 
@@ -101,7 +101,7 @@ def _hold(lock_file: Path):
 
 def test_a_waiting_job_gives_up_after_its_timeout_and_says_so(tmp_path, caplog):
   path = tmp_path / "ckpt" / "gap-translate-s0-x"
-  fd = _hold(pretrained.lock_path(path))
+  fd = _hold(cache.lock_path(path))
   calls = []
   try:
     with caplog.at_level(logging.INFO, logger="shiftbench.pretrained"):
@@ -120,9 +120,9 @@ def test_a_waiting_job_gives_up_after_its_timeout_and_says_so(tmp_path, caplog):
 def test_publishing_never_replaces_a_checkpoint_that_exists(tmp_path):
   path = tmp_path / "ck"
   assert pretrained.publish(path, _model(2.0), {"by": "first"})
-  before = pretrained.file_hashes(path)
+  before = hashing.sha256_tree(path)
   assert not pretrained.publish(path, _model(3.0), {"by": "second"})
-  assert pretrained.file_hashes(path) == before and pretrained.verify(path)["by"] == "first"
+  assert hashing.sha256_tree(path) == before and pretrained.verify(path)["by"] == "first"
   assert [p.name for p in tmp_path.iterdir()] == ["ck"]  # the loser's temporary directory is gone
 
 
@@ -133,7 +133,7 @@ def test_a_corrupted_checkpoint_is_replaced_under_its_lock_and_only_there(tmp_pa
   data = bytearray(biggest.read_bytes())
   data[len(data) // 2] ^= 1
   biggest.write_bytes(bytes(data))
-  fd = _hold(pretrained.lock_path(path))  # another job holds the lock: the bad copy is left to it
+  fd = _hold(cache.lock_path(path))  # another job holds the lock: the bad copy is left to it
   try:
     pretrained.obtain(path, _model, lambda m, d: {"by": "impatient"}, label="m", wait_timeout_s=0.5)
     assert biggest.read_bytes() == bytes(data)

@@ -9,34 +9,35 @@ Only the selected classes are rendered, in parallel over the available cores (`g
 No TensorFlow or tensorflow-datasets is needed; `glyphs_builder.ShiftbenchGlyphs` wraps the same
 renderer as a TFDS dataset for those who want one.
 
-Jobs that start together on one cache (a sweep's first wave) render each setting once: the first takes
-the setting's lock (in `shiftbench_glyph_cache.locks/`) and renders, the others wait and read its copy.
-An entry is published by renaming a complete temporary directory into place, and one that failed its
-check is moved away only under the lock, so no reader ever sees half an entry or loses one it reads.
+Jobs that start together on one cache (a sweep's first wave) render each setting once (`cache.obtain`): the
+first takes the setting's lock (in `shiftbench_glyph_cache.locks/`) and renders, the others wait and read
+its copy. An entry is published by renaming a complete temporary directory into place, and one that failed
+its check is moved aside only under the lock, so no reader ever sees half an entry or loses one it reads.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import PIL
 from PIL import features
 
-from shiftbench import locks
+from shiftbench import cache, hashing
 from shiftbench.data import glyphs
 from shiftbench.data.objects import ObjectSet, class_indices
 
 log = logging.getLogger(__name__)
+_KIND = cache.Kind(
+  noun="glyph cache entry",
+  making="rendering",
+  log=log,
+  hint="set data.data_dir (or $TFDS_DATA_DIR) to a writable directory",
+)
 
 # Bump whenever rendering in glyphs.py changes what a sample looks like (the fingerprint covers the
 # libraries and fonts, not this package's code).
@@ -56,7 +57,7 @@ def fingerprint() -> str:
     features.version("freetype2"),
     ".".join(np.__version__.split(".")[:2]),
   ]
-  return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:10]
+  return hashing.json_hash(parts, 10)
 
 
 def default_data_dir() -> str:
@@ -65,13 +66,8 @@ def default_data_dir() -> str:
 
 
 def content_hash(arrays: dict[str, np.ndarray]) -> str:
-  """SHA-256 over every array's name, dtype, shape and bytes."""
-  h = hashlib.sha256()
-  for name in _ARRAYS:
-    a = np.ascontiguousarray(arrays[name])
-    h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
-    h.update(a.data)
-  return h.hexdigest()
+  """sha256 over every array's dtype, shape and bytes, in a fixed order, and their names."""
+  return hashing.sha256_arrays(*(arrays[name] for name in _ARRAYS), names=_ARRAYS)
 
 
 def cache_path(
@@ -89,45 +85,26 @@ def cache_path(
   return root / CACHE_SUBDIR / name
 
 
-def _read(path: Path, quiet: bool = False) -> dict[str, np.ndarray] | None:
-  """The cached arrays, or None (with a one-line warning, unless `quiet`, if something was there but fails
-  its check)."""
-  meta_file = path / "meta.json"
-  if not meta_file.is_file():
-    return None
+def _read(path: Path) -> dict[str, np.ndarray]:
+  """The cached arrays, or a `cache.Corrupt` saying why the entry fails its check."""
   try:
-    meta = json.loads(meta_file.read_text())
+    meta = json.loads((path / "meta.json").read_text())
     with np.load(path / "arrays.npz") as f:
       arrays = {k: f[k] for k in _ARRAYS}
     if content_hash(arrays) == meta["sha256"]:
       return arrays
     why = "its content hash does not match meta.json"
-  except (OSError, ValueError, KeyError) as e:  # unreadable, truncated or malformed
+  except (OSError, ValueError, KeyError, TypeError) as e:  # unreadable, truncated or malformed
     why = f"it cannot be read ({type(e).__name__}: {e})"
-  if not quiet:
-    log.warning("glyph cache %s failed its check (%s); rendering it again", path, why)
-  return None
+  raise cache.Corrupt(f"glyph cache {path} failed its check ({why})")
 
 
 def _write(path: Path, arrays: dict[str, np.ndarray], settings: dict) -> None:
-  """Writes into a temporary sibling, then renames it into place: readers never see half a cache."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
-  try:
-    np.savez(tmp / "arrays.npz", **arrays)
-    meta = {"sha256": content_hash(arrays), "settings": settings, "fingerprint": fingerprint()}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    if path.exists():  # a stale entry that failed its check (we hold its lock): out of the way, by rename
-      aside = path.with_name(f".{path.name}.bad-{os.getpid()}-{time.time_ns()}")
-      os.rename(path, aside)
-      shutil.rmtree(aside, ignore_errors=True)
-    try:
-      os.rename(tmp, path)
-    except OSError:
-      if not (path / "meta.json").is_file():  # else a job without the lock (read-only locks) was first
-        raise
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+  """Writes the entry at `path` (a private temporary place: `cache.obtain` publishes it)."""
+  path.mkdir()
+  np.savez(path / "arrays.npz", **arrays)
+  meta = {"sha256": content_hash(arrays), "settings": settings, "fingerprint": fingerprint()}
+  (path / "meta.json").write_text(json.dumps(meta, indent=1))
 
 
 def load_glyphs(
@@ -162,25 +139,12 @@ def load_glyphs(
   all_chars = glyphs.check_setting(charset, train_per_class, test_per_class, image_size, seed)
   chars = all_chars if classes is None else "".join(all_chars[i] for i in class_indices(classes, all_chars))
   path = cache_path(data_dir, charset, chars, train_per_class, test_per_class, image_size, seed)
-  arrays = _read(path, quiet=True)  # a failed check is reported (and acted on) under the lock
-  if arrays is None:
-    with _locked(path):
-      arrays = _read(path)  # rendered by the job that held the lock before us
-      if arrays is None:
-        arrays = _render(path, charset, chars, train_per_class, test_per_class, image_size, seed, workers)
+
+  def render(target: Path, locked: bool) -> dict[str, np.ndarray]:
+    return _render(target, charset, chars, train_per_class, test_per_class, image_size, seed, workers)
+
+  arrays = cache.obtain(path, render, _read, kind=_KIND, label=f"glyphs {path.name}").value
   return ObjectSet(name=f"glyphs/{charset}", class_names=tuple(chars), **arrays)
-
-
-def _locked(path: Path):
-  """The entry's lock (waiting as long as it takes: rendering is minutes at most); no lock, and so no
-  waiting, where the lock directory cannot be made (a read-only cache that fails its check fails
-  when written, with its own error)."""
-  lock = path.parent.with_name(path.parent.name + ".locks") / f"{path.name}.lock"
-  try:
-    lock.parent.mkdir(parents=True, exist_ok=True)
-  except OSError:
-    return contextlib.nullcontext(False)
-  return locks.held(lock, timeout=-1)
 
 
 def _render(
@@ -193,7 +157,7 @@ def _render(
   seed: int,
   workers: int | None,
 ) -> dict[str, np.ndarray]:
-  """Renders the setting and writes its cache entry (under its lock)."""
+  """Renders the setting and writes its cache entry at `path` (a temporary place with the entry's name)."""
   rendered = glyphs.render_splits(
     chars,
     {"train": train_per_class, "test": test_per_class},

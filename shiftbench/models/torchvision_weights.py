@@ -17,7 +17,6 @@ Sources: a `.pth`/`.pt` file (read with torch, `weights_only=True`, when torch i
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -27,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from shiftbench import published_weights
+from shiftbench import hashing, published_weights
 from shiftbench.models.densenet import DenseNet
 from shiftbench.models.resnet_tv import TorchvisionResNet
 from shiftbench.models.vgg import VGG
@@ -100,14 +99,6 @@ def load_state_dict(source: str | Path | Mapping[str, Any]) -> StateDict:
     match = _LEGACY_DENSENET.match(key)
     out[match.group(1) + match.group(2) if match else key] = _to_numpy(value)
   return out
-
-
-def file_sha256(path: str | Path) -> str:
-  digest = hashlib.sha256()
-  with Path(path).expanduser().open("rb") as fh:
-    for block in iter(lambda: fh.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
 
 
 def _targets(layer: nnx.Module) -> dict[str, tuple[nnx.Variable, Callable[[np.ndarray], np.ndarray]]]:
@@ -289,4 +280,4 @@ def load_imagenet(model: nnx.Module, path: Path, source: Mapping[str, str] | Non
     )
   load_into(model, path, classifier=False)
   source = dict(source or {"source": "torchvision state dict"})
-  return {"path": str(path), "sha256": file_sha256(path), "arch": model.arch, **source}
+  return {"path": str(path), "sha256": hashing.sha256_file(Path(path).expanduser()), "arch": model.arch, **source}
