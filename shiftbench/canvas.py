@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-REGIMES: tuple[str, ...] = ("fixed", "random_crop", "translate")
+from shiftbench.schema import PLACEMENT_REGIMES as REGIMES
 
 
 @dataclasses.dataclass(frozen=True)

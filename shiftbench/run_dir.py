@@ -21,9 +21,9 @@ from shiftbench import __version__, locks, schema
 from shiftbench.errors import ConfigError, DataError
 from shiftbench.preflight import check_writable, config_diff
 from shiftbench.results import to_jsonable
+from shiftbench.tracking import GROUP_MAX
 
 RESULTS = "results.json"
-GROUP_MAX = 128  # wandb's limit on a group name
 _IGNORED = ("overwrite",)  # how a run was started, not what it computed
 _OPEN: dict[str, RunDirectory] = {}
 

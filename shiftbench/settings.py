@@ -24,7 +24,6 @@ from shiftbench import batching, canvas, preflight, schema
 from shiftbench.errors import ConfigError
 from shiftbench.evaluators import Evaluator
 
-PRETRAIN_REGIMES = schema.PRETRAIN_REGIMES
 # Without pretraining the backbone is random: a row that freezes it measures nothing about invariance
 # learned in pretraining, so `scratch` pairs with `full` (and `head` only when asked; `last` never).
 SCRATCH_MODES: tuple[str, ...] = ("full", "head")
@@ -116,10 +115,7 @@ class Settings:
   # The resolved config and its parts, plain Python: what checkpoints and comparison keys are made of.
   config: dict[str, Any]
   models: dict[str, dict[str, Any]]
-  data: dict[str, dict[str, Any]]  # {"pretrain": ..., "finetune": ...} loader configs
   optimizers: dict[str, dict[str, Any]]  # {"pretrain": ..., "finetune": ...}
-  eval_metrics: dict[str, dict[str, Any]]
-  logger: dict[str, Any]
   checkpoint_dir: str
   checkpoint_every: int  # pretraining saves a resumable checkpoint this often (0: never)
   wait_timeout_s: float  # how long a job waits for another that pretrains the same model
@@ -171,7 +167,7 @@ class Settings:
       spec=spec,
       finetune_location=ft_loc,
       pretrain_location=pre_loc,
-      pretrain_regimes=_choices(cfg.pretrain.regimes, PRETRAIN_REGIMES, "pretrain regime"),
+      pretrain_regimes=_choices(cfg.pretrain.regimes, schema.PRETRAIN_REGIMES, "pretrain regime"),
       pretrain_jitter=jitter,
       pretrain=Phase(
         _positive(cfg.pretrain.steps, "pretrain.steps"),
@@ -199,10 +195,7 @@ class Settings:
       allow_overlap=bool(cfg.data.get("allow_overlap", False)),
       config=config,
       models=model_configs,
-      data=data,
       optimizers=optimizers,
-      eval_metrics=dict(config["eval"].get("metrics") or {}),
-      logger=logger,
       factories=factories,
       transforms={phase: hydra.utils.instantiate(opt) for phase, opt in optimizers.items()},
       evaluators=build_evaluators(config["eval"].get("metrics")),

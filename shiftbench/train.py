@@ -22,14 +22,13 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from shiftbench import canvas, models, resume
+from shiftbench import canvas, models, resume, schema
 from shiftbench.errors import DivergenceError
 
 log = logging.getLogger(__name__)
 Metrics = dict[str, float]
-# Fine-tune modes, named for what trains (docs/protocol.md): the classifier only (a linear probe of the
-# pretrained representation), the whole head (classifier + hidden FC layers, conv frozen), or everything.
-TRAIN_MODES: tuple[str, ...] = ("last", "head", "full")
+# Fine-tune modes, named for what trains (the row schema holds them: they are a row dimension).
+TRAIN_MODES = schema.FINETUNE_MODES
 
 
 @dataclasses.dataclass(frozen=True)
