@@ -16,7 +16,7 @@ So no job ever sees half an entry, overwrites another's, or deletes one in place
 longer than its timeout builds the entry anyway; it publishes only if nothing is there yet and never
 moves anything aside (that is for the holder of the lock).
 
-Only the standard library, `filelock` (through `locks`), `errors` and `hashing` are imported here.
+Only the standard library, `filelock` (through `locks`) and `errors` are imported here.
 """
 
 from __future__ import annotations

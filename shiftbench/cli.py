@@ -8,6 +8,7 @@ exception with its type, below Hydra's traceback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -108,17 +109,14 @@ def _refuse_or_run(cfg: DictConfig, output_dir: Path, run: Any) -> None:
   except Exception:  # an unresolvable key: `run` reports it with its own one-line error
     run(cfg, output_dir)
     return
-  try:
-    opened = run_dir.opened_run_dir(output_dir, config, bool(cfg.get("overwrite", False)))
-    opened.__enter__()
-  except UserError:
-    for path, data in earlier.items():
-      Path(path).write_bytes(data)
-    raise
-  try:
+  with contextlib.ExitStack() as stack:
+    try:
+      stack.enter_context(run_dir.opened_run_dir(output_dir, config, bool(cfg.get("overwrite", False))))
+    except UserError:
+      for path, data in earlier.items():
+        Path(path).write_bytes(data)
+      raise
     run(cfg, output_dir)
-  finally:
-    opened.__exit__(None, None, None)
 
 
 def main() -> None:

@@ -221,7 +221,7 @@ def run_all(
   """Runs every evaluator (only those with `before` set when `before`) into one flat result dict.
 
   Args:
-    evaluators: the evaluators by result prefix (`build`).
+    evaluators: the evaluators by result prefix (`Settings.evaluators`).
     predictor: the model state to evaluate, in eval mode; every evaluator gets this one.
     objects: the test objects, in class-balanced order.
     ctx: the evaluation context; its `key` is set to each evaluator's stream in turn.
