@@ -38,6 +38,10 @@ IGNORED = (
   "pretrain.regimes",
   "finetune.modes",
   "finetune.scratch_modes",
+  "finetune.learning_rates",  # a row dimension: each row carries its own `finetune_lr`
+  "finetune.optimizer.learning_rate",
+  "arms",
+  "arms.*",
   "pretrain.checkpoint_every",
   "pretrain.wait_timeout_s",
   "pretrain.weights",  # a path: the row's key holds the weights' sha256 instead (experiment.Protocol.rekey)

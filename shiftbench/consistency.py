@@ -26,19 +26,31 @@ SHIFTS: tuple[str, ...] = ("canvas", "circular")
 
 
 def sample_shift_pairs(
-  key: jax.Array, n: int, spec: canvas.CanvasSpec, d: int, shift: str
+  key: jax.Array,
+  n: int,
+  spec: canvas.CanvasSpec,
+  d: int,
+  shift: str,
+  around: tuple[int, int] | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Draws, per object, a base location and an offset in [-d, d]^2.
 
   For `canvas` shifts the base location is uniform over the locations from which the shifted object
   stays inside the canvas (so offsets are never clipped); for `circular` it is uniform over all valid
-  locations. Returns (base (n, 2), offset (n, 2)) int32.
+  locations. With `around` (a location), every base is that location and the offsets are those that keep
+  the shifted object inside the canvas: consistency where a model trained at one place is right.
+  Returns (base (n, 2), offset (n, 2)) int32.
   """
   if shift not in SHIFTS:
     raise ValueError(f"unknown shift {shift!r}; allowed: {', '.join(SHIFTS)}")
   d = min(int(d), spec.max_offset) if shift == "canvas" else int(d)
   k_off, k_loc = jax.random.split(key)
   offset = jax.random.randint(k_off, (n, 2), -d, d + 1)
+  if around is not None:
+    base = jnp.broadcast_to(jnp.asarray(spec.check_location(around), jnp.int32), (n, 2))
+    if shift == "canvas":  # an offset that would leave the canvas stops at its edge
+      offset = jnp.clip(base + offset, 0, spec.max_offset) - base
+    return base, offset
   if shift == "circular":
     return jax.random.randint(k_loc, (n, 2), 0, spec.max_offset + 1), offset
   lo = jnp.maximum(0, -offset)  # the base must keep base + offset inside 0..max_offset
@@ -103,6 +115,7 @@ def shift_consistency(
   d: int,
   shift: str = "canvas",
   batch_size: int = 4096,
+  around: tuple[int, int] | None = None,
 ) -> float:
   """Zhang's consistency of the predictor's model on `objects` (uint8), one random pair per object.
 
@@ -114,12 +127,13 @@ def shift_consistency(
     d: largest offset per axis, in pixels.
     shift: `canvas` or `circular`.
     batch_size: canvases per forward pass.
+    around: draw every pair from this base location (`sample_shift_pairs`); None: anywhere.
 
   Returns:
     The fraction of pairs with the same predicted class.
   """
   if spec.canvas_size != predictor.canvas_size:
     raise ValueError(f"pairs drawn on a {spec.canvas_size}-px canvas, predictor on {predictor.canvas_size} px")
-  base, offset = sample_shift_pairs(key, int(objects.shape[0]), spec, d, shift)
+  base, offset = sample_shift_pairs(key, int(objects.shape[0]), spec, d, shift, around)
   preds = predict_pairs(predictor, objects, base, offset, shift, batch_size)
   return float(consistency(preds[0], preds[1]))

@@ -89,11 +89,20 @@ def _key(ctx: EvalContext, salt: int) -> jax.Array:
 
 
 class ShiftConsistency(Evaluator):
-  """Zhang 2019 consistency for `canvas` or `circular` shifts of at most `d` pixels per axis."""
+  """Zhang 2019 consistency for `canvas` or `circular` shifts of at most `d` pixels per axis, from base
+  locations anywhere (`around: canvas`) or at the fine-tune location (`around: finetune`: where a model
+  fine-tuned at one place is right, so consistency there is not that of near-constant wrong guesses)."""
 
-  def __init__(self, d: int = 4, shift: str = "canvas", num_objects: int | None = 256, seed: int = 0):
+  AROUND = ("canvas", "finetune")
+
+  def __init__(
+    self, d: int = 4, shift: str = "canvas", num_objects: int | None = 256, seed: int = 0, around: str = "canvas"
+  ):
     if shift not in consistency.SHIFTS:
       raise ValueError(f"unknown shift {shift!r}; allowed: {', '.join(consistency.SHIFTS)}")
+    if around not in self.AROUND:
+      raise ConfigError(f"ShiftConsistency around must be one of {', '.join(self.AROUND)}, got {around!r}")
+    self.around = around
     if int(d) < 0:
       raise ConfigError(f"ShiftConsistency d must be >= 0 pixels, got {d}")
     self.d, self.shift, self.seed = int(d), shift, int(seed)
@@ -107,7 +116,14 @@ class ShiftConsistency(Evaluator):
     yield (
       "",
       consistency.shift_consistency(
-        predictor, objs.images, _key(ctx, self.seed), ctx.spec, self.d, self.shift, ctx.batch_size
+        predictor,
+        objs.images,
+        _key(ctx, self.seed),
+        ctx.spec,
+        self.d,
+        self.shift,
+        ctx.batch_size,
+        around=ctx.location if self.around == "finetune" else None,
       ),
     )
 

@@ -1,6 +1,6 @@
 """The protocol: pretrain on A -> fine-tune on B at one location -> location maps (docs/protocol.md).
 
-One row (`schema.RowId`) per model x pretrain regime x fine-tune mode x seed. `results.json` is rewritten
+One row (`schema.RowId`) per model x pretrain regime x fine-tune mode x fine-tune learning rate x seed. `results.json` is rewritten
 atomically after every row, so an interrupted or requeued run resumes where it stopped and loses nothing.
 """
 
@@ -71,6 +71,7 @@ class Protocol:
     self.hash_a, self.hash_b = protocol_data.dataset_hash(data_a), protocol_data.dataset_hash(data_b)
     self.train_a, self.test_a = protocol_data.device_splits(data_a, settings)
     self.train_b, self.test_b = protocol_data.device_splits(data_b, settings, validation=True)
+    self.val_b = protocol_data.validation_objects(data_b, settings)  # what rates are chosen on, never test
     # Every evaluation subset is a prefix of one class-balanced order (`subsets.balanced_order`).
     self.curve_b = train.DeviceObjects(
       self.test_b.images[: settings.curve_objects], self.test_b.labels[: settings.curve_objects], data_b.num_classes
@@ -159,20 +160,34 @@ class Protocol:
       self._before = {key: self.shift_metrics(self.predictor(model), rid.seed, before=True)}
     return self._before[key]
 
-  def finetune(self, rid: RowId, model: nnx.Module) -> Finetuned:
-    """Trains `model` in place on B at the fine-tune location, evaluating the curve along the way."""
+  def validation_accuracy(self, predictor: Predictor) -> float | None:
+    """In-location accuracy on B's validation objects: what a setting (a rate) is chosen by."""
+    if self.val_b is None:
+      return None
+    loc = np.asarray([self.s.finetune_location], np.int32)
+    stats = evaluation.location_stats(predictor, self.val_b.images, self.val_b.labels, loc, self.s.eval_batch)
+    return float(stats.accuracy()[0])
+
+  def finetune(self, rid: RowId, model: nnx.Module, probe: dict[str, Any] | None = None) -> Finetuned:
+    """Trains `model` in place on B at the fine-tune location, evaluating the curve along the way. The
+    curve's step 0 is `probe` where given (the `last` row's final point: the pretrained backbone read by a
+    trained linear classifier, what `head` and `full` start from in representation), else the model as
+    it starts (a fresh classifier: chance)."""
     s = self.s
     curve: list[dict[str, Any]] = []
 
     def on_eval(step: int, m: nnx.Module):
+      if step == 0 and probe is not None:
+        curve.append({**probe, "step": 0, "from": "probe"})
+        return
       point = self.location_map(self.predictor(m), self.curve_b)
-      curve.append({"step": step, **{k: point[k] for k in ("in_acc", "off_acc", "invariance", "in_pvalue")}})
+      curve.append({"step": step, **{k: point[k] for k in CURVE_FIELDS}})
 
     start = time.perf_counter()
     until = None if s.until_accuracy is None else train.UntilAccuracy(*s.until_accuracy)
     history = train.train(
       model,
-      s.transforms["finetune"],
+      s.transforms["finetune"][rid.finetune_lr],
       self.train_b,
       s.spec,
       train.Placement("fixed", s.finetune_location),
@@ -182,19 +197,15 @@ class Protocol:
       mode=rid.finetune,
       dispatch=s.finetune.dispatch,
       eval_every=s.eval_every,
+      eval_steps=s.curve_steps,
       on_eval=on_eval,
       desc=f"finetune {rid.name()}",
       until=until,
     )
-    if until is None or until.stopped_at is None:
-      stop = {"rule": "steps", "step": s.finetune.steps}
-    else:
-      stop = {
-        "rule": "until_accuracy",
-        "step": until.stopped_at,
-        "threshold": until.threshold,
-        "patience": until.patience,
-      }
+    # Which rule ended training, and where: the rule's own record when it fired, else the cap.
+    stop = {"rule": "steps", "step": s.finetune.steps}
+    if until is not None:
+      stop = {**until.record(), "step": until.stopped_at} if until.stopped_at is not None else {**stop, "cap_of": until.record()}
     return Finetuned(model, curve, history, stop, time.perf_counter() - start)
 
   def pretrain_task_after(
@@ -226,16 +237,23 @@ class Protocol:
     )
     return {"ys": ys, "xs": xs, "acc": acc2d}, path
 
-  def row(self, rid: RowId, source: nnx.Module | None, a_before: dict[str, Any] | None) -> dict[str, Any]:
+  def row(
+    self,
+    rid: RowId,
+    source: nnx.Module | None,
+    a_before: dict[str, Any] | None,
+    probe: dict[str, Any] | None = None,
+  ) -> dict[str, Any]:
     """Fine-tunes and evaluates one row; its fields in `results.json` order."""
     s = self.s
     model = self.start(rid, source)
     eval_start = time.perf_counter()
     before = self.before(rid, model)
     eval_seconds = time.perf_counter() - eval_start
-    tuned = self.finetune(rid, model)
+    tuned = self.finetune(rid, model, probe)
     trained = self.predictor(model)  # the fine-tuned state: one for its map and its shift metrics
     final = self.location_map(trained, self.test_b)
+    val_in_acc = self.validation_accuracy(trained)
     eval_start = time.perf_counter()
     shift = self.shift_metrics(trained, rid.seed, final["everywhere"])
     eval_seconds += time.perf_counter() - eval_start
@@ -248,6 +266,7 @@ class Protocol:
       "protocol_key": comparison.key_of(comparison.protocol_part(settings)),
       "eval_split": s.eval_split,
       **{k: final[k] for k in ("distinct_predictions", "in_acc", "off_acc", "invariance", "in_pvalue")},
+      "val_in_acc": val_in_acc,
       "test_objects": len(self.test_b),
       "chance": 1.0 / self.data_b.num_classes,
       "finetune_steps": tuned.stop["step"],
@@ -267,6 +286,9 @@ class Protocol:
       "heatmap": str(heatmap.relative_to(self.output_dir)),
       "comparison": settings,
     }
+
+
+CURVE_FIELDS = (*schema.CURVE_METRICS, "in_pvalue")
 
 
 def _pretrain_task_fields(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any]:
@@ -328,8 +350,8 @@ def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
   try:
     for seed in settings.seeds:
       for name in settings.factories:
-        for regime in settings.pretrain_regimes:
-          ids = [RowId(name, regime, mode, seed) for mode in settings.modes_for(regime)]
+        for regime in settings.regimes_for(name):
+          ids = settings.row_ids(name, regime, seed)
           new = [rid for rid in ids if rid not in done]
           if not new:
             continue
@@ -339,7 +361,8 @@ def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
             if regime != "imagenet":
               a_before = protocol.location_map(protocol.predictor(source), protocol.test_a)
           for rid in new:
-            row = protocol.row(rid, source, a_before)
+            probe = done.get(rid.sibling(finetune="last")) if rid.finetune != "last" else None
+            row = protocol.row(rid, source, a_before, probe["curve"][-1] if probe and probe.get("curve") else None)
             if "weights" in meta:  # the imagenet regime: which file, by content (the key holds its sha256)
               row["pretrain_weights"] = meta["weights"]
               protocol.rekey(row, {"pretrain.weights.sha256": meta["weights"]["sha256"]})

@@ -38,10 +38,8 @@ def check_cache_writable(s: Settings, done: Collection[schema.RowId], data_hash:
   cache that already holds every needed checkpoint is fine)."""
   for seed in s.seeds:
     for name in s.models:
-      for regime in s.pretrain_regimes:
-        if regime in ("scratch", "imagenet") or all(
-          schema.RowId(name, regime, mode, seed) in done for mode in s.modes_for(regime)
-        ):
+      for regime in s.regimes_for(name):
+        if regime in ("scratch", "imagenet") or all(rid in done for rid in s.row_ids(name, regime, seed)):
           continue
         if not pretrained.exists(checkpoint_of(s, name, regime, seed, data_hash)[0]):
           preflight.check_writable(

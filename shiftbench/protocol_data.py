@@ -44,6 +44,18 @@ def device_splits(
   )
 
 
+def validation_objects(objs: ObjectSet, s: Settings) -> train.DeviceObjects | None:
+  """B's validation objects (held out of training in every run, `device_splits`) on the device, in
+  class-balanced order; None when `eval.validation_fraction` is 0. Rows report their in-location accuracy
+  on them (`val_in_acc`), so a rate can be chosen without looking at test."""
+  if s.validation_fraction <= 0:
+    return None
+  _, held = subsets.split_validation(objs.train_images, objs.train_labels, s.validation_fraction, s.subset_seed)
+  x, y = objs.train_images[held], objs.train_labels[held]
+  order = subsets.balanced_order(x, y, s.subset_seed)
+  return train.DeviceObjects.from_numpy(x[order], y[order], objs.num_classes)
+
+
 def check_disjoint(data_a: ObjectSet, data_b: ObjectSet, allow_overlap: bool) -> None:
   """B's classes must be new (the protocol's premise): shared class names are a config error."""
   shared = sorted(set(data_a.class_names) & set(data_b.class_names))

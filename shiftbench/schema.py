@@ -1,7 +1,7 @@
 """The row schema: what a results row is, said once.
 
 A row is one fine-tuned model evaluated: `RowId` names it within a run (model x pretrain regime x fine-tune
-mode x seed), and its `comparison_key` (`shiftbench.comparison`) names the experiment it belongs to, so
+mode x fine-tune learning rate x seed), and its `comparison_key` (`shiftbench.comparison`) names the experiment it belongs to, so
 `(comparison_key, *RowId)` names it across runs. Everything that reads rows (the leaderboard, the tidy
 table, wandb, resuming a run, the claims) takes its identity, its order and which of its fields are
 metrics from here. To add a row dimension, add a field to `RowId` and have the protocol fill it.
@@ -31,6 +31,7 @@ class RowId(NamedTuple):
   model: str
   pretrain: str
   finetune: str
+  finetune_lr: float  # the fine-tune learning rate: the forgetting result is a curve over it
   seed: int
 
   @classmethod
@@ -38,16 +39,21 @@ class RowId(NamedTuple):
     return cls(*(row[k] for k in cls._fields))
 
   def name(self, sep: str = "/") -> str:
-    """`cnn_fc/translate/full/s0`: how log lines, wandb runs and heatmap files name the row."""
-    *dims, seed = self
-    return sep.join([*map(str, dims), f"s{seed}"])
+    """`cnn_fc/translate/full/lr0.001/s0`: how log lines, wandb runs and heatmap files name the row."""
+    return sep.join([self.model, self.pretrain, self.finetune, f"lr{format_lr(self.finetune_lr)}", f"s{self.seed}"])
 
   def sibling(self, **changes: Any) -> RowId:
     """The row of the same run that differs in the given dimensions (e.g. `finetune="last"`)."""
     return self._replace(**changes)
 
 
+def format_lr(lr: float) -> str:
+  """A learning rate as tables and file names show it: `0.001`, `0.0003`, `1e-05`."""
+  return f"{lr:g}"
+
+
 IDENTITY: tuple[str, ...] = RowId._fields
+LR = "finetune_lr"
 SEED = "seed"
 # What a leaderboard line averages over seeds: every dimension but the seed, within one experiment.
 DIMENSIONS: tuple[str, ...] = tuple(k for k in IDENTITY if k != SEED)
@@ -72,6 +78,7 @@ NOT_METRICS: tuple[str, ...] = (
   *KEYS,
   *ANNOTATIONS,
   "finetune_steps",
+  "val_in_acc",  # the rate-choosing criterion, not a result
   "finetune_seconds",
   "eval_seconds",
   "chance",
@@ -88,6 +95,7 @@ METRICS: dict[str, str] = {
   "invariance_lost": "inv_lost",
   "consistency": "consistency",
   "consistency_circular": "consist_circ",
+  "consistency_local": "consist_local",
   "worst_case_acc": "worst_case",
   "worst_of_k_acc": "worst_of_k",
   "flip_rate": "flip_rate",

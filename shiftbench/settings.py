@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -129,11 +130,29 @@ class Settings:
   loaders: dict[str, Callable[[], Any]]  # {"pretrain": ..., "finetune": ...} -> ObjectSet
   tracker: Any  # the experiment tracker (`logger`)
   pretrain_weights: str | dict[str, str] | None = None  # the `imagenet` regime's weights file(s)
-  until_accuracy: tuple[float, int] | None = None  # fine-tune stopping rule: (threshold, patience steps)
+  until_accuracy: tuple[float, int] | None = None  # fine-tune stopping rule: (threshold, window of steps)
+  finetune_rates: tuple[float, ...] = (1e-3,)  # one row per fine-tune learning rate
+  curve_steps: tuple[int, ...] = ()  # early fine-tune curve points, besides every `eval_every` steps
+  arms: dict[str, tuple[tuple[str, str], ...]] = dataclasses.field(default_factory=dict)  # model -> (regime, mode)s
 
-  def modes_for(self, regime: str) -> tuple[str, ...]:
-    """The fine-tune modes run after `regime`: `scratch_modes` for `scratch`, `finetune_modes` otherwise."""
-    return self.scratch_modes if regime == "scratch" else self.finetune_modes
+  def modes_for(self, regime: str, model: str | None = None) -> tuple[str, ...]:
+    """The fine-tune modes run after `regime`: `scratch_modes` for `scratch`, `finetune_modes` otherwise;
+    for a model listed in `arms`, only the modes listed there."""
+    modes = self.scratch_modes if regime == "scratch" else self.finetune_modes
+    if model in self.arms:
+      return tuple(m for m in schema.FINETUNE_MODES if (regime, m) in self.arms[model])
+    return modes
+
+  def regimes_for(self, model: str) -> tuple[str, ...]:
+    """The pretrain regimes run for `model` (those of `arms` when it is listed there)."""
+    return tuple(r for r in self.pretrain_regimes if self.modes_for(r, model))
+
+  def row_ids(self, model: str, regime: str, seed: int) -> list[schema.RowId]:
+    """The rows of one pretrained model, in the order they run: each rate, then each mode (`last` first,
+    so `head` and `full` start their curves from its probe)."""
+    return [
+      schema.RowId(model, regime, mode, lr, seed) for lr in self.finetune_rates for mode in self.modes_for(regime, model)
+    ]
 
   @classmethod
   def from_config(cls, cfg: DictConfig | Mapping[str, Any]) -> Settings:
@@ -161,6 +180,7 @@ class Settings:
     factories = {name: hydra.utils.instantiate(mcfg) for name, mcfg in model_configs.items()}
     optimizers = {p: config[p]["optimizer"] for p in ("pretrain", "finetune")}
     data = {"pretrain": config["data"]["pretrain"], "finetune": config["data"]["finetune"]}
+    rates = _rates(cfg.finetune)
     logger = dict(config.get("logger") or {"_target_": "shiftbench.tracking.WandbTracker", "mode": "disabled"})
     return cls(
       seeds=tuple(int(s) for s in seeds),
@@ -197,7 +217,10 @@ class Settings:
       models=model_configs,
       optimizers=optimizers,
       factories=factories,
-      transforms={phase: hydra.utils.instantiate(opt) for phase, opt in optimizers.items()},
+      transforms={
+        "pretrain": hydra.utils.instantiate(optimizers["pretrain"]),
+        "finetune": {lr: hydra.utils.instantiate(optimizers["finetune"], learning_rate=lr) for lr in rates},
+      },
       evaluators=build_evaluators(config["eval"].get("metrics")),
       loaders={side: hydra.utils.instantiate(dcfg, _partial_=True) for side, dcfg in data.items()},
       tracker=hydra.utils.instantiate(logger),
@@ -209,6 +232,9 @@ class Settings:
       overwrite=bool(config.get("overwrite", False)),
       pretrain_weights=_weights(cfg, factories),
       until_accuracy=_until_accuracy(cfg.finetune.get("until_accuracy")),
+      finetune_rates=rates,
+      curve_steps=tuple(sorted({_positive(v, "finetune.curve_steps entry") for v in cfg.finetune.get("curve_steps") or []})),
+      arms=_arms(config.get("arms"), model_configs),
       # Last, as arguments are evaluated in order: `auto` for the torchvision networks compiles them (~40 s
       # for DenseNet-121 at full width), so every other setting is checked, and reported, before the count.
       eval_batch=batching.resolve_batch_size(
@@ -284,12 +310,66 @@ def _weights(cfg: DictConfig, factories: Mapping[str, Callable[..., Any]]) -> st
 
 
 def _until_accuracy(value) -> tuple[float, int] | None:
-  """`finetune.until_accuracy`: null (train `finetune.steps`) or {threshold, patience}."""
+  """`finetune.until_accuracy`: null (train `finetune.steps`) or {threshold, window}."""
   if value is None:
     return None
-  threshold, patience = float(value.threshold), int(value.patience)
-  if not 0.0 <= threshold <= 1.0 or patience < 0:
-    raise ValueError(
-      f"finetune.until_accuracy needs 0 <= threshold <= 1 and patience >= 0, got {threshold}, {patience}"
+  if "patience" in value:
+    raise ConfigError(
+      "finetune.until_accuracy.patience was replaced by window (the running mean of training accuracy over "
+      "that many steps must reach the threshold); e.g. finetune.until_accuracy={threshold: 0.95, window: 200}"
     )
-  return threshold, patience
+  threshold, window = float(value.threshold), int(value.window)
+  if not 0.0 < threshold <= 1.0 or window < 1:
+    raise ConfigError(
+      f"finetune.until_accuracy needs 0 < threshold <= 1 and window >= 1 steps, got threshold {threshold}, "
+      f"window {window}"
+    )
+  return threshold, window
+
+
+def _rates(finetune) -> tuple[float, ...]:
+  """`finetune.learning_rates` (a list: one row per rate, each with the optimiser built at that rate), or,
+  when it is null, the optimiser's own `learning_rate` (one rate)."""
+  rates, own = finetune.get("learning_rates"), finetune.optimizer.get("learning_rate")
+  if rates is not None and own is not None:
+    raise ConfigError(
+      f"both finetune.learning_rates ({list(rates) if OmegaConf.is_list(rates) else rates}) and "
+      f"finetune.optimizer.learning_rate ({own}) are set; give the rates in one place, e.g. "
+      "'finetune.learning_rates=[1e-3,1e-2]' (or finetune.learning_rates=null to use the optimiser's)"
+    )
+  if rates is None:
+    if isinstance(own, bool) or not isinstance(own, (int, float)):
+      raise ConfigError(
+        f"finetune.optimizer.learning_rate is {own!r}; rows are labelled by their learning rate, so give a "
+        "number, or a list in finetune.learning_rates, e.g. 'finetune.learning_rates=[1e-3,1e-2]'"
+      )
+    return (float(own),)
+  rates = list(rates) if OmegaConf.is_list(rates) or isinstance(rates, (list, tuple)) else [rates]
+  if not rates:
+    raise ConfigError("finetune.learning_rates is empty; give one or more, e.g. 'finetune.learning_rates=[1e-3,1e-2]'")
+  for lr in rates:
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+      raise ConfigError(f"finetune.learning_rates entries must be numbers > 0, got {lr!r} in {rates}")
+  if len(set(rates)) != len(rates):
+    raise ConfigError(f"finetune.learning_rates has a rate twice: {rates}")
+  return tuple(sorted(float(lr) for lr in rates))
+
+
+def _arms(value, model_configs: Mapping[str, Any]) -> dict[str, tuple[tuple[str, str], ...]]:
+  """`arms`: null (every model runs every regime x mode), or {model: [regime/mode, ...]} restricting the
+  models listed to those rows (models not listed run them all)."""
+  out: dict[str, tuple[tuple[str, str], ...]] = {}
+  for model, entries in (value or {}).items():
+    if model not in model_configs:
+      continue  # a preset's arms for a model this run does not include
+    pairs = []
+    for entry in entries or []:
+      regime, _, mode = str(entry).partition("/")
+      if regime not in schema.PRETRAIN_REGIMES or mode not in schema.FINETUNE_MODES:
+        raise ConfigError(
+          f"arms.{model} entry {entry!r} is not regime/mode; regimes: {', '.join(schema.PRETRAIN_REGIMES)}; "
+          f"modes: {', '.join(schema.FINETUNE_MODES)} (e.g. translate/full)"
+        )
+      pairs.append((regime, mode))
+    out[str(model)] = tuple(pairs)
+  return out

@@ -8,6 +8,7 @@ part rides along as a constant and XLA drops its backward pass.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import logging
@@ -60,24 +61,39 @@ class Placement:
 
 @dataclasses.dataclass
 class UntilAccuracy:
-  """Biscione & Bowers' stopping rule: stop once training accuracy has stayed >= `threshold` for `patience`
-  steps (the `steps` budget stays the cap). Accuracy is read once per dispatch (the batch accuracy of its
-  last step), so a run of readings at or above the threshold spanning `patience` steps ends training.
-  After `train`, `stopped_at` is the step it ended at, or None when the cap came first."""
+  """Biscione & Bowers' stopping rule: stop once the running mean of training accuracy over the last
+  `window` steps reaches `threshold` (the `steps` budget stays the cap).
+
+  Every step's batch accuracy enters the mean, so the rule reads the true training accuracy to within
+  sqrt(p(1-p) / (batch x window)) (0.002 at p = 0.97, batch 32, window 200) and fires soon after that
+  accuracy passes the threshold; a rule that needs every single batch at or above the threshold would
+  almost never fire at batch 32. It is checked at the end of each dispatch (the model exists only there),
+  so `stopped_at`, the step training ended at, is a multiple of the steps per dispatch; None when the
+  cap came first.
+  """
 
   threshold: float
-  patience: int
-  since: int | None = None
+  window: int
   stopped_at: int | None = None
+  mean: float | None = None  # the running mean when it was last checked (None before `window` steps)
+  _recent: collections.deque = dataclasses.field(default_factory=collections.deque, repr=False)
 
-  def update(self, step: int, acc: float) -> bool:
-    if acc < self.threshold:
-      self.since = None
+  def update(self, step: int, accs) -> bool:
+    """Adds the batch accuracies of the steps up to `step` (in order) and says whether to stop there."""
+    for acc in np.asarray(accs, np.float64).reshape(-1):
+      self._recent.append(float(acc))
+      if len(self._recent) > self.window:
+        self._recent.popleft()
+    if len(self._recent) < self.window:
       return False
-    self.since = step if self.since is None else self.since
-    if step - self.since >= self.patience:
+    self.mean = math.fsum(self._recent) / self.window  
+    if self.mean >= self.threshold:
       self.stopped_at = step
     return self.stopped_at is not None
+
+  def record(self) -> dict[str, Any]:
+    """What a row records of this rule (`finetune_stop`), once training ended."""
+    return {"rule": "until_accuracy", "threshold": self.threshold, "window": self.window, "final_mean": self.mean}
 
 
 def trainable_filter(mode: str) -> Any:
@@ -156,7 +172,8 @@ def _compiled_update(graphdef, tx, spec, placement, batch_size, k):
   def update(params, opt_state, rest, base_key, start, images, labels):
     keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(start + jnp.arange(k))
     if k == 1:
-      return step(params, opt_state, rest, keys[0], images, labels)
+      params, opt_state, rest, m = step(params, opt_state, rest, keys[0], images, labels)
+      return params, opt_state, rest, {**m, "accs": m["acc"][None]}
 
     def body(carry, key):
       p, o, r = carry
@@ -164,7 +181,8 @@ def _compiled_update(graphdef, tx, spec, placement, batch_size, k):
       return (p, o, r), m
 
     (params, opt_state, rest), ms = jax.lax.scan(body, (params, opt_state, rest), keys)
-    return params, opt_state, rest, jax.tree.map(lambda v: v[-1], ms)
+    # The last step's loss and accuracy, and every step's accuracy (the stopping rule's running mean).
+    return params, opt_state, rest, {**jax.tree.map(lambda v: v[-1], ms), "accs": ms["acc"]}
 
   return jax.jit(update, donate_argnums=(0, 1))  # not `rest`: in `head`/`last` modes it holds the frozen part
 
@@ -208,6 +226,7 @@ def train(
   dispatch: int | str = "auto",
   log_every: int = 50,
   eval_every: int = 0,
+  eval_steps: tuple[int, ...] = (),
   on_eval: Callable[[int, nnx.Module], None] | None = None,
   desc: str = "train",
   checkpoints: resume.Checkpoints | None = None,
@@ -226,7 +245,8 @@ def train(
     mode: `full` (all params), `head` (backbone frozen) or `last` (the classifier only).
     dispatch: steps per jitted call, or `auto`.
     log_every: host sync interval for the progress bar and the finite-loss check.
-    eval_every, on_eval: call `on_eval(step, model)` at step 0, every `eval_every` steps and at the end.
+    eval_every, eval_steps, on_eval: call `on_eval(step, model)` at step 0, at each of `eval_steps`, every
+      `eval_every` steps and at the end.
     desc: progress bar label.
     checkpoints: resumable checkpoints: training continues from the last one there (bit-identical to not
       stopping) and saves one every `checkpoints.every` steps, rounded up to a multiple of `dispatch`.
@@ -252,13 +272,23 @@ def train(
   def sync_model():
     nnx.update(model, params, rest)
 
+  evals = sorted({e for e in eval_steps if 0 < e < steps}) if on_eval is not None else []
+
+  def next_eval(after: int) -> int:
+    """The first evaluation step after `after` (`steps` when there is none before the end)."""
+    regular = (after // eval_every + 1) * eval_every if on_eval is not None and eval_every else steps
+    return min([steps, regular, *(e for e in evals if e > after)])
+
+  def evaluates_at(step: int) -> bool:
+    return on_eval is not None and (step in evals or bool(eval_every) and step % eval_every == 0)
+
   if on_eval is not None and done == 0:
     on_eval(0, model)
   with tqdm(total=steps, initial=done, desc=desc, unit="step", leave=False, dynamic_ncols=True, disable=None) as bar:
     while done < steps:
       # Chunks end at every evaluation step, so on_eval sees the model at exactly the steps asked for;
       # a chunk shorter than k runs step by step rather than compiling another scan length.
-      stop = min(steps, (done // eval_every + 1) * eval_every) if on_eval is not None and eval_every else steps
+      stop = next_eval(done)
       if every:  # and at every checkpoint, so a resumed run chunks alike
         stop = min(stop, (done // every + 1) * every)
       n = min(k, stop - done)
@@ -268,15 +298,17 @@ def train(
         # the one-step program compiles on first use
         else (_compiled_update(graphdef, tx, spec, placement, batch_size, 1), range(done, done + n))
       )
+      accs = []  # every step's batch accuracy, for the stopping rule
       for start in starts:
         params, opt_state, rest, metrics = program(
           params, opt_state, rest, base_key, np.int32(start), data.images, data.labels
         )
+        accs.append(metrics["accs"])
       done += n
       bar.update(n)
-      stopping = until is not None and until.update(done, float(metrics["acc"]))
+      stopping = until is not None and until.update(done, np.concatenate([np.asarray(a) for a in accs]))
       if done % log_every < n or done == steps or stopping:
-        logged = {key: float(v) for key, v in metrics.items()}
+        logged = {key: float(v) for key, v in metrics.items() if key != "accs"}
         history.append({"step": done, **logged})
         check_divergence(history, data.num_classes, desc, final=done == steps or stopping)
         bar.set_postfix(loss=f"{logged['loss']:.3f}", acc=f"{logged['acc']:.3f}")
@@ -284,7 +316,7 @@ def train(
         checkpoints.save(done, {"params": params, "opt_state": opt_state, "rest": rest}, history)
       if stopping:
         break
-      if done == stop and done != steps and on_eval is not None and eval_every and done % eval_every == 0:
+      if done == stop and done != steps and evaluates_at(done):
         sync_model()
         on_eval(done, model)
   sync_model()

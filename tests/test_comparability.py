@@ -49,13 +49,14 @@ def test_key_ignores_seeds_paths_and_batch_size_but_not_settings_that_change_num
     [f"paths.checkpoint_dir={tmp_path}/other"],
     ["data.pretrain.workers=1"],
     ["logger=wandb"],
+    ["finetune.learning_rates=[0.1]"],  # a row dimension: each row carries its finetune_lr instead
   ):
     assert comparison.key_of(protocol(same)) == base, same
   for other in (
     ["canvas.size=24"],
     ["finetune.steps=5"],
     ["eval.grid_stride=3"],
-    ["finetune.optimizer.learning_rate=0.1"],
+    ["+finetune.optimizer.b1=0.8"],
     ["eval.max_objects=10"],
     ["pretrain.jitter=2"],
   ):

@@ -225,7 +225,7 @@ def test_a_row_not_significantly_above_chance_shows_no_invariance(tiny_data_dir,
       "pretrain.regimes=[scratch]",
       "finetune.steps=1",
       "finetune.eval_every=0",
-      "finetune.optimizer.learning_rate=1e-9",
+      "finetune.learning_rates=[1e-9]",
     ],
   )
   row = run_experiment(cfg, tmp_path / "run")["rows"][0]

@@ -25,6 +25,7 @@ def _row(model, regime, mode, seed, invariance, key="k"):
     "model": model,
     "pretrain": regime,
     "finetune": mode,
+    "finetune_lr": 1e-3,
     "seed": seed,
     "invariance": invariance,
     "comparison_key": key,
@@ -36,14 +37,14 @@ def test_identity_fields_are_named_in_the_schema_only():
   spelled = re.compile(r"""["']model["'],\s*["']pretrain["'],\s*["']finetune["']""")
   found = [p.name for p in (ROOT / "shiftbench").rglob("*.py") if spelled.search(p.read_text())]
   assert found == [], f"a row's identity is spelled out in {found}; read schema.IDENTITY / schema.RowId"
-  assert schema.IDENTITY == ("model", "pretrain", "finetune", "seed")
-  assert schema.DIMENSIONS == ("model", "pretrain", "finetune") and schema.GROUP[-1] == "comparison_key"
+  assert schema.IDENTITY == ("model", "pretrain", "finetune", "finetune_lr", "seed")
+  assert schema.DIMENSIONS == ("model", "pretrain", "finetune", "finetune_lr") and schema.GROUP[-1] == "comparison_key"
 
 
 def test_row_ids_name_rows_and_find_their_siblings():
   rid = schema.RowId.of(_row("cnn_fc", "translate", "full", 2, 0.1))
-  assert rid.name() == "cnn_fc/translate/full/s2" and rid.name("_") == "cnn_fc_translate_full_s2"
-  assert rid.sibling(finetune="last") == ("cnn_fc", "translate", "last", 2)
+  assert rid.name() == "cnn_fc/translate/full/lr0.001/s2" and rid.name("_") == "cnn_fc_translate_full_lr0.001_s2"
+  assert rid.sibling(finetune="last") == ("cnn_fc", "translate", "last", 1e-3, 2)
 
 
 def test_invariance_lost_pairs_last_and_full_of_one_experiment_model_regime_and_seed():
