@@ -58,6 +58,7 @@ def tiny_overrides(data_dir: str, checkpoint_dir: str) -> list[str]:
     "finetune.steps=4",
     "finetune.batch_size=8",
     "finetune.eval_every=2",
+    "finetune.learning_rates=[1e-2]",  # one rate: a test that needs the rate dimension asks for two
     "eval.grid_stride=6",
     "eval.curve_objects=6",
   ]

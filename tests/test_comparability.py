@@ -303,7 +303,7 @@ def test_a_run_directory_of_another_version_is_not_resumed_into(tmp_path):
   record = {
     "config": config,
     "environment": {"versions": {"shiftbench": "0.3.0"}},
-    "rows": [{"model": "gap", "pretrain": "scratch", "finetune": "full", "seed": 0}],
+    "rows": [{"model": "gap", "pretrain": "scratch", "finetune": "full", "finetune_lr": 0.01, "seed": 0}],
   }
   (tmp_path / "results.json").write_text(json.dumps(record))
   with pytest.raises(

@@ -20,7 +20,11 @@ ROW_FIELDS = {
   "model",
   "pretrain",
   "finetune",
+  "finetune_lr",
   "seed",
+  "val_in_acc",
+  "consistency_local",
+  "finetune_stop",
   "in_acc",
   "off_acc",
   "invariance",
@@ -49,18 +53,32 @@ def _cfg(tiny_data_dir, tmp_path, extra=()):
 
 @pytest.mark.slow
 def test_tiny_protocol_writes_every_row_and_artifact(tiny_data_dir, tmp_path, capsys):
-  cfg = _cfg(tiny_data_dir, tmp_path, ["model=[cnn_fc,gap]"])
+  cfg = _cfg(
+    tiny_data_dir, tmp_path, ["model=[cnn_fc,gap]", "finetune.learning_rates=[1e-3,1e-2]", "finetune.curve_steps=[1,3]"]
+  )
   out = tmp_path / "run"
   record = run_experiment(cfg, out)
   rows = json.loads((out / "results.json").read_text())["rows"]
-  assert len(rows) == 2 * (1 + 3) == len(record["rows"])
-  keys = {(r["model"], r["pretrain"], r["finetune"]) for r in rows}
-  # scratch pairs with full only (a random frozen backbone measures nothing); translate with every mode
+  assert len(rows) == 2 * (1 + 3) * 2 == len(record["rows"])
+  keys = {(r["model"], r["pretrain"], r["finetune"], r["finetune_lr"]) for r in rows}
+  # scratch pairs with full only (a random frozen backbone measures nothing); translate with every mode;
+  # one row per fine-tune rate, the pretrained model shared
   assert keys == {
-    (m, p, f)
+    (m, p, f, lr)
     for m in ("cnn_fc", "gap")
     for p, f in [("scratch", "full"), ("translate", "last"), ("translate", "head"), ("translate", "full")]
+    for lr in (1e-3, 1e-2)
   }
+  by_rate = {(r["model"], r["pretrain"], r["finetune"], r["finetune_lr"]): r for r in rows}
+  for (m, p, f, lr), r in by_rate.items():
+    assert r["finetune_stop"] == {"rule": "steps", "step": 4} and 0 <= r["val_in_acc"] <= 1
+    if p == "translate" and f != "last":  # head and full start their curve from the probe (`last`) at this rate
+      assert r["curve"][0] == {**by_rate[(m, p, "last", lr)]["curve"][-1], "step": 0, "from": "probe"}
+    else:
+      assert "from" not in r["curve"][0]
+  ckpt_names = [p.name for p in (tmp_path / "ckpt").iterdir()]
+  assert len(ckpt_names) == 2, ckpt_names  # one pretraining per model, shared by both rates
+  rows = [r for r in rows if r["finetune_lr"] == 1e-2]
   saved = json.loads((out / "results.json").read_text())
   assert saved["environment"]["versions"]["jax"] and saved["environment"]["devices"]
   assert saved["environment"]["versions"]["shiftbench"] == shiftbench.__version__  # the code that ran
@@ -71,7 +89,7 @@ def test_tiny_protocol_writes_every_row_and_artifact(tiny_data_dir, tmp_path, ca
     acc = np.array(r["location_map"]["acc"])
     assert acc.shape == (len(r["location_map"]["ys"]), len(r["location_map"]["xs"]))
     assert ((acc >= 0) & (acc <= 1)).all()
-    assert [c["step"] for c in r["curve"]] == [0, 2, 4]
+    assert [c["step"] for c in r["curve"]] == [0, 1, 2, 3, 4]  # step 0, curve_steps and every eval_every
     assert (out / r["heatmap"]).is_file()
     if r["pretrain"] == "scratch":
       assert r["pretrain_invariance_before"] is None and r["pretrain_in_acc_before"] is None

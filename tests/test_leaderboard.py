@@ -51,7 +51,7 @@ def test_cli_aggregates_seeds_from_every_results_file_and_writes_all_formats(tin
 
 def test_invariance_lost_is_last_minus_full_per_seed():
   rows = [
-    {"model": "m", "pretrain": "p", "finetune": f, "seed": s, "invariance": v, "invariance_lost": None}
+    {"model": "m", "pretrain": "p", "finetune": f, "finetune_lr": 0.01, "seed": s, "invariance": v, "invariance_lost": None}
     for s, (h, fu) in enumerate([(0.9, 0.5), (0.8, 0.6)])
     for f, v in (("last", h), ("full", fu))
   ]
@@ -98,7 +98,7 @@ def test_wandb_offline_logs_rows_images_and_the_table_without_network(tiny_resul
 
 def test_means_count_only_defined_values_and_say_how_many():
   rows = [
-    {"model": "m", "pretrain": "translate", "finetune": "full", "seed": s, "invariance": v}
+    {"model": "m", "pretrain": "translate", "finetune": "full", "finetune_lr": 0.01, "seed": s, "invariance": v}
     for s, v in enumerate([3.625, None, None])
   ]
   entry = leaderboard.aggregate(rows)[0]

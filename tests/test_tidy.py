@@ -59,6 +59,7 @@ def test_undefined_values_are_empty_cells_and_lists_are_json():
       "model": "m",
       "pretrain": "scratch",
       "finetune": "full",
+      "finetune_lr": 0.01,
       "seed": s,
       "invariance": v,
       "inv_lost": None,
@@ -73,6 +74,7 @@ def test_undefined_values_are_empty_cells_and_lists_are_json():
     "model",
     "pretrain",
     "finetune",
+    "finetune_lr",
     "seed",
     "comparison_key",
     "protocol_key",
@@ -80,8 +82,8 @@ def test_undefined_values_are_empty_cells_and_lists_are_json():
     "invariance",
     "inv_lost",
   ]  # undefined in every row, still a column
-  assert values[1] == ["m", "scratch", "full", 1, "b", "b", "[0, 0]", None, None]
-  assert tidy.to_csv(columns, values).splitlines()[2] == 'm,scratch,full,1,b,b,"[0, 0]",,'
+  assert values[1] == ["m", "scratch", "full", 0.01, 1, "b", "b", "[0, 0]", None, None]
+  assert tidy.to_csv(columns, values).splitlines()[2] == 'm,scratch,full,0.01,1,b,b,"[0, 0]",,'
 
 
 def test_load_rows_returns_a_dataframe(tiny_results, tmp_path):

@@ -74,6 +74,7 @@ def _row(mode="head", seed=0):
     "model": "gap",
     "pretrain": "translate",
     "finetune": mode,
+    "finetune_lr": 0.01,
     "seed": seed,
     "in_acc": 0.9,
     "off_acc": 0.8,

@@ -111,13 +111,51 @@ def test_scanned_chunks_end_at_every_evaluation_step():
       seed=0,
       dispatch=k,
       eval_every=7,
+      eval_steps=(3, 10, 40),  # early curve points; 40 is past the end and is dropped
       on_eval=lambda step, m, seen=seen: seen.append((step, _params(m))),
     )
     runs.append(seen)
   for one, scanned in zip(*runs):
     assert one[0] == scanned[0]
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), one[1], scanned[1])
-  assert [step for step, _ in runs[1]] == [0, 7, 14, 21, 23]
+  assert [step for step, _ in runs[1]] == [0, 3, 7, 10, 14, 21, 23]
+
+
+def _batch_accuracies(p: float, steps: int, batch: int, seed: int) -> np.ndarray:
+  """Each step's batch accuracy when the true training accuracy is `p`: Binomial(batch, p) / batch."""
+  return np.random.default_rng(seed).binomial(batch, p, steps) / batch
+
+
+def _stop_step(rule: train.UntilAccuracy, accs: np.ndarray, per_dispatch: int) -> int | None:
+  """Feeds the rule one dispatch at a time, as `train.train` does; the step it stops at, or None."""
+  for end in range(per_dispatch, len(accs) + 1, per_dispatch):
+    if rule.update(end, accs[end - per_dispatch : end]):
+      return end
+  return None
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_running_mean_rule_stops_just_above_the_threshold_and_never_below(seed):
+  # Biscione & Bowers stop on a running mean of training accuracy. At batch 32, threshold 0.95 and a
+  # 200-step window the mean's sd is ~0.002: a true accuracy of 0.96 stops within a window or two of
+  # steps; 0.94 (5 sd below) never does in 5000 steps. (A rule that needs every batch >= 0.95 for 500
+  # steps fires with probability ~4e-7 at a true 0.97, so such runs go to the cap.)
+  above = train.UntilAccuracy(threshold=0.95, window=200)
+  step = _stop_step(above, _batch_accuracies(0.96, 5000, 32, seed), per_dispatch=10)
+  assert step is not None and 200 <= step <= 400 and step % 10 == 0
+  assert above.stopped_at == step and above.mean >= 0.95
+  below = train.UntilAccuracy(threshold=0.95, window=200)
+  assert _stop_step(below, _batch_accuracies(0.94, 5000, 32, seed), per_dispatch=10) is None
+  assert below.stopped_at is None and below.mean < 0.95
+
+
+def test_running_mean_rule_waits_for_a_full_window_and_records_itself():
+  rule = train.UntilAccuracy(threshold=0.6, window=4)
+  assert not rule.update(2, [1.0, 1.0]) and rule.mean is None  # two perfect steps are not a window of four
+  assert not rule.update(4, [0.0, 0.0]) and rule.mean == 0.5
+  assert not rule.update(6, [1.0, 1.0]) and rule.mean == 0.5  # the oldest two left the window
+  assert rule.update(8, [1.0, 1.0]) and rule.stopped_at == 8 and rule.mean == 1.0
+  assert rule.record() == {"rule": "until_accuracy", "threshold": 0.6, "window": 4, "final_mean": 1.0}
 
 
 def test_nan_loss_stops_training_with_a_clear_error():
