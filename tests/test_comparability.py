@@ -315,3 +315,16 @@ def test_a_run_directory_of_another_version_is_not_resumed_into(tmp_path):
   record["environment"]["versions"]["shiftbench"] = __version__
   (tmp_path / "results.json").write_text(json.dumps(record))
   assert len(run_dir.resumable_rows(tmp_path / "results.json", config)) == 1
+
+
+def test_the_default_run_and_reproduce_share_a_protocol_key_and_the_stopping_rule_does_not():
+  """0.4: the default run's rows could be read beside reproduce's only by trusting that no setting
+  differed; the rates, seeds, models and arms each runs are row dimensions, not protocol settings."""
+
+  def key(experiment):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+      cfg = compose("config", overrides=[f"experiment={experiment}", "logger=none"])
+    s = Settings.from_config(cfg)
+    return comparison.key_of(comparison.protocol_settings(s.config, {"pretrain": "a", "finetune": "b"}, "v"))
+
+  assert key("quick") == key("reproduce") != key("reproduce_stop")

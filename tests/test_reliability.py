@@ -20,6 +20,7 @@ from hydra import compose, initialize_config_dir
 from shiftbench import evaluators, leaderboard, network, preflight, pretrained, results, tracking, train
 from shiftbench.canvas import CanvasSpec
 from shiftbench.data import load_npz, require_task
+from shiftbench.settings import Settings
 from shiftbench.errors import CacheError, ConfigError, DataError, DivergenceError
 from shiftbench.experiment import run_experiment
 from shiftbench.models import ShiftNet
@@ -176,6 +177,26 @@ def test_optimizer_hyperparameters_outside_their_domain_fail_before_training(ove
     cfg = compose("config", overrides=[override])
   with pytest.raises(ConfigError, match=message):
     preflight.check_optimizers(cfg)
+
+
+@pytest.mark.parametrize(
+  "overrides,message",
+  [
+    (["finetune.learning_rates=[1e-3,-1]"], r"finetune.learning_rates entries must be numbers > 0, got -1"),
+    (["finetune.learning_rates=[]"], r"finetune.learning_rates is empty"),
+    (["finetune.learning_rates=[1e-3,1e-3]"], r"finetune.learning_rates has a rate twice"),
+    (["finetune.optimizer.learning_rate=1e-3"], r"both finetune.learning_rates .* and finetune.optimizer.learning_rate"),
+    (["finetune.learning_rates=null"], r"finetune.optimizer.learning_rate is None"),
+    (["+finetune.until_accuracy.threshold=0.9", "+finetune.until_accuracy.patience=5"], r"patience was replaced by window"),
+    (["+finetune.until_accuracy.threshold=0.9", "+finetune.until_accuracy.window=0"], r"window >= 1 steps, got .* 0"),
+    (["+arms.cnn_fc=[translate/everything]"], r"arms.cnn_fc entry 'translate/everything' is not regime/mode"),
+  ],
+)
+def test_bad_rates_stopping_rules_and_arms_fail_with_the_bad_value(overrides, message):
+  with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    cfg = compose("config", overrides=["logger=none", *overrides])
+  with pytest.raises(ConfigError, match=message):
+    Settings.from_config(cfg)
 
 
 def _bars(n=60, k=3):

@@ -225,3 +225,15 @@ def test_every_default_metric_runs_on_the_one_predictor_it_is_handed_and_nothing
   before = evaluators.run_all(evals, second, objs, _ctx(), before=True)
   assert set(before) == {"similarity_before", "similarity_before_layers"}
   assert received[len(evals) :] == [second] * (len(evals) + 1) and len(traced) == compiled
+
+
+def test_local_consistency_pairs_start_at_the_fine_tune_location_and_stay_on_the_canvas():
+  spec = canvas.CanvasSpec(16, 6)  # valid locations 0..10 per axis
+  for where in ((5, 5), (0, 10)):  # the centre, and a corner where offsets must stop at the edge
+    base, offset = consistency.sample_shift_pairs(jax.random.key(0), 500, spec, 4, "canvas", around=where)
+    base, shifted = np.asarray(base), np.asarray(base + offset)
+    assert (base == where).all()
+    assert (shifted >= 0).all() and (shifted <= spec.max_offset).all()
+    assert (np.abs(shifted - base) <= 4).all() and (shifted != base).any(axis=1).mean() > 0.5
+  with pytest.raises(Exception, match="around must be one of canvas, finetune"):
+    evaluators.ShiftConsistency(around="everywhere")
