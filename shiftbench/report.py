@@ -1,5 +1,6 @@
-"""Leaderboard rendering: the figure grid of location maps, the forgetting curves, and one
-self-contained HTML page (sortable table, figures embedded as base64 PNG, no external files)."""
+"""Leaderboard rendering: the headline figure (`shiftbench.headline`: invariance against the fine-tune
+rate), the figure grid of location maps, the forgetting curves, and one self-contained HTML page
+(sortable table, figures embedded as base64 PNG, no external files)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from shiftbench import claims as claims_lib
-from shiftbench import plots
+from shiftbench import headline, plots
 from shiftbench.results import atomic_write_text
 from shiftbench.schema import FINETUNE_MODES, PRETRAIN_REGIMES
 
@@ -211,11 +212,19 @@ def render_html(
 
 
 def write_report(board, out_dir: str | os.PathLike) -> Path:
-  """Writes `location_maps.png`, `forgetting_curves.png` and `index.html` into `out_dir`."""
+  """Writes `headline.png` (when the rows span 2 or more fine-tune rates), `location_maps.png`,
+  `forgetting_curves.png` and `index.html` into `out_dir`."""
   out_dir = Path(out_dir)
-  figures = {
-    "Location maps (models x pretrain / fine-tune)": location_map_grid(board.entries, out_dir / "location_maps.png")
-  }
+  figures = {}
+  claims_json = claims_lib.to_json(board.claims)
+  top = headline.save_headline(board.source_rows, claims_json, out_dir / "headline.png")
+  if top is not None:
+    figures["Retained invariance against fine-tune learning rate"] = top
+  else:  # one rate: no curve; a headline.png left by an earlier board would contradict this one
+    (out_dir / "headline.png").unlink(missing_ok=True)
+  figures["Location maps (models x pretrain / fine-tune)"] = location_map_grid(
+    board.entries, out_dir / "location_maps.png"
+  )
   if any(e.get("curve") for e in board.entries):
     figures["Invariance over fine-tune steps"] = forgetting_curves(board.entries, out_dir / "forgetting_curves.png")
   page = render_html(

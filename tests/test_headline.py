@@ -2,10 +2,11 @@
 writes, on synthetic rows: no jax, no training."""
 
 import math
+import re
 
 import pytest
 
-from shiftbench import headline
+from shiftbench import headline, leaderboard, report
 
 FIXED = {"finetune.steps": 600, "finetune.until_accuracy": None}
 RULE = {"finetune.steps": 600, "finetune.until_accuracy.threshold": 0.95, "finetune.until_accuracy.window": 100}
@@ -108,3 +109,24 @@ def test_save_headline_writes_a_png_and_returns_none_for_a_single_rate(tmp_path)
   assert not (tmp_path / "one.png").exists()
   scratch_only = [r for r in rows if r["pretrain"] == "scratch"]
   assert headline.save_headline(scratch_only, [], tmp_path / "scratch.png") is None  # no translate arm
+
+
+def _board(rows):
+  entries = leaderboard.aggregate(rows)
+  return leaderboard.Board(["model"], [[e["model"]] for e in entries], "", "", entries, [], rows)
+
+
+def test_the_page_shows_the_headline_first_and_drops_a_stale_one(tmp_path):
+  rows = [
+    dict(r, off_acc=0.5, curve=[{"step": 0, "invariance": 0.1}, {"step": 10, "invariance": 0.2}]) for r in _grid()
+  ]
+  report.write_report(_board(rows), tmp_path)
+  page = (tmp_path / "index.html").read_text()
+  titles = re.findall(r"<h2>(.*?)</h2>", page)
+  figures = titles[titles.index("Leaderboard") + 1 :]
+  assert figures[0] == "Retained invariance against fine-tune learning rate" and len(figures) == 3
+  assert (tmp_path / "headline.png").is_file()
+  one_rate = [r for r in rows if r["finetune_lr"] == 1e-3]
+  report.write_report(_board(one_rate), tmp_path)
+  assert not (tmp_path / "headline.png").exists()  # an earlier board's figure would contradict this one
+  assert "Retained invariance" not in (tmp_path / "index.html").read_text()
