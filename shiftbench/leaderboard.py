@@ -67,10 +67,15 @@ def _mean_std(values: list[float | None]) -> tuple[float, float, int]:
 def _mean_curve(members: list[dict[str, Any]]) -> list[dict[str, float]]:
   """The invariance-over-fine-tune-steps curve, averaged over seeds step by step."""
   by_step: dict[int, list[float | None]] = defaultdict(list)
+  probe: dict[int, list[bool]] = defaultdict(list)  # step 0 read from the `last` row's probe (the figures mark it)
   for m in members:
     for point in m.get("curve") or []:
       by_step[int(point["step"])].append(point.get("invariance"))
-  return [{"step": s, "invariance": _mean_std(v)[0]} for s, v in sorted(by_step.items())]
+      probe[int(point["step"])].append(point.get("from") == "probe")
+  return [
+    {"step": s, "invariance": _mean_std(v)[0], **({"from": "probe"} if all(probe[s]) else {})}
+    for s, v in sorted(by_step.items())
+  ]
 
 
 def _mean_map(members: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -111,6 +111,25 @@ def test_save_headline_writes_a_png_and_returns_none_for_a_single_rate(tmp_path)
   assert headline.save_headline(scratch_only, [], tmp_path / "scratch.png") is None  # no translate arm
 
 
+def test_the_forgetting_curves_draw_one_line_per_rate_and_mark_the_probe(tmp_path):
+  curve = [{"step": 0, "invariance": 0.8, "from": "probe"}, *({"step": s, "invariance": 0.5} for s in (10, 50, 150))]
+  arm = {"model": "cnn_fc", "pretrain": "translate", "finetune": "full", "protocol_key": "fixed", "curve": curve}
+  entries = [{**arm, "finetune_lr": lr} for lr in (1e-3, 1e-2)]
+  fig = report.forgetting_figure(entries)
+  (ax,) = fig.axes  # one model, one arm: one panel holding both rates
+  assert ax.get_xscale() == "symlog" and len([line for line in ax.lines if line.get_marker() == "o"]) == 2
+  (legend,) = fig.legends
+  assert [t.get_text() for t in legend.get_texts()] == ["lr 0.001", "lr 0.01", "step 0: the last row's probe"]
+  probes = [line for line in ax.lines if line.get_marker() == "D"]
+  assert [list(line.get_xdata()) for line in probes] == [[0], [0]]
+  assert probes[0].get_markeredgecolor() != probes[1].get_markeredgecolor()  # coloured by rate
+  report.plt.close(fig)
+  rows = [_row(seed=s, off_acc=0.5, curve=[{"step": 0, "invariance": 0.8, "from": "probe"}, curve[1]]) for s in (0, 1)]
+  (entry,) = leaderboard.aggregate(rows)  # the seed-mean curve keeps where its step 0 came from
+  assert entry["curve"][0]["from"] == "probe" and "from" not in entry["curve"][1]
+  assert report.forgetting_curves(entries, tmp_path / "curves.png").stat().st_size > 1000
+
+
 def _board(rows):
   entries = leaderboard.aggregate(rows)
   return leaderboard.Board(["model"], [[e["model"]] for e in entries], "", "", entries, [], rows)
