@@ -8,7 +8,8 @@ in which the groups differ are columns of the table. The same row collected twic
 (key, seed) with different numbers is an error naming both files. Writes
 `leaderboard.md` (with the claims report, `shiftbench.claims`), `leaderboard.csv`, `leaderboard.json` (one
 RobustBench-like entry per group), `claims.json`, `rows.csv` (one line per row, `shiftbench.tidy`),
-`index.html` (one self-contained page) and the figures `location_maps.png` and `forgetting_curves.png`.
+`index.html` (one self-contained page) and the figures `headline.png` (invariance against the fine-tune
+rate, `shiftbench.headline`; only with 2 or more rates), `location_maps.png` and `forgetting_curves.png`.
 A run writes its own leaderboard too.
 """
 
@@ -48,6 +49,8 @@ class Board:
   csv: str
   entries: list[dict[str, Any]] = dataclasses.field(default_factory=list)
   claims: list[claims_lib.Claim] = dataclasses.field(default_factory=list)
+  # The results rows behind `entries` (duplicates merged): the headline figure draws their seeds.
+  source_rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
   @property
   def claims_markdown(self) -> str:
@@ -64,10 +67,15 @@ def _mean_std(values: list[float | None]) -> tuple[float, float, int]:
 def _mean_curve(members: list[dict[str, Any]]) -> list[dict[str, float]]:
   """The invariance-over-fine-tune-steps curve, averaged over seeds step by step."""
   by_step: dict[int, list[float | None]] = defaultdict(list)
+  probe: dict[int, list[bool]] = defaultdict(list)  # step 0 read from the `last` row's probe (the figures mark it)
   for m in members:
     for point in m.get("curve") or []:
       by_step[int(point["step"])].append(point.get("invariance"))
-  return [{"step": s, "invariance": _mean_std(v)[0]} for s, v in sorted(by_step.items())]
+      probe[int(point["step"])].append(point.get("from") == "probe")
+  return [
+    {"step": s, "invariance": _mean_std(v)[0], **({"from": "probe"} if all(probe[s]) else {})}
+    for s, v in sorted(by_step.items())
+  ]
 
 
 def _mean_map(members: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -205,7 +213,7 @@ def build(rows: list[dict[str, Any]]) -> Board:
       + [e["params"]]
     )
   claims = claims_lib.evaluate(rows, group_labels(entries, differ))
-  return Board(columns, table, markdown, buf.getvalue(), entries, claims)
+  return Board(columns, table, markdown, buf.getvalue(), entries, claims, rows)
 
 
 def write_leaderboard(rows: list[dict[str, Any]], out_dir: str | Path, figures: bool = True) -> Board:

@@ -1,21 +1,24 @@
-"""Leaderboard rendering: the figure grid of location maps, the forgetting curves, and one
-self-contained HTML page (sortable table, figures embedded as base64 PNG, no external files)."""
+"""Leaderboard rendering: the headline figure (`shiftbench.headline`: invariance against the fine-tune
+rate), the figure grid of location maps, the forgetting curves, and one self-contained HTML page
+(sortable table, figures embedded as base64 PNG, no external files)."""
 
 from __future__ import annotations
 
 import base64
 import html
+import itertools
 import math
 import os
 from pathlib import Path
 from typing import Any
 
+import matplotlib.lines
 import numpy as np
 
 from shiftbench import claims as claims_lib
-from shiftbench import plots
+from shiftbench import headline, plots
 from shiftbench.results import atomic_write_text
-from shiftbench.schema import FINETUNE_MODES, PRETRAIN_REGIMES
+from shiftbench.schema import FINETUNE_MODES, LR, PRETRAIN_REGIMES, format_lr
 
 plt = plots.plt  # pyplot with the headless backend already selected
 
@@ -89,35 +92,80 @@ def location_map_grid(entries: list[dict[str, Any]], path: str | os.PathLike) ->
 
 
 CURVE_YLIM = (-0.2, 1.2)
+# The curve's steps: 0, the early points (10, 20, 50, 100: forgetting at a high rate happens there), then
+# every `finetune.eval_every`; a symlog axis, linear up to 10, gives the early points room.
+CURVE_TICKS = (0, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000)
+_STYLES = ("-", "--", ":", "-.")
 
 
-def forgetting_curves(entries: list[dict[str, Any]], path: str | os.PathLike) -> Path:
-  """Invariance over fine-tune steps (seed means), one panel per model, one line per regime and mode."""
-  models = sorted({e["model"] for e in entries})
-  fig, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models), 3.0), squeeze=False, dpi=90)
-  for ax, model in zip(axes[0], models):
-    for e in entries:
-      if e["model"] != model or not e.get("curve"):
-        continue
+def forgetting_figure(entries: list[dict[str, Any]]):
+  """Invariance over fine-tune steps (seed means): one panel per model (rows) and pretrain/mode (columns),
+  one line per fine-tune rate (coloured by rate; line style by protocol group when there are several),
+  and a step-0 point taken from the `last` row's probe drawn as a hollow diamond. One legend for all."""
+  entries = [e for e in entries if e.get("curve")]
+  models = list(dict.fromkeys(e["model"] for e in entries))
+  cols = _regime_columns(entries)
+  rates = sorted({e[LR] for e in entries if e.get(LR) is not None})
+  colours = {lr: plt.cm.viridis(0.9 * i / max(len(rates) - 1, 1)) for i, lr in enumerate(rates)}
+  groups = {e.get("protocol_key", ""): e.get("settings") or {} for e in entries}
+  styles = {g: _STYLES[i % len(_STYLES)] for i, g in enumerate(groups)}
+  fig, axes = plt.subplots(
+    len(models),
+    len(cols),
+    figsize=(3.4 * len(cols) + 0.6, 2.8 * len(models) + 0.8),
+    squeeze=False,
+    dpi=90,
+    layout="constrained",
+  )
+  probed = False
+  for (i, model), (j, (regime, mode)) in itertools.product(enumerate(models), enumerate(cols)):
+    ax = axes[i, j]
+    panel = [e for e in entries if (e["model"], e["pretrain"], e["finetune"]) == (model, regime, mode)]
+    if not panel:
+      ax.axis("off")
+      continue
+    for e in panel:
+      colour, style = colours.get(e.get(LR), "C0"), styles[e.get("protocol_key", "")]
       steps = [p["step"] for p in e["curve"]]
       values = [np.nan if p["invariance"] is None else np.clip(p["invariance"], *CURVE_YLIM) for p in e["curve"]]
-      ax.plot(
-        steps,
-        values,
-        marker="o",
-        markersize=3,
-        linestyle={"full": "-", "head": "--"}.get(e["finetune"], ":"),
-        label=f"{e['pretrain']}/{e['finetune']}",
-      )
-    ax.set_title(model, fontsize=10)
+      ax.plot(steps, values, marker="o", markersize=3, color=colour, linestyle=style)
+      probe = [(s, v) for s, v, p in zip(steps, values, e["curve"]) if p.get("from") == "probe"]
+      if probe:
+        ax.plot(*zip(*probe), linestyle="none", marker="D", markersize=7, mfc="none", mec=colour)
+        probed = True
+    ax.set_xscale("symlog", linthresh=10, linscale=0.5)
+    top = max(p["step"] for e in panel for p in e["curve"])
+    ticks = [t for t in CURVE_TICKS if t <= top]
+    ax.set_xticks(ticks, [str(t) for t in ticks], fontsize=7)
+    ax.minorticks_off()
+    ax.set_title(f"{model} | {regime}/{mode}", fontsize=9)
     ax.set_xlabel("fine-tune step")
     # One fixed range for every panel: an outlier (a score just defined over a tiny denominator) must not
     # stretch one panel's scale; points outside are clipped at the edge.
     ax.set_ylim(*CURVE_YLIM)
     ax.axhline(0.0, color="grey", linewidth=0.5)
-    ax.legend(fontsize=7)
-  axes[0, 0].set_ylabel("invariance score")
-  return _save(fig, path)
+  for row in axes:
+    row[0].set_ylabel("invariance score")
+  # One legend under the grid (one per panel hid the early points): colour = rate, style = protocol.
+  line = matplotlib.lines.Line2D
+  handles = [line([], [], color=c, marker="o", markersize=3, label=f"lr {format_lr(lr)}") for lr, c in colours.items()]
+  if len(groups) > 1:
+    handles += [
+      line([], [], color="black", linestyle=styles[g], label=f"{g}: {headline.protocol_title(s)}")
+      for g, s in groups.items()
+    ]
+  if probed:
+    handles.append(
+      line([], [], linestyle="none", marker="D", mfc="none", mec="black", label="step 0: the last row's probe")
+    )
+  if handles:
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), fontsize=7, frameon=False)
+  return fig
+
+
+def forgetting_curves(entries: list[dict[str, Any]], path: str | os.PathLike) -> Path:
+  """`forgetting_figure` saved to `path`."""
+  return _save(forgetting_figure(entries), path)
 
 
 def _num(v: float | None) -> str:
@@ -211,11 +259,19 @@ def render_html(
 
 
 def write_report(board, out_dir: str | os.PathLike) -> Path:
-  """Writes `location_maps.png`, `forgetting_curves.png` and `index.html` into `out_dir`."""
+  """Writes `headline.png` (when the rows span 2 or more fine-tune rates), `location_maps.png`,
+  `forgetting_curves.png` and `index.html` into `out_dir`."""
   out_dir = Path(out_dir)
-  figures = {
-    "Location maps (models x pretrain / fine-tune)": location_map_grid(board.entries, out_dir / "location_maps.png")
-  }
+  figures = {}
+  claims_json = claims_lib.to_json(board.claims)
+  top = headline.save_headline(board.source_rows, claims_json, out_dir / "headline.png")
+  if top is not None:
+    figures["Retained invariance against fine-tune learning rate"] = top
+  else:  # one rate: no curve; a headline.png left by an earlier board would contradict this one
+    (out_dir / "headline.png").unlink(missing_ok=True)
+  figures["Location maps (models x pretrain / fine-tune)"] = location_map_grid(
+    board.entries, out_dir / "location_maps.png"
+  )
   if any(e.get("curve") for e in board.entries):
     figures["Invariance over fine-tune steps"] = forgetting_curves(board.entries, out_dir / "forgetting_curves.png")
   page = render_html(
