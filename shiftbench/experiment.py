@@ -1,6 +1,7 @@
 """The protocol: pretrain on A -> fine-tune on B at one location -> location maps (docs/protocol.md).
 
-One row (`schema.RowId`) per model x pretrain regime x fine-tune mode x fine-tune learning rate x seed. `results.json` is rewritten
+One row (`schema.RowId`) per model x pretrain regime x fine-tune mode x fine-tune learning rate x
+seed. `results.json` is rewritten
 atomically after every row, so an interrupted or requeued run resumes where it stopped and loses nothing.
 """
 
@@ -205,7 +206,11 @@ class Protocol:
     # Which rule ended training, and where: the rule's own record when it fired, else the cap.
     stop = {"rule": "steps", "step": s.finetune.steps}
     if until is not None:
-      stop = {**until.record(), "step": until.stopped_at} if until.stopped_at is not None else {**stop, "cap_of": until.record()}
+      stop = (
+        {**until.record(), "step": until.stopped_at}
+        if until.stopped_at is not None
+        else {**stop, "cap_of": until.record()}
+      )
     return Finetuned(model, curve, history, stop, time.perf_counter() - start)
 
   def pretrain_task_after(

@@ -151,7 +151,9 @@ class Settings:
     """The rows of one pretrained model, in the order they run: each rate, then each mode (`last` first,
     so `head` and `full` start their curves from its probe)."""
     return [
-      schema.RowId(model, regime, mode, lr, seed) for lr in self.finetune_rates for mode in self.modes_for(regime, model)
+      schema.RowId(model, regime, mode, lr, seed)
+      for lr in self.finetune_rates
+      for mode in self.modes_for(regime, model)
     ]
 
   @classmethod
@@ -233,7 +235,9 @@ class Settings:
       pretrain_weights=_weights(cfg, factories),
       until_accuracy=_until_accuracy(cfg.finetune.get("until_accuracy")),
       finetune_rates=rates,
-      curve_steps=tuple(sorted({_positive(v, "finetune.curve_steps entry") for v in cfg.finetune.get("curve_steps") or []})),
+      curve_steps=tuple(
+        sorted({_positive(v, "finetune.curve_steps entry") for v in cfg.finetune.get("curve_steps") or []})
+      ),
       arms=_arms(config.get("arms"), model_configs),
       # Last, as arguments are evaluated in order: `auto` for the torchvision networks compiles them (~40 s
       # for DenseNet-121 at full width), so every other setting is checked, and reported, before the count.

@@ -86,7 +86,7 @@ class UntilAccuracy:
         self._recent.popleft()
     if len(self._recent) < self.window:
       return False
-    self.mean = math.fsum(self._recent) / self.window  
+    self.mean = math.fsum(self._recent) / self.window
     if self.mean >= self.threshold:
       self.stopped_at = step
     return self.stopped_at is not None

@@ -51,7 +51,15 @@ def test_cli_aggregates_seeds_from_every_results_file_and_writes_all_formats(tin
 
 def test_invariance_lost_is_last_minus_full_per_seed():
   rows = [
-    {"model": "m", "pretrain": "p", "finetune": f, "finetune_lr": 0.01, "seed": s, "invariance": v, "invariance_lost": None}
+    {
+      "model": "m",
+      "pretrain": "p",
+      "finetune": f,
+      "finetune_lr": 0.01,
+      "seed": s,
+      "invariance": v,
+      "invariance_lost": None,
+    }
     for s, (h, fu) in enumerate([(0.9, 0.5), (0.8, 0.6)])
     for f, v in (("last", h), ("full", fu))
   ]

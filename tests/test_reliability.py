@@ -20,10 +20,10 @@ from hydra import compose, initialize_config_dir
 from shiftbench import evaluators, leaderboard, network, preflight, pretrained, results, tracking, train
 from shiftbench.canvas import CanvasSpec
 from shiftbench.data import load_npz, require_task
-from shiftbench.settings import Settings
 from shiftbench.errors import CacheError, ConfigError, DataError, DivergenceError
 from shiftbench.experiment import run_experiment
 from shiftbench.models import ShiftNet
+from shiftbench.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -185,9 +185,15 @@ def test_optimizer_hyperparameters_outside_their_domain_fail_before_training(ove
     (["finetune.learning_rates=[1e-3,-1]"], r"finetune.learning_rates entries must be numbers > 0, got -1"),
     (["finetune.learning_rates=[]"], r"finetune.learning_rates is empty"),
     (["finetune.learning_rates=[1e-3,1e-3]"], r"finetune.learning_rates has a rate twice"),
-    (["finetune.optimizer.learning_rate=1e-3"], r"both finetune.learning_rates .* and finetune.optimizer.learning_rate"),
+    (
+      ["finetune.optimizer.learning_rate=1e-3"],
+      r"both finetune.learning_rates .* and finetune.optimizer.learning_rate",
+    ),
     (["finetune.learning_rates=null"], r"finetune.optimizer.learning_rate is None"),
-    (["+finetune.until_accuracy.threshold=0.9", "+finetune.until_accuracy.patience=5"], r"patience was replaced by window"),
+    (
+      ["+finetune.until_accuracy.threshold=0.9", "+finetune.until_accuracy.patience=5"],
+      r"patience was replaced by window",
+    ),
     (["+finetune.until_accuracy.threshold=0.9", "+finetune.until_accuracy.window=0"], r"window >= 1 steps, got .* 0"),
     (["+arms.cnn_fc=[translate/everything]"], r"arms.cnn_fc entry 'translate/everything' is not regime/mode"),
   ],

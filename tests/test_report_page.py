@@ -9,6 +9,7 @@ WIDE = [
   "model",
   "pretrain",
   "finetune",
+  "finetune_lr",
   "seeds",
   "in_acc",
   "off_acc",
@@ -61,7 +62,7 @@ def _claims():
 
 
 def _board_rows():
-  return [["cnn_fc", "translate", mode, 3, *["0.872 ± 0.031"] * 14, 205578] for mode in ("last", "head", "full")]
+  return [["cnn_fc", "translate", mode, 0.001, 3, *["0.872 ± 0.031"] * 15, 205578] for mode in ("last", "head", "full")]
 
 
 def test_the_page_puts_the_claims_with_coloured_verdicts_before_the_wide_table():
