@@ -17,6 +17,7 @@ WIDE = [
   "inv_lost",
   "consistency",
   "consist_circ",
+  "consist_local",
   "worst_case",
   "worst_of_k",
   "flip_rate",
