@@ -54,10 +54,15 @@ def _regime_columns(entries: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 
 def location_map_grid(entries: list[dict[str, Any]], path: str | os.PathLike) -> Path:
-  """Models (rows) x pretrain regime / fine-tune mode (columns) of seed-mean location maps."""
+  """Models (rows) x pretrain regime / fine-tune mode (columns) of seed-mean location maps, each at the
+  highest fine-tune rate it ran at (the most forgetting; the title says which rate)."""
   models = sorted({e["model"] for e in entries})
   cols = _regime_columns(entries)
-  by_key = {(e["model"], e["pretrain"], e["finetune"]): e for e in entries}
+  by_key: dict[tuple, dict[str, Any]] = {}
+  for e in entries:
+    key = (e["model"], e["pretrain"], e["finetune"])
+    if key not in by_key or (e.get(LR) or 0) > (by_key[key].get(LR) or 0):
+      by_key[key] = e
   fig, axes = plt.subplots(
     len(models),
     len(cols),
@@ -82,7 +87,7 @@ def location_map_grid(entries: list[dict[str, Any]], path: str | os.PathLike) ->
         np.asarray(m["xs"]),
         e.get("chance") or 0.0,
         tuple(loc) if loc else None,
-        f"{model} | {regime} | {mode}\ninv {_num(e['invariance'][0])}",
+        f"{model} | {regime} | {mode}\n{_rate(e)}inv {_num(e['invariance'][0])}",
       )
       ax.set_xlabel("")
       ax.set_ylabel("")
@@ -166,6 +171,10 @@ def forgetting_figure(entries: list[dict[str, Any]]):
 def forgetting_curves(entries: list[dict[str, Any]], path: str | os.PathLike) -> Path:
   """`forgetting_figure` saved to `path`."""
   return _save(forgetting_figure(entries), path)
+
+
+def _rate(e: dict[str, Any]) -> str:
+  return f"lr {format_lr(e[LR])} | " if e.get(LR) is not None else ""
 
 
 def _num(v: float | None) -> str:
