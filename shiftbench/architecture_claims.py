@@ -124,6 +124,7 @@ def _aps_property(m: str, found: list[dict[str, Any]]) -> Claim:
     None,
     ABOVE_ZERO,
     kind="property",
+    model=m if found else None,
   )
   if not found:
     return claim

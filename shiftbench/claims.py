@@ -176,6 +176,7 @@ def to_json(claims: list[Claim]) -> list[dict[str, Any]]:
         "claim": c.claim,
         "citation": c.citation,
         "compared": c.rows,
+        "model": c.model,
         "finetune_lr": c.finetune_lr,
         "scratch_lr": c.scratch_lr,
         "scratch_lrs": c.scratch_lrs or None,

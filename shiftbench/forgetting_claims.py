@@ -6,6 +6,8 @@ transfers to new classes and what fine-tuning at one location loses. Each compar
 
 from __future__ import annotations
 
+import dataclasses
+
 from shiftbench.arms import SCRATCH, Arms, Best, fc_head, label, scratch_label
 from shiftbench.verdicts import (
   ABOVE_ZERO,
@@ -32,7 +34,10 @@ C3B = "... yet stays above training from scratch"
 
 def claims(arms: Arms) -> list[Claim]:
   """C1-C3b and F1 for every FC-head model of the group (one set of not-run claims if it has none)."""
-  return [c for m in arms.where(fc_head) or ["(no FC-head model)"] for c in _Model(arms, m).claims()]
+  out = []
+  for m in arms.where(fc_head):
+    out += [dataclasses.replace(c, model=m) for c in _Model(arms, m).claims()]
+  return out or _Model(arms, "(no FC-head model)").claims()
 
 
 class _Model:

@@ -51,6 +51,7 @@ def claims(arms: Arms) -> list[Claim]:
           f"{m}: {label('imagenet', mode, lr)} - {scratch_label(best)}",
           paired(arms.values(m, "imagenet", mode, lr), scratch),
           Rule("above", FAR_ABOVE),
+          model=m,
           finetune_lr=lr,
           scratch_lr=rate,
           scratch_lrs={m: rate},

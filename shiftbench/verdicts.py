@@ -134,6 +134,7 @@ class Claim:
   outcome: str = ""  # machine-readable (`OUTCOMES`); taken from `verdict` when not given
   seeds: list[int] = dataclasses.field(default_factory=list)  # the seeds whose rows ran
   collapsed: list[int] = dataclasses.field(default_factory=list)  # ran, value undefined: counts against
+  model: str | None = None  # the model a one-model claim (C1-C3b, F1, C5, C8) is about; else None
   finetune_lr: float | None = None  # the fine-tune rate of the arms compared at a rate; None otherwise
   scratch_lr: float | None = None  # the rate of the scratch arm, where one model's scratch arm is involved
   scratch_lrs: dict[str, float | None] = dataclasses.field(default_factory=dict)  # model -> its scratch rate

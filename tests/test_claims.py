@@ -356,8 +356,13 @@ def test_claims_json_has_an_outcome_on_every_entry(tmp_path):
   entries = json.loads((tmp_path / "claims.json").read_text())
   assert entries and all(e["outcome"] in verdicts.OUTCOMES for e in entries)
   assert {e["outcome"] for e in entries} >= {"supported", "figure"}
-  assert all({"finetune_lr", "scratch_lr", "scratch_at", "collapsed", "seeds", "verdict"} <= e.keys() for e in entries)
+  keys = {"model", "finetune_lr", "scratch_lr", "scratch_at", "collapsed", "seeds", "verdict"}
+  assert all(keys <= e.keys() for e in entries)
+  assert {e["model"] for e in entries if e["id"] == "C3b"} == {"cnn_fc"} and not any(
+    e["model"] for e in entries if e["id"] in ("C4", "C6")
+  )
   assert {e["finetune_lr"] for e in entries if e["id"] == "C3b"} == {0.001, 0.01}
+  assert next(e for e in entries if e["id"] == "C5")["model"] == "aps"
 
 
 def test_claims_run_per_comparable_group_and_never_pair_across_groups():
