@@ -253,8 +253,10 @@ def render_html(
     ""
     if claims is None
     else (
-      "<h2>Claims from the literature</h2>\n<p>✓: the 95% interval over seeds lies on the claimed side; ✗: it "
-      "does not. Verdict rules: <code>shiftbench/claims.py</code>.</p>\n"
+      "<h2>Claims from the literature</h2>\n<p>✓ supported: the 95% interval over seeds lies on the claimed "
+      "side of the threshold; ✗ contradicted: on the other side; inconclusive: it straddles it, or a seed "
+      "collapsed (a collapsed seed counts against a claim). Property checks follow the replications. Rules: "
+      "<code>shiftbench/verdicts.py</code>, <code>shiftbench/claims.py</code>.</p>\n"
       f"{claims_table(*claims)}\n"
     )
   )

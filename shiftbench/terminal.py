@@ -13,10 +13,12 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from shiftbench import claims as claims_lib
 from shiftbench import schema
 
 KEY_COLUMNS = (*schema.DIMENSIONS, "seeds", "in_acc", "off_acc", "invariance", "inv_lost")
-COMPARED_WIDTH = 40  # keeps a claims line under ~100 characters
+COMPARED_WIDTH = 40  # with EFFECT_WIDTH, keeps a claims line under ~100 characters
+EFFECT_WIDTH = 26  # a mean and interval fit; "; 1 of 5 seeds collapsed" wraps
 _GROUP = re.compile(r"\[(.+?)\] (.*)", re.S)  # claims.evaluate prefixes the group label
 
 
@@ -29,23 +31,30 @@ def key_table(columns: list[str], rows: list[list], metric_columns: set[str]) ->
 
 
 def claims_table(claims: list) -> str:
-  """id, verdict, effect, n and what was compared; the claims' wording is in leaderboard.md. Claims of
-  several comparable groups (`[key setting=value] compared`) get one table per group under its label."""
-  groups: dict[str, list[list]] = {}
-  for c in claims:
+  """id, verdict, effect, n and what was compared for the claims leaderboard.md shows (`claims.shown`);
+  their wording is in leaderboard.md. Property checks follow the replications under their own line.
+  Claims of several comparable groups (`[key setting=value] compared`) get one section per group."""
+  groups: dict[str, dict[bool, list[list]]] = {}
+  for c in claims_lib.shown(claims):
     label, compared = _GROUP.match(c.rows).groups() if _GROUP.match(c.rows) else ("", c.rows)
-    groups.setdefault(label, []).append([c.id, c.verdict, c.effect, c.n, compared])
-  tables = [
-    tabulate(
-      rows,
-      headers=["id", "verdict", "effect, mean [95% CI]", "n", "compared"],
-      tablefmt="simple",
-      maxcolwidths=[None, None, None, None, COMPARED_WIDTH],
-      disable_numparse=True,
+    groups.setdefault(label, {False: [], True: []})[c.kind == "property"].append(
+      [c.id, c.verdict, c.effect, c.n, compared]
     )
-    for rows in groups.values()
-  ]
-  return "\n\n".join(f"[{label}]\n{t}" if label else t for label, t in zip(groups, tables))
+  sections = []
+  for label, kinds in groups.items():
+    tables = [("property checks:\n" if prop else "") + _claim_lines(rows) for prop, rows in kinds.items() if rows]
+    sections.append((f"[{label}]\n" if label else "") + "\n\n".join(tables))
+  return "\n\n".join(sections)
+
+
+def _claim_lines(rows: list[list]) -> str:
+  return tabulate(
+    rows,
+    headers=["id", "verdict", "effect, mean [95% CI]", "n", "compared"],
+    tablefmt="simple",
+    maxcolwidths=[None, None, EFFECT_WIDTH, None, COMPARED_WIDTH],
+    disable_numparse=True,
+  )
 
 
 def summary(board, out_dir: str | os.PathLike) -> str:

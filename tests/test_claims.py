@@ -1,11 +1,14 @@
-"""The claims report: verdicts from seeds, intervals, exactness, and honesty about missing rows."""
+"""The claims report: outcomes from seeds and intervals, collapsed seeds counted against, claims per
+fine-tune rate with scratch at its best validation rate, exactness, and honesty about missing rows."""
 
+import json
 import math
 
+import numpy as np
 import pytest
 from scipy import stats
 
-from shiftbench import claims, leaderboard
+from shiftbench import claims, leaderboard, terminal, verdicts
 
 FC = {
   "_target_": "shiftbench.models.ShiftNet",
@@ -18,14 +21,18 @@ FC = {
 GAP = {**FC, "head": "gap", "fc_hidden": []}
 BLUR = {**GAP, "downsample": "blur", "blur_size": 4}
 APS = {**GAP, "downsample": "aps", "padding": "circular"}
+VGG16 = {"_target_": "shiftbench.models.VGG", "_partial_": True, "depth": 16, "batch_norm": False, "width": 0.125}
+DENSENET = {"_target_": "shiftbench.models.DenseNet", "_partial_": True, "width": 0.125}
+LR = 0.01
 
 
-def _row(model, arch, regime, mode, seed, invariance, **extra):
+def _row(model, arch, regime, mode, seed, invariance, lr=LR, **extra):
   return {
     "model": model,
     "architecture": arch,
     "pretrain": regime,
     "finetune": mode,
+    "finetune_lr": lr,
     "seed": seed,
     "invariance": invariance,
     "datasets": "A -> B",
@@ -33,22 +40,33 @@ def _row(model, arch, regime, mode, seed, invariance, **extra):
   }
 
 
-def _forgetting_rows(seeds=(0, 1, 2), scratch=0.05, last=0.85, full=0.45, fixed=0.06, crop=0.4):
+def _forgetting_rows(
+  seeds=(0, 1, 2), scratch=0.05, last=0.85, full=0.45, fixed=0.06, crop=0.4, model="cnn_fc", arch=FC
+):
   rows = []
   for s in seeds:
     e = 0.01 * s  # a little seed spread
     rows += [
-      _row("cnn_fc", FC, "scratch", "full", s, scratch + e),
-      _row("cnn_fc", FC, "translate", "last", s, last - e),
-      _row("cnn_fc", FC, "translate", "full", s, full + e),
-      _row("cnn_fc", FC, "fixed", "last", s, fixed),
-      _row("cnn_fc", FC, "random_crop", "last", s, crop),
+      _row(model, arch, "scratch", "full", s, scratch + e),
+      _row(model, arch, "translate", "last", s, last - e),
+      _row(model, arch, "translate", "full", s, full + e),
+      _row(model, arch, "fixed", "last", s, fixed),
+      _row(model, arch, "random_crop", "last", s, crop),
     ]
   return rows
 
 
 def _by_id(result):
-  return {c.id: c for c in result}
+  """The primary entry of each claim id (first one: the only rate of these rows)."""
+  out = {}
+  for c in result:
+    if c.primary:
+      out.setdefault(c.id, c)
+  return out
+
+
+def _sample(values):
+  return verdicts.Sample(list(range(len(values))), dict(enumerate(values)))
 
 
 def test_interval_is_the_t_interval():
@@ -58,12 +76,58 @@ def test_interval_is_the_t_interval():
   assert math.isnan(claims.interval([0.3])[1])
 
 
-def test_the_forgetting_result_passes_with_three_seeds():
+def test_interval_known_answer():
+  # 0.1, 0.2, 0.6: mean 0.3, sd sqrt(0.07) = 0.264575, t(0.975, df=2) = 4.302653 (tables),
+  # half width 4.302653 * 0.264575 / sqrt(3) = 0.657241.
+  mean, lo, hi = verdicts.interval([0.1, 0.2, 0.6])
+  assert (
+    mean == pytest.approx(0.3) and lo == pytest.approx(-0.357241, abs=1e-6) and hi == pytest.approx(0.957241, abs=1e-6)
+  )
+
+
+def test_outcomes_from_where_the_interval_lies():
+  above = verdicts.ABOVE_ZERO
+  assert verdicts.outcome(_sample([0.3, 0.31, 0.32]), above) == verdicts.SUPPORTED
+  assert verdicts.outcome(_sample([-0.3, -0.31, -0.32]), above) == verdicts.CONTRADICTED
+  assert verdicts.outcome(_sample([0.1, -0.1, 0.05]), above) == verdicts.INCONCLUSIVE
+  below = verdicts.Rule("below", 0.2)  # C1's rule: the upper bound under 0.2
+  assert verdicts.outcome(_sample([0.05, 0.06, 0.07]), below) == verdicts.SUPPORTED
+  assert verdicts.outcome(_sample([0.3, 0.31, 0.32]), below) == verdicts.CONTRADICTED
+  assert verdicts.outcome(_sample([0.1, 0.2, 0.3]), below) == verdicts.INCONCLUSIVE
+  assert verdicts.outcome(_sample([0.3, 0.31]), above) == verdicts.TOO_FEW_SEEDS
+  assert verdicts.outcome(None, above) == verdicts.NOT_RUN_OUTCOME
+  assert verdicts.outcome(verdicts.Sample([0, 1, 2], {0: 0.3, 1: 0.31}), above) == verdicts.UNDEFINED_OUTCOME
+
+
+def test_a_collapsed_seed_counts_against_the_claim():
+  # Seeds 0-3 clearly on the claimed side, seed 4's value undefined (its fine-tune collapsed).
+  sample = verdicts.Sample([0, 1, 2, 3, 4], {0: 0.3, 1: 0.31, 2: 0.32, 3: 0.33})
+  assert sample.collapsed == [4]
+  assert verdicts.outcome(sample, verdicts.ABOVE_ZERO) == verdicts.INCONCLUSIVE  # at best, never supported
+  against = verdicts.Sample([0, 1, 2, 3, 4], {0: -0.3, 1: -0.31, 2: -0.32, 3: -0.33})
+  assert verdicts.outcome(against, verdicts.ABOVE_ZERO) == verdicts.CONTRADICTED  # still possible
+
+
+def test_a_collapsed_seed_makes_a_would_be_supported_claim_inconclusive_and_is_listed():
+  rows = _forgetting_rows(seeds=range(5))
+  c = _by_id(claims.evaluate(rows))
+  assert c["C3a"].outcome == verdicts.SUPPORTED and c["C3a"].verdict == claims.PASS
+  for r in rows:
+    if r["seed"] == 3 and (r["pretrain"], r["finetune"]) == ("translate", "full"):
+      r["invariance"] = None  # a fine-tune that predicts one class: invariance undefined
+  c = _by_id(claims.evaluate(rows))
+  assert c["C3a"].outcome == verdicts.INCONCLUSIVE and c["C3a"].collapsed == [3] and c["C3a"].n == 4
+  assert "1 of 5 seeds collapsed" in c["C3a"].effect
+  entry = next(e for e in claims.to_json(claims.evaluate(rows)) if e["id"] == "C3a")
+  assert entry["collapsed"] == [3] and entry["seeds"] == [0, 1, 2, 3, 4] and entry["outcome"] == "inconclusive"
+
+
+def test_the_forgetting_result_is_supported_with_three_seeds():
   c = _by_id(claims.evaluate(_forgetting_rows()))
   for cid in ("C1", "C2", "C2c", "C3a", "C3b"):
-    assert c[cid].verdict == claims.PASS, (cid, c[cid])
+    assert c[cid].verdict == claims.PASS and c[cid].outcome == verdicts.SUPPORTED, (cid, c[cid])
   assert c["C3a"].values == pytest.approx([0.4, 0.38, 0.36])  # last - full, paired by seed
-  assert c["F1"].verdict == claims.FIGURE and c["F1"].kind == "figure"
+  assert c["F1"].verdict == claims.FIGURE and c["F1"].kind == "figure" and c["F1"].outcome == "figure"
   assert c["F1"].values == pytest.approx([0.35, 0.34, 0.33])  # random_crop - scratch, every seed
   assert c["F1"].effect.startswith(f"{0.34 / 0.78:.3f}")  # ratio of the seed means of gain and share
   f1 = {d["id"]: d for d in claims.to_json(list(c.values()))}["F1"]
@@ -72,19 +136,23 @@ def test_the_forgetting_result_passes_with_three_seeds():
   assert "[+" in c["C2"].effect  # mean and its interval are printed
 
 
-def test_no_forgetting_and_no_transfer_fail():
+def test_no_forgetting_and_no_transfer_are_not_supported():
   c = _by_id(claims.evaluate(_forgetting_rows(last=0.45, full=0.45, scratch=0.3, fixed=0.45)))
-  assert c["C3a"].verdict == claims.FAIL  # last - full is 0 -/+ spread
-  assert c["C1"].verdict == claims.FAIL  # scratch at 0.3 is not near chance
-  assert c["C2c"].verdict == claims.FAIL  # fixed pretraining as good as translate
+  assert c["C3a"].outcome == verdicts.INCONCLUSIVE  # last - full is 0 -/+ spread: straddles 0
+  assert c["C1"].outcome == verdicts.CONTRADICTED and c["C1"].verdict == claims.FAIL  # 0.3: not near chance
+  assert c["C2c"].outcome == verdicts.INCONCLUSIVE  # fixed pretraining as good as translate
+  c = _by_id(claims.evaluate(_forgetting_rows(last=0.2, full=0.6)))
+  assert c["C3a"].outcome == verdicts.CONTRADICTED  # full fine-tuning gained invariance: the other side
 
 
 def test_fewer_than_three_seeds_or_missing_rows_give_no_verdict():
   c = _by_id(claims.evaluate(_forgetting_rows(seeds=(0, 1))))
   assert {c[i].verdict for i in ("C1", "C2", "C3a", "C3b")} == {claims.FEW_SEEDS}
+  assert {c[i].outcome for i in ("C1", "C2", "C3a", "C3b")} == {verdicts.TOO_FEW_SEEDS}
   assert c["C5"].verdict == c["C4"].verdict == c["C6"].verdict == claims.NOT_RUN
+  assert c["C5"].outcome == c["C4"].outcome == c["C6"].outcome == verdicts.NOT_RUN_OUTCOME
   rows = [r for r in _forgetting_rows() if r["pretrain"] != "fixed"]
-  assert _by_id(claims.evaluate(rows))["C2c"].verdict == claims.NOT_RUN
+  assert _by_id(claims.evaluate(rows))["C2c"].outcome == verdicts.NOT_RUN_OUTCOME
 
 
 def test_undefined_invariance_does_not_count_as_a_seed():
@@ -92,7 +160,8 @@ def test_undefined_invariance_does_not_count_as_a_seed():
   rows[1]["invariance"] = None  # seed 0's translate/last is undefined
   c = _by_id(claims.evaluate(rows))
   # Three seeds ran, two have the value: "undefined", not "needs ≥3 seeds" (which would ask for more seeds).
-  assert c["C2"].n == 2 and c["C2"].verdict == claims.UNDEFINED
+  assert c["C2"].n == 2 and c["C2"].verdict == claims.UNDEFINED and c["C2"].outcome == "undefined"
+  assert c["C2"].collapsed == [0]
 
 
 def test_not_run_few_seeds_and_undefined_are_distinct_verdicts():
@@ -121,8 +190,6 @@ def test_f1_uses_every_seed_including_one_without_a_gain():
 def test_a_claim_with_no_effect_passes_at_about_the_nominal_rate():
   """Null calibration: three seeds with no true effect pass a one-sided 'lower bound > 0' claim with
   probability 2.5% (the lower end of a two-sided 95% interval)."""
-  import numpy as np
-
   rng = np.random.default_rng(0)
   trials = 4000
   passes = 0
@@ -134,26 +201,129 @@ def test_a_claim_with_no_effect_passes_at_about_the_nominal_rate():
         _row("cnn_fc", FC, "scratch", "full", s, 0.3 + noise[s, 0]),
         _row("cnn_fc", FC, "translate", "last", s, 0.3 + noise[s, 1]),
       ]
-    passes += _by_id(claims.evaluate(rows))["C2"].verdict == claims.PASS
+    passes += _by_id(claims.evaluate(rows))["C2"].outcome == verdicts.SUPPORTED
   rate = passes / trials
   assert 0.015 < rate < 0.037, rate  # 2.5% +- 3 binomial standard errors (0.0025)
 
 
-def test_aps_exactness_and_architecture_twins():
+def _two_rate_rows(val=(0.9, 0.7), test_scratch=(0.05, 0.15)):
+  """Every arm at rates 0.001 and 0.01; scratch's validation accuracy and test invariance per rate."""
+  rows = []
+  for lr, v, inv in zip((0.001, 0.01), val, test_scratch):
+    for s in range(3):
+      e = 0.01 * s
+      rows += [
+        _row("cnn_fc", FC, "scratch", "full", s, inv + e, lr=lr, val_in_acc=v + e),
+        _row("cnn_fc", FC, "translate", "last", s, 0.85 - e, lr=lr),
+        _row("cnn_fc", FC, "translate", "full", s, (0.45 if lr == 0.01 else 0.7) + e, lr=lr),
+        _row("cnn_fc", FC, "fixed", "last", s, 0.06, lr=lr),
+        _row("cnn_fc", FC, "random_crop", "last", s, 0.4, lr=lr),
+      ]
+  return rows
+
+
+def test_claims_at_a_rate_get_one_entry_per_rate_and_scratch_at_its_best_validation_rate():
+  result = claims.evaluate(_two_rate_rows())
+  c3b = [c for c in result if c.id == "C3b" and c.scratch_at == "best_validation"]
+  assert [c.finetune_lr for c in c3b] == [0.001, 0.01]
+  assert {c.scratch_lr for c in c3b} == {0.001}  # highest mean val_in_acc
+  assert c3b[0].rows == "cnn_fc: translate/full@0.001 - scratch/full@0.001 (best val)"
+  assert c3b[1].values == pytest.approx([0.45 - 0.05] * 3)  # translate/full@0.01 - scratch/full@0.001
+  for cid in ("C2", "C2c", "F1", "C3a"):
+    assert [c.finetune_lr for c in result if c.id == cid and c.primary] == [0.001, 0.01], cid
+  (c1,) = [c for c in result if c.id == "C1"]
+  assert c1.finetune_lr is None and c1.scratch_lr == 0.001 and c1.rows == "cnn_fc: scratch/full@0.001 (best val)"
+
+
+def test_the_scratch_rate_is_chosen_on_validation_not_on_test():
+  # Rate 0.01 has the lower test invariance (which would make C1 easiest to support) but the worse
+  # validation accuracy: scratch is judged at 0.001.
+  result = claims.evaluate(_two_rate_rows(val=(0.9, 0.7), test_scratch=(0.15, 0.05)))
+  (c1,) = [c for c in result if c.id == "C1"]
+  assert c1.scratch_lr == 0.001 and c1.values == pytest.approx([0.15, 0.16, 0.17])
+  flipped = claims.evaluate(_two_rate_rows(val=(0.7, 0.9), test_scratch=(0.15, 0.05)))
+  assert next(c for c in flipped if c.id == "C1").scratch_lr == 0.01
+  tie = claims.evaluate(_two_rate_rows(val=(0.8, 0.8)))
+  assert next(c for c in tie if c.id == "C1").scratch_lr == 0.001  # ties: the smaller rate
+
+
+def test_no_validation_accuracy_with_several_rates_leaves_the_scratch_claims_not_run():
+  rows = [{k: v for k, v in r.items() if k != "val_in_acc"} for r in _two_rate_rows()]
+  c = _by_id(claims.evaluate(rows))
+  assert c["C1"].outcome == c["C2"].outcome == c["C3b"].outcome == verdicts.NOT_RUN_OUTCOME
+  assert "val_in_acc" in c["C1"].note and "val_in_acc" in c["C1"].effect
+  assert c["C3a"].outcome == verdicts.SUPPORTED  # does not involve scratch
+
+
+def test_c2_and_c3b_also_compare_scratch_at_the_same_rate():
+  result = claims.evaluate(_two_rate_rows())
+  same = [c for c in result if c.scratch_at == "same_rate"]
+  assert sorted((c.id, c.finetune_lr) for c in same) == [("C2", 0.001), ("C2", 0.01), ("C3b", 0.001), ("C3b", 0.01)]
+  c3b_01 = next(c for c in same if c.id == "C3b" and c.finetune_lr == 0.01)
+  assert c3b_01.scratch_lr == 0.01 and "scratch/full@0.01 (same rate)" in c3b_01.rows
+  assert c3b_01.values == pytest.approx([0.45 - 0.15] * 3)
+  # claims.json and table() have them; leaderboard.md and the terminal show the primary entries only.
+  assert sum(e["scratch_at"] == "same_rate" for e in claims.to_json(result)) == 4
+  assert sum("(same rate)" in row[4] for row in claims.table(result)) == 4
+  assert "(same rate)" not in claims.markdown(result) and "(same rate)" not in terminal.claims_table(result)
+
+
+def test_vgg16_is_an_fc_head_network_for_c1_to_c3():
+  rows = _forgetting_rows(model="vgg16", arch=VGG16)
+  rows += [_row("densenet121", DENSENET, "scratch", "full", s, 0.6) for s in range(3)]
+  c = {(x.id, x.rows.split(":")[0]) for x in claims.evaluate(rows)}
+  for cid in ("C1", "C2", "C2c", "F1", "C3a", "C3b"):
+    assert (cid, "vgg16") in c and (cid, "densenet121") not in c, cid
+  assert _by_id(claims.evaluate(rows))["C3b"].outcome == verdicts.SUPPORTED
+
+
+def _architecture_rows(fc_twin=True, **blur_extra):
+  """GAP, BlurPool and APS models from scratch (and the GAP model's FC twin, unless the rows it is added
+  to have their own `cnn_fc`)."""
   rows = []
   for s in range(3):
+    ok = {"in_pvalue": 1e-9, "distinct_predictions": 5}
     rows += [
-      _row("gap", GAP, "scratch", "full", s, 0.5 + 0.01 * s, consistency=0.6 + 0.01 * s),
-      _row("cnn_fc", FC, "scratch", "full", s, 0.05, consistency=0.5),
-      _row("blurpool", BLUR, "scratch", "full", s, 0.6, consistency=0.8 - 0.01 * s),
+      _row("gap", GAP, "scratch", "full", s, 0.5 + 0.01 * s, consistency_local=0.6 + 0.01 * s, **ok),
+      *([_row("cnn_fc", FC, "scratch", "full", s, 0.05, consistency_local=0.5, **ok)] if fc_twin else []),
+      _row("blurpool", BLUR, "scratch", "full", s, 0.6, **{"consistency_local": 0.8 - 0.01 * s, **ok, **blur_extra}),
       _row("aps", APS, "scratch", "full", s, 0.9, consistency_circular=1.0, distinct_predictions=5, in_pvalue=1e-9),
     ]
+  return rows
+
+
+def test_aps_exactness_and_architecture_twins():
+  rows = _architecture_rows()
   c = _by_id(claims.evaluate(rows))
-  assert c["C4"].verdict == claims.PASS and "gap - cnn_fc" in c["C4"].rows
-  assert c["C6"].verdict == claims.PASS and "blurpool - gap" in c["C6"].rows
-  assert c["C5"].verdict == claims.PASS and c["C5"].kind == "property"
+  assert c["C4"].verdict == claims.PASS and "gap - cnn_fc" in c["C4"].rows and "gap@0.01" in c["C4"].rows
+  assert c["C6"].verdict == claims.PASS and "blurpool - gap" in c["C6"].rows and "consistency_local" in c["C6"].rows
+  assert c["C5"].verdict == claims.PASS and c["C5"].kind == "property" and c["C5"].outcome == verdicts.SUPPORTED
   rows[-1]["consistency_circular"] = 0.999  # one miss in one row refutes an exact property
-  assert _by_id(claims.evaluate(rows))["C5"].verdict == claims.FAIL
+  c5 = _by_id(claims.evaluate(rows))["C5"]
+  assert c5.verdict == claims.FAIL and c5.outcome == verdicts.CONTRADICTED
+
+
+def test_c6_is_not_supported_by_a_constant_predictor():
+  # A BlurPool net that predicts one class is perfectly consistent (1.0) under any shift.
+  rows = _architecture_rows(distinct_predictions=1, consistency_local=1.0)
+  c6 = _by_id(claims.evaluate(rows))["C6"]
+  assert c6.outcome == verdicts.UNDEFINED_OUTCOME and c6.collapsed == [0, 1, 2] and c6.verdict != claims.PASS
+  # Accuracy not above chance at the fine-tune location: the same.
+  rows = _architecture_rows(in_pvalue=0.3, consistency_local=1.0)
+  assert _by_id(claims.evaluate(rows))["C6"].outcome == verdicts.UNDEFINED_OUTCOME
+  # One collapsed seed of three: defined for two only.
+  rows = _architecture_rows()
+  next(r for r in rows if r["model"] == "blurpool" and r["seed"] == 1)["distinct_predictions"] = 1
+  c6 = _by_id(claims.evaluate(rows))["C6"]
+  assert c6.collapsed == [1] and c6.outcome != verdicts.SUPPORTED
+
+
+def test_c6_without_local_consistency_is_not_run_and_names_the_metric():
+  rows = [{k: v for k, v in r.items() if k != "consistency_local"} for r in _architecture_rows()]
+  for r in rows:
+    r["consistency"] = 0.9 if r["model"] == "blurpool" else 0.5  # the global score is not used instead
+  c6 = _by_id(claims.evaluate(rows))["C6"]
+  assert c6.outcome == verdicts.NOT_RUN_OUTCOME and "consistency_local" in c6.note
 
 
 def test_aps_property_is_not_passed_by_a_constant_or_chance_predictor():
@@ -168,12 +338,39 @@ def test_aps_property_is_not_passed_by_a_constant_or_chance_predictor():
   assert _by_id(claims.evaluate(aps_rows()))["C5"].verdict == claims.UNDEFINED
 
 
+def test_property_checks_are_listed_after_the_replications():
+  result = claims.evaluate(_forgetting_rows() + _architecture_rows(fc_twin=False))
+  kinds = [c.kind for c in result]
+  assert "property" in kinds and kinds.index("property") > max(i for i, k in enumerate(kinds) if k != "property")
+  ids = [row[0] for row in claims.table(result)]
+  assert ids.index("C5") > ids.index("C6") > ids.index("C4")
+  md = claims.markdown(result)
+  assert md.index("| C6") < md.index("### Property checks") < md.index("| C5")
+  text = terminal.claims_table(result)
+  assert text.index("C6") < text.index("property checks:") < text.index("C5")
+
+
+def test_claims_json_has_an_outcome_on_every_entry(tmp_path):
+  rows = _two_rate_rows() + _architecture_rows(fc_twin=False)
+  leaderboard.write_leaderboard(rows, tmp_path, figures=False)
+  entries = json.loads((tmp_path / "claims.json").read_text())
+  assert entries and all(e["outcome"] in verdicts.OUTCOMES for e in entries)
+  assert {e["outcome"] for e in entries} >= {"supported", "figure"}
+  keys = {"model", "finetune_lr", "scratch_lr", "scratch_at", "collapsed", "seeds", "verdict"}
+  assert all(keys <= e.keys() for e in entries)
+  assert {e["model"] for e in entries if e["id"] == "C3b"} == {"cnn_fc"} and not any(
+    e["model"] for e in entries if e["id"] in ("C4", "C6")
+  )
+  assert {e["finetune_lr"] for e in entries if e["id"] == "C3b"} == {0.001, 0.01}
+  assert next(e for e in entries if e["id"] == "C5")["model"] == "aps"
+
+
 def test_claims_run_per_comparable_group_and_never_pair_across_groups():
   rows = [{**r, "protocol_key": "k32"} for r in _forgetting_rows()]
   # Another protocol (say canvas 24) holding only the scratch rows: C2 there has no translate rows.
   rows += [{**r, "protocol_key": "k24", "invariance": 0.5} for r in _forgetting_rows() if r["pretrain"] == "scratch"]
   result = claims.evaluate(rows, labels={"k32": "k32 canvas.size=32", "k24": "k24 canvas.size=24"})
-  c2 = {c.group: c for c in result if c.id == "C2"}
+  c2 = {c.group: c for c in result if c.id == "C2" and c.primary}
   assert c2["k32"].verdict == claims.PASS and c2["k24"].verdict == claims.NOT_RUN
   assert "[k24 canvas.size=24]" in c2["k24"].rows
   c1 = {c.group: c for c in result if c.id == "C1"}
