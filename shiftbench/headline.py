@@ -76,7 +76,7 @@ def curve_table(rows: Iterable[Mapping[str, Any]], arms: tuple[tuple[str, str], 
     members = by_key[key]
     inv = [float(m["invariance"]) for m in members if schema.defined(m.get("invariance"))]
     acc = [float(m["in_acc"]) for m in members if schema.defined(m.get("in_acc"))]
-    record = dict(zip(("group", "model", "pretrain", "finetune", schema.LR), key))
+    record = dict(zip(("group", *schema.DIMENSIONS), key))
     record.update(seeds=len(members), collapsed=len(members) - len(inv), n=len(inv))
     record["invariance"], record["invariance_ci"] = t_interval(inv)
     record["in_acc"], record["in_acc_ci"] = t_interval(acc)

@@ -29,7 +29,7 @@ def test_rows_csv_has_one_line_per_row_and_the_differing_setting_as_a_column(tin
     lines = list(csv.DictReader(f))
   assert len(lines) == 2 * per_run
   header = list(lines[0])
-  assert header[:6] == ["model", "pretrain", "finetune", "seed", "comparison_key", "protocol_key"]
+  assert header[:7] == ["model", "pretrain", "finetune", "finetune_lr", "seed", "comparison_key", "protocol_key"]
   assert "canvas.size" in header and "canvas.object_size" not in header  # only what differs
   assert sorted({(line["canvas.size"], line["comparison_key"]) for line in lines}) == [
     ("20", "aaaaaaaaaaaa"),
