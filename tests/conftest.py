@@ -38,6 +38,7 @@ def tiny_data_dir(tmp_path_factory):
 def tiny_overrides(data_dir: str, checkpoint_dir: str) -> list[str]:
   return [
     "logger=none",
+    "seeds=[0]",  # the default run has three
     f"data.data_dir={data_dir}",
     f"paths.checkpoint_dir={checkpoint_dir}",
     "compile_cache=true",
