@@ -14,6 +14,7 @@ from shiftbench.forgetting_claims import BB
 from shiftbench.verdicts import (
   ABOVE_ZERO,
   CONTRADICTED,
+  MIN_SEEDS,
   SIGNIFICANCE,
   SUPPORTED,
   UNDEFINED_OUTCOME,
@@ -114,13 +115,17 @@ def properties(arms: Arms) -> list[Claim]:
 
 def _aps_property(m: str, found: list[dict[str, Any]]) -> Claim:
   """C5 on every row of an APS + circular model, every rate and seed: exactly consistent under circular
-  shifts, and not trivially so (`responsive`). Outcome supported, contradicted, undefined (a row lacks one
-  of the fields: an older results.json) or not_run."""
+  shifts. Only rows that are not trivially consistent (`responsive`: more than one class predicted and
+  in-location accuracy above chance) can test the identity: a constant predictor scores 1.0 whatever its
+  architecture, and a failed fine-tune (at chance) shows nothing either way, so such rows are listed in
+  the note and left out. Contradicted when a responsive row is below 1; supported when every responsive
+  row is exactly 1 and there are at least `MIN_SEEDS` of them; undefined with fewer, or when a row lacks
+  one of the fields (an older results.json); not_run without rows."""
   claim = judged(
     "C5",
     "APS + circular padding is exactly consistent under circular shifts (every row)",
     "Chaman & Dokmanic, CVPR 2021",
-    f"{m}: consistency_circular = 1, >1 class predicted, in_acc above chance; all rows",
+    f"{m}: consistency_circular = 1 on every row with >1 class predicted and in_acc above chance",
     None,
     ABOVE_ZERO,
     kind="property",
@@ -128,6 +133,23 @@ def _aps_property(m: str, found: list[dict[str, Any]]) -> Claim:
   )
   if not found:
     return claim
+  claim.seeds = sorted({r["seed"] for r in found})
+  fields = ("consistency_circular", "distinct_predictions", "in_pvalue")
+  if any(r.get(k) is None for r in found for k in fields):
+    claim.values = [float(r["consistency_circular"]) for r in found if r.get("consistency_circular") is not None]
+    claim.outcome = UNDEFINED_OUTCOME
+  else:
+    checked = [r for r in found if responsive(r)]
+    claim.values = [float(r["consistency_circular"]) for r in checked]
+    skipped = len(found) - len(checked)
+    if skipped:
+      claim.note = f"{skipped} of {len(found)} rows not checkable: constant or at chance"
+    if any(v != 1.0 for v in claim.values):
+      claim.outcome = CONTRADICTED
+    else:
+      claim.outcome = SUPPORTED if len(checked) >= MIN_SEEDS else UNDEFINED_OUTCOME
+  claim.verdict = VERDICT[claim.outcome]
+  return claim
   claim.seeds = sorted({r["seed"] for r in found})
   claim.values = [float(r["consistency_circular"]) for r in found if r.get("consistency_circular") is not None]
   fields = ("consistency_circular", "distinct_predictions", "in_pvalue")

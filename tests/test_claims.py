@@ -327,15 +327,25 @@ def test_c6_without_local_consistency_is_not_run_and_names_the_metric():
 
 
 def test_aps_property_is_not_passed_by_a_constant_or_chance_predictor():
-  def aps_rows(**extra):
-    return [_row("aps", APS, "scratch", "full", s, 0.9, consistency_circular=1.0, **extra) for s in range(3)]
+  def aps_rows(n=3, **extra):
+    return [_row("aps", APS, "scratch", "full", s, 0.9, consistency_circular=1.0, **extra) for s in range(n)]
 
-  # A constant predictor is exactly consistent under any shift: one class predicted fails the check.
-  assert _by_id(claims.evaluate(aps_rows(distinct_predictions=1, in_pvalue=1e-9)))["C5"].verdict == claims.FAIL
+  # A constant predictor is exactly consistent under any shift: it cannot pass (or test) the identity.
+  c5 = _by_id(claims.evaluate(aps_rows(distinct_predictions=1, in_pvalue=1e-9)))["C5"]
+  assert c5.outcome == verdicts.UNDEFINED_OUTCOME and c5.verdict != claims.PASS and "3 of 3 rows" in c5.note
   # In-location accuracy not above chance: the consistency measures nothing learned.
-  assert _by_id(claims.evaluate(aps_rows(distinct_predictions=4, in_pvalue=0.3)))["C5"].verdict == claims.FAIL
+  c5 = _by_id(claims.evaluate(aps_rows(distinct_predictions=4, in_pvalue=0.3)))["C5"]
+  assert c5.outcome == verdicts.UNDEFINED_OUTCOME and c5.verdict != claims.PASS
   # Rows without the fields (older results) cannot be checked.
   assert _by_id(claims.evaluate(aps_rows()))["C5"].verdict == claims.UNDEFINED
+  # A failed fine-tune among responsive rows is left out and said, not read as a broken identity (0.5.0's
+  # reproduce: one aps row at lr 1e-4 sat at chance while all 25 were exactly 1).
+  rows = aps_rows(n=4, distinct_predictions=4, in_pvalue=1e-9)
+  rows[0]["in_pvalue"] = 0.4
+  c5 = _by_id(claims.evaluate(rows))["C5"]
+  assert c5.outcome == verdicts.SUPPORTED and c5.n == 3 and c5.note.startswith("1 of 4 rows not checkable")
+  rows[1]["consistency_circular"] = 0.99  # a responsive row below 1 refutes it
+  assert _by_id(claims.evaluate(rows))["C5"].outcome == verdicts.CONTRADICTED
 
 
 def test_property_checks_are_listed_after_the_replications():
