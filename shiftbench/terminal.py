@@ -39,16 +39,23 @@ def key_table(columns: list[str], rows: list[list], metric_columns: set[str]) ->
 def claims_table(claims: list) -> str:
   """id, verdict, effect, n and what was compared for the claims leaderboard.md shows (`claims.shown`);
   their wording is in leaderboard.md. Property checks follow the replications under their own line.
-  Claims of several comparable groups (`[key setting=value] compared`) get one section per group."""
+  Claims of several comparable groups (`[key setting=value] compared`) get one section per group. Claims
+  whose rows the run lacks are named on one line (leaderboard.md lists them in full)."""
   groups: dict[str, dict[bool, list[list]]] = {}
+  not_run: dict[str, list[str]] = {}
   for c in claims_lib.shown(claims):
     label, compared = _GROUP.match(c.rows).groups() if _GROUP.match(c.rows) else ("", c.rows)
-    groups.setdefault(label, {False: [], True: []})[c.kind == "property"].append(
-      [c.id, c.verdict, c.effect, c.n, compared]
-    )
+    kinds = groups.setdefault(label, {False: [], True: []})
+    if c.verdict == claims_lib.NOT_RUN:
+      not_run.setdefault(label, []).append(c.id)
+      continue
+    kinds[c.kind == "property"].append([c.id, c.verdict, c.effect, c.n, compared])
   sections = []
   for label, kinds in groups.items():
     tables = [("property checks:\n" if prop else "") + _claim_lines(rows) for prop, rows in kinds.items() if rows]
+    if not_run.get(label):
+      names = ", ".join(dict.fromkeys(not_run[label]))
+      tables.append(f"rows not run here: {names} (experiment=reproduce runs every row the claims compare)")
     sections.append((f"[{label}]\n" if label else "") + "\n\n".join(tables))
   return "\n\n".join(sections)
 

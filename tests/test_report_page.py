@@ -92,7 +92,7 @@ def test_the_terminal_prints_the_key_columns_and_the_claims_in_under_100_charact
   assert table[0].split() == [terminal.HEADERS.get(c, c) for c in terminal.KEY_COLUMNS]
   assert "consistency" not in "\n".join(table) and "205578" not in text
   assert max(len(line) for line in text.splitlines()[:-2]) <= 100, text
-  assert "C3a" in text and "✗" in text and "rows not run" in text
+  assert "C3a" in text and "✗" in text and "rows not run here: C5 (experiment=reproduce" in text
   assert str(tmp_path / "leaderboard.md") in text and str(tmp_path / "rows.csv") in text
 
 
