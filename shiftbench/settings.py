@@ -323,9 +323,9 @@ def _until_accuracy(value) -> tuple[float, int] | None:
       "that many steps must reach the threshold); e.g. finetune.until_accuracy={threshold: 0.95, window: 200}"
     )
   threshold, window = float(value.threshold), int(value.window)
-  if not 0.0 < threshold <= 1.0 or window < 1:
+  if not 0.0 <= threshold <= 1.0 or window < 1:
     raise ConfigError(
-      f"finetune.until_accuracy needs 0 < threshold <= 1 and window >= 1 steps, got threshold {threshold}, "
+      f"finetune.until_accuracy needs 0 <= threshold <= 1 and window >= 1 steps, got threshold {threshold}, "
       f"window {window}"
     )
   return threshold, window

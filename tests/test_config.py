@@ -22,9 +22,10 @@ def _compose(overrides: list[str]):
     return compose("config", overrides=overrides)
 
 
-def test_default_config_selects_the_four_leaderboard_models():
+def test_default_run_judges_the_forgetting_headline_on_an_fc_head_model_at_three_seeds_and_two_rates():
   cfg = _compose([])
-  assert list(cfg.model) == ["cnn_fc", "fcn", "gap", "blurpool"]
+  assert list(cfg.model) == ["cnn_fc"] and list(cfg.seeds) == [0, 1, 2]
+  assert len(cfg.finetune.learning_rates) >= 2
   assert list(cfg.pretrain.regimes) == ["scratch", "translate"] and list(cfg.finetune.modes) == ["last", "head", "full"]
   assert list(cfg.finetune.scratch_modes) == ["full"]
   assert cfg.canvas.size >= 2.5 * cfg.canvas.object_size  # off-location positions really differ

@@ -209,6 +209,7 @@ def test_every_default_metric_runs_on_the_one_predictor_it_is_handed_and_nothing
     "similarity_layers",
     "consistency",
     "consistency_circular",
+    "consistency_local",
     "worst_case_acc",
     "worst_of_k_acc",
     "flip_rate",

@@ -111,7 +111,7 @@ def test_each_row_is_a_run_in_the_experiments_group_with_identity_curve_and_summ
     if run is board:
       continue
     cfg, summary = run["config"], run["summary"]
-    assert run["name"] == f"gap/translate/{run['job_type']}/s{cfg['seed']}"
+    assert run["name"] == f"gap/translate/{run['job_type']}/lr0.01/s{cfg['seed']}"
     assert (cfg["model"], cfg["pretrain"], cfg["finetune"]) == ("gap", "translate", run["job_type"])
     assert cfg["comparison_key"] == "abc123" and cfg["comparison"] == {"canvas.size": 32}
     assert cfg["architecture"] == {"head": "gap"} and cfg["cfg"]["canvas"] == {"size": 32}
