@@ -384,7 +384,9 @@ def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
     board = leaderboard.write_leaderboard(rows, output_dir)
     print(f"\n{terminal.summary(board, output_dir)}\n", flush=True)
     tracker.log_table(
-      board.columns, board.rows, {n: output_dir / f"{n}.png" for n in ("headline", "location_maps", "forgetting_curves")}
+      board.columns,
+      board.rows,
+      {n: output_dir / f"{n}.png" for n in ("headline", "location_maps", "forgetting_curves")},
     )
     tracker.log_table(claims.COLUMNS, claims.table(board.claims), key="claims")
     tracker.log_table(*tidy.table(rows), key="rows", as_text=False)
