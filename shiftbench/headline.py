@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
-from shiftbench import comparison, plots, schema
+from shiftbench import comparison, plots, schema, verdicts
 
 plt = plots.plt  # pyplot with the headless backend already selected
 
@@ -46,7 +45,7 @@ def t_interval(values: Iterable[float]) -> tuple[float | None, float | None]:
     return None, None
   if len(x) < 2:
     return float(x[0]), None
-  return float(x.mean()), float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+  return float(x.mean()), verdicts.half_width(x)
 
 
 def curve_table(rows: Iterable[Mapping[str, Any]], arms: tuple[tuple[str, str], ...] = ARMS) -> list[dict[str, Any]]:
@@ -272,10 +271,4 @@ def save_headline(
       ax_rate.set_title(f"{model}: invariance against the rate", fontsize=9)
       _panel_tradeoff(ax_trade, arms)
     _legend(subfig, axes.ravel())
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp.png")
-  fig.savefig(tmp, bbox_inches="tight")
-  plt.close(fig)
-  os.replace(tmp, path)
-  return path
+  return plots.save_figure(fig, path, bbox_inches="tight")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -54,8 +55,16 @@ def save_location_map(
   im = plot_location_map(ax, acc_map, ys, xs, chance, location, title)
   fig.colorbar(im, ax=ax, label="accuracy")
   fig.tight_layout()
+  return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | os.PathLike, **savefig: Any) -> Path:
+  """Writes `fig` to `path` under a temp name and renames it (a reader never sees half a PNG), then
+  closes it; `savefig` goes to `Figure.savefig` (e.g. bbox_inches="tight")."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(f".{path.name}.tmp.png")
-  fig.savefig(tmp)
+  fig.savefig(tmp, **savefig)
   plt.close(fig)
   os.replace(tmp, path)
   return path

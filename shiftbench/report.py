@@ -182,13 +182,7 @@ def _num(v: float | None) -> str:
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp.png")
-  fig.savefig(tmp, bbox_inches="tight")
-  plt.close(fig)
-  os.replace(tmp, path)
-  return path
+  return plots.save_figure(fig, path, bbox_inches="tight")
 
 
 def _img(path: Path, alt: str) -> str:

@@ -49,13 +49,18 @@ _OUTCOME_OF = {v: k for k, v in VERDICT.items()}
 Series = dict[int, float | None]  # seed -> value (None: the row ran, the value is undefined)
 
 
+def half_width(x: np.ndarray) -> float:
+  """Half-width of the two-sided 95% t-interval of the mean of `x` (2 values or more)."""
+  return float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+
+
 def interval(values: list[float]) -> tuple[float, float, float]:
   """Mean and two-sided 95% t-interval over seeds; the interval is NaN for fewer than 2 values."""
   x = np.asarray(values, float)
   mean = float(x.mean())
   if len(x) < 2:
     return mean, math.nan, math.nan
-  half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+  half = half_width(x)
   return mean, mean - half, mean + half
 
 
