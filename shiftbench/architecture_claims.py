@@ -62,6 +62,24 @@ def _scratch_pair(
   return sample, (ba, bb), note
 
 
+def _twin_claim(
+  arms: Arms, id: str, claim: str, citation: str, a: str, b: str, metric: str = "invariance", guard=None
+) -> Claim:
+  """`a` - `b` on `metric`, both scratch/full at their own best validation rates."""
+  sample, (ba, bb), note = _scratch_pair(arms, a, b, metric, guard)
+  return judged(
+    id,
+    claim,
+    citation,
+    f"{a} - {b}: scratch/full {metric}{rates_text((a, ba), (b, bb))}",
+    sample,
+    ABOVE_ZERO,
+    scratch_at="best_validation",
+    scratch_lrs=scratch_lrs((a, ba), (b, bb)),
+    note=note,
+  )
+
+
 def replications(arms: Arms) -> list[Claim]:
   """C4 for every GAP model and its FC twin, C6 for every BlurPool model and its max-pool twin."""
   out = []
@@ -69,18 +87,14 @@ def replications(arms: Arms) -> list[Claim]:
     (g, f) for g in arms.with_arch(head="gap") for f in arms.twins(g, HEAD_KEYS) if arms.arch[f].get("head") == "fc"
   ]
   for g, f in pairs or [("(GAP model)", "(its FC twin)")]:
-    sample, (bg, bf), note = _scratch_pair(arms, g, f)
     out.append(
-      judged(
+      _twin_claim(
+        arms,
         "C4",
         "a global-pool head is more invariant than an FC head (both from scratch)",
         f"{BB}; Kayhan & van Gemert, CVPR 2020",
-        f"{g} - {f}: scratch/full invariance{rates_text((g, bg), (f, bf))}",
-        sample,
-        ABOVE_ZERO,
-        scratch_at="best_validation",
-        scratch_lrs=scratch_lrs((g, bg), (f, bf)),
-        note=note,
+        g,
+        f,
       )
     )
   pairs = [
@@ -90,18 +104,16 @@ def replications(arms: Arms) -> list[Claim]:
     if arms.arch[m].get("downsample") == "max"
   ]
   for b, m in pairs or [("(BlurPool model)", "(its max-pool twin)")]:
-    sample, (bb, bm), note = _scratch_pair(arms, b, m, C6_METRIC, responsive)
     out.append(
-      judged(
+      _twin_claim(
+        arms,
         "C6",
         "BlurPool raises shift consistency over max-pool (at the fine-tune location, where the model is right)",
         "Zhang, ICML 2019",
-        f"{b} - {m}: scratch/full {C6_METRIC}{rates_text((b, bb), (m, bm))}",
-        sample,
-        ABOVE_ZERO,
-        scratch_at="best_validation",
-        scratch_lrs=scratch_lrs((b, bb), (m, bm)),
-        note=note,
+        b,
+        m,
+        C6_METRIC,
+        responsive,
       )
     )
   return out
