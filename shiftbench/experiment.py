@@ -1,8 +1,8 @@
 """The protocol: pretrain on A -> fine-tune on B at one location -> location maps (docs/protocol.md).
 
 One row (`schema.RowId`) per model x pretrain regime x fine-tune mode x fine-tune learning rate x
-seed. `results.json` is rewritten
-atomically after every row, so an interrupted or requeued run resumes where it stopped and loses nothing.
+seed. `results.json` is rewritten atomically after every row, so an interrupted or requeued run resumes
+where it stopped and loses nothing.
 """
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ class Protocol:
     self.data_a, self.data_b = data_a, data_b
     self.hash_a, self.hash_b = protocol_data.dataset_hash(data_a), protocol_data.dataset_hash(data_b)
     self.train_a, self.test_a = protocol_data.device_splits(data_a, settings)
-    self.train_b, self.test_b = protocol_data.device_splits(data_b, settings, validation=True)
-    self.val_b = protocol_data.validation_objects(data_b, settings)  # what rates are chosen on, never test
+    # B's validation objects are what rates are chosen on, never test.
+    self.train_b, self.test_b, self.val_b = protocol_data.splits_b(data_b, settings)
     # Every evaluation subset is a prefix of one class-balanced order (`subsets.balanced_order`).
     self.curve_b = train.DeviceObjects(
       self.test_b.images[: settings.curve_objects], self.test_b.labels[: settings.curve_objects], data_b.num_classes

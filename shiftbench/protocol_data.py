@@ -21,19 +21,38 @@ def dataset_hash(objs: ObjectSet) -> str:
 def device_splits(
   objs: ObjectSet, s: Settings, validation: bool = False
 ) -> tuple[train.DeviceObjects, train.DeviceObjects]:
-  """(training objects, evaluated objects) on the device.
+  """(training objects, evaluated objects) on the device (`splits_b` for what `validation` means)."""
+  return _splits(objs, s, validation)[:2]
 
-  With `validation` (dataset B), `s.validation_fraction` of each class of the training objects is held
-  out, the same objects whichever split is evaluated, so a setting chosen on validation
-  (`eval.split=validation`) is chosen under the very protocol that reports on test. The evaluated
-  objects are put in class-balanced order (`subsets.balanced_order`) and cut to `eval.max_objects`.
+
+def splits_b(
+  objs: ObjectSet, s: Settings
+) -> tuple[train.DeviceObjects, train.DeviceObjects, train.DeviceObjects | None]:
+  """Dataset B's (training, evaluated, validation) objects on the device, from one validation split.
+
+  `s.validation_fraction` of each class of the training objects is held out, the same objects whichever
+  split is evaluated, so a setting chosen on validation (`eval.split=validation`) is chosen under the very
+  protocol that reports on test. The evaluated objects are put in class-balanced order
+  (`subsets.balanced_order`) and cut to `eval.max_objects`. The validation objects (every held-out one,
+  in class-balanced order; None when the fraction is 0) are what rows report `val_in_acc` on, so a rate
+  can be chosen without looking at test.
   """
+  return _splits(objs, s, True)
+
+
+def _splits(
+  objs: ObjectSet, s: Settings, validation: bool
+) -> tuple[train.DeviceObjects, train.DeviceObjects, train.DeviceObjects | None]:
   train_x, train_y = objs.train_images, objs.train_labels
   eval_x, eval_y = objs.test_images, objs.test_labels
+  held_out = None
   if validation and s.validation_fraction > 0:
     keep, held = subsets.split_validation(train_x, train_y, s.validation_fraction, s.subset_seed)
+    val_x, val_y = train_x[held], train_y[held]
+    val_order = subsets.balanced_order(val_x, val_y, s.subset_seed)
+    held_out = train.DeviceObjects.from_numpy(val_x[val_order], val_y[val_order], objs.num_classes)
     if s.eval_split == "validation":
-      eval_x, eval_y = train_x[held], train_y[held]
+      eval_x, eval_y = val_x, val_y
     train_x, train_y = train_x[keep], train_y[keep]
   elif validation and s.eval_split == "validation":
     raise ConfigError("eval.split=validation needs eval.validation_fraction > 0 (got 0)")
@@ -41,19 +60,8 @@ def device_splits(
   return (
     train.DeviceObjects.from_numpy(train_x, train_y, objs.num_classes),
     train.DeviceObjects.from_numpy(eval_x[order], eval_y[order], objs.num_classes),
+    held_out,
   )
-
-
-def validation_objects(objs: ObjectSet, s: Settings) -> train.DeviceObjects | None:
-  """B's validation objects (held out of training in every run, `device_splits`) on the device, in
-  class-balanced order; None when `eval.validation_fraction` is 0. Rows report their in-location accuracy
-  on them (`val_in_acc`), so a rate can be chosen without looking at test."""
-  if s.validation_fraction <= 0:
-    return None
-  _, held = subsets.split_validation(objs.train_images, objs.train_labels, s.validation_fraction, s.subset_seed)
-  x, y = objs.train_images[held], objs.train_labels[held]
-  order = subsets.balanced_order(x, y, s.subset_seed)
-  return train.DeviceObjects.from_numpy(x[order], y[order], objs.num_classes)
 
 
 def check_disjoint(data_a: ObjectSet, data_b: ObjectSet, allow_overlap: bool) -> None:
