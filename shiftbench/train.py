@@ -76,14 +76,15 @@ class UntilAccuracy:
   window: int
   stopped_at: int | None = None
   mean: float | None = None  # the running mean when it was last checked (None before `window` steps)
-  _recent: collections.deque = dataclasses.field(default_factory=collections.deque, repr=False)
+  _recent: collections.deque = dataclasses.field(init=False, repr=False)  # the last `window` accuracies
+
+  def __post_init__(self):
+    self._recent = collections.deque(maxlen=self.window)
 
   def update(self, step: int, accs) -> bool:
     """Adds the batch accuracies of the steps up to `step` (in order) and says whether to stop there."""
     for acc in np.asarray(accs, np.float64).reshape(-1):
       self._recent.append(float(acc))
-      if len(self._recent) > self.window:
-        self._recent.popleft()
     if len(self._recent) < self.window:
       return False
     self.mean = math.fsum(self._recent) / self.window
