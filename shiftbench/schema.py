@@ -1,7 +1,7 @@
 """The row schema: what a results row is, said once.
 
 A row is one fine-tuned model evaluated: `RowId` names it within a run (model x pretrain regime x
-fine-tune mode x fine-tune learning rate x seed), and its `comparison_key` (`shiftbench.comparison`)
+fine-tune mode x fine-tune method and its setting x fine-tune learning rate x seed), and its `comparison_key` (`shiftbench.comparison`)
 names the experiment it belongs to, so `(comparison_key, *RowId)` names it across runs. Everything
 that reads rows (the leaderboard, the tidy table, wandb, resuming a run, the claims) takes its
 identity, its order and which of its fields are metrics from here. To add a row dimension, add a field
@@ -24,6 +24,12 @@ PLACEMENT_REGIMES: tuple[str, ...] = ("fixed", "random_crop", "translate")
 PRETRAIN_REGIMES: tuple[str, ...] = ("scratch", "imagenet", *PLACEMENT_REGIMES)
 # Named for what trains: the classifier only, hidden FC layers + classifier (conv frozen), everything.
 FINETUNE_MODES: tuple[str, ...] = ("last", "head", "full")
+# How a row was fine-tuned (`shiftbench.methods`): `plain` at any mode, or a method that keeps invariance,
+# at `full` (shown in this order; a user's own methods after them, by name).
+PLAIN = "plain"
+FINETUNE_METHODS: tuple[str, ...] = (PLAIN, "lpft", "wise", "l2sp")
+# A row of an older results file, without the method fields, is a plain row.
+METHOD_DEFAULTS: dict[str, Any] = {"finetune_method": PLAIN, "wise_alpha": None, "l2sp_beta": None}
 
 
 class RowId(NamedTuple):
@@ -32,16 +38,39 @@ class RowId(NamedTuple):
   model: str
   pretrain: str
   finetune: str
+  finetune_method: str  # `plain`, or a method that keeps invariance (`shiftbench.methods`)
+  wise_alpha: float | None  # WiSE-FT's interpolation weight (None for other methods)
+  l2sp_beta: float | None  # L2-SP's penalty weight (None for other methods)
   finetune_lr: float  # the fine-tune learning rate: the forgetting result is a curve over it
   seed: int
 
   @classmethod
   def of(cls, row: Mapping[str, Any]) -> RowId:
-    return cls(*(row[k] for k in cls._fields))
+    return cls(*(row[k] if k in row or k not in METHOD_DEFAULTS else METHOD_DEFAULTS[k] for k in cls._fields))
+
+  @classmethod
+  def plain(cls, model: str, pretrain: str, finetune: str, finetune_lr: float, seed: int) -> RowId:
+    """A plain fine-tune's row."""
+    return cls(model, pretrain, finetune, PLAIN, None, None, finetune_lr, seed)
+
+  @property
+  def method_label(self) -> str:
+    """`plain`, `lpft`, `wise0.5`, `l2sp0.01`: the method and its setting."""
+    setting = self.wise_alpha if self.wise_alpha is not None else self.l2sp_beta
+    return self.finetune_method + ("" if setting is None else format_lr(setting))
 
   def name(self, sep: str = "/") -> str:
-    """`cnn_fc/translate/full/lr0.001/s0`: how log lines, wandb runs and heatmap files name the row."""
-    return sep.join([self.model, self.pretrain, self.finetune, f"lr{format_lr(self.finetune_lr)}", f"s{self.seed}"])
+    """`cnn_fc/translate/full/lr0.001/s0` (a plain row), `cnn_fc/translate/full/wise0.5/lr0.001/s0`: how log
+    lines, wandb runs and heatmap files name the row."""
+    method = [] if self.finetune_method == PLAIN else [self.method_label]
+    return sep.join(
+      [self.model, self.pretrain, self.finetune, *method, f"lr{format_lr(self.finetune_lr)}", f"s{self.seed}"]
+    )
+
+  def plain_sibling(self, finetune: str) -> RowId:
+    """The plain row of the same model, regime, rate and seed at `finetune` (what a method starts from or
+    is compared with)."""
+    return self._replace(finetune=finetune, **METHOD_DEFAULTS)
 
   def sibling(self, **changes: Any) -> RowId:
     """The row of the same run that differs in the given dimensions (e.g. `finetune="last"`)."""
@@ -55,6 +84,7 @@ def format_lr(lr: float) -> str:
 
 IDENTITY: tuple[str, ...] = RowId._fields
 LR = "finetune_lr"
+METHOD, WISE_ALPHA, L2SP_BETA = "finetune_method", "wise_alpha", "l2sp_beta"
 SEED = "seed"
 # What a leaderboard line averages over seeds: every dimension but the seed, within one experiment.
 DIMENSIONS: tuple[str, ...] = tuple(k for k in IDENTITY if k != SEED)
@@ -80,6 +110,7 @@ NOT_METRICS: tuple[str, ...] = (
   *ANNOTATIONS,
   "finetune_steps",
   "val_in_acc",  # the rate-choosing criterion, not a result
+  "val_invariance",  # with val_in_acc, what L2-SP's beta is chosen by
   "finetune_seconds",
   "eval_seconds",
   "chance",
@@ -108,25 +139,30 @@ METRICS: dict[str, str] = {
 }
 # What the fine-tune curve records at each evaluation.
 CURVE_METRICS: tuple[str, ...] = ("in_acc", "off_acc", "invariance")
-_ORDERS = {"pretrain": PRETRAIN_REGIMES, "finetune": FINETUNE_MODES}
+_ORDERS = {"pretrain": PRETRAIN_REGIMES, "finetune": FINETUNE_MODES, METHOD: FINETUNE_METHODS}
 
 
 def identity(row: Mapping[str, Any]) -> RowId:
   return RowId.of(row)
 
 
+def is_plain(row: Mapping[str, Any]) -> bool:
+  """A plain fine-tune's row (every row of a results file from before methods existed)."""
+  return row.get(METHOD, PLAIN) == PLAIN
+
+
 def unique(row: Mapping[str, Any]) -> tuple:
   """(comparison key, *identity): the same row in any run."""
-  return tuple(row.get(k) for k in UNIQUE)
+  return tuple(row.get(k, METHOD_DEFAULTS.get(k)) for k in UNIQUE)
 
 
 def group(row: Mapping[str, Any]) -> tuple:
   """(*dimensions, comparison key): the rows a leaderboard line averages over seeds."""
-  return tuple(row.get(k, "") for k in GROUP)
+  return tuple(row.get(k, METHOD_DEFAULTS.get(k, "")) for k in GROUP)
 
 
 def missing_identity(row: Mapping[str, Any]) -> list[str]:
-  return [k for k in IDENTITY if k not in row]
+  return [k for k in IDENTITY if k not in row and k not in METHOD_DEFAULTS]
 
 
 def sort_key(model_order: Mapping[str, int]):
@@ -134,15 +170,15 @@ def sort_key(model_order: Mapping[str, int]):
   protocol: models in `model_order`, then every other dimension in its declared order."""
 
   def key(entry: Mapping[str, Any]) -> tuple:
-    out = []
+    out: list[Any] = []
     for name in DIMENSIONS:
-      value = entry.get(name)
+      value = entry.get(name, METHOD_DEFAULTS.get(name))
       if name == "model":
         out.append(model_order.get(value, len(model_order)))
-      elif name in _ORDERS:
-        out.append(_ORDERS[name].index(value) if value in _ORDERS[name] else 99)
-      else:
-        out.append(value)
+      elif name in _ORDERS:  # declared values in order, then others by name
+        out.append((_ORDERS[name].index(value), "") if value in _ORDERS[name] else (99, str(value)))
+      else:  # a number, or None (no setting) first
+        out.append((value is not None, value or 0))
     return tuple(out)
 
   return key
@@ -168,15 +204,16 @@ def scalar_metrics(row: Mapping[str, Any]) -> dict[str, float]:
 
 
 def fill_invariance_lost(rows: Iterable[dict[str, Any]]) -> None:
-  """`invariance_lost` = invariance after `last` minus after `full` fine-tuning, for the same experiment,
-  model, pretrain regime and seed (the forgetting result: what the pretrained representation carried,
-  minus what survives training everything at one location), written into both rows; rows without both
-  defined keep what they have."""
+  """`invariance_lost` = invariance after plain `last` minus after `full` fine-tuning, for the same
+  experiment, model, pretrain regime, rate and seed (the forgetting result: what the pretrained
+  representation carried, minus what survives training everything at one location), written into the
+  plain rows; a method's row (at `full`) gets plain `last` minus its own. Rows without both defined keep
+  what they have."""
   rows = list(rows)
   by_id = {(r.get("comparison_key"), identity(r)): r for r in rows}
   for r in rows:
     rid = identity(r)
-    last = by_id.get((r.get("comparison_key"), rid.sibling(finetune="last")))
+    last = by_id.get((r.get("comparison_key"), rid.plain_sibling("last")))
     full = by_id.get((r.get("comparison_key"), rid.sibling(finetune="full")))
     if last and full and defined(last["invariance"]) and defined(full["invariance"]):
       r["invariance_lost"] = last["invariance"] - full["invariance"]

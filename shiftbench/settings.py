@@ -151,7 +151,7 @@ class Settings:
     """The rows of one pretrained model, in the order they run: each rate, then each mode (`last` first,
     so `head` and `full` start their curves from its probe)."""
     return [
-      schema.RowId(model, regime, mode, lr, seed)
+      schema.RowId.plain(model, regime, mode, lr, seed)
       for lr in self.finetune_rates
       for mode in self.modes_for(regime, model)
     ]

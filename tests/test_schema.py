@@ -37,14 +37,29 @@ def test_identity_fields_are_named_in_the_schema_only():
   spelled = re.compile(r"""["']model["'],\s*["']pretrain["'],\s*["']finetune["']""")
   found = [p.name for p in (ROOT / "shiftbench").rglob("*.py") if spelled.search(p.read_text())]
   assert found == [], f"a row's identity is spelled out in {found}; read schema.IDENTITY / schema.RowId"
-  assert schema.IDENTITY == ("model", "pretrain", "finetune", "finetune_lr", "seed")
-  assert schema.DIMENSIONS == ("model", "pretrain", "finetune", "finetune_lr") and schema.GROUP[-1] == "comparison_key"
+  method = ("finetune_method", "wise_alpha", "l2sp_beta")
+  assert schema.IDENTITY == ("model", "pretrain", "finetune", *method, "finetune_lr", "seed")
+  assert schema.DIMENSIONS == ("model", "pretrain", "finetune", *method, "finetune_lr")
+  assert schema.GROUP[-1] == "comparison_key"
 
 
 def test_row_ids_name_rows_and_find_their_siblings():
   rid = schema.RowId.of(_row("cnn_fc", "translate", "full", 2, 0.1))
   assert rid.name() == "cnn_fc/translate/full/lr0.001/s2" and rid.name("_") == "cnn_fc_translate_full_lr0.001_s2"
-  assert rid.sibling(finetune="last") == ("cnn_fc", "translate", "last", 1e-3, 2)
+  assert rid.sibling(finetune="last") == ("cnn_fc", "translate", "last", "plain", None, None, 1e-3, 2)
+  # A row from before methods existed is a plain row; a method's row names its method and setting.
+  assert rid == schema.RowId.plain("cnn_fc", "translate", "full", 1e-3, 2)
+  wise = rid.sibling(finetune_method="wise", wise_alpha=0.5)
+  assert wise.name() == "cnn_fc/translate/full/wise0.5/lr0.001/s2" and wise.method_label == "wise0.5"
+  assert wise.plain_sibling("last") == rid.sibling(finetune="last")
+  assert schema.RowId.of({**_row("m", "translate", "full", 0, 0.1), **wise._asdict()}) == wise
+
+
+def test_a_methods_row_loses_invariance_against_plain_last():
+  rows = [_row("m", "translate", "last", 0, 0.9), _row("m", "translate", "full", 0, 0.25)]
+  rows.append({**rows[1], "finetune_method": "l2sp", "l2sp_beta": 0.1, "invariance": 0.5})
+  schema.fill_invariance_lost(rows)
+  assert [r["invariance_lost"] for r in rows] == [0.65, 0.65, 0.4]
 
 
 def test_invariance_lost_pairs_last_and_full_of_one_experiment_model_regime_and_seed():
@@ -65,16 +80,23 @@ def test_invariance_lost_pairs_last_and_full_of_one_experiment_model_regime_and_
 
 
 def test_rows_sort_like_the_protocol():
+  full = _row("b", "translate", "full", 0, 0)
   entries = [
-    _row("b", "translate", "full", 0, 0),
+    {**full, "finetune_method": "mine"},  # a user's method: after the built-in ones
+    {**full, "finetune_method": "wise", "wise_alpha": 0.5},
+    {**full, "finetune_method": "wise", "wise_alpha": 0.0},
+    full,
     _row("a", "translate", "last", 0, 0),
     _row("b", "scratch", "full", 0, 0),
   ]
   key = schema.sort_key({"b": 0, "a": 1})
-  assert [schema.identity(e)[:3] for e in sorted(entries, key=key)] == [
-    ("b", "scratch", "full"),
-    ("b", "translate", "full"),
-    ("a", "translate", "last"),
+  assert [schema.identity(e)[:5] for e in sorted(entries, key=key)] == [
+    ("b", "scratch", "full", "plain", None),
+    ("b", "translate", "full", "plain", None),
+    ("b", "translate", "full", "wise", 0.0),
+    ("b", "translate", "full", "wise", 0.5),
+    ("b", "translate", "full", "mine", None),
+    ("a", "translate", "last", "plain", None),
   ]
 
 
