@@ -9,8 +9,9 @@ a file rewritten in place is another experiment and a copy elsewhere is the same
 - `protocol_key`: the settings every row of a run shares (data, canvas, budgets, optimisers, evaluation
   grid and subsets, version). Rows with one protocol key can be compared with each other (the claims
   report pairs models, regimes and modes within one).
-- `comparison_key`: the protocol plus the row's own model architecture. Leaderboard rows are (model,
-  pretrain, finetune, comparison_key); seeds average only within one.
+- `comparison_key`: the protocol plus the row's own model architecture and fine-tune method's settings
+  (`method.*`: those beyond the row's identity, e.g. L2-SP's classifier ratio; none for plain rows).
+  Leaderboard rows are (row dimensions, comparison_key); seeds average only within one.
 Anything new in the config counts by default: only the names in `IGNORED` are left out.
 """
 
@@ -39,6 +40,7 @@ IGNORED = (
   "finetune.modes",
   "finetune.scratch_modes",
   "finetune.learning_rates",  # a row dimension: each row carries its own `finetune_lr`
+  "finetune.methods",  # a row dimension: each row carries its method, setting and `method.*` settings
   "finetune.optimizer.learning_rate",
   "arms",
   "arms.*",
@@ -78,10 +80,17 @@ def protocol_settings(config: Mapping[str, Any], data_hashes: Mapping[str, str |
   return dict(sorted(settings.items()))
 
 
-def row_settings(protocol: Mapping[str, Any], architecture: Mapping[str, Any] | None) -> dict[str, Any]:
-  """The protocol plus one model's resolved architecture config (as `architecture.*`)."""
+ROW_PARTS = ("architecture.", "method.")  # a row's own settings, beyond its run's protocol
+
+
+def row_settings(
+  protocol: Mapping[str, Any], architecture: Mapping[str, Any] | None, method: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+  """The protocol plus one model's resolved architecture config (as `architecture.*`) and the settings of
+  the row's fine-tune method beyond its identity (as `method.*`)."""
   arch = {f"architecture.{k}": v for k, v in flatten(architecture or {}).items()}
-  return dict(sorted({**protocol, **arch}.items()))
+  own = {f"method.{k}": v for k, v in flatten(method or {}).items()}
+  return dict(sorted({**protocol, **arch, **own}.items()))
 
 
 def key_of(settings: Mapping[str, Any]) -> str:
@@ -90,8 +99,8 @@ def key_of(settings: Mapping[str, Any]) -> str:
 
 
 def protocol_part(settings: Mapping[str, Any]) -> dict[str, Any]:
-  """A row's settings without its architecture: what its protocol key is computed from."""
-  return {k: v for k, v in settings.items() if not k.startswith("architecture.")}
+  """A row's settings without its architecture and method settings: what its protocol key is computed from."""
+  return {k: v for k, v in settings.items() if not k.startswith(ROW_PARTS)}
 
 
 def differing(settings: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -114,4 +123,11 @@ def differing_settings(entries: list[dict[str, Any]]) -> list[str]:
   for archs in by_model.values():
     if len(archs) > 1:
       names += [n for n in differing(archs.values()) if n not in names]
+  by_method: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)  # the same for one method's settings
+  for e in entries:
+    own = {k: v for k, v in e["settings"].items() if k.startswith("method.")}
+    by_method[e.get("finetune_method", "plain")][key_of(own)] = own
+  for owns in by_method.values():
+    if len(owns) > 1:
+      names += [n for n in differing(owns.values()) if n not in names]
   return names

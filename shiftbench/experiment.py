@@ -7,7 +7,6 @@ where it stopped and loses nothing.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from shiftbench import (
   evaluation,
   evaluators,
   leaderboard,
+  methods,
   metrics,
   models,
   plots,
@@ -44,23 +44,13 @@ from shiftbench import (
 )
 from shiftbench.data import ObjectSet
 from shiftbench.environment import environment
+from shiftbench.methods import Finetuned
 from shiftbench.models import torchvision_weights
 from shiftbench.predictor import Predictor
 from shiftbench.schema import RowId
 from shiftbench.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class Finetuned:
-  """A fine-tuning run: the trained model, its curve and history, where it stopped, and how long it took."""
-
-  model: nnx.Module
-  curve: list[dict[str, Any]]
-  history: list[dict[str, float]]
-  stop: dict[str, Any]
-  seconds: float
 
 
 class Protocol:
@@ -84,6 +74,9 @@ class Protocol:
     # Shift metrics before fine-tuning for the latest (model, regime, seed): every mode shares them,
     # and rows run in that order, so one entry is all that is ever reused.
     self._before: dict[tuple, dict[str, Any]] = {}
+    # The plain rows' fine-tuned models of the latest (model, regime, rate, seed): what LP-FT, WiSE-FT and
+    # a user's method start from (rows run in that order, so nothing older is ever asked for).
+    self._tuned: dict[RowId, nnx.Module] = {}
     self.weights_cache = published_weights.cache_dir(settings.checkpoint_dir)  # named ImageNet weights
 
   # -- evaluation ---------------------------------------------------------------------------------
@@ -154,26 +147,39 @@ class Protocol:
       models.transfer(source, model)
     return model
 
-  def before(self, rid: RowId, model: nnx.Module) -> dict[str, Any]:
-    """Shift metrics of the pretrained layers + fresh classifier: the same for every fine-tune mode."""
+  def before(self, rid: RowId, fresh) -> dict[str, Any]:
+    """Shift metrics of the pretrained layers + fresh classifier (`fresh()`): the same for every
+    fine-tune mode and method."""
     key = (rid.model, rid.pretrain, rid.seed)
     if key not in self._before:
-      self._before = {key: self.shift_metrics(self.predictor(model), rid.seed, before=True)}
+      self._before = {key: self.shift_metrics(self.predictor(fresh()), rid.seed, before=True)}
     return self._before[key]
 
-  def validation_accuracy(self, predictor: Predictor) -> float | None:
-    """In-location accuracy on B's validation objects: what a setting (a rate) is chosen by."""
+  def validation(self, predictor: Predictor, whole_map: bool) -> tuple[float | None, float | None]:
+    """In-location accuracy and (with `whole_map`: every method's row, whose setting is chosen by both)
+    invariance on B's validation objects: what a setting (a rate, L2-SP's beta) is chosen by."""
     if self.val_b is None:
-      return None
+      return None, None
+    if whole_map:
+      point = self.location_map(predictor, self.val_b)
+      return point["in_acc"], point["invariance"]
     loc = np.asarray([self.s.finetune_location], np.int32)
     stats = evaluation.location_stats(predictor, self.val_b.images, self.val_b.labels, loc, self.s.eval_batch)
-    return float(stats.accuracy()[0])
+    return float(stats.accuracy()[0]), None
 
-  def finetune(self, rid: RowId, model: nnx.Module, probe: dict[str, Any] | None = None) -> Finetuned:
-    """Trains `model` in place on B at the fine-tune location, evaluating the curve along the way. The
-    curve's step 0 is `probe` where given (the `last` row's final point: the pretrained backbone read by a
-    trained linear classifier, what `head` and `full` start from in representation), else the model as
-    it starts (a fresh classifier: chance)."""
+  def finetune(
+    self,
+    rid: RowId,
+    model: nnx.Module,
+    probe: dict[str, Any] | None = None,
+    tx: Any = None,
+    mode: str | None = None,
+  ) -> Finetuned:
+    """Trains `model` in place on B at the fine-tune location at `mode` (the row's by default) with `tx`
+    (the row's optimiser by default), evaluating the curve along the way. The curve's step 0 is `probe`
+    where given (the `last` row's final point: the pretrained backbone read by a trained linear
+    classifier, what `head` and `full` start from in representation), else the model as it starts (a
+    fresh classifier: chance)."""
     s = self.s
     curve: list[dict[str, Any]] = []
 
@@ -188,14 +194,14 @@ class Protocol:
     until = None if s.until_accuracy is None else train.UntilAccuracy(*s.until_accuracy)
     history = train.train(
       model,
-      s.transforms["finetune"][rid.finetune_lr],
+      tx or s.transforms["finetune"][rid.finetune_lr],
       self.train_b,
       s.spec,
       train.Placement("fixed", s.finetune_location),
       steps=s.finetune.steps,
       batch_size=s.finetune.batch_size,
       seed=streams.stream(rid.seed, streams.FINETUNE_BATCHES),
-      mode=rid.finetune,
+      mode=mode or rid.finetune,
       dispatch=s.finetune.dispatch,
       eval_every=s.eval_every,
       eval_steps=s.curve_steps,
@@ -220,7 +226,7 @@ class Protocol:
     not their task). After `last` only B's classifier trained, so A's network is exactly the one before."""
     if source is None or a_before is None:
       return None
-    if rid.finetune == "last":
+    if rid.finetune == "last" and rid.finetune_method == schema.PLAIN:
       return a_before
     a_model = nnx.clone(source)  # `source` stays pretrained for the next mode
     nnx.update(a_model, nnx.state(model, models.TRANSFERABLE))
@@ -230,7 +236,9 @@ class Protocol:
     """The final location map as a (ys, xs, acc) record and its PNG under `heatmaps/`."""
     ys, xs = canvas.grid_axes(self.grid)
     acc2d = final["acc"].reshape(len(ys), len(xs))
-    title = " | ".join([rid.model, f"pretrain {rid.pretrain}", rid.finetune, f"seed {rid.seed}"])
+    mode = rid.finetune if rid.finetune_method == schema.PLAIN else f"{rid.finetune} {rid.method_label}"
+    lr = f"lr {schema.format_lr(rid.finetune_lr)}"
+    title = " | ".join([rid.model, f"pretrain {rid.pretrain}", mode, lr, f"seed {rid.seed}"])
     path = plots.save_location_map(
       self.output_dir / "heatmaps" / f"{rid.name('_')}.png",
       acc2d,
@@ -242,29 +250,70 @@ class Protocol:
     )
     return {"ys": ys, "xs": xs, "acc": acc2d}, path
 
+  def context(
+    self, rid: RowId, source: nnx.Module | None, point: dict[str, Any] | None, done: dict[RowId, dict[str, Any]]
+  ) -> methods.Context:
+    """What row `rid`'s method may start from (`methods.Context`); `point` is the `last` row's final
+    curve point, or None (then the curve's step 0 is measured)."""
+
+    def finetune(model: nnx.Module, tx: Any = None, mode: str = "full", probe: bool = False) -> Finetuned:
+      return self.finetune(rid, model, point if probe else None, tx=tx, mode=mode)
+
+    return methods.Context(
+      fresh=lambda: self.start(rid, source),
+      tuned=lambda mode: methods.copy_model(self.tuned(rid.plain_sibling(mode), source, done)),
+      tx=self.s.transforms["finetune"][rid.finetune_lr],
+      finetune=finetune,
+      mode=rid.finetune,
+    )
+
+  def tuned(self, rid: RowId, source: nnx.Module | None, done: dict[RowId, dict[str, Any]]) -> nnx.Module:
+    """The fine-tuned model of plain row `rid`, kept from when it ran; in a resumed run whose row was
+    written before, trained again (the same stream and budget: the same model) without rewriting it."""
+    if rid not in self._tuned:
+      if rid.finetune not in self.s.modes_for(rid.pretrain, rid.model) or schema.PLAIN not in self.s.methods:
+        raise ValueError(f"{rid.name()} does not run in this experiment: no model to start from")
+      log.info("%s: trained again for the methods that start from it (its row is kept)", rid.name())
+      probe = done.get(rid.plain_sibling("last")) if rid.finetune != "last" else None
+      point = probe["curve"][-1] if probe and probe.get("curve") else None
+      ctx = self.context(rid, source, point, done)
+      self._keep(rid, self.s.methods[schema.PLAIN].run(ctx, None).model)
+    return self._tuned[rid]
+
+  def _keep(self, rid: RowId, model: nnx.Module) -> None:
+    group = lambda r: (r.model, r.pretrain, r.finetune_lr, r.seed)  # noqa: E731
+    self._tuned = {r: m for r, m in self._tuned.items() if group(r) == group(rid)}
+    self._tuned[rid] = model
+
   def row(
     self,
     rid: RowId,
     source: nnx.Module | None,
     a_before: dict[str, Any] | None,
     probe: dict[str, Any] | None = None,
+    done: dict[RowId, dict[str, Any]] | None = None,
   ) -> dict[str, Any]:
-    """Fine-tunes and evaluates one row; its fields in `results.json` order."""
+    """Fine-tunes (by the row's method) and evaluates one row; its fields in `results.json` order."""
     s = self.s
-    model = self.start(rid, source)
+    method = s.methods[rid.finetune_method]
+    ctx = self.context(rid, source, probe, done or {})
     eval_start = time.perf_counter()
-    before = self.before(rid, model)
+    before = self.before(rid, ctx.fresh)
     eval_seconds = time.perf_counter() - eval_start
-    tuned = self.finetune(rid, model, probe)
+    setting = getattr(rid, method.grid_field) if method.grid_field else None
+    tuned = methods.as_finetuned(method.run(ctx, setting), method.name)
+    model = tuned.model
+    if rid.finetune_method == schema.PLAIN:
+      self._keep(rid, model)
     trained = self.predictor(model)  # the fine-tuned state: one for its map and its shift metrics
     final = self.location_map(trained, self.test_b)
-    val_in_acc = self.validation_accuracy(trained)
+    val_in_acc, val_invariance = self.validation(trained, whole_map=rid.finetune_method != schema.PLAIN)
     eval_start = time.perf_counter()
     shift = self.shift_metrics(trained, rid.seed, final["everywhere"])
     eval_seconds += time.perf_counter() - eval_start
     a_after = self.pretrain_task_after(rid, source, model, a_before)
     location_map, heatmap = self.heatmap(rid, final)
-    settings = comparison.row_settings(self.protocol, s.models[rid.model])
+    settings = comparison.row_settings(self.protocol, s.models[rid.model], s.method_configs.get(rid.finetune_method))
     return {
       **rid._asdict(),
       "comparison_key": comparison.key_of(settings),
@@ -272,6 +321,7 @@ class Protocol:
       "eval_split": s.eval_split,
       **{k: final[k] for k in ("distinct_predictions", "in_acc", "off_acc", "invariance", "in_pvalue")},
       "val_in_acc": val_in_acc,
+      **({} if rid.finetune_method == schema.PLAIN else {"val_invariance": val_invariance}),
       "test_objects": len(self.test_b),
       "chance": 1.0 / self.data_b.num_classes,
       "finetune_steps": tuned.stop["step"],
@@ -366,8 +416,9 @@ def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
             if regime != "imagenet":
               a_before = protocol.location_map(protocol.predictor(source), protocol.test_a)
           for rid in new:
-            probe = done.get(rid.sibling(finetune="last")) if rid.finetune != "last" else None
-            row = protocol.row(rid, source, a_before, probe["curve"][-1] if probe and probe.get("curve") else None)
+            probe = done.get(rid.plain_sibling("last"))
+            point = probe["curve"][-1] if probe and probe is not done.get(rid) and probe.get("curve") else None
+            row = protocol.row(rid, source, a_before, point, done)
             if "weights" in meta:  # the imagenet regime: which file, by content (the key holds its sha256)
               row["pretrain_weights"] = meta["weights"]
               protocol.rekey(row, {"pretrain.weights.sha256": meta["weights"]["sha256"]})

@@ -1,11 +1,12 @@
 """The row schema: what a results row is, said once.
 
 A row is one fine-tuned model evaluated: `RowId` names it within a run (model x pretrain regime x
-fine-tune mode x fine-tune method and its setting x fine-tune learning rate x seed), and its `comparison_key` (`shiftbench.comparison`)
-names the experiment it belongs to, so `(comparison_key, *RowId)` names it across runs. Everything
-that reads rows (the leaderboard, the tidy table, wandb, resuming a run, the claims) takes its
-identity, its order and which of its fields are metrics from here. To add a row dimension, add a field
-to `RowId` and have the protocol fill it.
+fine-tune mode x fine-tune method and its setting x fine-tune learning rate x seed), and its
+`comparison_key` (`shiftbench.comparison`) names the experiment it belongs to, so
+`(comparison_key, *RowId)` names it across runs. Everything that reads rows (the leaderboard, the tidy
+table, wandb, resuming a run, the claims) takes its identity, its order and which of its fields are
+metrics from here. To add a row dimension, add a field to `RowId` (and to `METHOD_DEFAULTS`-like
+defaults, so older results files still read) and have the protocol fill it (docs/development.md).
 
 No jax here: the table tools import this module and must start without it.
 """

@@ -18,16 +18,24 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import hydra
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from shiftbench import batching, canvas, preflight, schema
+from shiftbench import batching, canvas, methods, preflight, schema
 from shiftbench.errors import ConfigError
 from shiftbench.evaluators import Evaluator
 
 # Without pretraining the backbone is random: a row that freezes it measures nothing about invariance
 # learned in pretraining, so `scratch` pairs with `full` (and `head` only when asked; `last` never).
 SCRATCH_MODES: tuple[str, ...] = ("full", "head")
+# `finetune.methods` entries that are a name: the built-in methods (`shiftbench.methods`).
+BUILTIN_METHODS: dict[str, str] = {
+  schema.PLAIN: "shiftbench.methods.Plain",
+  "lpft": "shiftbench.methods.LPFT",
+  "wise": "shiftbench.methods.WiSEFT",
+  "l2sp": "shiftbench.methods.L2SP",
+}
 
 
 def _choices(values, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
@@ -134,6 +142,10 @@ class Settings:
   finetune_rates: tuple[float, ...] = (1e-3,)  # one row per fine-tune learning rate
   curve_steps: tuple[int, ...] = ()  # early fine-tune curve points, besides every `eval_every` steps
   arms: dict[str, tuple[tuple[str, str], ...]] = dataclasses.field(default_factory=dict)  # model -> (regime, mode)s
+  # Fine-tune methods by name (`finetune.methods`, in order), and the settings of each that can change its
+  # rows' numbers beyond their identity (its config less its grid: `method.*` in their comparison keys).
+  methods: dict[str, methods.Method] = dataclasses.field(default_factory=lambda: {schema.PLAIN: methods.Plain()})
+  method_configs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
   def modes_for(self, regime: str, model: str | None = None) -> tuple[str, ...]:
     """The fine-tune modes run after `regime`: `scratch_modes` for `scratch`, `finetune_modes` otherwise;
@@ -147,14 +159,32 @@ class Settings:
     """The pretrain regimes run for `model` (those of `arms` when it is listed there)."""
     return tuple(r for r in self.pretrain_regimes if self.modes_for(r, model))
 
-  def row_ids(self, model: str, regime: str, seed: int) -> list[schema.RowId]:
-    """The rows of one pretrained model, in the order they run: each rate, then each mode (`last` first,
-    so `head` and `full` start their curves from its probe)."""
+  def method_rows(self, model: str, regime: str) -> list[tuple[methods.Method, float | None]]:
+    """The (method, setting) rows other than plain run after `regime`: none after `scratch` (nothing
+    pretrained to keep), and only where the method's mode runs."""
+    if regime == "scratch":
+      return []
+    modes = self.modes_for(regime, model)
     return [
-      schema.RowId.plain(model, regime, mode, lr, seed)
-      for lr in self.finetune_rates
-      for mode in self.modes_for(regime, model)
+      (m, setting)
+      for name, m in self.methods.items()
+      if name != schema.PLAIN and m.mode in modes
+      for setting in m.settings()
     ]
+
+  def row_ids(self, model: str, regime: str, seed: int) -> list[schema.RowId]:
+    """The rows of one pretrained model, in the order they run: each rate, then each plain mode (`last`
+    first, so `head` and `full` start their curves from its probe), then every other method and setting
+    (after the plain rows they start from)."""
+    out = []
+    for lr in self.finetune_rates:
+      if schema.PLAIN in self.methods:
+        out += [schema.RowId.plain(model, regime, mode, lr, seed) for mode in self.modes_for(regime, model)]
+      for method, setting in self.method_rows(model, regime):
+        fields = {method.grid_field: setting} if method.grid_field else {}
+        rid = schema.RowId.plain(model, regime, method.mode, lr, seed)
+        out.append(rid._replace(finetune_method=method.name, **fields))
+    return out
 
   @classmethod
   def from_config(cls, cfg: DictConfig | Mapping[str, Any]) -> Settings:
@@ -183,8 +213,9 @@ class Settings:
     optimizers = {p: config[p]["optimizer"] for p in ("pretrain", "finetune")}
     data = {"pretrain": config["data"]["pretrain"], "finetune": config["data"]["finetune"]}
     rates = _rates(cfg.finetune)
+    built_methods, method_configs = _methods(config["finetune"].get("methods"))
     logger = dict(config.get("logger") or {"_target_": "shiftbench.tracking.WandbTracker", "mode": "disabled"})
-    return cls(
+    settings = cls(
       seeds=tuple(int(s) for s in seeds),
       spec=spec,
       finetune_location=ft_loc,
@@ -239,6 +270,8 @@ class Settings:
         sorted({_positive(v, "finetune.curve_steps entry") for v in cfg.finetune.get("curve_steps") or []})
       ),
       arms=_arms(config.get("arms"), model_configs),
+      methods=built_methods,
+      method_configs=method_configs,
       # Last, as arguments are evaluated in order: `auto` for the torchvision networks compiles them (~40 s
       # for DenseNet-121 at full width), so every other setting is checked, and reported, before the count.
       eval_batch=batching.resolve_batch_size(
@@ -248,6 +281,31 @@ class Settings:
         lambda: _activation_bytes(factories, model_configs, spec.canvas_size),
       ),
     )
+    settings.check_method_needs()
+    return settings
+
+  def check_method_needs(self) -> None:
+    """A method's rows start from plain rows of the same model and regime (`Method.needs`): each of those
+    must run wherever the method does, or the run would fail after hours of other rows."""
+    running = set()
+    for model in self.factories:
+      for regime in self.regimes_for(model):
+        modes = self.modes_for(regime, model)
+        for method in dict.fromkeys(m for m, _ in self.method_rows(model, regime)):
+          running.add(method.name)
+          missing = [n for n in method.needs if n not in modes]
+          if missing:
+            raise ConfigError(
+              f"method {method.name!r} starts from the plain {'/'.join(missing)} rows of {model} after {regime} "
+              f"pretraining, which do not run (modes there: {', '.join(modes)}); add them to finetune.modes or arms"
+            )
+    idle = [n for n in self.methods if n != schema.PLAIN and n not in running]
+    if idle:
+      raise ConfigError(
+        f"finetune.methods {idle} have no rows: a method runs at its mode ({self.methods[idle[0]].mode}) after a "
+        f"pretrained regime (not scratch); pretrain.regimes is {list(self.pretrain_regimes)}, finetune.modes is "
+        f"{list(self.finetune_modes)}"
+      )
 
 
 def build_evaluators(cfg: Mapping[str, Any] | None) -> dict[str, Evaluator]:
@@ -377,3 +435,48 @@ def _arms(value, model_configs: Mapping[str, Any]) -> dict[str, tuple[tuple[str,
       pairs.append((regime, mode))
     out[str(model)] = tuple(pairs)
   return out
+
+
+def _methods(value) -> tuple[dict[str, methods.Method], dict[str, dict[str, Any]]]:
+  """`finetune.methods`: a list of built-in method names (`BUILTIN_METHODS`) or `_target_` entries (with
+  an optional `name:`), each built once; and each method's settings for the comparison key (plain has
+  none, so plain rows keep the keys they have without methods)."""
+  entries = [schema.PLAIN] if value is None else list(value if isinstance(value, (list, tuple)) else [value])
+  if not entries:
+    raise ConfigError("finetune.methods is empty; give one or more, e.g. 'finetune.methods=[plain,lpft]'")
+  built: dict[str, methods.Method] = {}
+  configs: dict[str, dict[str, Any]] = {}
+  for entry in entries:
+    if isinstance(entry, str):
+      if entry not in BUILTIN_METHODS:
+        raise ConfigError(
+          f"unknown fine-tune method {entry!r} in finetune.methods; built in: {', '.join(BUILTIN_METHODS)}, "
+          "or an entry with a _target_ (docs/development.md, 'Add a fine-tune method')"
+        )
+      entry = {"_target_": BUILTIN_METHODS[entry]}
+    if not isinstance(entry, dict) or "_target_" not in entry:
+      raise ConfigError(f"finetune.methods entry {entry!r} is neither a method name nor a mapping with a _target_")
+    entry = dict(entry)
+    name = entry.pop("name", None)
+    try:
+      method = methods.as_method(hydra.utils.instantiate(entry), name)
+    except InstantiationException as e:  # the method's own one-line error, not Hydra's wrapping of it
+      cause = e.__cause__ or e
+      raise ConfigError(f"finetune.methods entry {entry}: {str(cause).splitlines()[-1]}") from e
+    except (ValueError, TypeError) as e:
+      raise ConfigError(f"finetune.methods entry {entry}: {e}") from e
+    if method.name in built:
+      raise ConfigError(f"finetune.methods has the method {method.name!r} twice; give one a name: key")
+    if method.mode not in schema.FINETUNE_MODES:
+      raise ConfigError(f"method {method.name!r} has mode {method.mode!r}; allowed: {', '.join(schema.FINETUNE_MODES)}")
+    built[method.name] = method
+    own = {k: v for k, v in entry.items() if k != method.grid_arg}
+    configs[method.name] = {} if method.name == schema.PLAIN else own
+  needing = [m.name for m in built.values() if m.needs and schema.PLAIN not in built]
+  if needing:
+    modes = ", ".join(sorted({n for m in built.values() for n in m.needs}))
+    raise ConfigError(
+      f"finetune.methods {needing} start from plain rows ({modes}); "
+      f"add plain to finetune.methods, e.g. 'finetune.methods=[plain,{','.join(needing)}]'"
+    )
+  return built, configs

@@ -37,9 +37,9 @@ def test_identity_fields_are_named_in_the_schema_only():
   spelled = re.compile(r"""["']model["'],\s*["']pretrain["'],\s*["']finetune["']""")
   found = [p.name for p in (ROOT / "shiftbench").rglob("*.py") if spelled.search(p.read_text())]
   assert found == [], f"a row's identity is spelled out in {found}; read schema.IDENTITY / schema.RowId"
-  method = ("finetune_method", "wise_alpha", "l2sp_beta")
-  assert schema.IDENTITY == ("model", "pretrain", "finetune", *method, "finetune_lr", "seed")
-  assert schema.DIMENSIONS == ("model", "pretrain", "finetune", *method, "finetune_lr")
+  dimensions = ("model", "pretrain", "finetune", "finetune_method", "wise_alpha", "l2sp_beta", "finetune_lr")
+  assert (*dimensions, "seed") == schema.IDENTITY
+  assert dimensions == schema.DIMENSIONS
   assert schema.GROUP[-1] == "comparison_key"
 
 

@@ -18,7 +18,8 @@ from shiftbench.models.vgg import VGG
 # Every model has `.backbone` (conv) and `.head` (`cnn.Head`: `hidden` FC layers + `classifier`). What a
 # pretrained model passes on to a model for new classes is everything but the classifier (Biscione &
 # Bowers 2021 keep the pretrained FC layers and replace only the output layer).
-CLASSIFIER = nnx.PathContains("classifier")
+CLASSIFIER_NAME = "classifier"
+CLASSIFIER = nnx.PathContains(CLASSIFIER_NAME)
 TRANSFERABLE = nnx.Not(CLASSIFIER)
 
 
@@ -52,6 +53,7 @@ def logits_on_grid(model: nnx.Module, objects: jax.Array, locations: jax.Array, 
 
 __all__ = [
   "CLASSIFIER",
+  "CLASSIFIER_NAME",
   "DOWNSAMPLES",
   "DenseNet",
   "HEADS",
