@@ -417,7 +417,7 @@ def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
               a_before = protocol.location_map(protocol.predictor(source), protocol.test_a)
           for rid in new:
             probe = done.get(rid.plain_sibling("last"))
-            point = probe["curve"][-1] if probe and probe is not done.get(rid) and probe.get("curve") else None
+            point = probe["curve"][-1] if probe and probe.get("curve") else None  # none for `last` itself
             row = protocol.row(rid, source, a_before, point, done)
             if "weights" in meta:  # the imagenet regime: which file, by content (the key holds its sha256)
               row["pretrain_weights"] = meta["weights"]
