@@ -16,7 +16,7 @@ import matplotlib.lines
 import numpy as np
 
 from shiftbench import claims as claims_lib
-from shiftbench import headline, plots
+from shiftbench import headline, plots, schema
 from shiftbench.results import atomic_write_text
 from shiftbench.schema import FINETUNE_MODES, LR, PRETRAIN_REGIMES, format_lr
 
@@ -45,6 +45,12 @@ td.pass{background:#d9f2d9;color:#1a6b1a;font-weight:bold} td.fail{background:#f
 td.other{color:#666} img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}"""
 
 
+def plain(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """The plain fine-tunes' entries: what the location maps and forgetting curves draw (a method's entry is
+  at `full` too, and the methods have their own figure, `methods_pareto`)."""
+  return [e for e in entries if schema.is_plain(e)]
+
+
 def _regime_columns(entries: list[dict[str, Any]]) -> list[tuple[str, str]]:
   regimes = {r: i for i, r in enumerate(PRETRAIN_REGIMES)}
   modes = {m: i for i, m in enumerate(FINETUNE_MODES)}
@@ -54,8 +60,10 @@ def _regime_columns(entries: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 
 def location_map_grid(entries: list[dict[str, Any]], path: str | os.PathLike) -> Path:
-  """Models (rows) x pretrain regime / fine-tune mode (columns) of seed-mean location maps, each at the
-  highest fine-tune rate it ran at (the most forgetting; the title says which rate)."""
+  """Models (rows) x pretrain regime / fine-tune mode (columns) of seed-mean location maps of plain
+  fine-tunes, each at the highest fine-tune rate it ran at (the most forgetting; the title says which
+  rate)."""
+  entries = plain(entries)
   models = sorted({e["model"] for e in entries})
   cols = _regime_columns(entries)
   by_key: dict[tuple, dict[str, Any]] = {}
@@ -106,8 +114,9 @@ _STYLES = ("-", "--", ":", "-.")
 def forgetting_figure(entries: list[dict[str, Any]]):
   """Invariance over fine-tune steps (seed means): one panel per model (rows) and pretrain/mode (columns),
   one line per fine-tune rate (coloured by rate; line style by protocol group when there are several),
-  and a step-0 point taken from the `last` row's probe drawn as a hollow diamond. One legend for all."""
-  entries = [e for e in entries if e.get("curve")]
+  and a step-0 point taken from the `last` row's probe drawn as a hollow diamond. One legend for all.
+  Plain fine-tunes only: a method's line would share plain full's panel."""
+  entries = [e for e in plain(entries) if e.get("curve")]
   models = list(dict.fromkeys(e["model"] for e in entries))
   cols = _regime_columns(entries)
   rates = sorted({e[LR] for e in entries if e.get(LR) is not None})
@@ -277,7 +286,7 @@ def write_report(board, out_dir: str | os.PathLike) -> Path:
   figures["Location maps (models x pretrain / fine-tune)"] = location_map_grid(
     board.entries, out_dir / "location_maps.png"
   )
-  if any(e.get("curve") for e in board.entries):
+  if any(e.get("curve") for e in plain(board.entries)):
     figures["Invariance over fine-tune steps"] = forgetting_curves(board.entries, out_dir / "forgetting_curves.png")
   page = render_html(
     board.columns, board.rows, figures, "shiftbench leaderboard", (claims_lib.COLUMNS, claims_lib.table(board.claims))
