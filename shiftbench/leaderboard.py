@@ -133,6 +133,11 @@ def group_labels(entries: list[dict[str, Any]], names: list[str]) -> dict[str, s
   return out
 
 
+def _dimension(value: Any) -> Any:
+  """A dimension's value as the tables show it: a method's absent setting (None) as "-"."""
+  return "-" if value is None else value
+
+
 def _cell(value: Any) -> str:
   return "-" if value is None else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
@@ -183,7 +188,7 @@ def build(rows: list[dict[str, Any]]) -> Board:
   ]
   table = [
     [
-      *(e[k] for k in schema.DIMENSIONS),
+      *(_dimension(e[k]) for k in schema.DIMENSIONS),
       *([e["protocol_key"]] if several else []),
       *(_cell(e["settings"].get(n)) for n in differ),
       len(e["seeds"]),

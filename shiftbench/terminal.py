@@ -13,13 +13,23 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from shiftbench import arms, schema
 from shiftbench import claims as claims_lib
-from shiftbench import schema
 
+# The three method dimensions print as one column, `method` (`schema.RowId.method_label`: plain, lpft,
+# wise0.5, l2sp0.01); leaderboard.md keeps all three.
+METHOD_COLUMNS = (schema.METHOD, schema.WISE_ALPHA, schema.L2SP_BETA)
+METHOD = "method"
 # off_acc is left to leaderboard.md (invariance is made of it): with the rate column, every key line fits
 # in 100 characters.
-KEY_COLUMNS = (*schema.DIMENSIONS, "seeds", "in_acc", "invariance", "inv_lost")
-HEADERS = {schema.LR: "lr"}  # short headers for the terminal
+KEY_COLUMNS = (
+  *(METHOD if c == schema.METHOD else c for c in schema.DIMENSIONS if c not in METHOD_COLUMNS[1:]),
+  "seeds",
+  "in_acc",
+  "invariance",
+  "inv_lost",
+)
+HEADERS = {schema.LR: "lr", "finetune": "mode"}  # short headers for the terminal
 COMPARED_WIDTH = 40  # with EFFECT_WIDTH, keeps a claims line under ~100 characters
 EFFECT_WIDTH = 26  # a mean and interval fit; "; 1 of 5 seeds collapsed" wraps
 _GROUP = re.compile(r"\[(.+?)\] (.*)", re.S)  # claims.evaluate prefixes the group label
@@ -27,6 +37,7 @@ _GROUP = re.compile(r"\[(.+?)\] (.*)", re.S)  # claims.evaluate prefixes the gro
 
 def key_table(columns: list[str], rows: list[list], metric_columns: set[str]) -> str:
   """The leaderboard's key columns, and every column that is not a metric (the groups' identity)."""
+  columns, rows = _method_column(columns, rows)
   keep = [i for i, c in enumerate(columns) if c in KEY_COLUMNS or (c not in metric_columns and c != "params")]
   return tabulate(
     [[r[i] for i in keep] for r in rows],
@@ -34,6 +45,25 @@ def key_table(columns: list[str], rows: list[list], metric_columns: set[str]) ->
     tablefmt="simple",
     disable_numparse=True,
   )
+
+
+def _method_column(columns: list[str], rows: list[list]) -> tuple[list[str], list[list]]:
+  """The method, WiSE-FT alpha and L2-SP beta columns as one `method` column where the first was."""
+  if not all(c in columns for c in METHOD_COLUMNS):
+    return columns, rows
+  at, alpha, beta = (columns.index(c) for c in METHOD_COLUMNS)
+  drop = {alpha, beta}
+
+  def setting(value):
+    return None if value in (None, "", "-") else float(value)
+
+  def label(r: list) -> str:
+    a, b = setting(r[alpha]), setting(r[beta])
+    return arms.method_label(str(r[at]), a if a is not None else b)
+
+  out_columns = [METHOD if i == at else c for i, c in enumerate(columns) if i not in drop]
+  out_rows = [[label(r) if i == at else v for i, v in enumerate(r) if i not in drop] for r in rows]
+  return out_columns, out_rows
 
 
 def claims_table(claims: list) -> str:
