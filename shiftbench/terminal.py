@@ -66,28 +66,41 @@ def _method_column(columns: list[str], rows: list[list]) -> tuple[list[str], lis
   return out_columns, out_rows
 
 
+# Under each section's claims (`claims.section`): its heading, and what runs the rows a not-run claim lacks.
+SECTION_TITLES = {1: "fine-tuning methods:\n", 2: "property checks:\n"}
+NOT_RUN_HINTS = {
+  0: "experiment=reproduce runs every row the claims compare",
+  1: "finetune.methods=[plain,lpft,wise,l2sp] runs the methods' rows",
+}
+
+
 def claims_table(claims: list) -> str:
   """id, verdict, effect, n and what was compared for the claims leaderboard.md shows (`claims.shown`);
-  their wording is in leaderboard.md. Property checks follow the replications under their own line.
-  Claims of several comparable groups (`[key setting=value] compared`) get one section per group. Claims
-  whose rows the run lacks are named on one line (leaderboard.md lists them in full)."""
-  groups: dict[str, dict[bool, list[list]]] = {}
-  not_run: dict[str, list[str]] = {}
+  their wording is in leaderboard.md. The methods' claims and the property checks follow the replications,
+  each under its own line. Claims of several comparable groups (`[key setting=value] compared`) get one
+  section per group. Claims whose rows the run lacks are named on one line per what runs them
+  (leaderboard.md lists them in full)."""
+  groups: dict[str, dict[int, list[list]]] = {}
+  not_run: dict[str, dict[int, list[str]]] = {}
   for c in claims_lib.shown(claims):
     label, compared = _GROUP.match(c.rows).groups() if _GROUP.match(c.rows) else ("", c.rows)
-    kinds = groups.setdefault(label, {False: [], True: []})
+    sections = groups.setdefault(label, {at: [] for at in (0, *SECTION_TITLES)})
+    at = claims_lib.section(c)
     if c.verdict == claims_lib.NOT_RUN:
-      not_run.setdefault(label, []).append(c.id)
+      hint = at if at in NOT_RUN_HINTS else 0
+      not_run.setdefault(label, {}).setdefault(hint, []).append(c.id)
       continue
-    kinds[c.kind == "property"].append([c.id, c.verdict, c.effect, c.n, compared])
-  sections = []
-  for label, kinds in groups.items():
-    tables = [("property checks:\n" if prop else "") + _claim_lines(rows) for prop, rows in kinds.items() if rows]
-    if not_run.get(label):
-      names = ", ".join(dict.fromkeys(not_run[label]))
-      tables.append(f"rows not run here: {names} (experiment=reproduce runs every row the claims compare)")
-    sections.append((f"[{label}]\n" if label else "") + "\n\n".join(tables))
-  return "\n\n".join(sections)
+    sections[at].append([c.id, c.verdict, c.effect, c.n, compared])
+  out = []
+  for label, sections in groups.items():
+    tables = [SECTION_TITLES.get(at, "") + _claim_lines(rows) for at, rows in sections.items() if rows]
+    missing = sorted(not_run.get(label, {}).items())
+    if missing:
+      tables.append(
+        "\n".join(f"rows not run here: {', '.join(dict.fromkeys(i))} ({NOT_RUN_HINTS[h]})" for h, i in missing)
+      )
+    out.append((f"[{label}]\n" if label else "") + "\n\n".join(tables))
+  return "\n\n".join(out)
 
 
 def _claim_lines(rows: list[list]) -> str:
