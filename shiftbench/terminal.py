@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from shiftbench import arms, schema
+from shiftbench import arms, methods_board, schema
 from shiftbench import claims as claims_lib
 
 # The three method dimensions print as one column, `method` (`schema.RowId.method_label`: plain, lpft,
@@ -113,12 +113,32 @@ def _claim_lines(rows: list[list]) -> str:
   )
 
 
+def methods_tables(tables: list) -> str:
+  """The methods board (`methods_board.Table`s) in short: one heading line and one line per method and
+  setting (label, rank, in_acc, invariance, retained); the validation numbers and notes are in methods.md."""
+  parts = []
+  for t in tables:
+    lines = [
+      [x.method + (" β*" if x.best_val else ""), "-" if x.rank is None else x.rank]
+      + [methods_board.fmt(getattr(x, k), len(x.seeds)) for k in ("in_acc", "invariance", "retained")]
+      for x in t.lines
+    ]
+    text = tabulate(lines, headers=["method", "rank", "in_acc", "invariance", "retained"], disable_numparse=True)
+    parts.append(f"[{t.heading}]\n{text}")
+  return "\n\n".join(parts)
+
+
 def summary(board, out_dir: str | os.PathLike) -> str:
-  """The printed summary of a `leaderboard.Board` whose files were written to `out_dir`."""
+  """The printed summary of a `leaderboard.Board` whose files were written to `out_dir`: the key columns,
+  the methods board where a row is a method's, and the claims."""
   out = Path(out_dir)
+  tables = getattr(board, "methods", [])
+  bar = f"rank: by invariance within {methods_board.ACCURACY_BAR} of plain full's in_acc; - below it"
+  methods = f"Fine-tuning methods ({bar}):\n{methods_tables(tables)}\n\n" if tables else ""
+  where = f"The methods board with validation numbers and β*: {out / 'methods.md'}\n" if tables else ""
   return (
-    f"{key_table(board.columns, board.rows, set(schema.METRICS.values()))}\n\n"
-    f"Claims from the literature (shiftbench.claims):\n{claims_table(board.claims)}\n\n"
+    f"{key_table(board.columns, board.rows, set(schema.METRICS.values()))}\n\n{methods}"
+    f"Claims from the literature (shiftbench.claims):\n{claims_table(board.claims)}\n\n{where}"
     f"Every column and the claims' wording: {out / 'leaderboard.md'} (also .csv, .json, index.html)\n"
     f"One line per row (every metric, every setting that differs): {out / 'rows.csv'}"
   )
