@@ -1,7 +1,11 @@
 """The rows of one comparable group as the claims see them: by arm, (model, pretrain, finetune,
 finetune_lr) -> {seed: value}; which models are related how (FC head, architecture twins); and the rate at
 which the scratch arm is judged, chosen on validation (`Arms.best_rate`, the rule in `shiftbench.claims`).
-No jax here.
+
+The arms are plain rows only: the literature's claims (C1-C8, F1) are about plain fine-tuning, and a
+method's row (LP-FT, WiSE-FT, L2-SP, a user's) is at `full` too, so it would stand in for plain full. The
+methods' rows are looked up apart, by (model, pretrain, method, setting, finetune_lr) (`Arms.method_values`),
+for the methods board and claims M1-M3. No jax here.
 """
 
 from __future__ import annotations
@@ -41,6 +45,11 @@ def _rate_order(lr: float | None) -> tuple[bool, float]:
   return (lr is not None, lr or 0.0)
 
 
+def _method_order(method: str) -> tuple[int, str]:
+  known = schema.FINETUNE_METHODS
+  return (known.index(method), "") if method in known else (len(known), method)
+
+
 def _number(value: Any) -> float | None:
   return float(value) if schema.defined(value) else None
 
@@ -60,12 +69,16 @@ class Arms:
   """Rows of one comparable group (one protocol key), looked up by arm."""
 
   def __init__(self, rows: list[dict[str, Any]]):
-    self.rows = rows
-    self.arch = {r["model"]: r.get("architecture") or {} for r in rows}
-    self.models = list(dict.fromkeys(r["model"] for r in rows))
+    self.rows = [r for r in rows if schema.is_plain(r)]  # what the literature's claims see
+    self.method_rows = [r for r in rows if not schema.is_plain(r)]
+    self.arch = {r["model"]: r.get("architecture") or {} for r in self.method_rows + self.rows}
+    self.models = list(dict.fromkeys(r["model"] for r in self.rows))
     self._arms: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
+    for r in self.rows:
       self._arms[(r["model"], r["pretrain"], r["finetune"], r.get(schema.LR))].append(r)
+    self._methods: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in self.method_rows:
+      self._methods[(r["model"], r["pretrain"], r[schema.METHOD], setting_of(r), r.get(schema.LR))].append(r)
 
   def rates(self, model: str, *arms: tuple[str, str]) -> list[float | None]:
     """The fine-tune rates at which any of `arms` ((pretrain, finetune) pairs) ran, smallest first."""
@@ -86,16 +99,9 @@ class Arms:
   ) -> Series | None:
     """Every seed's value (None where undefined, or where `guard` rejects the row); None when the arm
     did not run at all."""
-    found = self.found(model, pretrain, finetune, lr)
-    if not found:
-      return None
-    out: Series = {}
-    for r in found:
-      if r["seed"] in out:  # collect() merges true duplicates; two different rows are a caller's bug
-        raise ValueError(f"two rows for {label(pretrain, finetune, lr)} of {model}, seed {r['seed']}, in one group")
-      ok = guard is None or guard(r)
-      out[r["seed"]] = _number(r.get(metric)) if ok else None
-    return out
+    return _series(
+      self.found(model, pretrain, finetune, lr), f"{label(pretrain, finetune, lr)} of {model}", metric, guard
+    )
 
   def best_rate(self, model: str) -> Best:
     """η*: the rate of the model's scratch/full rows with the highest mean `val_in_acc` over seeds (ties:
@@ -138,3 +144,62 @@ class Arms:
       and same(self.arch[m]) == same(self.arch[model])
       and self.arch[m].get("_target_") == self.arch[model].get("_target_")
     ]
+
+  def method_keys(self) -> list[tuple[str, str, float | None]]:
+    """(model, pretrain, finetune_lr) of every method's rows, in the order they came."""
+    return list(dict.fromkeys((k[0], k[1], k[4]) for k in self._methods))
+
+  def methods_at(self, model: str, pretrain: str, lr: float | None) -> list[tuple[str, float | None]]:
+    """(method, setting) of the method rows of `model` from `pretrain` at `lr`: the built-in methods in
+    `schema.FINETUNE_METHODS` order, then a user's by name; settings ascending."""
+    found = {(k[2], k[3]) for k in self._methods if (k[0], k[1], k[4]) == (model, pretrain, lr)}
+    return sorted(found, key=lambda ms: (*_method_order(ms[0]), _rate_order(ms[1])))
+
+  def method_rates(self, model: str, pretrain: str, method: str) -> list[float | None]:
+    """The fine-tune rates at which `method`'s rows of `model` from `pretrain` ran, smallest first."""
+    found = {k[4] for k in self._methods if k[:3] == (model, pretrain, method)}
+    return sorted(found, key=_rate_order)
+
+  def method_values(
+    self,
+    model: str,
+    pretrain: str,
+    method: str,
+    setting: float | None,
+    lr: float | None,
+    metric: str = "invariance",
+  ) -> Series | None:
+    """Like `values`, for the rows of `method` at `setting` (WiSE-FT's alpha, L2-SP's beta, or None)."""
+    found = self._methods.get((model, pretrain, method, setting, lr), [])
+    return _series(found, f"{method_arm(pretrain, method, setting, lr)} of {model}", metric)
+
+
+def setting_of(row: dict[str, Any]) -> float | None:
+  """A method row's setting: WiSE-FT's alpha or L2-SP's beta (None for a method without one)."""
+  alpha = row.get(schema.WISE_ALPHA)
+  return alpha if alpha is not None else row.get(schema.L2SP_BETA)
+
+
+def method_label(method: str, setting: float | None) -> str:
+  """`lpft`, `wise0.5`, `l2sp0.01`: as `schema.RowId.method_label` names a row's method."""
+  return method + ("" if setting is None else schema.format_lr(setting))
+
+
+def method_arm(pretrain: str, method: str, setting: float | None, lr: float | None, note: str = "") -> str:
+  """`translate/full wise0.5@0.01` (with `note`: `translate/full l2sp0.01 (best val)@0.01`)."""
+  text = f"{pretrain}/full {method_label(method, setting)}" + (f" {note}" if note else "")
+  return text + ("" if lr is None else f"@{schema.format_lr(lr)}")
+
+
+def _series(found: list[dict[str, Any]], what: str, metric: str, guard: Guard | None = None) -> Series | None:
+  """Every seed's value of `metric` among `found` (None where undefined or `guard` rejects the row); None
+  when there are no rows."""
+  if not found:
+    return None
+  out: Series = {}
+  for r in found:
+    if r["seed"] in out:  # collect() merges true duplicates; two different rows are a caller's bug
+      raise ValueError(f"two rows for {what}, seed {r['seed']}, in one group")
+    ok = guard is None or guard(r)
+    out[r["seed"]] = _number(r.get(metric)) if ok else None
+  return out

@@ -9,8 +9,10 @@ at best inconclusive, and the entry lists it. Claims run per comparable group of
 `shiftbench.comparison`).
 
 Kinds: a `replication` (an effect the literature measured); a `figure` (F1: a number, no threshold; its
-outcome is `figure`, or undefined / not_run); a `property` check (C5: an architectural identity, checked on
-every row, listed after the replications in every table).
+outcome is `figure`, or undefined / not_run); a `method` claim (M1-M3: a fine-tuning method that keeps
+invariance, listed after the replications); a `property` check (C5: an architectural identity, checked on
+every row, listed last in every table). C1-C8 and F1 read plain rows only (`shiftbench.arms`): a method's
+row never enters them.
 
 Learning rates (pre-registered). Rows exist at several fine-tune rates η (`finetune_lr`).
 - The scratch arm (`scratch/full`) of each model is judged at its own best validation rate η*: the rate
@@ -48,6 +50,22 @@ At paper scale (torchvision's networks, `experiment=paper`; listed only when a r
   C8  B&B 2021: ImageNet-pretrained networks give new classes invariance far above scratch
       (`imagenet/<mode>@η` - `scratch/full@η*`: supported when the lower bound > FAR_ABOVE,
       contradicted when the upper bound < it).
+Fine-tuning methods (`shiftbench.methods_claims`; rows from `finetune.methods`, all at `full`): one claim
+per model with the method's rows and per rate η, on the `translate` regime only (the regime whose
+pretraining gives invariance to keep; the methods board shows the others), paired by seed against plain
+fine-tuning of the same model, regime, η and seed:
+  M1  Kumar et al. 2022 (LP-FT): `translate/full lpft@η` - `translate/full@η` > 0.
+  M2  Wortsman et al. 2022 (WiSE-FT): `wise0.5@η` - `wise1@η` > 0 on invariance (plain full stands in for
+      α=1 where no α=1 rows ran: it is exactly α=1), with an accuracy guard on the paired in_acc
+      difference d = wise0.5 - wise1: supported only if the invariance difference is supported and d's
+      lower bound > -M2_GUARD (0.05); contradicted if it is contradicted or d's upper bound < -M2_GUARD;
+      otherwise inconclusive. The note holds d's interval.
+  M3  Li, Grandvalet & Davoine 2018 (L2-SP): `l2sp β*@η` - `translate/full@η` > 0, at the β* chosen on
+      B's validation split (pre-registered, `methods_claims.best_beta`): among the β whose rows' mean
+      `val_in_acc` over seeds is >= plain full's mean `val_in_acc` - ACCURACY_BAR (0.02), the one with the
+      highest mean `val_invariance` (ties: the smaller β); if none qualifies, the β with the highest mean
+      `val_in_acc`; not_run (with a note) when the l2sp rows have no `val_in_acc`. `method_setting` is β*
+      (M2's: α=0.5).
 """
 
 from __future__ import annotations
@@ -58,7 +76,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from shiftbench import architecture_claims, forgetting_claims, paper_claims
+from shiftbench import architecture_claims, forgetting_claims, methods_claims, paper_claims
 from shiftbench.arms import Arms
 from shiftbench.forgetting_claims import BB, NEAR_CHANCE
 from shiftbench.paper_claims import FAR_ABOVE
@@ -105,11 +123,12 @@ __all__ = [
 
 
 def _catalogue(arms: Arms) -> list[Claim]:
-  """Every claim of one comparable group: the replications (and F1), then the property checks."""
+  """Every claim of one comparable group: the replications (and F1), the methods, the property checks."""
   return (
     forgetting_claims.claims(arms)
     + architecture_claims.replications(arms)
     + paper_claims.claims(arms)
+    + methods_claims.claims(arms)
     + architecture_claims.properties(arms)
   )
 
@@ -131,10 +150,20 @@ def evaluate(rows: list[dict[str, Any]], labels: dict[str, str] | None = None) -
   return ordered(out)
 
 
+# Where each kind is listed within a group: replications and figures, then the methods, then the property
+# checks (each section under its heading in leaderboard.md and the terminal).
+SECTIONS = {methods_claims.KIND: 1, "property": 2}
+HEADINGS = {1: "### Fine-tuning methods", 2: "### Property checks"}
+
+
+def section(claim: Claim) -> int:
+  return SECTIONS.get(claim.kind, 0)
+
+
 def ordered(claims: list[Claim]) -> list[Claim]:
-  """Group by group (in order of appearance), replications and figures before property checks."""
+  """Group by group (in order of appearance), replications and figures, then methods, then property checks."""
   first = {g: i for i, g in reversed(list(enumerate(c.group for c in claims)))}
-  return sorted(claims, key=lambda c: (first[c.group], c.kind == "property"))
+  return sorted(claims, key=lambda c: (first[c.group], section(c)))
 
 
 def shown(claims: list[Claim]) -> list[Claim]:
@@ -151,14 +180,14 @@ def table(claims: list[Claim]) -> list[list[Any]]:
 
 
 def markdown(claims: list[Claim]) -> str:
-  """The shown claims as Markdown: the replications, then the property checks under their own heading."""
+  """The shown claims as Markdown: the replications, then the methods and the property checks under their
+  own headings."""
   claims = shown(claims)
   parts = []
-  for title, members in (
-    ("", [c for c in claims if c.kind != "property"]),
-    ("### Property checks\n\n", [c for c in claims if c.kind == "property"]),
-  ):
+  for at in range(len(HEADINGS) + 1):
+    members = [c for c in claims if section(c) == at]
     if members:
+      title = f"{HEADINGS[at]}\n\n" if at in HEADINGS else ""
       parts.append(title + tabulate(table(members), headers=COLUMNS, tablefmt="github"))
   return "\n\n".join(parts)
 
@@ -181,6 +210,7 @@ def to_json(claims: list[Claim]) -> list[dict[str, Any]]:
         "scratch_lr": c.scratch_lr,
         "scratch_lrs": c.scratch_lrs or None,
         "scratch_at": c.scratch_at,
+        "method_setting": c.method_setting,
         "seeds": c.seeds,
         "collapsed": c.collapsed,
         "values": c.values,

@@ -49,13 +49,18 @@ def t_interval(values: Iterable[float]) -> tuple[float | None, float | None]:
 
 
 def curve_table(rows: Iterable[Mapping[str, Any]], arms: tuple[tuple[str, str], ...] = ARMS) -> list[dict[str, Any]]:
-  """One record per (protocol group, model, arm, fine-tune rate) of `arms`: `seeds` (rows behind it),
+  """One record per (protocol group, model, arm, fine-tune rate) of `arms`, plain rows only (a method's
+  row is at `full` too; the methods have their own figure, `report.methods_pareto`): `seeds` (rows behind it),
   `collapsed` (seeds whose invariance is undefined: in-location accuracy not above chance), `n` (the rest),
   `invariance` (mean over those `n`; None when none is defined), `in_acc` (mean over every seed, collapsed
   ones included: they are part of the trade-off) and their t-interval half-widths `*_ci` (None below 2).
   Ordered as the rows came: groups, then models, then `arms`, then rates ascending. A model name behind two
   comparison keys in one group is two models, "name (key)"."""
-  rows = [r for r in rows if (r.get("pretrain"), r.get("finetune")) in arms and r.get(schema.LR) is not None]
+  rows = [
+    r
+    for r in rows
+    if schema.is_plain(r) and (r.get("pretrain"), r.get("finetune")) in arms and r.get(schema.LR) is not None
+  ]
   # One model name with two architectures in one protocol (runs collected together) never pools: each is
   # its own model, named with its comparison key, as the leaderboard keeps them apart.
   keys: dict[tuple, set[str]] = defaultdict(set)
@@ -66,10 +71,11 @@ def curve_table(rows: Iterable[Mapping[str, Any]], arms: tuple[tuple[str, str], 
     group, model = r.get("protocol_key", ""), r["model"]
     if len(keys[(group, model)]) > 1:
       model = f"{model} ({r.get('comparison_key', '')})"
-    by_key[(group, model, r["pretrain"], r["finetune"], float(r[schema.LR]))].append(r)
+    rid = schema.identity(r)._replace(model=model, finetune_lr=float(r[schema.LR]))
+    by_key[(group, *rid[:-1])].append(r)  # (group, *schema.DIMENSIONS): every seed of one arm and rate
   groups = {g: i for i, g in enumerate(dict.fromkeys(k[0] for k in by_key))}
   models = {m: i for i, m in enumerate(dict.fromkeys(k[1] for k in by_key))}
-  order = lambda k: (groups[k[0]], models[k[1]], arms.index(k[2:4]), k[4])
+  order = lambda k: (groups[k[0]], models[k[1]], arms.index(k[2:4]), k[-1])
   out = []
   for key in sorted(by_key, key=order):
     members = by_key[key]

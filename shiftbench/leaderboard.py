@@ -10,6 +10,8 @@ in which the groups differ are columns of the table. The same row collected twic
 RobustBench-like entry per group), `claims.json`, `rows.csv` (one line per row, `shiftbench.tidy`),
 `index.html` (one self-contained page) and the figures `headline.png` (invariance against the fine-tune
 rate, `shiftbench.headline`; only with 2 or more rates), `location_maps.png` and `forgetting_curves.png`.
+When any row is a fine-tuning method's (`finetune.methods`), also the methods board (`shiftbench.methods_board`):
+`methods.md`, `methods.csv`, `methods.json` and `methods_pareto.png`, a section of `index.html`.
 A run writes its own leaderboard too.
 """
 
@@ -29,7 +31,7 @@ import numpy as np
 from tabulate import tabulate
 
 from shiftbench import claims as claims_lib
-from shiftbench import comparison, schema, terminal, tidy
+from shiftbench import comparison, methods_board, schema, terminal, tidy
 from shiftbench.collect import collect, merge_duplicates
 from shiftbench.errors import UserError
 from shiftbench.results import atomic_write_text, to_jsonable
@@ -51,6 +53,8 @@ class Board:
   claims: list[claims_lib.Claim] = dataclasses.field(default_factory=list)
   # The results rows behind `entries` (duplicates merged): the headline figure draws their seeds.
   source_rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  # The methods board's tables (`methods_board.tables`): none unless a row is a method's.
+  methods: list[methods_board.Table] = dataclasses.field(default_factory=list)
 
   @property
   def claims_markdown(self) -> str:
@@ -133,6 +137,11 @@ def group_labels(entries: list[dict[str, Any]], names: list[str]) -> dict[str, s
   return out
 
 
+def _dimension(value: Any) -> Any:
+  """A dimension's value as the tables show it: a method's absent setting (None) as "-"."""
+  return "-" if value is None else value
+
+
 def _cell(value: Any) -> str:
   return "-" if value is None else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
@@ -183,7 +192,7 @@ def build(rows: list[dict[str, Any]]) -> Board:
   ]
   table = [
     [
-      *(e[k] for k in schema.DIMENSIONS),
+      *(_dimension(e[k]) for k in schema.DIMENSIONS),
       *([e["protocol_key"]] if several else []),
       *(_cell(e["settings"].get(n)) for n in differ),
       len(e["seeds"]),
@@ -212,12 +221,15 @@ def build(rows: list[dict[str, Any]]) -> Board:
       + [v for m in METRICS for v in e[m]]
       + [e["params"]]
     )
-  claims = claims_lib.evaluate(rows, group_labels(entries, differ))
-  return Board(columns, table, markdown, buf.getvalue(), entries, claims, rows)
+  labels = group_labels(entries, differ)
+  claims = claims_lib.evaluate(rows, labels)
+  methods = methods_board.tables(rows, labels if several else None)
+  return Board(columns, table, markdown, buf.getvalue(), entries, claims, rows, methods)
 
 
 def write_leaderboard(rows: list[dict[str, Any]], out_dir: str | Path, figures: bool = True) -> Board:
-  """Writes the tables (Markdown, CSV, JSON) and, with `figures`, the HTML page and PNG figures."""
+  """Writes the tables (Markdown, CSV, JSON; the methods board's where a row is a method's) and, with
+  `figures`, the HTML page and PNG figures."""
   from shiftbench import report  # matplotlib is only needed for the figures
 
   board = build(rows)
@@ -232,6 +244,7 @@ def write_leaderboard(rows: list[dict[str, Any]], out_dir: str | Path, figures: 
   atomic_write_text(
     out_dir / "claims.json", json.dumps(to_jsonable(claims_lib.to_json(board.claims)), indent=1, allow_nan=False) + "\n"
   )
+  methods_board.write(board.methods, out_dir)  # none without method rows (and an earlier board's removed)
   tidy.write_rows(merge_duplicates(rows), out_dir)
   if figures:
     report.write_report(board, out_dir)

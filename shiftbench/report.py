@@ -1,6 +1,7 @@
 """Leaderboard rendering: the headline figure (`shiftbench.headline`: invariance against the fine-tune
-rate), the figure grid of location maps, the forgetting curves, and one self-contained HTML page
-(sortable table, figures embedded as base64 PNG, no external files)."""
+rate), the figure grid of location maps, the forgetting curves, the methods' Pareto figure (accuracy
+against invariance, `shiftbench.methods_board`), and one self-contained HTML page (sortable table, figures
+embedded as base64 PNG, no external files)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import matplotlib.lines
 import numpy as np
 
 from shiftbench import claims as claims_lib
-from shiftbench import headline, plots
+from shiftbench import headline, methods_board, plots, schema
 from shiftbench.results import atomic_write_text
 from shiftbench.schema import FINETUNE_MODES, LR, PRETRAIN_REGIMES, format_lr
 
@@ -45,6 +46,12 @@ td.pass{background:#d9f2d9;color:#1a6b1a;font-weight:bold} td.fail{background:#f
 td.other{color:#666} img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}"""
 
 
+def plain(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """The plain fine-tunes' entries: what the location maps and forgetting curves draw (a method's entry is
+  at `full` too, and the methods have their own figure, `methods_pareto`)."""
+  return [e for e in entries if schema.is_plain(e)]
+
+
 def _regime_columns(entries: list[dict[str, Any]]) -> list[tuple[str, str]]:
   regimes = {r: i for i, r in enumerate(PRETRAIN_REGIMES)}
   modes = {m: i for i, m in enumerate(FINETUNE_MODES)}
@@ -54,8 +61,10 @@ def _regime_columns(entries: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 
 def location_map_grid(entries: list[dict[str, Any]], path: str | os.PathLike) -> Path:
-  """Models (rows) x pretrain regime / fine-tune mode (columns) of seed-mean location maps, each at the
-  highest fine-tune rate it ran at (the most forgetting; the title says which rate)."""
+  """Models (rows) x pretrain regime / fine-tune mode (columns) of seed-mean location maps of plain
+  fine-tunes, each at the highest fine-tune rate it ran at (the most forgetting; the title says which
+  rate)."""
+  entries = plain(entries)
   models = sorted({e["model"] for e in entries})
   cols = _regime_columns(entries)
   by_key: dict[tuple, dict[str, Any]] = {}
@@ -106,8 +115,9 @@ _STYLES = ("-", "--", ":", "-.")
 def forgetting_figure(entries: list[dict[str, Any]]):
   """Invariance over fine-tune steps (seed means): one panel per model (rows) and pretrain/mode (columns),
   one line per fine-tune rate (coloured by rate; line style by protocol group when there are several),
-  and a step-0 point taken from the `last` row's probe drawn as a hollow diamond. One legend for all."""
-  entries = [e for e in entries if e.get("curve")]
+  and a step-0 point taken from the `last` row's probe drawn as a hollow diamond. One legend for all.
+  Plain fine-tunes only: a method's line would share plain full's panel."""
+  entries = [e for e in plain(entries) if e.get("curve")]
   models = list(dict.fromkeys(e["model"] for e in entries))
   cols = _regime_columns(entries)
   rates = sorted({e[LR] for e in entries if e.get(LR) is not None})
@@ -173,6 +183,68 @@ def forgetting_curves(entries: list[dict[str, Any]], path: str | os.PathLike) ->
   return _save(forgetting_figure(entries), path)
 
 
+# The methods' colours in the Pareto figure: plain modes in greys, the built-in methods their own, a
+# user's methods from the default cycle.
+METHOD_COLOURS = {
+  "plain last": "#1f1f1f",
+  "plain head": "#6f6f6f",
+  "plain full": "#a8a8a8",
+  "lpft": "#9467bd",
+  "wise": "#ff7f0e",
+  "l2sp": "#17becf",
+}
+
+
+def _half(s: methods_board.Stat) -> float:
+  return 0.0 if s.lo is None else (s.hi - s.lo) / 2
+
+
+def methods_figure(tables: list[methods_board.Table]):
+  """In-location accuracy (x) against invariance (y): one panel per methods table (model, regime, rate,
+  protocol), one point per method and setting with its 95% t-interval on both axes, labelled; the WiSE-FT
+  points joined in α order; plain full's accuracy bar (its mean in_acc - ACCURACY_BAR) dashed. A line
+  whose invariance is undefined on every seed has no point (the table says so)."""
+  cols = min(len(tables), 3)
+  rows = math.ceil(len(tables) / cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 4.2 * rows), squeeze=False, dpi=90, layout="constrained")
+  others = iter(f"C{i}" for i in itertools.count(4))
+  colours = dict(METHOD_COLOURS)
+  for ax, table in zip(axes.ravel(), tables):
+    shown = [x for x in table.lines if x.in_acc.mean is not None and x.invariance.mean is not None]
+    for x in shown:
+      key = x.method if x.plain else x.finetune_method
+      colour = colours.setdefault(key, next(others))
+      y = float(np.clip(x.invariance.mean, *headline.YLIM))
+      ax.errorbar(
+        x.in_acc.mean, y, xerr=_half(x.in_acc), yerr=_half(x.invariance), fmt="o", color=colour, markersize=4,
+        capsize=2, elinewidth=0.8,
+      )  # fmt: skip
+      text = x.method + (" β*" if x.best_val else "")
+      ax.annotate(text, (x.in_acc.mean, y), xytext=(3, 3), textcoords="offset points", fontsize=6, color=colour)
+    wise = sorted((x for x in shown if x.finetune_method == "wise"), key=lambda x: x.wise_alpha or 0.0)
+    if len(wise) > 1:
+      xs, ys = [x.in_acc.mean for x in wise], [float(np.clip(x.invariance.mean, *headline.YLIM)) for x in wise]
+      ax.plot(xs, ys, color=colours["wise"], linewidth=1, alpha=0.7, label="WiSE-FT, α ascending")
+    if table.bar is not None:
+      bar_label = f"accuracy bar (plain full - {methods_board.ACCURACY_BAR})"
+      ax.axvline(table.bar, color="grey", linestyle="--", linewidth=1, label=bar_label)
+    ax.set_ylim(*headline.YLIM)
+    ax.axhline(0.0, color="grey", linewidth=0.5)
+    ax.set_title(table.heading.replace(" · protocol", "\nprotocol"), fontsize=8)
+    ax.set_xlabel("in-location accuracy")
+    ax.set_ylabel(headline.INVARIANCE_LABEL, fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=6, loc="lower left", frameon=False)
+  for ax in axes.ravel()[len(tables) :]:
+    ax.axis("off")
+  return fig
+
+
+def methods_pareto(tables: list[methods_board.Table], path: str | os.PathLike) -> Path:
+  """`methods_figure` saved to `path` (methods_pareto.png)."""
+  return _save(methods_figure(tables), path)
+
+
 def _rate(e: dict[str, Any]) -> str:
   return f"lr {format_lr(e[LR])} | " if e.get(LR) is not None else ""
 
@@ -232,16 +304,36 @@ def claims_table(columns: list[str], rows: list[list[Any]]) -> str:
   )
 
 
+def methods_section(tables: list[methods_board.Table], figure: Path | None) -> str:
+  """The methods board as a page section: what it shows, the Pareto figure, one table per group."""
+  intro = (
+    "<h2>Fine-tuning methods</h2>\n<p>Mean [95% t-interval] over seeds. <code>retained</code> = invariance / "
+    "plain last's invariance, per seed. Ranked by invariance among the lines whose mean in-location accuracy "
+    f"is within {methods_board.ACCURACY_BAR} of plain full's; lines below that bar are unranked (-): keeping "
+    "invariance by not learning B is no win. β*: L2-SP's β chosen on B's validation split (claim M3). Also in "
+    "<code>methods.md</code>, <code>.csv</code>, <code>.json</code>.</p>\n"
+  )
+  img = "" if figure is None else f"{_img(figure, 'in-location accuracy against invariance, per method')}\n"
+  parts = [
+    f"<h3>{html.escape(t.heading)}</h3>\n<p>{html.escape(t.summary)}</p>\n"
+    f"{_table(methods_board.COLUMNS, methods_board.rows(t))}\n"
+    for t in tables
+  ]
+  return intro + img + "".join(parts)
+
+
 def render_html(
   columns: list[str],
   rows: list[list[Any]],
   figures: dict[str, Path],
   title: str,
   claims: tuple[list[str], list[list[Any]]] | None = None,
+  methods: str = "",
 ) -> str:
-  """One HTML document: the claims report with its verdicts first, then the leaderboard (key columns
-  first, click a header to sort, scrolls inside its box when wider than the window), then the figures
-  inlined as base64 PNG."""
+  """One HTML document: the claims report with its verdicts first, the methods board (`methods`, a
+  section from `methods_section`; none without method rows), then the leaderboard (key columns first,
+  click a header to sort, scrolls inside its box when wider than the window), then the figures inlined as
+  base64 PNG."""
   figs = "\n".join(f"<h2>{html.escape(name)}</h2>\n{_img(p, name)}" for name, p in figures.items())
   claims_html = (
     ""
@@ -249,14 +341,15 @@ def render_html(
     else (
       "<h2>Claims from the literature</h2>\n<p>✓ supported: the 95% interval over seeds lies on the claimed "
       "side of the threshold; ✗ contradicted: on the other side; inconclusive: it straddles it, or a seed "
-      "collapsed (a collapsed seed counts against a claim). Property checks follow the replications. Rules: "
+      "collapsed (a collapsed seed counts against a claim). The fine-tuning methods' claims follow the "
+      "replications, and the property checks come last. Rules: "
       "<code>shiftbench/verdicts.py</code>, <code>shiftbench/claims.py</code>.</p>\n"
       f"{claims_table(*claims)}\n"
     )
   )
   return (
     f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-    f"<style>{_CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{claims_html}"
+    f"<style>{_CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{claims_html}{methods}"
     "<h2>Leaderboard</h2>\n<p>Mean ± std over seeds. Click a column header to sort. Columns are defined in "
     f"shiftbench's docs/metrics.md.</p>\n{_table(columns, rows)}\n"
     f"{figs}\n<script>{_SORT_JS}</script>\n</body></html>\n"
@@ -264,9 +357,15 @@ def render_html(
 
 
 def write_report(board, out_dir: str | os.PathLike) -> Path:
-  """Writes `headline.png` (when the rows span 2 or more fine-tune rates), `location_maps.png`,
-  `forgetting_curves.png` and `index.html` into `out_dir`."""
+  """Writes `headline.png` (when the rows span 2 or more fine-tune rates), `methods_pareto.png` (when a
+  row is a method's), `location_maps.png`, `forgetting_curves.png` and `index.html` into `out_dir`."""
   out_dir = Path(out_dir)
+  tables = getattr(board, "methods", [])
+  if tables:
+    methods = methods_section(tables, methods_pareto(tables, out_dir / "methods_pareto.png"))
+  else:  # as headline.png: an earlier board's figure would contradict this one
+    (out_dir / "methods_pareto.png").unlink(missing_ok=True)
+    methods = ""
   figures = {}
   claims_json = claims_lib.to_json(board.claims)
   top = headline.save_headline(board.source_rows, claims_json, out_dir / "headline.png")
@@ -277,9 +376,8 @@ def write_report(board, out_dir: str | os.PathLike) -> Path:
   figures["Location maps (models x pretrain / fine-tune)"] = location_map_grid(
     board.entries, out_dir / "location_maps.png"
   )
-  if any(e.get("curve") for e in board.entries):
+  if any(e.get("curve") for e in plain(board.entries)):
     figures["Invariance over fine-tune steps"] = forgetting_curves(board.entries, out_dir / "forgetting_curves.png")
-  page = render_html(
-    board.columns, board.rows, figures, "shiftbench leaderboard", (claims_lib.COLUMNS, claims_lib.table(board.claims))
-  )
+  claims = (claims_lib.COLUMNS, claims_lib.table(board.claims))
+  page = render_html(board.columns, board.rows, figures, "shiftbench leaderboard", claims, methods)
   return atomic_write_text(out_dir / "index.html", page)

@@ -133,17 +133,18 @@ class Claim:
   values: list[float]  # one per defined seed (a paired difference where two rows are compared)
   verdict: str  # the outcome as displayed (`VERDICT`)
   effect: str = ""  # mean [95% interval], and collapsed seeds, filled in by `effect`
-  kind: str = "replication"  # or "property" (C5) or "figure" (F1)
+  kind: str = "replication"  # or "method" (M1-M3), "property" (C5) or "figure" (F1)
   group: str = ""  # the protocol key of the rows compared
   denominators: list[float] = dataclasses.field(default_factory=list)  # F1: the per-seed gains it is a share of
   outcome: str = ""  # machine-readable (`OUTCOMES`); taken from `verdict` when not given
   seeds: list[int] = dataclasses.field(default_factory=list)  # the seeds whose rows ran
   collapsed: list[int] = dataclasses.field(default_factory=list)  # ran, value undefined: counts against
-  model: str | None = None  # the model a one-model claim (C1-C3b, F1, C5, C8) is about; else None
+  model: str | None = None  # the model a one-model claim (C1-C3b, F1, C5, C8, M1-M3) is about; else None
   finetune_lr: float | None = None  # the fine-tune rate of the arms compared at a rate; None otherwise
   scratch_lr: float | None = None  # the rate of the scratch arm, where one model's scratch arm is involved
   scratch_lrs: dict[str, float | None] = dataclasses.field(default_factory=dict)  # model -> its scratch rate
   scratch_at: str | None = None  # "best_validation" (scratch at its own best rate) or "same_rate"
+  method_setting: float | None = None  # the method row's setting compared: M2's alpha, M3's beta* (best val)
   note: str = ""  # why a claim could not be judged, where the verdict does not say
 
   def __post_init__(self):

@@ -393,3 +393,146 @@ def test_the_leaderboard_carries_the_report(tmp_path):
   assert "## Claims from the literature" in md and "| C3a" in md and claims.PASS in md
   assert "C3a" in board.claims_markdown
   assert (tmp_path / "claims.json").is_file()
+
+
+# Fine-tuning methods (M1-M3): synthetic method rows beside the plain rows of `_forgetting_rows`.
+
+
+def _method_row(method, seed, invariance, in_acc=0.9, alpha=None, beta=None, model="cnn_fc", arch=FC, **extra):
+  row = _row(model, arch, "translate", "full", seed, invariance, in_acc=in_acc, **extra)
+  return {**row, "finetune_method": method, "wise_alpha": alpha, "l2sp_beta": beta}
+
+
+def _plain(full=0.45, full_acc=0.9, full_val=0.9, seeds=(0, 1, 2)):
+  """The plain rows of `_forgetting_rows`, with in-location and validation accuracy on plain full."""
+  rows = _forgetting_rows(seeds=seeds, full=full)
+  for r in rows:
+    r["in_acc"] = full_acc if (r["pretrain"], r["finetune"]) == ("translate", "full") else 0.8
+    r["val_in_acc"] = full_val if (r["pretrain"], r["finetune"]) == ("translate", "full") else 0.8
+  return rows
+
+
+def _spread(values, seeds=(0, 1, 2)):
+  """One value per seed around `values` (a float or one per seed)."""
+  return [values[i] if isinstance(values, (list, tuple)) else values + 0.01 * s for i, s in enumerate(seeds)]
+
+
+def _claims_of(rows, cid):
+  return [c for c in claims.evaluate(rows) if c.id == cid]
+
+
+def test_method_rows_never_enter_the_literatures_claims():
+  plain = _forgetting_rows()
+  before = [(c.id, c.rows, c.outcome, c.values) for c in claims.evaluate(plain) if c.kind != "method"]
+  extreme = []
+  for s in range(3):  # at translate/full like plain full, and at last-like settings: far off every plain number
+    extreme += [
+      _method_row("lpft", s, -5.0),
+      _method_row("wise", s, 5.0, alpha=0.0),
+      _method_row("wise", s, -5.0, alpha=1.0),
+      _method_row("l2sp", s, 9.0, beta=0.01),
+      {**_method_row("mine", s, 7.0), "pretrain": "scratch"},
+    ]
+  after = [(c.id, c.rows, c.outcome, c.values) for c in claims.evaluate(plain + extreme) if c.kind != "method"]
+  assert after == before
+  assert {i for i, *_ in after} >= {"C1", "C2", "C2c", "F1", "C3a", "C3b"}
+
+
+def test_m1_lpft_against_plain_full_per_seed():
+  rows = _plain(full=0.45)
+  lpft = [_method_row("lpft", s, v) for s, v in enumerate(_spread(0.6))]
+  (m1,) = _claims_of(rows + lpft, "M1")
+  assert m1.outcome == verdicts.SUPPORTED and m1.kind == "method" and m1.model == "cnn_fc" and m1.finetune_lr == LR
+  assert m1.values == pytest.approx([0.6 - 0.45] * 3)  # paired by seed: both rows spread alike
+  assert m1.rows == "cnn_fc: translate/full lpft@0.01 - translate/full@0.01"
+  lower = [_method_row("lpft", s, v) for s, v in enumerate(_spread(0.3))]
+  assert _claims_of(rows + lower, "M1")[0].outcome == verdicts.CONTRADICTED
+  noisy = [_method_row("lpft", s, v) for s, v in enumerate([0.6, 0.3, 0.5])]
+  assert _claims_of(rows + noisy, "M1")[0].outcome == verdicts.INCONCLUSIVE
+
+
+def _wise(inv_half, acc_half, inv_one=0.45, acc_one=0.9, with_one=True):
+  rows = []
+  for s, (ih, ah) in enumerate(zip(_spread(inv_half), _spread(acc_half))):
+    rows.append(_method_row("wise", s, ih, in_acc=ah, alpha=0.5))
+    rows.append(_method_row("wise", s, inv_one + 0.01 * s, in_acc=acc_one + 0.01 * s, alpha=1.0) if with_one else None)
+  return [r for r in rows if r]
+
+
+def test_m2_needs_more_invariance_at_half_and_accuracy_within_the_guard():
+  rows = _plain()
+  (m2,) = _claims_of(rows + _wise(0.6, 0.88), "M2")  # +0.15 invariance, -0.02 accuracy: within 0.05
+  assert m2.outcome == verdicts.SUPPORTED and m2.method_setting == 0.5 and m2.values == pytest.approx([0.15] * 3)
+  assert m2.rows == "cnn_fc: translate/full wise0.5@0.01 - translate/full wise1@0.01"
+  assert "in_acc difference -0.020" in m2.note and "in_acc difference -0.020" in m2.effect
+  # The same invariance gain bought with 0.1 of accuracy: the guard's upper bound is below -0.05.
+  (m2,) = _claims_of(rows + _wise(0.6, 0.8), "M2")
+  assert m2.outcome == verdicts.CONTRADICTED and m2.values == pytest.approx([0.15] * 3)
+  # An accuracy difference whose interval straddles -0.05: neither bound decides.
+  (m2,) = _claims_of(rows + _wise(0.6, [0.82, 0.90, 0.86]), "M2")
+  assert m2.outcome == verdicts.INCONCLUSIVE
+  # Less invariance at 0.5 than at 1: contradicted whatever the accuracy.
+  assert _claims_of(rows + _wise(0.3, 0.9), "M2")[0].outcome == verdicts.CONTRADICTED
+  # Invariance straddling 0 with accuracy in the guard: inconclusive.
+  assert _claims_of(rows + _wise([0.6, 0.3, 0.5], 0.9), "M2")[0].outcome == verdicts.INCONCLUSIVE
+
+
+def test_m2_falls_back_to_plain_full_for_alpha_one_and_says_so():
+  rows = _plain(full=0.45, full_acc=0.9)
+  (m2,) = _claims_of(rows + _wise(0.6, 0.89, with_one=False), "M2")
+  assert "plain full" in m2.rows and "wise1" not in m2.rows
+  assert m2.values == pytest.approx([0.6 - 0.45] * 3) and m2.outcome == verdicts.SUPPORTED
+  only_one = [r for r in _wise(0.6, 0.9) if r["wise_alpha"] == 1.0]
+  (m2,) = _claims_of(rows + only_one, "M2")  # wise rows, but none at 0.5
+  assert m2.outcome == verdicts.NOT_RUN_OUTCOME and "wise0.5" in m2.note
+
+
+def _l2sp(test_inv, val_acc, val_inv, acc=0.9):
+  """l2sp rows per beta: test invariance, validation accuracy and validation invariance."""
+  return [
+    _method_row("l2sp", s, test_inv[b] + 0.01 * s, in_acc=acc, beta=b, val_in_acc=val_acc[b], val_invariance=val_inv[b])
+    for b in test_inv
+    for s in range(3)
+  ]
+
+
+BETAS = (0.001, 0.01, 0.1, 1.0)
+VAL_ACC = dict(zip(BETAS, (0.9, 0.89, 0.85, 0.5)))  # plain full's val_in_acc is 0.9: 0.1 and 1 are below the bar
+VAL_INV = dict(zip(BETAS, (0.4, 0.6, 0.9, 0.95)))
+TEST_INV = dict(zip(BETAS, (0.5, 0.6, 0.7, 0.8)))
+
+
+def test_m3_judges_l2sp_at_the_beta_chosen_on_validation():
+  rows = _plain(full=0.45)
+  (m3,) = _claims_of(rows + _l2sp(TEST_INV, VAL_ACC, VAL_INV), "M3")
+  assert m3.method_setting == 0.01 and m3.outcome == verdicts.SUPPORTED  # 0.01: best val_invariance in the bar
+  assert m3.rows == "cnn_fc: translate/full l2sp0.01 (best val)@0.01 - translate/full@0.01"
+  assert m3.values == pytest.approx([0.6 - 0.45] * 3)
+  entry = next(e for e in claims.to_json(claims.evaluate(rows + _l2sp(TEST_INV, VAL_ACC, VAL_INV))) if e["id"] == "M3")
+  assert entry["method_setting"] == 0.01 and entry["kind"] == "method"
+  worse = {**TEST_INV, 0.01: 0.3}  # beta* loses invariance on test: contradicted, not re-chosen
+  (m3,) = _claims_of(rows + _l2sp(worse, VAL_ACC, VAL_INV), "M3")
+  assert m3.method_setting == 0.01 and m3.outcome == verdicts.CONTRADICTED
+  no_val = [{k: v for k, v in r.items() if k != "val_in_acc"} for r in _l2sp(TEST_INV, VAL_ACC, VAL_INV)]
+  (m3,) = _claims_of(rows + no_val, "M3")
+  assert m3.outcome == verdicts.NOT_RUN_OUTCOME and "val_in_acc" in m3.note and m3.method_setting is None
+
+
+def test_without_method_rows_m1_to_m3_are_not_run_and_the_terminal_says_what_runs_them():
+  result = claims.evaluate(_forgetting_rows())
+  m = [c for c in result if c.kind == "method"]
+  assert [c.id for c in m] == ["M1", "M2", "M3"] and {c.outcome for c in m} == {verdicts.NOT_RUN_OUTCOME}
+  text = terminal.claims_table(result)
+  assert "rows not run here: M1, M2, M3 (finetune.methods=" in text
+  assert "M1" not in next(line for line in text.splitlines() if "experiment=reproduce" in line)
+
+
+def test_method_claims_come_after_the_replications_and_before_the_property_checks():
+  rows = _plain() + _architecture_rows(fc_twin=False) + [_method_row("lpft", s, 0.6 + 0.01 * s) for s in range(3)]
+  result = claims.evaluate(rows)
+  sections = [claims.section(c) for c in result]
+  assert sections == sorted(sections) and set(sections) == {0, 1, 2}
+  md = claims.markdown(result)
+  assert md.index("| C6") < md.index("### Fine-tuning methods") < md.index("| M1") < md.index("### Property checks")
+  text = terminal.claims_table(result)
+  assert text.index("C6") < text.index("fine-tuning methods:") < text.index("M1") < text.index("property checks:")

@@ -149,3 +149,25 @@ def test_the_page_shows_the_headline_first_and_drops_a_stale_one(tmp_path):
   report.write_report(_board(one_rate), tmp_path)
   assert not (tmp_path / "headline.png").exists()  # an earlier board's figure would contradict this one
   assert "Retained invariance" not in (tmp_path / "index.html").read_text()
+
+
+def _method_rows(rows):
+  """A method's row (at `full`, like plain full) beside each translate/full row, far off its numbers."""
+  out = []
+  for r in rows:
+    if (r["pretrain"], r["finetune"]) == ("translate", "full"):
+      out += [dict(r, finetune_method="wise", wise_alpha=0.5, invariance=9.0, in_acc=0.1)]
+      out += [dict(r, finetune_method="lpft", invariance=-9.0, comparison_key="lpft")]
+  return out
+
+
+def test_the_headline_and_the_forgetting_curves_draw_plain_rows_only():
+  rows = _grid()
+  assert headline.curve_table(rows + _method_rows(rows)) == headline.curve_table(rows)
+  curve = [{"step": 0, "invariance": 0.8}, {"step": 10, "invariance": 0.5}]
+  arm = {"model": "cnn_fc", "pretrain": "translate", "finetune": "full", "protocol_key": "fixed", "curve": curve}
+  entries = [{**arm, "finetune_lr": 1e-3, "finetune_method": "plain"}]
+  entries += [{**arm, "finetune_lr": 1e-3, "finetune_method": "l2sp", "l2sp_beta": 0.01}]
+  (ax,) = report.forgetting_figure(entries).axes
+  assert len([line for line in ax.lines if line.get_marker() == "o"]) == 1  # not the method's line too
+  report.plt.close("all")

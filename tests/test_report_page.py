@@ -9,6 +9,9 @@ WIDE = [
   "model",
   "pretrain",
   "finetune",
+  "finetune_method",
+  "wise_alpha",
+  "l2sp_beta",
   "finetune_lr",
   "seeds",
   "in_acc",
@@ -63,7 +66,9 @@ def _claims():
 
 
 def _board_rows():
-  return [["cnn_fc", "translate", mode, 0.001, 3, *["0.872 ± 0.031"] * 15, 205578] for mode in ("last", "head", "full")]
+  methods = [(m, "plain", "-", "-") for m in ("last", "head", "full")] + [("full", "wise", 0.5, "-")]
+  methods.append(("full", "l2sp", "-", 0.001))  # the longest label of the built-in settings
+  return [["cnn_fc", "translate", *m, 0.001, 3, *["0.872 ± 0.031"] * 15, 205578] for m in methods]
 
 
 def test_the_page_puts_the_claims_with_coloured_verdicts_before_the_wide_table():
@@ -80,7 +85,7 @@ def test_the_page_puts_the_claims_with_coloured_verdicts_before_the_wide_table()
   assert len(widths) == len(claims.COLUMNS) and abs(sum(widths) - 100) < 0.5
   assert "table.claims{width:100%;table-layout:fixed}" in page  # wraps to the window, never scrolls sideways
   board_html = page[page.index("<table class='board'>") :]
-  assert re.findall(r"<th>(.*?)</th>", board_html)[:5] == ["model", "pretrain", "finetune", "finetune_lr", "seeds"]
+  assert re.findall(r"<th>(.*?)</th>", board_html)[:8] == WIDE[:8]  # the page keeps the three method columns
 
 
 def test_the_terminal_prints_the_key_columns_and_the_claims_in_under_100_characters(tmp_path):
@@ -91,6 +96,8 @@ def test_the_terminal_prints_the_key_columns_and_the_claims_in_under_100_charact
   table = text.split("\n\n")[0].splitlines()
   assert table[0].split() == [terminal.HEADERS.get(c, c) for c in terminal.KEY_COLUMNS]
   assert "consistency" not in "\n".join(table) and "205578" not in text
+  # One `method` column (the row's method and setting), not three.
+  assert [line.split()[3] for line in table[2:]] == ["plain", "plain", "plain", "wise0.5", "l2sp0.001"]
   assert max(len(line) for line in text.splitlines()[:-2]) <= 100, text
   assert "C3a" in text and "✗" in text and "rows not run here: C5 (experiment=reproduce" in text
   assert str(tmp_path / "leaderboard.md") in text and str(tmp_path / "rows.csv") in text
@@ -99,7 +106,7 @@ def test_the_terminal_prints_the_key_columns_and_the_claims_in_under_100_charact
 def test_columns_that_tell_groups_apart_are_kept_in_the_terminal():
   columns = ["model", "pretrain", "finetune", "canvas.size", "seeds", "in_acc", "consistency", "params"]
   text = terminal.key_table(columns, [["gap", "scratch", "full", "24", 3, "0.9", "0.8", 10]], {"in_acc", "consistency"})
-  assert text.splitlines()[0].split() == ["model", "pretrain", "finetune", "canvas.size", "seeds", "in_acc"]
+  assert text.splitlines()[0].split() == ["model", "pretrain", "mode", "canvas.size", "seeds", "in_acc"]
 
 
 def test_claims_of_several_comparable_groups_print_one_table_per_group():
