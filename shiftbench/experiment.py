@@ -160,9 +160,10 @@ class Protocol:
     invariance on B's validation objects: what a setting (a rate, L2-SP's beta) is chosen by."""
     if self.val_b is None:
       return None, None
-    if whole_map:
+    if whole_map:  # in-location accuracy read off the map, as the one-location path computes it
       point = self.location_map(predictor, self.val_b)
-      return point["in_acc"], point["invariance"]
+      at = np.flatnonzero((np.asarray(self.grid) == np.asarray(self.s.finetune_location)).all(axis=1))[0]
+      return float(point["acc"][at]), point["invariance"]
     loc = np.asarray([self.s.finetune_location], np.int32)
     stats = evaluation.location_stats(predictor, self.val_b.images, self.val_b.labels, loc, self.s.eval_batch)
     return float(stats.accuracy()[0]), None

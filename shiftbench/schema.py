@@ -18,6 +18,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
+from shiftbench import comparison
+
 # The allowed values of each dimension, in the order rows are shown: regimes from least to most
 # augmentation, modes from least to most trained. Models keep the order they were run in.
 PLACEMENT_REGIMES: tuple[str, ...] = ("fixed", "random_crop", "translate")
@@ -214,10 +216,19 @@ def fill_invariance_lost(rows: Iterable[dict[str, Any]]) -> None:
   by_id = {(r.get("comparison_key"), identity(r)): r for r in rows}
   for r in rows:
     rid = identity(r)
-    last = by_id.get((r.get("comparison_key"), rid.plain_sibling("last")))
+    last = by_id.get((_plain_key(r), rid.plain_sibling("last")))
     full = by_id.get((r.get("comparison_key"), rid.sibling(finetune="full")))
     if last and full and defined(last["invariance"]) and defined(full["invariance"]):
       r["invariance_lost"] = last["invariance"] - full["invariance"]
+
+
+def _plain_key(row: Mapping[str, Any]) -> str | None:
+  """The comparison key a plain row of the same experiment and model has: the row's own without its
+  method's settings (`method.*`, which only a method's row has)."""
+  settings = row.get("comparison")
+  if not isinstance(settings, Mapping) or not any(k.startswith("method.") for k in settings):
+    return row.get("comparison_key")
+  return comparison.key_of({k: v for k, v in settings.items() if not k.startswith("method.")})
 
 
 def by_group(rows: Iterable[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:

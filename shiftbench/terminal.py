@@ -70,7 +70,7 @@ def _method_column(columns: list[str], rows: list[list]) -> tuple[list[str], lis
 SECTION_TITLES = {1: "fine-tuning methods:\n", 2: "property checks:\n"}
 NOT_RUN_HINTS = {
   0: "experiment=reproduce runs every row the claims compare",
-  1: "finetune.methods=[plain,lpft,wise,l2sp] runs the methods' rows",
+  1: "experiment=methods runs the methods' rows",
 }
 
 

@@ -273,6 +273,7 @@ def test_every_method_is_a_row_with_its_identity_and_the_identities_hold_in_rows
     "l2sp0",
     "l2sp0.1",
     "zero_head",
+    "frozen_probe",
     "last_again",
   ]
   assert len({schema.unique(r) for r in rows}) == len(rows)
@@ -290,3 +291,7 @@ def test_every_method_is_a_row_with_its_identity_and_the_identities_hold_in_rows
   assert _row(rows, "zero_head")["curve"][0]["step"] == 0 and "from" not in _row(rows, "zero_head")["curve"][0]
   assert all(r.get("val_invariance", "absent") == "absent" for r in rows if schema.is_plain(r))
   assert all("val_invariance" in r for r in rows if not schema.is_plain(r))
+  # The docs' FrozenProbe: the last row's model with its logits halved, which leaves every prediction (an
+  # argmax) as it was; the method's own row, named by the class.
+  assert _row(rows, "frozen_probe")["location_map"]["acc"] == last["location_map"]["acc"]
+

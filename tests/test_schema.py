@@ -56,8 +56,14 @@ def test_row_ids_name_rows_and_find_their_siblings():
 
 
 def test_a_methods_row_loses_invariance_against_plain_last():
-  rows = [_row("m", "translate", "last", 0, 0.9), _row("m", "translate", "full", 0, 0.25)]
-  rows.append({**rows[1], "finetune_method": "l2sp", "l2sp_beta": 0.1, "invariance": 0.5})
+  from shiftbench import comparison
+
+  settings = {"data.finetune.sha256": "abc"}
+  plain = {"comparison": settings, "comparison_key": comparison.key_of(settings)}
+  rows = [{**_row("m", "translate", m, 0, v), **plain} for m, v in (("last", 0.9), ("full", 0.25))]
+  own = {**settings, "method.classifier_ratio": 0.1}  # its own setting: another comparison key
+  rows.append({**rows[1], "finetune_method": "l2sp", "l2sp_beta": 0.1, "invariance": 0.5, "comparison": own})
+  rows[2]["comparison_key"] = comparison.key_of(own)
   schema.fill_invariance_lost(rows)
   assert [r["invariance_lost"] for r in rows] == [0.65, 0.65, 0.4]
 
