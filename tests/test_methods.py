@@ -294,4 +294,3 @@ def test_every_method_is_a_row_with_its_identity_and_the_identities_hold_in_rows
   # The docs' FrozenProbe: the last row's model with its logits halved, which leaves every prediction (an
   # argmax) as it was; the method's own row, named by the class.
   assert _row(rows, "frozen_probe")["location_map"]["acc"] == last["location_map"]["acc"]
-
