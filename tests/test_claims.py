@@ -523,7 +523,7 @@ def test_without_method_rows_m1_to_m3_are_not_run_and_the_terminal_says_what_run
   m = [c for c in result if c.kind == "method"]
   assert [c.id for c in m] == ["M1", "M2", "M3"] and {c.outcome for c in m} == {verdicts.NOT_RUN_OUTCOME}
   text = terminal.claims_table(result)
-  assert "rows not run here: M1, M2, M3 (finetune.methods=" in text
+  assert "rows not run here: M1, M2, M3 (experiment=methods runs" in text
   assert "M1" not in next(line for line in text.splitlines() if "experiment=reproduce" in line)
 
 
