@@ -294,3 +294,24 @@ def test_every_method_is_a_row_with_its_identity_and_the_identities_hold_in_rows
   # The docs' FrozenProbe: the last row's model with its logits halved, which leaves every prediction (an
   # argmax) as it was; the method's own row, named by the class.
   assert _row(rows, "frozen_probe")["location_map"]["acc"] == last["location_map"]["acc"]
+
+
+def test_the_pilot_rule_keeps_betas_from_the_first_that_moves_invariance_to_the_first_below_the_bar():
+  sys.path.insert(0, str(ROOT / "scripts"))
+  try:
+    from methods_pilot import beta_grid
+  finally:
+    sys.path.remove(str(ROOT / "scripts"))
+  base = {"model": "m", "pretrain": "translate", "finetune": "full", "finetune_lr": 1e-3, "eval_split": "validation"}
+  # beta: (validation in-location accuracy, invariance), plain full at (0.95, 0.40)
+  cells = {0.001: (0.95, 0.41), 0.01: (0.94, 0.45), 0.1: (0.92, 0.60), 1.0: (0.90, 0.80), 10.0: (0.50, 0.90)}
+  rows = [{**base, "seed": s, "in_acc": 0.95, "invariance": 0.40} for s in (0, 1)]
+  rows += [
+    {**base, "seed": s, "finetune_method": "l2sp", "l2sp_beta": b, "in_acc": a, "invariance": v}
+    for b, (a, v) in cells.items()
+    for s in (0, 1)
+  ]
+  grid, lines = beta_grid(rows)
+  assert grid == [0.01, 0.1] and "l2sp0.1 0.920 / 0.600" in lines[0]  # 0.01 is the first to move; 0.1 the first to fall
+  with pytest.raises(SystemExit, match="validation split"):
+    beta_grid([{**rows[0], "eval_split": "test"}])
