@@ -80,7 +80,8 @@ def protocol_settings(config: Mapping[str, Any], data_hashes: Mapping[str, str |
   return dict(sorted(settings.items()))
 
 
-ROW_PARTS = ("architecture.", "method.")  # a row's own settings, beyond its run's protocol
+ARCHITECTURE, METHOD = "architecture.", "method."  # a row's own settings, beyond its run's protocol
+ROW_PARTS = (ARCHITECTURE, METHOD)
 
 
 def row_settings(
@@ -88,8 +89,8 @@ def row_settings(
 ) -> dict[str, Any]:
   """The protocol plus one model's resolved architecture config (as `architecture.*`) and the settings of
   the row's fine-tune method beyond its identity (as `method.*`)."""
-  arch = {f"architecture.{k}": v for k, v in flatten(architecture or {}).items()}
-  own = {f"method.{k}": v for k, v in flatten(method or {}).items()}
+  arch = {f"{ARCHITECTURE}{k}": v for k, v in flatten(architecture or {}).items()}
+  own = {f"{METHOD}{k}": v for k, v in flatten(method or {}).items()}
   return dict(sorted({**protocol, **arch, **own}.items()))
 
 
@@ -101,6 +102,11 @@ def key_of(settings: Mapping[str, Any]) -> str:
 def protocol_part(settings: Mapping[str, Any]) -> dict[str, Any]:
   """A row's settings without its architecture and method settings: what its protocol key is computed from."""
   return {k: v for k, v in settings.items() if not k.startswith(ROW_PARTS)}
+
+
+def without_method(settings: Mapping[str, Any]) -> dict[str, Any]:
+  """A row's settings without its method's own (`method.*`): a plain row's of the same experiment."""
+  return {k: v for k, v in settings.items() if not k.startswith(METHOD)}
 
 
 def differing(settings: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -118,14 +124,14 @@ def differing_settings(entries: list[dict[str, Any]]) -> list[str]:
   names = differing(protocols.values()) if len(protocols) > 1 else []
   by_model: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
   for e in entries:
-    arch = {k: v for k, v in e["settings"].items() if k.startswith("architecture.")}
+    arch = {k: v for k, v in e["settings"].items() if k.startswith(ARCHITECTURE)}
     by_model[e["model"]][key_of(arch)] = arch
   for archs in by_model.values():
     if len(archs) > 1:
       names += [n for n in differing(archs.values()) if n not in names]
   by_method: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)  # the same for one method's settings
   for e in entries:
-    own = {k: v for k, v in e["settings"].items() if k.startswith("method.")}
+    own = {k: v for k, v in e["settings"].items() if k.startswith(METHOD)}
     by_method[e.get("finetune_method", "plain")][key_of(own)] = own
   for owns in by_method.values():
     if len(owns) > 1:

@@ -68,6 +68,7 @@ class Protocol:
       self.test_b.images[: settings.curve_objects], self.test_b.labels[: settings.curve_objects], data_b.num_classes
     )
     self.grid = canvas.location_grid(settings.spec, settings.grid_stride, include=settings.finetune_location)
+    self.finetune_index = int(metrics.location_index(self.grid, settings.finetune_location))  # in `self.grid`
     self.protocol = comparison.protocol_settings(
       settings.config, {"pretrain": self.hash_a, "finetune": self.hash_b}, __version__
     )
@@ -162,8 +163,7 @@ class Protocol:
       return None, None
     if whole_map:  # in-location accuracy read off the map, as the one-location path computes it
       point = self.location_map(predictor, self.val_b)
-      at = np.flatnonzero((np.asarray(self.grid) == np.asarray(self.s.finetune_location)).all(axis=1))[0]
-      return float(point["acc"][at]), point["invariance"]
+      return float(point["acc"][self.finetune_index]), point["invariance"]
     loc = np.asarray([self.s.finetune_location], np.int32)
     stats = evaluation.location_stats(predictor, self.val_b.images, self.val_b.labels, loc, self.s.eval_batch)
     return float(stats.accuracy()[0]), None
@@ -275,9 +275,7 @@ class Protocol:
       if rid.finetune not in self.s.modes_for(rid.pretrain, rid.model) or schema.PLAIN not in self.s.methods:
         raise ValueError(f"{rid.name()} does not run in this experiment: no model to start from")
       log.info("%s: trained again for the methods that start from it (its row is kept)", rid.name())
-      probe = done.get(rid.plain_sibling("last")) if rid.finetune != "last" else None
-      point = probe["curve"][-1] if probe and probe.get("curve") else None
-      ctx = self.context(rid, source, point, done)
+      ctx = self.context(rid, source, probe_point(rid, done), done)
       self._keep(rid, self.s.methods[schema.PLAIN].run(ctx, None).model)
     return self._tuned[rid]
 
@@ -345,6 +343,15 @@ class Protocol:
 
 
 CURVE_FIELDS = (*schema.CURVE_METRICS, "in_pvalue")
+
+
+def probe_point(rid: RowId, done: dict[RowId, dict[str, Any]]) -> dict[str, Any] | None:
+  """The final curve point of the plain `last` row of `rid`'s model, regime, rate and seed, where it ran:
+  the curve's step 0 for a row that starts from the pretrained layers read by that probe (none for the
+  `last` row itself)."""
+  last = rid.plain_sibling("last")
+  probe = done.get(last) if rid != last else None
+  return probe["curve"][-1] if probe and probe.get("curve") else None
 
 
 def _pretrain_task_fields(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any]:
@@ -417,9 +424,7 @@ def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
             if regime != "imagenet":
               a_before = protocol.location_map(protocol.predictor(source), protocol.test_a)
           for rid in new:
-            probe = done.get(rid.plain_sibling("last"))
-            point = probe["curve"][-1] if probe and probe.get("curve") else None  # none for `last` itself
-            row = protocol.row(rid, source, a_before, point, done)
+            row = protocol.row(rid, source, a_before, probe_point(rid, done), done)
             if "weights" in meta:  # the imagenet regime: which file, by content (the key holds its sha256)
               row["pretrain_weights"] = meta["weights"]
               protocol.rekey(row, {"pretrain.weights.sha256": meta["weights"]["sha256"]})

@@ -226,9 +226,9 @@ def _plain_key(row: Mapping[str, Any]) -> str | None:
   """The comparison key a plain row of the same experiment and model has: the row's own without its
   method's settings (`method.*`, which only a method's row has)."""
   settings = row.get("comparison")
-  if not isinstance(settings, Mapping) or not any(k.startswith("method.") for k in settings):
+  if not isinstance(settings, Mapping) or not any(k.startswith(comparison.METHOD) for k in settings):
     return row.get("comparison_key")
-  return comparison.key_of({k: v for k, v in settings.items() if not k.startswith("method.")})
+  return comparison.key_of(comparison.without_method(settings))
 
 
 def by_group(rows: Iterable[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:

@@ -8,6 +8,20 @@ import pytest
 
 from shiftbench import leaderboard, tidy
 
+# The first columns of rows.csv: the row's identity, then its keys (spelled out: the test is the schema's check).
+IDENTITY_THEN_KEYS = [
+  "model",
+  "pretrain",
+  "finetune",
+  "finetune_method",
+  "wise_alpha",
+  "l2sp_beta",
+  "finetune_lr",
+  "seed",
+  "comparison_key",
+  "protocol_key",
+]
+
 
 def _two_runs(tiny_results, tmp_path):
   """The tiny run and a copy of it that differs only in canvas size (and so in its comparison key)."""
@@ -29,18 +43,7 @@ def test_rows_csv_has_one_line_per_row_and_the_differing_setting_as_a_column(tin
     lines = list(csv.DictReader(f))
   assert len(lines) == 2 * per_run
   header = list(lines[0])
-  assert header[:10] == [
-    "model",
-    "pretrain",
-    "finetune",
-    "finetune_method",
-    "wise_alpha",
-    "l2sp_beta",
-    "finetune_lr",
-    "seed",
-    "comparison_key",
-    "protocol_key",
-  ]
+  assert header[:10] == IDENTITY_THEN_KEYS
   assert "canvas.size" in header and "canvas.object_size" not in header  # only what differs
   assert sorted({(line["canvas.size"], line["comparison_key"]) for line in lines}) == [
     ("20", "aaaaaaaaaaaa"),
@@ -82,16 +85,7 @@ def test_undefined_values_are_empty_cells_and_lists_are_json():
   ]
   columns, values = tidy.table(rows)
   assert columns == [
-    "model",
-    "pretrain",
-    "finetune",
-    "finetune_method",
-    "wise_alpha",
-    "l2sp_beta",
-    "finetune_lr",
-    "seed",
-    "comparison_key",
-    "protocol_key",
+    *IDENTITY_THEN_KEYS,
     "finetune.location",
     "invariance",
     "inv_lost",
