@@ -132,7 +132,7 @@ def group_labels(entries: list[dict[str, Any]], names: list[str]) -> dict[str, s
   """protocol key -> a short label: the key and its values of the differing protocol settings."""
   out = {}
   for e in entries:
-    shown = [f"{n}={_cell(e['settings'].get(n))}" for n in names if not n.startswith("architecture.")]
+    shown = [f"{n}={_cell(e['settings'].get(n))}" for n in names if not n.startswith(comparison.ROW_PARTS)]
     out[e["protocol_key"]] = " ".join([e["protocol_key"], *shown])
   return out
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shiftbench import collect, leaderboard, schema, tracking
+from shiftbench import collect, comparison, leaderboard, schema, tracking
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -155,3 +155,14 @@ def test_method_rows_are_lines_of_the_leaderboard_in_the_protocols_order():
   ]
   assert all(e["seeds"] == [0, 1, 2] for e in board.entries)  # a method's seeds never pool with plain full's
   assert [e[schema.METHOD] for e in map(leaderboard.json_entry, board.entries)][:3] == ["plain"] * 3
+
+
+def test_a_groups_label_names_protocol_settings_only_never_a_rows_own():
+  """Two L2-SP settings beyond identity differ between rows of one protocol: that is no protocol label."""
+  entries = [
+    {"protocol_key": "p", "model": "m", "finetune_method": "l2sp", "settings": {"canvas.size": 32, **own}}
+    for own in ({"method.classifier_ratio": 0.1}, {"method.classifier_ratio": 0.5})
+  ]
+  names = comparison.differing_settings(entries)
+  assert names == ["method.classifier_ratio"]  # shown as a column of the table
+  assert leaderboard.group_labels(entries, names) == {"p": "p"}
