@@ -47,9 +47,9 @@ _KIND = cache.Kind(
 )
 
 
-def checkpoint_key(description: dict[str, Any]) -> str:
+def checkpoint_key(description: dict[str, Any], version: str = __version__) -> str:
   """A stable short hash of `description` (plus the package version): names the checkpoint's directory."""
-  return hashing.json_hash({"shiftbench": __version__, **description}, 16)
+  return hashing.json_hash({"shiftbench": version, **description}, 16)
 
 
 def checkpoint_path(checkpoint_dir: str | Path, name: str, description: dict[str, Any]) -> Path:

@@ -24,7 +24,8 @@ from shiftbench.results import to_jsonable
 from shiftbench.tracking import GROUP_MAX
 
 RESULTS = "results.json"
-_IGNORED = ("overwrite",)  # how a run was started, not what it computed
+# How a run was started and where it reports, not what it computed (the comparison key ignores these too).
+_IGNORED = ("overwrite", "logger")
 _OPEN: dict[str, RunDirectory] = {}
 
 

@@ -328,3 +328,19 @@ def test_the_default_run_and_reproduce_share_a_protocol_key_and_the_stopping_rul
     return comparison.key_of(comparison.protocol_settings(s.config, {"pretrain": "a", "finetune": "b"}, "v"))
 
   assert key("quick") == key("reproduce") != key("reproduce_stop")
+
+
+def test_resuming_ignores_the_logger_as_the_comparison_key_does(tmp_path):
+  """Turning wandb on for a rerun (or off) changes where rows are reported, not what they are."""
+  from shiftbench import __version__
+
+  config = {"seeds": [0], "logger": {"mode": "disabled"}, "finetune": {"steps": 5}}
+  record = {
+    "config": config,
+    "environment": {"versions": {"shiftbench": __version__}},
+    "rows": [{"model": "gap", "pretrain": "scratch", "finetune": "full", "finetune_lr": 0.01, "seed": 0}],
+  }
+  (tmp_path / "results.json").write_text(json.dumps(record))
+  assert len(run_dir.resumable_rows(tmp_path / "results.json", {**config, "logger": {"mode": "offline"}})) == 1
+  with pytest.raises(ConfigError, match=r"differs in: finetune.steps"):
+    run_dir.resumable_rows(tmp_path / "results.json", {**config, "finetune": {"steps": 6}})
