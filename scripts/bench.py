@@ -60,9 +60,13 @@ import bench_e2e  # noqa: E402  (scripts/ siblings)
 import bench_paper  # noqa: E402
 import torch_twin  # noqa: E402
 
-from shiftbench import batching, canvas, evaluation, train  # noqa: E402
+from shiftbench.data import canvas
+from shiftbench.data.device import DeviceObjects
+from shiftbench.evaluators import batching  # noqa: E402
+from shiftbench.evaluators import location_maps as evaluation
+from shiftbench.evaluators.predictor import Predictor  # noqa: E402
 from shiftbench.models import ShiftNet  # noqa: E402
-from shiftbench.predictor import Predictor  # noqa: E402
+from shiftbench.training import loop as train
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
 
@@ -466,7 +470,7 @@ def main(argv=None) -> dict:
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (args.objects, args.object, args.object, 1), dtype=np.uint8)
   labels = rng.integers(0, 10, args.objects).astype(np.int32)
-  data = train.DeviceObjects.from_numpy(images, labels, 10)
+  data = DeviceObjects.from_numpy(images, labels, 10)
   grid = canvas.location_grid(spec, args.grid_stride, include=spec.center())
   if args.eval_batch is None and args.preset == "paper":  # VGG's own activation count, as experiment=paper sizes it
     vgg = nnx.eval_shape(lambda: bench_paper.jax_vgg(args.tv_width, args.canvas))
@@ -540,7 +544,7 @@ def main(argv=None) -> dict:
     n_curve = max(1, args.eval_objects * 2 // 5)  # the quick preset's 200 curve objects per 500 test objects
     split = lambda a, b: (images[a:b], labels[a:b])
     host = (split(0, args.objects), split(0, n_curve), split(0, args.eval_objects))
-    dev = [train.DeviceObjects.from_numpy(*h, 10) for h in host]
+    dev = [DeviceObjects.from_numpy(*h, 10) for h in host]
     res = interleave(
       {
         "shiftbench": bench_e2e.jax_e2e(jax_model(first, args.canvas, 0), args, spec, *dev, grid),

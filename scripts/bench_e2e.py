@@ -18,8 +18,9 @@ import torch.nn.functional as F
 import torch_twin
 from flax import nnx
 
-from shiftbench import evaluation, train
-from shiftbench.predictor import Predictor
+from shiftbench.evaluators import location_maps as evaluation
+from shiftbench.evaluators.predictor import Predictor
+from shiftbench.training import loop as train
 
 
 def jax_e2e(model, args, spec, train_data, curve, test, grid):

@@ -20,9 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from shiftbench import canvas, chunks, evaluation
+from shiftbench.data import canvas
+from shiftbench.evaluators import chunks
+from shiftbench.evaluators import location_maps as evaluation
+from shiftbench.evaluators.predictor import Predictor
 from shiftbench.models import ShiftNet
-from shiftbench.predictor import Predictor
 
 
 def _best_of_interleaved(fns, repeats: int) -> list[float]:

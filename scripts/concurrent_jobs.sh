@@ -30,7 +30,7 @@ echo "pretrained here: $(cat "$WORK"/run*.log | grep -c 'pretrained here in' || 
 echo "waited for another job: $(cat "$WORK"/run*.log | grep -c 'waited for another job' || true)"
 echo "restored (already published): $(cat "$WORK"/run*.log | grep -c ': restored from' || true)"
 echo "corrupted warnings: $(cat "$WORK"/run*.log | grep -ci 'corrupted' || true)"
-grep -h "shiftbench.pretrained" "$WORK"/run*.log | sed 's/^/  /'
+grep -h "shiftbench.training.checkpoints" "$WORK"/run*.log | sed 's/^/  /'
 python - "$WORK" "$N" <<'EOF'
 import json, sys
 work, n = sys.argv[1], int(sys.argv[2])

@@ -19,9 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from shiftbench import batching, evaluation
+from shiftbench.evaluators import batching
+from shiftbench.evaluators import location_maps as evaluation
+from shiftbench.evaluators.predictor import Predictor
 from shiftbench.models import VGG, DenseNet
-from shiftbench.predictor import Predictor
 
 
 def peak_rss_bytes() -> int:

@@ -17,8 +17,8 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from shiftbench import schema
-from shiftbench.collect import collect
+from shiftbench.rows import schema
+from shiftbench.rows.collect import collect
 
 MARGIN = 0.02
 

@@ -22,14 +22,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from shiftbench.errors import UserError
-from shiftbench.errors import reported as _errors
+from shiftbench.infra.errors import UserError
+from shiftbench.infra.errors import reported as _errors
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# The configs ship inside the package (the top-level conf/, mapped to shiftbench.conf by setup.py), so an
+# installed wheel finds them as a checkout does.
+CONFIG_DIR = "pkg://shiftbench.conf"
 
 
 class RunDirGuard(Callback):
-  """Opens the run directory (`shiftbench.run_dir`: writable, locked, resumable rows read) before Hydra
+  """Opens the run directory (`shiftbench.runs.run_dir`: writable, locked, resumable rows read) before Hydra
   writes `.hydra/` into it (`hydra.callbacks` in config.yaml), so a reused directory is refused while the
   earlier run's `.hydra/config.yaml` is still intact. The task gets the same open directory back; it is
   closed when the run ends.
@@ -43,7 +45,7 @@ class RunDirGuard(Callback):
     self.hydra_files: dict[str, bytes] = {}
 
   def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-    from shiftbench import run_dir
+    from shiftbench.runs import run_dir
 
     task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
     try:
@@ -57,13 +59,13 @@ class RunDirGuard(Callback):
       raise SystemExit(1) from e  # Hydra turns a callback's exceptions into warnings
 
   def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
-    from shiftbench import run_dir
+    from shiftbench.runs import run_dir
 
     run_dir.close_run_dir(OmegaConf.select(config, "hydra.run.dir"))
 
   def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
     """An unwritable sweep directory is one line, before any job starts (Hydra's own is a traceback)."""
-    from shiftbench import preflight
+    from shiftbench.runs import preflight
 
     try:
       sweep = preflight.check_writable(
@@ -80,7 +82,7 @@ class RunDirGuard(Callback):
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _main(cfg: DictConfig) -> None:
-  from shiftbench.experiment import run_experiment  # after Hydra parsed args: `--help` stays instant
+  from shiftbench.runs.experiment import run_experiment  # after Hydra parsed args: `--help` stays instant
 
   logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every checkpoint step at INFO
 
@@ -98,10 +100,9 @@ _EARLIER_HYDRA_FILES: dict[str, bytes] = {}
 def _refuse_or_run(cfg: DictConfig, output_dir: Path, run: Any) -> None:
   """Runs the job in its opened run directory; a multirun job refused for its directory (another
   config's run, or another process in it) first puts back the `.hydra/` files that Hydra rewrote there."""
-  from shiftbench import run_dir
-
   # The callback's copy: under `python -m shiftbench.cli` this module is also `__main__` (see errors.py).
   from shiftbench.cli import _EARLIER_HYDRA_FILES as files
+  from shiftbench.runs import run_dir
 
   earlier = {p: b for p, b in files.items() if Path(p).parent == output_dir / ".hydra"}
   try:

@@ -74,7 +74,7 @@ def tiny_results(tiny_data_dir, tmp_path_factory):
 
   from hydra import compose, initialize_config_dir
 
-  from shiftbench.experiment import run_experiment
+  from shiftbench.runs.experiment import run_experiment
 
   root = tmp_path_factory.mktemp("tiny_results")
   conf = Path(__file__).resolve().parent.parent / "conf"
@@ -144,7 +144,7 @@ def grid_logits_both_ways(model, objects, grid, canvas_size):
   compiled program."""
   from flax import nnx
 
-  from shiftbench import canvas
+  from shiftbench.data import canvas
 
   x = canvas.place_grid(objects, grid, canvas_size)
   return nnx.jit(
@@ -175,13 +175,15 @@ def _adam():
 def train_a_few_steps(
   model, steps: int = 3, mode: str = "full", canvas_size: int = 32, seed: int = 0, dispatch: int = 1
 ):
-  """A few real training steps through `shiftbench.train` (random objects, translate regime)."""
+  """A few real training steps through `shiftbench.training.loop` (random objects, translate regime)."""
   import numpy as np
 
-  from shiftbench import canvas, train
+  from shiftbench.data import canvas
+  from shiftbench.data.device import DeviceObjects
+  from shiftbench.training import loop as train
 
   rng = np.random.default_rng(seed)
-  data = train.DeviceObjects.from_numpy(rng.integers(0, 256, (16, 8, 8, 1)), rng.integers(0, 3, 16), 3)
+  data = DeviceObjects.from_numpy(rng.integers(0, 256, (16, 8, 8, 1)), rng.integers(0, 3, 16), 3)
   return train.train(
     model,
     _adam(),

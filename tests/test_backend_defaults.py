@@ -8,8 +8,9 @@ import jax
 import pytest
 from hydra import compose, initialize_config_dir
 
-from shiftbench import batching, compile_cache, settings
-from shiftbench.settings import Settings
+from shiftbench.evaluators import batching
+from shiftbench.runs import compile_cache, settings
+from shiftbench.runs.settings import Settings
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -95,7 +96,7 @@ def test_compile_cache_directory_follows_the_config(tmp_path, monkeypatch):
 
 
 def test_a_compile_cache_that_cannot_be_created_is_skipped_with_a_warning(tmp_path, caplog):
-  from shiftbench import compile_cache
+  from shiftbench.runs import compile_cache
 
   blocker = tmp_path / "file"
   blocker.write_text("x")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from shiftbench import cache
-from shiftbench.errors import CacheError
+from shiftbench.infra import cache
+from shiftbench.infra.errors import CacheError
 
 ROOT = Path(__file__).resolve().parent.parent
 KIND = cache.Kind(noun="entry", making="building", log=logging.getLogger("shiftbench.test_cache"), hint="fix it")
@@ -152,7 +152,7 @@ def test_an_unwritable_cache_is_a_one_line_error_with_the_hint(tmp_path):
 WORKER = textwrap.dedent("""
   import json, logging, os, sys, time
   from pathlib import Path
-  from shiftbench import cache
+  from shiftbench.infra import cache
   path, ready, jobs = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
   kind = cache.Kind(noun="entry", making="building", log=logging.getLogger("w"))
   def build(target, locked):

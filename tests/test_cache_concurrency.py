@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from shiftbench import cache, hashing, locks, pretrained
-from shiftbench.errors import CacheError
+from shiftbench.infra import cache, hashing, locks
+from shiftbench.infra.errors import CacheError
 from shiftbench.models import ShiftNet
+from shiftbench.training import checkpoints as pretrained
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
@@ -33,7 +34,8 @@ WORKER = textwrap.dedent("""
   import jax, numpy as np
   from flax import nnx
   from pathlib import Path
-  from shiftbench import compile_cache, pretrained
+  from shiftbench.runs import compile_cache
+  from shiftbench.training import checkpoints as pretrained
   logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True)
   path, cache, ready, jobs = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
   compile_cache.configure(True, cache, min_compile_secs=0.0)
@@ -104,7 +106,7 @@ def test_a_waiting_job_gives_up_after_its_timeout_and_says_so(tmp_path, caplog):
   fd = _hold(cache.lock_path(path))
   calls = []
   try:
-    with caplog.at_level(logging.INFO, logger="shiftbench.pretrained"):
+    with caplog.at_level(logging.INFO, logger="shiftbench.training.checkpoints"):
       start = time.perf_counter()
       _, _, how = pretrained.obtain(
         path, _model, lambda m, d: calls.append(d) or {"by": "me"}, label="x", wait_timeout_s=1.0
@@ -139,7 +141,7 @@ def test_a_corrupted_checkpoint_is_replaced_under_its_lock_and_only_there(tmp_pa
     assert biggest.read_bytes() == bytes(data)
   finally:
     os.close(fd)
-  with caplog.at_level(logging.INFO, logger="shiftbench.pretrained"):
+  with caplog.at_level(logging.INFO, logger="shiftbench.training.checkpoints"):
     model, meta, how = pretrained.obtain(path, _model, lambda m, d: {"by": "new"}, label="m", wait_timeout_s=5)
   assert how == "pretrained" and meta["by"] == "new" and pretrained.verify(path)["by"] == "new"
   assert "does not match its sha256 (corrupted): removing the checkpoint and pretraining it again" in caplog.text

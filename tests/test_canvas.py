@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from shiftbench import canvas
+from shiftbench.data import canvas
 
 
 def _numpy_place(obj: np.ndarray, y: int, x: int, size: int) -> np.ndarray:

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from shiftbench import claims, leaderboard, terminal, verdicts
+from shiftbench.claims import catalogue as claims
+from shiftbench.claims import verdicts
+from shiftbench.reporting import leaderboard, terminal
 
 FC = {
   "_target_": "shiftbench.models.ShiftNet",

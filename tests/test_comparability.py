@@ -13,10 +13,14 @@ import pytest
 from conftest import tiny_overrides
 from hydra import compose, initialize_config_dir
 
-from shiftbench import collect, comparison, leaderboard, pretrained, protocol_data, run_dir, streams, subsets
-from shiftbench.errors import CacheError, ConfigError, DataError
-from shiftbench.experiment import run_experiment
-from shiftbench.settings import Settings
+from shiftbench.data import streams, subsets
+from shiftbench.infra.errors import CacheError, ConfigError, DataError
+from shiftbench.reporting import leaderboard
+from shiftbench.rows import collect, comparison
+from shiftbench.runs import protocol_data, run_dir
+from shiftbench.runs.experiment import run_experiment
+from shiftbench.runs.settings import Settings
+from shiftbench.training import checkpoints as pretrained
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -77,7 +81,7 @@ def test_runs_that_differ_in_canvas_size_are_two_groups_with_their_own_claims(ti
     [
       sys.executable,
       "-m",
-      "shiftbench.leaderboard",
+      "shiftbench.reporting.leaderboard",
       str(tiny_results / "seed0"),
       str(tmp_path / "c24"),
       "--out",
@@ -232,7 +236,7 @@ def test_validation_split_is_class_balanced_held_out_and_evaluated_only_when_ask
 def test_similarity_of_one_class_is_undefined_never_raw_cos_same():
   import jax.numpy as jnp
 
-  from shiftbench import similarity
+  from shiftbench.evaluators import similarity
 
   feats = jax.random.normal(jax.random.key(0), (6, 5))
   assert np.isnan(float(similarity.cos_diff(feats, jnp.zeros(6, jnp.int32), 3)))  # 0.3: 0.0

@@ -8,7 +8,7 @@ from flax import nnx
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from shiftbench.settings import Settings
+from shiftbench.runs.settings import Settings
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 

@@ -12,8 +12,8 @@ from conftest import tiny_overrides
 from hydra import compose, initialize_config_dir
 
 import shiftbench
-from shiftbench.experiment import run_experiment
-from shiftbench.results import to_jsonable
+from shiftbench.infra.files import to_jsonable
+from shiftbench.runs.experiment import run_experiment
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 ROW_FIELDS = {
@@ -269,7 +269,7 @@ def test_a_row_not_significantly_above_chance_shows_no_invariance(tiny_data_dir,
 
 
 def test_pretrained_cache_keys_never_match_across_heads_or_versions(monkeypatch):
-  from shiftbench import pretrained
+  from shiftbench.training import checkpoints as pretrained
 
   desc = {"model": {"head": "fc", "fc_hidden": [256, 256]}, "seed": 0}
   key = pretrained.checkpoint_key(desc)

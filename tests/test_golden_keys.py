@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from shiftbench import comparison, pretrained, pretraining
-from shiftbench.settings import Settings
+from shiftbench.rows import comparison
+from shiftbench.runs import pretraining
+from shiftbench.runs.settings import Settings
+from shiftbench.training import checkpoints as pretrained
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 OVERRIDES = ["model=[cnn_fc,gap]", "logger=none", "finetune.methods=[plain,lpft,wise,l2sp]", "seeds=[0]"]

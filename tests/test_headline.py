@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from shiftbench import headline, leaderboard, report
+from shiftbench.reporting import headline, leaderboard
+from shiftbench.reporting import page as report
 
 FIXED = {"finetune.steps": 600, "finetune.until_accuracy": None}
 RULE = {"finetune.steps": 600, "finetune.until_accuracy.threshold": 0.95, "finetune.until_accuracy.window": 100}

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from shiftbench import collect, comparison, leaderboard, schema, tracking
+from shiftbench.reporting import leaderboard, tracking
+from shiftbench.rows import collect, comparison, schema
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,7 +21,7 @@ def test_cli_aggregates_seeds_from_every_results_file_and_writes_all_formats(tin
     [
       sys.executable,
       "-m",
-      "shiftbench.leaderboard",
+      "shiftbench.reporting.leaderboard",
       str(tiny_results / "seed0"),
       str(tiny_results / "seed1"),
       "--out",

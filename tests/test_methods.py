@@ -1,4 +1,4 @@
-"""Fine-tuning methods (shiftbench/methods.py): the known-answer identities through the protocol's own
+"""Fine-tuning methods (shiftbench/methods/builtin.py): the known-answer identities through the protocol's own
 bookkeeping, the config door, and a method defined outside the package run end to end.
 
 The identities (kept in CI; each prints the largest difference it saw):
@@ -21,11 +21,13 @@ from flax import nnx
 from hydra import compose, initialize_config_dir
 from test_schema import ROOT
 
-from shiftbench import methods, models, protocol_data, schema
-from shiftbench.errors import ConfigError
-from shiftbench.experiment import Protocol, run_experiment
+from shiftbench import methods, models
+from shiftbench.infra.errors import ConfigError
 from shiftbench.models import ResNet, ShiftNet
-from shiftbench.settings import Settings
+from shiftbench.rows import schema
+from shiftbench.runs import protocol_data
+from shiftbench.runs.experiment import Protocol, run_experiment
+from shiftbench.runs.settings import Settings
 
 
 def _compose(overrides):

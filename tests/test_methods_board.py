@@ -8,7 +8,10 @@ import re
 
 import pytest
 
-from shiftbench import arms, leaderboard, methods_board, methods_claims, report, terminal
+from shiftbench.claims import arms
+from shiftbench.claims import methods as methods_claims
+from shiftbench.reporting import leaderboard, methods_board, terminal
+from shiftbench.reporting import page as report
 
 FC = {"_target_": "shiftbench.models.ShiftNet", "head": "fc", "fc_hidden": [256, 256]}
 LR = 0.01

@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from shiftbench import canvas, chunks, evaluation, metrics
-from shiftbench.predictor import Predictor
+from shiftbench.data import canvas
+from shiftbench.evaluators import chunks, metrics
+from shiftbench.evaluators import location_maps as evaluation
+from shiftbench.evaluators.predictor import Predictor
 
 
 def test_off_location_mask_uses_per_axis_distance_beyond_the_jitter():

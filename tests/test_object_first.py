@@ -15,8 +15,10 @@ import pytest
 from conftest import grid_logits_both_ways, logits_and_gradients
 from flax import nnx
 
-from shiftbench import canvas, train
+from shiftbench.data import canvas
+from shiftbench.data.device import DeviceObjects
 from shiftbench.models import ShiftNet, layers, logits_on_canvas, logits_on_grid, object_first
+from shiftbench.training import loop as train
 
 
 def _reduce_window_max_pool(x):
@@ -180,7 +182,7 @@ def test_unsupported_first_blocks_fall_back_to_the_canvas_and_still_agree(kind):
 
 def test_training_with_and_without_the_shortcut_gives_the_same_parameters():
   rng = np.random.default_rng(0)
-  data = train.DeviceObjects.from_numpy(rng.integers(0, 256, (40, 8, 8, 1), dtype=np.uint8), rng.integers(0, 3, 40), 3)
+  data = DeviceObjects.from_numpy(rng.integers(0, 256, (40, 8, 8, 1), dtype=np.uint8), rng.integers(0, 3, 40), 3)
   spec = canvas.CanvasSpec(20, 8)
   params = []
   for shortcut in (True, False):

@@ -17,9 +17,9 @@ import torch
 import torchvision_twins as twins
 from flax import nnx
 
-from shiftbench import published_weights as pw
-from shiftbench.errors import CacheError, ConfigError
+from shiftbench.infra.errors import CacheError, ConfigError
 from shiftbench.models import VGG, torchvision_weights
+from shiftbench.models import published_weights as pw
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDTH = 0.0625

@@ -17,13 +17,20 @@ from conftest import tiny_overrides
 from flax import nnx
 from hydra import compose, initialize_config_dir
 
-from shiftbench import evaluators, leaderboard, network, preflight, pretrained, results, tracking, train
-from shiftbench.canvas import CanvasSpec
+from shiftbench import evaluators
 from shiftbench.data import load_npz, require_task
-from shiftbench.errors import CacheError, ConfigError, DataError, DivergenceError
-from shiftbench.experiment import run_experiment
+from shiftbench.data.canvas import CanvasSpec
+from shiftbench.data.device import DeviceObjects
+from shiftbench.infra import files as results
+from shiftbench.infra import network
+from shiftbench.infra.errors import CacheError, ConfigError, DataError, DivergenceError
 from shiftbench.models import ShiftNet
-from shiftbench.settings import Settings
+from shiftbench.reporting import leaderboard, tracking
+from shiftbench.runs import preflight
+from shiftbench.runs.experiment import run_experiment
+from shiftbench.runs.settings import Settings
+from shiftbench.training import checkpoints as pretrained
+from shiftbench.training import loop as train
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -209,7 +216,7 @@ def _bars(n=60, k=3):
   labels = np.random.default_rng(0).integers(0, k, n)
   images = np.zeros((n, 6, 6, 1), np.uint8)
   images[np.arange(n), 2 * labels, :, 0] = 255
-  return train.DeviceObjects.from_numpy(images, labels, k)
+  return DeviceObjects.from_numpy(images, labels, k)
 
 
 def test_a_huge_learning_rate_with_a_finite_loss_is_divergence():

@@ -3,7 +3,9 @@ scrolling; the terminal prints only the key columns and short claim lines."""
 
 import re
 
-from shiftbench import claims, report, terminal
+from shiftbench.claims import catalogue as claims
+from shiftbench.reporting import page as report
+from shiftbench.reporting import terminal
 
 WIDE = [
   "model",

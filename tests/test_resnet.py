@@ -7,9 +7,9 @@ import pytest
 from conftest import circular_shift_logits, objects_on_blank_canvas, train_a_few_steps
 from flax import nnx
 
-from shiftbench import evaluation
+from shiftbench.evaluators import location_maps as evaluation
+from shiftbench.evaluators.predictor import Predictor
 from shiftbench.models import ResNet
-from shiftbench.predictor import Predictor
 
 TINY = dict(widths=(4, 4, 8, 8), blocks=(2, 2, 2, 2))
 SMALL = dict(widths=(4, 8), blocks=(1, 1))  # stem + a plain block + a stride-2 block: compiles fast

@@ -6,8 +6,11 @@ import optax
 import pytest
 from flax import nnx
 
-from shiftbench import canvas, resume, train
+from shiftbench.data import canvas
+from shiftbench.data.device import DeviceObjects
 from shiftbench.models import ShiftNet
+from shiftbench.training import loop as train
+from shiftbench.training import resume
 
 SPEC = canvas.CanvasSpec(16, 6)
 STEPS = 40
@@ -19,7 +22,7 @@ def _bars(n=60, k=3):
   labels = rng.integers(0, k, n)
   images = np.zeros((n, 6, 6, 1), np.uint8)
   images[np.arange(n), 2 * labels, :, 0] = 255
-  return train.DeviceObjects.from_numpy(images, labels, k)
+  return DeviceObjects.from_numpy(images, labels, k)
 
 
 def _model(head="fc"):
@@ -72,7 +75,7 @@ def test_a_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, caplog
     _run(_StopAfter(tmp_path / "ck", 10, at=20), dispatch)
   # The last one kept: orbax dropped step 10 when it saved step 20.
   assert sorted(p.name for p in (tmp_path / "ck").iterdir() if p.name.isdigit()) == ["20"]
-  with caplog.at_level("INFO", logger="shiftbench.train"):
+  with caplog.at_level("INFO", logger="shiftbench.training.loop"):
     resumed, history = _run(resume.Checkpoints(tmp_path / "ck", 10), dispatch)
   assert "resumed from step 20 of 40" in caplog.text
   jax.tree.map(np.testing.assert_array_equal, resumed, plain)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import tiny_overrides
 
-from shiftbench import locks
+from shiftbench.infra import locks
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}

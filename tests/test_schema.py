@@ -7,10 +7,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from shiftbench import run_dir, schema
-from shiftbench.errors import ConfigError
-from shiftbench.evaluators import Evaluator
-from shiftbench.settings import Settings
+from shiftbench.evaluators.suite import Evaluator
+from shiftbench.infra.errors import ConfigError
+from shiftbench.rows import schema
+from shiftbench.runs import run_dir
+from shiftbench.runs.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,7 +57,7 @@ def test_row_ids_name_rows_and_find_their_siblings():
 
 
 def test_a_methods_row_loses_invariance_against_plain_last():
-  from shiftbench import comparison
+  from shiftbench.rows import comparison
 
   settings = {"data.finetune.sha256": "abc"}
   plain = {"comparison": settings, "comparison_key": comparison.key_of(settings)}

@@ -8,11 +8,13 @@ import pytest
 from flax import nnx
 from test_metrics import GlobalMax, PixelReader, _constant_objects
 
-from shiftbench import canvas, consistency, evaluators, metrics, similarity
+from shiftbench import evaluators
+from shiftbench.data import canvas
+from shiftbench.data.device import DeviceObjects
+from shiftbench.evaluators import consistency, metrics, similarity
+from shiftbench.evaluators.predictor import Forward, Predictor, layer_features
 from shiftbench.models import ShiftNet
-from shiftbench.predictor import Forward, Predictor, layer_features
-from shiftbench.settings import build_evaluators
-from shiftbench.train import DeviceObjects
+from shiftbench.runs.settings import build_evaluators
 
 K, SPEC, P_FT = 4, canvas.CanvasSpec(14, 4), (5, 5)
 

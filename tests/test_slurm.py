@@ -157,7 +157,7 @@ def test_a_sweep_on_slurm_with_a_requeued_job_equals_the_same_sweep_run_locally(
       [
         sys.executable,
         "-m",
-        "shiftbench.leaderboard",
+        "shiftbench.reporting.leaderboard",
         str(tmp_path / name),
         "--out",
         str(tmp_path / f"board_{name}"),

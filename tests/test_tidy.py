@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from shiftbench import leaderboard, tidy
+from shiftbench.reporting import leaderboard, tidy
 
 # The first columns of rows.csv: the row's identity, then its keys (spelled out: the test is the schema's check).
 IDENTITY_THEN_KEYS = [

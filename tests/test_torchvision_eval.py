@@ -11,11 +11,14 @@ import pytest
 from flax import nnx
 from test_backend_defaults import FakeDevice
 
-from shiftbench import batching, canvas, evaluation, evaluators, metrics, predictor, streams
+from shiftbench import evaluators
+from shiftbench.data import canvas, streams
+from shiftbench.data.device import DeviceObjects
+from shiftbench.evaluators import batching, metrics, predictor
+from shiftbench.evaluators import location_maps as evaluation
+from shiftbench.evaluators.predictor import Predictor
 from shiftbench.models import ShiftNet
 from shiftbench.models import torchvision_weights as tvw
-from shiftbench.predictor import Predictor
-from shiftbench.train import DeviceObjects
 
 
 def _objects(n: int, k: int = 3, size: int = 6, seed: int = 0) -> DeviceObjects:

@@ -13,8 +13,8 @@ import torchvision_twins as twins
 from conftest import tiny_overrides
 from hydra import compose, initialize_config_dir
 
-from shiftbench.experiment import run_experiment
-from shiftbench.settings import Settings
+from shiftbench.runs.experiment import run_experiment
+from shiftbench.runs.settings import Settings
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 WIDTH = 0.0625
@@ -110,7 +110,7 @@ def _row(model: str, target: str, regime: str, seed: int, inv: float, **arch) ->
 
 
 def test_c7_and_c8_verdicts_follow_the_rows():
-  from shiftbench import claims
+  from shiftbench.claims import catalogue as claims
 
   rows = [_row("densenet121", "DenseNet", "scratch", s, 0.6 + 0.01 * s) for s in range(3)]
   rows += [_row("vgg16", "VGG", "scratch", s, 0.1 + 0.02 * s, depth=16, batch_norm=False) for s in range(3)]

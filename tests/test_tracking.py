@@ -14,8 +14,9 @@ import pytest  # noqa: E402
 from conftest import tiny_overrides  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from shiftbench import plots, run_dir  # noqa: E402
-from shiftbench.tracking import WandbTracker  # noqa: E402
+from shiftbench.reporting import plots  # noqa: E402
+from shiftbench.reporting.tracking import WandbTracker  # noqa: E402
+from shiftbench.runs import run_dir
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 _BLOCK, _HEADER = 32768, 7  # the LevelDB log format of a `.wandb` file: 32 KiB blocks, 7-byte record headers
@@ -125,7 +126,7 @@ def test_each_row_is_a_run_in_the_experiments_group_with_identity_curve_and_summ
 
 
 def test_a_tiny_offline_run_writes_one_wandb_run_per_row_plus_the_leaderboard(tiny_data_dir, tmp_path, monkeypatch):
-  from shiftbench.experiment import run_experiment
+  from shiftbench.runs.experiment import run_experiment
 
   monkeypatch.delenv("WANDB_MODE", raising=False)
   with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

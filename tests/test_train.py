@@ -6,9 +6,11 @@ import optax
 import pytest
 from flax import nnx
 
-from shiftbench import canvas, evaluation, train
+from shiftbench.data import canvas
+from shiftbench.evaluators import location_maps as evaluation
+from shiftbench.evaluators.predictor import Predictor
 from shiftbench.models import ShiftNet
-from shiftbench.predictor import Predictor
+from shiftbench.training import loop as train
 
 SPEC = canvas.CanvasSpec(16, 6)
 

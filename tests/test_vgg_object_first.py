@@ -10,7 +10,7 @@ import pytest
 from conftest import grid_logits_both_ways, logits_and_gradients
 from flax import nnx
 
-from shiftbench import canvas
+from shiftbench.data import canvas
 from shiftbench.models import VGG, logits_on_canvas, vgg_object_first
 
 # (canvas, object, depth, adapter, stages run near the object)

@@ -27,9 +27,9 @@ import numpy as np
 import PIL
 from PIL import features
 
-from shiftbench import cache, hashing
 from shiftbench.data import glyphs
 from shiftbench.data.objects import ObjectSet, class_indices
+from shiftbench.infra import cache, hashing
 
 log = logging.getLogger(__name__)
 _KIND = cache.Kind(

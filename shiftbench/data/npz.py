@@ -14,9 +14,9 @@ import os
 
 import numpy as np
 
-from shiftbench import subsets
+from shiftbench.data import subsets
 from shiftbench.data.objects import ObjectSet, select_object_classes
-from shiftbench.errors import DataError
+from shiftbench.infra.errors import DataError
 
 
 def _images(array: np.ndarray, key: str) -> np.ndarray:

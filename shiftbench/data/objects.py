@@ -73,7 +73,7 @@ def require_task(objs: ObjectSet, side: str) -> None:
   Raises:
     DataError: naming the dataset, the split and the class counts.
   """
-  from shiftbench.errors import DataError  # objects.py stays importable on its own
+  from shiftbench.infra.errors import DataError  # objects.py stays importable on its own
 
   counts = {split: len(np.unique(getattr(objs, f"{split}_labels"))) for split in ("train", "test")}
   sizes = {split: int(getattr(objs, f"{split}_images").shape[0]) for split in ("train", "test")}

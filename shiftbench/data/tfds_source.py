@@ -21,9 +21,9 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core import constants as tfds_constants
 from tensorflow_datasets.core.utils import tqdm_utils
 
-from shiftbench import network
 from shiftbench.data.objects import ObjectSet, select_classes
-from shiftbench.errors import DataError
+from shiftbench.infra import network
+from shiftbench.infra.errors import DataError
 
 _PROBE_HOST = "storage.googleapis.com"  # where TFDS downloads most datasets from
 _EXTRA = "pip install 'shiftbench[tfds]'"

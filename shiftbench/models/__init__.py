@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from shiftbench import canvas
+from shiftbench.data import canvas
 from shiftbench.models.cnn import DOWNSAMPLES, HEADS, ShiftNet
 from shiftbench.models.densenet import DenseNet
 from shiftbench.models.layers import PADDINGS

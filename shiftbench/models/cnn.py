@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from shiftbench import canvas
+from shiftbench.data import canvas
 from shiftbench.models import aps, layers, object_first
 
 DOWNSAMPLES: tuple[str, ...] = ("max", "blur", "stride", "conv_blur", "avg", "avg_blur", "aps", "none")

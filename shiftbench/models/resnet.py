@@ -13,7 +13,8 @@ replaced according to `downsample`:
 Stems: `cifar` (3x3 conv stride 1, no max pool) or `imagenet` (7x7 conv stride 2 + max pool stride 2).
 
 Batch norm: `model.train()` normalises with batch statistics and updates the running averages;
-`model.eval()` uses the running averages (`shiftbench.train` and `shiftbench.predictor` switch modes).
+`model.eval()` uses the running averages (`shiftbench.training.loop` and `shiftbench.evaluators.predictor`
+switch modes).
 Padding must keep sizes (`same` or `circular`) so residuals add up.
 """
 

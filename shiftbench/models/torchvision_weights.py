@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from shiftbench import hashing, published_weights
+from shiftbench.infra import hashing
+from shiftbench.models import published_weights
 from shiftbench.models.densenet import DenseNet
 from shiftbench.models.resnet_tv import TorchvisionResNet
 from shiftbench.models.vgg import VGG

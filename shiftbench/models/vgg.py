@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from shiftbench import canvas
+from shiftbench.data import canvas
 from shiftbench.models import layers, tv_layers, vgg_object_first
 from shiftbench.models.input_adapter import InputAdapter
 

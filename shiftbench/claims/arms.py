@@ -1,0 +1,205 @@
+"""The rows of one comparable group as the claims see them: by arm, (model, pretrain, finetune,
+finetune_lr) -> {seed: value}; which models are related how (FC head, architecture twins); and the rate at
+which the scratch arm is judged, chosen on validation (`Arms.best_rate`, the rule in `shiftbench.claims.catalogue`).
+
+The arms are plain rows only: the literature's claims (C1-C8, F1) are about plain fine-tuning, and a
+method's row (LP-FT, WiSE-FT, L2-SP, a user's) is at `full` too, so it would stand in for plain full. The
+methods' rows are looked up apart, by (model, pretrain, method, setting, finetune_lr) (`Arms.method_values`),
+for the methods board and claims M1-M3. No jax here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+from shiftbench.claims.verdicts import Series
+from shiftbench.rows import schema
+
+SCRATCH = ("scratch", "full")
+Guard = Callable[[dict[str, Any]], bool]  # whether a row's value means anything (else the seed collapsed)
+
+
+class Best(NamedTuple):
+  """The scratch arm's rate η*; `note` says why none could be chosen (then `rate` means nothing)."""
+
+  rate: float | None
+  note: str = ""
+
+
+def label(pretrain: str, finetune: str, lr: float | None) -> str:
+  """`translate/last@0.01` (rows without a rate: `translate/last`)."""
+  return f"{pretrain}/{finetune}" + ("" if lr is None else f"@{schema.format_lr(lr)}")
+
+
+def scratch_label(best: Best) -> str:
+  """`scratch/full@0.001 (best val)`: the scratch arm at its best validation rate."""
+  if best.note:
+    return "scratch/full@best val"
+  return label(*SCRATCH, best.rate) + ("" if best.rate is None else " (best val)")
+
+
+def _rate_order(lr: float | None) -> tuple[bool, float]:
+  return (lr is not None, lr or 0.0)
+
+
+def _method_order(method: str) -> tuple[int, str]:
+  known = schema.FINETUNE_METHODS
+  return (known.index(method), "") if method in known else (len(known), method)
+
+
+def _number(value: Any) -> float | None:
+  return float(value) if schema.defined(value) else None
+
+
+def is_target(arch: dict[str, Any], target: str, **want: Any) -> bool:
+  """The model config's `_target_` ends in `target`, and its keys in `want` (where present) match."""
+  return str(arch.get("_target_", "")).endswith(target) and all(arch.get(k, v) == v for k, v in want.items())
+
+
+def fc_head(arch: dict[str, Any]) -> bool:
+  """A network whose hidden FC layers carry the invariance (Biscione & Bowers): shiftbench's `head: fc`
+  models, and torchvision's VGGs (fc6/fc7). DenseNet and ResNet pool globally."""
+  return arch.get("head") == "fc" or (is_target(arch, "VGG") and "depth" in arch and "batch_norm" in arch)
+
+
+class Arms:
+  """Rows of one comparable group (one protocol key), looked up by arm."""
+
+  def __init__(self, rows: list[dict[str, Any]]):
+    self.rows = [r for r in rows if schema.is_plain(r)]  # what the literature's claims see
+    self.method_rows = [r for r in rows if not schema.is_plain(r)]
+    self.arch = {r["model"]: r.get("architecture") or {} for r in self.method_rows + self.rows}
+    self.models = list(dict.fromkeys(r["model"] for r in self.rows))
+    self._arms: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in self.rows:
+      self._arms[(r["model"], r["pretrain"], r["finetune"], r.get(schema.LR))].append(r)
+    self._methods: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in self.method_rows:
+      self._methods[(r["model"], r["pretrain"], r[schema.METHOD], setting_of(r), r.get(schema.LR))].append(r)
+
+  def rates(self, model: str, *arms: tuple[str, str]) -> list[float | None]:
+    """The fine-tune rates at which any of `arms` ((pretrain, finetune) pairs) ran, smallest first."""
+    found = {k[3] for k in self._arms if k[0] == model and (k[1], k[2]) in arms}
+    return sorted(found, key=_rate_order)
+
+  def found(self, model: str, pretrain: str, finetune: str, lr: float | None) -> list[dict[str, Any]]:
+    return self._arms.get((model, pretrain, finetune, lr), [])
+
+  def values(
+    self,
+    model: str,
+    pretrain: str,
+    finetune: str,
+    lr: float | None,
+    metric: str = "invariance",
+    guard: Guard | None = None,
+  ) -> Series | None:
+    """Every seed's value (None where undefined, or where `guard` rejects the row); None when the arm
+    did not run at all."""
+    return _series(
+      self.found(model, pretrain, finetune, lr), f"{label(pretrain, finetune, lr)} of {model}", metric, guard
+    )
+
+  def best_rate(self, model: str) -> Best:
+    """η*: the rate of the model's scratch/full rows with the highest mean `val_in_acc` over seeds (ties:
+    the smaller rate); the only rate if one ran; no rate (with a note) if several ran and none has a
+    validation accuracy. Never chosen on test numbers."""
+    rates = self.rates(model, SCRATCH)
+    if len(rates) <= 1:
+      return Best(rates[0] if rates else None)
+    means = {}
+    for lr in rates:
+      val = [v for v in (_number(r.get("val_in_acc")) for r in self.found(model, *SCRATCH, lr)) if v is not None]
+      if val:
+        means[lr] = math.fsum(val) / len(val)
+    if not means:
+      return Best(None, f"{model}: no val_in_acc to choose scratch's rate among {len(rates)}")
+    return Best(max(means, key=lambda lr: (means[lr], -_rate_order(lr)[1])))
+
+  def scratch(self, model: str, metric: str = "invariance", guard: Guard | None = None) -> tuple[Series | None, Best]:
+    """The scratch arm at η* (None when it did not run or no rate could be chosen), and η*."""
+    best = self.best_rate(model)
+    return (None if best.note else self.values(model, *SCRATCH, best.rate, metric, guard)), best
+
+  def has_metric(self, model: str, pretrain: str, finetune: str, lr: float | None, metric: str) -> bool:
+    return any(metric in r for r in self.found(model, pretrain, finetune, lr))
+
+  def with_arch(self, **want: Any) -> list[str]:
+    return [m for m in self.models if all(self.arch[m].get(k) == v for k, v in want.items())]
+
+  def where(self, test: Callable[[dict[str, Any]], bool]) -> list[str]:
+    return [m for m in self.models if test(self.arch[m])]
+
+  def twins(self, model: str, differing: Iterable[str]) -> list[str]:
+    """Other models with the same architecture except for the keys in `differing`."""
+    differing = set(differing)
+    same = lambda a: {k: v for k, v in a.items() if k not in differing}  # noqa: E731
+    return [
+      m
+      for m in self.models
+      if m != model
+      and same(self.arch[m]) == same(self.arch[model])
+      and self.arch[m].get("_target_") == self.arch[model].get("_target_")
+    ]
+
+  def method_keys(self) -> list[tuple[str, str, float | None]]:
+    """(model, pretrain, finetune_lr) of every method's rows, in the order they came."""
+    return list(dict.fromkeys((k[0], k[1], k[4]) for k in self._methods))
+
+  def methods_at(self, model: str, pretrain: str, lr: float | None) -> list[tuple[str, float | None]]:
+    """(method, setting) of the method rows of `model` from `pretrain` at `lr`: the built-in methods in
+    `schema.FINETUNE_METHODS` order, then a user's by name; settings ascending."""
+    found = {(k[2], k[3]) for k in self._methods if (k[0], k[1], k[4]) == (model, pretrain, lr)}
+    return sorted(found, key=lambda ms: (*_method_order(ms[0]), _rate_order(ms[1])))
+
+  def method_rates(self, model: str, pretrain: str, method: str) -> list[float | None]:
+    """The fine-tune rates at which `method`'s rows of `model` from `pretrain` ran, smallest first."""
+    found = {k[4] for k in self._methods if k[:3] == (model, pretrain, method)}
+    return sorted(found, key=_rate_order)
+
+  def method_values(
+    self,
+    model: str,
+    pretrain: str,
+    method: str,
+    setting: float | None,
+    lr: float | None,
+    metric: str = "invariance",
+  ) -> Series | None:
+    """Like `values`, for the rows of `method` at `setting` (WiSE-FT's alpha, L2-SP's beta, or None)."""
+    found = self._methods.get((model, pretrain, method, setting, lr), [])
+    return _series(found, f"{method_arm(pretrain, method, setting, lr)} of {model}", metric)
+
+
+def setting_of(row: dict[str, Any]) -> float | None:
+  """A method row's setting: WiSE-FT's alpha or L2-SP's beta (None for a method without one)."""
+  alpha = row.get(schema.WISE_ALPHA)
+  return alpha if alpha is not None else row.get(schema.L2SP_BETA)
+
+
+def method_label(method: str, setting: float | None) -> str:
+  """`lpft`, `wise0.5`, `l2sp0.01`: as `schema.RowId.method_label` names a row's method."""
+  return method + ("" if setting is None else schema.format_lr(setting))
+
+
+def method_arm(pretrain: str, method: str, setting: float | None, lr: float | None, note: str = "") -> str:
+  """`translate/full wise0.5@0.01` (with `note`: `translate/full l2sp0.01 (best val)@0.01`)."""
+  text = f"{pretrain}/full {method_label(method, setting)}" + (f" {note}" if note else "")
+  return text + ("" if lr is None else f"@{schema.format_lr(lr)}")
+
+
+def _series(found: list[dict[str, Any]], what: str, metric: str, guard: Guard | None = None) -> Series | None:
+  """Every seed's value of `metric` among `found` (None where undefined or `guard` rejects the row); None
+  when there are no rows."""
+  if not found:
+    return None
+  out: Series = {}
+  for r in found:
+    if r["seed"] in out:  # collect() merges true duplicates; two different rows are a caller's bug
+      raise ValueError(f"two rows for {what}, seed {r['seed']}, in one group")
+    ok = guard is None or guard(r)
+    out[r["seed"]] = _number(r.get(metric)) if ok else None
+  return out

@@ -1,0 +1,230 @@
+"""The claims report: the literature's qualitative results, checked on whatever rows a run has.
+
+Each claim names the rows it compares, the measured effect as a mean over seeds with a 95% t-interval
+(paired by seed where two rows are compared), and an outcome fixed before any run (`shiftbench.claims.verdicts`):
+supported, contradicted or inconclusive by where the interval lies against the threshold; too_few_seeds,
+undefined or not_run when it cannot be judged. A seed whose rows ran but whose value is undefined (a
+collapsed fine-tune: in-location accuracy not above chance) counts against the claim: with one, a claim is
+at best inconclusive, and the entry lists it. Claims run per comparable group of rows (one protocol key,
+`shiftbench.rows.comparison`).
+
+Kinds: a `replication` (an effect the literature measured); a `figure` (F1: a number, no threshold; its
+outcome is `figure`, or undefined / not_run); a `method` claim (M1-M3: a fine-tuning method that keeps
+invariance, listed after the replications); a `property` check (C5: an architectural identity, checked on
+every row, listed last in every table). C1-C8 and F1 read plain rows only (`shiftbench.claims.arms`): a method's
+row never enters them.
+
+Learning rates (pre-registered). Rows exist at several fine-tune rates η (`finetune_lr`).
+- The scratch arm (`scratch/full`) of each model is judged at its own best validation rate η*: the rate
+  whose rows have the highest mean `val_in_acc` (B's held-out validation split) over seeds (ties: the
+  smaller rate); the only rate if one ran; if several ran and none has `val_in_acc`, the claims that need
+  η* are not_run with a note. Scratch has no pretrained invariance to lose, so the fair baseline is the
+  scratch network trained as well as the validation data says; nothing is chosen on test.
+- Claims comparing arms at a fine-tune rate are one entry per η, with `finetune_lr`:
+  C2(η), C2c(η), F1(η), C3a(η), C3b(η), C8(η). C2 and C3b also get an entry with scratch at the same η
+  (`scratch_at="same_rate"`; the primary ones are "best_validation"): in claims.json and `table()`, not in
+  leaderboard.md or the terminal.
+- Scratch-only claims (C1, C4, C6, C7) are one entry each, every model at its η*.
+
+The claims (thresholds in `NEAR_CHANCE`, `FAR_ABOVE`, set from the papers' statements):
+  C1  Biscione & Bowers 2021: a CNN+FC trained from scratch at one location is near chance elsewhere
+      (supported: upper bound < NEAR_CHANCE; contradicted: lower bound > it). FC-head models: `head: fc`
+      and torchvision's VGGs; C1-C3 are judged on each.
+  C2  B&B 2021: translate pretraining with the FC layers kept gives new classes invariance
+      (`translate/last@η` - `scratch/full@η*` > 0); C2c, the control: pretraining at one location does
+      not (`translate/last@η` - `fixed/last@η` > 0). F1(η) states, as a figure, how much of translate's
+      transferred invariance `random_crop` pretraining gives.
+  C3  B&B 2021: `full` fine-tuning at one location loses part of it (C3a: `translate/last@η` -
+      `translate/full@η` > 0) yet stays above training from scratch (C3b: `translate/full@η` -
+      `scratch/full@η*` > 0).
+  C4  B&B 2021, Kayhan & van Gemert 2020: a global-average-pool head is more invariant than an FC head on
+      the same backbone, both trained from scratch.
+  C5  Chaman & Dokmanic 2021 (property): APS with circular padding is exactly consistent under circular
+      shifts, on every row, with predictions not constant and in-location accuracy above chance.
+  C6  Zhang 2019: BlurPool raises shift consistency over max-pool on the same network, measured at the
+      fine-tune location (`consistency_local`, where the model is right); a seed counts only if both rows
+      are above chance (p < 0.01) and predict more than one class, else it collapsed (a constant
+      predictor is perfectly consistent).
+At paper scale (torchvision's networks, `experiment=paper`; listed only when a run has them):
+  C7  B&B 2021: DenseNet-121 from scratch is more invariant than VGG16 from scratch.
+  C8  B&B 2021: ImageNet-pretrained networks give new classes invariance far above scratch
+      (`imagenet/<mode>@η` - `scratch/full@η*`: supported when the lower bound > FAR_ABOVE,
+      contradicted when the upper bound < it).
+Fine-tuning methods (`shiftbench.claims.methods`; rows from `finetune.methods`, all at `full`): one claim
+per model with the method's rows and per rate η, on the `translate` regime only (the regime whose
+pretraining gives invariance to keep; the methods board shows the others), paired by seed against plain
+fine-tuning of the same model, regime, η and seed:
+  M1  Kumar et al. 2022 (LP-FT): `translate/full lpft@η` - `translate/full@η` > 0.
+  M2  Wortsman et al. 2022 (WiSE-FT): `wise0.5@η` - `wise1@η` > 0 on invariance (plain full stands in for
+      α=1 where no α=1 rows ran: it is exactly α=1), with an accuracy guard on the paired in_acc
+      difference d = wise0.5 - wise1: supported only if the invariance difference is supported and d's
+      lower bound > -M2_GUARD (0.05); contradicted if it is contradicted or d's upper bound < -M2_GUARD;
+      otherwise inconclusive. The note holds d's interval.
+  M3  Li, Grandvalet & Davoine 2018 (L2-SP): `l2sp β*@η` - `translate/full@η` > 0, at the β* chosen on
+      B's validation split (pre-registered, `methods_claims.best_beta`): among the β whose rows' mean
+      `val_in_acc` over seeds is >= plain full's mean `val_in_acc` - ACCURACY_BAR (0.02), the one with the
+      highest mean `val_invariance` (ties: the smaller β); if none qualifies, the β with the highest mean
+      `val_in_acc`; not_run (with a note) when the l2sp rows have no `val_in_acc`. `method_setting` is β*
+      (M2's: α=0.5).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+from tabulate import tabulate
+
+from shiftbench.claims import architecture as architecture_claims
+from shiftbench.claims import forgetting as forgetting_claims
+from shiftbench.claims import methods as methods_claims
+from shiftbench.claims import paper as paper_claims
+from shiftbench.claims.arms import Arms
+from shiftbench.claims.forgetting import BB, NEAR_CHANCE
+from shiftbench.claims.paper import FAR_ABOVE
+from shiftbench.claims.verdicts import (
+  FAIL,
+  FEW_SEEDS,
+  FIGURE,
+  MIN_SEEDS,
+  NOT_RUN,
+  OUTCOMES,
+  PASS,
+  SIGNIFICANCE,
+  UNDEFINED,
+  Claim,
+  effect,
+  figure,
+  interval,
+)
+
+__all__ = [
+  "BB",
+  "COLUMNS",
+  "FAIL",
+  "FAR_ABOVE",
+  "FEW_SEEDS",
+  "FIGURE",
+  "MIN_SEEDS",
+  "NEAR_CHANCE",
+  "NOT_RUN",
+  "OUTCOMES",
+  "PASS",
+  "SIGNIFICANCE",
+  "UNDEFINED",
+  "Claim",
+  "evaluate",
+  "figure",
+  "interval",
+  "markdown",
+  "ordered",
+  "shown",
+  "table",
+  "to_json",
+]
+
+
+def _catalogue(arms: Arms) -> list[Claim]:
+  """Every claim of one comparable group: the replications (and F1), the methods, the property checks."""
+  return (
+    forgetting_claims.claims(arms)
+    + architecture_claims.replications(arms)
+    + paper_claims.claims(arms)
+    + methods_claims.claims(arms)
+    + architecture_claims.properties(arms)
+  )
+
+
+def evaluate(rows: list[dict[str, Any]], labels: dict[str, str] | None = None) -> list[Claim]:
+  """Every claim for every comparable group among `rows` (annotated results rows with a `protocol_key`,
+  see `collect.annotate`); `labels` names each group (e.g. by the settings in which it differs)."""
+  by_group: dict[str, list[dict[str, Any]]] = defaultdict(list)
+  for r in rows:
+    by_group[r.get("protocol_key", "")].append(r)
+  out = []
+  for group, members in by_group.items():
+    for claim in _catalogue(Arms(members)):
+      claim.group = group
+      if len(by_group) > 1:
+        claim.rows = f"[{(labels or {}).get(group, group)}] {claim.rows}"
+      claim.effect = effect(claim)
+      out.append(claim)
+  return ordered(out)
+
+
+# Where each kind is listed within a group: replications and figures, then the methods, then the property
+# checks (each section under its heading in leaderboard.md and the terminal).
+SECTIONS = {methods_claims.KIND: 1, "property": 2}
+HEADINGS = {1: "### Fine-tuning methods", 2: "### Property checks"}
+
+
+def section(claim: Claim) -> int:
+  return SECTIONS.get(claim.kind, 0)
+
+
+def ordered(claims: list[Claim]) -> list[Claim]:
+  """Group by group (in order of appearance), replications and figures, then methods, then property checks."""
+  first = {g: i for i, g in reversed(list(enumerate(c.group for c in claims)))}
+  return sorted(claims, key=lambda c: (first[c.group], section(c)))
+
+
+def shown(claims: list[Claim]) -> list[Claim]:
+  """What leaderboard.md and the terminal show: every claim but the same-rate scratch comparisons."""
+  return [c for c in ordered(claims) if c.primary]
+
+
+COLUMNS = ["id", "kind", "claim", "source", "compared", "effect, mean [95% CI]", "n", "verdict"]
+
+
+def table(claims: list[Claim]) -> list[list[Any]]:
+  """Every claim (same-rate ones included), property checks last; columns `COLUMNS`."""
+  return [[c.id, c.kind, c.claim, c.citation, c.rows, c.effect, c.n, c.verdict] for c in ordered(claims)]
+
+
+def markdown(claims: list[Claim]) -> str:
+  """The shown claims as Markdown: the replications, then the methods and the property checks under their
+  own headings."""
+  claims = shown(claims)
+  parts = []
+  for at in range(len(HEADINGS) + 1):
+    members = [c for c in claims if section(c) == at]
+    if members:
+      title = f"{HEADINGS[at]}\n\n" if at in HEADINGS else ""
+      parts.append(title + tabulate(table(members), headers=COLUMNS, tablefmt="github"))
+  return "\n\n".join(parts)
+
+
+def to_json(claims: list[Claim]) -> list[dict[str, Any]]:
+  """claims.json: every claim, each with its machine-readable `outcome`."""
+  out = []
+  for c in ordered(claims):
+    mean, lo, hi = interval(c.values) if c.values else (math.nan,) * 3
+    out.append(
+      {
+        "id": c.id,
+        "kind": c.kind,
+        "group": c.group,
+        "claim": c.claim,
+        "citation": c.citation,
+        "compared": c.rows,
+        "model": c.model,
+        "finetune_lr": c.finetune_lr,
+        "scratch_lr": c.scratch_lr,
+        "scratch_lrs": c.scratch_lrs or None,
+        "scratch_at": c.scratch_at,
+        "method_setting": c.method_setting,
+        "seeds": c.seeds,
+        "collapsed": c.collapsed,
+        "values": c.values,
+        "denominators": c.denominators or None,
+        "mean": mean,  # of `values`: for a figure, the numerator's mean
+        "figure": figure(c),
+        "ci95": [lo, hi],
+        "n": c.n,
+        "outcome": c.outcome,
+        "verdict": c.verdict,
+        "note": c.note or None,
+      }
+    )
+  return out

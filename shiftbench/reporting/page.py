@@ -1,0 +1,384 @@
+"""Leaderboard rendering: the headline figure (`shiftbench.reporting.headline`: invariance against the fine-tune
+rate), the figure grid of location maps, the forgetting curves, the methods' Pareto figure (accuracy
+against invariance, `shiftbench.reporting.methods_board`), and one self-contained HTML page (sortable table, figures
+embedded as base64 PNG, no external files)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import itertools
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import matplotlib.lines
+import numpy as np
+
+from shiftbench.claims import catalogue as claims_lib
+from shiftbench.infra.files import atomic_write_text
+from shiftbench.reporting import headline, methods_board, plots
+from shiftbench.rows import schema
+from shiftbench.rows.schema import FINETUNE_MODES, LR, PRETRAIN_REGIMES, format_lr
+
+plt = plots.plt  # pyplot with the headless backend already selected
+
+# Clicking a header sorts by that column (numbers numerically, "0.812 ± 0.03" by its mean), again reverses.
+_SORT_JS = """
+document.querySelectorAll('table.board th').forEach((th, col) => th.addEventListener('click', () => {
+  const body = th.closest('table').tBodies[0], asc = th.dataset.asc !== '1';
+  const key = r => { const t = r.cells[col].textContent, v = parseFloat(t); return isNaN(v) ? t : v; };
+  [...body.rows].sort((a, b) => { const x = key(a), y = key(b);
+    return (x < y ? -1 : x > y ? 1 : 0) * (asc ? 1 : -1); }).forEach(r => body.appendChild(r));
+  th.closest('tr').querySelectorAll('th').forEach(h => delete h.dataset.asc);
+  th.dataset.asc = asc ? '1' : '0';
+}));
+"""
+_CSS = """body{font-family:sans-serif;margin:1.5em;color:#222;max-width:1400px}
+table{border-collapse:collapse;font-size:12px} th,td{border:1px solid #ccc;padding:3px 7px}
+th{background:#eee} div.scroll{overflow-x:auto;max-width:100%}
+table.board{white-space:nowrap} table.board td{text-align:right} table.board td:nth-child(-n+3){text-align:left}
+table.board th{cursor:pointer;user-select:none}
+table.board th[data-asc='1']::after{content:' \\25B2'} table.board th[data-asc='0']::after{content:' \\25BC'}
+table.board tr>:first-child{position:sticky;left:0;background:#fff} table.board th:first-child{background:#eee}
+table.claims{width:100%;table-layout:fixed} table.claims td{vertical-align:top;overflow-wrap:anywhere}
+td.pass{background:#d9f2d9;color:#1a6b1a;font-weight:bold} td.fail{background:#f8d7d7;color:#a11;font-weight:bold}
+td.other{color:#666} img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}"""
+
+
+def plain(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """The plain fine-tunes' entries: what the location maps and forgetting curves draw (a method's entry is
+  at `full` too, and the methods have their own figure, `methods_pareto`)."""
+  return [e for e in entries if schema.is_plain(e)]
+
+
+def _regime_columns(entries: list[dict[str, Any]]) -> list[tuple[str, str]]:
+  regimes = {r: i for i, r in enumerate(PRETRAIN_REGIMES)}
+  modes = {m: i for i, m in enumerate(FINETUNE_MODES)}
+  return sorted(
+    {(e["pretrain"], e["finetune"]) for e in entries}, key=lambda c: (regimes.get(c[0], 99), modes.get(c[1], 99))
+  )
+
+
+def location_map_grid(entries: list[dict[str, Any]], path: str | os.PathLike) -> Path:
+  """Models (rows) x pretrain regime / fine-tune mode (columns) of seed-mean location maps of plain
+  fine-tunes, each at the highest fine-tune rate it ran at (the most forgetting; the title says which
+  rate)."""
+  entries = plain(entries)
+  models = sorted({e["model"] for e in entries})
+  cols = _regime_columns(entries)
+  by_key: dict[tuple, dict[str, Any]] = {}
+  for e in entries:
+    key = (e["model"], e["pretrain"], e["finetune"])
+    if key not in by_key or (e.get(LR) or 0) > (by_key[key].get(LR) or 0):
+      by_key[key] = e
+  fig, axes = plt.subplots(
+    len(models),
+    len(cols),
+    figsize=(2.6 * len(cols) + 1, 2.8 * len(models)),
+    layout="constrained",
+    squeeze=False,
+    dpi=90,
+  )
+  image = None
+  for i, model in enumerate(models):
+    for j, (regime, mode) in enumerate(cols):
+      ax, e = axes[i, j], by_key.get((model, regime, mode))
+      if e is None or not e.get("location_map"):
+        ax.axis("off")
+        continue
+      m = e["location_map"]
+      loc = e.get("finetune_location")
+      image = plots.plot_location_map(
+        ax,
+        np.asarray(m["acc"], float),
+        np.asarray(m["ys"]),
+        np.asarray(m["xs"]),
+        e.get("chance") or 0.0,
+        tuple(loc) if loc else None,
+        f"{model} | {regime} | {mode}\n{_rate(e)}inv {_num(e['invariance'][0])}",
+      )
+      ax.set_xlabel("")
+      ax.set_ylabel("")
+  if image is not None:
+    fig.colorbar(image, ax=axes, label="accuracy", shrink=0.8)
+  return _save(fig, path)
+
+
+CURVE_YLIM = (-0.2, 1.2)
+# The curve's steps: 0, the early points (10, 20, 50, 100: forgetting at a high rate happens there), then
+# every `finetune.eval_every`; a symlog axis, linear up to 10, gives the early points room.
+CURVE_TICKS = (0, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000)
+_STYLES = ("-", "--", ":", "-.")
+
+
+def forgetting_figure(entries: list[dict[str, Any]]):
+  """Invariance over fine-tune steps (seed means): one panel per model (rows) and pretrain/mode (columns),
+  one line per fine-tune rate (coloured by rate; line style by protocol group when there are several),
+  and a step-0 point taken from the `last` row's probe drawn as a hollow diamond. One legend for all.
+  Plain fine-tunes only: a method's line would share plain full's panel."""
+  entries = [e for e in plain(entries) if e.get("curve")]
+  models = list(dict.fromkeys(e["model"] for e in entries))
+  cols = _regime_columns(entries)
+  rates = sorted({e[LR] for e in entries if e.get(LR) is not None})
+  colours = {lr: plt.cm.viridis(0.9 * i / max(len(rates) - 1, 1)) for i, lr in enumerate(rates)}
+  groups = {e.get("protocol_key", ""): e.get("settings") or {} for e in entries}
+  styles = {g: _STYLES[i % len(_STYLES)] for i, g in enumerate(groups)}
+  fig, axes = plt.subplots(
+    len(models),
+    len(cols),
+    figsize=(3.4 * len(cols) + 0.6, 2.8 * len(models) + 0.8),
+    squeeze=False,
+    dpi=90,
+    layout="constrained",
+  )
+  probed = False
+  for (i, model), (j, (regime, mode)) in itertools.product(enumerate(models), enumerate(cols)):
+    ax = axes[i, j]
+    panel = [e for e in entries if (e["model"], e["pretrain"], e["finetune"]) == (model, regime, mode)]
+    if not panel:
+      ax.axis("off")
+      continue
+    for e in panel:
+      colour, style = colours.get(e.get(LR), "C0"), styles[e.get("protocol_key", "")]
+      steps = [p["step"] for p in e["curve"]]
+      values = [np.nan if p["invariance"] is None else np.clip(p["invariance"], *CURVE_YLIM) for p in e["curve"]]
+      ax.plot(steps, values, marker="o", markersize=3, color=colour, linestyle=style)
+      probe = [(s, v) for s, v, p in zip(steps, values, e["curve"]) if p.get("from") == "probe"]
+      if probe:
+        ax.plot(*zip(*probe), linestyle="none", marker="D", markersize=7, mfc="none", mec=colour)
+        probed = True
+    ax.set_xscale("symlog", linthresh=10, linscale=0.5)
+    top = max(p["step"] for e in panel for p in e["curve"])
+    ticks = [t for t in CURVE_TICKS if t <= top]
+    ax.set_xticks(ticks, [str(t) for t in ticks], fontsize=7)
+    ax.minorticks_off()
+    ax.set_title(f"{model} | {regime}/{mode}", fontsize=9)
+    ax.set_xlabel("fine-tune step")
+    # One fixed range for every panel: an outlier (a score just defined over a tiny denominator) must not
+    # stretch one panel's scale; points outside are clipped at the edge.
+    ax.set_ylim(*CURVE_YLIM)
+    ax.axhline(0.0, color="grey", linewidth=0.5)
+  for row in axes:
+    row[0].set_ylabel("invariance score")
+  # One legend under the grid (one per panel hid the early points): colour = rate, style = protocol.
+  line = matplotlib.lines.Line2D
+  handles = [line([], [], color=c, marker="o", markersize=3, label=f"lr {format_lr(lr)}") for lr, c in colours.items()]
+  if len(groups) > 1:
+    handles += [
+      line([], [], color="black", linestyle=styles[g], label=f"{g}: {headline.protocol_title(s)}")
+      for g, s in groups.items()
+    ]
+  if probed:
+    handles.append(
+      line([], [], linestyle="none", marker="D", mfc="none", mec="black", label="step 0: the last row's probe")
+    )
+  if handles:
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), fontsize=7, frameon=False)
+  return fig
+
+
+def forgetting_curves(entries: list[dict[str, Any]], path: str | os.PathLike) -> Path:
+  """`forgetting_figure` saved to `path`."""
+  return _save(forgetting_figure(entries), path)
+
+
+# The methods' colours in the Pareto figure: plain modes in greys, the built-in methods their own, a
+# user's methods from the default cycle.
+METHOD_COLOURS = {
+  "plain last": "#1f1f1f",
+  "plain head": "#6f6f6f",
+  "plain full": "#a8a8a8",
+  "lpft": "#9467bd",
+  "wise": "#ff7f0e",
+  "l2sp": "#17becf",
+}
+
+
+def _half(s: methods_board.Stat) -> float:
+  return 0.0 if s.lo is None else (s.hi - s.lo) / 2
+
+
+def methods_figure(tables: list[methods_board.Table]):
+  """In-location accuracy (x) against invariance (y): one panel per methods table (model, regime, rate,
+  protocol), one point per method and setting with its 95% t-interval on both axes, labelled; the WiSE-FT
+  points joined in α order; plain full's accuracy bar (its mean in_acc - ACCURACY_BAR) dashed. A line
+  whose invariance is undefined on every seed has no point (the table says so)."""
+  cols = min(len(tables), 3)
+  rows = math.ceil(len(tables) / cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 4.2 * rows), squeeze=False, dpi=90, layout="constrained")
+  others = iter(f"C{i}" for i in itertools.count(4))
+  colours = dict(METHOD_COLOURS)
+  for ax, table in zip(axes.ravel(), tables):
+    shown = [x for x in table.lines if x.in_acc.mean is not None and x.invariance.mean is not None]
+    for x in shown:
+      key = x.method if x.plain else x.finetune_method
+      colour = colours.setdefault(key, next(others))
+      y = float(np.clip(x.invariance.mean, *headline.YLIM))
+      ax.errorbar(
+        x.in_acc.mean, y, xerr=_half(x.in_acc), yerr=_half(x.invariance), fmt="o", color=colour, markersize=4,
+        capsize=2, elinewidth=0.8,
+      )  # fmt: skip
+      text = x.method + (" β*" if x.best_val else "")
+      ax.annotate(text, (x.in_acc.mean, y), xytext=(3, 3), textcoords="offset points", fontsize=6, color=colour)
+    wise = sorted((x for x in shown if x.finetune_method == "wise"), key=lambda x: x.wise_alpha or 0.0)
+    if len(wise) > 1:
+      xs, ys = [x.in_acc.mean for x in wise], [float(np.clip(x.invariance.mean, *headline.YLIM)) for x in wise]
+      ax.plot(xs, ys, color=colours["wise"], linewidth=1, alpha=0.7, label="WiSE-FT, α ascending")
+    if table.bar is not None:
+      bar_label = f"accuracy bar (plain full - {methods_board.ACCURACY_BAR})"
+      ax.axvline(table.bar, color="grey", linestyle="--", linewidth=1, label=bar_label)
+    ax.set_ylim(*headline.YLIM)
+    ax.axhline(0.0, color="grey", linewidth=0.5)
+    ax.set_title(table.heading.replace(" · protocol", "\nprotocol"), fontsize=8)
+    ax.set_xlabel("in-location accuracy")
+    ax.set_ylabel(headline.INVARIANCE_LABEL, fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=6, loc="lower left", frameon=False)
+  for ax in axes.ravel()[len(tables) :]:
+    ax.axis("off")
+  return fig
+
+
+def methods_pareto(tables: list[methods_board.Table], path: str | os.PathLike) -> Path:
+  """`methods_figure` saved to `path` (methods_pareto.png)."""
+  return _save(methods_figure(tables), path)
+
+
+def _rate(e: dict[str, Any]) -> str:
+  return f"lr {format_lr(e[LR])} | " if e.get(LR) is not None else ""
+
+
+def _num(v: float | None) -> str:
+  return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+  return plots.save_figure(fig, path, bbox_inches="tight")
+
+
+def _img(path: Path, alt: str) -> str:
+  data = base64.b64encode(path.read_bytes()).decode("ascii")
+  return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _table(columns: list[str], rows: list[list[Any]]) -> str:
+  head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+  body = "\n".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>" for r in rows)
+  return (
+    f"<div class='scroll'><table class='board'><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table></div>"
+  )
+
+
+# The claims table, verdict first: (column in claims_lib.COLUMNS, header, width share). Fixed widths and
+# wrapped text keep it inside a 1280-px window.
+CLAIM_LAYOUT = (
+  ("id", "id", 4),
+  ("verdict", "verdict", 9),
+  ("effect, mean [95% CI]", "effect, mean [95% CI]", 16),
+  ("n", "n", 4),
+  ("kind", "kind", 8),
+  ("claim", "claim", 26),
+  ("compared", "compared", 22),
+  ("source", "source", 13),
+)
+_VERDICT_CLASS = {claims_lib.PASS: "pass", claims_lib.FAIL: "fail"}
+
+
+def claims_table(columns: list[str], rows: list[list[Any]]) -> str:
+  """The claims report as an HTML table, verdict and effect before the long text; ✓ green, ✗ red."""
+  layout = [(columns.index(c), h, w) for c, h, w in CLAIM_LAYOUT if c in columns]
+  layout += [(i, c, 8) for i, c in enumerate(columns) if i not in {j for j, _, _ in layout}]  # columns added later
+  total = sum(w for _, _, w in layout)
+  cols = "".join(f"<col style='width:{100 * w / total:.1f}%'>" for _, _, w in layout)
+  head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in layout)
+  verdict = columns.index("verdict") if "verdict" in columns else -1
+
+  def cell(i: int, value: Any) -> str:
+    css = f" class='{_VERDICT_CLASS.get(str(value), 'other')}'" if i == verdict else ""
+    return f"<td{css}>{html.escape(str(value))}</td>"
+
+  body = "\n".join("<tr>" + "".join(cell(i, r[i]) for i, _, _ in layout) + "</tr>" for r in rows)
+  return (
+    f"<table class='claims'><colgroup>{cols}</colgroup><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>"
+  )
+
+
+def methods_section(tables: list[methods_board.Table], figure: Path | None) -> str:
+  """The methods board as a page section: what it shows, the Pareto figure, one table per group."""
+  intro = (
+    "<h2>Fine-tuning methods</h2>\n<p>Mean [95% t-interval] over seeds. <code>retained</code> = invariance / "
+    "plain last's invariance, per seed. Ranked by invariance among the lines whose mean in-location accuracy "
+    f"is within {methods_board.ACCURACY_BAR} of plain full's; lines below that bar are unranked (-): keeping "
+    "invariance by not learning B is no win. β*: L2-SP's β chosen on B's validation split (claim M3). Also in "
+    "<code>methods.md</code>, <code>.csv</code>, <code>.json</code>.</p>\n"
+  )
+  img = "" if figure is None else f"{_img(figure, 'in-location accuracy against invariance, per method')}\n"
+  parts = [
+    f"<h3>{html.escape(t.heading)}</h3>\n<p>{html.escape(t.summary)}</p>\n"
+    f"{_table(methods_board.COLUMNS, methods_board.rows(t))}\n"
+    for t in tables
+  ]
+  return intro + img + "".join(parts)
+
+
+def render_html(
+  columns: list[str],
+  rows: list[list[Any]],
+  figures: dict[str, Path],
+  title: str,
+  claims: tuple[list[str], list[list[Any]]] | None = None,
+  methods: str = "",
+) -> str:
+  """One HTML document: the claims report with its verdicts first, the methods board (`methods`, a
+  section from `methods_section`; none without method rows), then the leaderboard (key columns first,
+  click a header to sort, scrolls inside its box when wider than the window), then the figures inlined as
+  base64 PNG."""
+  figs = "\n".join(f"<h2>{html.escape(name)}</h2>\n{_img(p, name)}" for name, p in figures.items())
+  claims_html = (
+    ""
+    if claims is None
+    else (
+      "<h2>Claims from the literature</h2>\n<p>✓ supported: the 95% interval over seeds lies on the claimed "
+      "side of the threshold; ✗ contradicted: on the other side; inconclusive: it straddles it, or a seed "
+      "collapsed (a collapsed seed counts against a claim). The fine-tuning methods' claims follow the "
+      "replications, and the property checks come last. Rules: "
+      "<code>shiftbench/claims/verdicts.py</code>, <code>shiftbench/claims/catalogue.py</code>.</p>\n"
+      f"{claims_table(*claims)}\n"
+    )
+  )
+  return (
+    f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+    f"<style>{_CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{claims_html}{methods}"
+    "<h2>Leaderboard</h2>\n<p>Mean ± std over seeds. Click a column header to sort. Columns are defined in "
+    f"shiftbench's docs/metrics.md.</p>\n{_table(columns, rows)}\n"
+    f"{figs}\n<script>{_SORT_JS}</script>\n</body></html>\n"
+  )
+
+
+def write_report(board, out_dir: str | os.PathLike) -> Path:
+  """Writes `headline.png` (when the rows span 2 or more fine-tune rates), `methods_pareto.png` (when a
+  row is a method's), `location_maps.png`, `forgetting_curves.png` and `index.html` into `out_dir`."""
+  out_dir = Path(out_dir)
+  tables = getattr(board, "methods", [])
+  if tables:
+    methods = methods_section(tables, methods_pareto(tables, out_dir / "methods_pareto.png"))
+  else:  # as headline.png: an earlier board's figure would contradict this one
+    (out_dir / "methods_pareto.png").unlink(missing_ok=True)
+    methods = ""
+  figures = {}
+  claims_json = claims_lib.to_json(board.claims)
+  top = headline.save_headline(board.source_rows, claims_json, out_dir / "headline.png")
+  if top is not None:
+    figures["Retained invariance against fine-tune learning rate"] = top
+  else:  # one rate: no curve; a headline.png left by an earlier board would contradict this one
+    (out_dir / "headline.png").unlink(missing_ok=True)
+  figures["Location maps (models x pretrain / fine-tune)"] = location_map_grid(
+    board.entries, out_dir / "location_maps.png"
+  )
+  if any(e.get("curve") for e in plain(board.entries)):
+    figures["Invariance over fine-tune steps"] = forgetting_curves(board.entries, out_dir / "forgetting_curves.png")
+  claims = (claims_lib.COLUMNS, claims_lib.table(board.claims))
+  page = render_html(board.columns, board.rows, figures, "shiftbench leaderboard", claims, methods)
+  return atomic_write_text(out_dir / "index.html", page)

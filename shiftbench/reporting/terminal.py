@@ -1,0 +1,146 @@
+"""What a run and `shiftbench-leaderboard` print: the key columns and the claims, in a normal terminal.
+
+The full leaderboard has ~20 columns and wraps in any terminal, so only the columns that carry the
+result are printed (plus whatever tells groups apart, e.g. the dataset pair or a differing setting), the
+claims in one short line each, and where the full tables are.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from tabulate import tabulate
+
+from shiftbench.claims import arms
+from shiftbench.claims import catalogue as claims_lib
+from shiftbench.reporting import methods_board
+from shiftbench.rows import schema
+
+# The three method dimensions print as one column, `method` (`schema.RowId.method_label`: plain, lpft,
+# wise0.5, l2sp0.01); leaderboard.md keeps all three.
+METHOD_COLUMNS = (schema.METHOD, schema.WISE_ALPHA, schema.L2SP_BETA)
+METHOD = "method"
+# off_acc is left to leaderboard.md (invariance is made of it): with the rate column, every key line fits
+# in 100 characters.
+KEY_COLUMNS = (
+  *(METHOD if c == schema.METHOD else c for c in schema.DIMENSIONS if c not in METHOD_COLUMNS[1:]),
+  "seeds",
+  "in_acc",
+  "invariance",
+  "inv_lost",
+)
+HEADERS = {schema.LR: "lr", "finetune": "mode"}  # short headers for the terminal
+COMPARED_WIDTH = 40  # with EFFECT_WIDTH, keeps a claims line under ~100 characters
+EFFECT_WIDTH = 26  # a mean and interval fit; "; 1 of 5 seeds collapsed" wraps
+_GROUP = re.compile(r"\[(.+?)\] (.*)", re.S)  # claims.evaluate prefixes the group label
+
+
+def key_table(columns: list[str], rows: list[list], metric_columns: set[str]) -> str:
+  """The leaderboard's key columns, and every column that is not a metric (the groups' identity)."""
+  columns, rows = _method_column(columns, rows)
+  keep = [i for i, c in enumerate(columns) if c in KEY_COLUMNS or (c not in metric_columns and c != "params")]
+  return tabulate(
+    [[r[i] for i in keep] for r in rows],
+    headers=[HEADERS.get(columns[i], columns[i]) for i in keep],
+    tablefmt="simple",
+    disable_numparse=True,
+  )
+
+
+def _method_column(columns: list[str], rows: list[list]) -> tuple[list[str], list[list]]:
+  """The method, WiSE-FT alpha and L2-SP beta columns as one `method` column where the first was."""
+  if not all(c in columns for c in METHOD_COLUMNS):
+    return columns, rows
+  at, alpha, beta = (columns.index(c) for c in METHOD_COLUMNS)
+  drop = {alpha, beta}
+
+  def setting(value):
+    return None if value in (None, "", "-") else float(value)
+
+  def label(r: list) -> str:
+    a, b = setting(r[alpha]), setting(r[beta])
+    return arms.method_label(str(r[at]), a if a is not None else b)
+
+  out_columns = [METHOD if i == at else c for i, c in enumerate(columns) if i not in drop]
+  out_rows = [[label(r) if i == at else v for i, v in enumerate(r) if i not in drop] for r in rows]
+  return out_columns, out_rows
+
+
+# Under each section's claims (`claims.section`): its heading, and what runs the rows a not-run claim lacks.
+SECTION_TITLES = {1: "fine-tuning methods:\n", 2: "property checks:\n"}
+NOT_RUN_HINTS = {
+  0: "experiment=reproduce runs every row the claims compare",
+  1: "experiment=methods runs the methods' rows",
+}
+
+
+def claims_table(claims: list) -> str:
+  """id, verdict, effect, n and what was compared for the claims leaderboard.md shows (`claims.shown`);
+  their wording is in leaderboard.md. The methods' claims and the property checks follow the replications,
+  each under its own line. Claims of several comparable groups (`[key setting=value] compared`) get one
+  section per group. Claims whose rows the run lacks are named on one line per what runs them
+  (leaderboard.md lists them in full)."""
+  groups: dict[str, dict[int, list[list]]] = {}
+  not_run: dict[str, dict[int, list[str]]] = {}
+  for c in claims_lib.shown(claims):
+    label, compared = _GROUP.match(c.rows).groups() if _GROUP.match(c.rows) else ("", c.rows)
+    sections = groups.setdefault(label, {at: [] for at in (0, *SECTION_TITLES)})
+    at = claims_lib.section(c)
+    if c.verdict == claims_lib.NOT_RUN:
+      hint = at if at in NOT_RUN_HINTS else 0
+      not_run.setdefault(label, {}).setdefault(hint, []).append(c.id)
+      continue
+    sections[at].append([c.id, c.verdict, c.effect, c.n, compared])
+  out = []
+  for label, sections in groups.items():
+    tables = [SECTION_TITLES.get(at, "") + _claim_lines(rows) for at, rows in sections.items() if rows]
+    missing = sorted(not_run.get(label, {}).items())
+    if missing:
+      tables.append(
+        "\n".join(f"rows not run here: {', '.join(dict.fromkeys(i))} ({NOT_RUN_HINTS[h]})" for h, i in missing)
+      )
+    out.append((f"[{label}]\n" if label else "") + "\n\n".join(tables))
+  return "\n\n".join(out)
+
+
+def _claim_lines(rows: list[list]) -> str:
+  return tabulate(
+    rows,
+    headers=["id", "verdict", "effect, mean [95% CI]", "n", "compared"],
+    tablefmt="simple",
+    maxcolwidths=[None, None, EFFECT_WIDTH, None, COMPARED_WIDTH],
+    disable_numparse=True,
+  )
+
+
+def methods_tables(tables: list) -> str:
+  """The methods board (`methods_board.Table`s) in short: one heading line and one line per method and
+  setting (label, rank, in_acc, invariance, retained); the validation numbers and notes are in methods.md."""
+  parts = []
+  for t in tables:
+    lines = [
+      [x.method + (" β*" if x.best_val else ""), "-" if x.rank is None else x.rank]
+      + [methods_board.fmt(getattr(x, k), len(x.seeds)) for k in ("in_acc", "invariance", "retained")]
+      for x in t.lines
+    ]
+    text = tabulate(lines, headers=["method", "rank", "in_acc", "invariance", "retained"], disable_numparse=True)
+    parts.append(f"[{t.heading}]\n{text}")
+  return "\n\n".join(parts)
+
+
+def summary(board, out_dir: str | os.PathLike) -> str:
+  """The printed summary of a `leaderboard.Board` whose files were written to `out_dir`: the key columns,
+  the methods board where a row is a method's, and the claims."""
+  out = Path(out_dir)
+  tables = getattr(board, "methods", [])
+  bar = f"rank: by invariance within {methods_board.ACCURACY_BAR} of plain full's in_acc; - below it"
+  methods = f"Fine-tuning methods ({bar}):\n{methods_tables(tables)}\n\n" if tables else ""
+  where = f"The methods board with validation numbers and β*: {out / 'methods.md'}\n" if tables else ""
+  return (
+    f"{key_table(board.columns, board.rows, set(schema.METRICS.values()))}\n\n{methods}"
+    f"Claims from the literature (shiftbench.claims.catalogue):\n{claims_table(board.claims)}\n\n{where}"
+    f"Every column and the claims' wording: {out / 'leaderboard.md'} (also .csv, .json, index.html)\n"
+    f"One line per row (every metric, every setting that differs): {out / 'rows.csv'}"
+  )

@@ -1,0 +1,238 @@
+"""The row schema: what a results row is, said once.
+
+A row is one fine-tuned model evaluated: `RowId` names it within a run (model x pretrain regime x
+fine-tune mode x fine-tune method and its setting x fine-tune learning rate x seed), and its
+`comparison_key` (`shiftbench.rows.comparison`) names the experiment it belongs to, so
+`(comparison_key, *RowId)` names it across runs. Everything that reads rows (the leaderboard, the tidy
+table, wandb, resuming a run, the claims) takes its identity, its order and which of its fields are
+metrics from here. To add a row dimension, add a field to `RowId` (and to `METHOD_DEFAULTS`-like
+defaults, so older results files still read) and have the protocol fill it (docs/development.md).
+
+No jax here: the table tools import this module and must start without it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
+
+from shiftbench.rows import comparison
+
+# The allowed values of each dimension, in the order rows are shown: regimes from least to most
+# augmentation, modes from least to most trained. Models keep the order they were run in.
+PLACEMENT_REGIMES: tuple[str, ...] = ("fixed", "random_crop", "translate")
+# `imagenet` starts from torchvision's ImageNet weights instead of pretraining on A.
+PRETRAIN_REGIMES: tuple[str, ...] = ("scratch", "imagenet", *PLACEMENT_REGIMES)
+# Named for what trains: the classifier only, hidden FC layers + classifier (conv frozen), everything.
+FINETUNE_MODES: tuple[str, ...] = ("last", "head", "full")
+# How a row was fine-tuned (`shiftbench.methods.builtin`): `plain` at any mode, or a method that keeps invariance,
+# at `full` (shown in this order; a user's own methods after them, by name).
+PLAIN = "plain"
+FINETUNE_METHODS: tuple[str, ...] = (PLAIN, "lpft", "wise", "l2sp")
+# A row of an older results file, without the method fields, is a plain row.
+METHOD_DEFAULTS: dict[str, Any] = {"finetune_method": PLAIN, "wise_alpha": None, "l2sp_beta": None}
+
+
+class RowId(NamedTuple):
+  """A row of one run. The fields are the row's dimensions, in the order tables show them."""
+
+  model: str
+  pretrain: str
+  finetune: str
+  finetune_method: str  # `plain`, or a method that keeps invariance (`shiftbench.methods.builtin`)
+  wise_alpha: float | None  # WiSE-FT's interpolation weight (None for other methods)
+  l2sp_beta: float | None  # L2-SP's penalty weight (None for other methods)
+  finetune_lr: float  # the fine-tune learning rate: the forgetting result is a curve over it
+  seed: int
+
+  @classmethod
+  def of(cls, row: Mapping[str, Any]) -> RowId:
+    return cls(*(row[k] if k in row or k not in METHOD_DEFAULTS else METHOD_DEFAULTS[k] for k in cls._fields))
+
+  @classmethod
+  def plain(cls, model: str, pretrain: str, finetune: str, finetune_lr: float, seed: int) -> RowId:
+    """A plain fine-tune's row."""
+    return cls(model, pretrain, finetune, PLAIN, None, None, finetune_lr, seed)
+
+  @property
+  def method_label(self) -> str:
+    """`plain`, `lpft`, `wise0.5`, `l2sp0.01`: the method and its setting."""
+    setting = self.wise_alpha if self.wise_alpha is not None else self.l2sp_beta
+    return self.finetune_method + ("" if setting is None else format_lr(setting))
+
+  def name(self, sep: str = "/") -> str:
+    """`cnn_fc/translate/full/lr0.001/s0` (a plain row), `cnn_fc/translate/full/wise0.5/lr0.001/s0`: how log
+    lines, wandb runs and heatmap files name the row."""
+    method = [] if self.finetune_method == PLAIN else [self.method_label]
+    return sep.join(
+      [self.model, self.pretrain, self.finetune, *method, f"lr{format_lr(self.finetune_lr)}", f"s{self.seed}"]
+    )
+
+  def plain_sibling(self, finetune: str) -> RowId:
+    """The plain row of the same model, regime, rate and seed at `finetune` (what a method starts from or
+    is compared with)."""
+    return self._replace(finetune=finetune, **METHOD_DEFAULTS)
+
+  def sibling(self, **changes: Any) -> RowId:
+    """The row of the same run that differs in the given dimensions (e.g. `finetune="last"`)."""
+    return self._replace(**changes)
+
+
+def format_lr(lr: float) -> str:
+  """A learning rate as tables and file names show it: `0.001`, `0.0003`, `1e-05`."""
+  return f"{lr:g}"
+
+
+IDENTITY: tuple[str, ...] = RowId._fields
+LR = "finetune_lr"
+METHOD, WISE_ALPHA, L2SP_BETA = "finetune_method", "wise_alpha", "l2sp_beta"
+SEED = "seed"
+# What a leaderboard line averages over seeds: every dimension but the seed, within one experiment.
+DIMENSIONS: tuple[str, ...] = tuple(k for k in IDENTITY if k != SEED)
+KEYS: tuple[str, ...] = ("comparison_key", "protocol_key")
+GROUP: tuple[str, ...] = (*DIMENSIONS, "comparison_key")
+UNIQUE: tuple[str, ...] = ("comparison_key", *IDENTITY)  # one row across runs
+# Attached to each row when a results file is read (`collect.annotate`), not stored in it.
+ANNOTATIONS: tuple[str, ...] = ("datasets", "architecture", "source")
+# Where and how fast a row ran: two copies of one row may differ in these, never in anything else.
+PROVENANCE: tuple[str, ...] = (
+  "heatmap",
+  "source",
+  "eval_seconds",
+  "finetune_seconds",
+  "train_final",
+  "datasets",
+  "architecture",
+)
+# Fields that are identity, settings, timing or arrays, never metric columns (numbers among them too).
+NOT_METRICS: tuple[str, ...] = (
+  *IDENTITY,
+  *KEYS,
+  *ANNOTATIONS,
+  "finetune_steps",
+  "val_in_acc",  # the rate-choosing criterion, not a result
+  "val_invariance",  # with val_in_acc, what L2-SP's beta is chosen by
+  "finetune_seconds",
+  "eval_seconds",
+  "chance",
+  "comparison",
+  "heatmap",
+  "location_map",
+  "curve",
+)
+# The numbers the leaderboard averages over seeds, and their column headers.
+METRICS: dict[str, str] = {
+  "in_acc": "in_acc",
+  "off_acc": "off_acc",
+  "invariance": "invariance",
+  "invariance_lost": "inv_lost",
+  "consistency": "consistency",
+  "consistency_circular": "consist_circ",
+  "consistency_local": "consist_local",
+  "worst_case_acc": "worst_case",
+  "worst_of_k_acc": "worst_of_k",
+  "flip_rate": "flip_rate",
+  "similarity": "similarity",
+  "similarity_before": "sim_before",
+  "pretrain_invariance_before": "A_inv_before",
+  "pretrain_invariance_after": "A_inv_after",
+  "pretrain_invariance_lost": "A_inv_lost",
+}
+# What the fine-tune curve records at each evaluation.
+CURVE_METRICS: tuple[str, ...] = ("in_acc", "off_acc", "invariance")
+_ORDERS = {"pretrain": PRETRAIN_REGIMES, "finetune": FINETUNE_MODES, METHOD: FINETUNE_METHODS}
+
+
+def identity(row: Mapping[str, Any]) -> RowId:
+  return RowId.of(row)
+
+
+def is_plain(row: Mapping[str, Any]) -> bool:
+  """A plain fine-tune's row (every row of a results file from before methods existed)."""
+  return row.get(METHOD, PLAIN) == PLAIN
+
+
+def unique(row: Mapping[str, Any]) -> tuple:
+  """(comparison key, *identity): the same row in any run."""
+  return tuple(row.get(k, METHOD_DEFAULTS.get(k)) for k in UNIQUE)
+
+
+def group(row: Mapping[str, Any]) -> tuple:
+  """(*dimensions, comparison key): the rows a leaderboard line averages over seeds."""
+  return tuple(row.get(k, METHOD_DEFAULTS.get(k, "")) for k in GROUP)
+
+
+def missing_identity(row: Mapping[str, Any]) -> list[str]:
+  return [k for k in IDENTITY if k not in row and k not in METHOD_DEFAULTS]
+
+
+def sort_key(model_order: Mapping[str, int]):
+  """A key that orders rows (or leaderboard entries, which carry the same dimension fields) like the
+  protocol: models in `model_order`, then every other dimension in its declared order."""
+
+  def key(entry: Mapping[str, Any]) -> tuple:
+    out: list[Any] = []
+    for name in DIMENSIONS:
+      value = entry.get(name, METHOD_DEFAULTS.get(name))
+      if name == "model":
+        out.append(model_order.get(value, len(model_order)))
+      elif name in _ORDERS:  # declared values in order, then others by name
+        out.append((_ORDERS[name].index(value), "") if value in _ORDERS[name] else (99, str(value)))
+      else:  # a number, or None (no setting) first
+        out.append((value is not None, value or 0))
+    return tuple(out)
+
+  return key
+
+
+def defined(value: Any) -> bool:
+  """A finite number (an undefined metric is None, or NaN before it is written)."""
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def scalar_metrics(row: Mapping[str, Any]) -> dict[str, float]:
+  """Every number of a row that is a metric, under its results key; dicts of numbers (per-layer
+  similarity) flattened with `/`."""
+  out: dict[str, float] = {}
+  for name, value in row.items():
+    if name in NOT_METRICS or isinstance(value, bool):
+      continue
+    if isinstance(value, (int, float)):
+      out[name] = value
+    elif isinstance(value, dict) and value and all(isinstance(v, (int, float)) for v in value.values()):
+      out.update({f"{name}/{k}": v for k, v in value.items()})
+  return out
+
+
+def fill_invariance_lost(rows: Iterable[dict[str, Any]]) -> None:
+  """`invariance_lost` = invariance after plain `last` minus after `full` fine-tuning, for the same
+  experiment, model, pretrain regime, rate and seed (the forgetting result: what the pretrained
+  representation carried, minus what survives training everything at one location), written into the
+  plain rows; a method's row (at `full`) gets plain `last` minus its own. Rows without both defined keep
+  what they have."""
+  rows = list(rows)
+  by_id = {(r.get("comparison_key"), identity(r)): r for r in rows}
+  for r in rows:
+    rid = identity(r)
+    last = by_id.get((_plain_key(r), rid.plain_sibling("last")))
+    full = by_id.get((r.get("comparison_key"), rid.sibling(finetune="full")))
+    if last and full and defined(last["invariance"]) and defined(full["invariance"]):
+      r["invariance_lost"] = last["invariance"] - full["invariance"]
+
+
+def _plain_key(row: Mapping[str, Any]) -> str | None:
+  """The comparison key a plain row of the same experiment and model has: the row's own without its
+  method's settings (`method.*`, which only a method's row has)."""
+  settings = row.get("comparison")
+  if not isinstance(settings, Mapping) or not any(k.startswith(comparison.METHOD) for k in settings):
+    return row.get("comparison_key")
+  return comparison.key_of(comparison.without_method(settings))
+
+
+def by_group(rows: Iterable[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+  out: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+  for r in rows:
+    out[group(r)].append(r)
+  return out

@@ -1,0 +1,313 @@
+"""Training: a pure jitted step that draws indices, composes canvases on the device and updates.
+
+The model is split once into (graphdef, trainable params, everything else) with `nnx.split`; the step
+merges them back inside `jit`, so there is no per-call graph traversal. `head` and `last` fine-tuning only
+differ in which params are trainable (`last`: the classifier; `head`: hidden FC layers + classifier): the frozen
+part rides along as a constant and XLA drops its backward pass.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from shiftbench import models
+from shiftbench.data import canvas
+from shiftbench.data.device import DeviceObjects
+from shiftbench.infra.errors import DivergenceError
+from shiftbench.rows import schema
+from shiftbench.training import resume
+
+log = logging.getLogger(__name__)
+Metrics = dict[str, float]
+# Fine-tune modes, named for what trains (the row schema holds them: they are a row dimension).
+TRAIN_MODES = schema.FINETUNE_MODES
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+  """Where training objects go: a regime, its base location and jitter radius (docs/protocol.md)."""
+
+  regime: str
+  location: tuple[int, int]
+  jitter: int = 0
+
+
+@dataclasses.dataclass
+class UntilAccuracy:
+  """Biscione & Bowers' stopping rule: stop once the running mean of training accuracy over the last
+  `window` steps reaches `threshold` (the `steps` budget stays the cap).
+
+  Every step's batch accuracy enters the mean, so the rule reads the true training accuracy to within
+  sqrt(p(1-p) / (batch x window)) (0.002 at p = 0.97, batch 32, window 200) and fires soon after that
+  accuracy passes the threshold; a rule that needs every single batch at or above the threshold would
+  almost never fire at batch 32. It is checked at the end of each dispatch (the model exists only there),
+  so `stopped_at`, the step training ended at, is a multiple of the steps per dispatch; None when the
+  cap came first.
+  """
+
+  threshold: float
+  window: int
+  stopped_at: int | None = None
+  mean: float | None = None  # the running mean when it was last checked (None before `window` steps)
+  _recent: collections.deque = dataclasses.field(init=False, repr=False)  # the last `window` accuracies
+
+  def __post_init__(self):
+    self._recent = collections.deque(maxlen=self.window)
+
+  def update(self, step: int, accs) -> bool:
+    """Adds the batch accuracies of the steps up to `step` (in order) and says whether to stop there."""
+    for acc in np.asarray(accs, np.float64).reshape(-1):
+      self._recent.append(float(acc))
+    if len(self._recent) < self.window:
+      return False
+    self.mean = math.fsum(self._recent) / self.window
+    if self.mean >= self.threshold:
+      self.stopped_at = step
+    return self.stopped_at is not None
+
+  def record(self) -> dict[str, Any]:
+    """What a row records of this rule (`finetune_stop`), once training ended."""
+    return {"rule": "until_accuracy", "threshold": self.threshold, "window": self.window, "final_mean": self.mean}
+
+
+def trainable_filter(mode: str) -> Any:
+  """Which params train: all of them (`full`), the head's (`head`: hidden FC layers + classifier, conv
+  frozen) or the classifier's only (`last`)."""
+  if mode == "full":
+    return nnx.Param
+  if mode == "head":
+    return nnx.All(nnx.Param, nnx.PathContains("head"))
+  if mode == "last":
+    return nnx.All(nnx.Param, models.CLASSIFIER)
+  raise ValueError(f"unknown fine-tune mode {mode!r}; allowed: {', '.join(TRAIN_MODES)}")
+
+
+def set_mode(model: nnx.Module, mode: str) -> None:
+  """Train-mode layers (BatchNorm batch statistics) for what trains: all of the model in `full` mode;
+  in `head` and `last` modes the frozen backbone runs in eval mode, so its BN uses and keeps the
+  pretrained running averages."""
+  model.train()
+  if mode in ("head", "last"):
+    getattr(model, "backbone", model).eval()
+
+
+def steps_per_dispatch(requested: int | str) -> int:
+  """`auto`: 10 training steps per jitted call (a `lax.scan`), on every backend.
+
+  On CPU this needs the conv gradients written out in canonical form (`layers.conv2d`): XLA:CPU rewrites
+  its own conv gradients into fast kernels only outside a while loop (docs/performance.md).
+  """
+  if requested == "auto":
+    return 10
+  k = int(requested)
+  if k < 1:
+    raise ValueError(f"steps_per_dispatch must be >= 1 or 'auto', got {requested}")
+  return k
+
+
+def _make_step(
+  graphdef: nnx.GraphDef,
+  tx: optax.GradientTransformation,
+  spec: canvas.CanvasSpec,
+  placement: Placement,
+  batch_size: int,
+) -> Callable:
+  """The single training step as a pure function of (params, opt_state, rest, key, images, labels)."""
+
+  def step(params, opt_state, rest, key, images, labels):
+    k_idx, k_loc = jax.random.split(key)
+    idx = jax.random.randint(k_idx, (batch_size,), 0, images.shape[0])
+    objs = images[idx].astype(jnp.float32) / 255.0
+    locs = canvas.sample_locations(k_loc, batch_size, spec, placement.regime, placement.location, placement.jitter)
+    y = labels[idx]
+
+    def loss_fn(p):
+      model = nnx.merge(graphdef, p, rest, copy=True)  # fresh Variables: BatchNorm may write its stats
+      # model(canvas.place(objs, locs)), with the first block on the objects where the model can
+      logits = models.logits_on_canvas(model, objs, locs, spec.canvas_size)
+      # Non-param state the forward pass updated (BatchNorm running stats in train mode) goes back into `rest`.
+      new_rest = nnx.merge_state(rest, nnx.state(model, nnx.Not(nnx.Param)))
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (logits, new_rest)
+
+    (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    acc = jnp.mean(jnp.argmax(logits, -1) == y)
+    return params, opt_state, rest, {"loss": loss, "acc": acc}
+
+  return step
+
+
+@functools.cache
+def _compiled_update(graphdef, tx, spec, placement, batch_size, k):
+  """One jitted dispatch running `k` steps (a `lax.scan` when k > 1); cached so sweeps never retrace."""
+  step = _make_step(graphdef, tx, spec, placement, batch_size)
+
+  def update(params, opt_state, rest, base_key, start, images, labels):
+    keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(start + jnp.arange(k))
+    if k == 1:
+      params, opt_state, rest, m = step(params, opt_state, rest, keys[0], images, labels)
+      return params, opt_state, rest, {**m, "accs": m["acc"][None]}
+
+    def body(carry, key):
+      p, o, r = carry
+      p, o, r, m = step(p, o, r, key, images, labels)
+      return (p, o, r), m
+
+    (params, opt_state, rest), ms = jax.lax.scan(body, (params, opt_state, rest), keys)
+    # The last step's loss and accuracy, and every step's accuracy (the stopping rule's running mean).
+    return params, opt_state, rest, {**jax.tree.map(lambda v: v[-1], ms), "accs": ms["acc"]}
+
+  return jax.jit(update, donate_argnums=(0, 1))  # not `rest`: in `head`/`last` modes it holds the frozen part
+
+
+# Cross-entropy starts near log K (a fresh classifier) and falls. Above DIVERGENCE_FACTOR * log K + 1
+# it is divergence, not noise: noisy tiny-batch training stays well below (K = 2: 3.8, K = 10: 10.2),
+# while a learning rate far too high drives it to 1e2-1e7. Held for DIVERGENCE_PATIENCE logged points in
+# a row, or at the last step (where it stays), it fails the run. No reference to the first logged loss:
+# with one log point per few hundred steps, that one may already be diverged.
+DIVERGENCE_FACTOR, DIVERGENCE_PATIENCE = 4.0, 3
+
+
+def check_divergence(history: list[Metrics], num_classes: int, desc: str, final: bool = False) -> None:
+  """Raises `DivergenceError` if the latest logged loss is non-finite, or far above log K for
+  `DIVERGENCE_PATIENCE` logged points in a row (or at the last step)."""
+  step, loss = history[-1]["step"], history[-1]["loss"]
+  if not math.isfinite(loss):
+    raise DivergenceError(f"{desc}: loss became {loss} at step {step}; lower the learning rate or check the data")
+  log_k = math.log(max(num_classes, 2))
+  limit = DIVERGENCE_FACTOR * log_k + 1.0
+  recent = [h["loss"] for h in history[-DIVERGENCE_PATIENCE:]]
+  if loss > limit and (final or (len(recent) == DIVERGENCE_PATIENCE and min(recent) > limit)):
+    raise DivergenceError(
+      f"{desc}: training diverged at step {step}: loss {loss:.4g}, far above log(K) = {log_k:.3g} where it "
+      f"starts (first logged {history[0]['loss']:.4g} at step {history[0]['step']}); the learning rate is "
+      "probably too high: lower it"
+    )
+
+
+def train(
+  model: nnx.Module,
+  tx: optax.GradientTransformation,
+  data: DeviceObjects,
+  spec: canvas.CanvasSpec,
+  placement: Placement,
+  *,
+  steps: int,
+  batch_size: int,
+  seed: int | jax.Array,
+  mode: str = "full",
+  dispatch: int | str = "auto",
+  log_every: int = 50,
+  eval_every: int = 0,
+  eval_steps: tuple[int, ...] = (),
+  on_eval: Callable[[int, nnx.Module], None] | None = None,
+  desc: str = "train",
+  checkpoints: resume.Checkpoints | None = None,
+  until: UntilAccuracy | None = None,
+) -> list[Metrics]:
+  """Trains `model` in place for `steps` steps and returns the logged metrics.
+
+  Args:
+    model: the network; its params and batch stats are updated in place (via `nnx.update`) when training
+      ends and before every `on_eval` call; it is left in eval mode (`model.eval()`) at the end.
+    tx: the optax optimiser.
+    data: training objects on the device.
+    spec, placement: canvas geometry and where objects are placed.
+    steps, batch_size, seed: the budget and the randomness: batches and placements come from `seed`, a
+      key (the protocol passes its phase's stream, `streams.stream`) or an int.
+    mode: `full` (all params), `head` (backbone frozen) or `last` (the classifier only).
+    dispatch: steps per jitted call, or `auto`.
+    log_every: host sync interval for the progress bar and the finite-loss check.
+    eval_every, eval_steps, on_eval: call `on_eval(step, model)` at step 0, at each of `eval_steps`, every
+      `eval_every` steps and at the end.
+    desc: progress bar label.
+    checkpoints: resumable checkpoints: training continues from the last one there (bit-identical to not
+      stopping) and saves one every `checkpoints.every` steps, rounded up to a multiple of `dispatch`.
+    until: a stopping rule checked after every dispatch (`steps` is then the cap); None trains `steps`.
+  """
+  spec.check_location(placement.location)
+  k = steps_per_dispatch(dispatch)
+  set_mode(model, mode)
+  graphdef, params, rest = nnx.split(model, trainable_filter(mode), ...)
+  opt_state = tx.init(params)
+  update = _compiled_update(graphdef, tx, spec, placement, batch_size, k)
+  base_key = seed if isinstance(seed, jax.Array) else jax.random.key(seed)
+  history: list[Metrics] = []
+  done = 0
+  # Checkpoints at multiples of k too, so chunks (and so every bit) are those of a run without them.
+  every = -(-checkpoints.every // k) * k if checkpoints is not None and checkpoints.every > 0 else 0
+  saved = checkpoints.latest({"params": params, "opt_state": opt_state, "rest": rest}) if checkpoints else None
+  if saved is not None and saved[0] <= steps:
+    done, tree, history = saved
+    params, opt_state, rest = tree["params"], tree["opt_state"], tree["rest"]
+    log.info("%s: resumed from step %d of %d (%s)", desc, done, steps, checkpoints.directory)
+
+  def sync_model():
+    nnx.update(model, params, rest)
+
+  evals = sorted({e for e in eval_steps if 0 < e < steps}) if on_eval is not None else []
+
+  def next_eval(after: int) -> int:
+    """The first evaluation step after `after` (`steps` when there is none before the end)."""
+    regular = (after // eval_every + 1) * eval_every if on_eval is not None and eval_every else steps
+    return min([steps, regular, *(e for e in evals if e > after)])
+
+  def evaluates_at(step: int) -> bool:
+    return on_eval is not None and (step in evals or bool(eval_every) and step % eval_every == 0)
+
+  if on_eval is not None and done == 0:
+    on_eval(0, model)
+  with tqdm(total=steps, initial=done, desc=desc, unit="step", leave=False, dynamic_ncols=True, disable=None) as bar:
+    while done < steps:
+      # Chunks end at every evaluation step, so on_eval sees the model at exactly the steps asked for;
+      # a chunk shorter than k runs step by step rather than compiling another scan length.
+      stop = next_eval(done)
+      if every:  # and at every checkpoint, so a resumed run chunks alike
+        stop = min(stop, (done // every + 1) * every)
+      n = min(k, stop - done)
+      program, starts = (
+        (update, [done])
+        if n == k
+        # the one-step program compiles on first use
+        else (_compiled_update(graphdef, tx, spec, placement, batch_size, 1), range(done, done + n))
+      )
+      accs = []  # every step's batch accuracy, for the stopping rule
+      for start in starts:
+        params, opt_state, rest, metrics = program(
+          params, opt_state, rest, base_key, np.int32(start), data.images, data.labels
+        )
+        accs.append(metrics["accs"])
+      done += n
+      bar.update(n)
+      stopping = until is not None and until.update(done, np.concatenate([np.asarray(a) for a in accs]))
+      if done % log_every < n or done == steps or stopping:
+        logged = {key: float(v) for key, v in metrics.items() if key != "accs"}
+        history.append({"step": done, **logged})
+        check_divergence(history, data.num_classes, desc, final=done == steps or stopping)
+        bar.set_postfix(loss=f"{logged['loss']:.3f}", acc=f"{logged['acc']:.3f}")
+      if every and done % every == 0 and done != steps:
+        checkpoints.save(done, {"params": params, "opt_state": opt_state, "rest": rest}, history)
+      if stopping:
+        break
+      if done == stop and done != steps and evaluates_at(done):
+        sync_model()
+        on_eval(done, model)
+  sync_model()
+  model.eval()
+  if on_eval is not None:
+    on_eval(done, model)
+  return history
