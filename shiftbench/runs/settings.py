@@ -1,11 +1,12 @@
 """The protocol's settings: the Hydra config checked, resolved and built once, at the door.
 
-`Settings.from_config` takes a composed `DictConfig` or a plain dict (both get the same checks,
-`preflight.check_config`), resolves every interpolation once (`${widths}`, `${data.path}`,
-`${oc.env:...}`), reads every setting into plain Python, and builds every `_target_` once: the model
-factories, the optimisers, the evaluators, the dataset loaders and the tracker. Nothing below it sees a
-`DictConfig` or instantiates anything: the protocol, the checkpoint key and the comparison key all read
-this one view, so they can never see a literal `${widths}`. Nothing of the config enters jitted code.
+`Settings.from_config` takes a composed `DictConfig` or a plain dict (both get the same checks: the
+schema's, `door.check`, then each `_target_` entry's arguments, `targets.check`), resolves every
+interpolation once (`${widths}`, `${data.path}`, `${oc.env:...}`), reads every setting into plain Python,
+and builds every `_target_` once: the model factories, the optimisers, the evaluators, the dataset loaders
+and the tracker. Nothing below it sees a `DictConfig` or instantiates anything: the protocol, the
+checkpoint key and the comparison key all read this one view, so they can never see a literal `${widths}`.
+Nothing of the config enters jitted code.
 """
 
 from __future__ import annotations
@@ -13,14 +14,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import hydra
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from shiftbench import methods
 from shiftbench.data import canvas
@@ -28,50 +27,11 @@ from shiftbench.evaluators import batching
 from shiftbench.evaluators.suite import Evaluator
 from shiftbench.infra.errors import ConfigError
 from shiftbench.rows import schema
-from shiftbench.runs import preflight
-
-# Without pretraining the backbone is random: a row that freezes it measures nothing about invariance
-# learned in pretraining, so `scratch` pairs with `full` (and `head` only when asked; `last` never).
-SCRATCH_MODES: tuple[str, ...] = ("full", "head")
-# `finetune.methods` entries that are a name: the built-in methods (`shiftbench.methods.builtin`).
-BUILTIN_METHODS: dict[str, str] = {
-  schema.PLAIN: "shiftbench.methods.Plain",
-  "lpft": "shiftbench.methods.LPFT",
-  "wise": "shiftbench.methods.WiSEFT",
-  "l2sp": "shiftbench.methods.L2SP",
-}
+from shiftbench.runs import config_values, door, targets
 
 
-def _choices(values, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
-  values = tuple(values)
-  if not values:
-    raise ValueError(f"{what} is empty; allowed values: {', '.join(allowed)}")
-  for v in values:
-    if v not in allowed:
-      raise ValueError(f"unknown {what} {v!r}; allowed: {', '.join(allowed)}")
-  return values
-
-
-def _location(value, spec: canvas.CanvasSpec, what: str) -> tuple[int, int] | None:
-  if value is None:
-    return None
-  value = list(value)
-  if len(value) != 2:
-    raise ValueError(f"{what} must be [y, x] or null, got {value}")
-  return spec.check_location((value[0], value[1]))
-
-
-def _fraction(value, what: str) -> float:
-  value = float(value)
-  if not 0.0 <= value < 1.0:
-    raise ConfigError(f"{what} must lie in [0, 1), got {value}")
-  return value
-
-
-def _positive(value, what: str) -> int:
-  if int(value) < 1:
-    raise ValueError(f"{what} must be >= 1, got {value}")
-  return int(value)
+def _location(value, spec: canvas.CanvasSpec) -> tuple[int, int] | None:
+  return None if value is None else spec.check_location((value[0], value[1]))
 
 
 def _model_widths(config: dict[str, Any]) -> list[list[int]]:
@@ -80,19 +40,6 @@ def _model_widths(config: dict[str, Any]) -> list[list[int]]:
   return [[int(w) for w in (mcfg or {}).get("widths") or default] for mcfg in (config.get("model") or {}).values()] or [
     default
   ]
-
-
-def resolve(cfg: DictConfig) -> dict[str, Any]:
-  """The config as plain Python with every interpolation resolved; a `ConfigError` naming the key that
-  cannot be resolved (e.g. `data.path` left at `???`)."""
-  try:
-    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-  except OmegaConfBaseException as e:
-    key = getattr(e, "full_key", None) or "?"
-    raise ConfigError(
-      f"config key {key} cannot be resolved ({type(e).__name__}: "
-      f"{str(e).splitlines()[0]}); set it on the command line, e.g. {key}=..."
-    ) from e
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,62 +139,48 @@ class Settings:
 
   @classmethod
   def from_config(cls, cfg: DictConfig | Mapping[str, Any]) -> Settings:
-    """Checks `cfg` (a composed Hydra config, or the same as a dict), resolves it once, reads every
-    setting out of it and builds what it names."""
+    """Checks `cfg` (a composed Hydra config, or the same as a dict) at the door, resolves it once, checks
+    each `_target_` entry's arguments against its target, reads every setting out of it and builds what it
+    names. The door has checked every value's domain: what follows reads them."""
     if not isinstance(cfg, DictConfig):
       cfg = OmegaConf.create(dict(cfg))
-    preflight.check_config(cfg)
-    return cls._read(resolve(cfg))
+    config = door.check(cfg)
+    targets.check(config)
+    return cls._read(config)
 
   @classmethod
   def _read(cls, config: dict[str, Any]) -> Settings:
     cfg = OmegaConf.create(config)  # attribute access over the resolved tree; nothing left to resolve
     spec = canvas.CanvasSpec(int(cfg.canvas.size), int(cfg.canvas.object_size))
     seeds = list(cfg.seeds) if OmegaConf.is_list(cfg.seeds) else [cfg.seeds]
-    if not seeds:
-      raise ValueError("seeds is empty; give at least one, e.g. seeds=[0,1,2]")
-    ft_loc = _location(cfg.finetune.location, spec, "finetune.location") or spec.center()
-    pre_loc = _location(cfg.pretrain.location, spec, "pretrain.location") or ft_loc
-    jitter = int(cfg.pretrain.jitter)
-    if jitter < 0:
-      raise ValueError(f"pretrain.jitter must be >= 0, got {jitter}")
+    ft_loc = _location(cfg.finetune.location, spec) or spec.center()
+    pre_loc = _location(cfg.pretrain.location, spec) or ft_loc
     max_objects = cfg.eval.max_objects
     model_configs = dict(config.get("model") or {})
     factories = {name: hydra.utils.instantiate(mcfg) for name, mcfg in model_configs.items()}
     optimizers = {p: config[p]["optimizer"] for p in ("pretrain", "finetune")}
     data = {"pretrain": config["data"]["pretrain"], "finetune": config["data"]["finetune"]}
-    rates = _rates(cfg.finetune)
+    rates = config_values.rates(config["finetune"].get("learning_rates"), optimizers["finetune"].get("learning_rate"))
     built_methods, method_configs = _methods(config["finetune"].get("methods"))
-    logger = dict(config.get("logger") or {"_target_": "shiftbench.reporting.tracking.WandbTracker", "mode": "disabled"})
+    no_logger = {"_target_": "shiftbench.reporting.tracking.WandbTracker", "mode": "disabled"}
+    logger = dict(config.get("logger") or no_logger)
     settings = cls(
       seeds=tuple(int(s) for s in seeds),
       spec=spec,
       finetune_location=ft_loc,
       pretrain_location=pre_loc,
-      pretrain_regimes=_choices(cfg.pretrain.regimes, schema.PRETRAIN_REGIMES, "pretrain regime"),
-      pretrain_jitter=jitter,
-      pretrain=Phase(
-        _positive(cfg.pretrain.steps, "pretrain.steps"),
-        _positive(cfg.pretrain.batch_size, "pretrain.batch_size"),
-        cfg.pretrain.steps_per_dispatch,
-      ),
-      finetune_modes=_choices(cfg.finetune.modes, schema.FINETUNE_MODES, "fine-tune mode"),
-      scratch_modes=_choices(
-        cfg.finetune.get("scratch_modes", ["full"]),
-        SCRATCH_MODES,
-        "finetune.scratch_modes entry (modes run for the scratch regime)",
-      ),
-      finetune=Phase(
-        _positive(cfg.finetune.steps, "finetune.steps"),
-        _positive(cfg.finetune.batch_size, "finetune.batch_size"),
-        cfg.finetune.steps_per_dispatch,
-      ),
+      pretrain_regimes=tuple(cfg.pretrain.regimes),
+      pretrain_jitter=int(cfg.pretrain.jitter),
+      pretrain=Phase(int(cfg.pretrain.steps), int(cfg.pretrain.batch_size), cfg.pretrain.steps_per_dispatch),
+      finetune_modes=tuple(cfg.finetune.modes),
+      scratch_modes=tuple(cfg.finetune.get("scratch_modes", ["full"])),
+      finetune=Phase(int(cfg.finetune.steps), int(cfg.finetune.batch_size), cfg.finetune.steps_per_dispatch),
       eval_every=max(0, int(cfg.finetune.eval_every)),
-      grid_stride=_positive(cfg.eval.grid_stride, "eval.grid_stride"),
-      max_objects=None if max_objects is None else _positive(max_objects, "eval.max_objects"),
-      curve_objects=_positive(cfg.eval.curve_objects, "eval.curve_objects"),
-      eval_split=_choices([cfg.eval.get("split", "test")], ("test", "validation"), "eval.split")[0],
-      validation_fraction=_fraction(cfg.eval.get("validation_fraction", 0.1), "eval.validation_fraction"),
+      grid_stride=int(cfg.eval.grid_stride),
+      max_objects=None if max_objects is None else int(max_objects),
+      curve_objects=int(cfg.eval.curve_objects),
+      eval_split=str(cfg.eval.get("split", "test")),
+      validation_fraction=float(cfg.eval.get("validation_fraction", 0.1)),
       subset_seed=int(cfg.eval.get("subset_seed", 0)),
       allow_overlap=bool(cfg.data.get("allow_overlap", False)),
       config=config,
@@ -268,12 +201,10 @@ class Settings:
       compile_cache_dir=config["paths"].get("compile_cache_dir"),
       overwrite=bool(config.get("overwrite", False)),
       pretrain_weights=_weights(cfg, factories),
-      until_accuracy=_until_accuracy(cfg.finetune.get("until_accuracy")),
+      until_accuracy=config_values.until_accuracy(config["finetune"].get("until_accuracy")),
       finetune_rates=rates,
-      curve_steps=tuple(
-        sorted({_positive(v, "finetune.curve_steps entry") for v in cfg.finetune.get("curve_steps") or []})
-      ),
-      arms=_arms(config.get("arms"), model_configs),
+      curve_steps=tuple(sorted({int(v) for v in cfg.finetune.get("curve_steps") or []})),
+      arms=config_values.arms(config.get("arms"), model_configs),
       methods=built_methods,
       method_configs=method_configs,
       # Last, as arguments are evaluated in order: `auto` for the torchvision networks compiles them (~40 s
@@ -375,92 +306,13 @@ def _weights(cfg: DictConfig, factories: Mapping[str, Callable[..., Any]]) -> st
   return weights
 
 
-def _until_accuracy(value) -> tuple[float, int] | None:
-  """`finetune.until_accuracy`: null (train `finetune.steps`) or {threshold, window}."""
-  if value is None:
-    return None
-  if "patience" in value:
-    raise ConfigError(
-      "finetune.until_accuracy.patience was replaced by window (the running mean of training accuracy over "
-      "that many steps must reach the threshold); e.g. finetune.until_accuracy={threshold: 0.95, window: 200}"
-    )
-  threshold, window = float(value.threshold), int(value.window)
-  if not 0.0 <= threshold <= 1.0 or window < 1:
-    raise ConfigError(
-      f"finetune.until_accuracy needs 0 <= threshold <= 1 and window >= 1 steps, got threshold {threshold}, "
-      f"window {window}"
-    )
-  return threshold, window
-
-
-def _rates(finetune) -> tuple[float, ...]:
-  """`finetune.learning_rates` (a list: one row per rate, each with the optimiser built at that rate), or,
-  when it is null, the optimiser's own `learning_rate` (one rate)."""
-  rates, own = finetune.get("learning_rates"), finetune.optimizer.get("learning_rate")
-  if rates is not None and own is not None:
-    raise ConfigError(
-      f"both finetune.learning_rates ({list(rates) if OmegaConf.is_list(rates) else rates}) and "
-      f"finetune.optimizer.learning_rate ({own}) are set; give the rates in one place, e.g. "
-      "'finetune.learning_rates=[1e-3,1e-2]' (or finetune.learning_rates=null to use the optimiser's)"
-    )
-  if rates is None:
-    if isinstance(own, bool) or not isinstance(own, (int, float)):
-      raise ConfigError(
-        f"finetune.optimizer.learning_rate is {own!r}; rows are labelled by their learning rate, so give a "
-        "number, or a list in finetune.learning_rates, e.g. 'finetune.learning_rates=[1e-3,1e-2]'"
-      )
-    return (float(own),)
-  rates = list(rates) if OmegaConf.is_list(rates) or isinstance(rates, (list, tuple)) else [rates]
-  if not rates:
-    raise ConfigError("finetune.learning_rates is empty; give one or more, e.g. 'finetune.learning_rates=[1e-3,1e-2]'")
-  for lr in rates:
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-      raise ConfigError(f"finetune.learning_rates entries must be numbers > 0, got {lr!r} in {rates}")
-  if len(set(rates)) != len(rates):
-    raise ConfigError(f"finetune.learning_rates has a rate twice: {rates}")
-  return tuple(sorted(float(lr) for lr in rates))
-
-
-def _arms(value, model_configs: Mapping[str, Any]) -> dict[str, tuple[tuple[str, str], ...]]:
-  """`arms`: null (every model runs every regime x mode), or {model: [regime/mode, ...]} restricting the
-  models listed to those rows (models not listed run them all)."""
-  out: dict[str, tuple[tuple[str, str], ...]] = {}
-  for model, entries in (value or {}).items():
-    if model not in model_configs:
-      continue  # a preset's arms for a model this run does not include
-    pairs = []
-    for entry in entries or []:
-      regime, _, mode = str(entry).partition("/")
-      if regime not in schema.PRETRAIN_REGIMES or mode not in schema.FINETUNE_MODES:
-        raise ConfigError(
-          f"arms.{model} entry {entry!r} is not regime/mode; regimes: {', '.join(schema.PRETRAIN_REGIMES)}; "
-          f"modes: {', '.join(schema.FINETUNE_MODES)} (e.g. translate/full)"
-        )
-      pairs.append((regime, mode))
-    out[str(model)] = tuple(pairs)
-  return out
-
-
 def _methods(value) -> tuple[dict[str, methods.Method], dict[str, dict[str, Any]]]:
-  """`finetune.methods`: a list of built-in method names (`BUILTIN_METHODS`) or `_target_` entries (with
+  """`finetune.methods`: a list of built-in method names (`config_values.BUILTIN_METHODS`) or `_target_` entries (with
   an optional `name:`), each built once; and each method's settings for the comparison key (plain has
   none, so plain rows keep the keys they have without methods)."""
-  entries = [schema.PLAIN] if value is None else list(value if isinstance(value, (list, tuple)) else [value])
-  if not entries:
-    raise ConfigError("finetune.methods is empty; give one or more, e.g. 'finetune.methods=[plain,lpft]'")
   built: dict[str, methods.Method] = {}
   configs: dict[str, dict[str, Any]] = {}
-  for entry in entries:
-    if isinstance(entry, str):
-      if entry not in BUILTIN_METHODS:
-        raise ConfigError(
-          f"unknown fine-tune method {entry!r} in finetune.methods; built in: {', '.join(BUILTIN_METHODS)}, "
-          "or an entry with a _target_ (docs/development.md, 'Add a fine-tune method')"
-        )
-      entry = {"_target_": BUILTIN_METHODS[entry]}
-    if not isinstance(entry, dict) or "_target_" not in entry:
-      raise ConfigError(f"finetune.methods entry {entry!r} is neither a method name nor a mapping with a _target_")
-    entry = dict(entry)
+  for entry in config_values.method_entries(value):
     name = entry.pop("name", None)
     try:
       method = methods.as_method(hydra.utils.instantiate(entry), name)

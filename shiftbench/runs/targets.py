@@ -1,0 +1,68 @@
+"""A `_target_` entry's own keys, checked against what its target takes before anything is built.
+
+The schema passes an entry's arguments through (a user's model takes what it takes); here the target is
+imported and a key that names none of its parameters is one line, with the nearest parameter. Targets that
+take `**kwargs`, or have no signature, are left to the call itself.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from hydra.utils import get_object
+
+from shiftbench.infra.errors import ConfigError
+from shiftbench.runs import config_values
+from shiftbench.runs.config_values import SYNONYMS, show
+
+# Keys Hydra reads itself when it instantiates an entry, and a method entry's own `name:` (its rows' label).
+NOT_ARGUMENTS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
+
+
+def entries(config: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+  """Every `_target_` entry the protocol builds from a resolved config, with its dotted key."""
+  for name, entry in (config.get("model") or {}).items():
+    yield f"model.{name}", entry
+  for phase in ("pretrain", "finetune"):
+    yield f"data.{phase}", config["data"][phase]
+    yield f"{phase}.optimizer", config[phase]["optimizer"]
+  for prefix, entry in (config["eval"].get("metrics") or {}).items():
+    yield f"eval.metrics.{prefix}", entry
+  for i, entry in enumerate(config_values.method_entries(config["finetune"].get("methods"))):
+    yield f"finetune.methods[{i}]", {k: v for k, v in entry.items() if k != "name"}
+  if config.get("logger"):
+    yield "logger", config["logger"]
+
+
+def check(config: Mapping[str, Any]) -> None:
+  for key, entry in entries(config):
+    check_arguments(key, entry)
+
+
+def check_arguments(key: str, entry: Mapping[str, Any]) -> None:
+  """Each key of `entry` names a parameter of its `_target_`, else a `ConfigError` naming it."""
+  target = entry["_target_"]
+  try:
+    built = get_object(target)
+  except Exception as e:  # ImportError, or the target module's own error on import
+    raise ConfigError(f"{key}._target_={target!r} cannot be imported ({type(e).__name__}: {e})") from e
+  try:
+    # A class's own __init__: a metaclass's __call__ (Flax NNX modules have one) would say only *args, **kwargs.
+    parameters = list(inspect.signature(built.__init__ if inspect.isclass(built) else built).parameters.values())
+  except (TypeError, ValueError):
+    return
+  parameters = parameters[1:] if inspect.isclass(built) else parameters  # not `self`
+  if any(p.kind is p.VAR_KEYWORD for p in parameters):
+    return
+  takes = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+  for arg, value in entry.items():
+    if arg in NOT_ARGUMENTS or arg in takes:
+      continue
+    close = difflib.get_close_matches(SYNONYMS.get(str(arg), str(arg)), takes, n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ConfigError(
+      f"{key}.{arg}={show(value)}: {target} takes no argument {arg!r}; {hint}it takes: {', '.join(takes)}"
+    )
