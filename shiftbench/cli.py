@@ -1,9 +1,10 @@
-"""`shiftbench`: the Hydra entry point. It only composes the config and calls the library.
+"""`shiftbench`: the Hydra entry point. It only composes the config, checks it at the door and calls the library.
 
-A failed job ends the process with exit code 1 and `error: <message>` as the last line of stderr, with
-or without `HYDRA_FULL_ERROR`: Hydra's own report ends with its hint about that variable, which would
-bury the cause. A `UserError` (bad key, value, file or cache) is printed as its message alone; any other
-exception with its type, below Hydra's traceback.
+A failed run ends the process with exit code 1 and `error: <message>` as the last line of stderr. A user's
+mistake (a `UserError`: bad key, value, file or cache; or an override, group option or launcher Hydra
+refuses, `runs.hydra_errors`) is that line alone, with no traceback unless `HYDRA_FULL_ERROR=1` asks for
+one; any other exception (a bug) is its traceback, then the line with its type. The config is checked
+(`runs.door`) before JAX is imported, so a config mistake costs about a second.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationToMissingValueError
 
 from shiftbench.infra.errors import UserError
 from shiftbench.infra.errors import reported as _errors
+from shiftbench.runs import door, hydra_errors, targets
 
 # The configs ship inside the package (the top-level conf/, mapped to shiftbench.conf by setup.py), so an
 # installed wheel finds them as a checkout does.
@@ -49,10 +52,14 @@ class RunDirGuard(Callback):
 
     task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
     try:
-      resolved = OmegaConf.to_container(task, resolve=True)
-    except Exception:  # e.g. `${hydra:...}` before Hydra sets it up: the task opens the directory later
+      OmegaConf.to_container(task, resolve=True)
+    except InterpolationToMissingValueError:
+      pass  # `data.path: ???`: the door names the key
+    except Exception:  # e.g. `${hydra:...}` before Hydra sets it up: the task checks and opens it later
       return
     try:
+      resolved = door.check(task)  # a config refused at the door (or by a target) leaves no run directory
+      targets.check(resolved)
       run_dir.open_run_dir(OmegaConf.select(config, "hydra.run.dir"), resolved, bool(task.get("overwrite", False)))
     except UserError as e:
       _errors.append(e)
@@ -68,6 +75,7 @@ class RunDirGuard(Callback):
     from shiftbench.runs import preflight
 
     try:
+      preflight.check_launcher(OmegaConf.select(config, "hydra.launcher._target_"), _launcher_choice(config))
       sweep = preflight.check_writable(
         OmegaConf.select(config, "hydra.sweep.dir"), "sweep directory", "choose another hydra.sweep.dir"
       )
@@ -80,13 +88,18 @@ class RunDirGuard(Callback):
     _EARLIER_HYDRA_FILES.update(self.hydra_files)
 
 
+def _launcher_choice(config: DictConfig) -> str | None:
+  choices = OmegaConf.select(config, "hydra.runtime.choices")
+  return choices.get("hydra/launcher") if choices is not None else None
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _main(cfg: DictConfig) -> None:
-  from shiftbench.runs.experiment import run_experiment  # after Hydra parsed args: `--help` stays instant
-
-  logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every checkpoint step at INFO
-
   try:
+    door.check(cfg)  # before JAX is imported (the next line): a config mistake is one line in about a second
+    from shiftbench.runs.experiment import run_experiment
+
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every checkpoint step at INFO
     _refuse_or_run(cfg, Path(HydraConfig.get().runtime.output_dir), run_experiment)
   except Exception as e:
     _errors.append(e)  # Hydra reports it (and a multirun goes on to its next job); `main` prints it last
@@ -121,16 +134,21 @@ def _refuse_or_run(cfg: DictConfig, output_dir: Path, run: Any) -> None:
 
 
 def main() -> None:
-  """Runs Hydra's app; ends with `error: <message>` when a job failed for a reason the user can fix."""
+  """Runs Hydra's app; ends with `error: <message>` when a job failed, after its traceback only for a bug
+  (or when `HYDRA_FULL_ERROR=1` asks for it)."""
+  asked_for_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
   code: Any = 0
   try:
-    _main()
+    with _hydra_raises():
+      _main()
   except SystemExit as e:
     code = e.code
-  except Exception as e:  # HYDRA_FULL_ERROR=1: Hydra re-raised it; keep its traceback, then the cause
-    traceback.print_exc()
+  except Exception as e:
+    user_error = hydra_errors.as_user_error(e)
+    if asked_for_traceback or user_error is None:
+      traceback.print_exc()
     if e not in _errors:
-      _errors.append(e)
+      _errors.append(user_error or e)
     code = 1
   if _errors:
     for line in dict.fromkeys(_one_line(e) for e in _errors):
@@ -139,10 +157,27 @@ def main() -> None:
   _exit(code)
 
 
+@contextlib.contextmanager
+def _hydra_raises() -> Any:
+  """Hydra reports an exception itself (a traceback, or its message and a hint about HYDRA_FULL_ERROR)
+  unless HYDRA_FULL_ERROR=1, when it raises it: so it is set while Hydra runs, and `main` reports. Jobs
+  that a launcher starts in other processes inherit it; Hydra reads it nowhere else."""
+  before = os.environ.get("HYDRA_FULL_ERROR")
+  os.environ["HYDRA_FULL_ERROR"] = "1"
+  try:
+    yield
+  finally:
+    if before is None:
+      os.environ.pop("HYDRA_FULL_ERROR", None)
+    else:
+      os.environ["HYDRA_FULL_ERROR"] = before
+
+
 def _one_line(e: BaseException) -> str:
   """A user error's own message; anything else (a bug, or a library's error) prefixed with its type."""
-  text = " ".join(str(e).split())
-  return text if isinstance(e, UserError) else f"{type(e).__name__}: {text}"
+  user_error = hydra_errors.as_user_error(e)
+  text = " ".join(str(user_error or e).split())
+  return text if user_error is not None else f"{type(e).__name__}: {text}"
 
 
 def _exit(code: Any) -> None:

@@ -6,6 +6,7 @@ Each raises a `ConfigError` whose one-line message names the key or path at faul
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,27 @@ def check_lists(cfg: DictConfig) -> None:
   for name, model in (cfg.get("model") or {}).items():
     if isinstance(model, DictConfig) and "widths" in model:
       config_values.int_list(model.widths, f"model.{name}.widths", minimum=1, example="[8, 16, 32]")
+
+
+def check_launcher(target: str | None, choice: str | None = None) -> None:
+  """A SLURM launcher (`hydra/launcher=slurm`, `slurm_local` or a subclass: its `_target_`) needs SLURM's
+  `sbatch` and `srun` on PATH; without them submitit fails deep in the launch ("Could not detect srun")."""
+  from hydra.utils import get_class
+  from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+
+  try:
+    slurm = target is not None and issubclass(get_class(target), SlurmLauncher)
+  except Exception:  # not a class Hydra can locate: Hydra reports that itself when it builds the launcher
+    return
+  missing = [command for command in ("sbatch", "srun") if shutil.which(command) is None]
+  if slurm and missing:
+    absent = f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not on PATH"
+    raise ConfigError(
+      f"hydra/launcher={choice or target} submits the jobs to SLURM, but {absent}: run on a SLURM login node, "
+      "or install SLURM (docs/slurm.md; scripts/slurm_local.sh starts a one-node cluster), or use "
+      "hydra/launcher=local (the jobs one after another here) or hydra/launcher=local_gpus (one job per GPU "
+      "of this machine)"
+    )
 
 
 def check_writable(path: str | os.PathLike, what: str, hint: str) -> Path:
