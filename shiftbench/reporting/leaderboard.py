@@ -259,13 +259,23 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--out", default=".", help="where to write the tables, index.html and figures")
   parser.add_argument("--no-figures", action="store_true", help="tables only (no matplotlib, no HTML)")
   args = parser.parse_args(argv)
+  # Each mistake is the last line, `error: ...`, with no traceback above it.
   try:
     rows = collect(args.paths)
   except (UserError, FileNotFoundError) as e:
-    raise SystemExit(f"error: {e}") from e  # the cause as the last line, no traceback
+    raise SystemExit(f"error: {e}") from e
   if not rows:
-    raise SystemExit(f"no results.json rows found under: {', '.join(args.paths)}")
-  board = write_leaderboard(rows, args.out, figures=not args.no_figures)
+    raise SystemExit(
+      f"error: no results.json rows found under: {', '.join(args.paths)}; give run directories (each holds a "
+      "results.json once a row has finished) or results.json files"
+    )
+  if Path(args.out).exists() and not Path(args.out).is_dir():
+    raise SystemExit(f"error: --out {args.out} is a file; give a directory for the leaderboard's files")
+  try:
+    board = write_leaderboard(rows, args.out, figures=not args.no_figures)
+  except OSError as e:  # --out is a file, or not writable
+    where = f" ({e.filename})" if e.filename else ""
+    raise SystemExit(f"error: cannot write the leaderboard to --out {args.out}: {e.strerror or e}{where}") from e
   print(terminal.summary(board, args.out))
   if not args.no_figures:
     print(f"\nwrote {Path(args.out) / 'index.html'}")
