@@ -141,8 +141,11 @@ def main() -> None:
   try:
     with _hydra_raises():
       _main()
-  except SystemExit as e:
+  except SystemExit as e:  # a callback refused the run (its error is in `_errors`), or Hydra's --help
     code = e.code
+    if asked_for_traceback:
+      for error in _errors:
+        traceback.print_exception(error)
   except Exception as e:
     user_error = hydra_errors.as_user_error(e)
     if asked_for_traceback or user_error is None:

@@ -13,7 +13,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
+from omegaconf.errors import (
+  ConfigKeyError,
+  InterpolationToMissingValueError,
+  MissingMandatoryValue,
+  OmegaConfBaseException,
+  ValidationError,
+)
 
 from shiftbench.infra.errors import ConfigError
 from shiftbench.runs import config_schema
@@ -43,6 +49,11 @@ def resolve(cfg: DictConfig) -> dict[str, Any]:
   cannot be resolved (e.g. `data.path` left at `???`)."""
   try:
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+  except (MissingMandatoryValue, InterpolationToMissingValueError) as e:
+    # The key left at ???, not the one that interpolates it (`data.pretrain.path: ${data.path}`).
+    found = re.search(r"Missing mandatory value: (\S+)", str(e))
+    key = found.group(1) if found and "." in found.group(1) else getattr(e, "full_key", None) or "?"
+    raise ConfigError(f"config key {key} is ??? (not set); set it on the command line, e.g. {key}=...") from e
   except OmegaConfBaseException as e:
     key = getattr(e, "full_key", None) or "?"
     raise ConfigError(
