@@ -1,6 +1,7 @@
 """The config door, through the real CLI: a mistake on the command line ends the process with exit code 1 and
 one last line, `error: ...`, naming the key and the bad value, with no traceback anywhere; the mistakes the
-schema catches (and Hydra's own) are reported before JAX is imported and before the run directory exists.
+schema catches (and Hydra's own) are reported before JAX is imported, and those and a target's unknown
+argument before the run directory exists.
 
 Most mistakes run in one process that calls `shiftbench.cli.main` once per mistake (Hydra's start is the cost
 of a subprocess, ~1-2 s each); a few run as `python -m shiftbench.cli` itself, and the JAX check there is an
@@ -61,7 +62,7 @@ HYDRA = [
   (["experiment=quik"], "experiment=quik", "did you mean experiment=quick"),
   (["finetune.steps=["], "cannot parse the override 'finetune.steps=['"),
   (["+finetune.steps=5"], "finetune.steps=5", "An item is already at 'finetune.steps'"),
-  (["model=gap", "model.gap.blur_size=3"], "model.gap.blur_size=3", "write +model.gap.blur_size=3"),
+  (["model=gap", "model.gap.blur_size=3"], "model.gap.blur_size=3", "add it: +model.gap.blur_size=3"),
   (["~finetune.nosuch"], "finetune.nosuch", "does not exist"),
 ]
 # A `_target_`'s own arguments, checked against its signature: once the targets are imported (JAX).
@@ -71,17 +72,35 @@ TARGETS = [
   (["+finetune.optimizer.lr=1e-3"], "finetune.optimizer.lr=0.001", "did you mean 'learning_rate'"),
   (["+data.pretrain.font=x"], "data.pretrain.font='x'", "shiftbench.data.load_glyphs"),
 ]
+# Refused when the settings are built or the data loaded: a target's own check of a value, or what needs
+# several built things (the run directory is open by then).
+BUILT = [
+  (["eval.metrics.worst_of_k.k=0"], "eval.metrics.worst_of_k", "got 0"),
+  (["logger.mode=cloud"], "logger", "'cloud'"),
+  (["finetune.methods=[plain,lpft,lpft]"], "finetune.methods", "'lpft' twice"),
+  (["finetune.modes=[head,full]", "finetune.methods=[plain,wise]"], "method 'wise'", "finetune.modes"),
+  (["model=vgg11", "+tv_width=0.0625", "pretrain.regimes=[imagenet]"], "pretrain.weights", "'vgg11'"),
+  (["model=vgg11", "+tv_width=0.0625", "pretrain.regimes=[imagenet]", "pretrain.weights=/no.pth"], "/no.pth"),
+  (["data.pretrain.charset=greek"], "data.pretrain (shiftbench.data.load_glyphs)", "'greek'"),
+  (["data.pretrain.classes=['0','1',x]"], "data.pretrain (shiftbench.data.load_glyphs)", "'x'"),
+]
 
-# Calls the CLI's `main` once per mistake in this one process; a mistake the door let through fails loudly.
+# Calls the CLI's `main` once per mistake in this one process. Past the door a run builds its settings and
+# loads its data, and stops there: a mistake nothing refused fails loudly instead of training.
 DRIVER = """
 import contextlib, io, json, sys
 from shiftbench import cli
 from shiftbench.infra import errors
 
-def passed_the_door(*args, **kwargs):
-  raise AssertionError("the door let this config through")
+def settings_and_data(cfg, output_dir):
+  from shiftbench.runs import protocol_data
+  from shiftbench.runs.settings import Settings
 
-cli._refuse_or_run = passed_the_door
+  protocol_data.load_datasets(Settings.from_config(cfg))
+  raise AssertionError("nothing refused this config")
+
+refuse_or_run = cli._refuse_or_run
+cli._refuse_or_run = lambda cfg, output_dir, run: refuse_or_run(cfg, output_dir, settings_and_data)
 out = []
 for argv in json.loads(sys.argv[1]):
   errors.reported.clear()
@@ -102,7 +121,7 @@ def _base(tmp_path: Path, i: int) -> list[str]:
   return [*tiny_overrides(str(tmp_path / "data"), str(tmp_path / "ckpt")), f"hydra.run.dir={tmp_path / f'run{i}'}"]
 
 
-def _problems(mistake: list[str], said: tuple[str, ...], result: dict, before_jax: bool, run_dir: Path) -> list[str]:
+def _problems(mistake: list[str], said: tuple[str, ...], result: dict, stage: str, run_dir: Path) -> list[str]:
   lines = [line for line in result["output"].splitlines() if line.strip()]
   last = lines[-1] if lines else ""
   problems = []
@@ -112,16 +131,17 @@ def _problems(mistake: list[str], said: tuple[str, ...], result: dict, before_ja
     problems.append(f"last line {last!r} does not say {said}")
   if "Traceback" in result["output"]:
     problems.append("a traceback")
-  if before_jax and result["jax"]:
+  if stage == "door" and result["jax"]:
     problems.append("jax was imported")
-  if run_dir.exists():
+  if stage != "built" and run_dir.exists():
     problems.append(f"the run directory {run_dir} was made")
   return [f"{' '.join(mistake)}: {p}" for p in problems]
 
 
 def test_each_mistake_is_one_error_line_naming_the_key_and_value_and_the_schemas_come_before_jax(tmp_path):
-  cases = [(m, s, True) for m, *s in SCHEMA + HYDRA] + [(m, s, False) for m, *s in TARGETS]
-  assert len(cases) >= 25
+  stages = [("door", SCHEMA + HYDRA), ("targets", TARGETS), ("built", BUILT)]  # in this order: JAX comes in once
+  cases = [(mistake, said, stage) for stage, table in stages for mistake, *said in table]
+  assert len(SCHEMA + HYDRA) >= 25
   argvs = [_base(tmp_path, i) + mistake for i, (mistake, _, _) in enumerate(cases)]
   run = subprocess.run(
     [sys.executable, "-c", DRIVER, json.dumps(argvs)], capture_output=True, text=True, env=ENV, timeout=300
@@ -129,8 +149,8 @@ def test_each_mistake_is_one_error_line_naming_the_key_and_value_and_the_schemas
   assert run.returncode == 0, run.stderr[-3000:]
   results = json.loads(run.stdout.splitlines()[-1])
   problems = []
-  for i, ((mistake, said, before_jax), result) in enumerate(zip(cases, results, strict=True)):
-    problems += _problems(mistake, tuple(said), result, before_jax, tmp_path / f"run{i}")
+  for i, ((mistake, said, stage), result) in enumerate(zip(cases, results, strict=True)):
+    problems += _problems(mistake, tuple(said), result, stage, tmp_path / f"run{i}")
   assert not problems, "\n".join(problems)
 
 

@@ -23,13 +23,13 @@ from tensorflow_datasets.core.utils import tqdm_utils
 
 from shiftbench.data.objects import ObjectSet, select_classes
 from shiftbench.infra import network
-from shiftbench.infra.errors import DataError
+from shiftbench.infra.errors import DataError, UserError
 
 _PROBE_HOST = "storage.googleapis.com"  # where TFDS downloads most datasets from
 _EXTRA = "pip install 'shiftbench[tfds]'"
 
 
-class DatasetNotFoundError(RuntimeError):
+class DatasetNotFoundError(UserError, RuntimeError):
   """A dataset is not prepared locally and cannot be downloaded here."""
 
 

@@ -27,6 +27,10 @@ class DataError(UserError, ValueError):
   """A dataset or results file is missing, corrupted or degenerate."""
 
 
+class MissingFileError(UserError, FileNotFoundError):
+  """A file the config names (weights, a dataset) does not exist."""
+
+
 class CacheError(UserError, RuntimeError):
   """A cached artifact (pretrained checkpoint) cannot be written, read or verified."""
 

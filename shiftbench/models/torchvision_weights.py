@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from shiftbench.infra import hashing
+from shiftbench.infra.errors import ConfigError, MissingFileError
 from shiftbench.models import published_weights
 from shiftbench.models.densenet import DenseNet
 from shiftbench.models.resnet_tv import TorchvisionResNet
@@ -213,7 +214,7 @@ def weights_spec(weights: str | Mapping[str, str] | None, model_name: str) -> st
   one value (every model) or a mapping of model names (the keys of `model`) to values."""
   spec = weights.get(model_name) if isinstance(weights, Mapping) else weights
   if not spec:
-    raise ValueError(
+    raise ConfigError(
       f"the imagenet pretrain regime needs weights for model {model_name!r}: set pretrain.weights="
       f"/path/to/{model_name}.pth or a published name (IMAGENET1K_V1), or a mapping, e.g. "
       f"+pretrain.weights.{model_name}=...; see docs/paper.md"
@@ -240,7 +241,7 @@ def check_weights(weights: str | Mapping[str, str] | None, model_name: str, arch
 def _local(spec: str, model_name: str) -> Path:
   path = Path(spec).expanduser().absolute()
   if not path.is_file():
-    raise FileNotFoundError(f"pretrain.weights for {model_name!r}: no file {path}")
+    raise MissingFileError(f"pretrain.weights for {model_name!r}: no file {path}")
   return path
 
 

@@ -64,7 +64,4 @@ def _not_in_config(path: str, message: str) -> ConfigError:
   group, allowed = config_schema.owner(path)
   if group is not None and not allowed:
     return door.unknown_key(path, value)
-  return ConfigError(
-    f"{path} is not in the composed config, so {override} has nothing to set; to add it (an argument of a "
-    f"_target_, or a key under a null), write +{override}"
-  )
+  return ConfigError(f"{path} is not in the composed config, so {override} has nothing to set; add it: +{override}")

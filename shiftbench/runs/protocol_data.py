@@ -7,7 +7,7 @@ from __future__ import annotations
 from shiftbench.data import ObjectSet, require_task, resize_objects, subsets
 from shiftbench.data.device import DeviceObjects
 from shiftbench.infra import hashing
-from shiftbench.infra.errors import ConfigError, DataError
+from shiftbench.infra.errors import ConfigError, DataError, UserError
 from shiftbench.runs.settings import Settings
 
 
@@ -74,8 +74,8 @@ def check_disjoint(data_a: ObjectSet, data_b: ObjectSet, allow_overlap: bool) ->
 
 def load_datasets(s: Settings) -> tuple[ObjectSet, ObjectSet]:
   """Loads datasets A and B (`Settings.loaders`) and resizes their objects to the object size."""
-  data_a = resize_objects(s.loaders["pretrain"](), s.spec.object_size)
-  data_b = resize_objects(s.loaders["finetune"](), s.spec.object_size)
+  data_a = resize_objects(_load(s, "pretrain"), s.spec.object_size)
+  data_b = resize_objects(_load(s, "finetune"), s.spec.object_size)
   require_task(data_a, "A (data.pretrain)")
   require_task(data_b, "B (data.finetune)")
   if data_a.object_shape[-1] != data_b.object_shape[-1]:
@@ -85,3 +85,14 @@ def load_datasets(s: Settings) -> tuple[ObjectSet, ObjectSet]:
     )
   check_disjoint(data_a, data_b, s.allow_overlap)
   return data_a, data_b
+
+
+def _load(s: Settings, side: str) -> ObjectSet:
+  """One dataset from its loader; the loader refusing the arguments `data.<side>` gives it (a ValueError,
+  TypeError or missing file: an unknown charset, a class it lacks) as one line naming the entry."""
+  try:
+    return s.loaders[side]()
+  except UserError:
+    raise
+  except (ValueError, TypeError, FileNotFoundError) as e:
+    raise ConfigError(f"data.{side} ({s.config['data'][side]['_target_']}): {e}") from e

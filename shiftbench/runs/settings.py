@@ -188,12 +188,12 @@ class Settings:
       optimizers=optimizers,
       factories=factories,
       transforms={
-        "pretrain": hydra.utils.instantiate(optimizers["pretrain"]),
-        "finetune": {lr: hydra.utils.instantiate(optimizers["finetune"], learning_rate=lr) for lr in rates},
+        "pretrain": targets.build("pretrain.optimizer", optimizers["pretrain"]),
+        "finetune": {lr: targets.build("finetune.optimizer", optimizers["finetune"], learning_rate=lr) for lr in rates},
       },
       evaluators=build_evaluators(config["eval"].get("metrics")),
       loaders={side: hydra.utils.instantiate(dcfg, _partial_=True) for side, dcfg in data.items()},
-      tracker=hydra.utils.instantiate(logger),
+      tracker=targets.build("logger", logger),
       checkpoint_dir=str(config["paths"]["checkpoint_dir"]),
       checkpoint_every=max(0, int(cfg.pretrain.get("checkpoint_every") or 0)),
       wait_timeout_s=float(cfg.pretrain.get("wait_timeout_s", 7200)),
@@ -247,7 +247,7 @@ def build_evaluators(cfg: Mapping[str, Any] | None) -> dict[str, Evaluator]:
   """Every evaluator of the `eval.metrics` config, keyed by its prefix."""
   out = {}
   for prefix, entry in (cfg or {}).items():
-    evaluator = hydra.utils.instantiate(entry)
+    evaluator = targets.build(f"eval.metrics.{prefix}", entry)
     if not isinstance(evaluator, Evaluator):
       raise TypeError(f"eval.metrics.{prefix} must build a shiftbench.evaluators.Evaluator, got {type(evaluator)}")
     out[str(prefix)] = evaluator

@@ -1,8 +1,10 @@
-"""A `_target_` entry's own keys, checked against what its target takes before anything is built.
+"""A `_target_` entry's own keys, checked against what its target takes before anything is built, and the
+entry built.
 
 The schema passes an entry's arguments through (a user's model takes what it takes); here the target is
 imported and a key that names none of its parameters is one line, with the nearest parameter. Targets that
-take `**kwargs`, or have no signature, are left to the call itself.
+take `**kwargs`, or have no signature, are left to the call itself; a target that refuses a value when it is
+built (`build`) is one line too, naming the entry.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import inspect
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from hydra.utils import get_object
+from hydra.errors import InstantiationException
+from hydra.utils import get_object, instantiate
 
 from shiftbench.infra.errors import ConfigError
 from shiftbench.runs import config_values
@@ -66,3 +69,14 @@ def check_arguments(key: str, entry: Mapping[str, Any]) -> None:
     raise ConfigError(
       f"{key}.{arg}={show(value)}: {target} takes no argument {arg!r}; {hint}it takes: {', '.join(takes)}"
     )
+
+
+def build(key: str, entry: Mapping[str, Any], **kwargs: Any) -> Any:
+  """`entry` instantiated; the target's own refusal of an argument (a ValueError or TypeError, which Hydra
+  wraps with the call) as a `ConfigError` naming the entry, e.g. `logger: unknown logger.mode 'cloud'`."""
+  try:
+    return instantiate(entry, **kwargs)
+  except InstantiationException as e:
+    if isinstance(e.__cause__, (ValueError, TypeError)):
+      raise ConfigError(f"{key}: {e.__cause__}") from e
+    raise
