@@ -212,25 +212,40 @@ def top_level_keys() -> frozenset[str]:
   return frozenset(f.name for f in dataclasses.fields(Config))
 
 
-def owner(path: str) -> tuple[type[Group] | None, str]:
-  """The group that defines the last key of `path` ("finetune.until_accuracy.window" -> UntilAccuracy), and
-  the key's domain's words; (None, "") where the path runs into a `_target_` entry or a free mapping
-  (`model.gap.widths`), whose keys the schema passes through."""
-  group: type[Group] = Config
+def group_at(path: str) -> type[Group] | None:
+  """The group whose keys sit at `path` ("" -> Config, "finetune.until_accuracy" -> UntilAccuracy); None
+  where the path is no group: inside a `_target_` entry or a free mapping, whose keys pass through."""
+  group: type[Group] | None = Config
+  for part in filter(None, path.split(".")):
+    if group is None or part not in keys_of(group):
+      return None
+    hint = typing.get_type_hints(group)[part]
+    inner = [t for t in typing.get_args(hint) or (hint,) if isinstance(t, type) and issubclass(t, Group)]
+    group = inner[0] if inner else None
+  return group
+
+
+def first_unknown(path: str) -> str | None:
+  """The first key along `path` that the schema does not define where it defines the keys
+  ("finetune.lr.x" -> "finetune.lr"); None when it defines them all or the path passes through."""
   parts = path.split(".")
   for i, part in enumerate(parts):
-    fields = {f.name: f for f in dataclasses.fields(group)}  # type: ignore[arg-type]
-    if part not in fields:
-      return (group, "") if i == len(parts) - 1 else (None, "")
-    if i == len(parts) - 1:
-      return group, fields[part].metadata["domain"].allowed
-    hint = typing.get_type_hints(group)[part]
-    groups = [t for t in typing.get_args(hint) or (hint,) if isinstance(t, type) and issubclass(t, Group)]
-    if not groups:
-      return None, ""
-    group = groups[0]
-  return group, ""
+    group = group_at(".".join(parts[:i]))
+    if group is None:
+      return None
+    if part not in keys_of(group):
+      return ".".join(parts[: i + 1])
+  return None
+
+
+def allowed(key: str) -> str:
+  """What the schema says `key` may hold ("an integer >= 1"); "" for a key it does not define."""
+  parent, _, name = key.rpartition(".")
+  group = group_at(parent)
+  fields = {f.name: f for f in dataclasses.fields(group)} if group is not None else {}  # type: ignore[arg-type]
+  return fields[name].metadata["domain"].allowed if name in fields else ""
 
 
 def keys_of(group: type[Group]) -> list[str]:
+  """The keys a group defines, in the schema's order."""
   return [f.name for f in dataclasses.fields(group)]  # type: ignore[arg-type]

@@ -68,8 +68,7 @@ def unknown_key(path: str, value: Any, cfg: DictConfig | None = None) -> ConfigE
   if path in config_schema.RENAMED:
     return ConfigError(config_schema.RENAMED[path])
   parent, _, name = path.rpartition(".")
-  group, _ = config_schema.owner(path)
-  allowed = config_schema.keys_of(group or config_schema.Config)
+  allowed = config_schema.keys_of(config_schema.group_at(parent) or config_schema.Config)
   if not parent:  # the words `preflight.check_top_level_keys` has always used
     close = difflib.get_close_matches(name, sorted(allowed), n=1, cutoff=0.5)
     hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(sorted(allowed))}"
@@ -100,10 +99,8 @@ def _one_line(e: OmegaConfBaseException, cfg: DictConfig) -> ConfigError:
     return unknown_key(key, value, cfg)
   if isinstance(e, MissingMandatoryValue):
     return ConfigError(f"config key {key} is not set; the protocol needs it: set it, e.g. +{key}=...")
-  if isinstance(e, ValidationError):
-    _, allowed = config_schema.owner(key)
-    if allowed:
-      return invalid(key, value, allowed)
+  if isinstance(e, ValidationError) and config_schema.allowed(key):
+    return invalid(key, value, config_schema.allowed(key))
   return ConfigError(f"config key {key}: {str(e).splitlines()[0]}")
 
 

@@ -61,7 +61,9 @@ def _not_in_config(path: str, message: str) -> ConfigError:
     value = OverridesParser.create().parse_overrides([override])[0].value()
   except Exception:
     value = override.partition("=")[2]
-  group, allowed = config_schema.owner(path)
-  if group is not None and not allowed:
-    return door.unknown_key(path, value)
+  unknown = config_schema.first_unknown(path)
+  if unknown is not None:  # the value under the unknown key, as the config would have held it
+    for key in reversed(path.removeprefix(unknown).split(".")[1:]):
+      value = {key: value}
+    return door.unknown_key(unknown, value)
   return ConfigError(f"{path} is not in the composed config, so {override} has nothing to set; add it: +{override}")
