@@ -105,8 +105,9 @@ def _one_line(e: OmegaConfBaseException, cfg: DictConfig) -> ConfigError:
 
 
 def _value(cfg: DictConfig, key: str) -> Any:
+  """The value the config gives `key`, as plain Python, for the message (None if even that fails)."""
   try:
     value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
   except OmegaConfBaseException:
     return None
-  return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
