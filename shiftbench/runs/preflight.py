@@ -18,7 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from shiftbench.infra.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONFIG_MODULE = "shiftbench.conf"  # the shipped configs (conf/ in a checkout, inside the wheel when installed)
 # Top-level keys that are not in the shipped config but that the code reads.
 EXTRA_KEYS = frozenset({"overwrite"})
 # Optimiser hyperparameters with an obvious domain: name -> (check, what it must be).
@@ -40,7 +40,7 @@ def shipped_top_level_keys() -> frozenset[str]:
   Derived by composing `conf/` (inside a running Hydra app, through its own search path), so a key added
   to a yaml file is allowed without touching this list.
   """
-  from hydra import compose, initialize_config_dir
+  from hydra import compose, initialize_config_module
   from hydra.core.global_hydra import GlobalHydra
 
   def keys() -> set[str]:
@@ -51,7 +51,7 @@ def shipped_top_level_keys() -> frozenset[str]:
 
   if GlobalHydra.instance().is_initialized():
     return frozenset(keys())
-  with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+  with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
     return frozenset(keys())
 
 
