@@ -1,4 +1,4 @@
-"""Fine-tuning methods (shiftbench/methods/builtin.py): the known-answer identities through the protocol's own
+"""Fine-tuning methods (shiftbench/methods/): the known-answer identities through the protocol's own
 bookkeeping, the config door, and a method defined outside the package run end to end.
 
 The identities (kept in CI; each prints the largest difference it saw):
@@ -158,7 +158,7 @@ def test_wise_at_zero_and_one_is_exactly_the_last_and_full_rows(protocol):
 def test_l2sp_at_zero_is_exactly_plain_full_and_a_larger_beta_stays_closer_to_pretrained(protocol):
   p, source, done = protocol
   _, full = _ids(p)
-  rid = full._replace(finetune_method="l2sp", l2sp_beta=0.0)
+  rid = full._replace(finetune_method="l2sp", method_setting=0.0)
   ctx = p.context(rid, source, done[full.plain_sibling("last")]["curve"][-1], done)
   method = methods.L2SP(betas=[0.0, 30.0])
   zero = method.run(ctx, 0.0)
@@ -309,7 +309,7 @@ def test_the_pilot_rule_keeps_betas_from_the_first_that_moves_invariance_to_the_
   cells = {0.001: (0.95, 0.41), 0.01: (0.94, 0.45), 0.1: (0.92, 0.60), 1.0: (0.90, 0.80), 10.0: (0.50, 0.90)}
   rows = [{**base, "seed": s, "in_acc": 0.95, "invariance": 0.40} for s in (0, 1)]
   rows += [
-    {**base, "seed": s, "finetune_method": "l2sp", "l2sp_beta": b, "in_acc": a, "invariance": v}
+    {**base, "seed": s, "finetune_method": "l2sp", "method_setting": b, "in_acc": a, "invariance": v}
     for b, (a, v) in cells.items()
     for s in (0, 1)
   ]

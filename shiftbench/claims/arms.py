@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from shiftbench.claims.verdicts import Series
-from shiftbench.rows import schema
+from shiftbench.rows import method_info, schema
 
 SCRATCH = ("scratch", "full")
 Guard = Callable[[dict[str, Any]], bool]  # whether a row's value means anything (else the seed collapsed)
@@ -78,7 +78,11 @@ class Arms:
       self._arms[(r["model"], r["pretrain"], r["finetune"], r.get(schema.LR))].append(r)
     self._methods: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in self.method_rows:
-      self._methods[(r["model"], r["pretrain"], r[schema.METHOD], setting_of(r), r.get(schema.LR))].append(r)
+      method, setting = schema.dimension(r, schema.METHOD), schema.dimension(r, schema.SETTING)
+      self._methods[(r["model"], r["pretrain"], method, setting, r.get(schema.LR))].append(r)
+    self._info: dict[str, method_info.MethodInfo] = {}
+    for r in sorted(self.method_rows, key=lambda r: schema.METHOD_INFO not in r):  # a described row first
+      self._info.setdefault(schema.dimension(r, schema.METHOD), method_info.of(r))
 
   def rates(self, model: str, *arms: tuple[str, str]) -> list[float | None]:
     """The fine-tune rates at which any of `arms` ((pretrain, finetune) pairs) ran, smallest first."""
@@ -145,6 +149,10 @@ class Arms:
       and self.arch[m].get("_target_") == self.arch[model].get("_target_")
     ]
 
+  def method_info(self, method: str) -> method_info.MethodInfo:
+    """How `method`'s rows are shown (from a row that carries its description, else by its name alone)."""
+    return self._info.get(method) or method_info.MethodInfo(method, method)
+
   def method_keys(self) -> list[tuple[str, str, float | None]]:
     """(model, pretrain, finetune_lr) of every method's rows, in the order they came."""
     return list(dict.fromkeys((k[0], k[1], k[4]) for k in self._methods))
@@ -174,20 +182,9 @@ class Arms:
     return _series(found, f"{method_arm(pretrain, method, setting, lr)} of {model}", metric)
 
 
-def setting_of(row: dict[str, Any]) -> float | None:
-  """A method row's setting: WiSE-FT's alpha or L2-SP's beta (None for a method without one)."""
-  alpha = row.get(schema.WISE_ALPHA)
-  return alpha if alpha is not None else row.get(schema.L2SP_BETA)
-
-
-def method_label(method: str, setting: float | None) -> str:
-  """`lpft`, `wise0.5`, `l2sp0.01`: as `schema.RowId.method_label` names a row's method."""
-  return method + ("" if setting is None else schema.format_lr(setting))
-
-
 def method_arm(pretrain: str, method: str, setting: float | None, lr: float | None, note: str = "") -> str:
   """`translate/full wise0.5@0.01` (with `note`: `translate/full l2sp0.01 (best val)@0.01`)."""
-  text = f"{pretrain}/full {method_label(method, setting)}" + (f" {note}" if note else "")
+  text = f"{pretrain}/full {schema.method_label(method, setting)}" + (f" {note}" if note else "")
   return text + ("" if lr is None else f"@{schema.format_lr(lr)}")
 
 
