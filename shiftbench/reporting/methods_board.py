@@ -189,8 +189,8 @@ def _table(arms: Arms, model: str, pretrain: str, lr: float | None) -> Table:
     if arms.found(model, pretrain, mode, lr)
   ]
   methods = arms.methods_at(model, pretrain, lr)
-  lines += [_line(arms, model, pretrain, lr, "full", m, s) for m, s in methods]
-  best = best_beta(arms, model, pretrain, lr) if any(m == L2SP for m, _ in methods) else None
+  lines += [_line(arms, model, pretrain, lr, "full", m.method, m.setting) for m in methods]
+  best = best_beta(arms, model, pretrain, lr) if any(m.method == L2SP for m in methods) else None
   for x in lines:
     if best is not None and best.beta is not None and x.finetune_method == L2SP and x.method_setting == best.beta:
       x.best_val = True
