@@ -13,14 +13,13 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from shiftbench.claims import arms
 from shiftbench.claims import catalogue as claims_lib
 from shiftbench.reporting import methods_board
 from shiftbench.rows import schema
 
-# The three method dimensions print as one column, `method` (`schema.RowId.method_label`: plain, lpft,
-# wise0.5, l2sp0.01); leaderboard.md keeps all three.
-METHOD_COLUMNS = (schema.METHOD, schema.WISE_ALPHA, schema.L2SP_BETA)
+# The two method dimensions print as one column, `method` (`schema.method_label`: plain, lpft, wise0.5,
+# l2sp0.01); leaderboard.md keeps both.
+METHOD_COLUMNS = (schema.METHOD, schema.SETTING)
 METHOD = "method"
 # off_acc is left to leaderboard.md (invariance is made of it): with the rate column, every key line fits
 # in 100 characters.
@@ -50,21 +49,16 @@ def key_table(columns: list[str], rows: list[list], metric_columns: set[str]) ->
 
 
 def _method_column(columns: list[str], rows: list[list]) -> tuple[list[str], list[list]]:
-  """The method, WiSE-FT alpha and L2-SP beta columns as one `method` column where the first was."""
+  """The method and method setting columns as one `method` column where the first was."""
   if not all(c in columns for c in METHOD_COLUMNS):
     return columns, rows
-  at, alpha, beta = (columns.index(c) for c in METHOD_COLUMNS)
-  drop = {alpha, beta}
-
-  def setting(value):
-    return None if value in (None, "", "-") else float(value)
+  at, setting = (columns.index(c) for c in METHOD_COLUMNS)
 
   def label(r: list) -> str:
-    a, b = setting(r[alpha]), setting(r[beta])
-    return arms.method_label(str(r[at]), a if a is not None else b)
+    return schema.method_label(str(r[at]), None if r[setting] in (None, "", "-") else float(r[setting]))
 
-  out_columns = [METHOD if i == at else c for i, c in enumerate(columns) if i not in drop]
-  out_rows = [[label(r) if i == at else v for i, v in enumerate(r) if i not in drop] for r in rows]
+  out_columns = [METHOD if i == at else c for i, c in enumerate(columns) if i != setting]
+  out_rows = [[label(r) if i == at else v for i, v in enumerate(r) if i != setting] for r in rows]
   return out_columns, out_rows
 
 

@@ -44,7 +44,7 @@ def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
   out = []
   for r, s, m in zip(rows, settings, metrics):
     values = [
-      *(r.get(k, schema.METHOD_DEFAULTS.get(k)) for k in schema.IDENTITY),  # an older row is a plain row
+      *(schema.dimension(r, k) for k in schema.IDENTITY),  # an older file's row as today's
       *(r.get(k) for k in keys),
       *(s.get(n) for n in names),
       *(m.get(k) for k in metric_names),

@@ -25,7 +25,7 @@ from shiftbench.evaluators import location_maps as evaluation
 from shiftbench.evaluators import metrics
 from shiftbench.evaluators.predictor import Predictor
 from shiftbench.infra import files as results
-from shiftbench.methods.builtin import Finetuned
+from shiftbench.methods import Finetuned
 from shiftbench.models import published_weights, torchvision_weights
 from shiftbench.reporting import leaderboard, plots, terminal, tidy
 from shiftbench.rows import collect, comparison, schema
@@ -284,8 +284,7 @@ class Protocol:
     eval_start = time.perf_counter()
     before = self.before(rid, ctx.fresh)
     eval_seconds = time.perf_counter() - eval_start
-    setting = getattr(rid, method.grid_field) if method.grid_field else None
-    tuned = methods.as_finetuned(method.run(ctx, setting), method.name)
+    tuned = methods.as_finetuned(method.run(ctx, rid.method_setting), method.name)
     model = tuned.model
     if rid.finetune_method == schema.PLAIN:
       self._keep(rid, model)
@@ -388,6 +387,8 @@ def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
       "pretrain_sha256": protocol.hash_a,
       "finetune_sha256": protocol.hash_b,
     },
+    # How each method's rows are shown, for the tables, which import no jax (`shiftbench.rows.method_info`).
+    "methods": {name: m.describe() for name, m in settings.methods.items()},
     "grid": protocol.grid,
     "rows": list(done.values()),
   }

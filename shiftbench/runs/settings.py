@@ -33,13 +33,6 @@ from shiftbench.runs import preflight
 # Without pretraining the backbone is random: a row that freezes it measures nothing about invariance
 # learned in pretraining, so `scratch` pairs with `full` (and `head` only when asked; `last` never).
 SCRATCH_MODES: tuple[str, ...] = ("full", "head")
-# `finetune.methods` entries that are a name: the built-in methods (`shiftbench.methods.builtin`).
-BUILTIN_METHODS: dict[str, str] = {
-  schema.PLAIN: "shiftbench.methods.Plain",
-  "lpft": "shiftbench.methods.LPFT",
-  "wise": "shiftbench.methods.WiSEFT",
-  "l2sp": "shiftbench.methods.L2SP",
-}
 
 
 def _choices(values, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
@@ -185,9 +178,8 @@ class Settings:
       if schema.PLAIN in self.methods:
         out += [schema.RowId.plain(model, regime, mode, lr, seed) for mode in self.modes_for(regime, model)]
       for method, setting in self.method_rows(model, regime):
-        fields = {method.grid_field: setting} if method.grid_field else {}
         rid = schema.RowId.plain(model, regime, method.mode, lr, seed)
-        out.append(rid._replace(finetune_method=method.name, **fields))
+        out.append(rid._replace(finetune_method=method.name, method_setting=setting))
     return out
 
   @classmethod
@@ -444,9 +436,10 @@ def _arms(value, model_configs: Mapping[str, Any]) -> dict[str, tuple[tuple[str,
 
 
 def _methods(value) -> tuple[dict[str, methods.Method], dict[str, dict[str, Any]]]:
-  """`finetune.methods`: a list of built-in method names (`BUILTIN_METHODS`) or `_target_` entries (with
-  an optional `name:`), each built once; and each method's settings for the comparison key (plain has
-  none, so plain rows keep the keys they have without methods)."""
+  """`finetune.methods`: a list of registered method names (`methods.BUILTIN`) or `_target_` entries (with
+  an optional `name:`), each built once; and each method's settings for the comparison key: the entry
+  less its grid (the rows' `method_setting`) and name (plain has none, so plain rows keep the keys they
+  have without methods)."""
   entries = [schema.PLAIN] if value is None else list(value if isinstance(value, (list, tuple)) else [value])
   if not entries:
     raise ConfigError("finetune.methods is empty; give one or more, e.g. 'finetune.methods=[plain,lpft]'")
@@ -454,12 +447,12 @@ def _methods(value) -> tuple[dict[str, methods.Method], dict[str, dict[str, Any]
   configs: dict[str, dict[str, Any]] = {}
   for entry in entries:
     if isinstance(entry, str):
-      if entry not in BUILTIN_METHODS:
+      if entry not in methods.BUILTIN:
         raise ConfigError(
-          f"unknown fine-tune method {entry!r} in finetune.methods; built in: {', '.join(BUILTIN_METHODS)}, "
+          f"unknown fine-tune method {entry!r} in finetune.methods; built in: {', '.join(methods.BUILTIN)}, "
           "or an entry with a _target_ (docs/development.md, 'Add a fine-tune method')"
         )
-      entry = {"_target_": BUILTIN_METHODS[entry]}
+      entry = {"_target_": methods.target(methods.BUILTIN[entry])}
     if not isinstance(entry, dict) or "_target_" not in entry:
       raise ConfigError(f"finetune.methods entry {entry!r} is neither a method name nor a mapping with a _target_")
     entry = dict(entry)
@@ -476,7 +469,7 @@ def _methods(value) -> tuple[dict[str, methods.Method], dict[str, dict[str, Any]
     if method.mode not in schema.FINETUNE_MODES:
       raise ConfigError(f"method {method.name!r} has mode {method.mode!r}; allowed: {', '.join(schema.FINETUNE_MODES)}")
     built[method.name] = method
-    own = {k: v for k, v in entry.items() if k != method.grid_arg}
+    own = {k: v for k, v in entry.items() if k != method.grid_arg()}
     configs[method.name] = {} if method.name == schema.PLAIN else own
   needing = [m.name for m in built.values() if m.needs and schema.PLAIN not in built]
   if needing:
