@@ -218,7 +218,9 @@ class Settings:
     data = {"pretrain": config["data"]["pretrain"], "finetune": config["data"]["finetune"]}
     rates = _rates(cfg.finetune)
     built_methods, method_configs = _methods(config["finetune"].get("methods"))
-    logger = dict(config.get("logger") or {"_target_": "shiftbench.reporting.tracking.WandbTracker", "mode": "disabled"})
+    logger = dict(
+      config.get("logger") or {"_target_": "shiftbench.reporting.tracking.WandbTracker", "mode": "disabled"}
+    )
     settings = cls(
       seeds=tuple(int(s) for s in seeds),
       spec=spec,
