@@ -9,8 +9,8 @@ docs/outputs.md is `Row.markdown()` (tests/test_row_fields.py fails when they di
 
 The row's dimensions are `schema.RowId`'s fields and are declared there (with their docs beside it); every
 other field is in `RESULTS` below. The shift metrics are a family: `eval.metrics` keys name them, not this
-module, so a user's evaluator adds fields without a line here. `MEMBERS` gives the default config's ones
-that the leaderboard shows a short header.
+module, so a user's evaluator adds fields without a line here. `MEMBERS` names the default config's ones
+that the leaderboard shows, with their headers.
 
 No jax here: the table tools import this module and must start without it.
 """
@@ -135,14 +135,14 @@ class Row:
         left out), an annotation (attached when read, never stored), or a family member named like a
         field (it would overwrite it).
     """
-    stored = [f for f in self.fields if getattr(f, "kind", None) != ANNOTATION]
+    stored = [f for f in self.fields if f.kind != ANNOTATION]
     slots = {f.name for f in stored}
     unknown = [k for k in values if k not in slots]
     missing = [f.name for f in stored if f.name not in values and not (isinstance(f, Field) and f.when)]
     if unknown or missing:
       raise ValueError(
         "a row must have exactly the fields declared in shiftbench.rows (fields.RESULTS, schema.RowId): "
-        + "; ".join(p for p in (_named("not declared", unknown), _named("missing", missing)) if p)
+        + "; ".join(p for p in (_named("not declared (or not stored)", unknown), _named("missing", missing)) if p)
       )
     out: dict[str, Any] = {}
     for f in stored:
