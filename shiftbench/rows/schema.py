@@ -5,9 +5,10 @@ fine-tune mode x fine-tune method and its setting x fine-tune learning rate x se
 `comparison_key` (`shiftbench.rows.comparison`) names the experiment it belongs to, so
 `(comparison_key, *RowId)` names it across runs. Everything that reads rows (the leaderboard, the tidy
 table, wandb, resuming a run, the claims) takes its identity, its order and which of its fields are
-metrics from here. To add a row dimension, add a field to `RowId` (and to `METHOD_DEFAULTS`-like
-defaults, so older results files still read) and have the protocol fill it (docs/development.md). Rows of
-older files are read as today's by `dimension`, the one place that knows what they held.
+metrics from here: `ROW` declares every field of a row once (the dimensions here, as `RowId` and a line on
+each in `DIMENSION_DOCS`; every other field in `shiftbench.rows.fields`), and the classifications below
+derive from it. To add a row dimension, add a field to `RowId` and its line (and its value for older
+results files to the defaults, `METHOD_DEFAULTS`) and have the planner fill it (docs/development.md).
 
 No jax here: the table tools import this module and must start without it.
 """
@@ -19,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from shiftbench.rows import comparison
+from shiftbench.rows import comparison, fields
 
 # The allowed values of each dimension, in the order rows are shown: regimes from least to most
 # augmentation, modes from least to most trained. Models keep the order they were run in.
@@ -106,66 +107,55 @@ def dimension(row: Mapping[str, Any], name: str, missing: Any = None) -> Any:
   return METHOD_DEFAULTS.get(name, missing)
 
 
+# One line on each dimension (docs/outputs.md's table of row fields) and the terminal's shorter header where
+# it has one: with `RowId`'s fields, the identity part of the row's declaration (`ROW`).
+DIMENSION_DOCS: dict[str, str] = {
+  "model": "the model preset (a key of `model`)",
+  "pretrain": "the pretrain regime on A: `scratch`, `imagenet`, `fixed`, `random_crop` or `translate`",
+  "finetune": "the fine-tune mode, what trains on B: `last` (the classifier), `head` (hidden FC layers too), `full`",
+  "finetune_method": "how it was fine-tuned: `plain`, `lpft`, `wise`, `l2sp` or a user's method (absent: plain)",
+  "method_setting": "the method's grid value (WiSE-FT's α, L2-SP's β; 0.6.0's `wise_alpha`, `l2sp_beta`), or null",
+  "finetune_lr": "the fine-tune learning rate (`finetune.learning_rates`)",
+  "seed": "the seed of every random stream of the row",
+}
+DIMENSION_HEADERS: dict[str, str] = {"finetune": "mode", "finetune_lr": "lr"}
+# What a results row is: its dimensions, then every other field (`fields.RESULTS`), each declared once.
+ROW = fields.Row(
+  (
+    *(
+      fields.Field(n, fields.IDENTITY, DIMENSION_DOCS.get(n, ""), header=DIMENSION_HEADERS.get(n))
+      for n in RowId._fields
+    ),
+    *fields.RESULTS,
+  ),
+  fields.MEMBERS,
+)
+
 IDENTITY: tuple[str, ...] = RowId._fields
 LR = "finetune_lr"
 SEED = "seed"
 # What a leaderboard line averages over seeds: every dimension but the seed, within one experiment.
 DIMENSIONS: tuple[str, ...] = tuple(k for k in IDENTITY if k != SEED)
-KEYS: tuple[str, ...] = ("comparison_key", "protocol_key")
+KEYS: tuple[str, ...] = ROW.names(fields.KEY)
 GROUP: tuple[str, ...] = (*DIMENSIONS, "comparison_key")
 UNIQUE: tuple[str, ...] = ("comparison_key", *IDENTITY)  # one row across runs
 # Attached to each row when a results file is read (`collect.annotate`), not stored in it; `method_info`
 # is how its method is shown (`shiftbench.rows.method_info`).
 METHOD_INFO = "method_info"
-ANNOTATIONS: tuple[str, ...] = ("datasets", "architecture", "source", METHOD_INFO)
+ANNOTATIONS: tuple[str, ...] = ROW.names(fields.ANNOTATION)
 # Where and how fast a row ran: two copies of one row may differ in these, never in anything else.
-PROVENANCE: tuple[str, ...] = (
-  "heatmap",
-  "source",
-  "eval_seconds",
-  "finetune_seconds",
-  "train_final",
-  "datasets",
-  "architecture",
-  METHOD_INFO,
-)
-# Fields that are identity, settings, timing or arrays, never metric columns (numbers among them too).
+PROVENANCE: tuple[str, ...] = ROW.names(fields.PROVENANCE, fields.TIMING, fields.ANNOTATION)
+# Fields that are never metric columns, numbers among them too (identity, settings, timing, arrays); every
+# other number of a row is one, a family's included.
 NOT_METRICS: tuple[str, ...] = (
-  *IDENTITY,
-  *LEGACY_SETTINGS,
-  *KEYS,
-  *ANNOTATIONS,
-  "finetune_steps",
-  "val_in_acc",  # the rate-choosing criterion, not a result
-  "val_invariance",  # with val_in_acc, what L2-SP's beta is chosen by
-  "finetune_seconds",
-  "eval_seconds",
-  "chance",
-  "comparison",
-  "heatmap",
-  "location_map",
-  "curve",
+  *(n for n in ROW.names() if ROW.field(n).column != fields.NUMBERS),
+  *LEGACY_SETTINGS,  # 0.6.0's method settings, read as `method_setting`
 )
 # The numbers the leaderboard averages over seeds, and their column headers.
-METRICS: dict[str, str] = {
-  "in_acc": "in_acc",
-  "off_acc": "off_acc",
-  "invariance": "invariance",
-  "invariance_lost": "inv_lost",
-  "consistency": "consistency",
-  "consistency_circular": "consist_circ",
-  "consistency_local": "consist_local",
-  "worst_case_acc": "worst_case",
-  "worst_of_k_acc": "worst_of_k",
-  "flip_rate": "flip_rate",
-  "similarity": "similarity",
-  "similarity_before": "sim_before",
-  "pretrain_invariance_before": "A_inv_before",
-  "pretrain_invariance_after": "A_inv_after",
-  "pretrain_invariance_lost": "A_inv_lost",
-}
-# What the fine-tune curve records at each evaluation.
-CURVE_METRICS: tuple[str, ...] = ("in_acc", "off_acc", "invariance")
+METRICS: dict[str, str] = {name: ROW.header(name) for name in fields.BOARD}
+# What the fine-tune curve records at each evaluation: its metrics (wandb's history), and every field.
+CURVE_FIELDS: tuple[str, ...] = tuple(n for n in ROW.names() if ROW.field(n).curve)
+CURVE_METRICS: tuple[str, ...] = tuple(n for n in CURVE_FIELDS if ROW.field(n).kind == fields.METRIC)
 _ORDERS = {"pretrain": PRETRAIN_REGIMES, "finetune": FINETUNE_MODES, METHOD: FINETUNE_METHODS}
 
 

@@ -117,12 +117,6 @@ class Protocol:
       return model, {"weights": torchvision_weights.load_imagenet(model, weights, source)}
     return pretraining.pretrained_model(self.s, name, regime, seed, build, self.train_a, self.hash_a)
 
-  def rekey(self, row: dict[str, Any], extra: dict[str, Any]) -> None:
-    """Adds settings known only once a row ran (the content hash of its ImageNet weights) to its keys."""
-    row["comparison"] = dict(sorted({**row["comparison"], **extra}.items()))
-    row["comparison_key"] = comparison.key_of(row["comparison"])
-    row["protocol_key"] = comparison.key_of(comparison.protocol_part(row["comparison"]))
-
   # -- one row ------------------------------------------------------------------------------------
   def start(self, rid: RowId, source: nnx.Module | None) -> nnx.Module:
     """B's model before fine-tuning. Its own stream: the same classifier start for every regime and mode
@@ -174,7 +168,7 @@ class Protocol:
         curve.append({**probe, "step": 0, "from": "probe"})
         return
       point = self.location_map(self.predictor(m), self.curve_b)
-      curve.append({"step": step, **{k: point[k] for k in CURVE_FIELDS}})
+      curve.append({"step": step, **{k: point[k] for k in schema.CURVE_FIELDS}})
 
     start = time.perf_counter()
     until = None if s.until_accuracy is None else train.UntilAccuracy(*s.until_accuracy)
@@ -276,8 +270,11 @@ class Protocol:
     a_before: dict[str, Any] | None,
     probe: dict[str, Any] | None = None,
     done: dict[RowId, dict[str, Any]] | None = None,
+    weights: dict[str, Any] | None = None,
   ) -> dict[str, Any]:
-    """Fine-tunes (by the row's method) and evaluates one row; its fields in `results.json` order."""
+    """Fine-tunes (by the row's method) and evaluates one row, built through its declaration (`schema.ROW`:
+    its fields, in `results.json` order). `weights` are the imagenet regime's weights file (its sha256
+    joins the row's settings, so its keys)."""
     s = self.s
     method = s.methods[rid.finetune_method]
     ctx = self.context(rid, source, probe, done or {})
@@ -297,36 +294,36 @@ class Protocol:
     a_after = self.pretrain_task_after(rid, source, model, a_before)
     location_map, heatmap = self.heatmap(rid, final)
     settings = comparison.row_settings(self.protocol, s.models[rid.model], s.method_configs.get(rid.finetune_method))
-    return {
+    if weights is not None:  # the imagenet regime: which file, by content (the key holds its sha256)
+      settings = dict(sorted({**settings, "pretrain.weights.sha256": weights["sha256"]}.items()))
+    return schema.ROW.build(
       **rid._asdict(),
-      "comparison_key": comparison.key_of(settings),
-      "protocol_key": comparison.key_of(comparison.protocol_part(settings)),
-      "eval_split": s.eval_split,
+      comparison_key=comparison.key_of(settings),
+      protocol_key=comparison.key_of(comparison.protocol_part(settings)),
+      eval_split=s.eval_split,
       **{k: final[k] for k in ("distinct_predictions", "in_acc", "off_acc", "invariance", "in_pvalue")},
-      "val_in_acc": val_in_acc,
+      val_in_acc=val_in_acc,
       **({} if rid.finetune_method == schema.PLAIN else {"val_invariance": val_invariance}),
-      "test_objects": len(self.test_b),
-      "chance": 1.0 / self.data_b.num_classes,
-      "finetune_steps": tuned.stop["step"],
-      "finetune_stop": tuned.stop,
-      "input_adapter": getattr(getattr(getattr(model, "backbone", None), "adapter", None), "kind", None),
-      "finetune_location": list(s.finetune_location),
-      "location_map": location_map,
-      "curve": tuned.curve,
+      test_objects=len(self.test_b),
+      chance=1.0 / self.data_b.num_classes,
+      finetune_steps=tuned.stop["step"],
+      finetune_stop=tuned.stop,
+      input_adapter=getattr(getattr(getattr(model, "backbone", None), "adapter", None), "kind", None),
+      finetune_location=list(s.finetune_location),
+      location_map=location_map,
+      curve=tuned.curve,
       **_pretrain_task_fields(a_before, a_after),
-      "invariance_lost": None,  # filled in once the last and full rows of this seed both exist
-      "params": models.param_count(model),
-      **shift,
-      **before,
-      "eval_seconds": eval_seconds,
-      "train_final": tuned.history[-1] if tuned.history else None,
-      "finetune_seconds": tuned.seconds,
-      "heatmap": str(heatmap.relative_to(self.output_dir)),
-      "comparison": settings,
-    }
-
-
-CURVE_FIELDS = (*schema.CURVE_METRICS, "in_pvalue")
+      invariance_lost=None,  # filled in once the last and full rows of this seed both exist
+      params=models.param_count(model),
+      shift=shift,
+      shift_before=before,
+      eval_seconds=eval_seconds,
+      train_final=tuned.history[-1] if tuned.history else None,
+      finetune_seconds=tuned.seconds,
+      heatmap=str(heatmap.relative_to(self.output_dir)),
+      comparison=settings,
+      **({} if weights is None else {"pretrain_weights": weights}),
+    )
 
 
 def probe_point(rid: RowId, done: dict[RowId, dict[str, Any]]) -> dict[str, Any] | None:
@@ -410,10 +407,7 @@ def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
             if regime != "imagenet":
               a_before = protocol.location_map(protocol.predictor(source), protocol.test_a)
           for rid in new:
-            row = protocol.row(rid, source, a_before, probe_point(rid, done), done)
-            if "weights" in meta:  # the imagenet regime: which file, by content (the key holds its sha256)
-              row["pretrain_weights"] = meta["weights"]
-              protocol.rekey(row, {"pretrain.weights.sha256": meta["weights"]["sha256"]})
+            row = protocol.row(rid, source, a_before, probe_point(rid, done), done, meta.get("weights"))
             done[rid] = row
             schema.fill_invariance_lost(done.values())
             record["rows"] = list(done.values())
