@@ -179,8 +179,11 @@ class Settings:
     data = {"pretrain": config["data"]["pretrain"], "finetune": config["data"]["finetune"]}
     rates = _rates(cfg.finetune)
     built_methods, method_configs = _methods(config["finetune"].get("methods"))
-    logger = dict(config.get("logger") or {"_target_": "shiftbench.reporting.tracking.WandbTracker", "mode": "disabled"})
-    settings = cls(
+    logger = dict(
+      config.get("logger") or {"_target_": "shiftbench.reporting.tracking.WandbTracker", "mode": "disabled"}
+    )
+    # Every setting but the eval batch, each read, checked and built.
+    fields = dict(
       seeds=tuple(int(s) for s in seeds),
       spec=spec,
       finetune_location=ft_loc,
@@ -237,15 +240,16 @@ class Settings:
       arms=_arms(config.get("arms"), model_configs),
       methods=built_methods,
       method_configs=method_configs,
-      # Last, as arguments are evaluated in order: `auto` for the torchvision networks compiles them (~40 s
-      # for DenseNet-121 at full width), so every other setting is checked, and reported, before the count.
-      eval_batch=batching.resolve_batch_size(
-        cfg.eval.batch_size,
-        spec.canvas_size,
-        _model_widths(config),
-        lambda: _activation_bytes(factories, model_configs, spec.canvas_size),
-      ),
     )
+    # Then the eval batch, in its own step: `auto` for the torchvision networks compiles them (~40 s for
+    # DenseNet-121 at full width), so every other setting is checked, and reported, before the count.
+    eval_batch = batching.resolve_batch_size(
+      cfg.eval.batch_size,
+      spec.canvas_size,
+      _model_widths(config),
+      lambda: _activation_bytes(factories, model_configs, spec.canvas_size),
+    )
+    settings = cls(**fields, eval_batch=eval_batch)
     plan.check_method_needs(settings)
     return settings
 
