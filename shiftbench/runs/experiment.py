@@ -331,7 +331,7 @@ class Protocol:
       "chance": 1.0 / self.data_b.num_classes,
       "finetune_steps": tuned.stop["step"],
       "finetune_stop": tuned.stop,
-      "input_adapter": getattr(getattr(getattr(model, "backbone", None), "adapter", None), "kind", None),
+      "input_adapter": model.input_adapter,
       "finetune_location": list(s.finetune_location),
       "location_map": location_map,
       "curve": tuned.curve,

@@ -85,25 +85,13 @@ class UntilAccuracy:
     return {"rule": "until_accuracy", "threshold": self.threshold, "window": self.window, "final_mean": self.mean}
 
 
-def trainable_filter(mode: str) -> Any:
-  """Which params train: all of them (`full`), the head's (`head`: hidden FC layers + classifier, conv
-  frozen) or the classifier's only (`last`)."""
-  if mode == "full":
-    return nnx.Param
-  if mode == "head":
-    return nnx.All(nnx.Param, nnx.PathContains("head"))
-  if mode == "last":
-    return nnx.All(nnx.Param, models.CLASSIFIER)
-  raise ValueError(f"unknown fine-tune mode {mode!r}; allowed: {', '.join(TRAIN_MODES)}")
-
-
 def set_mode(model: nnx.Module, mode: str) -> None:
   """Train-mode layers (BatchNorm batch statistics) for what trains: all of the model in `full` mode;
-  in `head` and `last` modes the frozen backbone runs in eval mode, so its BN uses and keeps the
-  pretrained running averages."""
+  in `head` and `last` modes the frozen backbone (`ShiftModel.backbone`) runs in eval mode, so its BN
+  uses and keeps the pretrained running averages."""
   model.train()
   if mode in ("head", "last"):
-    getattr(model, "backbone", model).eval()
+    model.backbone.eval()
 
 
 def _make_step(
@@ -233,7 +221,7 @@ def train(
   spec.check_location(placement.location)
   k = steps_per_dispatch(dispatch)
   set_mode(model, mode)
-  graphdef, params, rest = nnx.split(model, trainable_filter(mode), ...)
+  graphdef, params, rest = nnx.split(model, models.trainable(mode), ...)
   opt_state = tx.init(params)
   update = _compiled_update(graphdef, tx, spec, placement, batch_size, k)
   base_key = seed if isinstance(seed, jax.Array) else jax.random.key(seed)
