@@ -445,7 +445,7 @@ def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
       with protocol.rows_of(group):
         for at_rate in group.rates:
           with protocol.rows_at(at_rate):
-            for rid in (rid for rid in at_rate.rows if rid not in done):
+            for rid in [r for r in at_rate.rows if r not in done]:
               row = protocol.row(rid, source, a_before, probe_point(rid, done), done)
               if "weights" in meta:  # the imagenet regime: which file, by content (the key holds its sha256)
                 row["pretrain_weights"] = meta["weights"]
