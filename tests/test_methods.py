@@ -28,7 +28,7 @@ from shiftbench.models import ResNet, ShiftNet
 from shiftbench.reporting import leaderboard, terminal
 from shiftbench.reporting import page as report
 from shiftbench.rows import collect, schema
-from shiftbench.runs import protocol_data
+from shiftbench.runs import plan, protocol_data
 from shiftbench.runs.experiment import Protocol, run_experiment
 from shiftbench.runs.settings import Settings
 
@@ -114,11 +114,12 @@ def test_method_rows_follow_the_plain_rows_they_start_from_at_every_rate():
       + ["finetune.methods=[plain,lpft,{_target_: shiftbench.methods.WiSEFT, alphas: [0.5]},l2sp]"]
     )
   )
-  labels = [(r.finetune, r.method_label, r.finetune_lr) for r in s.row_ids("cnn_fc", "translate", 0)]
+  scratch, translate = [g for g in plan.groups(s) if g.seed == 0]
+  labels = [(r.finetune, r.method_label, r.finetune_lr) for r in translate.rows]
   per_rate = [("last", "plain"), ("full", "plain"), ("full", "lpft"), ("full", "wise0.5")]
   per_rate += [("full", f"l2sp{b:g}") for b in (0.001, 0.01, 0.1, 1.0)]
   assert labels == [(*x, lr) for lr in (1e-3, 1e-2) for x in per_rate]
-  assert [r.method_label for r in s.row_ids("cnn_fc", "scratch", 0)] == ["plain", "plain"]  # nothing to keep
+  assert [r.method_label for r in scratch.rows] == ["plain", "plain"]  # nothing to keep
   # Plain rows' settings stay those of a run without methods; L2-SP's own (its ratio) enter its key only.
   assert s.method_configs["plain"] == {} and s.method_configs["l2sp"] == {"_target_": "shiftbench.methods.L2SP"}
 
@@ -135,14 +136,17 @@ def protocol(tiny_data_dir, tmp_path_factory):
   p = Protocol(s, *protocol_data.load_datasets(s), root)
   source, _ = p.pretrained("cnn_fc", "translate", 0)
   done = {}
-  for rid in s.row_ids("cnn_fc", "translate", 0):
-    point = done[rid.plain_sibling("last")]["curve"][-1] if rid.finetune != "last" else None
-    done[rid] = p.row(rid, source, None, point, done)
-  return p, source, done
+  (pretrained,) = plan.groups(s)
+  (at_rate,) = pretrained.rates
+  with p.rows_of(pretrained), p.rows_at(at_rate):  # open for the tests, which read what the rows keep
+    for rid in at_rate.rows:
+      point = done[rid.plain_sibling("last")]["curve"][-1] if rid.finetune != "last" else None
+      done[rid] = p.row(rid, source, None, point, done)
+    yield p, source, done
 
 
 def _ids(p):
-  last, full = p.s.row_ids("cnn_fc", "translate", 0)
+  last, full = plan.groups(p.s)[0].rows
   return last, full
 
 
@@ -206,6 +210,17 @@ def test_a_resumed_run_trains_the_plain_models_again_to_the_same_numbers(protoco
   assert _largest_difference(p.tuned(full, source, done), kept[full]) == 0.0
   with pytest.raises(ValueError, match="does not run in this experiment"):
     p.tuned(last._replace(finetune="head"), source, done)
+
+
+def test_a_row_of_another_group_gets_nothing_the_open_group_keeps(protocol):
+  """What rows share lives as long as their plan group runs: a row of another rate, seed or model asking
+  for it is a bug, not a silent reuse."""
+  p, source, done = protocol
+  last, _ = _ids(p)
+  with pytest.raises(RuntimeError, match=r"asked for while the group \('cnn_fc', 'translate', 0.01, 0\) runs"):
+    p.tuned(last._replace(finetune_lr=0.5), source, done)
+  with pytest.raises(RuntimeError, match="shift metrics before fine-tuning of .* asked for while the group"):
+    p.before(last._replace(seed=1), lambda: None)
 
 
 # -- end to end, with a method from outside the package -----------------------------------------------
