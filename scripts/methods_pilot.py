@@ -37,7 +37,7 @@ def beta_grid(rows: list[dict]) -> tuple[list[float], list[str]]:
     rid = schema.identity(r)
     arms[(rid.model, rid.finetune_lr, rid.finetune, rid.method_label)].append(r)
   groups = sorted({(k[0], k[1]) for k in arms})
-  betas = sorted({schema.identity(r).l2sp_beta for r in rows if schema.identity(r).finetune_method == "l2sp"})
+  betas = sorted({schema.identity(r).method_setting for r in rows if schema.identity(r).finetune_method == "l2sp"})
   if not groups or not betas:
     raise SystemExit("error: the pilot has no l2sp rows")
   moves, falls, lines = defaultdict(list), defaultdict(list), []

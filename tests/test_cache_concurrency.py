@@ -159,7 +159,7 @@ def test_an_unwritable_lock_directory_is_a_cache_error(tmp_path):
 
 
 HOLDER = (
-  "import sys, time; from pathlib import Path; from shiftbench import locks\n"
+  "import sys, time; from pathlib import Path; from shiftbench.infra import locks\n"
   "with locks.run_dir(Path(sys.argv[1])):\n  print('held', flush=True); time.sleep(120)\n"
 )
 

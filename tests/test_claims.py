@@ -402,7 +402,7 @@ def test_the_leaderboard_carries_the_report(tmp_path):
 
 def _method_row(method, seed, invariance, in_acc=0.9, alpha=None, beta=None, model="cnn_fc", arch=FC, **extra):
   row = _row(model, arch, "translate", "full", seed, invariance, in_acc=in_acc, **extra)
-  return {**row, "finetune_method": method, "wise_alpha": alpha, "l2sp_beta": beta}
+  return {**row, "finetune_method": method, "method_setting": alpha if alpha is not None else beta}
 
 
 def _plain(full=0.45, full_acc=0.9, full_val=0.9, seeds=(0, 1, 2)):
@@ -484,7 +484,7 @@ def test_m2_falls_back_to_plain_full_for_alpha_one_and_says_so():
   (m2,) = _claims_of(rows + _wise(0.6, 0.89, with_one=False), "M2")
   assert "plain full" in m2.rows and "wise1" not in m2.rows
   assert m2.values == pytest.approx([0.6 - 0.45] * 3) and m2.outcome == verdicts.SUPPORTED
-  only_one = [r for r in _wise(0.6, 0.9) if r["wise_alpha"] == 1.0]
+  only_one = [r for r in _wise(0.6, 0.9) if r["method_setting"] == 1.0]
   (m2,) = _claims_of(rows + only_one, "M2")  # wise rows, but none at 0.5
   assert m2.outcome == verdicts.NOT_RUN_OUTCOME and "wise0.5" in m2.note
 

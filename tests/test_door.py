@@ -48,7 +48,6 @@ SCHEMA = [
   (["finetune.curve_steps=[0,5]"], "finetune.curve_steps", "got [0, 5]"),
   (["finetune.learning_rates=[1e-3,-1]"], "finetune.learning_rates entries must be numbers > 0, got -1"),
   (["pretrain.optimizer.learning_rate=-1"], "pretrain.optimizer.learning_rate must be > 0, got -1"),
-  (["finetune.methods=[plain,sgd]"], "unknown fine-tune method 'sgd' in finetune.methods"),
   (["arms={cnn_fc: [translate/everything]}"], "arms.cnn_fc entry 'translate/everything'"),
   (["model=gap", "model.gap.widths=[0]"], "model.gap.widths", "got 0"),
   (["overwrite=maybe"], "overwrite must be true or false, got 'maybe'"),
@@ -77,6 +76,8 @@ TARGETS = [
 BUILT = [
   (["eval.metrics.worst_of_k.k=0"], "eval.metrics.worst_of_k", "got 0"),
   (["logger.mode=cloud"], "logger", "'cloud'"),
+  # The registry of methods (`shiftbench.methods.BUILTIN`, which a user's code may extend) imports JAX.
+  (["finetune.methods=[plain,sgd]"], "unknown fine-tune method 'sgd' in finetune.methods"),
   (["finetune.methods=[plain,lpft,lpft]"], "finetune.methods", "'lpft' twice"),
   (["finetune.modes=[head,full]", "finetune.methods=[plain,wise]"], "method 'wise'", "finetune.modes"),
   (["model=vgg11", "+tv_width=0.0625", "pretrain.regimes=[imagenet]"], "pretrain.weights", "'vgg11'"),

@@ -157,7 +157,7 @@ def _method_rows(rows):
   out = []
   for r in rows:
     if (r["pretrain"], r["finetune"]) == ("translate", "full"):
-      out += [dict(r, finetune_method="wise", wise_alpha=0.5, invariance=9.0, in_acc=0.1)]
+      out += [dict(r, finetune_method="wise", method_setting=0.5, invariance=9.0, in_acc=0.1)]
       out += [dict(r, finetune_method="lpft", invariance=-9.0, comparison_key="lpft")]
   return out
 
@@ -168,7 +168,7 @@ def test_the_headline_and_the_forgetting_curves_draw_plain_rows_only():
   curve = [{"step": 0, "invariance": 0.8}, {"step": 10, "invariance": 0.5}]
   arm = {"model": "cnn_fc", "pretrain": "translate", "finetune": "full", "protocol_key": "fixed", "curve": curve}
   entries = [{**arm, "finetune_lr": 1e-3, "finetune_method": "plain"}]
-  entries += [{**arm, "finetune_lr": 1e-3, "finetune_method": "l2sp", "l2sp_beta": 0.01}]
+  entries += [{**arm, "finetune_lr": 1e-3, "finetune_method": "l2sp", "method_setting": 0.01}]
   (ax,) = report.forgetting_figure(entries).axes
   assert len([line for line in ax.lines if line.get_marker() == "o"]) == 1  # not the method's line too
   report.plt.close("all")

@@ -67,3 +67,13 @@ def test_the_table_tool_starts_without_jax():
   )
   assert out.returncode == 0, out.stderr
   assert out.stdout.strip() == "False"
+
+
+def test_the_documented_tree_lists_every_package_and_no_other():
+  """docs/development.md shows the layout as a tree of packages, checked here so it cannot drift."""
+  text = (ROOT / "docs" / "development.md").read_text()
+  tree = text[text.index("```\nshiftbench/\n") : text.index("conf/ ")]
+  documented = {line.split()[0].rstrip("/") for line in tree.splitlines()[2:] if line.startswith("  ")}
+  documented.discard("cli.py,")
+  packages = {p.parent.name for p in (ROOT / "shiftbench").glob("*/__init__.py")} - {"conf"}
+  assert documented == packages

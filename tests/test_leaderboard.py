@@ -122,37 +122,39 @@ def test_means_count_only_defined_values_and_say_how_many():
 
 
 def test_method_rows_are_lines_of_the_leaderboard_in_the_protocols_order():
-  def row(finetune, seed, method="plain", alpha=None, beta=None):
+  def row(finetune, seed, method="plain", setting=None):
     return {
       "model": "m",
       "pretrain": "translate",
       "finetune": finetune,
       "finetune_method": method,
-      "wise_alpha": alpha,
-      "l2sp_beta": beta,
+      "method_setting": setting,
       "finetune_lr": 0.01,
       "seed": seed,
       "invariance": 0.5,
       "in_acc": 0.9,
     }
 
-  made = [("full", "l2sp", None, 0.1), ("full", "wise", 1.0, None), ("full", "lpft", None, None)]
-  made += [("full", "wise", 0.5, None), ("full", "plain", None, None), ("last", "plain", None, None)]
-  made += [("full", "mine", None, None), ("full", "l2sp", None, 0.01)]
-  rows = [row(f, s, m, a, b) for f, m, a, b in made for s in range(3)]
+  made = [("full", "l2sp", 0.1), ("full", "wise", 1.0), ("full", "lpft", None)]
+  made += [("full", "wise", 0.5), ("full", "plain", None), ("last", "plain", None)]
+  made += [("full", "mine", None)]
+  rows = [row(f, s, m, x) for f, m, x in made for s in range(3)]
   rows += [{k: v for k, v in row("head", s).items() if k not in schema.METHOD_DEFAULTS} for s in range(3)]  # older
+  # 0.6.0's rows: the setting in a field of its method's own, read as `method_setting`.
+  old = [{k: v for k, v in row("full", s, "l2sp").items() if k != schema.SETTING} for s in range(3)]
+  rows += [{**r, "wise_alpha": None, "l2sp_beta": 0.01} for r in old]
   board = leaderboard.build(rows)
-  at = [board.columns.index(c) for c in ("finetune", schema.METHOD, schema.WISE_ALPHA, schema.L2SP_BETA)]
+  at = [board.columns.index(c) for c in ("finetune", schema.METHOD, schema.SETTING)]
   assert [tuple(r[i] for i in at) for r in board.rows] == [
-    ("last", "plain", "-", "-"),
-    ("head", "plain", "-", "-"),
-    ("full", "plain", "-", "-"),
-    ("full", "lpft", "-", "-"),
-    ("full", "wise", 0.5, "-"),
-    ("full", "wise", 1.0, "-"),
-    ("full", "l2sp", "-", 0.01),
-    ("full", "l2sp", "-", 0.1),
-    ("full", "mine", "-", "-"),
+    ("last", "plain", "-"),
+    ("head", "plain", "-"),
+    ("full", "plain", "-"),
+    ("full", "lpft", "-"),
+    ("full", "wise", 0.5),
+    ("full", "wise", 1.0),
+    ("full", "l2sp", 0.01),
+    ("full", "l2sp", 0.1),
+    ("full", "mine", "-"),
   ]
   assert all(e["seeds"] == [0, 1, 2] for e in board.entries)  # a method's seeds never pool with plain full's
   assert [e[schema.METHOD] for e in map(leaderboard.json_entry, board.entries)][:3] == ["plain"] * 3

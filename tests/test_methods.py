@@ -1,5 +1,6 @@
-"""Fine-tuning methods (shiftbench/methods/builtin.py): the known-answer identities through the protocol's own
-bookkeeping, the config door, and a method defined outside the package run end to end.
+"""Fine-tuning methods (shiftbench/methods/): the known-answer identities through the protocol's own
+bookkeeping, the config door, and methods defined outside the package run end to end (one with a grid,
+registered as the built-ins are, in the rows, the boards, the figures and the terminal).
 
 The identities (kept in CI; each prints the largest difference it saw):
   WiSE-FT at alpha = 0 is the `last` row's model and at alpha = 1 the `full` row's, exactly;
@@ -24,8 +25,10 @@ from test_schema import ROOT
 from shiftbench import methods, models
 from shiftbench.infra.errors import ConfigError
 from shiftbench.models import ResNet, ShiftNet
-from shiftbench.rows import schema
-from shiftbench.runs import protocol_data
+from shiftbench.reporting import leaderboard, terminal
+from shiftbench.reporting import page as report
+from shiftbench.rows import collect, schema
+from shiftbench.runs import plan, protocol_data
 from shiftbench.runs.experiment import Protocol, run_experiment
 from shiftbench.runs.settings import Settings
 
@@ -111,11 +114,12 @@ def test_method_rows_follow_the_plain_rows_they_start_from_at_every_rate():
       + ["finetune.methods=[plain,lpft,{_target_: shiftbench.methods.WiSEFT, alphas: [0.5]},l2sp]"]
     )
   )
-  labels = [(r.finetune, r.method_label, r.finetune_lr) for r in s.row_ids("cnn_fc", "translate", 0)]
+  scratch, translate = [g for g in plan.groups(s) if g.seed == 0]
+  labels = [(r.finetune, r.method_label, r.finetune_lr) for r in translate.rows]
   per_rate = [("last", "plain"), ("full", "plain"), ("full", "lpft"), ("full", "wise0.5")]
   per_rate += [("full", f"l2sp{b:g}") for b in (0.001, 0.01, 0.1, 1.0)]
   assert labels == [(*x, lr) for lr in (1e-3, 1e-2) for x in per_rate]
-  assert [r.method_label for r in s.row_ids("cnn_fc", "scratch", 0)] == ["plain", "plain"]  # nothing to keep
+  assert [r.method_label for r in scratch.rows] == ["plain", "plain"]  # nothing to keep
   # Plain rows' settings stay those of a run without methods; L2-SP's own (its ratio) enter its key only.
   assert s.method_configs["plain"] == {} and s.method_configs["l2sp"] == {"_target_": "shiftbench.methods.L2SP"}
 
@@ -132,14 +136,17 @@ def protocol(tiny_data_dir, tmp_path_factory):
   p = Protocol(s, *protocol_data.load_datasets(s), root)
   source, _ = p.pretrained("cnn_fc", "translate", 0)
   done = {}
-  for rid in s.row_ids("cnn_fc", "translate", 0):
-    point = done[rid.plain_sibling("last")]["curve"][-1] if rid.finetune != "last" else None
-    done[rid] = p.row(rid, source, None, point, done)
-  return p, source, done
+  (pretrained,) = plan.groups(s)
+  (at_rate,) = pretrained.rates
+  with p.rows_of(pretrained), p.rows_at(at_rate):  # open for the tests, which read what the rows keep
+    for rid in at_rate.rows:
+      point = done[rid.plain_sibling("last")]["curve"][-1] if rid.finetune != "last" else None
+      done[rid] = p.row(rid, source, None, point, done)
+    yield p, source, done
 
 
 def _ids(p):
-  last, full = p.s.row_ids("cnn_fc", "translate", 0)
+  last, full = plan.groups(p.s)[0].rows
   return last, full
 
 
@@ -158,7 +165,7 @@ def test_wise_at_zero_and_one_is_exactly_the_last_and_full_rows(protocol):
 def test_l2sp_at_zero_is_exactly_plain_full_and_a_larger_beta_stays_closer_to_pretrained(protocol):
   p, source, done = protocol
   _, full = _ids(p)
-  rid = full._replace(finetune_method="l2sp", l2sp_beta=0.0)
+  rid = full._replace(finetune_method="l2sp", method_setting=0.0)
   ctx = p.context(rid, source, done[full.plain_sibling("last")]["curve"][-1], done)
   method = methods.L2SP(betas=[0.0, 30.0])
   zero = method.run(ctx, 0.0)
@@ -205,6 +212,17 @@ def test_a_resumed_run_trains_the_plain_models_again_to_the_same_numbers(protoco
     p.tuned(last._replace(finetune="head"), source, done)
 
 
+def test_a_row_of_another_group_gets_nothing_the_open_group_keeps(protocol):
+  """What rows share lives as long as their plan group runs: a row of another rate, seed or model asking
+  for it is a bug, not a silent reuse."""
+  p, source, done = protocol
+  last, _ = _ids(p)
+  with pytest.raises(RuntimeError, match=r"asked for while the group \('cnn_fc', 'translate', 0.01, 0\) runs"):
+    p.tuned(last._replace(finetune_lr=0.5), source, done)
+  with pytest.raises(RuntimeError, match="shift metrics before fine-tuning of .* asked for while the group"):
+    p.before(last._replace(seed=1), lambda: None)
+
+
 # -- end to end, with a method from outside the package -----------------------------------------------
 def _docs_example() -> str:
   """The example method of docs/development.md, so the docs' code is what this test runs."""
@@ -231,13 +249,17 @@ def methods_run(tiny_data_dir, tmp_path_factory):
   (root / "my_methods.py").write_text(_docs_example() + LAST_AGAIN)
   sys.path.insert(0, str(root))
   try:
+    import my_methods
+
+    # A gridded method from outside the package, named in the config as a built-in is: registered.
+    methods.register(my_methods.TemperedProbe)
     entries = [
       "plain",
       "lpft",
       "{_target_: shiftbench.methods.WiSEFT, alphas: [0, 0.5, 1]}",
       "{_target_: shiftbench.methods.L2SP, betas: [0, 0.1]}",
       "{_target_: my_methods.zero_head, _partial_: true}",
-      "{_target_: my_methods.FrozenProbe}",
+      "tempered_probe",
       "{_target_: my_methods.LastAgain}",
     ]
     cfg = _compose(
@@ -249,8 +271,10 @@ def methods_run(tiny_data_dir, tmp_path_factory):
       Settings.from_config(_compose(["logger=none", "finetune.methods=[plain,{alphas: [0]}]"]))
     run_experiment(cfg, root / "run")
   finally:
+    methods.BUILTIN.pop("tempered_probe", None)
+    sys.modules.pop("my_methods", None)
     sys.path.remove(str(root))
-  return json.loads((root / "run" / "results.json").read_text())["rows"]
+  return root / "run"
 
 
 def _row(rows, label, finetune="full"):
@@ -263,7 +287,7 @@ EVALUATED = ("in_acc", "off_acc", "val_in_acc", "consistency", "worst_case_acc",
 
 @pytest.mark.slow
 def test_every_method_is_a_row_with_its_identity_and_the_identities_hold_in_rows(methods_run):
-  rows = methods_run
+  rows = json.loads((methods_run / "results.json").read_text())["rows"]
   labels = [schema.identity(r).method_label for r in rows]
   assert labels == [
     "plain",
@@ -275,12 +299,14 @@ def test_every_method_is_a_row_with_its_identity_and_the_identities_hold_in_rows
     "l2sp0",
     "l2sp0.1",
     "zero_head",
-    "frozen_probe",
+    "tempered_probe0.5",
+    "tempered_probe2",
     "last_again",
   ]
   assert len({schema.unique(r) for r in rows}) == len(rows)
   last, full = _row(rows, "plain", "last"), _row(rows, "plain")
-  for same, as_ in (("wise0", last), ("wise1", full), ("l2sp0", full), ("last_again", last)):
+  same_as = [("wise0", last), ("wise1", full), ("l2sp0", full), ("last_again", last)]
+  for same, as_ in same_as + [("tempered_probe0.5", last), ("tempered_probe2", last)]:
     row = _row(rows, same)
     assert row["location_map"]["acc"] == as_["location_map"]["acc"], same
     assert all(row[k] == as_[k] for k in EVALUATED if k in as_ and as_[k] is not None), same
@@ -293,9 +319,39 @@ def test_every_method_is_a_row_with_its_identity_and_the_identities_hold_in_rows
   assert _row(rows, "zero_head")["curve"][0]["step"] == 0 and "from" not in _row(rows, "zero_head")["curve"][0]
   assert all(r.get("val_invariance", "absent") == "absent" for r in rows if schema.is_plain(r))
   assert all("val_invariance" in r for r in rows if not schema.is_plain(r))
-  # The docs' FrozenProbe: the last row's model with its logits halved, which leaves every prediction (an
-  # argmax) as it was; the method's own row, named by the class.
-  assert _row(rows, "frozen_probe")["location_map"]["acc"] == last["location_map"]["acc"]
+  # The docs' TemperedProbe (its logits scaled by 2 and by 1/2: every prediction, an argmax, as it was):
+  # one row per temperature, the grid out of its key, the setting in the row.
+  assert [r[schema.SETTING] for r in rows if r[schema.METHOD] == "tempered_probe"] == [0.5, 2.0]
+  probe = _row(rows, "tempered_probe2")["comparison"]
+  assert probe["method._target_"] == "my_methods.TemperedProbe" and "method.temperatures" not in probe
+
+
+@pytest.mark.slow
+def test_a_gridded_method_from_outside_the_package_reaches_the_boards_figures_and_terminal(methods_run):
+  """No code of the package names `tempered_probe`: what shows it is its class, through results.json."""
+  described = json.loads((methods_run / "results.json").read_text())["methods"]
+  assert described["tempered_probe"] == {
+    "name": "tempered_probe",
+    "title": "tempered_probe",
+    "colour": "#2ca02c",
+    "setting_name": "temperature",
+    "setting_symbol": "T",
+  }
+  assert described["wise"]["setting_name"] == "alpha" and described["l2sp"]["colour"] == "#17becf"
+  (table,) = json.loads((methods_run / "methods.json").read_text())
+  lines = {x["method"]: x for x in table["lines"]}
+  assert lines["tempered_probe2"][schema.SETTING] == 2.0 and lines["tempered_probe2"]["setting_name"] == "temperature"
+  assert lines["wise0.5"]["setting_name"] == "alpha" and lines["lpft"]["setting_name"] is None
+  assert "| tempered_probe0.5 " in (methods_run / "methods.md").read_text()
+  rows = collect.collect([methods_run])
+  printed = terminal.summary(leaderboard.build(rows), methods_run)
+  assert "tempered_probe0.5" in printed and "tempered_probe2" in printed
+  # The figure draws defined numbers only; the tiny run's probe is at chance off its location.
+  rows = [{**r, "invariance": 0.1 * (r[schema.SETTING] or 0.0)} for r in rows]
+  ax = report.methods_figure(leaderboard.build(rows).methods).axes[0]
+  (path,) = [line for line in ax.lines if line.get_label() == "tempered_probe, T ascending"]
+  assert path.get_color() == "#2ca02c" and len(path.get_xdata()) == 2
+  report.plt.close("all")
 
 
 def test_the_pilot_rule_keeps_betas_from_the_first_that_moves_invariance_to_the_first_below_the_bar():
@@ -309,7 +365,7 @@ def test_the_pilot_rule_keeps_betas_from_the_first_that_moves_invariance_to_the_
   cells = {0.001: (0.95, 0.41), 0.01: (0.94, 0.45), 0.1: (0.92, 0.60), 1.0: (0.90, 0.80), 10.0: (0.50, 0.90)}
   rows = [{**base, "seed": s, "in_acc": 0.95, "invariance": 0.40} for s in (0, 1)]
   rows += [
-    {**base, "seed": s, "finetune_method": "l2sp", "l2sp_beta": b, "in_acc": a, "invariance": v}
+    {**base, "seed": s, "finetune_method": "l2sp", "method_setting": b, "in_acc": a, "invariance": v}
     for b, (a, v) in cells.items()
     for s in (0, 1)
   ]

@@ -18,14 +18,14 @@ LR = 0.01
 
 
 def _row(mode, seed, invariance, in_acc, method="plain", alpha=None, beta=None, regime="translate", **extra):
+  setting = alpha if alpha is not None else beta
   return {
     "model": "cnn_fc",
     "architecture": FC,
     "pretrain": regime,
     "finetune": mode,
     "finetune_method": method,
-    "wise_alpha": alpha,
-    "l2sp_beta": beta,
+    "method_setting": setting,
     "finetune_lr": LR,
     "seed": seed,
     "invariance": invariance,
@@ -166,7 +166,7 @@ def test_write_leaderboard_writes_the_board_and_removes_a_stale_one(tmp_path):
     lines = list(csv.DictReader(f))
   assert {line["method"] for line in lines} >= {"plain last", "plain full", "wise0.5", "l2sp0.01"}
   star = next(line for line in lines if line["best_val"] == "True")
-  assert star["method"] == "l2sp0.01" and star["l2sp_beta"] == "0.01" and star["wise_alpha"] == ""
+  assert star["method"] == "l2sp0.01" and star["method_setting"] == "0.01" and star["setting_name"] == ""
   (entry,) = json.loads((tmp_path / "methods.json").read_text())
   assert entry["l2sp_best_beta"] == 0.01 and entry["accuracy_bar"] == pytest.approx(0.88)
   assert [x["rank"] for x in entry["lines"]][0] == 1 and set(entry["lines"][0]["in_acc"]) == {"mean", "ci95", "n"}
@@ -175,9 +175,14 @@ def test_write_leaderboard_writes_the_board_and_removes_a_stale_one(tmp_path):
   assert not any((tmp_path / name).exists() for name in methods_board.FILES)
 
 
-def _pareto_rows():
+# What a run writes for WiSE-FT (`Method.describe`), attached to its rows when results.json is read.
+WISE_INFO = {"name": "wise", "title": "WiSE-FT", "colour": "#ff7f0e", "setting_name": "alpha", "setting_symbol": "α"}
+
+
+def _pareto_rows(described=True):
   wise = [("full", "wise", a, 0.8 - 0.5 * a, 0.6 + 0.3 * a) for a in (1.0, 0.0, 0.5)]  # not in α order
-  return _rows(PLAIN + wise + [("full", "lpft", None, 0.5, 0.89)])
+  rows = _rows(PLAIN + wise + [("full", "lpft", None, 0.5, 0.89)])
+  return [{**r, "method_info": WISE_INFO} if described and r["finetune_method"] == "wise" else r for r in rows]
 
 
 def test_the_pareto_figure_has_a_point_per_line_the_wise_path_and_the_accuracy_bar():
@@ -189,9 +194,14 @@ def test_the_pareto_figure_has_a_point_per_line_the_wise_path_and_the_accuracy_b
   assert {"plain last", "plain full", "lpft", "wise0", "wise0.5", "wise1"} <= labels
   (path,) = [line for line in ax.lines if line.get_label() == "WiSE-FT, α ascending"]
   assert list(path.get_xdata()) == pytest.approx([0.601, 0.751, 0.901])  # joined in α order: 0, 0.5, 1
+  assert path.get_color() == WISE_INFO["colour"]  # the method's own, from its description
   (bar,) = [line for line in ax.lines if line.get_linestyle() == "--"]
   assert list(bar.get_xdata()) == pytest.approx([table.bar] * 2)
   report.plt.close(fig)
+  # Rows of a file without descriptions (0.6.0's): the same points and path, named by the method alone.
+  ax = report.methods_figure([_table(_pareto_rows(described=False))]).axes[0]
+  assert len([line for line in ax.lines if line.get_label() == "wise, setting ascending"]) == 1
+  report.plt.close("all")
 
 
 def test_the_page_shows_the_methods_section_after_the_claims_and_writes_the_pareto_png(tmp_path):

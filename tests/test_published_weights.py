@@ -117,7 +117,7 @@ def test_no_network_is_a_one_line_error_naming_the_url_and_the_manual_copy(tmp_p
 def test_concurrent_callers_download_once(site, tmp_path):
   server, served, file = site
   cache = tmp_path / "cache" / "weights"
-  code = "import sys; from shiftbench import published_weights as pw; print(pw.fetch(sys.argv[1], sys.argv[2]))"
+  code = "import sys; from shiftbench.models import published_weights as pw; print(pw.fetch(sys.argv[1], sys.argv[2]))"
   env = {**os.environ, "PYTHONPATH": str(ROOT), pw.BASE_URL_ENV: server.url}
   procs = [
     subprocess.Popen([sys.executable, "-c", code, file, str(cache)], env=env, stdout=subprocess.PIPE, text=True)

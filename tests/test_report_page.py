@@ -12,8 +12,7 @@ WIDE = [
   "pretrain",
   "finetune",
   "finetune_method",
-  "wise_alpha",
-  "l2sp_beta",
+  "method_setting",
   "finetune_lr",
   "seeds",
   "in_acc",
@@ -68,8 +67,8 @@ def _claims():
 
 
 def _board_rows():
-  methods = [(m, "plain", "-", "-") for m in ("last", "head", "full")] + [("full", "wise", 0.5, "-")]
-  methods.append(("full", "l2sp", "-", 0.001))  # the longest label of the built-in settings
+  methods = [(m, "plain", "-") for m in ("last", "head", "full")] + [("full", "wise", 0.5)]
+  methods.append(("full", "l2sp", 0.001))  # the longest label of the built-in settings
   return [["cnn_fc", "translate", *m, 0.001, 3, *["0.872 ± 0.031"] * 15, 205578] for m in methods]
 
 
@@ -87,7 +86,7 @@ def test_the_page_puts_the_claims_with_coloured_verdicts_before_the_wide_table()
   assert len(widths) == len(claims.COLUMNS) and abs(sum(widths) - 100) < 0.5
   assert "table.claims{width:100%;table-layout:fixed}" in page  # wraps to the window, never scrolls sideways
   board_html = page[page.index("<table class='board'>") :]
-  assert re.findall(r"<th>(.*?)</th>", board_html)[:8] == WIDE[:8]  # the page keeps the three method columns
+  assert re.findall(r"<th>(.*?)</th>", board_html)[:8] == WIDE[:8]  # the page keeps both method columns
 
 
 def test_the_terminal_prints_the_key_columns_and_the_claims_in_under_100_characters(tmp_path):
@@ -98,7 +97,7 @@ def test_the_terminal_prints_the_key_columns_and_the_claims_in_under_100_charact
   table = text.split("\n\n")[0].splitlines()
   assert table[0].split() == [terminal.HEADERS.get(c, c) for c in terminal.KEY_COLUMNS]
   assert "consistency" not in "\n".join(table) and "205578" not in text
-  # One `method` column (the row's method and setting), not three.
+  # One `method` column (the row's method and setting), not two.
   assert [line.split()[3] for line in table[2:]] == ["plain", "plain", "plain", "wise0.5", "l2sp0.001"]
   assert max(len(line) for line in text.splitlines()[:-2]) <= 100, text
   assert "C3a" in text and "✗" in text and "rows not run here: C5 (experiment=reproduce" in text

@@ -1,5 +1,6 @@
 """The row schema, the config door and the run directory: each fact in one place, each check done once."""
 
+import json
 import re
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def test_identity_fields_are_named_in_the_schema_only():
   spelled = re.compile(r"""["']model["'],\s*["']pretrain["'],\s*["']finetune["']""")
   found = [p.name for p in (ROOT / "shiftbench").rglob("*.py") if spelled.search(p.read_text())]
   assert found == [], f"a row's identity is spelled out in {found}; read schema.IDENTITY / schema.RowId"
-  dimensions = ("model", "pretrain", "finetune", "finetune_method", "wise_alpha", "l2sp_beta", "finetune_lr")
+  dimensions = ("model", "pretrain", "finetune", "finetune_method", "method_setting", "finetune_lr")
   assert (*dimensions, "seed") == schema.IDENTITY
   assert dimensions == schema.DIMENSIONS
   assert schema.GROUP[-1] == "comparison_key"
@@ -47,13 +48,55 @@ def test_identity_fields_are_named_in_the_schema_only():
 def test_row_ids_name_rows_and_find_their_siblings():
   rid = schema.RowId.of(_row("cnn_fc", "translate", "full", 2, 0.1))
   assert rid.name() == "cnn_fc/translate/full/lr0.001/s2" and rid.name("_") == "cnn_fc_translate_full_lr0.001_s2"
-  assert rid.sibling(finetune="last") == ("cnn_fc", "translate", "last", "plain", None, None, 1e-3, 2)
+  assert rid.sibling(finetune="last") == ("cnn_fc", "translate", "last", "plain", None, 1e-3, 2)
   # A row from before methods existed is a plain row; a method's row names its method and setting.
   assert rid == schema.RowId.plain("cnn_fc", "translate", "full", 1e-3, 2)
-  wise = rid.sibling(finetune_method="wise", wise_alpha=0.5)
+  wise = rid.sibling(finetune_method="wise", method_setting=0.5)
   assert wise.name() == "cnn_fc/translate/full/wise0.5/lr0.001/s2" and wise.method_label == "wise0.5"
   assert wise.plain_sibling("last") == rid.sibling(finetune="last")
   assert schema.RowId.of({**_row("m", "translate", "full", 0, 0.1), **wise._asdict()}) == wise
+
+
+def test_rows_of_0_6_0_read_back_with_the_same_identities():
+  """0.6.0 kept WiSE-FT's alpha and L2-SP's beta in fields of their own: they are the row's setting, and
+  its name, group and unique key are those of the same row written today."""
+  row = _row("cnn_fc", "translate", "full", 2, 0.1)
+  for old, method in (("wise_alpha", "wise"), ("l2sp_beta", "l2sp")):
+    written = {**row, "finetune_method": method, "wise_alpha": None, "l2sp_beta": None, old: 0.5}
+    today = {**row, "finetune_method": method, "method_setting": 0.5}
+    assert schema.identity(written) == schema.identity(today) == (*schema.identity(row)[:3], method, 0.5, 1e-3, 2)
+    assert schema.identity(written).name() == f"cnn_fc/translate/full/{method}0.5/lr0.001/s2"
+    assert schema.unique(written) == schema.unique(today) and schema.group(written) == schema.group(today)
+    assert "wise_alpha" not in schema.scalar_metrics({**written, "wise_alpha": 0.5})  # identity, not a metric
+  plain = {**row, "finetune_method": "plain", "wise_alpha": None, "l2sp_beta": None}
+  assert schema.identity(plain) == schema.identity(row) and schema.identity(row).method_setting is None
+
+
+def test_a_results_file_of_0_6_0_resumes_and_collects_by_todays_identities(tmp_path):
+  from shiftbench import __version__
+  from shiftbench.rows import collect
+
+  config = {"seeds": [2]}
+  row = {**_row("cnn_fc", "translate", "full", 2, 0.1), "finetune_method": "l2sp", "wise_alpha": None}
+  record = {
+    "config": config,
+    "environment": {"versions": {"shiftbench": __version__}},
+    "rows": [{**row, "l2sp_beta": 0.1}],
+  }
+  (tmp_path / "results.json").write_text(json.dumps(record))
+  today = schema.RowId.plain("cnn_fc", "translate", "full", 1e-3, 2)._replace(
+    finetune_method="l2sp", method_setting=0.1
+  )
+  assert list(run_dir.resumable_rows(tmp_path / "results.json", config)) == [today]
+  (read,) = collect.collect([tmp_path])
+  assert schema.identity(read) == today and "method_info" not in read  # 0.6.0 wrote no method descriptions
+  # The same row written today (with its method's description) is the same row: one copy is kept.
+  (tmp_path / "new").mkdir()
+  new = {**record, "rows": [{**row, "method_setting": 0.1}], "methods": {"l2sp": {"name": "l2sp", "title": "L2-SP"}}}
+  del new["rows"][0]["wise_alpha"]
+  (tmp_path / "new" / "results.json").write_text(json.dumps(new))
+  (kept,) = collect.collect([tmp_path / "results.json", tmp_path / "new"])
+  assert schema.identity(kept) == today
 
 
 def test_a_methods_row_loses_invariance_against_plain_last():
@@ -63,7 +106,7 @@ def test_a_methods_row_loses_invariance_against_plain_last():
   plain = {"comparison": settings, "comparison_key": comparison.key_of(settings)}
   rows = [{**_row("m", "translate", m, 0, v), **plain} for m, v in (("last", 0.9), ("full", 0.25))]
   own = {**settings, "method.classifier_ratio": 0.1}  # its own setting: another comparison key
-  rows.append({**rows[1], "finetune_method": "l2sp", "l2sp_beta": 0.1, "invariance": 0.5, "comparison": own})
+  rows.append({**rows[1], "finetune_method": "l2sp", "method_setting": 0.1, "invariance": 0.5, "comparison": own})
   rows[2]["comparison_key"] = comparison.key_of(own)
   schema.fill_invariance_lost(rows)
   assert [r["invariance_lost"] for r in rows] == [0.65, 0.65, 0.4]
@@ -90,8 +133,8 @@ def test_rows_sort_like_the_protocol():
   full = _row("b", "translate", "full", 0, 0)
   entries = [
     {**full, "finetune_method": "mine"},  # a user's method: after the built-in ones
-    {**full, "finetune_method": "wise", "wise_alpha": 0.5},
-    {**full, "finetune_method": "wise", "wise_alpha": 0.0},
+    {**full, "finetune_method": "wise", "method_setting": 0.5},
+    {**full, "finetune_method": "wise", "wise_alpha": 0.0},  # a 0.6.0 row: sorted by the same setting
     full,
     _row("a", "translate", "last", 0, 0),
     _row("b", "scratch", "full", 0, 0),

@@ -8,12 +8,13 @@ import pytest
 from flax import nnx
 from test_metrics import GlobalMax, PixelReader, _constant_objects
 
-from shiftbench import evaluators
+from shiftbench import evaluators, models
 from shiftbench.data import canvas
 from shiftbench.data.device import DeviceObjects
 from shiftbench.evaluators import consistency, metrics, similarity
 from shiftbench.evaluators.predictor import Forward, Predictor, layer_features
 from shiftbench.models import ShiftNet
+from shiftbench.models.cnn import Head
 from shiftbench.runs.settings import build_evaluators
 
 K, SPEC, P_FT = 4, canvas.CanvasSpec(14, 4), (5, 5)
@@ -87,13 +88,18 @@ def test_identical_inputs_have_similarity_one_and_an_invariant_representation_sc
   ) == pytest.approx(1.0)
 
   class MaxBackbone(nnx.Module):  # a global max per channel: the same features wherever the object is
+    def __call__(self, x):
+      return self.features(x)[-1]
+
     def features(self, x):
       m = x.max(axis=(1, 2))  # (B, 1); features not collinear across classes, so cos_diff < 1
-      return [jnp.concatenate([m, m**2, 1.0 - m], axis=-1)]
+      return [jnp.concatenate([m, m**2, 1.0 - m], axis=-1)[:, None, None, :]]  # a 1x1 feature map
 
-  class Invariant(nnx.Module):
+  class Invariant(models.Network):
     def __init__(self):
-      self.backbone, self.head = MaxBackbone(), nnx.Linear(3, K, rngs=nnx.Rngs(0))
+      self.backbone, self.head = MaxBackbone(), Head("gap", (1, 1, 3), K, rngs=nnx.Rngs(0))
+
+  assert isinstance(Invariant(), models.ShiftModel)
 
   objs = _objects()
   sims = similarity.similarity_map(

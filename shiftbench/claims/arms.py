@@ -1,11 +1,11 @@
-"""The rows of one comparable group as the claims see them: by arm, (model, pretrain, finetune,
-finetune_lr) -> {seed: value}; which models are related how (FC head, architecture twins); and the rate at
-which the scratch arm is judged, chosen on validation (`Arms.best_rate`, the rule in `shiftbench.claims.catalogue`).
+"""The rows of one comparable group as the claims see them: by arm (`Arm`: model, pretrain, finetune,
+lr) -> {seed: value}; which models are related how (FC head, architecture twins); and the rate at which
+the scratch arm is judged, chosen on validation (`Arms.best_rate`, the rule in `shiftbench.claims.catalogue`).
 
 The arms are plain rows only: the literature's claims (C1-C8, F1) are about plain fine-tuning, and a
 method's row (LP-FT, WiSE-FT, L2-SP, a user's) is at `full` too, so it would stand in for plain full. The
-methods' rows are looked up apart, by (model, pretrain, method, setting, finetune_lr) (`Arms.method_values`),
-for the methods board and claims M1-M3. No jax here.
+methods' rows are looked up apart, by `MethodArm` (model, pretrain, method, setting, lr)
+(`Arms.method_values`), for the methods board and claims M1-M3. No jax here.
 """
 
 from __future__ import annotations
@@ -16,10 +16,57 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from shiftbench.claims.verdicts import Series
-from shiftbench.rows import schema
+from shiftbench.rows import method_info, schema
 
 SCRATCH = ("scratch", "full")
 Guard = Callable[[dict[str, Any]], bool]  # whether a row's value means anything (else the seed collapsed)
+
+
+class Arm(NamedTuple):
+  """A plain arm: the rows of one model, pretrain regime, fine-tune mode and rate (one per seed)."""
+
+  model: str
+  pretrain: str
+  finetune: str
+  lr: float | None
+
+  @classmethod
+  def of(cls, row: dict[str, Any]) -> Arm:
+    return cls(row["model"], row["pretrain"], row["finetune"], row.get(schema.LR))
+
+
+class Cell(NamedTuple):
+  """A model, pretrain regime and rate: where the methods' rows are compared with plain rows."""
+
+  model: str
+  pretrain: str
+  lr: float | None
+
+
+class MethodArm(NamedTuple):
+  """A method's rows of one model, pretrain regime, setting and rate (one per seed)."""
+
+  model: str
+  pretrain: str
+  method: str
+  setting: float | None  # the row's `method_setting`
+  lr: float | None
+
+  @classmethod
+  def of(cls, row: dict[str, Any]) -> MethodArm:
+    setting = schema.dimension(row, schema.SETTING)
+    return cls(row["model"], row["pretrain"], schema.dimension(row, schema.METHOD), setting, row.get(schema.LR))
+
+  @property
+  def cell(self) -> Cell:
+    return Cell(self.model, self.pretrain, self.lr)
+
+
+class Setting(NamedTuple):
+  """A method and one value of its grid (None for a method without one)."""
+
+  method: str
+  setting: float | None
 
 
 class Best(NamedTuple):
@@ -73,20 +120,23 @@ class Arms:
     self.method_rows = [r for r in rows if not schema.is_plain(r)]
     self.arch = {r["model"]: r.get("architecture") or {} for r in self.method_rows + self.rows}
     self.models = list(dict.fromkeys(r["model"] for r in self.rows))
-    self._arms: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    self._arms: dict[Arm, list[dict[str, Any]]] = defaultdict(list)
     for r in self.rows:
-      self._arms[(r["model"], r["pretrain"], r["finetune"], r.get(schema.LR))].append(r)
-    self._methods: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+      self._arms[Arm.of(r)].append(r)
+    self._methods: dict[MethodArm, list[dict[str, Any]]] = defaultdict(list)
     for r in self.method_rows:
-      self._methods[(r["model"], r["pretrain"], r[schema.METHOD], setting_of(r), r.get(schema.LR))].append(r)
+      self._methods[MethodArm.of(r)].append(r)
+    self._info: dict[str, method_info.MethodInfo] = {}
+    for r in sorted(self.method_rows, key=lambda r: schema.METHOD_INFO not in r):  # a described row first
+      self._info.setdefault(schema.dimension(r, schema.METHOD), method_info.of(r))
 
   def rates(self, model: str, *arms: tuple[str, str]) -> list[float | None]:
     """The fine-tune rates at which any of `arms` ((pretrain, finetune) pairs) ran, smallest first."""
-    found = {k[3] for k in self._arms if k[0] == model and (k[1], k[2]) in arms}
+    found = {a.lr for a in self._arms if a.model == model and (a.pretrain, a.finetune) in arms}
     return sorted(found, key=_rate_order)
 
   def found(self, model: str, pretrain: str, finetune: str, lr: float | None) -> list[dict[str, Any]]:
-    return self._arms.get((model, pretrain, finetune, lr), [])
+    return self._arms.get(Arm(model, pretrain, finetune, lr), [])
 
   def values(
     self,
@@ -145,19 +195,23 @@ class Arms:
       and self.arch[m].get("_target_") == self.arch[model].get("_target_")
     ]
 
-  def method_keys(self) -> list[tuple[str, str, float | None]]:
-    """(model, pretrain, finetune_lr) of every method's rows, in the order they came."""
-    return list(dict.fromkeys((k[0], k[1], k[4]) for k in self._methods))
+  def method_info(self, method: str) -> method_info.MethodInfo:
+    """How `method`'s rows are shown (from a row that carries its description, else by its name alone)."""
+    return self._info.get(method) or method_info.MethodInfo(method, method)
 
-  def methods_at(self, model: str, pretrain: str, lr: float | None) -> list[tuple[str, float | None]]:
-    """(method, setting) of the method rows of `model` from `pretrain` at `lr`: the built-in methods in
-    `schema.FINETUNE_METHODS` order, then a user's by name; settings ascending."""
-    found = {(k[2], k[3]) for k in self._methods if (k[0], k[1], k[4]) == (model, pretrain, lr)}
-    return sorted(found, key=lambda ms: (*_method_order(ms[0]), _rate_order(ms[1])))
+  def method_cells(self) -> list[Cell]:
+    """Where every method's rows are (model, pretrain, rate), in the order they came."""
+    return list(dict.fromkeys(a.cell for a in self._methods))
+
+  def methods_at(self, model: str, pretrain: str, lr: float | None) -> list[Setting]:
+    """The (method, setting)s of the method rows of `model` from `pretrain` at `lr`: the built-in methods
+    in `schema.FINETUNE_METHODS` order, then a user's by name; settings ascending."""
+    found = {Setting(a.method, a.setting) for a in self._methods if a.cell == Cell(model, pretrain, lr)}
+    return sorted(found, key=lambda s: (*_method_order(s.method), _rate_order(s.setting)))
 
   def method_rates(self, model: str, pretrain: str, method: str) -> list[float | None]:
     """The fine-tune rates at which `method`'s rows of `model` from `pretrain` ran, smallest first."""
-    found = {k[4] for k in self._methods if k[:3] == (model, pretrain, method)}
+    found = {a.lr for a in self._methods if (a.model, a.pretrain, a.method) == (model, pretrain, method)}
     return sorted(found, key=_rate_order)
 
   def method_values(
@@ -170,24 +224,13 @@ class Arms:
     metric: str = "invariance",
   ) -> Series | None:
     """Like `values`, for the rows of `method` at `setting` (WiSE-FT's alpha, L2-SP's beta, or None)."""
-    found = self._methods.get((model, pretrain, method, setting, lr), [])
+    found = self._methods.get(MethodArm(model, pretrain, method, setting, lr), [])
     return _series(found, f"{method_arm(pretrain, method, setting, lr)} of {model}", metric)
-
-
-def setting_of(row: dict[str, Any]) -> float | None:
-  """A method row's setting: WiSE-FT's alpha or L2-SP's beta (None for a method without one)."""
-  alpha = row.get(schema.WISE_ALPHA)
-  return alpha if alpha is not None else row.get(schema.L2SP_BETA)
-
-
-def method_label(method: str, setting: float | None) -> str:
-  """`lpft`, `wise0.5`, `l2sp0.01`: as `schema.RowId.method_label` names a row's method."""
-  return method + ("" if setting is None else schema.format_lr(setting))
 
 
 def method_arm(pretrain: str, method: str, setting: float | None, lr: float | None, note: str = "") -> str:
   """`translate/full wise0.5@0.01` (with `note`: `translate/full l2sp0.01 (best val)@0.01`)."""
-  text = f"{pretrain}/full {method_label(method, setting)}" + (f" {note}" if note else "")
+  text = f"{pretrain}/full {schema.method_label(method, setting)}" + (f" {note}" if note else "")
   return text + ("" if lr is None else f"@{schema.format_lr(lr)}")
 
 

@@ -73,7 +73,7 @@ def best_beta(arms: Arms, model: str, pretrain: str, lr: float | None) -> BestBe
   highest mean `val_invariance` (ties: the smaller β); if none is within the bar (or plain full has no
   `val_in_acc`), the β with the highest mean `val_in_acc` (ties: the smaller); none (with a note) when no
   l2sp row has a `val_in_acc`."""
-  betas = [s for m, s in arms.methods_at(model, pretrain, lr) if m == L2SP and s is not None]
+  betas = [x.setting for x in arms.methods_at(model, pretrain, lr) if x.method == L2SP and x.setting is not None]
   if not betas:
     return BestBeta(None, f"{model}: no l2sp rows")
   val = lambda b, metric: mean(arms.method_values(model, pretrain, L2SP, b, lr, metric))  # noqa: E731
@@ -102,7 +102,7 @@ def claims(arms: Arms) -> list[Claim]:
 
 
 def _each(arms: Arms, method: str, claim, cid: str, text: str, citation: str) -> list[Claim]:
-  models = dict.fromkeys(k[0] for k in arms.method_keys() if arms.method_rates(k[0], REGIME, method))
+  models = dict.fromkeys(c.model for c in arms.method_cells() if arms.method_rates(c.model, REGIME, method))
   out = [claim(arms, m, lr) for m in models for lr in arms.method_rates(m, REGIME, method)]
   compared = f"(no {method} rows): {method_arm(REGIME, method, None, None)} - {REGIME}/full"
   return out or [judged(cid, text, citation, compared, None, ABOVE_ZERO, kind=KIND)]
@@ -121,7 +121,7 @@ def _lpft(arms: Arms, m: str, lr: float | None) -> Claim:
 
 def _setting(arms: Arms, m: str, method: str, lr: float | None, want: float) -> float | None:
   """The setting of `method`'s rows equal to `want` (as read from a results file), or None."""
-  found = [s for meth, s in arms.methods_at(m, REGIME, lr) if meth == method and s is not None]
+  found = [x.setting for x in arms.methods_at(m, REGIME, lr) if x.method == method and x.setting is not None]
   return next((s for s in found if math.isclose(s, want)), None)
 
 

@@ -11,11 +11,11 @@ one location per object, on whole canvases) or every layer's features.
 program, static settings): a new state of the same model (the next row, the next evaluation step) and new
 locations of the same shape reuse the compiled program instead of retracing it.
 
-Layer features (any architecture with the `.backbone` / `.head` structure works):
+Layer features, read through the model protocol (`models.ShiftModel`: `backbone` and `head`):
   - `model.backbone.features(x)` returns a list of every block's output (conv layers);
   - `model.head.hidden_features(f)` returns every hidden FC layer's output (`fc0`, `fc1`, ...); a head
     without hidden layers has `model.head.pre_logits(f)`, the classifier's input, as its one layer
-    (`pre_logits`); a head with neither method contributes the last block's output, flattened;
+    (`pre_logits`);
   - the logits (`model.head(f)`) are the last layer.
 """
 
@@ -33,11 +33,8 @@ from shiftbench import models
 from shiftbench.data import canvas
 
 
-def _head_features(head: nnx.Module, last: jax.Array) -> list[jax.Array]:
-  hidden = head.hidden_features(last) if hasattr(head, "hidden_features") else []
-  if hidden:
-    return hidden
-  return [head.pre_logits(last) if hasattr(head, "pre_logits") else last]
+def _head_features(head: models.Head, last: jax.Array) -> list[jax.Array]:
+  return head.hidden_features(last) or [head.pre_logits(last)]
 
 
 def layer_features(model: nnx.Module, x: jax.Array) -> list[jax.Array]:
@@ -45,7 +42,7 @@ def layer_features(model: nnx.Module, x: jax.Array) -> list[jax.Array]:
   flattened to (B, D).
 
   Args:
-    model: a model with `.backbone` and `.head`.
+    model: a `models.ShiftModel` (its `backbone` and `head`).
     x: (B, H, W, C) float canvases.
 
   Returns:
@@ -62,7 +59,7 @@ def layer_names(model: nnx.Module, canvas_size: int, in_channels: int) -> list[s
   `layer_features` order; the second to last is the penultimate layer.
 
   Args:
-    model: a model with `.backbone` and `.head`.
+    model: a `models.ShiftModel` (its `backbone` and `head`).
     canvas_size: side of the square canvas.
     in_channels: channels of a canvas.
 
@@ -71,7 +68,7 @@ def layer_names(model: nnx.Module, canvas_size: int, in_channels: int) -> list[s
   """
   probe = jnp.zeros((1, canvas_size, canvas_size, in_channels), jnp.float32)
   n_blocks = len(jax.eval_shape(lambda x: model.backbone.features(x), probe))
-  n_hidden = len(getattr(model.head, "hidden", ()))
+  n_hidden = len(model.head.hidden)
   head = [f"fc{i}" for i in range(n_hidden)] if n_hidden else ["pre_logits"]
   return [f"block{i}" for i in range(n_blocks)] + head + ["logits"]
 
@@ -145,7 +142,7 @@ class Predictor:
     """Puts `model` in eval mode (`model.eval()`, in place) and splits it.
 
     Args:
-      model: the network, with `.backbone` and `.head` for layer features.
+      model: the network (a `models.ShiftModel` for layer features; any canvases-to-logits network otherwise).
       canvas_size: side of the square canvas.
     """
     model.eval()

@@ -1,27 +1,56 @@
 """Fine-tuning methods: how the pretrained model becomes B's model, one row per method and setting.
 
-Contract: above `training`, `models`, `data`, `rows`, `infra`; never sees the config system. The methods are
-importable as `shiftbench.methods.<Name>`, the `_target_` paths configs (and their comparison keys) use.
+One module per idea: `base` (what a method is, the context a row runs in), then one per method: `plain`,
+`lpft` (LP-FT), `wise` (WiSE-FT), `l2sp` (L2-SP). `BUILTIN` is the registry of the methods a
+`finetune.methods` entry may name; `register` adds one. The methods are importable as
+`shiftbench.methods.<Name>`, the `_target_` paths their comparison keys hold (`target`).
+
+Contract: above `training`, `models`, `data`, `rows`, `infra`; never sees the config system.
 """
 
-from shiftbench.methods.builtin import (
-  L2SP,
-  LPFT,
+from __future__ import annotations
+
+from shiftbench.methods.base import (
   Context,
   Finetuned,
   FunctionMethod,
-  L2SPState,
   Method,
-  Plain,
-  WiSEFT,
   as_finetuned,
   as_method,
+  check_grid,
   copy_model,
-  interpolate,
-  l2sp_penalty,
 )
+from shiftbench.methods.l2sp import L2SP, L2SPState, l2sp_penalty
+from shiftbench.methods.lpft import LPFT
+from shiftbench.methods.plain import Plain
+from shiftbench.methods.wise import WiSEFT, interpolate
+
+# The methods a `finetune.methods` entry may name, by their rows' `finetune_method`.
+BUILTIN: dict[str, type[Method]] = {m.name: m for m in (Plain, LPFT, WiSEFT, L2SP)}
+
+
+def register(cls: type[Method]) -> type[Method]:
+  """Makes `cls` a method `finetune.methods` may name (`cls.name`), as the built-ins are; usable as a
+  class decorator. Registering another class under a name already taken is an error."""
+  if not (isinstance(cls, type) and issubclass(cls, Method)) or not cls.name:
+    raise TypeError(f"register takes a Method subclass with a name, got {cls!r}")
+  if BUILTIN.get(cls.name, cls) is not cls:
+    raise ValueError(f"a method named {cls.name!r} is registered already ({target(BUILTIN[cls.name])})")
+  BUILTIN[cls.name] = cls
+  return cls
+
+
+def target(cls: type[Method]) -> str:
+  """The `_target_` a registered method is built from, which its rows' comparison keys hold: the
+  package's own `shiftbench.methods.<Name>` (the path 0.6.0's keys hold) for a class exported here, else
+  the class's module path."""
+  if globals().get(cls.__name__) is cls:
+    return f"{__name__}.{cls.__name__}"
+  return f"{cls.__module__}.{cls.__qualname__}"
+
 
 __all__ = [
+  "BUILTIN",
   "L2SP",
   "LPFT",
   "Context",
@@ -33,7 +62,10 @@ __all__ = [
   "WiSEFT",
   "as_finetuned",
   "as_method",
+  "check_grid",
   "copy_model",
   "interpolate",
   "l2sp_penalty",
+  "register",
+  "target",
 ]

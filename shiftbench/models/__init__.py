@@ -1,5 +1,6 @@
 """Models: one backbone with swappable downsampling, padding and head; a ResNet with the same parts; and
-torchvision's ImageNet networks (VGG, ResNet-18/50, DenseNet-121) with their weights (`from_torchvision`)."""
+torchvision's ImageNet networks (VGG, ResNet-18/50, DenseNet-121) with their weights (`from_torchvision`).
+Every one meets `ShiftModel` (`protocol.py`): what the rest of the package reads off a model."""
 
 import jax
 import jax.numpy as jnp
@@ -9,18 +10,22 @@ from shiftbench.data import canvas
 from shiftbench.models.cnn import DOWNSAMPLES, HEADS, ShiftNet
 from shiftbench.models.densenet import DenseNet
 from shiftbench.models.layers import PADDINGS
+from shiftbench.models.protocol import (
+  CLASSIFIER,
+  CLASSIFIER_NAME,
+  HEAD,
+  TRANSFERABLE,
+  FeatureExtractor,
+  Head,
+  Network,
+  ShiftModel,
+  trainable,
+)
 from shiftbench.models.resnet import ResNet
 from shiftbench.models.resnet_tv import TorchvisionResNet
 from shiftbench.models.torchvision_weights import ARCHS as TORCHVISION_ARCHS
 from shiftbench.models.torchvision_weights import from_torchvision
 from shiftbench.models.vgg import VGG
-
-# Every model has `.backbone` (conv) and `.head` (`cnn.Head`: `hidden` FC layers + `classifier`). What a
-# pretrained model passes on to a model for new classes is everything but the classifier (Biscione &
-# Bowers 2021 keep the pretrained FC layers and replace only the output layer).
-CLASSIFIER_NAME = "classifier"
-CLASSIFIER = nnx.PathContains(CLASSIFIER_NAME)
-TRANSFERABLE = nnx.Not(CLASSIFIER)
 
 
 def transfer(source: nnx.Module, target: nnx.Module) -> None:
@@ -36,17 +41,18 @@ def param_count(model: nnx.Module) -> int:
 
 
 def logits_on_canvas(model: nnx.Module, objects: jax.Array, locations: jax.Array, canvas_size: int) -> jax.Array:
-  """`model(canvas.place(objects, locations, canvas_size))`, through the model's blank-canvas shortcut
-  (`on_canvas`) when it has one: the one entry point for training and shift metrics."""
-  if hasattr(model, "on_canvas"):
+  """`model(canvas.place(objects, locations, canvas_size))`, through a `ShiftModel`'s `on_canvas` (its
+  blank-canvas shortcut, where it has one): the one entry point for training and shift metrics. Any other
+  network (a known-answer model of the tests: canvases in, logits out) sees whole canvases."""
+  if isinstance(model, ShiftModel):
     return model.on_canvas(objects, locations, canvas_size)
   return model(canvas.place(objects, locations, canvas_size))
 
 
 def logits_on_grid(model: nnx.Module, objects: jax.Array, locations: jax.Array, canvas_size: int) -> jax.Array:
-  """Logits of every object (B, h, w, C) at every location (L, 2), as (L, B, classes), through the
-  model's `on_grid` shortcut when it has one."""
-  if hasattr(model, "on_grid"):
+  """Logits of every object (B, h, w, C) at every location (L, 2), as (L, B, classes), through a
+  `ShiftModel`'s `on_grid` (whole canvases for any other network)."""
+  if isinstance(model, ShiftModel):
     return model.on_grid(objects, locations, canvas_size)
   return canvas.apply_on_grid(model, objects, locations, canvas_size)
 
@@ -56,9 +62,14 @@ __all__ = [
   "CLASSIFIER_NAME",
   "DOWNSAMPLES",
   "DenseNet",
+  "FeatureExtractor",
+  "HEAD",
   "HEADS",
+  "Head",
+  "Network",
   "PADDINGS",
   "ResNet",
+  "ShiftModel",
   "ShiftNet",
   "TORCHVISION_ARCHS",
   "TRANSFERABLE",
@@ -68,5 +79,6 @@ __all__ = [
   "logits_on_canvas",
   "logits_on_grid",
   "param_count",
+  "trainable",
   "transfer",
 ]

@@ -32,6 +32,7 @@ from flax import nnx
 
 from shiftbench.data import canvas
 from shiftbench.models import aps, layers, object_first
+from shiftbench.models.protocol import Network
 
 DOWNSAMPLES: tuple[str, ...] = ("max", "blur", "stride", "conv_blur", "avg", "avg_blur", "aps", "none")
 HEADS: tuple[str, ...] = ("fc", "gap", "conv")
@@ -194,8 +195,9 @@ class Head(nnx.Module):
     return out if self.kind != "conv" else out.mean(axis=(1, 2))
 
 
-class ShiftNet(nnx.Module):
-  """Backbone + head. `head.classifier` is the only part that fine-tuning re-initialises for new classes.
+class ShiftNet(Network):
+  """Backbone + head (`protocol.ShiftModel`). `head.classifier` is the only part that fine-tuning re-initialises
+  for new classes.
 
   `blur_padding=None` follows the conv padding: circular for `circular` (so a blur keeps circular-shift
   equivariance), reflect (Zhang's default) otherwise. `aps_norm` (`l2`, `l1`, `linf`) ranks APS components.

@@ -28,6 +28,7 @@ from flax import nnx
 
 from shiftbench.models import aps, layers
 from shiftbench.models.cnn import Head
+from shiftbench.models.protocol import Network
 
 DOWNSAMPLES: tuple[str, ...] = ("stride", "blur", "aps")
 STEMS: tuple[str, ...] = ("cifar", "imagenet")
@@ -152,8 +153,8 @@ class ResNetBackbone(nnx.Module):
     return out
 
 
-class ResNet(nnx.Module):
-  """ResNet backbone + `cnn.Head`; `.backbone` and `.head` as in `ShiftNet`, so the protocol re-initialises
+class ResNet(Network):
+  """ResNet backbone + `cnn.Head` (`protocol.ShiftModel`, like `ShiftNet`), so the protocol re-initialises
   `head.classifier` only.
 
   Args:
@@ -214,6 +215,3 @@ class ResNet(nnx.Module):
     if min(feature_shape[:2]) < 1:
       raise ValueError(f"canvas_size={canvas_size} is too small for this ResNet")
     self.head = Head(head, feature_shape, num_classes, hidden=fc_hidden, rngs=rngs)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return self.head(self.backbone(x))

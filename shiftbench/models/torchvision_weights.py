@@ -31,6 +31,7 @@ from shiftbench.infra.errors import ConfigError, MissingFileError
 from shiftbench.models import published_weights
 from shiftbench.models.densenet import DenseNet
 from shiftbench.models.resnet_tv import TorchvisionResNet
+from shiftbench.models.tv_layers import TorchvisionNet
 from shiftbench.models.vgg import VGG
 
 # The factories of the torchvision architectures, by torchvision's names (`resnet18_tv`: torchvision's
@@ -270,15 +271,14 @@ def prefetch(weights: str | Mapping[str, str] | None, factories: Mapping[str, Ca
 def load_imagenet(model: nnx.Module, path: Path, source: Mapping[str, str] | None = None) -> dict[str, Any]:
   """Loads everything but the classifier of a torchvision state dict into `model` (the `imagenet` regime)
   and returns what a row records: the file, its sha256, the architecture and `source` (`weights_for`)."""
-  adapter = getattr(getattr(model, "backbone", None), "adapter", None)
-  if not hasattr(model, "torchvision_layers"):
+  if not isinstance(model, TorchvisionNet):
     raise ValueError(
       f"the imagenet pretrain regime needs a torchvision architecture ({', '.join(ARCHS)}), got {type(model).__name__}"
     )
-  if adapter is None or adapter.kind != "imagenet":
+  if model.input_adapter != "imagenet":
     raise ValueError(
       f"ImageNet weights expect ImageNet-normalised 3-channel input: set input_adapter: imagenet "
-      f"for {model.arch} (it is {getattr(adapter, 'kind', None)!r})"
+      f"for {model.arch} (it is {model.input_adapter!r})"
     )
   load_into(model, path, classifier=False)
   source = dict(source or {"source": "torchvision state dict"})

@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from shiftbench.models import layers
+from shiftbench.models.protocol import Network
 
 
 def host_normal(std_of_shape: Callable[[tuple[int, ...]], float]) -> Callable:
@@ -153,17 +154,19 @@ class Head(nnx.Module):
     return self.classifier(self.pre_logits(x))
 
 
-class TorchvisionNet(nnx.Module):
+class TorchvisionNet(Network):
   """Backbone (input adapter first, then torchvision's layers; `features(x)` per block) + `Head`.
 
   `arch` names the torchvision architecture (a key of `torchvision_weights.ARCHS`); subclasses build
-  `self.backbone` and `self.head` and list their layers in `torchvision_layers()` in state-dict order.
+  `self.backbone` (with its `adapter`, an `InputAdapter`) and `self.head` and list their layers in
+  `torchvision_layers()` in state-dict order.
   """
 
   arch: str = ""
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return self.head(self.backbone(x))
+  @property
+  def input_adapter(self) -> str | None:
+    return self.backbone.adapter.kind
 
   def torchvision_layers(self) -> TorchLayers:
     yield from self.backbone.torchvision_layers()

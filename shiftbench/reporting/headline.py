@@ -17,7 +17,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -50,6 +50,13 @@ def t_interval(values: Iterable[float]) -> tuple[float | None, float | None]:
   return float(x.mean()), verdicts.half_width(x)
 
 
+class _Point(NamedTuple):
+  """One point of a curve: a protocol group's row identity less the seed (every seed of one arm and rate)."""
+
+  group: str
+  row: schema.RowId  # its seed fixed at 0: the key covers every seed
+
+
 def curve_table(rows: Iterable[Mapping[str, Any]], arms: tuple[tuple[str, str], ...] = ARMS) -> list[dict[str, Any]]:
   """One record per (protocol group, model, arm, fine-tune rate) of `arms`, plain rows only (a method's
   row is at `full` too; the methods have their own figure, `report.methods_pareto`): `seeds` (rows behind it),
@@ -73,17 +80,20 @@ def curve_table(rows: Iterable[Mapping[str, Any]], arms: tuple[tuple[str, str], 
     group, model = r.get("protocol_key", ""), r["model"]
     if len(keys[(group, model)]) > 1:
       model = f"{model} ({r.get('comparison_key', '')})"
-    rid = schema.identity(r)._replace(model=model, finetune_lr=float(r[schema.LR]))
-    by_key[(group, *rid[:-1])].append(r)  # (group, *schema.DIMENSIONS): every seed of one arm and rate
-  groups = {g: i for i, g in enumerate(dict.fromkeys(k[0] for k in by_key))}
-  models = {m: i for i, m in enumerate(dict.fromkeys(k[1] for k in by_key))}
-  order = lambda k: (groups[k[0]], models[k[1]], arms.index(k[2:4]), k[-1])
+    rid = schema.identity(r)._replace(model=model, finetune_lr=float(r[schema.LR]), seed=0)
+    by_key[_Point(group, rid)].append(r)
+  groups = {g: i for i, g in enumerate(dict.fromkeys(k.group for k in by_key))}
+  models = {m: i for i, m in enumerate(dict.fromkeys(k.row.model for k in by_key))}
+
+  def order(k: _Point) -> tuple:
+    return groups[k.group], models[k.row.model], arms.index((k.row.pretrain, k.row.finetune)), k.row.finetune_lr
+
   out = []
   for key in sorted(by_key, key=order):
     members = by_key[key]
     inv = [float(m["invariance"]) for m in members if schema.defined(m.get("invariance"))]
     acc = [float(m["in_acc"]) for m in members if schema.defined(m.get("in_acc"))]
-    record = dict(zip(("group", *schema.DIMENSIONS), key))
+    record = {"group": key.group, **{k: getattr(key.row, k) for k in schema.DIMENSIONS}}
     record.update(seeds=len(members), collapsed=len(members) - len(inv), n=len(inv))
     record["invariance"], record["invariance_ci"] = t_interval(inv)
     record["in_acc"], record["in_acc_ci"] = t_interval(acc)

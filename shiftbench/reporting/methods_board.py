@@ -32,11 +32,12 @@ from typing import Any, NamedTuple
 
 from tabulate import tabulate
 
-from shiftbench.claims.arms import Arms, method_label
+from shiftbench.claims.arms import Arms
 from shiftbench.claims.methods import ACCURACY_BAR, L2SP, BestBeta, best_beta, within_bar
 from shiftbench.claims.verdicts import Series, interval
 from shiftbench.infra.files import atomic_write_text, to_jsonable
 from shiftbench.rows import schema
+from shiftbench.rows.method_info import MethodInfo
 
 FILES = ("methods.md", "methods.csv", "methods.json")
 BELOW_BAR = "below the accuracy bar"
@@ -67,8 +68,8 @@ class Line:
   method: str  # `plain last`, `plain full`, `lpft`, `wise0.5`, `l2sp0.01`, a user's method
   finetune: str
   finetune_method: str
-  wise_alpha: float | None
-  l2sp_beta: float | None
+  method_setting: float | None
+  info: MethodInfo  # how figures show the method (its title, colour, the setting's symbol)
   seeds: list[int]
   in_acc: Stat
   invariance: Stat
@@ -165,12 +166,13 @@ def _line(arms: Arms, model: str, pretrain: str, lr, finetune: str, method: str,
   retained = [
     v / last[s] for s, v in (inv or {}).items() if v is not None and last and (last.get(s) or 0) > 0
   ]  # plain last's invariance not above 0: a ratio to it means nothing
+  info = MethodInfo(method, method) if method == schema.PLAIN else arms.method_info(method)
   return Line(
-    method=f"plain {finetune}" if method == schema.PLAIN else method_label(method, setting),
+    method=f"plain {finetune}" if method == schema.PLAIN else info.label(setting),
     finetune=finetune,
     finetune_method=method,
-    wise_alpha=setting if method == "wise" else None,
-    l2sp_beta=setting if method == L2SP else None,
+    method_setting=setting,
+    info=info,
     seeds=sorted(at("in_acc") or {}),
     in_acc=stat(_values(at("in_acc"))),
     invariance=stat(_values(inv)),
@@ -187,10 +189,10 @@ def _table(arms: Arms, model: str, pretrain: str, lr: float | None) -> Table:
     if arms.found(model, pretrain, mode, lr)
   ]
   methods = arms.methods_at(model, pretrain, lr)
-  lines += [_line(arms, model, pretrain, lr, "full", m, s) for m, s in methods]
-  best = best_beta(arms, model, pretrain, lr) if any(m == L2SP for m, _ in methods) else None
+  lines += [_line(arms, model, pretrain, lr, "full", m.method, m.setting) for m in methods]
+  best = best_beta(arms, model, pretrain, lr) if any(m.method == L2SP for m in methods) else None
   for x in lines:
-    if best is not None and best.beta is not None and x.finetune_method == L2SP and x.l2sp_beta == best.beta:
+    if best is not None and best.beta is not None and x.finetune_method == L2SP and x.method_setting == best.beta:
       x.best_val = True
       x.notes.append("β*: best val" if best.qualified else "β*: highest val_in_acc (none within the bar)")
   full = next((x.in_acc.mean for x in lines if x.method == "plain full"), None)
@@ -263,8 +265,8 @@ CSV_COLUMNS = [
   "method",
   "finetune",
   schema.METHOD,
-  schema.WISE_ALPHA,
-  schema.L2SP_BETA,
+  schema.SETTING,
+  "setting_name",
   "best_val",
   "above_bar",
   "accuracy_bar",
@@ -281,7 +283,7 @@ def to_csv(found: list[Table]) -> str:
   for t in found:
     for x in t.lines:
       values = [t.protocol_key, t.model, t.pretrain, t.finetune_lr, x.rank, x.method, x.finetune, x.finetune_method]
-      values += [x.wise_alpha, x.l2sp_beta, x.best_val, x.above_bar, t.bar, len(x.seeds)]
+      values += [x.method_setting, x.info.setting_name, x.best_val, x.above_bar, t.bar, len(x.seeds)]
       values += [v for k in STATS for v in getattr(x, k)]
       writer.writerow(["" if v is None else v for v in values])
   return buf.getvalue()
@@ -298,8 +300,8 @@ def to_json(found: list[Table]) -> list[dict[str, Any]]:
         "method": x.method,
         "finetune": x.finetune,
         schema.METHOD: x.finetune_method,
-        schema.WISE_ALPHA: x.wise_alpha,
-        schema.L2SP_BETA: x.l2sp_beta,
+        schema.SETTING: x.method_setting,
+        "setting_name": x.info.setting_name,
         "seeds": x.seeds,
         "above_bar": x.above_bar,
         "best_val": x.best_val,

@@ -184,16 +184,9 @@ def forgetting_curves(entries: list[dict[str, Any]], path: str | os.PathLike) ->
   return _save(forgetting_figure(entries), path)
 
 
-# The methods' colours in the Pareto figure: plain modes in greys, the built-in methods their own, a
-# user's methods from the default cycle.
-METHOD_COLOURS = {
-  "plain last": "#1f1f1f",
-  "plain head": "#6f6f6f",
-  "plain full": "#a8a8a8",
-  "lpft": "#9467bd",
-  "wise": "#ff7f0e",
-  "l2sp": "#17becf",
-}
+# The Pareto figure's colours: plain rows by mode, in greys; a method its own (`Method.colour`, which
+# reaches here as its rows' `method_info`), or the default cycle's next for one without (or an older file's).
+PLAIN_COLOURS = {"plain last": "#1f1f1f", "plain head": "#6f6f6f", "plain full": "#a8a8a8"}
 
 
 def _half(s: methods_board.Stat) -> float:
@@ -202,19 +195,22 @@ def _half(s: methods_board.Stat) -> float:
 
 def methods_figure(tables: list[methods_board.Table]):
   """In-location accuracy (x) against invariance (y): one panel per methods table (model, regime, rate,
-  protocol), one point per method and setting with its 95% t-interval on both axes, labelled; the WiSE-FT
-  points joined in α order; plain full's accuracy bar (its mean in_acc - ACCURACY_BAR) dashed. A line
-  whose invariance is undefined on every seed has no point (the table says so)."""
+  protocol), one point per method and setting with its 95% t-interval on both axes, labelled; a gridded
+  method's points (WiSE-FT's, L2-SP's) joined in setting order; plain full's accuracy bar (its mean in_acc
+  - ACCURACY_BAR) dashed. A line whose invariance is undefined on every seed has no point (the table says
+  so)."""
   cols = min(len(tables), 3)
   rows = math.ceil(len(tables) / cols)
   fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 4.2 * rows), squeeze=False, dpi=90, layout="constrained")
   others = iter(f"C{i}" for i in itertools.count(4))
-  colours = dict(METHOD_COLOURS)
+  colours = dict(PLAIN_COLOURS)
   for ax, table in zip(axes.ravel(), tables):
     shown = [x for x in table.lines if x.in_acc.mean is not None and x.invariance.mean is not None]
     for x in shown:
       key = x.method if x.plain else x.finetune_method
-      colour = colours.setdefault(key, next(others))
+      if key not in colours:
+        colours[key] = x.info.colour or next(others)
+      colour = colours[key]
       y = float(np.clip(x.invariance.mean, *headline.YLIM))
       ax.errorbar(
         x.in_acc.mean, y, xerr=_half(x.in_acc), yerr=_half(x.invariance), fmt="o", color=colour, markersize=4,
@@ -222,10 +218,14 @@ def methods_figure(tables: list[methods_board.Table]):
       )  # fmt: skip
       text = x.method + (" β*" if x.best_val else "")
       ax.annotate(text, (x.in_acc.mean, y), xytext=(3, 3), textcoords="offset points", fontsize=6, color=colour)
-    wise = sorted((x for x in shown if x.finetune_method == "wise"), key=lambda x: x.wise_alpha or 0.0)
-    if len(wise) > 1:
-      xs, ys = [x.in_acc.mean for x in wise], [float(np.clip(x.invariance.mean, *headline.YLIM)) for x in wise]
-      ax.plot(xs, ys, color=colours["wise"], linewidth=1, alpha=0.7, label="WiSE-FT, α ascending")
+    gridded = dict.fromkeys(x.finetune_method for x in shown if not x.plain and x.method_setting is not None)
+    for name in gridded:
+      path = sorted((x for x in shown if x.finetune_method == name), key=lambda x: x.method_setting or 0.0)
+      if len(path) > 1:
+        xs, ys = [x.in_acc.mean for x in path], [float(np.clip(x.invariance.mean, *headline.YLIM)) for x in path]
+        info = path[0].info
+        label = f"{info.title}, {info.setting_symbol or 'setting'} ascending"
+        ax.plot(xs, ys, color=colours[name], linewidth=1, alpha=0.7, label=label)
     if table.bar is not None:
       bar_label = f"accuracy bar (plain full - {methods_board.ACCURACY_BAR})"
       ax.axvline(table.bar, color="grey", linestyle="--", linewidth=1, label=bar_label)

@@ -13,25 +13,25 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from shiftbench.claims import arms
 from shiftbench.claims import catalogue as claims_lib
 from shiftbench.reporting import methods_board
 from shiftbench.rows import schema
 
-# The three method dimensions print as one column, `method` (`schema.RowId.method_label`: plain, lpft,
-# wise0.5, l2sp0.01); leaderboard.md keeps all three.
-METHOD_COLUMNS = (schema.METHOD, schema.WISE_ALPHA, schema.L2SP_BETA)
+# The method dimensions (the method and its settings: those with a default for older rows) print as one
+# column, `method` (`schema.method_label`: plain, lpft, wise0.5, l2sp0.01); leaderboard.md keeps them all.
+METHOD_COLUMNS = tuple(c for c in schema.IDENTITY if c in schema.METHOD_DEFAULTS)
+METHOD_SETTINGS = tuple(c for c in METHOD_COLUMNS if c != schema.METHOD)
 METHOD = "method"
-# off_acc is left to leaderboard.md (invariance is made of it): with the rate column, every key line fits
-# in 100 characters.
+# The metrics that carry the result. off_acc is left to leaderboard.md (invariance is made of it): with the
+# rate column, every key line fits in 100 characters.
+KEY_METRICS = ("in_acc", "invariance", "invariance_lost")
 KEY_COLUMNS = (
-  *(METHOD if c == schema.METHOD else c for c in schema.DIMENSIONS if c not in METHOD_COLUMNS[1:]),
+  *(METHOD if c == schema.METHOD else c for c in schema.DIMENSIONS if c not in METHOD_SETTINGS),
   "seeds",
-  "in_acc",
-  "invariance",
-  "inv_lost",
+  *(schema.METRICS[m] for m in KEY_METRICS),  # the leaderboard's columns: their headers
 )
-HEADERS = {schema.LR: "lr", "finetune": "mode"}  # short headers for the terminal
+# The dimensions' short headers (`schema.DIMENSION_HEADERS`, via the row's declaration).
+HEADERS = {c: schema.ROW.header(c) for c in schema.DIMENSIONS if schema.ROW.header(c) != c}
 COMPARED_WIDTH = 40  # with EFFECT_WIDTH, keeps a claims line under ~100 characters
 EFFECT_WIDTH = 26  # a mean and interval fit; "; 1 of 5 seeds collapsed" wraps
 _GROUP = re.compile(r"\[(.+?)\] (.*)", re.S)  # claims.evaluate prefixes the group label
@@ -50,21 +50,22 @@ def key_table(columns: list[str], rows: list[list], metric_columns: set[str]) ->
 
 
 def _method_column(columns: list[str], rows: list[list]) -> tuple[list[str], list[list]]:
-  """The method, WiSE-FT alpha and L2-SP beta columns as one `method` column where the first was."""
+  """The method column and its settings' (WiSE-FT's alpha, L2-SP's beta) as one `method` column where the
+  first was."""
   if not all(c in columns for c in METHOD_COLUMNS):
     return columns, rows
-  at, alpha, beta = (columns.index(c) for c in METHOD_COLUMNS)
-  drop = {alpha, beta}
+  at, settings = columns.index(schema.METHOD), [columns.index(c) for c in METHOD_SETTINGS]
 
   def setting(value):
     return None if value in (None, "", "-") else float(value)
 
-  def label(r: list) -> str:
-    a, b = setting(r[alpha]), setting(r[beta])
-    return arms.method_label(str(r[at]), a if a is not None else b)
+  def label(r: list) -> str:  # a row has at most one setting: its method's
+    return schema.method_label(
+      str(r[at]), next((v for v in map(setting, (r[i] for i in settings)) if v is not None), None)
+    )
 
-  out_columns = [METHOD if i == at else c for i, c in enumerate(columns) if i not in drop]
-  out_rows = [[label(r) if i == at else v for i, v in enumerate(r) if i not in drop] for r in rows]
+  out_columns = [METHOD if i == at else c for i, c in enumerate(columns) if i not in settings]
+  out_rows = [[label(r) if i == at else v for i, v in enumerate(r) if i not in settings] for r in rows]
   return out_columns, out_rows
 
 

@@ -1,14 +1,16 @@
 """The tidy results table: one line per results row, for a researcher's own plots (pandas, seaborn, R).
 
-`leaderboard.csv` is aggregated over seeds; `rows.csv` is not. Its columns:
-  identity   the row's dimensions and seed (`shiftbench.rows.schema.IDENTITY`), then the comparison key (and the
-             protocol key, dataset pair and source file where rows carry them);
+`leaderboard.csv` is aggregated over seeds; `rows.csv` is not. Its columns, each field's as its declaration
+(`shiftbench.rows.schema.ROW`) says:
+  identity   the row's dimensions and seed (`shiftbench.rows.schema.IDENTITY`), then its key columns where rows
+             carry them (`KEYS`: the comparison and protocol keys, the dataset pair and the source file);
   settings   every setting (dotted name, e.g. `canvas.size`) in which the rows' experiments differ, as the
              leaderboard shows them (`comparison.differing_settings`: protocol settings, and architecture
              settings between rows of one model name), so two runs that differ only in canvas size get a
              `canvas.size` column and nothing else;
-  metrics    every scalar metric of any row (`shiftbench.rows.schema.scalar_metrics`; per-layer similarity
-             as `similarity_layers/<layer>`), empty where a row has none or it is undefined.
+  metrics    every number of any row whose field is shown as numbers (`shiftbench.rows.schema.scalar_metrics`:
+             metrics, an `eval.metrics` evaluator's results included; per-layer similarity as
+             `similarity_layers/<layer>`), empty where a row has none or it is undefined.
 Written next to every leaderboard (each run, and `shiftbench-leaderboard`), as `rows.csv` and, since
 pyarrow comes with tensorflow-datasets, `rows.parquet`. `shiftbench.reporting.tidy.load_rows` reads results back
 as a pandas DataFrame.
@@ -25,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from shiftbench.infra.files import atomic_write_text
-from shiftbench.rows import comparison, schema
+from shiftbench.rows import comparison, fields, schema
 
 log = logging.getLogger(__name__)
-KEYS = (*schema.KEYS, "datasets", "source")  # written when any row has them
+# The key columns after the identity, written when any row has them.
+KEYS = tuple(n for n in schema.ROW.names() if schema.ROW.field(n).column == fields.KEY_COLUMN)
 
 
 def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
@@ -44,7 +47,7 @@ def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
   out = []
   for r, s, m in zip(rows, settings, metrics):
     values = [
-      *(r.get(k, schema.METHOD_DEFAULTS.get(k)) for k in schema.IDENTITY),  # an older row is a plain row
+      *(schema.dimension(r, k) for k in schema.IDENTITY),  # an older file's row as today's
       *(r.get(k) for k in keys),
       *(s.get(n) for n in names),
       *(m.get(k) for k in metric_names),

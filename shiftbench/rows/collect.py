@@ -1,5 +1,5 @@
 """Reading results files into rows: every `results.json` under some paths, each row annotated with its
-dataset pair, architecture and source file, and each row (`schema.UNIQUE`) once."""
+dataset pair, architecture, method's description and source file, and each row (`schema.UNIQUE`) once."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from shiftbench.infra.errors import DataError
-from shiftbench.rows import comparison, schema
+from shiftbench.rows import comparison, method_info, schema
 
 
 def annotate(record: dict[str, Any], source: str | Path | None = None) -> list[dict[str, Any]]:
-  """A results.json record's rows, each with its dataset pair, architecture config and source attached.
+  """A results.json record's rows, each with its dataset pair, architecture config, method's description
+  (`method_info`; none in a file 0.6.0 wrote) and source attached.
 
-  Rows written before comparison keys existed get one computed from the record's
-  config, with unknown data hashes: they never merge with a newer row.
+    Rows written before comparison keys existed get one computed from the record's
+    config, with unknown data hashes: they never merge with a newer row.
   """
   datasets = record.get("datasets") or {}
   pair = f"{datasets.get('pretrain', '?')} -> {datasets.get('finetune', '?')}" if datasets else ""
@@ -35,11 +36,15 @@ def annotate(record: dict[str, Any], source: str | Path | None = None) -> list[d
       r["comparison_key"] = comparison.key_of(r["comparison"])
       r["protocol_key"] = comparison.key_of(protocol)
     out.append(r)
+  method_info.attach(out, record.get("methods"))
   return out
 
 
 def _numbers(row: dict[str, Any]) -> str:
-  return json.dumps({k: v for k, v in row.items() if k not in schema.PROVENANCE}, sort_keys=True, default=str)
+  """Everything of a row but its provenance and its identity (which `merge_duplicates` matched already,
+  however the file spelled it: 0.6.0's setting fields, or `method_setting`)."""
+  skip = (*schema.PROVENANCE, *schema.IDENTITY, *schema.LEGACY_SETTINGS)
+  return json.dumps({k: v for k, v in row.items() if k not in skip}, sort_keys=True, default=str)
 
 
 def merge_duplicates(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -5,8 +5,10 @@ fine-tune mode x fine-tune method and its setting x fine-tune learning rate x se
 `comparison_key` (`shiftbench.rows.comparison`) names the experiment it belongs to, so
 `(comparison_key, *RowId)` names it across runs. Everything that reads rows (the leaderboard, the tidy
 table, wandb, resuming a run, the claims) takes its identity, its order and which of its fields are
-metrics from here. To add a row dimension, add a field to `RowId` (and to `METHOD_DEFAULTS`-like
-defaults, so older results files still read) and have the protocol fill it (docs/development.md).
+metrics from here: `ROW` declares every field of a row once (the dimensions here, as `RowId` and a line on
+each in `DIMENSION_DOCS`; every other field in `shiftbench.rows.fields`), and the classifications below
+derive from it. To add a row dimension, add a field to `RowId` and its line (and its value for older
+results files to the defaults, `METHOD_DEFAULTS`) and have the planner fill it (docs/development.md).
 
 No jax here: the table tools import this module and must start without it.
 """
@@ -18,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from shiftbench.rows import comparison
+from shiftbench.rows import comparison, fields
 
 # The allowed values of each dimension, in the order rows are shown: regimes from least to most
 # augmentation, modes from least to most trained. Models keep the order they were run in.
@@ -27,12 +29,17 @@ PLACEMENT_REGIMES: tuple[str, ...] = ("fixed", "random_crop", "translate")
 PRETRAIN_REGIMES: tuple[str, ...] = ("scratch", "imagenet", *PLACEMENT_REGIMES)
 # Named for what trains: the classifier only, hidden FC layers + classifier (conv frozen), everything.
 FINETUNE_MODES: tuple[str, ...] = ("last", "head", "full")
-# How a row was fine-tuned (`shiftbench.methods.builtin`): `plain` at any mode, or a method that keeps invariance,
-# at `full` (shown in this order; a user's own methods after them, by name).
+# How a row was fine-tuned (`shiftbench.methods`): `plain` at any mode, or a method that keeps invariance,
+# at `full`, and the method's setting (a value of its grid, or None). Tables show the built-in methods in
+# this order; a user's own methods after them, by name (a method missing here is only shown later).
 PLAIN = "plain"
+METHOD, SETTING = "finetune_method", "method_setting"
 FINETUNE_METHODS: tuple[str, ...] = (PLAIN, "lpft", "wise", "l2sp")
 # A row of an older results file, without the method fields, is a plain row.
-METHOD_DEFAULTS: dict[str, Any] = {"finetune_method": PLAIN, "wise_alpha": None, "l2sp_beta": None}
+METHOD_DEFAULTS: dict[str, Any] = {METHOD: PLAIN, SETTING: None}
+# 0.6.0 kept each gridded method's setting in a field of its own (WiSE-FT's alpha, L2-SP's beta): a row
+# holds at most one, which is its `method_setting` (`dimension`).
+LEGACY_SETTINGS: tuple[str, ...] = ("wise_alpha", "l2sp_beta")
 
 
 class RowId(NamedTuple):
@@ -41,26 +48,24 @@ class RowId(NamedTuple):
   model: str
   pretrain: str
   finetune: str
-  finetune_method: str  # `plain`, or a method that keeps invariance (`shiftbench.methods.builtin`)
-  wise_alpha: float | None  # WiSE-FT's interpolation weight (None for other methods)
-  l2sp_beta: float | None  # L2-SP's penalty weight (None for other methods)
+  finetune_method: str  # `plain`, or a method that keeps invariance (`shiftbench.methods`)
+  method_setting: float | None  # the value of the method's grid (WiSE-FT's alpha, L2-SP's beta); None without
   finetune_lr: float  # the fine-tune learning rate: the forgetting result is a curve over it
   seed: int
 
   @classmethod
   def of(cls, row: Mapping[str, Any]) -> RowId:
-    return cls(*(row[k] if k in row or k not in METHOD_DEFAULTS else METHOD_DEFAULTS[k] for k in cls._fields))
+    return cls(*(dimension(row, k) if k in METHOD_DEFAULTS else row[k] for k in cls._fields))
 
   @classmethod
   def plain(cls, model: str, pretrain: str, finetune: str, finetune_lr: float, seed: int) -> RowId:
     """A plain fine-tune's row."""
-    return cls(model, pretrain, finetune, PLAIN, None, None, finetune_lr, seed)
+    return cls(model, pretrain, finetune, PLAIN, None, finetune_lr, seed)
 
   @property
   def method_label(self) -> str:
     """`plain`, `lpft`, `wise0.5`, `l2sp0.01`: the method and its setting."""
-    setting = self.wise_alpha if self.wise_alpha is not None else self.l2sp_beta
-    return self.finetune_method + ("" if setting is None else format_lr(setting))
+    return method_label(self.finetune_method, self.method_setting)
 
   def name(self, sep: str = "/") -> str:
     """`cnn_fc/translate/full/lr0.001/s0` (a plain row), `cnn_fc/translate/full/wise0.5/lr0.001/s0`: how log
@@ -85,63 +90,72 @@ def format_lr(lr: float) -> str:
   return f"{lr:g}"
 
 
+def method_label(method: str, setting: float | None) -> str:
+  """`plain`, `lpft`, `wise0.5`, `l2sp0.01`: a method and its setting, as row names, tables and claims
+  write them (one formula, so a row's name follows from its identity alone)."""
+  return method + ("" if setting is None else format_lr(setting))
+
+
+def dimension(row: Mapping[str, Any], name: str, missing: Any = None) -> Any:
+  """A row's value of the identity field `name` as today's rows hold it: a row of an older file without
+  the method fields is a plain row, and 0.6.0's `wise_alpha` or `l2sp_beta` is its `method_setting`.
+  `missing` for another field the row lacks."""
+  if name in row:
+    return row[name]
+  if name == SETTING:
+    return next((row[k] for k in LEGACY_SETTINGS if row.get(k) is not None), None)
+  return METHOD_DEFAULTS.get(name, missing)
+
+
+# One line on each dimension (docs/outputs.md's table of row fields) and the terminal's shorter header where
+# it has one: with `RowId`'s fields, the identity part of the row's declaration (`ROW`).
+DIMENSION_DOCS: dict[str, str] = {
+  "model": "the model preset (a key of `model`)",
+  "pretrain": "the pretrain regime on A: `scratch`, `imagenet`, `fixed`, `random_crop` or `translate`",
+  "finetune": "the fine-tune mode, what trains on B: `last` (the classifier), `head` (hidden FC layers too), `full`",
+  "finetune_method": "how it was fine-tuned: `plain`, `lpft`, `wise`, `l2sp` or a user's method (absent: plain)",
+  "method_setting": "the method's grid value (WiSE-FT's α, L2-SP's β; 0.6.0's `wise_alpha`, `l2sp_beta`), or null",
+  "finetune_lr": "the fine-tune learning rate (`finetune.learning_rates`)",
+  "seed": "the seed of every random stream of the row",
+}
+DIMENSION_HEADERS: dict[str, str] = {"finetune": "mode", "finetune_lr": "lr"}
+# What a results row is: its dimensions, then every other field (`fields.RESULTS`), each declared once.
+ROW = fields.Row(
+  (
+    *(
+      fields.Field(n, fields.IDENTITY, DIMENSION_DOCS.get(n, ""), header=DIMENSION_HEADERS.get(n))
+      for n in RowId._fields
+    ),
+    *fields.RESULTS,
+  ),
+  fields.MEMBERS,
+)
+
 IDENTITY: tuple[str, ...] = RowId._fields
 LR = "finetune_lr"
-METHOD, WISE_ALPHA, L2SP_BETA = "finetune_method", "wise_alpha", "l2sp_beta"
 SEED = "seed"
 # What a leaderboard line averages over seeds: every dimension but the seed, within one experiment.
 DIMENSIONS: tuple[str, ...] = tuple(k for k in IDENTITY if k != SEED)
-KEYS: tuple[str, ...] = ("comparison_key", "protocol_key")
+KEYS: tuple[str, ...] = ROW.names(fields.KEY)
 GROUP: tuple[str, ...] = (*DIMENSIONS, "comparison_key")
 UNIQUE: tuple[str, ...] = ("comparison_key", *IDENTITY)  # one row across runs
-# Attached to each row when a results file is read (`collect.annotate`), not stored in it.
-ANNOTATIONS: tuple[str, ...] = ("datasets", "architecture", "source")
+# Attached to each row when a results file is read (`collect.annotate`), not stored in it; `method_info`
+# is how its method is shown (`shiftbench.rows.method_info`).
+METHOD_INFO = "method_info"
+ANNOTATIONS: tuple[str, ...] = ROW.names(fields.ANNOTATION)
 # Where and how fast a row ran: two copies of one row may differ in these, never in anything else.
-PROVENANCE: tuple[str, ...] = (
-  "heatmap",
-  "source",
-  "eval_seconds",
-  "finetune_seconds",
-  "train_final",
-  "datasets",
-  "architecture",
-)
-# Fields that are identity, settings, timing or arrays, never metric columns (numbers among them too).
+PROVENANCE: tuple[str, ...] = ROW.names(fields.PROVENANCE, fields.TIMING, fields.ANNOTATION)
+# Fields that are never metric columns, numbers among them too (identity, settings, timing, arrays); every
+# other number of a row is one, a family's included.
 NOT_METRICS: tuple[str, ...] = (
-  *IDENTITY,
-  *KEYS,
-  *ANNOTATIONS,
-  "finetune_steps",
-  "val_in_acc",  # the rate-choosing criterion, not a result
-  "val_invariance",  # with val_in_acc, what L2-SP's beta is chosen by
-  "finetune_seconds",
-  "eval_seconds",
-  "chance",
-  "comparison",
-  "heatmap",
-  "location_map",
-  "curve",
+  *(n for n in ROW.names() if ROW.field(n).column != fields.NUMBERS),
+  *LEGACY_SETTINGS,  # 0.6.0's method settings, read as `method_setting`
 )
 # The numbers the leaderboard averages over seeds, and their column headers.
-METRICS: dict[str, str] = {
-  "in_acc": "in_acc",
-  "off_acc": "off_acc",
-  "invariance": "invariance",
-  "invariance_lost": "inv_lost",
-  "consistency": "consistency",
-  "consistency_circular": "consist_circ",
-  "consistency_local": "consist_local",
-  "worst_case_acc": "worst_case",
-  "worst_of_k_acc": "worst_of_k",
-  "flip_rate": "flip_rate",
-  "similarity": "similarity",
-  "similarity_before": "sim_before",
-  "pretrain_invariance_before": "A_inv_before",
-  "pretrain_invariance_after": "A_inv_after",
-  "pretrain_invariance_lost": "A_inv_lost",
-}
-# What the fine-tune curve records at each evaluation.
-CURVE_METRICS: tuple[str, ...] = ("in_acc", "off_acc", "invariance")
+METRICS: dict[str, str] = {name: ROW.header(name) for name in fields.BOARD}
+# What the fine-tune curve records at each evaluation: its metrics (wandb's history), and every field.
+CURVE_FIELDS: tuple[str, ...] = tuple(n for n in ROW.names() if ROW.field(n).curve)
+CURVE_METRICS: tuple[str, ...] = tuple(n for n in CURVE_FIELDS if ROW.field(n).kind == fields.METRIC)
 _ORDERS = {"pretrain": PRETRAIN_REGIMES, "finetune": FINETUNE_MODES, METHOD: FINETUNE_METHODS}
 
 
@@ -156,12 +170,12 @@ def is_plain(row: Mapping[str, Any]) -> bool:
 
 def unique(row: Mapping[str, Any]) -> tuple:
   """(comparison key, *identity): the same row in any run."""
-  return tuple(row.get(k, METHOD_DEFAULTS.get(k)) for k in UNIQUE)
+  return tuple(dimension(row, k) for k in UNIQUE)
 
 
 def group(row: Mapping[str, Any]) -> tuple:
   """(*dimensions, comparison key): the rows a leaderboard line averages over seeds."""
-  return tuple(row.get(k, METHOD_DEFAULTS.get(k, "")) for k in GROUP)
+  return tuple(dimension(row, k, "") for k in GROUP)
 
 
 def missing_identity(row: Mapping[str, Any]) -> list[str]:
@@ -175,7 +189,7 @@ def sort_key(model_order: Mapping[str, int]):
   def key(entry: Mapping[str, Any]) -> tuple:
     out: list[Any] = []
     for name in DIMENSIONS:
-      value = entry.get(name, METHOD_DEFAULTS.get(name))
+      value = dimension(entry, name)
       if name == "model":
         out.append(model_order.get(value, len(model_order)))
       elif name in _ORDERS:  # declared values in order, then others by name

@@ -19,13 +19,6 @@ from shiftbench.rows import schema
 # Without pretraining the backbone is random: a row that freezes it measures nothing about invariance
 # learned in pretraining, so `scratch` pairs with `full` (and `head` only when asked; `last` never).
 SCRATCH_MODES: tuple[str, ...] = ("full", "head")
-# `finetune.methods` entries that are a name: the built-in methods (`shiftbench.methods.builtin`).
-BUILTIN_METHODS: dict[str, str] = {
-  schema.PLAIN: "shiftbench.methods.Plain",
-  "lpft": "shiftbench.methods.LPFT",
-  "wise": "shiftbench.methods.WiSEFT",
-  "l2sp": "shiftbench.methods.L2SP",
-}
 # Names people type for a key the config spells otherwise (then matched as usual: `lr` finds learning_rates).
 SYNONYMS = {"lr": "learning_rate"}
 # Optimiser hyperparameters with an obvious domain: name -> (check, what it must be).
@@ -212,21 +205,26 @@ def arms(value: Mapping[str, Any] | None, models: Iterable[str]) -> dict[str, tu
   return out
 
 
-def method_entries(value: Any) -> list[dict[str, Any]]:
-  """`finetune.methods` as `_target_` entries: a built-in name (`BUILTIN_METHODS`) becomes its entry; an
-  entry keeps its own arguments (and an optional `name:`), which the method checks when it is built."""
+def method_entries(value: Any, builtin: Mapping[str, str] | None = None) -> list[Any]:
+  """`finetune.methods` as a list of entries, each a method's name or a `_target_` mapping (with its own
+  arguments and an optional `name:`, which the method checks when it is built). With `builtin` (a
+  registered name -> its `_target_`: the registry `shiftbench.methods.BUILTIN`, which imports JAX, so the
+  door goes without it), a name becomes its entry and an unknown name is an error."""
   entries = [schema.PLAIN] if value is None else list(value if isinstance(value, (list, tuple)) else [value])
   if not entries:
     raise ConfigError("finetune.methods is empty; give one or more, e.g. 'finetune.methods=[plain,lpft]'")
   out = []
   for entry in entries:
     if isinstance(entry, str):
-      if entry not in BUILTIN_METHODS:
+      if builtin is None:
+        out.append(entry)
+        continue
+      if entry not in builtin:
         raise ConfigError(
-          f"unknown fine-tune method {entry!r} in finetune.methods; built in: {', '.join(BUILTIN_METHODS)}, "
+          f"unknown fine-tune method {entry!r} in finetune.methods; built in: {', '.join(builtin)}, "
           "or an entry with a _target_ (docs/development.md, 'Add a fine-tune method')"
         )
-      entry = {"_target_": BUILTIN_METHODS[entry]}
+      entry = {"_target_": builtin[entry]}
     if not is_entry(entry):
       raise ConfigError(f"finetune.methods entry {entry!r} is neither a method name nor a mapping with a _target_")
     out.append(dict(entry))

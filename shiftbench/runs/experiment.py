@@ -7,8 +7,10 @@ where it stopped and loses nothing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +27,12 @@ from shiftbench.evaluators import location_maps as evaluation
 from shiftbench.evaluators import metrics
 from shiftbench.evaluators.predictor import Predictor
 from shiftbench.infra import files as results
-from shiftbench.methods.builtin import Finetuned
+from shiftbench.methods import Finetuned
 from shiftbench.models import published_weights, torchvision_weights
 from shiftbench.reporting import leaderboard, plots, terminal, tidy
 from shiftbench.rows import collect, comparison, schema
 from shiftbench.rows.schema import RowId
-from shiftbench.runs import compile_cache, pretraining, protocol_data, run_dir
+from shiftbench.runs import compile_cache, plan, pretraining, protocol_data, run_dir
 from shiftbench.runs.environment import environment
 from shiftbench.runs.settings import Settings
 from shiftbench.training import loop as train
@@ -57,12 +59,12 @@ class Protocol:
     self.protocol = comparison.protocol_settings(
       settings.config, {"pretrain": self.hash_a, "finetune": self.hash_b}, __version__
     )
-    # Shift metrics before fine-tuning for the latest (model, regime, seed): every mode shares them,
-    # and rows run in that order, so one entry is all that is ever reused.
-    self._before: dict[tuple, dict[str, Any]] = {}
-    # The plain rows' fine-tuned models of the latest (model, regime, rate, seed): what LP-FT, WiSE-FT and
-    # a user's method start from (rows run in that order, so nothing older is ever asked for).
-    self._tuned: dict[RowId, nnx.Module] = {}
+    # What the rows of the plan group now running share (`plan`), open only while it runs: the shift
+    # metrics before fine-tuning of a (model, regime, seed), shared by every mode, rate and method; and the
+    # plain rows' fine-tuned models of a (model, regime, rate, seed), what LP-FT, WiSE-FT and a user's
+    # method start from.
+    self._before: Shared | None = None
+    self._tuned: Shared | None = None
     self.weights_cache = published_weights.cache_dir(settings.checkpoint_dir)  # named ImageNet weights
 
   # -- evaluation ---------------------------------------------------------------------------------
@@ -117,12 +119,6 @@ class Protocol:
       return model, {"weights": torchvision_weights.load_imagenet(model, weights, source)}
     return pretraining.pretrained_model(self.s, name, regime, seed, build, self.train_a, self.hash_a)
 
-  def rekey(self, row: dict[str, Any], extra: dict[str, Any]) -> None:
-    """Adds settings known only once a row ran (the content hash of its ImageNet weights) to its keys."""
-    row["comparison"] = dict(sorted({**row["comparison"], **extra}.items()))
-    row["comparison_key"] = comparison.key_of(row["comparison"])
-    row["protocol_key"] = comparison.key_of(comparison.protocol_part(row["comparison"]))
-
   # -- one row ------------------------------------------------------------------------------------
   def start(self, rid: RowId, source: nnx.Module | None) -> nnx.Module:
     """B's model before fine-tuning. Its own stream: the same classifier start for every regime and mode
@@ -133,13 +129,33 @@ class Protocol:
       models.transfer(source, model)
     return model
 
+  @contextlib.contextmanager
+  def rows_of(self, group: plan.Pretrained) -> Iterator[None]:
+    """Runs rows of `group` (one pretrained model): their shift metrics before fine-tuning are measured
+    once, by the first row that runs, and dropped when the group ends."""
+    self._before = Shared(group.key)
+    try:
+      yield
+    finally:
+      self._before = None
+
+  @contextlib.contextmanager
+  def rows_at(self, group: plan.AtRate) -> Iterator[None]:
+    """Runs rows of `group` (one rate): its plain rows' fine-tuned models are kept for the method rows
+    after them, and dropped when the group ends."""
+    self._tuned = Shared(group.key)
+    try:
+      yield
+    finally:
+      self._tuned = None
+
   def before(self, rid: RowId, fresh) -> dict[str, Any]:
     """Shift metrics of the pretrained layers + fresh classifier (`fresh()`): the same for every
     fine-tune mode and method."""
-    key = (rid.model, rid.pretrain, rid.seed)
-    if key not in self._before:
-      self._before = {key: self.shift_metrics(self.predictor(fresh()), rid.seed, before=True)}
-    return self._before[key]
+    shared = Shared.of(self._before, plan.pretrained_key(rid), "shift metrics before fine-tuning", "rows_of")
+    if "before" not in shared:
+      shared["before"] = self.shift_metrics(self.predictor(fresh()), rid.seed, before=True)
+    return shared["before"]
 
   def validation(self, predictor: Predictor, whole_map: bool) -> tuple[float | None, float | None]:
     """In-location accuracy and (with `whole_map`: every method's row, whose setting is chosen by both)
@@ -174,7 +190,7 @@ class Protocol:
         curve.append({**probe, "step": 0, "from": "probe"})
         return
       point = self.location_map(self.predictor(m), self.curve_b)
-      curve.append({"step": step, **{k: point[k] for k in CURVE_FIELDS}})
+      curve.append({"step": step, **{k: point[k] for k in schema.CURVE_FIELDS}})
 
     start = time.perf_counter()
     until = None if s.until_accuracy is None else train.UntilAccuracy(*s.until_accuracy)
@@ -256,18 +272,17 @@ class Protocol:
   def tuned(self, rid: RowId, source: nnx.Module | None, done: dict[RowId, dict[str, Any]]) -> nnx.Module:
     """The fine-tuned model of plain row `rid`, kept from when it ran; in a resumed run whose row was
     written before, trained again (the same stream and budget: the same model) without rewriting it."""
-    if rid not in self._tuned:
-      if rid.finetune not in self.s.modes_for(rid.pretrain, rid.model) or schema.PLAIN not in self.s.methods:
+    tuned = Shared.of(self._tuned, plan.rate_key(rid), "a plain row's fine-tuned model", "rows_at")
+    if rid not in tuned:
+      if rid.finetune not in plan.modes_for(self.s, rid.pretrain, rid.model) or schema.PLAIN not in self.s.methods:
         raise ValueError(f"{rid.name()} does not run in this experiment: no model to start from")
       log.info("%s: trained again for the methods that start from it (its row is kept)", rid.name())
       ctx = self.context(rid, source, probe_point(rid, done), done)
       self._keep(rid, self.s.methods[schema.PLAIN].run(ctx, None).model)
-    return self._tuned[rid]
+    return tuned[rid]
 
   def _keep(self, rid: RowId, model: nnx.Module) -> None:
-    group = lambda r: (r.model, r.pretrain, r.finetune_lr, r.seed)  # noqa: E731
-    self._tuned = {r: m for r, m in self._tuned.items() if group(r) == group(rid)}
-    self._tuned[rid] = model
+    Shared.of(self._tuned, plan.rate_key(rid), "a plain row's fine-tuned model", "rows_at")[rid] = model
 
   def row(
     self,
@@ -276,16 +291,18 @@ class Protocol:
     a_before: dict[str, Any] | None,
     probe: dict[str, Any] | None = None,
     done: dict[RowId, dict[str, Any]] | None = None,
+    weights: dict[str, Any] | None = None,
   ) -> dict[str, Any]:
-    """Fine-tunes (by the row's method) and evaluates one row; its fields in `results.json` order."""
+    """Fine-tunes (by the row's method) and evaluates one row, built through its declaration (`schema.ROW`:
+    its fields, in `results.json` order). `weights` are the imagenet regime's weights file (its sha256
+    joins the row's settings, so its keys)."""
     s = self.s
     method = s.methods[rid.finetune_method]
     ctx = self.context(rid, source, probe, done or {})
     eval_start = time.perf_counter()
     before = self.before(rid, ctx.fresh)
     eval_seconds = time.perf_counter() - eval_start
-    setting = getattr(rid, method.grid_field) if method.grid_field else None
-    tuned = methods.as_finetuned(method.run(ctx, setting), method.name)
+    tuned = methods.as_finetuned(method.run(ctx, rid.method_setting), method.name)
     model = tuned.model
     if rid.finetune_method == schema.PLAIN:
       self._keep(rid, model)
@@ -298,36 +315,52 @@ class Protocol:
     a_after = self.pretrain_task_after(rid, source, model, a_before)
     location_map, heatmap = self.heatmap(rid, final)
     settings = comparison.row_settings(self.protocol, s.models[rid.model], s.method_configs.get(rid.finetune_method))
-    return {
+    if weights is not None:  # the imagenet regime: which file, by content (the key holds its sha256)
+      settings = dict(sorted({**settings, "pretrain.weights.sha256": weights["sha256"]}.items()))
+    return schema.ROW.build(
       **rid._asdict(),
-      "comparison_key": comparison.key_of(settings),
-      "protocol_key": comparison.key_of(comparison.protocol_part(settings)),
-      "eval_split": s.eval_split,
+      comparison_key=comparison.key_of(settings),
+      protocol_key=comparison.key_of(comparison.protocol_part(settings)),
+      eval_split=s.eval_split,
       **{k: final[k] for k in ("distinct_predictions", "in_acc", "off_acc", "invariance", "in_pvalue")},
-      "val_in_acc": val_in_acc,
+      val_in_acc=val_in_acc,
       **({} if rid.finetune_method == schema.PLAIN else {"val_invariance": val_invariance}),
-      "test_objects": len(self.test_b),
-      "chance": 1.0 / self.data_b.num_classes,
-      "finetune_steps": tuned.stop["step"],
-      "finetune_stop": tuned.stop,
-      "input_adapter": getattr(getattr(getattr(model, "backbone", None), "adapter", None), "kind", None),
-      "finetune_location": list(s.finetune_location),
-      "location_map": location_map,
-      "curve": tuned.curve,
+      test_objects=len(self.test_b),
+      chance=1.0 / self.data_b.num_classes,
+      finetune_steps=tuned.stop["step"],
+      finetune_stop=tuned.stop,
+      input_adapter=model.input_adapter,
+      finetune_location=list(s.finetune_location),
+      location_map=location_map,
+      curve=tuned.curve,
       **_pretrain_task_fields(a_before, a_after),
-      "invariance_lost": None,  # filled in once the last and full rows of this seed both exist
-      "params": models.param_count(model),
-      **shift,
-      **before,
-      "eval_seconds": eval_seconds,
-      "train_final": tuned.history[-1] if tuned.history else None,
-      "finetune_seconds": tuned.seconds,
-      "heatmap": str(heatmap.relative_to(self.output_dir)),
-      "comparison": settings,
-    }
+      invariance_lost=None,  # filled in once the last and full rows of this seed both exist
+      params=models.param_count(model),
+      shift=shift,
+      shift_before=before,
+      eval_seconds=eval_seconds,
+      train_final=tuned.history[-1] if tuned.history else None,
+      finetune_seconds=tuned.seconds,
+      heatmap=str(heatmap.relative_to(self.output_dir)),
+      comparison=settings,
+      **({} if weights is None else {"pretrain_weights": weights}),
+    )
 
 
-CURVE_FIELDS = (*schema.CURVE_METRICS, "in_pvalue")
+class Shared(dict):
+  """What the rows of one plan group share, kept while the group runs (`Protocol.rows_of`, `rows_at`)."""
+
+  def __init__(self, key: tuple):
+    super().__init__()
+    self.key = key
+
+  @staticmethod
+  def of(shared: Shared | None, key: tuple, what: str, opened_by: str) -> Shared:
+    """`shared` when it is the open group `key`: a row asking for what another group shares is a bug."""
+    if shared is None or shared.key != key:
+      now = "no group" if shared is None else f"the group {shared.key}"
+      raise RuntimeError(f"{what} of {key} asked for while {now} runs; run its rows inside Protocol.{opened_by}")
+    return shared
 
 
 def probe_point(rid: RowId, done: dict[RowId, dict[str, Any]]) -> dict[str, Any] | None:
@@ -388,6 +421,8 @@ def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
       "pretrain_sha256": protocol.hash_a,
       "finetune_sha256": protocol.hash_b,
     },
+    # How each method's rows are shown, for the tables, which import no jax (`shiftbench.rows.method_info`).
+    "methods": {name: m.describe() for name, m in settings.methods.items()},
     "grid": protocol.grid,
     "rows": list(done.values()),
   }
@@ -396,32 +431,33 @@ def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
   tracker.start(settings.config, output_dir, name=output_dir.name, group=run_dir.experiment_group(output_dir))
   exit_code = 1
   try:
-    for seed in settings.seeds:
-      for name in settings.factories:
-        for regime in settings.regimes_for(name):
-          ids = settings.row_ids(name, regime, seed)
-          new = [rid for rid in ids if rid not in done]
-          if not new:
-            continue
-          source, a_before, meta = None, None, {}
-          if regime != "scratch":
-            source, meta = protocol.pretrained(name, regime, seed)
-            if regime != "imagenet":
-              a_before = protocol.location_map(protocol.predictor(source), protocol.test_a)
-          for rid in new:
-            row = protocol.row(rid, source, a_before, probe_point(rid, done), done)
-            if "weights" in meta:  # the imagenet regime: which file, by content (the key holds its sha256)
-              row["pretrain_weights"] = meta["weights"]
-              protocol.rekey(row, {"pretrain.weights.sha256": meta["weights"]["sha256"]})
-            done[rid] = row
-            schema.fill_invariance_lost(done.values())
-            record["rows"] = list(done.values())
-            results.write_json(opened.results_path, record)
-            log.info(
-              "%s: in %.3f off %.3f invariance %s", rid.name(), row["in_acc"], row["off_acc"], _fmt(row["invariance"])
-            )
-          for rid in new:  # once the set is done: `invariance_lost` needs its last and full rows
-            tracker.log_row(done[rid], output_dir / done[rid]["heatmap"])
+    for group in plan.groups(settings):
+      new = [rid for rid in group.rows if rid not in done]
+      if not new:
+        continue
+      source, a_before, meta = None, None, {}
+      if group.regime != "scratch":
+        source, meta = protocol.pretrained(group.model, group.regime, group.seed)
+        if group.regime != "imagenet":
+          a_before = protocol.location_map(protocol.predictor(source), protocol.test_a)
+      with protocol.rows_of(group):
+        for at_rate in group.rates:
+          with protocol.rows_at(at_rate):
+            for rid in [r for r in at_rate.rows if r not in done]:
+              row = protocol.row(rid, source, a_before, probe_point(rid, done), done, meta.get("weights"))
+              done[rid] = row
+              schema.fill_invariance_lost(done.values())
+              record["rows"] = list(done.values())
+              results.write_json(opened.results_path, record)
+              log.info(
+                "%s: in %.3f off %.3f invariance %s",
+                rid.name(),
+                row["in_acc"],
+                row["off_acc"],
+                _fmt(row["invariance"]),
+              )
+      for rid in new:  # once the group is done: `invariance_lost` needs its last and full rows
+        tracker.log_row(done[rid], output_dir / done[rid]["heatmap"])
     rows = collect.annotate(record)
     board = leaderboard.write_leaderboard(rows, output_dir)
     print(f"\n{terminal.summary(board, output_dir)}\n", flush=True)

@@ -13,7 +13,7 @@ from flax import nnx
 from shiftbench.data import streams
 from shiftbench.data.device import DeviceObjects
 from shiftbench.rows import schema
-from shiftbench.runs import preflight
+from shiftbench.runs import plan, preflight
 from shiftbench.runs.settings import Settings
 from shiftbench.training import checkpoints as pretrained
 from shiftbench.training import loop as train
@@ -42,18 +42,16 @@ def checkpoint_of(s: Settings, name: str, regime: str, seed: int, data_hash: str
 def check_cache_writable(s: Settings, done: Collection[schema.RowId], data_hash: str) -> None:
   """Fails now, not after pretraining, if a checkpoint this run must save cannot be written (a read-only
   cache that already holds every needed checkpoint is fine)."""
-  for seed in s.seeds:
-    for name in s.models:
-      for regime in s.regimes_for(name):
-        if regime in ("scratch", "imagenet") or all(rid in done for rid in s.row_ids(name, regime, seed)):
-          continue
-        if not pretrained.exists(checkpoint_of(s, name, regime, seed, data_hash)[0]):
-          preflight.check_writable(
-            s.checkpoint_dir,
-            "checkpoint cache (paths.checkpoint_dir)",
-            "set $SHIFTBENCH_CACHE or paths.checkpoint_dir to a writable directory",
-          )
-          return
+  for group in plan.groups(s):
+    if group.regime in ("scratch", "imagenet") or all(rid in done for rid in group.rows):
+      continue
+    if not pretrained.exists(checkpoint_of(s, group.model, group.regime, group.seed, data_hash)[0]):
+      preflight.check_writable(
+        s.checkpoint_dir,
+        "checkpoint cache (paths.checkpoint_dir)",
+        "set $SHIFTBENCH_CACHE or paths.checkpoint_dir to a writable directory",
+      )
+      return
 
 
 def pretrained_model(

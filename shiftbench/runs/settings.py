@@ -27,7 +27,7 @@ from shiftbench.evaluators import batching
 from shiftbench.evaluators.suite import Evaluator
 from shiftbench.infra.errors import ConfigError
 from shiftbench.rows import schema
-from shiftbench.runs import config_values, door, targets
+from shiftbench.runs import config_values, door, plan, targets
 
 
 def _location(value, spec: canvas.CanvasSpec) -> tuple[int, int] | None:
@@ -98,45 +98,6 @@ class Settings:
   methods: dict[str, methods.Method] = dataclasses.field(default_factory=lambda: {schema.PLAIN: methods.Plain()})
   method_configs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
-  def modes_for(self, regime: str, model: str | None = None) -> tuple[str, ...]:
-    """The fine-tune modes run after `regime`: `scratch_modes` for `scratch`, `finetune_modes` otherwise;
-    for a model listed in `arms`, only the modes listed there."""
-    modes = self.scratch_modes if regime == "scratch" else self.finetune_modes
-    if model in self.arms:
-      return tuple(m for m in schema.FINETUNE_MODES if (regime, m) in self.arms[model])
-    return modes
-
-  def regimes_for(self, model: str) -> tuple[str, ...]:
-    """The pretrain regimes run for `model` (those of `arms` when it is listed there)."""
-    return tuple(r for r in self.pretrain_regimes if self.modes_for(r, model))
-
-  def method_rows(self, model: str, regime: str) -> list[tuple[methods.Method, float | None]]:
-    """The (method, setting) rows other than plain run after `regime`: none after `scratch` (nothing
-    pretrained to keep), and only where the method's mode runs."""
-    if regime == "scratch":
-      return []
-    modes = self.modes_for(regime, model)
-    return [
-      (m, setting)
-      for name, m in self.methods.items()
-      if name != schema.PLAIN and m.mode in modes
-      for setting in m.settings()
-    ]
-
-  def row_ids(self, model: str, regime: str, seed: int) -> list[schema.RowId]:
-    """The rows of one pretrained model, in the order they run: each rate, then each plain mode (`last`
-    first, so `head` and `full` start their curves from its probe), then every other method and setting
-    (after the plain rows they start from)."""
-    out = []
-    for lr in self.finetune_rates:
-      if schema.PLAIN in self.methods:
-        out += [schema.RowId.plain(model, regime, mode, lr, seed) for mode in self.modes_for(regime, model)]
-      for method, setting in self.method_rows(model, regime):
-        fields = {method.grid_field: setting} if method.grid_field else {}
-        rid = schema.RowId.plain(model, regime, method.mode, lr, seed)
-        out.append(rid._replace(finetune_method=method.name, **fields))
-    return out
-
   @classmethod
   def from_config(cls, cfg: DictConfig | Mapping[str, Any]) -> Settings:
     """Checks `cfg` (a composed Hydra config, or the same as a dict) at the door, resolves it once, checks
@@ -164,7 +125,8 @@ class Settings:
     built_methods, method_configs = _methods(config["finetune"].get("methods"))
     no_logger = {"_target_": "shiftbench.reporting.tracking.WandbTracker", "mode": "disabled"}
     logger = dict(config.get("logger") or no_logger)
-    settings = cls(
+    # Every setting but the eval batch, each read, checked and built.
+    fields = dict(
       seeds=tuple(int(s) for s in seeds),
       spec=spec,
       finetune_location=ft_loc,
@@ -207,40 +169,18 @@ class Settings:
       arms=config_values.arms(config.get("arms"), model_configs),
       methods=built_methods,
       method_configs=method_configs,
-      # Last, as arguments are evaluated in order: `auto` for the torchvision networks compiles them (~40 s
-      # for DenseNet-121 at full width), so every other setting is checked, and reported, before the count.
-      eval_batch=batching.resolve_batch_size(
-        cfg.eval.batch_size,
-        spec.canvas_size,
-        _model_widths(config),
-        lambda: _activation_bytes(factories, model_configs, spec.canvas_size),
-      ),
     )
-    settings.check_method_needs()
+    # Then the eval batch, in its own step: `auto` for the torchvision networks compiles them (~40 s for
+    # DenseNet-121 at full width), so every other setting is checked, and reported, before the count.
+    eval_batch = batching.resolve_batch_size(
+      cfg.eval.batch_size,
+      spec.canvas_size,
+      _model_widths(config),
+      lambda: _activation_bytes(factories, model_configs, spec.canvas_size),
+    )
+    settings = cls(**fields, eval_batch=eval_batch)
+    plan.check_method_needs(settings)
     return settings
-
-  def check_method_needs(self) -> None:
-    """A method's rows start from plain rows of the same model and regime (`Method.needs`): each of those
-    must run wherever the method does, or the run would fail after hours of other rows."""
-    running = set()
-    for model in self.factories:
-      for regime in self.regimes_for(model):
-        modes = self.modes_for(regime, model)
-        for method in dict.fromkeys(m for m, _ in self.method_rows(model, regime)):
-          running.add(method.name)
-          missing = [n for n in method.needs if n not in modes]
-          if missing:
-            raise ConfigError(
-              f"method {method.name!r} starts from the plain {'/'.join(missing)} rows of {model} after {regime} "
-              f"pretraining, which do not run (modes there: {', '.join(modes)}); add them to finetune.modes or arms"
-            )
-    idle = [n for n in self.methods if n != schema.PLAIN and n not in running]
-    if idle:
-      raise ConfigError(
-        f"finetune.methods {idle} have no rows: a method runs at its mode ({self.methods[idle[0]].mode}) after a "
-        f"pretrained regime (not scratch); pretrain.regimes is {list(self.pretrain_regimes)}, finetune.modes is "
-        f"{list(self.finetune_modes)}"
-      )
 
 
 def build_evaluators(cfg: Mapping[str, Any] | None) -> dict[str, Evaluator]:
@@ -307,12 +247,13 @@ def _weights(cfg: DictConfig, factories: Mapping[str, Callable[..., Any]]) -> st
 
 
 def _methods(value) -> tuple[dict[str, methods.Method], dict[str, dict[str, Any]]]:
-  """`finetune.methods`: a list of built-in method names (`config_values.BUILTIN_METHODS`) or `_target_` entries (with
-  an optional `name:`), each built once; and each method's settings for the comparison key (plain has
-  none, so plain rows keep the keys they have without methods)."""
+  """`finetune.methods`: a list of registered method names (`methods.BUILTIN`) or `_target_` entries (with
+  an optional `name:`), each built once; and each method's settings for the comparison key: the entry
+  less its grid (the rows' `method_setting`) and name (plain has none, so plain rows keep the keys they
+  have without methods)."""
   built: dict[str, methods.Method] = {}
   configs: dict[str, dict[str, Any]] = {}
-  for entry in config_values.method_entries(value):
+  for entry in config_values.method_entries(value, targets.builtin_methods()):
     name = entry.pop("name", None)
     try:
       method = methods.as_method(hydra.utils.instantiate(entry), name)
@@ -326,7 +267,7 @@ def _methods(value) -> tuple[dict[str, methods.Method], dict[str, dict[str, Any]
     if method.mode not in schema.FINETUNE_MODES:
       raise ConfigError(f"method {method.name!r} has mode {method.mode!r}; allowed: {', '.join(schema.FINETUNE_MODES)}")
     built[method.name] = method
-    own = {k: v for k, v in entry.items() if k != method.grid_arg}
+    own = {k: v for k, v in entry.items() if k != method.grid_arg()}
     configs[method.name] = {} if method.name == schema.PLAIN else own
   needing = [m.name for m in built.values() if m.needs and schema.PLAIN not in built]
   if needing:

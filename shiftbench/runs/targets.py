@@ -34,10 +34,18 @@ def entries(config: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]
     yield f"{phase}.optimizer", config[phase]["optimizer"]
   for prefix, entry in (config["eval"].get("metrics") or {}).items():
     yield f"eval.metrics.{prefix}", entry
-  for i, entry in enumerate(config_values.method_entries(config["finetune"].get("methods"))):
+  for i, entry in enumerate(config_values.method_entries(config["finetune"].get("methods"), builtin_methods())):
     yield f"finetune.methods[{i}]", {k: v for k, v in entry.items() if k != "name"}
   if config.get("logger"):
     yield "logger", config["logger"]
+
+
+def builtin_methods() -> dict[str, str]:
+  """The methods a `finetune.methods` entry may name (`shiftbench.methods.BUILTIN`, the one registry, with
+  the ones a user registered), each with the `_target_` its rows' keys hold."""
+  from shiftbench import methods  # JAX: past the door
+
+  return {name: methods.target(cls) for name, cls in methods.BUILTIN.items()}
 
 
 def check(config: Mapping[str, Any]) -> None:

@@ -48,9 +48,10 @@ _KIND = cache.Kind(
 )
 
 
-def checkpoint_key(description: dict[str, Any], version: str = __version__) -> str:
-  """A stable short hash of `description` (plus the package version): names the checkpoint's directory."""
-  return hashing.json_hash({"shiftbench": version, **description}, 16)
+def checkpoint_key(description: dict[str, Any], version: str | None = None) -> str:
+  """A stable short hash of `description` (plus the package version, this one's unless given): names the
+  checkpoint's directory."""
+  return hashing.json_hash({"shiftbench": version or __version__, **description}, 16)
 
 
 def checkpoint_path(checkpoint_dir: str | Path, name: str, description: dict[str, Any]) -> Path:

@@ -29,6 +29,7 @@ from shiftbench.data.device import DeviceObjects
 from shiftbench.infra.errors import DivergenceError
 from shiftbench.rows import schema
 from shiftbench.training import resume
+from shiftbench.training.schedule import schedule, steps_per_dispatch
 
 log = logging.getLogger(__name__)
 Metrics = dict[str, float]
@@ -53,9 +54,10 @@ class UntilAccuracy:
   Every step's batch accuracy enters the mean, so the rule reads the true training accuracy to within
   sqrt(p(1-p) / (batch x window)) (0.002 at p = 0.97, batch 32, window 200) and fires soon after that
   accuracy passes the threshold; a rule that needs every single batch at or above the threshold would
-  almost never fire at batch 32. It is checked at the end of each dispatch (the model exists only there),
-  so `stopped_at`, the step training ended at, is a multiple of the steps per dispatch; None when the
-  cap came first.
+  almost never fire at batch 32. It is checked at the end of each chunk of steps (the model exists only
+  there: a dispatch, cut short at evaluation steps and checkpoints, `schedule.py`), so `stopped_at`, the
+  step training ended at, is a chunk's end (a multiple of the steps per dispatch between evaluation
+  steps); None when the cap came first.
   """
 
   threshold: float
@@ -83,39 +85,13 @@ class UntilAccuracy:
     return {"rule": "until_accuracy", "threshold": self.threshold, "window": self.window, "final_mean": self.mean}
 
 
-def trainable_filter(mode: str) -> Any:
-  """Which params train: all of them (`full`), the head's (`head`: hidden FC layers + classifier, conv
-  frozen) or the classifier's only (`last`)."""
-  if mode == "full":
-    return nnx.Param
-  if mode == "head":
-    return nnx.All(nnx.Param, nnx.PathContains("head"))
-  if mode == "last":
-    return nnx.All(nnx.Param, models.CLASSIFIER)
-  raise ValueError(f"unknown fine-tune mode {mode!r}; allowed: {', '.join(TRAIN_MODES)}")
-
-
 def set_mode(model: nnx.Module, mode: str) -> None:
   """Train-mode layers (BatchNorm batch statistics) for what trains: all of the model in `full` mode;
-  in `head` and `last` modes the frozen backbone runs in eval mode, so its BN uses and keeps the
-  pretrained running averages."""
+  in `head` and `last` modes the frozen backbone (`ShiftModel.backbone`) runs in eval mode, so its BN
+  uses and keeps the pretrained running averages."""
   model.train()
   if mode in ("head", "last"):
-    getattr(model, "backbone", model).eval()
-
-
-def steps_per_dispatch(requested: int | str) -> int:
-  """`auto`: 10 training steps per jitted call (a `lax.scan`), on every backend.
-
-  On CPU this needs the conv gradients written out in canonical form (`layers.conv2d`): XLA:CPU rewrites
-  its own conv gradients into fast kernels only outside a while loop (docs/performance.md).
-  """
-  if requested == "auto":
-    return 10
-  k = int(requested)
-  if k < 1:
-    raise ValueError(f"steps_per_dispatch must be >= 1 or 'auto', got {requested}")
-  return k
+    model.backbone.eval()
 
 
 def _make_step(
@@ -237,77 +213,68 @@ def train(
     desc: progress bar label.
     checkpoints: resumable checkpoints: training continues from the last one there (bit-identical to not
       stopping) and saves one every `checkpoints.every` steps, rounded up to a multiple of `dispatch`.
-    until: a stopping rule checked after every dispatch (`steps` is then the cap); None trains `steps`.
+    until: a stopping rule checked after every chunk (`steps` is then the cap); None trains `steps`.
+
+  How the steps are cut into chunks (dispatches, evaluation steps, logging, checkpoints, where the stopping
+  rule is checked) is `schedule.schedule`'s.
   """
   spec.check_location(placement.location)
   k = steps_per_dispatch(dispatch)
   set_mode(model, mode)
-  graphdef, params, rest = nnx.split(model, trainable_filter(mode), ...)
+  graphdef, params, rest = nnx.split(model, models.trainable(mode), ...)
   opt_state = tx.init(params)
   update = _compiled_update(graphdef, tx, spec, placement, batch_size, k)
   base_key = seed if isinstance(seed, jax.Array) else jax.random.key(seed)
   history: list[Metrics] = []
   done = 0
-  # Checkpoints at multiples of k too, so chunks (and so every bit) are those of a run without them.
-  every = -(-checkpoints.every // k) * k if checkpoints is not None and checkpoints.every > 0 else 0
   saved = checkpoints.latest({"params": params, "opt_state": opt_state, "rest": rest}) if checkpoints else None
   if saved is not None and saved[0] <= steps:
     done, tree, history = saved
     params, opt_state, rest = tree["params"], tree["opt_state"], tree["rest"]
     log.info("%s: resumed from step %d of %d (%s)", desc, done, steps, checkpoints.directory)
+  sched = schedule(
+    steps,
+    k,
+    evaluate=on_eval is not None,
+    eval_every=eval_every,
+    eval_steps=eval_steps,
+    checkpoint_every=checkpoints.every if checkpoints is not None else 0,
+    log_every=log_every,
+    resume_from=done,
+  )
 
   def sync_model():
     nnx.update(model, params, rest)
 
-  evals = sorted({e for e in eval_steps if 0 < e < steps}) if on_eval is not None else []
-
-  def next_eval(after: int) -> int:
-    """The first evaluation step after `after` (`steps` when there is none before the end)."""
-    regular = (after // eval_every + 1) * eval_every if on_eval is not None and eval_every else steps
-    return min([steps, regular, *(e for e in evals if e > after)])
-
-  def evaluates_at(step: int) -> bool:
-    return on_eval is not None and (step in evals or bool(eval_every) and step % eval_every == 0)
-
-  if on_eval is not None and done == 0:
+  if sched.evaluate_start:
     on_eval(0, model)
   with tqdm(total=steps, initial=done, desc=desc, unit="step", leave=False, dynamic_ncols=True, disable=None) as bar:
-    while done < steps:
-      # Chunks end at every evaluation step, so on_eval sees the model at exactly the steps asked for;
-      # a chunk shorter than k runs step by step rather than compiling another scan length.
-      stop = next_eval(done)
-      if every:  # and at every checkpoint, so a resumed run chunks alike
-        stop = min(stop, (done // every + 1) * every)
-      n = min(k, stop - done)
-      program, starts = (
-        (update, [done])
-        if n == k
-        # the one-step program compiles on first use
-        else (_compiled_update(graphdef, tx, spec, placement, batch_size, 1), range(done, done + n))
-      )
+    for chunk in sched.chunks:
+      # the one-step program (for chunks shorter than k) compiles on first use
+      program = update if chunk.scan else _compiled_update(graphdef, tx, spec, placement, batch_size, 1)
       accs = []  # every step's batch accuracy, for the stopping rule
-      for start in starts:
+      for start in chunk.dispatches:
         params, opt_state, rest, metrics = program(
           params, opt_state, rest, base_key, np.int32(start), data.images, data.labels
         )
         accs.append(metrics["accs"])
-      done += n
-      bar.update(n)
+      done = chunk.stop
+      bar.update(chunk.size)
       stopping = until is not None and until.update(done, np.concatenate([np.asarray(a) for a in accs]))
-      if done % log_every < n or done == steps or stopping:
+      if chunk.log or stopping:
         logged = {key: float(v) for key, v in metrics.items() if key != "accs"}
         history.append({"step": done, **logged})
         check_divergence(history, data.num_classes, desc, final=done == steps or stopping)
         bar.set_postfix(loss=f"{logged['loss']:.3f}", acc=f"{logged['acc']:.3f}")
-      if every and done % every == 0 and done != steps:
+      if chunk.checkpoint:
         checkpoints.save(done, {"params": params, "opt_state": opt_state, "rest": rest}, history)
       if stopping:
         break
-      if done == stop and done != steps and evaluates_at(done):
+      if chunk.evaluate:
         sync_model()
         on_eval(done, model)
   sync_model()
   model.eval()
-  if on_eval is not None:
+  if sched.evaluate_end:
     on_eval(done, model)
   return history
