@@ -62,11 +62,13 @@ import torch_twin  # noqa: E402
 
 from shiftbench.data import canvas
 from shiftbench.data.device import DeviceObjects
-from shiftbench.evaluators import batching  # noqa: E402
-from shiftbench.evaluators import location_maps as evaluation
+from shiftbench.evaluators import (
+  batching,  # noqa: E402
+  location_maps,
+)
 from shiftbench.evaluators.predictor import Predictor  # noqa: E402
 from shiftbench.models import ShiftNet  # noqa: E402
-from shiftbench.training import loop as train
+from shiftbench.training import loop
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
 
@@ -157,13 +159,13 @@ def alternatives(res: dict[str, list[float]], unit: str) -> dict:
 
 # -- the contestants --------------------------------------------------------------------------------
 def jax_trainer(model, args, data, spec, dispatch="auto"):
-  tx, placement, state = optax.adam(args.lr), train.Placement("translate", (0, 0)), {"seed": 0}
+  tx, placement, state = optax.adam(args.lr), loop.Placement("translate", (0, 0)), {"seed": 0}
 
   def run(warmup=False):
-    n = train.steps_per_dispatch(dispatch) if warmup else args.steps  # compiles the scan of that many steps
+    n = loop.steps_per_dispatch(dispatch) if warmup else args.steps  # compiles the scan of that many steps
     state["seed"] += 1
     t = time.perf_counter()
-    train.train(
+    loop.train(
       model,
       tx,
       data,
@@ -242,9 +244,9 @@ def jax_evaluator(model, args, objects, grid, labels=None):
     t = time.perf_counter()
     predictor = Predictor(model, args.canvas)
     if labels is None:
-      evaluation.predict_grid(predictor, objects, grid, args.eval_batch)
+      location_maps.predict_grid(predictor, objects, grid, args.eval_batch)
     else:
-      evaluation.location_stats(predictor, objects, labels, grid, args.eval_batch).accuracy()
+      location_maps.location_stats(predictor, objects, labels, grid, args.eval_batch).accuracy()
     return grid.shape[0] * objects.shape[0] / (time.perf_counter() - t)
 
   return run

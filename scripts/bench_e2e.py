@@ -18,9 +18,9 @@ import torch.nn.functional as F
 import torch_twin
 from flax import nnx
 
-from shiftbench.evaluators import location_maps as evaluation
+from shiftbench.evaluators import location_maps
 from shiftbench.evaluators.predictor import Predictor
-from shiftbench.training import loop as train
+from shiftbench.training import loop
 
 
 def jax_e2e(model, args, spec, train_data, curve, test, grid):
@@ -30,13 +30,13 @@ def jax_e2e(model, args, spec, train_data, curve, test, grid):
   def run(warmup=False):
     t = time.perf_counter()
     nnx.update(model, jax.tree.map(jnp.copy, init))  # training donates the param buffers
-    maps = lambda m, objs: evaluation.predict_grid(Predictor(m, args.canvas), objs, grid, args.eval_batch)
-    train.train(
+    maps = lambda m, objs: location_maps.predict_grid(Predictor(m, args.canvas), objs, grid, args.eval_batch)
+    loop.train(
       model,
       tx,
       train_data,
       spec,
-      train.Placement("fixed", spec.center()),
+      loop.Placement("fixed", spec.center()),
       steps=2 if warmup else args.e2e_steps,
       batch_size=args.batch,
       seed=0,

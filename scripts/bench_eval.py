@@ -1,6 +1,6 @@
 """Cost of one full location map relative to the bare forward passes it needs, measured in one run.
 
-`evaluation.predict_grid` composes every canvas on the device inside the jitted program and chunks over
+`location_maps.predict_grid` composes every canvas on the device inside the jitted program and chunks over
 (locations x objects); the design asks that this costs about as much as the forward passes alone (docs/performance.md).
 The baseline runs the same model, in the same chunk shape, the same number of times, on canvases that
 were composed beforehand (so it does no placement, no padding and no host work). Models whose first
@@ -21,8 +21,7 @@ import numpy as np
 from flax import nnx
 
 from shiftbench.data import canvas
-from shiftbench.evaluators import chunks
-from shiftbench.evaluators import location_maps as evaluation
+from shiftbench.evaluators import chunks, location_maps
 from shiftbench.evaluators.predictor import Predictor
 from shiftbench.models import ShiftNet
 
@@ -56,7 +55,7 @@ def main() -> None:
   objects = jax.device_put(rng.integers(0, 256, (args.objects, spec.object_size, spec.object_size, 1), np.uint8))
 
   def full_map():
-    return evaluation.predict_grid(Predictor(model, spec.canvas_size), objects, grid, args.batch)
+    return location_maps.predict_grid(Predictor(model, spec.canvas_size), objects, grid, args.batch)
 
   # The same chunking predict_grid uses, so both sides run identical forward-pass shapes and counts.
   loc_chunk, obj_chunk = chunks.chunk_shape(len(grid), args.objects, args.batch)

@@ -1,7 +1,7 @@
 """Peak host memory of one 224-px location-map chunk, against `eval.batch_size: auto`'s estimate.
 
 Builds a torchvision-topology network at full width (random weights), takes the chunk `auto` gives on this
-device, runs `evaluation.location_stats` over it once, and prints the process's peak resident memory
+device, runs `location_maps.location_stats` over it once, and prints the process's peak resident memory
 above what it held before the map, next to the estimate (`batching.model_activation_bytes` x canvases).
 On CPU, JAX's buffers are host memory, so the resident-set peak is the device peak.
 
@@ -19,8 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from shiftbench.evaluators import batching
-from shiftbench.evaluators import location_maps as evaluation
+from shiftbench.evaluators import batching, location_maps
 from shiftbench.evaluators.predictor import Predictor
 from shiftbench.models import VGG, DenseNet
 
@@ -55,7 +54,7 @@ def main() -> dict:
   locations = rng.integers(0, m + 1, (n_loc, 2)).astype(np.int32)
   before = peak_rss_bytes()
   start = time.perf_counter()
-  stats = evaluation.location_stats(Predictor(model, args.canvas), objects, labels, locations, batch_size=batch)
+  stats = location_maps.location_stats(Predictor(model, args.canvas), objects, labels, locations, batch_size=batch)
   jax.block_until_ready(stats.correct)
   out = {
     "model": args.model,

@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from shiftbench.rows import comparison
 from shiftbench.runs import pretraining
 from shiftbench.runs.settings import Settings
-from shiftbench.training import checkpoints as pretrained
+from shiftbench.training import checkpoints
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 OVERRIDES = ["model=[cnn_fc,gap]", "logger=none", "finetune.methods=[plain,lpft,wise,l2sp]", "seeds=[0]"]
@@ -51,4 +51,4 @@ def test_comparison_keys(settings, model, method, key):
 
 def test_pretrained_checkpoint_key(settings):
   _, description = pretraining.checkpoint_of(settings, "cnn_fc", "translate", 0, HASHES["pretrain"])
-  assert pretrained.checkpoint_key(description, VERSION) == "41f1ce469805a3dd"
+  assert checkpoints.checkpoint_key(description, VERSION) == "41f1ce469805a3dd"

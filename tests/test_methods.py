@@ -25,11 +25,11 @@ from test_schema import ROOT
 from shiftbench import methods, models
 from shiftbench.infra.errors import ConfigError
 from shiftbench.models import ResNet, ShiftNet
-from shiftbench.reporting import leaderboard, terminal
-from shiftbench.reporting import page as report
+from shiftbench.reporting import leaderboard, page, terminal
 from shiftbench.rows import collect, schema
 from shiftbench.runs import plan, protocol_data
-from shiftbench.runs.experiment import Protocol, run_experiment
+from shiftbench.runs.experiment import run_experiment
+from shiftbench.runs.protocol import Protocol
 from shiftbench.runs.settings import Settings
 
 
@@ -348,10 +348,10 @@ def test_a_gridded_method_from_outside_the_package_reaches_the_boards_figures_an
   assert "tempered_probe0.5" in printed and "tempered_probe2" in printed
   # The figure draws defined numbers only; the tiny run's probe is at chance off its location.
   rows = [{**r, "invariance": 0.1 * (r[schema.SETTING] or 0.0)} for r in rows]
-  ax = report.methods_figure(leaderboard.build(rows).methods).axes[0]
+  ax = page.methods_figure(leaderboard.build(rows).methods).axes[0]
   (path,) = [line for line in ax.lines if line.get_label() == "tempered_probe, T ascending"]
   assert path.get_color() == "#2ca02c" and len(path.get_xdata()) == 2
-  report.plt.close("all")
+  page.plt.close("all")
 
 
 def test_the_pilot_rule_keeps_betas_from_the_first_that_moves_invariance_to_the_first_below_the_bar():

@@ -6,8 +6,7 @@ import pytest
 from flax import nnx
 
 from shiftbench.data import canvas
-from shiftbench.evaluators import chunks, metrics
-from shiftbench.evaluators import location_maps as evaluation
+from shiftbench.evaluators import chunks, location_maps, metrics
 from shiftbench.evaluators.predictor import Predictor
 
 
@@ -74,14 +73,14 @@ def test_a_pixel_reader_scores_chance_off_location_and_an_invariant_model_scores
   p_ft = (5, 5)
   grid = canvas.location_grid(spec, 2, include=p_ft)
 
-  preds = evaluation.predict_grid(Predictor(PixelReader(*p_ft, k), spec.canvas_size), objs, grid, batch_size=64)
+  preds = location_maps.predict_grid(Predictor(PixelReader(*p_ft, k), spec.canvas_size), objs, grid, batch_size=64)
   summary = metrics.summarize_location_map(metrics.location_accuracy(preds, labels), grid, p_ft, 1, k)
   assert float(summary["in_acc"]) == 1.0
   # Off-location the pixel is background (0) and the model always answers the same class: chance.
   assert float(summary["off_acc"]) == pytest.approx(1 / k, abs=0.02)
   assert float(summary["invariance"]) == pytest.approx(0.0, abs=0.03)
 
-  preds = evaluation.predict_grid(Predictor(GlobalMax(k), spec.canvas_size), objs, grid, batch_size=64)
+  preds = location_maps.predict_grid(Predictor(GlobalMax(k), spec.canvas_size), objs, grid, batch_size=64)
   summary = metrics.summarize_location_map(metrics.location_accuracy(preds, labels), grid, p_ft, 0, k)
   assert float(summary["in_acc"]) == 1.0 and float(summary["invariance"]) == 1.0
 
@@ -91,7 +90,7 @@ def test_predict_grid_chunking_matches_one_big_batch():
   objs, _ = _constant_objects(k, 7, 4)  # 21 objects: chunks do not divide evenly
   grid = canvas.location_grid(spec, 1)  # 81 locations
   model = PixelReader(3, 2, k)
-  small = evaluation.predict_grid(Predictor(model, spec.canvas_size), objs, grid, batch_size=40)
+  small = location_maps.predict_grid(Predictor(model, spec.canvas_size), objs, grid, batch_size=40)
   x = canvas.place_grid(objs.astype(jnp.float32) / 255, jnp.asarray(grid), spec.canvas_size)
   ref = np.asarray(jnp.argmax(model(x.reshape(-1, 12, 12, 1)), -1)).reshape(len(grid), len(objs))
   np.testing.assert_array_equal(small, ref)

@@ -18,7 +18,7 @@ from flax import nnx
 from shiftbench.data import canvas
 from shiftbench.data.device import DeviceObjects
 from shiftbench.models import ShiftNet, layers, logits_on_canvas, logits_on_grid, object_first
-from shiftbench.training import loop as train
+from shiftbench.training import loop
 
 
 def _reduce_window_max_pool(x):
@@ -187,12 +187,12 @@ def test_training_with_and_without_the_shortcut_gives_the_same_parameters():
   params = []
   for shortcut in (True, False):
     model = ShiftNet(num_classes=3, canvas_size=20, widths=(4, 8), object_first=shortcut, rngs=nnx.Rngs(0))
-    train.train(
+    loop.train(
       model,
       optax.adam(1e-2),
       data,
       spec,
-      train.Placement("translate", (0, 0)),
+      loop.Placement("translate", (0, 0)),
       steps=5,
       batch_size=8,
       seed=0,

@@ -30,7 +30,7 @@ from shiftbench.runs import preflight
 from shiftbench.runs.experiment import run_experiment
 from shiftbench.runs.settings import Settings
 from shiftbench.training import checkpoints as pretrained
-from shiftbench.training import loop as train
+from shiftbench.training import loop
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -222,12 +222,12 @@ def _bars(n=60, k=3):
 def test_a_huge_learning_rate_with_a_finite_loss_is_divergence():
   model = ShiftNet(num_classes=3, canvas_size=16, widths=(4, 8), head="gap", rngs=nnx.Rngs(0))
   with pytest.raises(DivergenceError, match=r"finetune gap/x/full/s0: training diverged at step \d+: loss"):
-    train.train(
+    loop.train(
       model,
       optax.adam(1e6),
       _bars(),
       CanvasSpec(16, 6),
-      train.Placement("fixed", (0, 0)),
+      loop.Placement("fixed", (0, 0)),
       steps=10,
       batch_size=8,
       seed=0,
@@ -237,19 +237,19 @@ def test_a_huge_learning_rate_with_a_finite_loss_is_divergence():
 
 def test_divergence_needs_several_points_mid_run_and_ignores_normal_noise():
   hist = lambda *losses: [{"step": 10 * i, "loss": v} for i, v in enumerate(losses)]  # noqa: E731
-  train.check_divergence(hist(1.1, 1.6, 0.9, 1.8, 0.4), 3, "t", final=True)  # noisy but fine
-  train.check_divergence(hist(1.1, 50.0), 3, "t")  # one spike mid-run: not yet
+  loop.check_divergence(hist(1.1, 1.6, 0.9, 1.8, 0.4), 3, "t", final=True)  # noisy but fine
+  loop.check_divergence(hist(1.1, 50.0), 3, "t")  # one spike mid-run: not yet
   with pytest.raises(DivergenceError):
-    train.check_divergence(hist(1.1, 50.0, 60.0, 70.0), 3, "t")
+    loop.check_divergence(hist(1.1, 50.0, 60.0, 70.0), 3, "t")
   with pytest.raises(DivergenceError, match="at step 10"):
-    train.check_divergence(hist(1.1, 50.0), 3, "t", final=True)
+    loop.check_divergence(hist(1.1, 50.0), 3, "t", final=True)
   model = ShiftNet(num_classes=3, canvas_size=16, widths=(4, 8), head="gap", rngs=nnx.Rngs(0))
-  train.train(
+  loop.train(
     model,
     optax.adam(3e-2),
     _bars(),
     CanvasSpec(16, 6),
-    train.Placement("translate", (0, 0)),
+    loop.Placement("translate", (0, 0)),
     steps=30,
     batch_size=4,
     seed=0,

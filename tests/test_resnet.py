@@ -7,7 +7,7 @@ import pytest
 from conftest import circular_shift_logits, objects_on_blank_canvas, train_a_few_steps
 from flax import nnx
 
-from shiftbench.evaluators import location_maps as evaluation
+from shiftbench.evaluators import location_maps
 from shiftbench.evaluators.predictor import Predictor
 from shiftbench.models import ResNet
 
@@ -107,8 +107,8 @@ def test_a_predictor_evaluates_a_train_mode_model_with_running_averages():
   objects = jnp.asarray(np.random.default_rng(0).integers(0, 256, (5, 8, 8, 1)), jnp.uint8)
   locations = np.array([[0, 0], [4, 8]])
   net.train()
-  alone = evaluation.predict_grid(Predictor(net, 16), objects[:1], locations)
-  together = evaluation.predict_grid(Predictor(net, 16), objects, locations)
+  alone = location_maps.predict_grid(Predictor(net, 16), objects[:1], locations)
+  together = location_maps.predict_grid(Predictor(net, 16), objects, locations)
   assert all(bn.use_running_average for _, bn in nnx.iter_graph(net) if isinstance(bn, nnx.BatchNorm))
   np.testing.assert_array_equal(alone[:, 0], together[:, 0])
 

@@ -14,8 +14,7 @@ from test_backend_defaults import FakeDevice
 from shiftbench import evaluators
 from shiftbench.data import canvas, streams
 from shiftbench.data.device import DeviceObjects
-from shiftbench.evaluators import batching, metrics, predictor
-from shiftbench.evaluators import location_maps as evaluation
+from shiftbench.evaluators import batching, location_maps, metrics, predictor
 from shiftbench.evaluators.predictor import Predictor
 from shiftbench.models import ShiftNet
 from shiftbench.models import torchvision_weights as tvw
@@ -31,8 +30,8 @@ def test_reduced_location_map_equals_the_one_read_off_predictions():
   objs = _objects(13)  # 13 objects, 11 locations, batch 20: ragged chunks on both axes, padding masked
   grid = canvas.location_grid(canvas.CanvasSpec(16, 6), 3)[:11]
   model = Predictor(model, 16)
-  preds = evaluation.predict_grid(model, objs.images, grid, batch_size=20)
-  stats = evaluation.location_stats(model, objs.images, objs.labels, grid, batch_size=20)
+  preds = location_maps.predict_grid(model, objs.images, grid, batch_size=20)
+  stats = location_maps.location_stats(model, objs.images, objs.labels, grid, batch_size=20)
   labels = np.asarray(objs.labels)
   np.testing.assert_array_equal(stats.correct, (preds == labels[None]).sum(1))
   np.testing.assert_allclose(stats.accuracy(), np.asarray(metrics.location_accuracy(preds, labels)), rtol=1e-6)
@@ -52,7 +51,7 @@ def test_activation_estimate_bounds_what_xla_assigns_to_a_location_map_chunk():
   model.eval()
   per_canvas = batching.model_activation_bytes(model, 64, 1)
   p = Predictor(model, 64)
-  fn = predictor._compiled(p.graphdef, 64, evaluation._chunk_stats, ())  # the program `location_stats` runs
+  fn = predictor._compiled(p.graphdef, 64, location_maps._chunk_stats, ())  # the program `location_stats` runs
   objs, labels = jnp.zeros((16, 14, 14, 1), jnp.uint8), jnp.zeros(16, jnp.int32)
   compiled = fn.lower(p.state, objs, labels, jnp.ones(16, bool), jnp.zeros((4, 2), jnp.int32)).compile()
   used = compiled.memory_analysis().temp_size_in_bytes  # 64 canvases

@@ -7,10 +7,10 @@ import pytest
 from flax import nnx
 
 from shiftbench.data import canvas
-from shiftbench.evaluators import location_maps as evaluation
+from shiftbench.evaluators import location_maps
 from shiftbench.evaluators.predictor import Predictor
 from shiftbench.models import ShiftNet
-from shiftbench.training import loop as train
+from shiftbench.training import loop
 
 SPEC = canvas.CanvasSpec(16, 6)
 
@@ -21,7 +21,7 @@ def _bars(n=120, k=3, seed=0):
   labels = rng.integers(0, k, n)
   images = np.zeros((n, 6, 6, 1), np.uint8)
   images[np.arange(n), 2 * labels, :, 0] = 255
-  return train.DeviceObjects.from_numpy(images, labels, k)
+  return loop.DeviceObjects.from_numpy(images, labels, k)
 
 
 def _model(seed=0, head="gap"):
@@ -34,19 +34,19 @@ def _params(model):
 
 def test_training_learns_an_easy_task_at_one_location():
   data, model = _bars(), _model(head="fc")
-  place = train.Placement("fixed", (5, 5))
-  hist = train.train(model, optax.adam(1e-2), data, SPEC, place, steps=60, batch_size=32, seed=0, log_every=10)
+  place = loop.Placement("fixed", (5, 5))
+  hist = loop.train(model, optax.adam(1e-2), data, SPEC, place, steps=60, batch_size=32, seed=0, log_every=10)
   assert hist[-1]["loss"] < hist[0]["loss"]
-  preds = evaluation.predict_grid(Predictor(model, 16), data.images, np.array([[5, 5]]))
+  preds = location_maps.predict_grid(Predictor(model, 16), data.images, np.array([[5, 5]]))
   assert (preds[0] == np.asarray(data.labels)).mean() > 0.9
 
 
 def test_same_seed_same_params_and_different_seed_differs():
-  data, place = _bars(), train.Placement("translate", (0, 0))
+  data, place = _bars(), loop.Placement("translate", (0, 0))
   runs = []
   for seed in (0, 0, 1):
     model = _model()
-    train.train(model, optax.adam(1e-3), data, SPEC, place, steps=5, batch_size=8, seed=seed)
+    loop.train(model, optax.adam(1e-3), data, SPEC, place, steps=5, batch_size=8, seed=seed)
     runs.append(_params(model))
   jax.tree.map(np.testing.assert_array_equal, runs[0], runs[1])
   assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(runs[0]), jax.tree.leaves(runs[2])))
@@ -55,8 +55,8 @@ def test_same_seed_same_params_and_different_seed_differs():
 def test_head_mode_leaves_the_backbone_untouched():
   data, model = _bars(), _model()
   before = _params(model)
-  train.train(
-    model, optax.adam(1e-2), data, SPEC, train.Placement("fixed", (2, 3)), steps=5, batch_size=8, seed=0, mode="head"
+  loop.train(
+    model, optax.adam(1e-2), data, SPEC, loop.Placement("fixed", (2, 3)), steps=5, batch_size=8, seed=0, mode="head"
   )
   after = _params(model)
   jax.tree.map(np.testing.assert_array_equal, before["backbone"], after["backbone"])
@@ -67,8 +67,8 @@ def test_head_mode_leaves_the_backbone_untouched():
 def test_last_mode_trains_the_classifier_only():
   data, model = _bars(), _model()
   before = _params(model)
-  train.train(
-    model, optax.adam(1e-2), data, SPEC, train.Placement("fixed", (2, 3)), steps=5, batch_size=8, seed=0, mode="last"
+  loop.train(
+    model, optax.adam(1e-2), data, SPEC, loop.Placement("fixed", (2, 3)), steps=5, batch_size=8, seed=0, mode="last"
   )
   after = _params(model)
   jax.tree.map(np.testing.assert_array_equal, before["backbone"], after["backbone"])
@@ -77,20 +77,20 @@ def test_last_mode_trains_the_classifier_only():
 
 
 def test_steps_compile_once_across_models_and_runs():
-  data, place, tx = _bars(), train.Placement("fixed", (0, 0)), optax.sgd(1e-2)
+  data, place, tx = _bars(), loop.Placement("fixed", (0, 0)), optax.sgd(1e-2)
   for seed in (0, 1):
-    train.train(_model(seed), tx, data, SPEC, place, steps=3, batch_size=8, seed=seed)
+    loop.train(_model(seed), tx, data, SPEC, place, steps=3, batch_size=8, seed=seed)
   graphdef = nnx.split(_model(), nnx.Param, ...)[0]
-  update = train._compiled_update(graphdef, tx, SPEC, place, 8, 1)
+  update = loop._compiled_update(graphdef, tx, SPEC, place, 8, 1)
   assert update._cache_size() == 1  # one trace for two models, two runs and three steps each
 
 
 def test_scanned_dispatch_equals_one_step_per_dispatch():
-  data, place = _bars(), train.Placement("random_crop", (5, 5), 2)
+  data, place = _bars(), loop.Placement("random_crop", (5, 5), 2)
   results = []
   for k in (1, 3):
     model = _model()
-    train.train(model, optax.adam(1e-3), data, SPEC, place, steps=7, batch_size=8, seed=0, dispatch=k)
+    loop.train(model, optax.adam(1e-3), data, SPEC, place, steps=7, batch_size=8, seed=0, dispatch=k)
     results.append(_params(model))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), *results)
 
@@ -98,11 +98,11 @@ def test_scanned_dispatch_equals_one_step_per_dispatch():
 def test_scanned_chunks_end_at_every_evaluation_step():
   # eval_every = 7 with 5 steps per dispatch: chunks are cut at 5, 7, 12, 14, ... so on_eval sees the
   # model after exactly the steps it asks for, the same model as one step per dispatch gives.
-  data, place = _bars(), train.Placement("random_crop", (5, 5), 2)
+  data, place = _bars(), loop.Placement("random_crop", (5, 5), 2)
   runs = []
   for k in (1, 5):
     seen = []
-    train.train(
+    loop.train(
       _model(),
       optax.adam(1e-3),
       data,
@@ -128,8 +128,8 @@ def _batch_accuracies(p: float, steps: int, batch: int, seed: int) -> np.ndarray
   return np.random.default_rng(seed).binomial(batch, p, steps) / batch
 
 
-def _stop_step(rule: train.UntilAccuracy, accs: np.ndarray, per_dispatch: int) -> int | None:
-  """Feeds the rule one dispatch at a time, as `train.train` does; the step it stops at, or None."""
+def _stop_step(rule: loop.UntilAccuracy, accs: np.ndarray, per_dispatch: int) -> int | None:
+  """Feeds the rule one dispatch at a time, as `loop.train` does; the step it stops at, or None."""
   for end in range(per_dispatch, len(accs) + 1, per_dispatch):
     if rule.update(end, accs[end - per_dispatch : end]):
       return end
@@ -142,17 +142,17 @@ def test_running_mean_rule_stops_just_above_the_threshold_and_never_below(seed):
   # 200-step window the mean's sd is ~0.002: a true accuracy of 0.96 stops within a window or two of
   # steps; 0.94 (5 sd below) never does in 5000 steps. (A rule that needs every batch >= 0.95 for 500
   # steps fires with probability ~4e-7 at a true 0.97, so such runs go to the cap.)
-  above = train.UntilAccuracy(threshold=0.95, window=200)
+  above = loop.UntilAccuracy(threshold=0.95, window=200)
   step = _stop_step(above, _batch_accuracies(0.96, 5000, 32, seed), per_dispatch=10)
   assert step is not None and 200 <= step <= 400 and step % 10 == 0
   assert above.stopped_at == step and above.mean >= 0.95
-  below = train.UntilAccuracy(threshold=0.95, window=200)
+  below = loop.UntilAccuracy(threshold=0.95, window=200)
   assert _stop_step(below, _batch_accuracies(0.94, 5000, 32, seed), per_dispatch=10) is None
   assert below.stopped_at is None and below.mean < 0.95
 
 
 def test_running_mean_rule_waits_for_a_full_window_and_records_itself():
-  rule = train.UntilAccuracy(threshold=0.6, window=4)
+  rule = loop.UntilAccuracy(threshold=0.6, window=4)
   assert not rule.update(2, [1.0, 1.0]) and rule.mean is None  # two perfect steps are not a window of four
   assert not rule.update(4, [0.0, 0.0]) and rule.mean == 0.5
   assert not rule.update(6, [1.0, 1.0]) and rule.mean == 0.5  # the oldest two left the window
@@ -163,24 +163,24 @@ def test_running_mean_rule_waits_for_a_full_window_and_records_itself():
 def test_nan_loss_stops_training_with_a_clear_error():
   data, model = _bars(), _model()
   with pytest.raises(FloatingPointError, match="loss became nan at step"):
-    train.train(
-      model, optax.sgd(1e30), data, SPEC, train.Placement("fixed", (0, 0)), steps=20, batch_size=8, seed=0, log_every=5
+    loop.train(
+      model, optax.sgd(1e30), data, SPEC, loop.Placement("fixed", (0, 0)), steps=20, batch_size=8, seed=0, log_every=5
     )
 
 
 def test_bad_mode_and_location_are_rejected():
   data, model = _bars(), _model()
   with pytest.raises(ValueError, match="unknown fine-tune mode 'partial'"):
-    train.train(
+    loop.train(
       model,
       optax.sgd(1e-2),
       data,
       SPEC,
-      train.Placement("fixed", (0, 0)),
+      loop.Placement("fixed", (0, 0)),
       steps=1,
       batch_size=8,
       seed=0,
       mode="partial",
     )
   with pytest.raises(ValueError, match="puts the object off the canvas"):
-    train.train(model, optax.sgd(1e-2), data, SPEC, train.Placement("fixed", (11, 0)), steps=1, batch_size=8, seed=0)
+    loop.train(model, optax.sgd(1e-2), data, SPEC, loop.Placement("fixed", (11, 0)), steps=1, batch_size=8, seed=0)

@@ -24,8 +24,7 @@ import numpy as np
 
 from shiftbench.data import canvas, streams
 from shiftbench.data.device import DeviceObjects
-from shiftbench.evaluators import consistency, metrics, similarity
-from shiftbench.evaluators import location_maps as evaluation
+from shiftbench.evaluators import consistency, location_maps, metrics, similarity
 from shiftbench.evaluators.predictor import Predictor
 from shiftbench.infra.errors import ConfigError
 
@@ -38,7 +37,7 @@ class EvalContext:
   """What every evaluator may read besides the predictor and objects; plain Python, never enters jit.
 
   `map_everywhere` holds the map's per-object "correct at every grid location" flags when the caller has
-  already computed the location map (`evaluation.location_stats`), so the worst case costs nothing extra.
+  already computed the location map (`location_maps.location_stats`), so the worst case costs nothing extra.
   `key` is the random stream of the evaluator being run (`streams.evaluator_stream(seed, its
   eval.metrics key)`, set by `run_all`), so no two evaluators share random draws.
   """
@@ -54,7 +53,7 @@ class EvalContext:
   def everywhere(self, predictor: Predictor, objects: DeviceObjects) -> np.ndarray:
     """Per-object "correct at every grid location" flags: the map's, or computed now (and kept)."""
     if self.map_everywhere is None or self.map_everywhere.shape != (len(objects),):
-      self.map_everywhere = evaluation.location_stats(
+      self.map_everywhere = location_maps.location_stats(
         predictor, objects.images, objects.labels, self.grid, self.batch_size
       ).everywhere
     return self.map_everywhere
@@ -146,7 +145,7 @@ class WorstCase(Evaluator):
     n = len(objects)
     # metrics.worst_of_k_accuracy's draw, so the number is the one it reads off an (L, N) map
     picks = np.asarray(jax.random.randint(_key(ctx, self.seed), (self.k, n), 0, len(ctx.grid)))
-    preds = evaluation.predict_at(
+    preds = location_maps.predict_at(
       predictor, jnp.tile(objects.images, (self.k, 1, 1, 1)), ctx.grid[picks.reshape(-1)], ctx.batch_size
     )
     yield "acc", float(np.mean(np.all(preds.reshape(self.k, n) == np.asarray(objects.labels)[None], axis=0)))
@@ -183,7 +182,7 @@ class FlipRate(Evaluator):
     # Equal location chunks (predict_grid pads the last one): ceil(L / n) locations x all objects each.
     n_chunks = -(-len(locs) * len(objs) // ctx.batch_size)
     batch = max(len(objs), -(-len(locs) // n_chunks) * len(objs))
-    preds = evaluation.predict_grid(predictor, objs.images, locs, batch)
+    preds = location_maps.predict_grid(predictor, objs.images, locs, batch)
     flips, start = {}, 0
     for name, path in paths.items():
       flips[name] = np.asarray(metrics.path_flips(preds[start : start + len(path)]))

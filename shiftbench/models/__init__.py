@@ -10,7 +10,9 @@ from shiftbench.data import canvas
 from shiftbench.models.cnn import DOWNSAMPLES, HEADS, ShiftNet
 from shiftbench.models.densenet import DenseNet
 from shiftbench.models.layers import PADDINGS
-from shiftbench.models.protocol import (
+from shiftbench.models.resnet import ResNet
+from shiftbench.models.resnet_tv import TorchvisionResNet
+from shiftbench.models.shift_model import (
   CLASSIFIER,
   CLASSIFIER_NAME,
   HEAD,
@@ -21,8 +23,6 @@ from shiftbench.models.protocol import (
   ShiftModel,
   trainable,
 )
-from shiftbench.models.resnet import ResNet
-from shiftbench.models.resnet_tv import TorchvisionResNet
 from shiftbench.models.torchvision_weights import ARCHS as TORCHVISION_ARCHS
 from shiftbench.models.torchvision_weights import from_torchvision
 from shiftbench.models.vgg import VGG

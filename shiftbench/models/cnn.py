@@ -32,7 +32,7 @@ from flax import nnx
 
 from shiftbench.data import canvas
 from shiftbench.models import aps, layers, object_first
-from shiftbench.models.protocol import Network
+from shiftbench.models.shift_model import Network
 
 DOWNSAMPLES: tuple[str, ...] = ("max", "blur", "stride", "conv_blur", "avg", "avg_blur", "aps", "none")
 HEADS: tuple[str, ...] = ("fc", "gap", "conv")

@@ -28,7 +28,7 @@ from flax import nnx
 
 from shiftbench.models import aps, layers
 from shiftbench.models.cnn import Head
-from shiftbench.models.protocol import Network
+from shiftbench.models.shift_model import Network
 
 DOWNSAMPLES: tuple[str, ...] = ("stride", "blur", "aps")
 STEMS: tuple[str, ...] = ("cifar", "imagenet")

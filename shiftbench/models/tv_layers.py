@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from shiftbench.models import layers
-from shiftbench.models.protocol import Network
+from shiftbench.models.shift_model import Network
 
 
 def host_normal(std_of_shape: Callable[[tuple[int, ...]], float]) -> Callable:

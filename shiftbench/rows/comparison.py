@@ -46,7 +46,7 @@ IGNORED = (
   "arms.*",
   "pretrain.checkpoint_every",
   "pretrain.wait_timeout_s",
-  "pretrain.weights",  # a path: the row's key holds the weights' sha256 instead (experiment.Protocol.row)
+  "pretrain.weights",  # a path: the row's key holds the weights' sha256 instead (protocol.Protocol.row)
   "data.data_dir",
   "data.path",
   "data.*.data_dir",

@@ -1,394 +1,30 @@
-"""The protocol: pretrain on A -> fine-tune on B at one location -> location maps (docs/protocol.md).
+"""The experiment: pretrain on A -> fine-tune on B at one location -> location maps (docs/protocol.md).
 
-One row (`schema.RowId`) per model x pretrain regime x fine-tune mode x fine-tune learning rate x
-seed. `results.json` is rewritten atomically after every row, so an interrupted or requeued run resumes
-where it stopped and loses nothing.
+One row (`schema.RowId`) per model x pretrain regime x fine-tune mode x method and setting x fine-tune
+learning rate x seed, run group by group (`runs.plan`) through `runs.protocol.Protocol`. `results.json` is
+rewritten atomically after every row, so an interrupted or requeued run resumes where it stopped and loses
+nothing.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import jax
-import numpy as np
-from flax import nnx
 from omegaconf import DictConfig
 
-from shiftbench import __version__, evaluators, methods, models
 from shiftbench.claims import catalogue as claims
-from shiftbench.data import ObjectSet, canvas, streams
-from shiftbench.data.device import DeviceObjects
-from shiftbench.evaluators import location_maps as evaluation
-from shiftbench.evaluators import metrics
-from shiftbench.evaluators.predictor import Predictor
-from shiftbench.infra import files as results
-from shiftbench.methods import Finetuned
-from shiftbench.models import published_weights, torchvision_weights
-from shiftbench.reporting import leaderboard, plots, terminal, tidy
-from shiftbench.rows import collect, comparison, schema
-from shiftbench.rows.schema import RowId
+from shiftbench.infra import files
+from shiftbench.models import torchvision_weights
+from shiftbench.reporting import leaderboard, terminal, tidy
+from shiftbench.rows import collect, schema
 from shiftbench.runs import compile_cache, plan, pretraining, protocol_data, run_dir
 from shiftbench.runs.environment import environment
+from shiftbench.runs.protocol import Protocol, probe_point, score_text
 from shiftbench.runs.settings import Settings
-from shiftbench.training import loop as train
 
 log = logging.getLogger(__name__)
-
-
-class Protocol:
-  """Holds the data on the device and the grid; runs pretraining, fine-tuning and evaluation."""
-
-  def __init__(self, settings: Settings, data_a: ObjectSet, data_b: ObjectSet, output_dir: Path):
-    self.s, self.output_dir = settings, output_dir
-    self.data_a, self.data_b = data_a, data_b
-    self.hash_a, self.hash_b = protocol_data.dataset_hash(data_a), protocol_data.dataset_hash(data_b)
-    self.train_a, self.test_a = protocol_data.device_splits(data_a, settings)
-    # B's validation objects are what rates are chosen on, never test.
-    self.train_b, self.test_b, self.val_b = protocol_data.splits_b(data_b, settings)
-    # Every evaluation subset is a prefix of one class-balanced order (`subsets.balanced_order`).
-    self.curve_b = DeviceObjects(
-      self.test_b.images[: settings.curve_objects], self.test_b.labels[: settings.curve_objects], data_b.num_classes
-    )
-    self.grid = canvas.location_grid(settings.spec, settings.grid_stride, include=settings.finetune_location)
-    self.finetune_index = int(metrics.location_index(self.grid, settings.finetune_location))  # in `self.grid`
-    self.protocol = comparison.protocol_settings(
-      settings.config, {"pretrain": self.hash_a, "finetune": self.hash_b}, __version__
-    )
-    # What the rows of the plan group now running share (`plan`), open only while it runs: the shift
-    # metrics before fine-tuning of a (model, regime, seed), shared by every mode, rate and method; and the
-    # plain rows' fine-tuned models of a (model, regime, rate, seed), what LP-FT, WiSE-FT and a user's
-    # method start from.
-    self._before: Shared | None = None
-    self._tuned: Shared | None = None
-    self.weights_cache = published_weights.cache_dir(settings.checkpoint_dir)  # named ImageNet weights
-
-  # -- evaluation ---------------------------------------------------------------------------------
-  def predictor(self, model: nnx.Module) -> Predictor:
-    """`model` in eval mode for every evaluation of its current state (made again after it trains)."""
-    return Predictor(model, self.s.spec.canvas_size)
-
-  def location_map(self, predictor: Predictor, objects: DeviceObjects) -> dict[str, Any]:
-    stats = evaluation.location_stats(
-      predictor, objects.images, objects.labels, self.grid, self.s.eval_batch
-    )  # reduced on the device: no (L, N) predictions
-    acc = stats.accuracy()
-    summary = metrics.summarize_location_map(
-      acc, self.grid, self.s.finetune_location, 0, objects.num_classes, num_objects=len(objects)
-    )
-    return {
-      "acc": acc,
-      "everywhere": stats.everywhere,
-      "distinct_predictions": int(stats.predicted.sum()),
-      **{k: float(v) for k, v in summary.items()},
-    }
-
-  def shift_metrics(
-    self, predictor: Predictor, seed: int, everywhere: np.ndarray | None = None, before: bool = False
-  ) -> dict[str, Any]:
-    """Every configured evaluator (`eval.metrics`) on B's test objects; reuses the map's worst-case flags."""
-    ctx = evaluators.EvalContext(
-      self.s.spec,
-      self.grid,
-      self.s.finetune_location,
-      batch_size=self.s.eval_batch,
-      seed=seed,
-      map_everywhere=everywhere,
-    )
-    return evaluators.run_all(self.s.evaluators, predictor, self.test_b, ctx, before=before)
-
-  # -- models -------------------------------------------------------------------------------------
-  def build(self, name: str, num_classes: int, key: jax.Array) -> nnx.Module:
-    return self.s.factories[name](
-      num_classes=num_classes,
-      canvas_size=self.s.spec.canvas_size,
-      in_channels=self.data_a.object_shape[-1],
-      rngs=nnx.Rngs(key),
-    )
-
-  def pretrained(self, name: str, regime: str, seed: int) -> tuple[nnx.Module, dict[str, Any]]:
-    """The model pretrained on A under `regime`, restored from the shared cache or trained now."""
-    build = lambda: self.build(name, self.data_a.num_classes, streams.stream(seed, streams.PRETRAIN_INIT))
-    if regime == "imagenet":  # torchvision's ImageNet weights instead of pretraining on A (classifier: A's, new)
-      model = build()
-      weights, source = torchvision_weights.weights_for(self.s.pretrain_weights, name, model.arch, self.weights_cache)
-      return model, {"weights": torchvision_weights.load_imagenet(model, weights, source)}
-    return pretraining.pretrained_model(self.s, name, regime, seed, build, self.train_a, self.hash_a)
-
-  # -- one row ------------------------------------------------------------------------------------
-  def start(self, rid: RowId, source: nnx.Module | None) -> nnx.Module:
-    """B's model before fine-tuning. Its own stream: the same classifier start for every regime and mode
-    of a seed (paired comparisons), never pretraining's weights. The backbone and hidden FC layers carry
-    over from `source` (copied: training donates its buffers); only the classifier is new, for B's classes."""
-    model = self.build(rid.model, self.data_b.num_classes, streams.stream(rid.seed, streams.FINETUNE_INIT))
-    if source is not None:
-      models.transfer(source, model)
-    return model
-
-  @contextlib.contextmanager
-  def rows_of(self, group: plan.Pretrained) -> Iterator[None]:
-    """Runs rows of `group` (one pretrained model): their shift metrics before fine-tuning are measured
-    once, by the first row that runs, and dropped when the group ends."""
-    self._before = Shared(group.key)
-    try:
-      yield
-    finally:
-      self._before = None
-
-  @contextlib.contextmanager
-  def rows_at(self, group: plan.AtRate) -> Iterator[None]:
-    """Runs rows of `group` (one rate): its plain rows' fine-tuned models are kept for the method rows
-    after them, and dropped when the group ends."""
-    self._tuned = Shared(group.key)
-    try:
-      yield
-    finally:
-      self._tuned = None
-
-  def before(self, rid: RowId, fresh) -> dict[str, Any]:
-    """Shift metrics of the pretrained layers + fresh classifier (`fresh()`): the same for every
-    fine-tune mode and method."""
-    shared = Shared.of(self._before, plan.pretrained_key(rid), "shift metrics before fine-tuning", "rows_of")
-    if "before" not in shared:
-      shared["before"] = self.shift_metrics(self.predictor(fresh()), rid.seed, before=True)
-    return shared["before"]
-
-  def validation(self, predictor: Predictor, whole_map: bool) -> tuple[float | None, float | None]:
-    """In-location accuracy and (with `whole_map`: every method's row, whose setting is chosen by both)
-    invariance on B's validation objects: what a setting (a rate, L2-SP's beta) is chosen by."""
-    if self.val_b is None:
-      return None, None
-    if whole_map:  # in-location accuracy read off the map, as the one-location path computes it
-      point = self.location_map(predictor, self.val_b)
-      return float(point["acc"][self.finetune_index]), point["invariance"]
-    loc = np.asarray([self.s.finetune_location], np.int32)
-    stats = evaluation.location_stats(predictor, self.val_b.images, self.val_b.labels, loc, self.s.eval_batch)
-    return float(stats.accuracy()[0]), None
-
-  def finetune(
-    self,
-    rid: RowId,
-    model: nnx.Module,
-    probe: dict[str, Any] | None = None,
-    tx: Any = None,
-    mode: str | None = None,
-  ) -> Finetuned:
-    """Trains `model` in place on B at the fine-tune location at `mode` (the row's by default) with `tx`
-    (the row's optimiser by default), evaluating the curve along the way. The curve's step 0 is `probe`
-    where given (the `last` row's final point: the pretrained backbone read by a trained linear
-    classifier, what `head` and `full` start from in representation), else the model as it starts (a
-    fresh classifier: chance)."""
-    s = self.s
-    curve: list[dict[str, Any]] = []
-
-    def on_eval(step: int, m: nnx.Module):
-      if step == 0 and probe is not None:
-        curve.append({**probe, "step": 0, "from": "probe"})
-        return
-      point = self.location_map(self.predictor(m), self.curve_b)
-      curve.append({"step": step, **{k: point[k] for k in schema.CURVE_FIELDS}})
-
-    start = time.perf_counter()
-    until = None if s.until_accuracy is None else train.UntilAccuracy(*s.until_accuracy)
-    history = train.train(
-      model,
-      tx or s.transforms["finetune"][rid.finetune_lr],
-      self.train_b,
-      s.spec,
-      train.Placement("fixed", s.finetune_location),
-      steps=s.finetune.steps,
-      batch_size=s.finetune.batch_size,
-      seed=streams.stream(rid.seed, streams.FINETUNE_BATCHES),
-      mode=mode or rid.finetune,
-      dispatch=s.finetune.dispatch,
-      eval_every=s.eval_every,
-      eval_steps=s.curve_steps,
-      on_eval=on_eval,
-      desc=f"finetune {rid.name()}",
-      until=until,
-    )
-    # Which rule ended training, and where: the rule's own record when it fired, else the cap.
-    stop = {"rule": "steps", "step": s.finetune.steps}
-    if until is not None:
-      stop = (
-        {**until.record(), "step": until.stopped_at}
-        if until.stopped_at is not None
-        else {**stop, "cap_of": until.record()}
-      )
-    return Finetuned(model, curve, history, stop, time.perf_counter() - start)
-
-  def pretrain_task_after(
-    self, rid: RowId, source: nnx.Module | None, model: nnx.Module, a_before: dict[str, Any] | None
-  ) -> dict[str, Any] | None:
-    """A's location map with A's classifier on the fine-tuned layers (None for ImageNet weights: A is
-    not their task). After `last` only B's classifier trained, so A's network is exactly the one before."""
-    if source is None or a_before is None:
-      return None
-    if rid.finetune == "last" and rid.finetune_method == schema.PLAIN:
-      return a_before
-    a_model = nnx.clone(source)  # `source` stays pretrained for the next mode
-    nnx.update(a_model, nnx.state(model, models.TRANSFERABLE))
-    return self.location_map(self.predictor(a_model), self.test_a)
-
-  def heatmap(self, rid: RowId, final: dict[str, Any]) -> tuple[dict[str, Any], Path]:
-    """The final location map as a (ys, xs, acc) record and its PNG under `heatmaps/`."""
-    ys, xs = canvas.grid_axes(self.grid)
-    acc2d = final["acc"].reshape(len(ys), len(xs))
-    mode = rid.finetune if rid.finetune_method == schema.PLAIN else f"{rid.finetune} {rid.method_label}"
-    lr = f"lr {schema.format_lr(rid.finetune_lr)}"
-    title = " | ".join([rid.model, f"pretrain {rid.pretrain}", mode, lr, f"seed {rid.seed}"])
-    path = plots.save_location_map(
-      self.output_dir / "heatmaps" / f"{rid.name('_')}.png",
-      acc2d,
-      ys,
-      xs,
-      1.0 / self.data_b.num_classes,
-      self.s.finetune_location,
-      f"{title}\ninvariance {_fmt(final['invariance'])}",
-    )
-    return {"ys": ys, "xs": xs, "acc": acc2d}, path
-
-  def context(
-    self, rid: RowId, source: nnx.Module | None, point: dict[str, Any] | None, done: dict[RowId, dict[str, Any]]
-  ) -> methods.Context:
-    """What row `rid`'s method may start from (`methods.Context`); `point` is the `last` row's final
-    curve point, or None (then the curve's step 0 is measured)."""
-
-    def finetune(model: nnx.Module, tx: Any = None, mode: str = "full", probe: bool = False) -> Finetuned:
-      return self.finetune(rid, model, point if probe else None, tx=tx, mode=mode)
-
-    return methods.Context(
-      fresh=lambda: self.start(rid, source),
-      tuned=lambda mode: methods.copy_model(self.tuned(rid.plain_sibling(mode), source, done)),
-      tx=self.s.transforms["finetune"][rid.finetune_lr],
-      finetune=finetune,
-      mode=rid.finetune,
-    )
-
-  def tuned(self, rid: RowId, source: nnx.Module | None, done: dict[RowId, dict[str, Any]]) -> nnx.Module:
-    """The fine-tuned model of plain row `rid`, kept from when it ran; in a resumed run whose row was
-    written before, trained again (the same stream and budget: the same model) without rewriting it."""
-    tuned = Shared.of(self._tuned, plan.rate_key(rid), "a plain row's fine-tuned model", "rows_at")
-    if rid not in tuned:
-      if rid.finetune not in plan.modes_for(self.s, rid.pretrain, rid.model) or schema.PLAIN not in self.s.methods:
-        raise ValueError(f"{rid.name()} does not run in this experiment: no model to start from")
-      log.info("%s: trained again for the methods that start from it (its row is kept)", rid.name())
-      ctx = self.context(rid, source, probe_point(rid, done), done)
-      self._keep(rid, self.s.methods[schema.PLAIN].run(ctx, None).model)
-    return tuned[rid]
-
-  def _keep(self, rid: RowId, model: nnx.Module) -> None:
-    Shared.of(self._tuned, plan.rate_key(rid), "a plain row's fine-tuned model", "rows_at")[rid] = model
-
-  def row(
-    self,
-    rid: RowId,
-    source: nnx.Module | None,
-    a_before: dict[str, Any] | None,
-    probe: dict[str, Any] | None = None,
-    done: dict[RowId, dict[str, Any]] | None = None,
-    weights: dict[str, Any] | None = None,
-  ) -> dict[str, Any]:
-    """Fine-tunes (by the row's method) and evaluates one row, built through its declaration (`schema.ROW`:
-    its fields, in `results.json` order). `weights` are the imagenet regime's weights file (its sha256
-    joins the row's settings, so its keys)."""
-    s = self.s
-    method = s.methods[rid.finetune_method]
-    ctx = self.context(rid, source, probe, done or {})
-    eval_start = time.perf_counter()
-    before = self.before(rid, ctx.fresh)
-    eval_seconds = time.perf_counter() - eval_start
-    tuned = methods.as_finetuned(method.run(ctx, rid.method_setting), method.name)
-    model = tuned.model
-    if rid.finetune_method == schema.PLAIN:
-      self._keep(rid, model)
-    trained = self.predictor(model)  # the fine-tuned state: one for its map and its shift metrics
-    final = self.location_map(trained, self.test_b)
-    val_in_acc, val_invariance = self.validation(trained, whole_map=rid.finetune_method != schema.PLAIN)
-    eval_start = time.perf_counter()
-    shift = self.shift_metrics(trained, rid.seed, final["everywhere"])
-    eval_seconds += time.perf_counter() - eval_start
-    a_after = self.pretrain_task_after(rid, source, model, a_before)
-    location_map, heatmap = self.heatmap(rid, final)
-    settings = comparison.row_settings(self.protocol, s.models[rid.model], s.method_configs.get(rid.finetune_method))
-    if weights is not None:  # the imagenet regime: which file, by content (the key holds its sha256)
-      settings = dict(sorted({**settings, "pretrain.weights.sha256": weights["sha256"]}.items()))
-    return schema.ROW.build(
-      **rid._asdict(),
-      comparison_key=comparison.key_of(settings),
-      protocol_key=comparison.key_of(comparison.protocol_part(settings)),
-      eval_split=s.eval_split,
-      **{k: final[k] for k in ("distinct_predictions", "in_acc", "off_acc", "invariance", "in_pvalue")},
-      val_in_acc=val_in_acc,
-      **({} if rid.finetune_method == schema.PLAIN else {"val_invariance": val_invariance}),
-      test_objects=len(self.test_b),
-      chance=1.0 / self.data_b.num_classes,
-      finetune_steps=tuned.stop["step"],
-      finetune_stop=tuned.stop,
-      input_adapter=model.input_adapter,
-      finetune_location=list(s.finetune_location),
-      location_map=location_map,
-      curve=tuned.curve,
-      **_pretrain_task_fields(a_before, a_after),
-      invariance_lost=None,  # filled in once the last and full rows of this seed both exist
-      params=models.param_count(model),
-      shift=shift,
-      shift_before=before,
-      eval_seconds=eval_seconds,
-      train_final=tuned.history[-1] if tuned.history else None,
-      finetune_seconds=tuned.seconds,
-      heatmap=str(heatmap.relative_to(self.output_dir)),
-      comparison=settings,
-      **({} if weights is None else {"pretrain_weights": weights}),
-    )
-
-
-class Shared(dict):
-  """What the rows of one plan group share, kept while the group runs (`Protocol.rows_of`, `rows_at`)."""
-
-  def __init__(self, key: tuple):
-    super().__init__()
-    self.key = key
-
-  @staticmethod
-  def of(shared: Shared | None, key: tuple, what: str, opened_by: str) -> Shared:
-    """`shared` when it is the open group `key`: a row asking for what another group shares is a bug."""
-    if shared is None or shared.key != key:
-      now = "no group" if shared is None else f"the group {shared.key}"
-      raise RuntimeError(f"{what} of {key} asked for while {now} runs; run its rows inside Protocol.{opened_by}")
-    return shared
-
-
-def probe_point(rid: RowId, done: dict[RowId, dict[str, Any]]) -> dict[str, Any] | None:
-  """The final curve point of the plain `last` row of `rid`'s model, regime, rate and seed, where it ran:
-  the curve's step 0 for a row that starts from the pretrained layers read by that probe (none for the
-  `last` row itself)."""
-  last = rid.plain_sibling("last")
-  probe = done.get(last) if rid != last else None
-  return probe["curve"][-1] if probe and probe.get("curve") else None
-
-
-def _pretrain_task_fields(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any]:
-  """A's own invariance and accuracies before and after fine-tuning (None where there is no A map)."""
-  get = lambda m, k: None if m is None else m[k]
-  return {
-    "pretrain_invariance_before": get(before, "invariance"),
-    "pretrain_invariance_after": get(after, "invariance"),
-    "pretrain_in_acc_before": get(before, "in_acc"),
-    "pretrain_off_acc_before": get(before, "off_acc"),
-    "pretrain_in_acc_after": get(after, "in_acc"),
-    "pretrain_off_acc_after": get(after, "off_acc"),
-    "pretrain_invariance_lost": None if after is None else before["invariance"] - after["invariance"],
-  }
-
-
-def _fmt(value: float | None) -> str:
-  """A score for a title or log line; `-` when undefined (in-location accuracy not above chance)."""
-  return f"{value:.3f}" if schema.defined(value) else "-"
 
 
 def run_experiment(cfg: DictConfig | dict[str, Any], output_dir: str | Path) -> dict[str, Any]:
@@ -448,13 +84,13 @@ def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
               done[rid] = row
               schema.fill_invariance_lost(done.values())
               record["rows"] = list(done.values())
-              results.write_json(opened.results_path, record)
+              files.write_json(opened.results_path, record)
               log.info(
                 "%s: in %.3f off %.3f invariance %s",
                 rid.name(),
                 row["in_acc"],
                 row["off_acc"],
-                _fmt(row["invariance"]),
+                score_text(row["invariance"]),
               )
       for rid in new:  # once the group is done: `invariance_lost` needs its last and full rows
         tracker.log_row(done[rid], output_dir / done[rid]["heatmap"])

@@ -16,14 +16,13 @@ from shiftbench.rows import schema
 from shiftbench.runs import plan, preflight
 from shiftbench.runs.settings import Settings
 from shiftbench.training import checkpoints as pretrained
-from shiftbench.training import loop as train
-from shiftbench.training import resume
+from shiftbench.training import loop, resume
 
 
 def checkpoint_of(s: Settings, name: str, regime: str, seed: int, data_hash: str) -> tuple[Path, dict[str, Any]]:
   """Where the model pretrained under `regime` is cached, and everything that determines it: the model's
   resolved config, the content hash of dataset A, canvas, placement, budget, optimiser, seed, streams."""
-  placement = train.Placement(regime, s.pretrain_location, s.pretrain_jitter)
+  placement = loop.Placement(regime, s.pretrain_location, s.pretrain_jitter)
   description = {
     "model": s.models[name],
     "data_sha256": data_hash,
@@ -66,7 +65,7 @@ def pretrained_model(
   """The model pretrained on A (`data`, content hash `data_hash`) under `regime`: restored, waited for
   (another job pretrains it under its lock) or pretrained here and published. `build` makes the freshly
   initialised model."""
-  placement = train.Placement(regime, s.pretrain_location, s.pretrain_jitter)
+  placement = loop.Placement(regime, s.pretrain_location, s.pretrain_jitter)
   path, description = checkpoint_of(s, name, regime, seed, data_hash)
   label = f"{name}/{regime}/s{seed}"
 
@@ -75,7 +74,7 @@ def pretrained_model(
     every = s.checkpoint_every if resume_dir is not None else 0
     checkpoints = resume.Checkpoints(resume_dir, every, f"pretrain {label}") if every else None
     try:
-      history = train.train(
+      history = loop.train(
         model,
         s.transforms["pretrain"],
         data,

@@ -1,4 +1,4 @@
-"""The model protocol (shiftbench/models/protocol.py): every preset in conf/model/ meets `ShiftModel`, and
+"""The model protocol (shiftbench/models/shift_model.py): every preset in conf/model/ meets `ShiftModel`, and
 `last`, `head` and `full` train exactly the classifier, the head and everything. The presets are listed from
 the directory, so a new preset is checked by adding its file, and a variant needs nothing else."""
 
