@@ -21,4 +21,4 @@ def _jaxlib_knows_ynn_flag() -> bool:
 if "ynn_fusion_type" not in _os.environ.get("XLA_FLAGS", "") and _jaxlib_knows_ynn_flag():
   _os.environ["XLA_FLAGS"] = (_os.environ.get("XLA_FLAGS", "") + " " + _YNN_FLAG).strip()
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
