@@ -86,10 +86,28 @@ def _requeue_in_pretraining(sweep: Path, ckpt: Path, env, proc, timeout=600) -> 
     assert time.time() < deadline
     time.sleep(0.2)
   # SLURM holds a job requeued while suspended, and makes a requeued job eligible only after ~2 min:
-  # release it and start it now.
-  subprocess.run(["scontrol", "release", job], check=True, env=env)
-  subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, env=env)
+  # release it and start it now (and again while the sweep runs: `_sweep_output`).
+  _release(job, env)
   return job
+
+
+def _release(job: str, env) -> None:
+  subprocess.run(["scontrol", "release", job], check=False, env=env, capture_output=True)
+  subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False, env=env, capture_output=True)
+
+
+def _sweep_output(proc, job: str, env, timeout=900) -> tuple[str, str]:
+  """The sweep's output once it ends. A requeued job started at once can reach slurmd before the killed
+  run's batch directory is gone ("batch script setup failed ... File exists"); SLURM then holds it again
+  ("launch failed requeued held"), so it is released whenever it waits."""
+  deadline = time.time() + timeout
+  while True:
+    try:
+      return proc.communicate(timeout=2)
+    except subprocess.TimeoutExpired:
+      assert time.time() < deadline, "the sweep did not finish"
+      if _squeue_state(job, env) == "PENDING":
+        _release(job, env)
 
 
 @pytest.mark.slow
@@ -135,7 +153,7 @@ def test_a_sweep_on_slurm_with_a_requeued_job_equals_the_same_sweep_run_locally(
   )
   try:
     job = _requeue_in_pretraining(tmp_path / "slurm", tmp_path / "ckpt", slurm_env, proc)
-    _, err = proc.communicate(timeout=900)
+    _, err = _sweep_output(proc, job, env=slurm_env)
   finally:
     if proc.poll() is None:
       proc.kill()
