@@ -141,7 +141,7 @@ def summary(board, out_dir: str | os.PathLike) -> str:
   where = f"The methods board with validation numbers and β*: {out / 'methods.md'}\n" if tables else ""
   return (
     f"{key_table(board.columns, board.rows, set(schema.METRICS.values()))}\n\n{methods}"
-    f"Claims from the literature (shiftbench.claims.catalogue):\n{claims_table(board.claims)}\n\n{where}"
+    f"Claims from the literature (shiftbench.claims):\n{claims_table(board.claims)}\n\n{where}"
     f"Every column and the claims' wording: {out / 'leaderboard.md'} (also .csv, .json, index.html)\n"
     f"One line per row (every metric, every setting that differs): {out / 'rows.csv'}"
   )
