@@ -30,7 +30,7 @@ def check_optimizers(cfg: DictConfig, phases: tuple[str, ...] = ("pretrain", "fi
   for phase in phases:
     opt = OmegaConf.select(cfg, f"{phase}.optimizer")
     if isinstance(opt, DictConfig):
-      config_values.optimizer(OmegaConf.to_container(opt), f"{phase}.optimizer")
+      config_values.optimizer(OmegaConf.to_container(opt, resolve=True), f"{phase}.optimizer")
 
 
 def check_lists(cfg: DictConfig) -> None:
