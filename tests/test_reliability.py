@@ -26,7 +26,7 @@ from shiftbench.infra import network
 from shiftbench.infra.errors import CacheError, ConfigError, DataError, DivergenceError
 from shiftbench.models import ShiftNet
 from shiftbench.reporting import leaderboard, tracking
-from shiftbench.runs import preflight
+from shiftbench.runs import door, preflight
 from shiftbench.runs.experiment import run_experiment
 from shiftbench.runs.settings import Settings
 from shiftbench.training import checkpoints as pretrained
@@ -183,7 +183,7 @@ def test_optimizer_hyperparameters_outside_their_domain_fail_before_training(ove
   with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
     cfg = compose("config", overrides=[override])
   with pytest.raises(ConfigError, match=message):
-    preflight.check_optimizers(cfg)
+    door.check(cfg)
 
 
 @pytest.mark.parametrize(
@@ -306,8 +306,8 @@ def test_a_typo_key_added_with_plus_is_an_error_with_the_nearest_key():
   with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
     cfg = compose("config", overrides=["+finetun.steps=5"])
     with pytest.raises(ConfigError, match="unknown config key 'finetun'.*did you mean 'finetune'"):
-      preflight.check_top_level_keys(cfg)
-    preflight.check_top_level_keys(compose("config", overrides=["experiment=forgetting", "overwrite=true"]))
+      door.check(cfg)
+    door.check(compose("config", overrides=["experiment=forgetting", "overwrite=true"]))
 
 
 def test_the_cli_ends_with_the_cause_even_with_hydra_full_error(tmp_path):
@@ -350,7 +350,7 @@ def test_empty_or_non_integer_lists_name_the_key(override, message):
   with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
     cfg = compose("config", overrides=["model=gap", override])
   with pytest.raises(ConfigError, match=message):
-    preflight.check_lists(cfg)
+    door.check(cfg)
 
 
 def test_an_unwritable_run_directory_is_named(tmp_path):

@@ -69,7 +69,7 @@ def unknown_key(path: str, value: Any, cfg: DictConfig | None = None) -> ConfigE
     return ConfigError(config_schema.RENAMED[path])
   parent, _, name = path.rpartition(".")
   allowed = config_schema.keys_of(config_schema.group_at(parent) or config_schema.Config)
-  if not parent:  # the words `preflight.check_top_level_keys` has always used
+  if not parent:  # the words the top-level check has always used (tests and users match them)
     close = difflib.get_close_matches(name, sorted(allowed), n=1, cutoff=0.5)
     hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(sorted(allowed))}"
     return ConfigError(

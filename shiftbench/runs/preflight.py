@@ -11,36 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
 from shiftbench.infra.errors import ConfigError
-from shiftbench.runs import config_schema, config_values, door
-
-
-def check_top_level_keys(cfg: DictConfig) -> None:
-  """Unknown top-level keys (a typo added with `+`) are an error that suggests the nearest valid key
-  (`door.check` refuses unknown keys at every level; this is the top level alone)."""
-  for key in cfg:
-    if key not in config_schema.top_level_keys():
-      raise door.unknown_key(str(key), cfg[key], cfg)
-
-
-def check_optimizers(cfg: DictConfig, phases: tuple[str, ...] = ("pretrain", "finetune")) -> None:
-  """Optimiser hyperparameters with an obvious domain (learning rate > 0, betas in [0, 1), ...)."""
-  for phase in phases:
-    opt = OmegaConf.select(cfg, f"{phase}.optimizer")
-    if isinstance(opt, DictConfig):
-      config_values.optimizer(OmegaConf.to_container(opt, resolve=True), f"{phase}.optimizer")
-
-
-def check_lists(cfg: DictConfig) -> None:
-  """`seeds` and every `widths` (top level and per model) are non-empty lists of integers."""
-  config_values.int_list(cfg.seeds, "seeds")
-  if "widths" in cfg:
-    config_values.int_list(cfg.widths, "widths", minimum=1, example="[8, 16, 32]")
-  for name, model in (cfg.get("model") or {}).items():
-    if isinstance(model, DictConfig) and "widths" in model:
-      config_values.int_list(model.widths, f"model.{name}.widths", minimum=1, example="[8, 16, 32]")
 
 
 def check_launcher(target: str | None, choice: str | None = None) -> None:
