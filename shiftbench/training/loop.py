@@ -27,14 +27,11 @@ from shiftbench import models
 from shiftbench.data import canvas
 from shiftbench.data.device import DeviceObjects
 from shiftbench.infra.errors import DivergenceError
-from shiftbench.rows import schema
 from shiftbench.training import resume
 from shiftbench.training.schedule import schedule, steps_per_dispatch
 
 log = logging.getLogger(__name__)
 Metrics = dict[str, float]
-# Fine-tune modes, named for what trains (the row schema holds them: they are a row dimension).
-TRAIN_MODES = schema.FINETUNE_MODES
 
 
 @dataclasses.dataclass(frozen=True)
