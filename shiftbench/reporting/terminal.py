@@ -17,16 +17,15 @@ from shiftbench.claims import catalogue as claims_lib
 from shiftbench.reporting import methods_board
 from shiftbench.rows import schema
 
-# The method dimensions (the method and its settings: those with a default for older rows) print as one
-# column, `method` (`schema.method_label`: plain, lpft, wise0.5, l2sp0.01); leaderboard.md keeps them all.
-METHOD_COLUMNS = tuple(c for c in schema.IDENTITY if c in schema.METHOD_DEFAULTS)
-METHOD_SETTINGS = tuple(c for c in METHOD_COLUMNS if c != schema.METHOD)
+# The method and its setting print as one column, `method` (`schema.method_label`: plain, lpft, wise0.5,
+# l2sp0.01); leaderboard.md keeps both.
+METHOD_COLUMNS = (schema.METHOD, schema.SETTING)
 METHOD = "method"
 # The metrics that carry the result. off_acc is left to leaderboard.md (invariance is made of it): with the
 # rate column, every key line fits in 100 characters.
 KEY_METRICS = ("in_acc", "invariance", "invariance_lost")
 KEY_COLUMNS = (
-  *(METHOD if c == schema.METHOD else c for c in schema.DIMENSIONS if c not in METHOD_SETTINGS),
+  *(METHOD if c == schema.METHOD else c for c in schema.DIMENSIONS if c != schema.SETTING),
   "seeds",
   *(schema.METRICS[m] for m in KEY_METRICS),  # the leaderboard's columns: their headers
 )
@@ -50,22 +49,16 @@ def key_table(columns: list[str], rows: list[list], metric_columns: set[str]) ->
 
 
 def _method_column(columns: list[str], rows: list[list]) -> tuple[list[str], list[list]]:
-  """The method column and its settings' (WiSE-FT's alpha, L2-SP's beta) as one `method` column where the
-  first was."""
+  """The method and method setting columns as one `method` column where the first was."""
   if not all(c in columns for c in METHOD_COLUMNS):
     return columns, rows
-  at, settings = columns.index(schema.METHOD), [columns.index(c) for c in METHOD_SETTINGS]
+  at, setting = (columns.index(c) for c in METHOD_COLUMNS)
 
-  def setting(value):
-    return None if value in (None, "", "-") else float(value)
+  def label(r: list) -> str:
+    return schema.method_label(str(r[at]), None if r[setting] in (None, "", "-") else float(r[setting]))
 
-  def label(r: list) -> str:  # a row has at most one setting: its method's
-    return schema.method_label(
-      str(r[at]), next((v for v in map(setting, (r[i] for i in settings)) if v is not None), None)
-    )
-
-  out_columns = [METHOD if i == at else c for i, c in enumerate(columns) if i not in settings]
-  out_rows = [[label(r) if i == at else v for i, v in enumerate(r) if i not in settings] for r in rows]
+  out_columns = [METHOD if i == at else c for i, c in enumerate(columns) if i != setting]
+  out_rows = [[label(r) if i == at else v for i, v in enumerate(r) if i != setting] for r in rows]
   return out_columns, out_rows
 
 
