@@ -169,3 +169,39 @@ def test_a_groups_label_names_protocol_settings_only_never_a_rows_own():
   names = comparison.differing_settings(entries)
   assert names == ["method.classifier_ratio"]  # shown as a column of the table
   assert leaderboard.group_labels(entries, names) == {"p": "p"}
+
+
+def test_cli_without_out_writes_into_a_folder_it_names_and_help_says_so(tiny_results, tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)
+  leaderboard.main([str(tiny_results / "seed0"), "--no-figures"])
+  made = list(tmp_path.iterdir())
+  assert len(made) == 1 and made[0].is_dir() and re.fullmatch(r"leaderboard-[\d-]+", made[0].name)
+  assert (made[0] / "leaderboard.csv").is_file() and f"{made[0].name}/" in capsys.readouterr().out
+  with pytest.raises(SystemExit):
+    leaderboard.main(["--help"])
+  assert "default: a new folder leaderboard-<date>-<time>/" in " ".join(capsys.readouterr().out.split())
+
+
+def test_leaderboard_csv_rounds_floats_to_six_significant_digits(tiny_results, tmp_path):
+  leaderboard.main([str(tiny_results / "seed0"), str(tiny_results / "seed1"), "--out", str(tmp_path), "--no-figures"])
+  cells = [c for line in (tmp_path / "leaderboard.csv").read_text().splitlines()[1:] for c in line.split(",")]
+  floats = [c for c in cells if re.fullmatch(r"-?\d*\.\d+(e-?\d+)?", c)]
+  assert "0.0707107" in floats  # the std of 0.2 and 0.3, 0.07071067811865477 in full
+  assert all(len(re.sub(r"e.*|[-.]", "", c).lstrip("0")) <= leaderboard.CSV_DIGITS for c in floats), floats
+
+
+@pytest.mark.parametrize(
+  "args,message",
+  [
+    (["{missing}"], r"^error: \S*/missing does not exist; give run directories"),
+    (["{run}", "--out", "{file}"], r"^error: --out \S*/afile is a file"),
+    (["{run}", "--colour"], r"^error: unrecognized arguments: --colour \(see shiftbench-leaderboard --help\)$"),
+  ],
+)
+def test_cli_mistakes_are_one_line_naming_the_bad_value(tiny_results, tmp_path, args, message):
+  (tmp_path / "afile").write_text("x")
+  where = {"missing": tmp_path / "missing", "run": tiny_results / "seed0", "file": tmp_path / "afile"}
+  with pytest.raises(SystemExit) as raised:
+    leaderboard.main([a.format(**where) for a in args])
+  text = str(raised.value.code)
+  assert "\n" not in text and re.search(message, text), text
