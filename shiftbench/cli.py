@@ -100,10 +100,26 @@ def _main(cfg: DictConfig) -> None:
     from shiftbench.runs.experiment import run_experiment
 
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every checkpoint step at INFO
+    quiet_jax_probing()
     _refuse_or_run(cfg, Path(HydraConfig.get().runtime.output_dir), run_experiment)
   except Exception as e:
     _errors.append(e)  # Hydra reports it (and a multirun goes on to its next job); `main` prints it last
     raise
+
+
+# JAX's loggers whose INFO lines are its own bookkeeping, not news for the user: xla_bridge probing for
+# backends that are not there (`Unable to initialize backend 'tpu' ... libtpu.so`, which reads like a
+# failure) and the compilation cache's `Resetting cache at <empty>`. Their warnings still show.
+JAX_CHATTER = ("jax._src.xla_bridge", "jax._src.compilation_cache")
+
+
+def quiet_jax_probing() -> None:
+  """Shows only warnings and errors of `JAX_CHATTER` at the default log level; at debug
+  (`hydra.verbose=true`, or `hydra.verbose=jax` and the like) every line shows, as before."""
+  for name in JAX_CHATTER:
+    logger = logging.getLogger(name)
+    if logger.getEffectiveLevel() > logging.DEBUG:
+      logger.setLevel(logging.WARNING)
 
 
 # A multirun's `.hydra/` files from before it started (see RunDirGuard), by absolute path.
