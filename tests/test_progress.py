@@ -76,3 +76,10 @@ def test_jax_backend_probing_shows_at_debug(jax_loggers):
   logging.getLogger().setLevel(logging.DEBUG)  # hydra.verbose=true
   cli.quiet_jax_probing()
   assert logging.getLogger("jax._src.xla_bridge").isEnabledFor(logging.DEBUG)
+
+
+def test_glyph_rendering_draws_no_bar_when_stderr_is_not_a_terminal(capsys):
+  from shiftbench.data import glyphs
+
+  glyphs.render_splits("01", {"train": 2}, 8, 0, workers=1, desc="rendering glyphs")
+  assert "rendering glyphs" not in capsys.readouterr().err
