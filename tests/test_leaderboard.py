@@ -190,16 +190,8 @@ def test_leaderboard_csv_rounds_floats_to_six_significant_digits(tiny_results, t
   assert all(len(re.sub(r"e.*|[-.]", "", c).lstrip("0")) <= leaderboard.CSV_DIGITS for c in floats), floats
 
 
-@pytest.mark.parametrize(
-  "args,message",
-  [
-    (["{missing}"], r"^error: \S*/missing does not exist; give run directories"),
-    (["{run}", "--colour"], r"^error: unrecognized arguments: --colour \(see shiftbench-leaderboard --help\)$"),
-  ],
-)
-def test_cli_mistakes_are_one_line_naming_the_bad_value(tiny_results, tmp_path, args, message):
-  where = {"missing": tmp_path / "missing", "run": tiny_results / "seed0"}
+def test_a_command_line_mistake_is_one_error_line_naming_it(tiny_results, capsys):
   with pytest.raises(SystemExit) as raised:
-    leaderboard.main([a.format(**where) for a in args])
-  text = str(raised.value.code)
-  assert "\n" not in text and re.search(message, text), text
+    leaderboard.main([str(tiny_results / "seed0"), "--colour"])
+  assert raised.value.code == "error: unrecognized arguments: --colour (see shiftbench-leaderboard --help)"
+  assert capsys.readouterr().err == ""  # no usage lines above it

@@ -297,9 +297,6 @@ def main(argv: list[str] | None = None) -> None:
   args = parser.parse_args(argv)
   out = Path(args.out) if args.out is not None else default_out()
   # Each mistake is one line, `error: ...`, with no traceback above it.
-  missing = [p for p in args.paths if not Path(p).exists()]
-  if missing:
-    _fail(f"{missing[0]} does not exist; give run directories, sweep directories or results.json files")
   try:
     rows = collect(args.paths)
   except (UserError, OSError) as e:
