@@ -1,10 +1,7 @@
 """A multirun ends with one board and one claims report over all its jobs (`cli.SweepBoard`)."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -48,15 +45,19 @@ def test_the_root_config_ends_every_multirun_with_the_sweep_board():
   assert callbacks.sweep_board._target_ == "shiftbench.cli.SweepBoard"
 
 
-def test_a_multirun_whose_job_failed_still_prints_the_command_before_its_error_line(tmp_path):
+def test_a_multirun_whose_job_failed_still_prints_the_command_before_its_error_line(tmp_path, monkeypatch, capsys):
   sweep = tmp_path / "sweep"
-  run = subprocess.run(
-    [sys.executable, "-m", "shiftbench.cli", "-m", "model=gap,fcn", "seeds=[a]", f"hydra.sweep.dir={sweep}"],
-    capture_output=True,
-    text=True,
-    timeout=120,
-    env={**os.environ, "PYTHONPATH": str(CONF.parent)},
-  )
-  assert run.returncode == 1
-  assert run.stderr.strip().splitlines()[-1].startswith("error: seeds must be a list of integers")
-  assert f"make the sweep's board with: shiftbench-leaderboard {sweep} --out {sweep}/leaderboard" in run.stdout
+  _job(sweep, 0, None)
+
+  def failing_multirun() -> None:  # Hydra skips on_multirun_end when a job raised
+    cli.SweepBoard().on_multirun_start(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+    raise ValueError("a job failed")
+
+  monkeypatch.setattr(cli, "_main", failing_multirun)
+  monkeypatch.setattr(cli, "_SWEEPS", [])
+  monkeypatch.setattr(cli, "_errors", [])
+  monkeypatch.setattr(cli, "_exit", lambda code: None)
+  cli.main()
+  out, err = capsys.readouterr()
+  assert f"make the sweep's board with: shiftbench-leaderboard {sweep} --out {sweep}/leaderboard" in out
+  assert err.strip().splitlines()[-1] == "error: ValueError: a job failed"
