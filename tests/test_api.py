@@ -187,3 +187,24 @@ def test_the_cli_runs_the_example_model_from_a_users_config_folder(user_dir, tin
   assert run.returncode == 0, run.stderr[-3000:]
   rows = json.loads((user_dir / "run" / "results.json").read_text())["rows"]
   assert [(r["model"], r["pretrain"], r["finetune"]) for r in rows] == [("mynet", "scratch", "full")]
+
+
+@pytest.mark.parametrize("preset", ["cnn_fc", "aps", "vgg11"])
+def test_the_protocol_check_passes_shipped_models(preset):
+  """A user's subclass of a shipped network is checked as any user model: the check must pass the presets."""
+  from hydra.utils import instantiate
+
+  factory = instantiate(api.compose([f"model={preset}"]).model[preset])
+  model = nnx.eval_shape(lambda: factory(num_classes=5, canvas_size=32, in_channels=1, rngs=nnx.Rngs(0)))
+  assert shift_model.mismatches(model, 5, 32, 1) == []
+
+
+def test_evaluate_composes_inside_a_users_own_hydra_app():
+  from hydra import initialize_config_module
+  from hydra.core.global_hydra import GlobalHydra
+
+  with initialize_config_module("shiftbench.conf", version_base="1.3"):
+    outer = GlobalHydra.instance().hydra
+    assert list(api.compose(["model=gap"]).model) == ["gap"]
+    assert GlobalHydra.instance().hydra is outer  # the app's own Hydra is back
+  assert list(api.compose(["experiment=smoke"]).model) == ["cnn_fc"] and not GlobalHydra.instance().is_initialized()
