@@ -30,7 +30,7 @@ _API = ("Result", "evaluate", "list_experiments", "list_models")
 __all__ = ["__version__", *_API]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
   if name in _API:
     import importlib
 

@@ -35,8 +35,6 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_./-]*")  # a string Hydra reads back as the same string unquoted
 _NOT_PLAIN = {"true", "false", "null", "nan", "inf", "none"}
 
-log = logging.getLogger(__name__)
-
 
 @dataclasses.dataclass(frozen=True)
 class Result:
@@ -81,8 +79,8 @@ def evaluate(
       directory holding a finished or interrupted run of the same config resumes it (nothing is rerun).
     overrides: Hydra overrides exactly as on the command line (`"+model.MyNet.dropout=0.1"`,
       `"~eval.metrics.flip_rate"`), applied after `settings`.
-    **settings: config values by dotted key, each one override `KEY=VALUE` (added if the config lacks the
-      key, so the door names a misspelt one): `seeds=[0, 1]`, `**{"finetune.learning_rates": [1e-3]}`. A
+    **settings: config values by dotted key, each one override `++KEY=VALUE` (added if the config lacks
+      the key, so the door names a misspelt one): `seeds=[0, 1]`, `**{"finetune.learning_rates": [1e-3]}`. A
       string for a config group selects its option: `data="mnist"`, `logger="none"`.
 
   Returns:
