@@ -102,8 +102,8 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   """One entry per leaderboard line (`schema.GROUP`: the row's dimensions within one experiment) with
   (mean, std, n) of each metric.
 
-  `invariance_lost` (`schema.fill_invariance_lost`) is the per-seed difference of the `last` and `full`
-  rows of one experiment, model, regime and seed, filled in here for rows that were run apart. Every
+  `invariance_lost` (`schema.fill_invariance_lost`) is each row's own loss against the `last` row of its
+  experiment, model, regime, rate and seed, filled in here for rows that were run apart. Every
   metric's mean and std use only the seeds where it is defined, and `n` says how many those are.
   """
   rows = [dict(r) for r in merge_duplicates(rows)]
