@@ -264,10 +264,20 @@ def test_c2_and_c3b_also_compare_scratch_at_the_same_rate():
   c3b_01 = next(c for c in same if c.id == "C3b" and c.finetune_lr == 0.01)
   assert c3b_01.scratch_lr == 0.01 and "scratch/full@0.01 (same rate)" in c3b_01.rows
   assert c3b_01.values == pytest.approx([0.45 - 0.15] * 3)
-  # claims.json and table() have them; leaderboard.md and the terminal show the primary entries only.
-  assert sum(e["scratch_at"] == "same_rate" for e in claims.to_json(result)) == 4
-  assert sum("(same rate)" in row[4] for row in claims.table(result)) == 4
-  assert "(same rate)" not in claims.markdown(result) and "(same rate)" not in terminal.claims_table(result)
+  # Secondary entries: folded under the primary entry of their claim and rate, labelled, never its peers.
+  entries = claims.to_json(result)
+  assert not any(e["scratch_at"] == "same_rate" for e in entries) and all(e["primary"] for e in entries)
+  folded = {(e["id"], e["finetune_lr"]): e["secondaries"] for e in entries if e["secondaries"]}
+  assert sorted(folded) == [("C2", 0.001), ("C2", 0.01), ("C3b", 0.001), ("C3b", 0.01)]
+  (sec,) = folded[("C3b", 0.01)]
+  assert sec["primary"] is False and sec["entry"] == "secondary: scratch at the same rate"
+  assert sec["scratch_at"] == "same_rate" and sec["values"] == pytest.approx([0.3] * 3)
+  ids = [row[0] for row in claims.table(result)]
+  assert ids[ids.index("C3b") + 1] == "↳ C3b" and ids.count("↳ C3b") == 2
+  md, text = claims.markdown(result), terminal.claims_table(result)
+  for out in (md, text):
+    assert out.count("↳ C3b") == 2 and out.index("C3b") < out.index("↳ C3b"), out
+    assert "secondary: scratch at the same rate" in out
 
 
 def test_vgg16_is_an_fc_head_network_for_c1_to_c3():
@@ -525,7 +535,7 @@ def test_without_method_rows_m1_to_m3_are_not_run_and_the_terminal_says_what_run
   m = [c for c in result if c.kind == "method"]
   assert [c.id for c in m] == ["M1", "M2", "M3"] and {c.outcome for c in m} == {verdicts.NOT_RUN_OUTCOME}
   text = terminal.claims_table(result)
-  assert "rows not run here: M1, M2, M3 (experiment=methods runs" in text
+  assert "not run here: M1, M2, M3 (experiment=methods runs" in text
   assert "M1" not in next(line for line in text.splitlines() if "experiment=reproduce" in line)
 
 

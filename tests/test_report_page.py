@@ -100,7 +100,7 @@ def test_the_terminal_prints_the_key_columns_and_the_claims_in_under_100_charact
   # One `method` column (the row's method and setting), not two.
   assert [line.split()[3] for line in table[2:]] == ["plain", "plain", "plain", "wise0.5", "l2sp0.001"]
   assert max(len(line) for line in text.splitlines()[:-2]) <= 100, text
-  assert "C3a" in text and "✗" in text and "rows not run here: C5 (experiment=reproduce" in text
+  assert "C3a" in text and "✗" in text and "not run here: C5 (experiment=reproduce" in text
   assert str(tmp_path / "leaderboard.md") in text and str(tmp_path / "rows.csv") in text
 
 
