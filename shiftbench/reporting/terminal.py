@@ -37,7 +37,7 @@ EFFECT_WIDTH = 26  # a mean and interval fit; "; 1 of 5 seeds collapsed" wraps
 
 def key_table(columns: list[str], rows: list[list], metric_columns: set[str]) -> str:
   """The leaderboard's key columns, and every column that is not a metric (the groups' identity)."""
-  columns, rows = _method_column(columns, rows)
+  columns, rows = method_column(columns, rows)
   keep = [i for i, c in enumerate(columns) if c in KEY_COLUMNS or (c not in metric_columns and c != "params")]
   return tabulate(
     [[r[i] for i in keep] for r in rows],
@@ -47,7 +47,7 @@ def key_table(columns: list[str], rows: list[list], metric_columns: set[str]) ->
   )
 
 
-def _method_column(columns: list[str], rows: list[list]) -> tuple[list[str], list[list]]:
+def method_column(columns: list[str], rows: list[list]) -> tuple[list[str], list[list]]:
   """The method and method setting columns as one `method` column where the first was."""
   if not all(c in columns for c in METHOD_COLUMNS):
     return columns, rows
@@ -83,7 +83,7 @@ def claims_table(claims: list) -> str:
 
 
 def _claim_line(c) -> list:
-  what = listing.compared(c) if c.primary else f"{listing.role(c)}: {listing.compared(c)}"
+  what = listing.compared(c) if c.primary else f"secondary: {listing.compared(c)}"
   return [listing.shown_id(c), listing.rate(c), c.verdict, c.effect, c.n, what]
 
 
