@@ -3,6 +3,8 @@ fine-tune rate with scratch at its best validation rate, exactness, and honesty 
 
 import json
 import math
+import re
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -548,3 +550,56 @@ def test_method_claims_come_after_the_replications_and_before_the_property_check
   assert md.index("| C6") < md.index("### Fine-tuning methods") < md.index("| M1") < md.index("### Property checks")
   text = terminal.claims_table(result)
   assert text.index("C6") < text.index("fine-tuning methods:") < text.index("M1") < text.index("property checks:")
+
+
+def _listed_in_text(text: str) -> tuple[Counter, set]:
+  """(id, rate, outcome, role) of every claims line of a terminal or leaderboard.md text, and the ids on
+  its not-run lines."""
+  outcome = {v: k for k, v in verdicts.VERDICT.items()}
+  verdict = "|".join(re.escape(v) for v in sorted(outcome, key=len, reverse=True))
+  line = re.compile(rf"^\|?\s*(↳ )?([CFM]\d\w*)\s*\|?\s+(\S+)\s*\|?\s+({verdict})(?:\s|\|)")
+  found = Counter()
+  for m in filter(None, map(line.match, text.splitlines())):
+    found[(m.group(2), m.group(3), outcome[m.group(4)], "secondary" if m.group(1) else "primary")] += 1
+  not_run = {i for names in re.findall(r"not run here: ([^(]+) \(", text) for i in names.split(", ")}
+  return found, not_run
+
+
+def _listed_in_html(page: str) -> tuple[Counter, set]:
+  outcome = {v: k for k, v in verdicts.VERDICT.items()}
+  found = Counter()
+  for role, cells in re.findall(r"<tr class='(primary|secondary)'>(.*?)</tr>", page):
+    cid, lr, verdict = (re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", cells)[:3])
+    found[(cid.removeprefix("↳ "), lr, outcome[verdict], role)] += 1
+  not_run = {i for names in re.findall(r"not run here: ([^(]+) \(", page) for i in names.split(", ")}
+  return found, not_run
+
+
+def test_the_terminal_leaderboard_md_claims_json_and_index_html_tell_one_story(tmp_path):
+  from shiftbench.reporting import page as report
+  from shiftbench.rows.schema import format_lr
+
+  rows = _two_rate_rows(test_scratch=(0.05, 0.45))  # C3b@0.01: supported against η*, not at the same rate
+  board = leaderboard.write_leaderboard(rows, tmp_path, figures=False)
+  entries = json.loads((tmp_path / "claims.json").read_text())
+  from_json, json_not_run = Counter(), set()
+  for e in entries:
+    for x in (e, *e["secondaries"]):
+      lr = "-" if x["finetune_lr"] is None else format_lr(x["finetune_lr"])
+      from_json[(x["id"], lr, x["outcome"], "primary" if x["primary"] else "secondary")] += 1
+  outputs = {
+    "terminal": _listed_in_text(terminal.summary(board, tmp_path)),
+    "leaderboard.md": _listed_in_text((tmp_path / "leaderboard.md").read_text()),
+    "index.html": _listed_in_html(report.render_html(board.columns, board.rows, {}, claims=board.claims)),
+  }
+  listed = outputs["terminal"][0]
+  assert (
+    listed[("C3b", "0.01", "supported", "primary")] == 1 and listed[("C3b", "0.01", "inconclusive", "secondary")] == 1
+  )
+  for name, (found, not_run) in outputs.items():
+    assert found == listed and not_run == outputs["terminal"][1], name  # the same lines, the same not-run ids
+  # claims.json holds the same entries, with the ones the texts name on their not-run line.
+  json_not_run = from_json - listed
+  assert +(listed - from_json) == Counter() and {o for _, _, o, _ in json_not_run} == {"not_run"}
+  assert {i for i, *_ in json_not_run} == outputs["terminal"][1] == {"C4", "C6", "M1", "M2", "M3", "C5"}
+  assert all(e["primary"] and all(not s["primary"] for s in e["secondaries"]) for e in entries)
