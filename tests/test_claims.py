@@ -279,7 +279,7 @@ def test_c2_and_c3b_also_compare_scratch_at_the_same_rate():
   md, text = claims.markdown(result), terminal.claims_table(result)
   for out in (md, text):
     assert out.count("↳ C3b") == 2 and out.index("C3b") < out.index("↳ C3b"), out
-    assert "secondary: scratch at the same rate" in out
+  assert "secondary: scratch at the same rate" in md and "secondary: cnn_fc:" in text
 
 
 def test_vgg16_is_an_fc_head_network_for_c1_to_c3():

@@ -43,6 +43,13 @@ def _seconds(s: float) -> str:
   return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
 
 
+def _device(env: Mapping[str, Any]) -> str:
+  """ "gpu (1 × NVIDIA H100 80GB HBM3)", "cpu (1 × cpu)": the backend and its devices by kind."""
+  kinds = [str(d).split(":", 1)[-1] for d in env.get("devices") or []]
+  counts = ", ".join(f"{kinds.count(k)} × {k}" for k in dict.fromkeys(kinds))
+  return f"{env.get('backend', '?')}" + (f" ({counts})" if counts else "")
+
+
 def protocol_version(settings: Mapping[str, Any]) -> str | None:
   """The protocol version a row's comparison settings hold (the package version where the key holds that)."""
   for name in ("protocol_version", "protocol.version", "shiftbench"):
@@ -62,7 +69,7 @@ def what_ran(records: list[dict[str, Any]], rows: Iterable[Mapping[str, Any]]) -
     wall = _seconds(sum(walls)) + (" (the runs' sum)" if len(walls) > 1 else "")
   else:
     wall = "not recorded (a results file from before 0.7.1, or a run that has not finished)"
-  devices = [f"{e.get('backend', '?')}: {', '.join(dict.fromkeys(e.get('devices') or [])) or '?'}" for e in envs]
+  devices = [_device(e) for e in envs]
   pairs = [r.get("datasets") or {} for r in records]
   data = [f"{d.get('pretrain', '?')} → {d.get('finetune', '?')}" for d in pairs]
   keys = [r.get("protocol_key") for r in rows]
