@@ -18,7 +18,7 @@ from shiftbench.claims import catalogue as claims
 from shiftbench.infra import files
 from shiftbench.models import torchvision_weights
 from shiftbench.reporting import leaderboard, terminal, tidy
-from shiftbench.rows import collect, schema
+from shiftbench.rows import collect, comparison, schema
 from shiftbench.runs import compile_cache, plan, pretraining, protocol_data, run_dir
 from shiftbench.runs.environment import environment
 from shiftbench.runs.protocol import Protocol, probe_point, score_text
@@ -50,7 +50,8 @@ def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
   record = {
     "config": settings.config,
     "seeds": list(settings.seeds),
-    "environment": environment(),
+    "environment": environment(),  # the package version among them
+    "protocol_version": comparison.PROTOCOL_VERSION,  # what a resumed run checks (`run_dir`)
     "datasets": {
       "pretrain": data_a.name,
       "finetune": data_b.name,

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from shiftbench import __version__, evaluators, methods, models
+from shiftbench import evaluators, methods, models
 from shiftbench.data import ObjectSet, canvas, streams
 from shiftbench.data.device import DeviceObjects
 from shiftbench.evaluators import location_maps as evaluation
@@ -50,9 +50,7 @@ class Protocol:
     )
     self.grid = canvas.location_grid(settings.spec, settings.grid_stride, include=settings.finetune_location)
     self.finetune_index = int(metrics.location_index(self.grid, settings.finetune_location))  # in `self.grid`
-    self.protocol = comparison.protocol_settings(
-      settings.config, {"pretrain": self.hash_a, "finetune": self.hash_b}, __version__
-    )
+    self.protocol = comparison.protocol_settings(settings.config, {"pretrain": self.hash_a, "finetune": self.hash_b})
     # What the rows of the plan group now running share (`plan`), open only while it runs: the shift
     # metrics before fine-tuning of a (model, regime, seed), shared by every mode, rate and method; and the
     # plain rows' fine-tuned models of a (model, regime, rate, seed), what LP-FT, WiSE-FT and a user's
