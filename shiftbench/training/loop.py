@@ -93,7 +93,7 @@ def set_mode(model: nnx.Module, mode: str) -> None:
 
 def _make_step(
   graphdef: nnx.GraphDef,
-  tx: optax.GradientTransformation,
+  tx_update: optax.TransformUpdateFn,
   spec: canvas.CanvasSpec,
   placement: Placement,
   batch_size: int,
@@ -116,7 +116,7 @@ def _make_step(
       return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (logits, new_rest)
 
     (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
+    updates, opt_state = tx_update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     acc = jnp.mean(jnp.argmax(logits, -1) == y)
     return params, opt_state, rest, {"loss": loss, "acc": acc}
@@ -125,9 +125,11 @@ def _make_step(
 
 
 @functools.cache
-def _compiled_update(graphdef, tx, spec, placement, batch_size, k):
-  """One jitted dispatch running `k` steps (a `lax.scan` when k > 1); cached so sweeps never retrace."""
-  step = _make_step(graphdef, tx, spec, placement, batch_size)
+def _compiled_update(graphdef, tx_update, spec, placement, batch_size, k):
+  """One jitted dispatch running `k` steps (a `lax.scan` when k > 1); cached so sweeps never retrace. Keyed
+  by the optimiser's update function, not the optimiser: the rates of `optimizers.at_rates` share one, so
+  every rate runs one compiled program (the rate is in `opt_state`)."""
+  step = _make_step(graphdef, tx_update, spec, placement, batch_size)
 
   def update(params, opt_state, rest, base_key, start, images, labels):
     keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(start + jnp.arange(k))
@@ -220,7 +222,7 @@ def train(
   set_mode(model, mode)
   graphdef, params, rest = nnx.split(model, models.trainable(mode), ...)
   opt_state = tx.init(params)
-  update = _compiled_update(graphdef, tx, spec, placement, batch_size, k)
+  update = _compiled_update(graphdef, tx.update, spec, placement, batch_size, k)
   base_key = seed if isinstance(seed, jax.Array) else jax.random.key(seed)
   history: list[Metrics] = []
   done = 0
@@ -248,7 +250,7 @@ def train(
   with tqdm(total=steps, initial=done, desc=desc, unit="step", leave=False, dynamic_ncols=True, disable=None) as bar:
     for chunk in sched.chunks:
       # the one-step program (for chunks shorter than k) compiles on first use
-      program = update if chunk.scan else _compiled_update(graphdef, tx, spec, placement, batch_size, 1)
+      program = update if chunk.scan else _compiled_update(graphdef, tx.update, spec, placement, batch_size, 1)
       accs = []  # every step's batch accuracy, for the stopping rule
       for start in chunk.dispatches:
         params, opt_state, rest, metrics = program(
