@@ -103,6 +103,23 @@ def test_every_fine_tune_rate_runs_one_program_with_the_numbers_of_its_own_optim
   assert loop._compiled_update(graphdef, shared[1e-3].update, SPEC, place, 8, 2)._cache_size() == 1
 
 
+def test_a_program_compiled_ahead_is_the_one_training_runs_with_the_same_numbers():
+  """The run compiles its training programs on a background thread (`loop.compile_ahead`) while rows run."""
+  data, place, tx = _bars(), loop.Placement("fixed", (0, 0)), optax.adam(1e-2)
+  seed = jax.random.key(0)
+  loop.compile_ahead(
+    nnx.eval_shape(_model), tx, data, SPEC, place, steps=4, batch_size=8, seed=seed, mode="head", dispatch=2
+  )
+  ahead, jitted = _model(), _model()
+  loop.train(ahead, tx, data, SPEC, place, steps=4, batch_size=8, seed=seed, mode="head", dispatch=2)
+  key, mode = next(k for k in loop._AHEAD if k[0][1] is tx.update)
+  assert loop._compiled_update(*key)._cache_size() == 0  # jit never traced it: the program compiled ahead ran
+  loop._AHEAD.pop((key, mode))
+  loop.train(jitted, tx, data, SPEC, place, steps=4, batch_size=8, seed=seed, mode="head", dispatch=2)
+  assert loop._compiled_update(*key)._cache_size() == 1
+  jax.tree.map(np.testing.assert_array_equal, _params(ahead), _params(jitted))
+
+
 def test_scanned_dispatch_equals_one_step_per_dispatch():
   data, place = _bars(), loop.Placement("random_crop", (5, 5), 2)
   results = []

@@ -45,6 +45,7 @@ def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
   data_a, data_b = protocol_data.load_datasets(settings)
   protocol = Protocol(settings, data_a, data_b, output_dir)
   pretraining.check_cache_writable(settings, done, protocol.hash_a)
+  protocol.compile_ahead(done)  # training programs compile in the background while rows run
   if "imagenet" in settings.pretrain_regimes:  # named weights: downloaded (once) before any row trains
     torchvision_weights.prefetch(settings.pretrain_weights, settings.factories, protocol.weights_cache)
   record = {
