@@ -23,6 +23,7 @@ from shiftbench.runs import compile_cache, plan, pretraining, protocol_data, run
 from shiftbench.runs.environment import environment
 from shiftbench.runs.protocol import Protocol, probe_point, score_text
 from shiftbench.runs.settings import Settings
+from shiftbench.training import loop as train
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,6 @@ def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
   data_a, data_b = protocol_data.load_datasets(settings)
   protocol = Protocol(settings, data_a, data_b, output_dir)
   pretraining.check_cache_writable(settings, done, protocol.hash_a)
-  protocol.compile_ahead(done)  # training programs compile in the background while rows run
   if "imagenet" in settings.pretrain_regimes:  # named weights: downloaded (once) before any row trains
     torchvision_weights.prefetch(settings.pretrain_weights, settings.factories, protocol.weights_cache)
   record = {
@@ -69,6 +69,7 @@ def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
   tracker.start(settings.config, output_dir, name=output_dir.name, group=run_dir.experiment_group(output_dir))
   exit_code = 1
   try:
+    protocol.compile_ahead(done)  # training programs compile in the background while rows run
     for group in plan.groups(settings):
       new = [rid for rid in group.rows if rid not in done]
       if not new:
@@ -108,5 +109,6 @@ def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
     tracker.log_table(*tidy.table(rows), key="rows", as_text=False)
     exit_code = 0
   finally:
+    train.drop_ahead()
     tracker.finish(exit_code)
   return record

@@ -191,6 +191,14 @@ def compile_ahead(
       _AHEAD[key, mode] = _COMPILER.submit(lowered.compile)
 
 
+def drop_ahead() -> None:
+  """Forgets every program compiled ahead, and cancels those not started: a run that ends (or fails)
+  before it needed them does not wait at exit for their compiles, nor keep them in memory."""
+  for future in _AHEAD.values():
+    future.cancel()
+  _AHEAD.clear()
+
+
 def _shapes(params, tx, rest, seed, data) -> tuple:
   """The shapes and types of a program's arguments, as `train` passes them."""
   shape = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
