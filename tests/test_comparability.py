@@ -17,6 +17,7 @@ from shiftbench.data import streams, subsets
 from shiftbench.infra.errors import CacheError, ConfigError, DataError
 from shiftbench.reporting import leaderboard
 from shiftbench.rows import collect, comparison
+from shiftbench.rows.comparison import PROTOCOL_VERSION
 from shiftbench.runs import protocol_data, run_dir
 from shiftbench.runs.experiment import run_experiment
 from shiftbench.runs.settings import Settings
@@ -299,10 +300,9 @@ def test_overlapping_classes_are_a_config_error_unless_allowed(tiny_data_dir, tm
   assert protocol["data.allow_overlap"] is True  # recorded in every row's settings
 
 
-def test_a_run_directory_of_another_version_is_not_resumed_into(tmp_path):
-  """0.3 resumed any run with the same config, so rows of two versions (other streams) could mix."""
-  from shiftbench import __version__
-
+def test_a_run_directory_of_another_protocol_version_is_not_resumed_into(tmp_path):
+  """0.3 resumed any run with the same config, so rows of two versions (other streams) could mix; until
+  0.7.0 another package version was refused even where no number changed. Now the protocol version decides."""
   config = {"seeds": [0], "canvas": {"size": 20}}
   record = {
     "config": config,
@@ -310,14 +310,15 @@ def test_a_run_directory_of_another_version_is_not_resumed_into(tmp_path):
     "rows": [{"model": "gap", "pretrain": "scratch", "finetune": "full", "finetune_lr": 0.01, "seed": 0}],
   }
   (tmp_path / "results.json").write_text(json.dumps(record))
+  with pytest.raises(ConfigError, match=r"protocol version none \(before protocol versions\) \(shiftbench 0.3.0\)"):
+    run_dir.resumable_rows(tmp_path / "results.json", config)
+  (tmp_path / "results.json").write_text(json.dumps({**record, "protocol_version": "0"}))
   with pytest.raises(
-    ConfigError,
-    match=f"shiftbench 0.3.0, whose rows are not comparable with this version's "
-    rf"\({__version__}\)",
+    ConfigError, match=rf"protocol version 0 .*not comparable with this protocol version's \({PROTOCOL_VERSION}\)"
   ):
     run_dir.resumable_rows(tmp_path / "results.json", config)
-  record["environment"]["versions"]["shiftbench"] = __version__
-  (tmp_path / "results.json").write_text(json.dumps(record))
+  # Another package version of this protocol computes the same numbers: its rows are resumed.
+  (tmp_path / "results.json").write_text(json.dumps({**record, "protocol_version": PROTOCOL_VERSION}))
   assert len(run_dir.resumable_rows(tmp_path / "results.json", config)) == 1
 
 
@@ -336,12 +337,10 @@ def test_the_default_run_and_reproduce_share_a_protocol_key_and_the_stopping_rul
 
 def test_resuming_ignores_the_logger_as_the_comparison_key_does(tmp_path):
   """Turning wandb on for a rerun (or off) changes where rows are reported, not what they are."""
-  from shiftbench import __version__
-
   config = {"seeds": [0], "logger": {"mode": "disabled"}, "finetune": {"steps": 5}}
   record = {
     "config": config,
-    "environment": {"versions": {"shiftbench": __version__}},
+    "protocol_version": PROTOCOL_VERSION,
     "rows": [{"model": "gap", "pretrain": "scratch", "finetune": "full", "finetune_lr": 0.01, "seed": 0}],
   }
   (tmp_path / "results.json").write_text(json.dumps(record))

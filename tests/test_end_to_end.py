@@ -271,14 +271,15 @@ def test_a_row_not_significantly_above_chance_shows_no_invariance(tiny_data_dir,
   assert cells[header.index("invariance")] == "-" and cells[header.index("in_acc")] != "-"
 
 
-def test_pretrained_cache_keys_never_match_across_heads_or_versions(monkeypatch):
+def test_pretrained_cache_keys_never_match_across_heads_or_protocol_versions(monkeypatch):
+  from shiftbench.rows import comparison
   from shiftbench.training import checkpoints as pretrained
 
   desc = {"model": {"head": "fc", "fc_hidden": [256, 256]}, "seed": 0}
   key = pretrained.checkpoint_key(desc)
   assert key == pretrained.checkpoint_key({**desc})  # stable
   assert key != pretrained.checkpoint_key({**desc, "model": {"head": "fc", "fc_hidden": []}})
-  monkeypatch.setattr(pretrained, "__version__", "0.2.2")  # a cache written by the version before the FC layers
+  monkeypatch.setattr(comparison, "PROTOCOL_VERSION", "0")  # a cache written under another protocol
   assert key != pretrained.checkpoint_key(desc)
 
 

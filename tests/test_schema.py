@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from shiftbench.evaluators.suite import Evaluator
 from shiftbench.infra.errors import ConfigError
-from shiftbench.rows import schema
+from shiftbench.rows import comparison, schema
 from shiftbench.runs import run_dir
 from shiftbench.runs.settings import Settings
 
@@ -81,6 +81,7 @@ def test_a_results_file_of_0_6_0_resumes_and_collects_by_todays_identities(tmp_p
   record = {
     "config": config,
     "environment": {"versions": {"shiftbench": __version__}},
+    "protocol_version": comparison.PROTOCOL_VERSION,
     "rows": [{**row, "l2sp_beta": 0.1}],
   }
   (tmp_path / "results.json").write_text(json.dumps(record))

@@ -1,5 +1,7 @@
 """Training: learns, is reproducible, freezes what it should, never retraces, and fails loudly on NaN."""
 
+import functools
+
 import jax
 import numpy as np
 import optax
@@ -10,7 +12,7 @@ from shiftbench.data import canvas
 from shiftbench.evaluators import location_maps
 from shiftbench.evaluators.predictor import Predictor
 from shiftbench.models import ShiftNet
-from shiftbench.training import loop
+from shiftbench.training import loop, optimizers
 
 SPEC = canvas.CanvasSpec(16, 6)
 
@@ -81,8 +83,41 @@ def test_steps_compile_once_across_models_and_runs():
   for seed in (0, 1):
     loop.train(_model(seed), tx, data, SPEC, place, steps=3, batch_size=8, seed=seed)
   graphdef = nnx.split(_model(), nnx.Param, ...)[0]
-  update = loop._compiled_update(graphdef, tx, SPEC, place, 8, 1)
+  update = loop._compiled_update(graphdef, tx.update, SPEC, place, 8, 1)
   assert update._cache_size() == 1  # one trace for two models, two runs and three steps each
+
+
+def test_every_fine_tune_rate_runs_one_program_with_the_numbers_of_its_own_optimiser():
+  """Until 0.7.0 each rate built its own optimiser, so its rate was a constant of its compiled step and
+  every rate compiled its programs again. Only the rate is injected: the numbers are bit-identical."""
+  data, place = _bars(), loop.Placement("fixed", (0, 0))
+  shared = optimizers.at_rates(functools.partial(optax.adam, b1=0.8), (1e-3, 1e-2))
+  assert len({tx.update for tx in shared.values()}) == 1
+  trained = {}
+  for lr, tx in [*shared.items(), ("own", optax.adam(1e-2, b1=0.8))]:
+    trained[lr] = _model()
+    loop.train(trained[lr], tx, data, SPEC, place, steps=4, batch_size=8, seed=0, dispatch=2)
+  jax.tree.map(np.testing.assert_array_equal, _params(trained["own"]), _params(trained[1e-2]))
+  assert not np.array_equal(*(jax.tree.leaves(_params(trained[lr]))[0] for lr in (1e-3, 1e-2)))
+  graphdef = nnx.split(_model(), nnx.Param, ...)[0]
+  assert loop._compiled_update(graphdef, shared[1e-3].update, SPEC, place, 8, 2)._cache_size() == 1
+
+
+def test_a_program_compiled_ahead_is_the_one_training_runs_with_the_same_numbers():
+  """The run compiles its training programs on a background thread (`loop.compile_ahead`) while rows run."""
+  data, place, tx = _bars(), loop.Placement("fixed", (0, 0)), optax.adam(1e-2)
+  seed = jax.random.key(0)
+  loop.compile_ahead(
+    nnx.eval_shape(_model), tx, data, SPEC, place, steps=4, batch_size=8, seed=seed, mode="head", dispatch=2
+  )
+  ahead, jitted = _model(), _model()
+  loop.train(ahead, tx, data, SPEC, place, steps=4, batch_size=8, seed=seed, mode="head", dispatch=2)
+  key, mode = next(k for k in loop._AHEAD if k[0][1] is tx.update)
+  assert loop._compiled_update(*key)._cache_size() == 0  # jit never traced it: the program compiled ahead ran
+  loop._AHEAD.pop((key, mode))
+  loop.train(jitted, tx, data, SPEC, place, steps=4, batch_size=8, seed=seed, mode="head", dispatch=2)
+  assert loop._compiled_update(*key)._cache_size() == 1
+  jax.tree.map(np.testing.assert_array_equal, _params(ahead), _params(jitted))
 
 
 def test_scanned_dispatch_equals_one_step_per_dispatch():

@@ -3,11 +3,12 @@
 Two numbers are comparable only when they come from the same protocol. A row's settings are the resolved
 config flattened to dotted names, minus what cannot change its numbers (`IGNORED`: seeds, paths,
 logging, eval batch size, workers, which other rows were run), plus what the config cannot show: the
-content hash of each dataset's arrays and the shiftbench version. A data path is replaced by that hash, so
-a file rewritten in place is another experiment and a copy elsewhere is the same one.
+content hash of each dataset's arrays and the protocol version (`PROTOCOL_VERSION`). A data path is
+replaced by that hash, so a file rewritten in place is another experiment and a copy elsewhere is the same
+one.
 
 - `protocol_key`: the settings every row of a run shares (data, canvas, budgets, optimisers, evaluation
-  grid and subsets, version). Rows with one protocol key can be compared with each other (the claims
+  grid and subsets, protocol version). Rows with one protocol key can be compared with each other (the claims
   report pairs models, regimes and modes within one).
 - `comparison_key`: the protocol plus the row's own model architecture and fine-tune method's settings
   (`method.*`: those beyond the row's identity, e.g. L2-SP's classifier ratio; none for plain rows).
@@ -24,6 +25,15 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from shiftbench.infra import hashing
+
+# The version of the protocol: raised whenever a change moves a number of some row (another default,
+# stream, optimiser program or evaluation), with a line in the changelog of docs/protocol.md. It, not the
+# package version, is hashed into every protocol key and pretrained-checkpoint key and checked when a run
+# directory is resumed: a release that moves no number keeps earlier rows comparable and cached
+# checkpoints valid, and rows of two protocol versions never share a key, a run or a board. The package
+# version stays recorded in every results file (`environment.versions.shiftbench`). Golden rows
+# (tests/test_golden_rows.py) fail when a number moves while this stays.
+PROTOCOL_VERSION = "1"
 
 # Settings that cannot change a row's numbers. `model.*` is left out of the protocol because each row
 # carries its own model's architecture under `architecture.*`.
@@ -71,12 +81,15 @@ def ignored(name: str) -> bool:
   return any(fnmatch.fnmatchcase(name, pattern) for pattern in IGNORED)
 
 
-def protocol_settings(config: Mapping[str, Any], data_hashes: Mapping[str, str | None], version: str) -> dict[str, Any]:
-  """The shared settings of a run: its resolved `config` less `IGNORED`, plus `data.<side>.sha256`."""
+def protocol_settings(
+  config: Mapping[str, Any], data_hashes: Mapping[str, str | None], protocol_version: str | None = None
+) -> dict[str, Any]:
+  """The shared settings of a run: its resolved `config` less `IGNORED`, plus `data.<side>.sha256` and
+  `protocol_version` (this one's unless given)."""
   settings = {k: v for k, v in flatten(config).items() if not ignored(k)}
   for side, digest in data_hashes.items():
     settings[f"data.{side}.sha256"] = digest
-  settings["shiftbench"] = version
+  settings["protocol_version"] = protocol_version or PROTOCOL_VERSION
   return dict(sorted(settings.items()))
 
 

@@ -19,11 +19,12 @@ from shiftbench.claims import catalogue as claims
 from shiftbench.infra import files
 from shiftbench.models import torchvision_weights
 from shiftbench.reporting import leaderboard, terminal, tidy
-from shiftbench.rows import collect, schema
+from shiftbench.rows import collect, comparison, schema
 from shiftbench.runs import compile_cache, plan, pretraining, progress, protocol_data, run_dir
 from shiftbench.runs.environment import environment
 from shiftbench.runs.protocol import Protocol, probe_point, score_text
 from shiftbench.runs.settings import Settings
+from shiftbench.training import loop as train
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
   record = {
     "config": settings.config,
     "seeds": list(settings.seeds),
-    "environment": environment(),
+    "environment": environment(),  # the package version among them
+    "protocol_version": comparison.PROTOCOL_VERSION,  # what a resumed run checks (`run_dir`)
     "datasets": {
       "pretrain": data_a.name,
       "finetune": data_b.name,
@@ -71,6 +73,7 @@ def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
   groups = plan.groups(settings)
   bar = progress.Rows(sum(len(g.rows) for g in groups), sum(rid in done for g in groups for rid in g.rows))
   try:
+    protocol.compile_ahead(done)  # training programs compile in the background while rows run
     for group in groups:
       new = [rid for rid in group.rows if rid not in done]
       if not new:
@@ -116,5 +119,6 @@ def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
     exit_code = 0
   finally:
     bar.close()
+    train.drop_ahead()
     tracker.finish(exit_code)
   return record

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from shiftbench import __version__, evaluators, methods, models
+from shiftbench import evaluators, methods, models
 from shiftbench.data import ObjectSet, canvas, streams
 from shiftbench.data.device import DeviceObjects
 from shiftbench.evaluators import location_maps as evaluation
@@ -29,6 +29,7 @@ from shiftbench.rows import comparison, schema
 from shiftbench.rows.schema import RowId
 from shiftbench.runs import plan, pretraining, protocol_data, targets
 from shiftbench.runs.settings import Settings
+from shiftbench.training import checkpoints
 from shiftbench.training import loop as train
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,7 @@ class Protocol:
     )
     self.grid = canvas.location_grid(settings.spec, settings.grid_stride, include=settings.finetune_location)
     self.finetune_index = int(metrics.location_index(self.grid, settings.finetune_location))  # in `self.grid`
-    self.protocol = comparison.protocol_settings(
-      settings.config, {"pretrain": self.hash_a, "finetune": self.hash_b}, __version__
-    )
+    self.protocol = comparison.protocol_settings(settings.config, {"pretrain": self.hash_a, "finetune": self.hash_b})
     # What the rows of the plan group now running share (`plan`), open only while it runs: the shift
     # metrics before fine-tuning of a (model, regime, seed), shared by every mode, rate and method; and the
     # plain rows' fine-tuned models of a (model, regime, rate, seed), what LP-FT, WiSE-FT and a user's
@@ -116,6 +115,51 @@ class Protocol:
       weights, source = torchvision_weights.weights_for(self.s.pretrain_weights, name, model.arch, self.weights_cache)
       return model, {"weights": torchvision_weights.load_imagenet(model, weights, source)}
     return pretraining.pretrained_model(self.s, name, regime, seed, build, self.train_a, self.hash_a)
+
+  def compile_ahead(self, done: Collection[RowId] = ()) -> None:
+    """Starts compiling the training programs of the rows not in `done`, in the order they are first
+    needed, on a background thread (`loop.compile_ahead`): each model's plain fine-tuning in each mode
+    (one program for every rate, `training.optimizers`) and its pretraining where the checkpoint is not
+    cached. XLA compiles on one thread, so on a machine with a core to spare the run no longer waits
+    for them; the programs, so the numbers, are the ones `jit` would build."""
+    s, ahead = self.s, []
+    for group in plan.groups(s):
+      new = [rid for rid in group.rows if rid not in done]
+      if not new:
+        continue
+      if group.regime not in ("scratch", "imagenet"):
+        path, _ = pretraining.checkpoint_of(s, group.model, group.regime, group.seed, self.hash_a)
+        if not checkpoints.exists(path):
+          ahead.append(("pretrain", group.model, group.regime))
+      ahead += [("finetune", rid.model, rid.finetune) for rid in new if rid.finetune_method == schema.PLAIN]
+    models_of: dict[tuple[str, int], nnx.Module] = {}
+    for phase, name, what in dict.fromkeys(ahead):
+      data = self.train_a if phase == "pretrain" else self.train_b
+      shapes = (name, data.num_classes)
+      if shapes not in models_of:  # its shapes only: nothing is initialised
+        models_of[shapes] = nnx.eval_shape(lambda n=name, k=data.num_classes: self.build(n, k, jax.random.key(0)))
+      model = models_of[shapes]
+      if phase == "pretrain":
+        placement = train.Placement(what, s.pretrain_location, s.pretrain_jitter)
+        tx, mode, stream, evals = s.transforms["pretrain"], "full", streams.PRETRAIN_BATCHES, {}
+      else:
+        placement = train.Placement("fixed", s.finetune_location)
+        tx, mode, stream = next(iter(s.transforms["finetune"].values())), what, streams.FINETUNE_BATCHES
+        evals = {"evaluate": True, "eval_every": s.eval_every, "eval_steps": s.curve_steps}
+      phase_settings = s.pretrain if phase == "pretrain" else s.finetune
+      train.compile_ahead(
+        model,
+        tx,
+        data,
+        s.spec,
+        placement,
+        steps=phase_settings.steps,
+        batch_size=phase_settings.batch_size,
+        seed=streams.stream(0, stream),
+        mode=mode,
+        dispatch=phase_settings.dispatch,
+        **evals,
+      )
 
   # -- one row ------------------------------------------------------------------------------------
   def start(self, rid: RowId, source: nnx.Module | None) -> nnx.Module:

@@ -17,12 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from shiftbench import __version__
 from shiftbench.infra import locks
 from shiftbench.infra.errors import ConfigError, DataError
 from shiftbench.infra.files import to_jsonable
 from shiftbench.reporting.tracking import GROUP_MAX
-from shiftbench.rows import schema
+from shiftbench.rows import comparison, schema
 from shiftbench.runs.preflight import check_writable, config_diff
 
 RESULTS = "results.json"
@@ -54,7 +53,7 @@ def open_run_dir(path: str | os.PathLike, config: dict[str, Any], overwrite: boo
   same object (the checks are not repeated).
 
   Raises:
-    ConfigError: the directory cannot be written, or holds a run with another config or version.
+    ConfigError: the directory cannot be written, or holds a run with another config or protocol version.
     locks.Busy: another process is running in it.
     DataError: its `results.json` cannot be read.
   """
@@ -110,11 +109,15 @@ def resumable_rows(path: Path, config: dict[str, Any], overwrite: bool = False) 
     raise DataError(
       f"{path} exists but is not a readable shiftbench results file ({type(e).__name__}: {e}); {fix}"
     ) from e
-  written_by = ((previous.get("environment") or {}).get("versions") or {}).get("shiftbench")
-  if written_by != __version__:  # another version computes other numbers: its rows never join this run's
+  # Another protocol version computes other numbers: its rows never join this run's. Another package
+  # version of the same protocol computes the same ones (a file without the field predates protocol versions).
+  written = previous.get("protocol_version")
+  if written != comparison.PROTOCOL_VERSION:
+    package = ((previous.get("environment") or {}).get("versions") or {}).get("shiftbench")
     raise ConfigError(
-      f"{path.parent} holds a run of shiftbench {written_by}, whose rows are not comparable with "
-      f"this version's ({__version__}); {fix}"
+      f"{path.parent} holds a run of protocol version {written or 'none (before protocol versions)'} "
+      f"(shiftbench {package}), whose rows are not comparable with this protocol version's "
+      f"({comparison.PROTOCOL_VERSION}); {fix}"
     )
   diff = config_diff(
     {k: v for k, v in old.items() if k not in _IGNORED},

@@ -28,6 +28,7 @@ from shiftbench.evaluators.suite import Evaluator
 from shiftbench.infra.errors import ConfigError
 from shiftbench.rows import schema
 from shiftbench.runs import config_values, door, plan, targets
+from shiftbench.training import optimizers as optimizers_lib
 
 
 def _location(value, spec: canvas.CanvasSpec) -> tuple[int, int] | None:
@@ -151,7 +152,7 @@ class Settings:
       factories=factories,
       transforms={
         "pretrain": targets.build("pretrain.optimizer", optimizers["pretrain"]),
-        "finetune": {lr: targets.build("finetune.optimizer", optimizers["finetune"], learning_rate=lr) for lr in rates},
+        "finetune": _finetune_transforms(optimizers["finetune"], rates),
       },
       evaluators=build_evaluators(config["eval"].get("metrics")),
       loaders={side: hydra.utils.instantiate(dcfg, _partial_=True) for side, dcfg in data.items()},
@@ -181,6 +182,14 @@ class Settings:
     settings = cls(**fields, eval_batch=eval_batch)
     plan.check_method_needs(settings)
     return settings
+
+
+def _finetune_transforms(entry: Mapping[str, Any], rates: tuple[float, ...]) -> dict[float, Any]:
+  """The fine-tune optimiser at each rate, one optimiser for all (`training.optimizers.at_rates`: the rate is
+  in its state, so every rate runs one compiled program). Built at the first rate first, so a target that
+  refuses its settings is a `ConfigError` now, not when training starts."""
+  targets.build("finetune.optimizer", entry, learning_rate=rates[0])
+  return optimizers_lib.at_rates(targets.build("finetune.optimizer", entry, _partial_=True), rates)
 
 
 def build_evaluators(cfg: Mapping[str, Any] | None) -> dict[str, Evaluator]:

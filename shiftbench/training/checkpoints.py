@@ -1,7 +1,7 @@
 """Pretrained models, trained once and shared by every fine-tune that needs them (orbax checkpoints).
 
 A checkpoint's directory name carries a hash of everything that determines it (model spec, dataset A,
-canvas, pretraining settings, seed, shiftbench version), so runs, sweeps and SLURM jobs that need the
+canvas, pretraining settings, seed, protocol version), so runs, sweeps and SLURM jobs that need the
 same pretrained network restore one copy and a changed setting can never pick up a stale one. Orbax
 writes to a temporary directory and renames it when complete, so an interrupted save leaves nothing
 that a later run would mistake for a checkpoint.
@@ -32,10 +32,10 @@ from typing import Any
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from shiftbench import __version__
 from shiftbench.infra import cache, hashing
 from shiftbench.infra.errors import CacheError
 from shiftbench.infra.files import write_json
+from shiftbench.rows import comparison
 
 _SELF_HASH = "meta_sha256"  # meta.json's own hash: of its canonical JSON without this key
 
@@ -48,10 +48,10 @@ _KIND = cache.Kind(
 )
 
 
-def checkpoint_key(description: dict[str, Any], version: str | None = None) -> str:
-  """A stable short hash of `description` (plus the package version, this one's unless given): names the
-  checkpoint's directory."""
-  return hashing.json_hash({"shiftbench": version or __version__, **description}, 16)
+def checkpoint_key(description: dict[str, Any], protocol_version: str | None = None) -> str:
+  """A stable short hash of `description` (plus the protocol version, `PROTOCOL_VERSION` unless given):
+  names the checkpoint's directory. A release that keeps the protocol keeps its checkpoints."""
+  return hashing.json_hash({"protocol_version": protocol_version or comparison.PROTOCOL_VERSION, **description}, 16)
 
 
 def checkpoint_path(checkpoint_dir: str | Path, name: str, description: dict[str, Any]) -> Path:

@@ -9,6 +9,7 @@ part rides along as a constant and XLA drops its backward pass.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import functools
 import logging
@@ -93,7 +94,7 @@ def set_mode(model: nnx.Module, mode: str) -> None:
 
 def _make_step(
   graphdef: nnx.GraphDef,
-  tx: optax.GradientTransformation,
+  tx_update: optax.TransformUpdateFn,
   spec: canvas.CanvasSpec,
   placement: Placement,
   batch_size: int,
@@ -116,7 +117,7 @@ def _make_step(
       return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (logits, new_rest)
 
     (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
+    updates, opt_state = tx_update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     acc = jnp.mean(jnp.argmax(logits, -1) == y)
     return params, opt_state, rest, {"loss": loss, "acc": acc}
@@ -125,9 +126,11 @@ def _make_step(
 
 
 @functools.cache
-def _compiled_update(graphdef, tx, spec, placement, batch_size, k):
-  """One jitted dispatch running `k` steps (a `lax.scan` when k > 1); cached so sweeps never retrace."""
-  step = _make_step(graphdef, tx, spec, placement, batch_size)
+def _compiled_update(graphdef, tx_update, spec, placement, batch_size, k):
+  """One jitted dispatch running `k` steps (a `lax.scan` when k > 1); cached so sweeps never retrace. Keyed
+  by the optimiser's update function, not the optimiser: the rates of `optimizers.at_rates` share one, so
+  every rate runs one compiled program (the rate is in `opt_state`)."""
+  step = _make_step(graphdef, tx_update, spec, placement, batch_size)
 
   def update(params, opt_state, rest, base_key, start, images, labels):
     keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(start + jnp.arange(k))
@@ -145,6 +148,101 @@ def _compiled_update(graphdef, tx, spec, placement, batch_size, k):
     return params, opt_state, rest, {**jax.tree.map(lambda v: v[-1], ms), "accs": ms["acc"]}
 
   return jax.jit(update, donate_argnums=(0, 1))  # not `rest`: in `head`/`last` modes it holds the frozen part
+
+
+# Programs compiled ahead (`compile_ahead`), by `_compiled_update`'s key and the mode (which splits the
+# model's state into other trees for the same graph, one program each): XLA compiles on one thread, so
+# a program compiled in the background while the run trains and evaluates costs no wall time on a
+# machine with a core to spare. One worker: compiles queue rather than crowd the cores training uses.
+_AHEAD: dict[tuple, concurrent.futures.Future] = {}
+_COMPILER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="shiftbench-compile")
+
+
+def compile_ahead(
+  model: nnx.Module,
+  tx: optax.GradientTransformation,
+  data: DeviceObjects,
+  spec: canvas.CanvasSpec,
+  placement: Placement,
+  *,
+  steps: int,
+  batch_size: int,
+  seed: jax.Array,
+  mode: str = "full",
+  dispatch: int | str = "auto",
+  eval_every: int = 0,
+  eval_steps: tuple[int, ...] = (),
+  evaluate: bool = False,
+) -> None:
+  """Starts compiling the programs `train` will run for these arguments (the `k`-step scan and/or the
+  one-step program, as its schedule uses them), in a background thread. `model` may be abstract
+  (`nnx.eval_shape`) and is left as it was; `seed` is a key of the kind `train` gets. Tracing and lowering
+  happen here, on the caller's thread; only XLA's compile runs in the background. `train` then runs the
+  compiled programs (waiting for them if needed): the executables `jit` would build, so the same numbers."""
+  k = steps_per_dispatch(dispatch)
+  chunks = schedule(steps, k, evaluate=evaluate, eval_every=eval_every, eval_steps=eval_steps).chunks
+  model = nnx.clone(model) if not _abstract(model) else model
+  set_mode(model, mode)
+  graphdef, params, rest = nnx.split(model, models.trainable(mode), ...)
+  for each in sorted({k if c.scan else 1 for c in chunks}, reverse=True):
+    key = (graphdef, tx.update, spec, placement, batch_size, each)
+    if (key, mode) not in _AHEAD:
+      lowered = _compiled_update(*key).lower(*_shapes(params, tx, rest, seed, data))
+      _AHEAD[key, mode] = _COMPILER.submit(lowered.compile)
+
+
+def drop_ahead() -> None:
+  """Forgets every program compiled ahead, and cancels those not started: a run that ends (or fails)
+  before it needed them does not wait at exit for their compiles, nor keep them in memory."""
+  for future in _AHEAD.values():
+    future.cancel()
+  _AHEAD.clear()
+
+
+def _shapes(params, tx, rest, seed, data) -> tuple:
+  """The shapes and types of a program's arguments, as `train` passes them."""
+  shape = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+  return (
+    shape(params),
+    jax.eval_shape(tx.init, shape(params)),
+    shape(rest),
+    shape(seed),
+    jax.ShapeDtypeStruct((), jnp.int32),
+    shape(data.images),
+    shape(data.labels),
+  )
+
+
+def _abstract(model: nnx.Module) -> bool:
+  return any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(nnx.state(model)))
+
+
+def _program(key: tuple, mode: str) -> Callable:
+  """The program for `_compiled_update`'s `key`: the one compiled ahead (waited for) where there is one,
+  else the jitted one. A speed-up, never a result: if compiling ahead failed, or the arguments turn out
+  not to be the ones it was compiled for, `jit` compiles it now."""
+  ahead = _AHEAD.get((key, mode))
+  if ahead is None:
+    return _compiled_update(*key)
+  try:
+    compiled = ahead.result()
+  except Exception as e:  # noqa: BLE001
+    log.debug("compiling ahead failed (%s); compiling now", e)
+    _AHEAD.pop((key, mode), None)
+    return _compiled_update(*key)
+
+  def run(*args):
+    nonlocal compiled
+    if compiled is not None:
+      try:
+        return compiled(*args)
+      except TypeError as e:  # raised on the arguments' types, before anything runs or is donated
+        log.debug("the program compiled ahead takes other arguments (%s); compiling now", e)
+        compiled = None
+        _AHEAD.pop((key, mode), None)
+    return _compiled_update(*key)(*args)
+
+  return run
 
 
 # Cross-entropy starts near log K (a fresh classifier) and falls. Above DIVERGENCE_FACTOR * log K + 1
@@ -220,7 +318,7 @@ def train(
   set_mode(model, mode)
   graphdef, params, rest = nnx.split(model, models.trainable(mode), ...)
   opt_state = tx.init(params)
-  update = _compiled_update(graphdef, tx, spec, placement, batch_size, k)
+  update = _program((graphdef, tx.update, spec, placement, batch_size, k), mode)
   base_key = seed if isinstance(seed, jax.Array) else jax.random.key(seed)
   history: list[Metrics] = []
   done = 0
@@ -248,7 +346,7 @@ def train(
   with tqdm(total=steps, initial=done, desc=desc, unit="step", leave=False, dynamic_ncols=True, disable=None) as bar:
     for chunk in sched.chunks:
       # the one-step program (for chunks shorter than k) compiles on first use
-      program = update if chunk.scan else _compiled_update(graphdef, tx, spec, placement, batch_size, 1)
+      program = update if chunk.scan else _program((graphdef, tx.update, spec, placement, batch_size, 1), mode)
       accs = []  # every step's batch accuracy, for the stopping rule
       for start in chunk.dispatches:
         params, opt_state, rest, metrics = program(
