@@ -18,7 +18,7 @@ import numpy as np
 
 from shiftbench.claims import catalogue as claims_lib
 from shiftbench.infra.files import atomic_write_text
-from shiftbench.reporting import headline, methods_board, plots
+from shiftbench.reporting import headline, methods_board, plots, reference_board
 from shiftbench.rows import schema
 from shiftbench.rows.schema import FINETUNE_MODES, LR, PRETRAIN_REGIMES, format_lr
 
@@ -65,7 +65,7 @@ def location_map_grid(entries: list[dict[str, Any]], path: str | os.PathLike) ->
   """Models (rows) x pretrain regime / fine-tune mode (columns) of seed-mean location maps of plain
   fine-tunes, each at the highest fine-tune rate it ran at (the most forgetting; the title says which
   rate)."""
-  entries = plain(entries)
+  entries = [e for e in plain(entries) if e.get("location_map")] or plain(entries)  # reference rows have none
   models = sorted({e["model"] for e in entries})
   cols = _regime_columns(entries)
   by_key: dict[tuple, dict[str, Any]] = {}
@@ -330,6 +330,7 @@ def render_html(
   title: str,
   claims: tuple[list[str], list[list[Any]]] | None = None,
   methods: str = "",
+  note: str = "",
 ) -> str:
   """One HTML document: the claims report with its verdicts first, the methods board (`methods`, a
   section from `methods_section`; none without method rows), then the leaderboard (key columns first,
@@ -352,7 +353,7 @@ def render_html(
     f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
     f"<style>{_CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{claims_html}{methods}"
     "<h2>Leaderboard</h2>\n<p>Mean ± std over seeds. Click a column header to sort. Columns are defined in "
-    f"shiftbench's docs/metrics.md.</p>\n{_table(columns, rows)}\n"
+    f"shiftbench's docs/metrics.md.</p>\n{note}{_table(columns, rows)}\n"
     f"{figs}\n<script>{_SORT_JS}</script>\n</body></html>\n"
   )
 
@@ -380,5 +381,6 @@ def write_report(board, out_dir: str | os.PathLike) -> Path:
   if any(e.get("curve") for e in plain(board.entries)):
     figures["Invariance over fine-tune steps"] = forgetting_curves(board.entries, out_dir / "forgetting_curves.png")
   claims = (claims_lib.COLUMNS, claims_lib.table(board.claims))
-  page = render_html(board.columns, board.rows, figures, "shiftbench leaderboard", claims, methods)
+  note = reference_board.page_note(board.entries)  # where reference rows stand beside the run's
+  page = render_html(board.columns, board.rows, figures, "shiftbench leaderboard", claims, methods, note)
   return atomic_write_text(out_dir / "index.html", page)

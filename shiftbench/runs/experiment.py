@@ -95,7 +95,7 @@ def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
       for rid in new:  # once the group is done: `invariance_lost` needs its last and full rows
         tracker.log_row(done[rid], output_dir / done[rid]["heatmap"])
     rows = collect.annotate(record)
-    board = leaderboard.write_leaderboard(rows, output_dir)
+    board = leaderboard.write_leaderboard(rows, output_dir, reference_rows=settings.reference)
     print(f"\n{terminal.summary(board, output_dir)}\n", flush=True)
     tracker.log_table(
       board.columns,
