@@ -120,6 +120,7 @@ def test_claims_say_which_arms_came_from_reference_rows(reference_set):
   assert "translate/last" not in c2.note and "from reference" in c2.effect
   assert "reference" not in claims[("C3a", None)].note  # both arms the user's own
   assert claims[("C1", "best_validation")].note == "every arm from reference 0.7.0 2026-12-07"
+  assert claims[("C2c", None)].outcome == "not_run" and not claims[("C2c", None)].note  # judged on nothing
   assert "from reference" not in json.dumps(leaderboard.build(mine).claims[0].note)
 
 

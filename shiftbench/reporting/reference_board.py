@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from shiftbench.claims.arms import SCRATCH, label, method_arm
-from shiftbench.claims.verdicts import Claim, effect
+from shiftbench.claims.verdicts import NOT_RUN_OUTCOME, Claim, effect
 from shiftbench.rows import reference, schema
 
 SOURCE, RANK = "source", "rank"
@@ -58,12 +58,15 @@ def mark(entries: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict
 
 
 def note_claims(claims: list[Claim], rows: list[dict[str, Any]]) -> None:
-  """Adds to the note of every claim that read a reference row which arms came from reference rows (every
-  arm: "every arm from reference rows ..."), and redoes its effect text."""
+  """Adds to the note of every claim that was judged on a reference row which arms came from reference rows
+  (every arm: "every arm from reference ..."), and redoes its effect text. A claim not run (a row it needs
+  is missing) gets none: it was judged on nothing."""
   by_group: dict[str, list[dict[str, Any]]] = defaultdict(list)
   for r in rows:
     by_group[r.get("protocol_key", "")].append(r)
   for c in claims:
+    if c.outcome == NOT_RUN_OUTCOME:
+      continue
     used = [r for r in by_group.get(c.group, []) if _reads(c, r)]
     arms = dict.fromkeys(_arm_text(r) for r in used if reference.is_reference(r))
     if not arms:
