@@ -31,7 +31,7 @@ from shiftbench.infra.errors import DataError
 from shiftbench.rows import collect, comparison, schema
 
 FORMAT = 1
-PACKAGE = "shiftbench.reference"  # where the shipped files live (package data)
+FOLDER = "reference"  # where the shipped files live: package data of `shiftbench`, not a package of its own
 # The presets shipped, in the order their rows are taken when two files hold the same row.
 PRESETS: tuple[str, ...] = ("quick", "reproduce", "methods")
 SUFFIX = ".json.gz"
@@ -162,7 +162,8 @@ def load(path: str | Path, name: str | None = None) -> ReferenceSet:
 
 def shipped_names() -> list[str]:
   """The reference files inside the package, by file name, in `PRESETS` order (others after, by name)."""
-  names = [f.name for f in resources.files(PACKAGE).iterdir() if f.name.endswith(SUFFIX)]
+  folder = resources.files("shiftbench") / FOLDER
+  names = [f.name for f in folder.iterdir() if f.name.endswith(SUFFIX)] if folder.is_dir() else []
   order = {p + SUFFIX: i for i, p in enumerate(PRESETS)}
   return sorted(names, key=lambda n: (order.get(n, len(order)), n))
 
@@ -171,8 +172,8 @@ def shipped() -> list[ReferenceSet]:
   """Every reference file shipped inside the package, verified (`load`)."""
   out = []
   for name in shipped_names():
-    with resources.as_file(resources.files(PACKAGE) / name) as path:
-      out.append(load(path, f"{PACKAGE}/{name}"))
+    with resources.as_file(resources.files("shiftbench") / FOLDER / name) as path:
+      out.append(load(path, f"shiftbench/{FOLDER}/{name}"))
   return out
 
 
