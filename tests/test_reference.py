@@ -147,6 +147,12 @@ def test_the_switch_is_a_config_key_outside_every_key_and_a_cli_flag(reference_s
     with pytest.raises(ConfigError, match="reference"):
       door.check(compose("config", overrides=["reference=maybe"]))
   assert comparison.ignored("reference")
+  from shiftbench.runs import run_dir  # a run resumes whatever the switch, and whether its config had the key
+
+  done = tmp_path / "done" / "results.json"
+  done.parent.mkdir()
+  done.write_text(json.dumps({**_record(_arms("mine"), models=("mine",)), "config": {"seeds": [0]}}))
+  assert len(run_dir.resumable_rows(done, {"seeds": [0], "reference": False})) == 9
   (tmp_path / "run").mkdir()
   (tmp_path / "run" / "results.json").write_text(json.dumps(_record(_arms("mine"), models=("mine",))))
   monkeypatch.setattr(reference, "shipped", lambda: [reference_set])
