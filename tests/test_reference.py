@@ -176,3 +176,15 @@ def test_the_shipped_files_verify_and_quick_has_the_key_its_preset_computes_toda
   assert comparison.key_of(comparison.protocol_settings(config, hashes, __version__)) == quick.protocol_key
   if "reproduce" in shipped:  # the same protocol as quick, by design (conf/experiment/quick.yaml)
     assert shipped["reproduce"].protocol_key == quick.protocol_key
+
+
+def test_the_page_says_which_lines_are_reference_rows_and_maps_only_the_runs_own(reference_set, tmp_path):
+  from shiftbench.reporting import page
+
+  board = leaderboard.build(_user(), [reference_set])
+  html = page.write_report(board, tmp_path).read_text()
+  assert "shipped reference rows" in html and html.count("reference 0.7.0 2026-12-07") >= 4
+  from matplotlib import image
+
+  grid = image.imread(tmp_path / "location_maps.png")  # 2.8 in per model at 90 dpi
+  assert grid.shape[0] < 400  # one row of maps (the run's model), no blank row for the reference model's
