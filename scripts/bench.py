@@ -9,7 +9,7 @@
 `--preset paper` (scripts/bench_paper.py) times torchvision's VGG16 as experiment=paper runs it: 224-px
 canvases, 50-px objects, batch 32, Adam 1e-4, training steps and the protocol's location map
 (`location_stats`), against the PyTorch twin that the known-answer tests check it against
-(tests/torchvision_twins.py), eager and with torch.compile. `--tv-width` scales both networks' channels.
+(scripts/torchvision_twins.py), eager and with torch.compile. `--tv-width` scales both networks' channels.
 
 Three comparisons, each interleaved (shiftbench block, PyTorch block, repeat) after warm-up, so machine
 load hits both sides alike; ratios are per repetition, reported as median [min, max]:
@@ -54,8 +54,7 @@ import torch.nn.functional as F
 from flax import nnx
 from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))  # torchvision_twins, for --preset paper
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # torch_twin, torchvision_twins (--preset paper)
 import bench_e2e  # noqa: E402  (scripts/ siblings)
 import bench_paper  # noqa: E402
 import torch_twin  # noqa: E402

@@ -4,9 +4,9 @@
 shiftbench side: `shiftbench.models.VGG(depth=16)` with its `imagenet` input adapter (gray -> 3 channels,
 ImageNet mean/std), trained by `train.train` and mapped by `evaluation.location_stats`, the protocol's path,
 its first stages run near the object (exact; `--alternatives` also times them on the whole canvas).
-PyTorch side: the twin of torchvision's VGG16 from tests/torchvision_twins.py, the module the known-answer
-tests (tests/test_torchvision_models.py) check the flax networks against, so both sides are proven to compute
-the same function; it is imported from there rather than copied (bench.py puts tests/ on sys.path). The same
+PyTorch side: the twin of torchvision's VGG16 from scripts/torchvision_twins.py, the module whose outputs the
+known-answer tests (tests/test_torchvision_models.py, through tests/fixtures/torch_twins.npz) check the flax
+networks against, so both sides are proven to compute the same function; it is imported, not copied. The same
 adapter runs in front of it, canvases are composed on the device by `torch_twin.place`, channels_last.
 `tv_width` < 1 scales every channel count on both sides (the same topology, small enough for a CPU).
 """

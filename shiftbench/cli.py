@@ -88,6 +88,57 @@ class RunDirGuard(Callback):
     _EARLIER_HYDRA_FILES.update(self.hydra_files)
 
 
+class SweepBoard(Callback):
+  """Ends a multirun with one board and one claims report over all its jobs (`hydra.callbacks` in
+  config.yaml), in `<sweep dir>/leaderboard/`: the code of `shiftbench-leaderboard` over the sweep
+  directory, so a claim that pairs two jobs' rows (C4, GAP against FC) is judged across them. Where jobs
+  have no results yet (failed, or still running when the launcher returned), it says which and prints the
+  one command that makes the board once they are done. `~hydra.callbacks.sweep_board` turns it off.
+  """
+
+  def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+    _SWEEPS.append(Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).absolute())
+
+  def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+    sweep = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).absolute()
+    if sweep in _SWEEPS:
+      _SWEEPS.remove(sweep)
+    print(sweep_board(sweep, OmegaConf.select(config, "reference", default=True) is not False), flush=True)
+
+
+# Sweeps started and not ended: Hydra skips `on_multirun_end` when a job failed, so `main` makes their
+# boards (over the jobs that finished) before its error line.
+_SWEEPS: list[Path] = []
+
+
+def sweep_board(sweep: Path, reference: bool = True, out_name: str = "leaderboard") -> str:
+  """Writes the sweep's board into `sweep/out_name/` from every job's `results.json` (with the shipped
+  reference rows unless `reference` is False: the sweep's `reference=false`); what it did, and the
+  command that makes the board again (after the missing jobs finish), as text for the terminal."""
+  import shlex
+
+  from shiftbench.reporting import leaderboard
+
+  out = sweep / out_name
+  flags = [] if reference else ["--no-reference"]
+  command = " ".join(["shiftbench-leaderboard", shlex.quote(str(sweep)), "--out", shlex.quote(str(out)), *flags])
+  jobs = sorted({p.parent.parent for p in sweep.glob("**/.hydra/config.yaml")} - {sweep})
+  finished = [j for j in jobs if (j / "results.json").is_file()]
+  missing = [j.relative_to(sweep).as_posix() for j in jobs if j not in finished]
+  lines = []
+  if finished:
+    try:
+      leaderboard.main([str(sweep), "--out", str(out), *flags])
+      lines.append(f"the sweep's board and claims over {len(finished)} jobs: {out}/")
+    except SystemExit as e:  # its one-line `error: ...`
+      lines.append(str(e.code))
+  if missing:
+    lines.append(f"{len(missing)} of {len(jobs)} jobs have no results.json yet: {', '.join(missing)}")
+  if missing or not finished:
+    lines.append(f"when they are done, make the sweep's board with: {command}")
+  return "\n".join(lines)
+
+
 def _launcher_choice(config: DictConfig) -> str | None:
   choices = OmegaConf.select(config, "hydra.runtime.choices")
   return choices.get("hydra/launcher") if choices is not None else None
@@ -100,10 +151,26 @@ def _main(cfg: DictConfig) -> None:
     from shiftbench.runs.experiment import run_experiment
 
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every checkpoint step at INFO
+    quiet_jax_probing()
     _refuse_or_run(cfg, Path(HydraConfig.get().runtime.output_dir), run_experiment)
   except Exception as e:
     _errors.append(e)  # Hydra reports it (and a multirun goes on to its next job); `main` prints it last
     raise
+
+
+# JAX's loggers whose INFO lines are its own bookkeeping, not news for the user: xla_bridge probing for
+# backends that are not there (`Unable to initialize backend 'tpu' ... libtpu.so`, which reads like a
+# failure) and the compilation cache's `Resetting cache at <empty>`. Their warnings still show.
+JAX_CHATTER = ("jax._src.xla_bridge", "jax._src.compilation_cache")
+
+
+def quiet_jax_probing() -> None:
+  """Shows only warnings and errors of `JAX_CHATTER` at the default log level; at debug
+  (`hydra.verbose=true`, or `hydra.verbose=jax` and the like) every line shows, as before."""
+  for name in JAX_CHATTER:
+    logger = logging.getLogger(name)
+    if logger.getEffectiveLevel() > logging.DEBUG:
+      logger.setLevel(logging.WARNING)
 
 
 # A multirun's `.hydra/` files from before it started (see RunDirGuard), by absolute path.
@@ -153,6 +220,10 @@ def main() -> None:
     if e not in _errors:
       _errors.append(user_error or e)
     code = 1
+  from shiftbench.cli import _SWEEPS as sweeps  # the callback's copy (this module may be `__main__`)
+
+  for sweep in sweeps:  # a multirun that ended in a failed job
+    print(sweep_board(sweep), flush=True)
   if _errors:
     for line in dict.fromkeys(_one_line(e) for e in _errors):
       print(f"error: {line}", file=sys.stderr, flush=True)

@@ -196,6 +196,8 @@ def test_cli_runs_npz_data_and_a_multirun(tiny_data_dir, tmp_path):
   assert run.returncode == 0, run.stderr[-3000:]
   models = sorted(json.loads(p.read_text())["rows"][0]["model"] for p in sweep.glob("*/results.json"))
   assert models == ["cnn_fc", "gap"]
+  board = json.loads((sweep / "leaderboard" / "leaderboard.json").read_text())  # the sweep's one board
+  assert sorted({e["model"] for e in board}) == ["cnn_fc", "gap"]
 
 
 def test_missing_npz_file_fails_with_its_path(tmp_path):

@@ -169,3 +169,29 @@ def test_a_groups_label_names_protocol_settings_only_never_a_rows_own():
   names = comparison.differing_settings(entries)
   assert names == ["method.classifier_ratio"]  # shown as a column of the table
   assert leaderboard.group_labels(entries, names) == {"p": "p"}
+
+
+def test_cli_without_out_writes_into_a_folder_it_names_and_help_says_so(tiny_results, tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)
+  leaderboard.main([str(tiny_results / "seed0"), "--no-figures"])
+  made = list(tmp_path.iterdir())
+  assert len(made) == 1 and made[0].is_dir() and re.fullmatch(r"leaderboard-[\d-]+", made[0].name)
+  assert (made[0] / "leaderboard.csv").is_file() and f"{made[0].name}/" in capsys.readouterr().out
+  with pytest.raises(SystemExit):
+    leaderboard.main(["--help"])
+  assert "default: a new folder leaderboard-<date>-<time>/" in " ".join(capsys.readouterr().out.split())
+
+
+def test_leaderboard_csv_rounds_floats_to_six_significant_digits(tiny_results, tmp_path):
+  leaderboard.main([str(tiny_results / "seed0"), str(tiny_results / "seed1"), "--out", str(tmp_path), "--no-figures"])
+  cells = [c for line in (tmp_path / "leaderboard.csv").read_text().splitlines()[1:] for c in line.split(",")]
+  floats = [c for c in cells if re.fullmatch(r"-?\d*\.\d+(e-?\d+)?", c)]
+  assert "0.0707107" in floats  # the std of 0.2 and 0.3, 0.07071067811865477 in full
+  assert all(len(re.sub(r"e.*|[-.]", "", c).lstrip("0")) <= leaderboard.CSV_DIGITS for c in floats), floats
+
+
+def test_a_command_line_mistake_is_one_error_line_naming_it(tiny_results, capsys):
+  with pytest.raises(SystemExit) as raised:
+    leaderboard.main([str(tiny_results / "seed0"), "--colour"])
+  assert raised.value.code == "error: unrecognized arguments: --colour (see shiftbench-leaderboard --help)"
+  assert capsys.readouterr().err == ""  # no usage lines above it

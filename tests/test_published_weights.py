@@ -1,5 +1,6 @@
 """Published ImageNet weights by name (`pretrain.weights=IMAGENET1K_V1`), offline: a local HTTP server on
-127.0.0.1 stands in for download.pytorch.org and serves a small random-weight torchvision state dict."""
+127.0.0.1 stands in for download.pytorch.org and serves a small random-weight torchvision state dict
+(as `.safetensors`: the download path does not read the file, and reading `.pth` needs torch)."""
 
 from __future__ import annotations
 
@@ -13,16 +14,16 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-import torchvision_twins as twins
+import torch_fixtures as tf
 from flax import nnx
+from safetensors.numpy import save_file
 
 from shiftbench.infra.errors import CacheError, ConfigError
 from shiftbench.models import VGG, torchvision_weights
 from shiftbench.models import published_weights as pw
 
 ROOT = Path(__file__).resolve().parent.parent
-WIDTH = 0.0625
+WIDTH = tf.VGG11_SMALL["width"]
 
 
 class Server:
@@ -54,12 +55,12 @@ class Server:
 
 
 def _published(tmp_path: Path) -> tuple[Path, str]:
-  """A random-weight vgg11 state dict at 1/16 width, saved as `models/vgg11-<sha256 prefix>.pth`."""
+  """A random-weight vgg11 state dict at 1/16 width, saved as `models/vgg11-<sha256 prefix>.safetensors`."""
   models = tmp_path / "site" / "models"
   models.mkdir(parents=True)
-  raw = models / "raw.pth"
-  torch.save(twins.randomise(twins.build("vgg11", WIDTH, 1000), 0).state_dict(), raw)
-  file = f"vgg11-{hashlib.sha256(raw.read_bytes()).hexdigest()[:8]}.pth"
+  raw = models / "raw.safetensors"
+  save_file(tf.state_dict("vgg11_small"), str(raw))
+  file = f"vgg11-{hashlib.sha256(raw.read_bytes()).hexdigest()[:8]}.safetensors"
   raw.rename(models / file)
   return models / file, file
 

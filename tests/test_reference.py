@@ -188,3 +188,12 @@ def test_the_page_says_which_lines_are_reference_rows_and_maps_only_the_runs_own
 
   grid = image.imread(tmp_path / "location_maps.png")  # 2.8 in per model at 90 dpi
   assert grid.shape[0] < 400  # one row of maps (the run's model), no blank row for the reference model's
+
+
+def test_a_sweep_with_the_switch_off_makes_its_board_without_reference_rows(tmp_path):
+  from shiftbench import cli
+
+  (tmp_path / "0" / ".hydra").mkdir(parents=True)
+  (tmp_path / "0" / ".hydra" / "config.yaml").write_text("reference: false\n")
+  assert cli.sweep_board(tmp_path, reference=False).endswith("--no-reference")  # the command it gives for later
+  assert not cli.sweep_board(tmp_path).endswith("--no-reference")

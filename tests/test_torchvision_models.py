@@ -1,26 +1,28 @@
 """torchvision-compatible networks: known answers against PyTorch twins, the converter, the input adapter.
 
-The twins (`torchvision_twins.py`) are written from torchvision's documented architectures; with random
-weights and random BatchNorm statistics, their state dicts are converted (`from_torchvision`) and the
-flax networks must give the same per-block activations and logits (relative error <= 1e-4). torch comes
-with the `test` extra, so this never skips.
+The twins (`scripts/torchvision_twins.py`) are written from torchvision's documented architectures; with
+random weights and random BatchNorm statistics, what they compute is stored in `tests/fixtures/torch_twins.npz`
+(`scripts/make_torch_fixtures.py`, the `bench` extra). The same state dicts, drawn again here without torch,
+are converted (`from_torchvision`) and the flax networks must give the same per-block activations and logits
+(relative error <= 1e-4).
 """
 
 from __future__ import annotations
+
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-import torchvision_twins as twins
+import torch_fixtures as tf
 from flax import nnx
 from safetensors.numpy import save_file
 
 from shiftbench.models import input_adapter, tv_layers
 from shiftbench.models import torchvision_weights as tvw
 
-WIDTH, SIZE = 0.125, 64  # 1/8 of every channel count; 64 px takes every architecture through all its stages
+WIDTH = tf.KNOWN_ANSWER["width"]
 TOLERANCE = 1e-4
 # torchvision's documented parameter counts of the full-size ImageNet networks (1000 classes).
 PARAMS = {
@@ -31,14 +33,15 @@ PARAMS = {
   "resnet50": 25_557_032,
   "densenet121": 7_978_856,
 }
-# Each architecture reads its state dict from another kind of source, so every path is exercised.
+# Each architecture reads its state dict from another kind of source, so every path is exercised (`.pth`,
+# torch's own format, needs torch to read: `test_a_pth_file_reads_as_the_same_state_dict`).
 SOURCES = {
-  "vgg11": "pth",
-  "vgg16": "safetensors",
-  "vgg16_bn": "pth",
+  "vgg11": "safetensors",
+  "vgg16": "mapping",
+  "vgg16_bn": "safetensors",
   "resnet18_tv": "mapping",
   "resnet50": "safetensors",
-  "densenet121": "pth",
+  "densenet121": "mapping",
 }
 
 
@@ -61,21 +64,17 @@ def _relative_error(ref: np.ndarray, got: np.ndarray) -> float:
 
 @pytest.mark.parametrize("arch", list(tvw.ARCHS))
 def test_converted_weights_match_the_pytorch_twin(arch, tmp_path):
-  twin = twins.randomise(twins.build(arch, WIDTH, 10), seed=len(arch))
-  sd = twin.state_dict()
-  if SOURCES[arch] == "pth":
-    source = tmp_path / "w.pth"
-    torch.save(sd, source)
-  elif SOURCES[arch] == "safetensors":
+  sd = tf.state_dict(arch)
+  if SOURCES[arch] == "safetensors":
     source = tmp_path / "w.safetensors"
-    save_file({k: v.numpy() for k, v in sd.items()}, str(source))
+    save_file(sd, str(source))
   else:
-    source = {k: v.numpy() for k, v in sd.items()}
+    source = sd
   model = tvw.from_torchvision(arch, source)
   assert model.arch == arch
-  x = np.random.default_rng(0).normal(size=(2, SIZE, SIZE, 3)).astype(np.float32)
-  with torch.no_grad():
-    ref = [t.numpy() for t in twin.forward_blocks(torch.from_numpy(x.transpose(0, 3, 1, 2)))]
+  x = tf.known_answer_input()
+  assert tf.digest({"x": x}) == tf.meta()["input_sha256"], "the rebuilt input differs from the one torch ran"
+  ref = tf.outputs(arch)
   got = _features_and_logits(model, x)
   assert [r.shape for r in ref] == [g.shape for g in got]
   errors = [_relative_error(r, g) for r, g in zip(ref, got)]
@@ -88,15 +87,40 @@ def test_converted_weights_match_the_pytorch_twin(arch, tmp_path):
   np.testing.assert_array_equal(np.asarray(first_other.kernel.value), np.asarray(first.kernel.value))
 
 
+def test_a_pth_file_reads_as_the_same_state_dict(tmp_path):
+  """torch's own format, read with torch (the `bench` extra installs it; the `test` extra does not)."""
+  torch = pytest.importorskip("torch")
+  sd = tf.state_dict("resnet18_tv")
+  path = tmp_path / "w.pth"
+  torch.save({f"module.{k}": torch.from_numpy(v) for k, v in sd.items()}, path)  # as saved from DataParallel
+  got = tvw.load_state_dict(path)
+  assert list(got) == list(sd)
+  for key, value in sd.items():
+    np.testing.assert_array_equal(got[key], value)
+
+
+def test_a_pth_file_without_torch_is_a_one_line_error(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+  path = tmp_path / "w.pth"
+  path.write_bytes(b"not read")
+  with pytest.raises(ImportError, match=r"^reading .*w\.pth needs torch .*convert it to \.safetensors") as err:
+    tvw.load_state_dict(path)
+  assert "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("arch", list(tvw.ARCHS))
-def test_full_width_twins_have_torchvisions_parameter_count(arch):
-  """The twins are torchvision's networks; the flax ones load every twin tensor at the same shape (above), so
-  they have the same topology. (The twin: building full-width flax networks costs seconds of tracing each.)"""
-  assert sum(p.numel() for p in twins.build(arch, 1.0, 1000).parameters()) == PARAMS[arch]
+def test_full_width_networks_have_torchvisions_parameter_count(arch):
+  """At 1/8 width the flax networks load every twin tensor at the same shape (above); at full width
+  (built abstractly: no weights drawn) they hold torchvision's documented number of parameters."""
+  factory = tvw.ARCHS[arch]
+  model = nnx.eval_shape(
+    lambda: factory(num_classes=1000, in_channels=3, width=1.0, input_adapter="none", rngs=nnx.Rngs(0))
+  )
+  assert sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param))) == PARAMS[arch]
 
 
 def test_a_state_dict_of_another_width_or_architecture_is_refused():
-  sd = {k: v.numpy() for k, v in twins.randomise(twins.build("resnet18_tv", WIDTH, 10), 0).state_dict().items()}
+  sd = tf.state_dict("resnet18_tv")
   model = tvw.ARCHS["resnet18_tv"](
     num_classes=10, in_channels=3, width=2 * WIDTH, input_adapter="none", rngs=nnx.Rngs(0)
   )
@@ -108,18 +132,18 @@ def test_a_state_dict_of_another_width_or_architecture_is_refused():
     tvw.from_torchvision("alexnet", sd)
 
 
-@pytest.mark.parametrize("n,out", [(2, 7), (3, 7), (7, 7), (10, 7), (9, 3), (5, 1)])
+@pytest.mark.parametrize("n,out", tf.ADAPTIVE_POOL)
 def test_adaptive_average_pool_matches_pytorch(n, out):
-  x = np.random.default_rng(n).normal(size=(2, n, n + 1, 3)).astype(np.float32)
-  ref = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x.transpose(0, 3, 1, 2)), out).numpy()
+  x = tf.pool_input(n)
+  (ref,) = tf.outputs(f"adaptive_avg_pool_{n}_{out}")
   got = np.asarray(tv_layers.adaptive_avg_pool(jnp.asarray(x), out)).transpose(0, 3, 1, 2)
   np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
 
 
 def test_max_pool_3x3_stride_2_matches_pytorch():
-  for n in (7, 8, 15):
-    x = np.random.default_rng(n).normal(size=(1, n, n, 2)).astype(np.float32)
-    ref = torch.nn.functional.max_pool2d(torch.from_numpy(x.transpose(0, 3, 1, 2)), 3, 2, 1).numpy()
+  for n in tf.MAX_POOL:
+    x = tf.pool_input(n)
+    (ref,) = tf.outputs(f"max_pool_3x3_s2_{n}")
     np.testing.assert_array_equal(np.asarray(tv_layers.max_pool_3x3_s2(jnp.asarray(x))).transpose(0, 3, 1, 2), ref)
 
 

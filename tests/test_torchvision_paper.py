@@ -8,16 +8,16 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-import torchvision_twins as twins
+import torch_fixtures as tf
 from conftest import tiny_overrides
 from hydra import compose, initialize_config_dir
+from safetensors.numpy import save_file
 
 from shiftbench.runs.experiment import run_experiment
 from shiftbench.runs.settings import Settings
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
-WIDTH = 0.0625
+WIDTH = tf.VGG11_SMALL["width"]
 
 
 def _compose(overrides: list[str]):
@@ -26,8 +26,8 @@ def _compose(overrides: list[str]):
 
 
 def test_paper_preset_runs_end_to_end_with_imagenet_weights(tiny_data_dir, tmp_path):
-  weights = tmp_path / "vgg11.pth"
-  torch.save(twins.randomise(twins.build("vgg11", WIDTH, 1000), 0).state_dict(), weights)
+  weights = tmp_path / "vgg11.safetensors"
+  save_file(tf.state_dict("vgg11_small"), str(weights))
   cfg = _compose(
     [
       "experiment=paper",

@@ -1,17 +1,18 @@
 """`load_glyphs`: the generated glyph dataset, rendered once per setting and cached as plain arrays.
 
-The cache is a directory per setting under `<data_dir>/shiftbench_glyph_cache/`, named after everything
-that determines its bytes: charset, the selected classes, image size, samples per class, seed, and a
-fingerprint of the renderer (its version, matplotlib's font files, Pillow and FreeType, numpy). Its
-`meta.json` carries a SHA-256 of the arrays, written when they are saved and checked on every load, so
-a truncated, edited or otherwise stale file is never served: it is rendered again, with one warning.
-Only the selected classes are rendered, in parallel over the available cores (`glyphs.render_split`).
-No TensorFlow or tensorflow-datasets is needed; `glyphs_builder.ShiftbenchGlyphs` wraps the same
-renderer as a TFDS dataset for those who want one.
+The cache is a directory per setting under the cache root's `glyphs/` (`$SHIFTBENCH_CACHE/glyphs/`, default
+`~/.cache/shiftbench/glyphs/`), or under `<data_dir>/shiftbench_glyph_cache/` where the user names a
+`data_dir`; each is named after everything that determines its bytes: charset, the selected classes, image
+size, samples per class, seed, and a fingerprint of the renderer (its version, matplotlib's font files, Pillow
+and FreeType, numpy). Its `meta.json` carries a SHA-256 of the arrays, written when they are saved and checked
+on every load, so a truncated, edited or otherwise stale file is never served: it is rendered again, with one
+warning. Only the selected classes are rendered, in parallel over the available cores (`glyphs.render_split`).
+No TensorFlow or tensorflow-datasets is needed; `glyphs_builder.ShiftbenchGlyphs` wraps the same renderer as a
+TFDS dataset for those who want one.
 
 Jobs that start together on one cache (a sweep's first wave) render each setting once (`cache.obtain`): the
-first takes the setting's lock (in `shiftbench_glyph_cache.locks/`) and renders, the others wait and read
-its copy. An entry is published by renaming a complete temporary directory into place, and one that failed
+first takes the setting's lock (in `glyphs.locks/` beside the cache) and renders, the others wait and
+read its copy. An entry is published by renaming a complete temporary directory into place, and one that failed
 its check is moved aside only under the lock, so no reader ever sees half an entry or loses one it reads.
 """
 
@@ -36,7 +37,7 @@ _KIND = cache.Kind(
   noun="glyph cache entry",
   making="rendering",
   log=log,
-  hint="set data.data_dir (or $TFDS_DATA_DIR) to a writable directory",
+  hint="set $SHIFTBENCH_CACHE (or data.data_dir) to a writable directory",
 )
 
 # Bump whenever rendering in glyphs.py changes what a sample looks like (the fingerprint covers the
@@ -60,9 +61,10 @@ def fingerprint() -> str:
   return hashing.json_hash(parts, 10)
 
 
-def default_data_dir() -> str:
-  """TFDS's default data dir, without importing TFDS: `$TFDS_DATA_DIR` or `~/tensorflow_datasets`."""
-  return os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
+def default_root() -> Path:
+  """Where the glyph cache lives when no `data_dir` is given: `glyphs/` under the cache root
+  (`$SHIFTBENCH_CACHE`, default `~/.cache/shiftbench`)."""
+  return cache.root() / "glyphs"
 
 
 def content_hash(arrays: dict[str, np.ndarray]) -> str:
@@ -79,10 +81,12 @@ def cache_path(
   image_size: int,
   seed: int,
 ) -> Path:
-  """The cache directory of one setting (absolute: Hydra may change the working directory)."""
-  root = Path(os.path.expanduser(os.fspath(data_dir or default_data_dir()))).absolute()
+  """The cache directory of one setting (absolute: Hydra may change the working directory): under
+  `<data_dir>/shiftbench_glyph_cache/` where the user names a `data_dir`, else under `default_root()`."""
   name = f"{charset}-{chars}-{image_size}px-{train_per_class}x{test_per_class}-s{seed}-r{fingerprint()}"
-  return root / CACHE_SUBDIR / name
+  if data_dir is None or os.fspath(data_dir) == "":
+    return default_root() / name
+  return Path(os.path.expanduser(os.fspath(data_dir))).absolute() / CACHE_SUBDIR / name
 
 
 def _read(path: Path) -> dict[str, np.ndarray]:
@@ -128,7 +132,8 @@ def load_glyphs(
     test_per_class: test objects per class, drawn independently of the training ones.
     image_size: side of the square objects in pixels.
     seed: the dataset seed; the same seed always gives the same objects.
-    data_dir: where the cache lives; None is `$TFDS_DATA_DIR` or `~/tensorflow_datasets`.
+    data_dir: a directory to keep the cache in (`<data_dir>/shiftbench_glyph_cache/`); None keeps it under
+      the cache root, `$SHIFTBENCH_CACHE/glyphs/` (default `~/.cache/shiftbench/glyphs/`).
     workers: rendering processes; None is one per available core (in-process for small sets). The
       objects do not depend on it.
 

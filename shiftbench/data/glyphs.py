@@ -288,7 +288,7 @@ def render_splits(
   workers = max(1, min(workers, len(tasks)))
   images = {s: np.empty((n, k, image_size, image_size), np.uint8) for s, n in per_class.items()}
   fonts = {s: np.empty((n, k), np.int64) for s, n in per_class.items()}
-  bar = tqdm(total=total, desc=desc, unit="img", disable=desc is None)
+  bar = tqdm(total=total, desc=desc, unit="img", disable=True if desc is None else None)  # None: terminals only
   try:
     for (c, a, b, s), (imgs, fnts) in zip(tasks, _run(tasks, image_size, seed, workers)):
       images[s][a:b, chars.index(c)], fonts[s][a:b, chars.index(c)] = imgs, fnts

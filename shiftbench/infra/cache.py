@@ -16,6 +16,9 @@ So no job ever sees half an entry, overwrites another's, or deletes one in place
 longer than its timeout builds the entry anyway; it publishes only if nothing is there yet and never
 moves anything aside (that is for the holder of the lock).
 
+Every cache lives under one root, `root()`: `$SHIFTBENCH_CACHE`, default `~/.cache/shiftbench` (the
+config's `paths.*` defaults spell out the same rule).
+
 Only the standard library, `filelock` (through `locks`) and `errors` are imported here.
 """
 
@@ -92,6 +95,13 @@ class Obtained(Generic[T]):
   value: T
   how: How
   published: bool
+
+
+def root() -> Path:
+  """The one directory that everything shiftbench caches goes under, unless the user names another place:
+  `$SHIFTBENCH_CACHE`, default `~/.cache/shiftbench` (absolute: Hydra may change the working directory)."""
+  where = os.environ.get("SHIFTBENCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "shiftbench")
+  return Path(where).expanduser().absolute()
 
 
 def lock_path(path: Path) -> Path:

@@ -14,6 +14,9 @@ When any row is a fine-tuning method's (`finetune.methods`), also the methods bo
 (`shiftbench.reporting.methods_board`):
 `methods.md`, `methods.csv`, `methods.json` and `methods_pareto.png`, a section of `index.html`.
 A run writes its own leaderboard too.
+
+Without `--out` the files go into a new folder, `leaderboard-<date>-<time>/` in the current directory
+(`default_out`), never loose into the current directory itself.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import datetime
 import io
 import json
 import math
@@ -39,6 +43,9 @@ from shiftbench.rows import comparison, reference, schema
 from shiftbench.rows.collect import collect, merge_duplicates
 
 METRICS = schema.METRICS
+# Significant digits of the floats in leaderboard.csv: the metrics are float32 means (about 7 digits), so more
+# would print float32 noise (0.10000000149011612), fewer could merge two different means.
+CSV_DIGITS = 6
 REFERENCE = (
   "shiftbench protocol after Biscione & Bowers, JMLR 22 (2021), arXiv 2110.05861; "
   "consistency: Zhang, ICML 2019; worst case: Engstrom et al. 2019; flip rate: Hendrycks 2019"
@@ -158,6 +165,12 @@ def fmt_mean_std(ms: tuple[float, float, int], seeds: int | None = None) -> str:
   return f"{text} (n={n})" if seeds is not None and n < seeds else text
 
 
+def csv_number(value: Any) -> Any:
+  """A float as leaderboard.csv writes it: `CSV_DIGITS` significant digits (`nan` where undefined); other
+  values as they are."""
+  return format(value, f".{CSV_DIGITS}g") if isinstance(value, float) else value
+
+
 def json_entry(e: dict[str, Any]) -> dict[str, Any]:
   """A RobustBench-like record of one leaderboard row (values are seed means; `*_std` their spread)."""
   entry = {
@@ -229,7 +242,7 @@ def build(rows: list[dict[str, Any]], reference_rows: reference.Choice = False) 
         e["datasets"],
         len(e["seeds"]),
       ]
-      + [v for m in METRICS for v in e[m]]
+      + [csv_number(v) for m in METRICS for v in e[m]]
       + [e["params"]]
     )
   labels = group_labels(entries, differ)
@@ -265,10 +278,33 @@ def write_leaderboard(
   return board
 
 
+def default_out(now: datetime.datetime | None = None) -> Path:
+  """Where `shiftbench-leaderboard` writes without `--out`: a new folder named after the time, in the
+  current directory (`leaderboard-2026-12-07-08-30-00`)."""
+  return Path(f"leaderboard-{(now or datetime.datetime.now()):%Y-%m-%d-%H-%M-%S}")
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse's, with a mistake on the command line as one line (it prints the usage above it)."""
+
+  def error(self, message: str) -> None:  # type: ignore[override]
+    _fail(f"{message} (see {self.prog} --help)")
+
+
+def _fail(message: str) -> None:
+  """Ends the tool with `error: <message>` on one line of stderr (exit status 1), and no traceback."""
+  raise SystemExit(f"error: {' '.join(str(message).split())}")
+
+
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="shiftbench-leaderboard", description=__doc__.splitlines()[0])
+  parser = _Parser(prog="shiftbench-leaderboard", description=__doc__.splitlines()[0])
   parser.add_argument("paths", nargs="+", help="results.json files or directories to search")
-  parser.add_argument("--out", default=".", help="where to write the tables, index.html and figures")
+  parser.add_argument(
+    "--out",
+    default=None,
+    help="the folder to write the tables, claims, index.html and figures into (created if missing); default: "
+    "a new folder leaderboard-<date>-<time>/ in the current directory",
+  )
   parser.add_argument("--no-figures", action="store_true", help="tables only (no matplotlib, no HTML)")
   parser.add_argument(
     "--no-reference",
@@ -277,28 +313,28 @@ def main(argv: list[str] | None = None) -> None:
     "protocol key matches)",
   )
   args = parser.parse_args(argv)
-  # Each mistake is the last line, `error: ...`, with no traceback above it.
+  out = Path(args.out) if args.out is not None else default_out()
+  # Each mistake is one line, `error: ...`, with no traceback above it.
   try:
     rows = collect(args.paths)
-  except (UserError, FileNotFoundError) as e:
-    raise SystemExit(f"error: {e}") from e
+  except (UserError, OSError) as e:
+    _fail(str(e))
   if not rows:
-    raise SystemExit(
-      f"error: no results.json rows found under: {', '.join(args.paths)}; give run directories (each holds a "
+    _fail(
+      f"no results.json rows found under: {', '.join(args.paths)}; give run directories (each holds a "
       "results.json once a row has finished) or results.json files"
     )
-  if Path(args.out).exists() and not Path(args.out).is_dir():
-    raise SystemExit(f"error: --out {args.out} is a file; give a directory for the leaderboard's files")
+  if out.exists() and not out.is_dir():
+    _fail(f"--out {out} is a file; give a directory for the leaderboard's files")
   try:
-    board = write_leaderboard(rows, args.out, figures=not args.no_figures, reference_rows=not args.no_reference)
-  except UserError as e:  # a shipped reference file that does not verify
-    raise SystemExit(f"error: {e}") from e
-  except OSError as e:  # --out is a file, or not writable
+    board = write_leaderboard(rows, out, figures=not args.no_figures, reference_rows=not args.no_reference)
+  except OSError as e:  # --out is not writable
     where = f" ({e.filename})" if e.filename else ""
-    raise SystemExit(f"error: cannot write the leaderboard to --out {args.out}: {e.strerror or e}{where}") from e
-  print(terminal.summary(board, args.out))
-  if not args.no_figures:
-    print(f"\nwrote {Path(args.out) / 'index.html'}")
+    _fail(f"cannot write the leaderboard to --out {out}: {e.strerror or e}{where}")
+  except UserError as e:
+    _fail(str(e))
+  print(terminal.summary(board, out))
+  print(f"\nwrote the leaderboard into {out}/" + ("" if args.no_figures else f" (open {out / 'index.html'})"))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from shiftbench.infra import files
 from shiftbench.models import torchvision_weights
 from shiftbench.reporting import leaderboard, terminal, tidy
 from shiftbench.rows import collect, schema
-from shiftbench.runs import compile_cache, plan, pretraining, protocol_data, run_dir
+from shiftbench.runs import compile_cache, plan, pretraining, progress, protocol_data, run_dir
 from shiftbench.runs.environment import environment
 from shiftbench.runs.protocol import Protocol, probe_point, score_text
 from shiftbench.runs.settings import Settings
@@ -66,8 +66,10 @@ def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
   tracker = settings.tracker
   tracker.start(settings.config, output_dir, name=output_dir.name, group=run_dir.experiment_group(output_dir))
   exit_code = 1
+  groups = plan.groups(settings)
+  bar = progress.Rows(sum(len(g.rows) for g in groups), sum(rid in done for g in groups for rid in g.rows))
   try:
-    for group in plan.groups(settings):
+    for group in groups:
       new = [rid for rid in group.rows if rid not in done]
       if not new:
         continue
@@ -86,14 +88,16 @@ def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
               record["rows"] = list(done.values())
               files.write_json(opened.results_path, record)
               log.info(
-                "%s: in %.3f off %.3f invariance %s",
+                "%s: in %.3f off %.3f invariance %s (%s)",
                 rid.name(),
                 row["in_acc"],
                 row["off_acc"],
                 score_text(row["invariance"]),
+                bar.advance(),
               )
       for rid in new:  # once the group is done: `invariance_lost` needs its last and full rows
         tracker.log_row(done[rid], output_dir / done[rid]["heatmap"])
+    bar.close()
     rows = collect.annotate(record)
     board = leaderboard.write_leaderboard(rows, output_dir, reference_rows=settings.reference)
     print(f"\n{terminal.summary(board, output_dir)}\n", flush=True)
@@ -106,5 +110,6 @@ def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
     tracker.log_table(*tidy.table(rows), key="rows", as_text=False)
     exit_code = 0
   finally:
+    bar.close()
     tracker.finish(exit_code)
   return record

@@ -3,6 +3,7 @@ restored from the shared cache, waited for, or trained here and published (`pret
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -17,6 +18,8 @@ from shiftbench.runs import plan, preflight
 from shiftbench.runs.settings import Settings
 from shiftbench.training import checkpoints as pretrained
 from shiftbench.training import loop, resume
+
+log = logging.getLogger(__name__)
 
 
 def checkpoint_of(s: Settings, name: str, regime: str, seed: int, data_hash: str) -> tuple[Path, dict[str, Any]]:
@@ -70,6 +73,8 @@ def pretrained_model(
   label = f"{name}/{regime}/s{seed}"
 
   def pretrain(model: nnx.Module, resume_dir: Path | None) -> dict[str, Any]:
+    # One line where no bar is drawn (a log, a SLURM job); the bar of `loop.train` where one is.
+    log.info("pretraining %s: %d steps of batch %d", label, s.pretrain.steps, s.pretrain.batch_size)
     start = time.perf_counter()
     every = s.checkpoint_every if resume_dir is not None else 0
     checkpoints = resume.Checkpoints(resume_dir, every, f"pretrain {label}") if every else None

@@ -1,5 +1,8 @@
 """PyTorch twins of torchvision's VGG-11/16(-BN), ResNet-18/50 and DenseNet-121, for the known-answer tests.
 
+`scripts/make_torch_fixtures.py` runs them and stores what they compute in `tests/fixtures/torch_twins.npz`,
+which the tests read without torch.
+
 Written here from torchvision's documented architectures (layer order, names, padding, pooling), not
 copied from its code: the module and attribute names give exactly torchvision's state-dict keys
 (`features.<i>`, `classifier.<i>`, `layer<i>.<j>.conv1`, `downsample.0`, `features.denseblock<i>...`).
@@ -203,23 +206,12 @@ def build(arch: str, width: float, num_classes: int) -> nn.Module:
   }[arch]()
 
 
-def randomise(model: nn.Module, seed: int) -> nn.Module:
-  """Random weights everywhere, BatchNorm running statistics and affine parameters included, in eval mode.
+def spec(model: nn.Module) -> list[tuple[str, list[int]]]:
+  """The names and shapes of the model's state dict, in order."""
+  return [(k, list(v.shape)) for k, v in model.state_dict().items()]
 
-  Scales keep activations O(1) through deep stacks (He-like conv weights), so a relative error means
-  something at the last layer too.
-  """
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for m in model.modules():
-      if isinstance(m, (nn.Conv2d, nn.Linear)):
-        fan_in = m.weight[0].numel()
-        m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
-        if m.bias is not None:
-          m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-      elif isinstance(m, nn.BatchNorm2d):
-        m.weight.copy_(1.0 + 0.2 * torch.randn(m.weight.shape, generator=g))
-        m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-        m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g))
-        m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+
+def load_numpy(model: nn.Module, state_dict: dict) -> nn.Module:
+  """The model holding these numpy arrays (`tests/torch_fixtures.random_state_dict`), in eval mode."""
+  model.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()})
   return model.eval()
