@@ -174,8 +174,8 @@ def test_the_shipped_files_verify_and_quick_has_the_key_its_preset_computes_toda
     config = door.check(compose("config", overrides=["experiment=quick"]))
   hashes = {side: quick.record["datasets"][f"{side}_sha256"] for side in ("pretrain", "finetune")}
   assert comparison.key_of(comparison.protocol_settings(config, hashes, __version__)) == quick.protocol_key
-  if "reproduce" in shipped:  # the same protocol as quick, by design (conf/experiment/quick.yaml)
-    assert shipped["reproduce"].protocol_key == quick.protocol_key
+  # reproduce and methods run quick's protocol by design (conf/experiment/*.yaml): one key for every file
+  assert {s.protocol_key for s in shipped.values()} == {quick.protocol_key}
 
 
 def test_the_page_says_which_lines_are_reference_rows_and_maps_only_the_runs_own(reference_set, tmp_path):
