@@ -22,3 +22,21 @@ if "ynn_fusion_type" not in _os.environ.get("XLA_FLAGS", "") and _jaxlib_knows_y
   _os.environ["XLA_FLAGS"] = (_os.environ.get("XLA_FLAGS", "") + " " + _YNN_FLAG).strip()
 
 __version__ = "0.7.0"
+
+# The Python API (`shiftbench.api`, docs/api.md), imported on first use: `import shiftbench` stays light
+# (no JAX, no Hydra) for the tools that only read results. By name (importlib), so the import contracts do
+# not read every module that imports `shiftbench` for its version as importing the API.
+_API = ("Result", "evaluate", "list_experiments", "list_models")
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> object:
+  if name in _API:
+    import importlib
+
+    return getattr(importlib.import_module("shiftbench.api"), name)
+  raise AttributeError(f"module 'shiftbench' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+  return sorted([*globals(), *_API])

@@ -3,6 +3,8 @@ fine-tune rate with scratch at its best validation rate, exactness, and honesty 
 
 import json
 import math
+import re
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -264,10 +266,20 @@ def test_c2_and_c3b_also_compare_scratch_at_the_same_rate():
   c3b_01 = next(c for c in same if c.id == "C3b" and c.finetune_lr == 0.01)
   assert c3b_01.scratch_lr == 0.01 and "scratch/full@0.01 (same rate)" in c3b_01.rows
   assert c3b_01.values == pytest.approx([0.45 - 0.15] * 3)
-  # claims.json and table() have them; leaderboard.md and the terminal show the primary entries only.
-  assert sum(e["scratch_at"] == "same_rate" for e in claims.to_json(result)) == 4
-  assert sum("(same rate)" in row[4] for row in claims.table(result)) == 4
-  assert "(same rate)" not in claims.markdown(result) and "(same rate)" not in terminal.claims_table(result)
+  # Secondary entries: folded under the primary entry of their claim and rate, labelled, never its peers.
+  entries = claims.to_json(result)
+  assert not any(e["scratch_at"] == "same_rate" for e in entries) and all(e["primary"] for e in entries)
+  folded = {(e["id"], e["finetune_lr"]): e["secondaries"] for e in entries if e["secondaries"]}
+  assert sorted(folded) == [("C2", 0.001), ("C2", 0.01), ("C3b", 0.001), ("C3b", 0.01)]
+  (sec,) = folded[("C3b", 0.01)]
+  assert sec["primary"] is False and sec["entry"] == "secondary: scratch at the same rate"
+  assert sec["scratch_at"] == "same_rate" and sec["values"] == pytest.approx([0.3] * 3)
+  ids = [row[0] for row in claims.table(result)]
+  assert ids[ids.index("C3b") + 1] == "↳ C3b" and ids.count("↳ C3b") == 2
+  md, text = claims.markdown(result), terminal.claims_table(result)
+  for out in (md, text):
+    assert out.count("↳ C3b") == 2 and out.index("C3b") < out.index("↳ C3b"), out
+  assert "secondary: scratch at the same rate" in md and "secondary: cnn_fc:" in text
 
 
 def test_vgg16_is_an_fc_head_network_for_c1_to_c3():
@@ -525,7 +537,7 @@ def test_without_method_rows_m1_to_m3_are_not_run_and_the_terminal_says_what_run
   m = [c for c in result if c.kind == "method"]
   assert [c.id for c in m] == ["M1", "M2", "M3"] and {c.outcome for c in m} == {verdicts.NOT_RUN_OUTCOME}
   text = terminal.claims_table(result)
-  assert "rows not run here: M1, M2, M3 (experiment=methods runs" in text
+  assert "not run here: M1, M2, M3 (experiment=methods runs" in text
   assert "M1" not in next(line for line in text.splitlines() if "experiment=reproduce" in line)
 
 
@@ -538,3 +550,56 @@ def test_method_claims_come_after_the_replications_and_before_the_property_check
   assert md.index("| C6") < md.index("### Fine-tuning methods") < md.index("| M1") < md.index("### Property checks")
   text = terminal.claims_table(result)
   assert text.index("C6") < text.index("fine-tuning methods:") < text.index("M1") < text.index("property checks:")
+
+
+def _listed_in_text(text: str) -> tuple[Counter, set]:
+  """(id, rate, outcome, role) of every claims line of a terminal or leaderboard.md text, and the ids on
+  its not-run lines."""
+  outcome = {v: k for k, v in verdicts.VERDICT.items()}
+  verdict = "|".join(re.escape(v) for v in sorted(outcome, key=len, reverse=True))
+  line = re.compile(rf"^\|?\s*(↳ )?([CFM]\d\w*)\s*\|?\s+(\S+)\s*\|?\s+({verdict})(?:\s|\|)")
+  found = Counter()
+  for m in filter(None, map(line.match, text.splitlines())):
+    found[(m.group(2), m.group(3), outcome[m.group(4)], "secondary" if m.group(1) else "primary")] += 1
+  not_run = {i for names in re.findall(r"not run here: ([^(]+) \(", text) for i in names.split(", ")}
+  return found, not_run
+
+
+def _listed_in_html(page: str) -> tuple[Counter, set]:
+  outcome = {v: k for k, v in verdicts.VERDICT.items()}
+  found = Counter()
+  for role, cells in re.findall(r"<tr class='(primary|secondary)'>(.*?)</tr>", page):
+    cid, lr, verdict = (re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", cells)[:3])
+    found[(cid.removeprefix("↳ "), lr, outcome[verdict], role)] += 1
+  not_run = {i for names in re.findall(r"not run here: ([^(]+) \(", page) for i in names.split(", ")}
+  return found, not_run
+
+
+def test_the_terminal_leaderboard_md_claims_json_and_index_html_tell_one_story(tmp_path):
+  from shiftbench.reporting import page as report
+  from shiftbench.rows.schema import format_lr
+
+  rows = _two_rate_rows(test_scratch=(0.05, 0.45))  # C3b@0.01: supported against η*, not at the same rate
+  board = leaderboard.write_leaderboard(rows, tmp_path, figures=False)
+  entries = json.loads((tmp_path / "claims.json").read_text())
+  from_json, json_not_run = Counter(), set()
+  for e in entries:
+    for x in (e, *e["secondaries"]):
+      lr = "-" if x["finetune_lr"] is None else format_lr(x["finetune_lr"])
+      from_json[(x["id"], lr, x["outcome"], "primary" if x["primary"] else "secondary")] += 1
+  outputs = {
+    "terminal": _listed_in_text(terminal.summary(board, tmp_path)),
+    "leaderboard.md": _listed_in_text((tmp_path / "leaderboard.md").read_text()),
+    "index.html": _listed_in_html(report.render_html(board.columns, board.rows, {}, claims=board.claims)),
+  }
+  listed = outputs["terminal"][0]
+  assert (
+    listed[("C3b", "0.01", "supported", "primary")] == 1 and listed[("C3b", "0.01", "inconclusive", "secondary")] == 1
+  )
+  for name, (found, not_run) in outputs.items():
+    assert found == listed and not_run == outputs["terminal"][1], name  # the same lines, the same not-run ids
+  # claims.json holds the same entries, with the ones the texts name on their not-run line.
+  json_not_run = from_json - listed
+  assert +(listed - from_json) == Counter() and {o for _, _, o, _ in json_not_run} == {"not_run"}
+  assert {i for i, *_ in json_not_run} == outputs["terminal"][1] == {"C4", "C6", "M1", "M2", "M3", "C5"}
+  assert all(e["primary"] and all(not s["primary"] for s in e["secondaries"]) for e in entries)

@@ -105,11 +105,25 @@ def test_save_headline_writes_a_png_and_returns_none_for_a_single_rate(tmp_path)
   path = headline.save_headline(rows, claims, tmp_path / "out" / "headline.png")
   assert path == tmp_path / "out" / "headline.png"
   assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
-  assert [p.name for p in path.parent.iterdir()] == ["headline.png"]  # the temp file was renamed
+  # The temp files were renamed; the vector version lies beside the PNG.
+  assert sorted(p.name for p in path.parent.iterdir()) == ["headline.png", "headline.svg"]
+  assert "<svg" in (path.parent / "headline.svg").read_text()[:1000]
   assert headline.save_headline(_grid(rates=(1e-3,)), claims, tmp_path / "one.png") is None
   assert not (tmp_path / "one.png").exists()
   scratch_only = [r for r in rows if r["pretrain"] == "scratch"]
   assert headline.save_headline(scratch_only, [], tmp_path / "scratch.png") is None  # no translate arm
+
+
+def test_the_headline_is_legible_where_the_page_shows_it_and_titled_in_words():
+  fig = headline.headline_figure(_grid(), [])
+  fig.canvas.draw()
+  texts = [t for t in fig.findobj(report.plt.Text) if t.get_visible() and t.get_text().strip()]
+  small = {t.get_text(): t.get_fontsize() for t in texts if t.get_fontsize() < 9}
+  assert not small, small  # every label at least 9 pt, at the page's 96 px per inch
+  title = fig.get_suptitle()
+  assert title.startswith(headline.TITLE_TEXT) and "fixed budget: 600 steps" in title and "protocol" not in title
+  assert fig.get_figwidth() * headline.DISPLAY_DPI >= 1000  # shown about 1100 px wide: legible, fits 1400
+  report.plt.close(fig)
 
 
 def test_the_forgetting_curves_draw_one_line_per_rate_and_mark_the_probe(tmp_path):
@@ -142,14 +156,22 @@ def test_the_page_shows_the_headline_first_and_drops_a_stale_one(tmp_path):
   ]
   report.write_report(_board(rows), tmp_path)
   page = (tmp_path / "index.html").read_text()
+  top = page.index(f"<img alt='{headline.TITLE_TEXT}'")
+  assert page.index("<table class='ran'>") < top < page.index("Claims from the literature")  # what ran, then it
+  assert "<a href='headline.svg'>headline.svg</a>" in page and (tmp_path / "headline.svg").is_file()
+  png_width = int.from_bytes((tmp_path / "headline.png").read_bytes()[16:20], "big")
+  shown = int(re.search(r"width='(\d+)' src='data:image/png", page[top:]).group(1))
+  assert shown == round(png_width * headline.DISPLAY_DPI / headline.PNG_DPI)  # 1 pt of the figure = 1 pt shown
   titles = re.findall(r"<h2>(.*?)</h2>", page)
-  figures = titles[titles.index("Leaderboard") + 1 :]
-  assert figures[0] == "Retained invariance against fine-tune learning rate" and len(figures) == 3
-  assert (tmp_path / "headline.png").is_file()
+  assert titles[titles.index("Leaderboard") + 1 :] == [
+    "Location maps (models x pretrain / fine-tune)",
+    "Invariance over fine-tune steps",
+  ]
   one_rate = [r for r in rows if r["finetune_lr"] == 1e-3]
   report.write_report(_board(one_rate), tmp_path)
   assert not (tmp_path / "headline.png").exists()  # an earlier board's figure would contradict this one
-  assert "Retained invariance" not in (tmp_path / "index.html").read_text()
+  assert not (tmp_path / "headline.svg").exists()
+  assert headline.TITLE_TEXT not in (tmp_path / "index.html").read_text()
 
 
 def _method_rows(rows):
@@ -160,6 +182,32 @@ def _method_rows(rows):
       out += [dict(r, finetune_method="wise", method_setting=0.5, invariance=9.0, in_acc=0.1)]
       out += [dict(r, finetune_method="lpft", invariance=-9.0, comparison_key="lpft")]
   return out
+
+
+def test_forgetting_curve_points_near_chance_are_hollow_and_named_in_the_legend():
+  from shiftbench.reporting import plots
+
+  assert plots.near_chance(0.19, 0.1) and not plots.near_chance(0.28, 0.1) and not plots.near_chance(None, 0.1)
+  rows = [  # the last row's probe of two seeds: in-location accuracy 0.17 and 0.21, invariance 1.1
+    _row(
+      seed=s,
+      off_acc=0.2,
+      chance=0.1,
+      curve=[{"step": 0, "invariance": 1.1, "in_acc": a}, {"step": 10, "invariance": 0.5, "in_acc": 0.9}],
+    )
+    for s, a in enumerate((0.17, 0.21))
+  ]
+  (entry,) = leaderboard.aggregate(rows)
+  assert [p["in_acc"] for p in entry["curve"]] == pytest.approx([0.19, 0.9])  # the seed mean, step by step
+  fig = report.forgetting_figure([entry])
+  (ax,) = fig.axes
+  (hollow,) = [line for line in ax.lines if line.get_markerfacecolor() == "white"]
+  assert list(hollow.get_xdata()) == [0] and list(hollow.get_ydata()) == [1.1]
+  (curve,) = [line for line in ax.lines if line.get_marker() == "o" and line.get_linestyle() != "None"]
+  assert list(curve.get_markevery()) == [1]  # filled only where in-location accuracy is not near chance
+  (legend,) = fig.legends
+  assert plots.NEAR_CHANCE_LABEL in [t.get_text() for t in legend.get_texts()]
+  report.plt.close(fig)
 
 
 def test_the_headline_and_the_forgetting_curves_draw_plain_rows_only():

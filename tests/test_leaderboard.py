@@ -50,29 +50,23 @@ def test_cli_aggregates_seeds_from_every_results_file_and_writes_all_formats(tin
   assert (out / "location_maps.png").stat().st_size > 1000 and (out / "forgetting_curves.png").is_file()
 
 
-def test_invariance_lost_is_last_minus_full_per_seed():
+def test_invariance_lost_is_each_rows_own_loss_against_its_last_row():
+  invariance = {"last": (0.9, 0.8), "head": (0.7, 0.7), "full": (0.5, 0.6)}  # seeds 0 and 1
   rows = [
-    {
-      "model": "m",
-      "pretrain": "p",
-      "finetune": f,
-      "finetune_lr": 0.01,
-      "seed": s,
-      "invariance": v,
-      "invariance_lost": None,
-    }
-    for s, (h, fu) in enumerate([(0.9, 0.5), (0.8, 0.6)])
-    for f, v in (("last", h), ("full", fu))
+    {"model": "m", "pretrain": "p", "finetune": f, "finetune_lr": 0.01, "seed": s, "invariance": v[s]}
+    for f, v in invariance.items()
+    for s in (0, 1)
   ]
-  for r in rows:  # what schema.fill_invariance_lost writes
-    r["invariance_lost"] = [x for x in rows if x["seed"] == r["seed"] and x["finetune"] == "last"][0]["invariance"] - [
-      x for x in rows if x["seed"] == r["seed"] and x["finetune"] == "full"
-    ][0]["invariance"]
-  entry = leaderboard.aggregate(rows)[0]
-  assert entry["invariance_lost"][:2] == pytest.approx((0.3, 0.1414213), abs=1e-6)
-  for r in rows:  # older results without the per-seed field: from the seed means
-    r["invariance_lost"] = None
-  assert leaderboard.aggregate(rows)[0]["invariance_lost"][0] == pytest.approx(0.3)
+  # A results file 0.7.0 wrote: the group's last - full on the last, head and full rows alike.
+  for r in rows:
+    r["invariance_lost"] = invariance["last"][r["seed"]] - invariance["full"][r["seed"]]
+  last, head, full = leaderboard.aggregate(rows)
+  assert last["invariance_lost"][2] == 0  # the reference: no loss against itself, shown "-"
+  assert head["invariance_lost"][:3] == pytest.approx((0.15, 0.0707107, 2), abs=1e-6)  # (0.2 + 0.1) / 2
+  assert full["invariance_lost"][:3] == pytest.approx((0.3, 0.1414214, 2), abs=1e-6)  # (0.4 + 0.2) / 2
+  board = leaderboard.build(rows)
+  lost = board.columns.index("inv_lost")
+  assert [r[lost] for r in board.rows] == ["-", "0.150 ± 0.071", "0.300 ± 0.141"]
 
 
 def test_notebook_runs_on_a_tiny_run(tiny_results, tmp_path, monkeypatch):

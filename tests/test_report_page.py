@@ -1,6 +1,7 @@
 """The leaderboard page shows the claims and their verdicts first, in a table that wraps instead of
 scrolling; the terminal prints only the key columns and short claim lines."""
 
+import html
 import re
 
 from shiftbench.claims import catalogue as claims
@@ -72,21 +73,33 @@ def _board_rows():
   return [["cnn_fc", "translate", *m, 0.001, 3, *["0.872 ± 0.031"] * 15, 205578] for m in methods]
 
 
-def test_the_page_puts_the_claims_with_coloured_verdicts_before_the_wide_table():
-  page = report.render_html(
-    WIDE, _board_rows(), {}, "shiftbench leaderboard", (claims.COLUMNS, claims.table(_claims()))
-  )
+def test_the_page_leads_with_what_ran_then_the_claims_then_tables_that_fit_1400_px():
+  ran = [("command", "shiftbench seeds=[0,1,2]"), ("date", "2026-12-07 07:11 UTC"), ("shiftbench", "0.7.0")]
+  page = report.render_html(WIDE, _board_rows(), {}, claims=_claims(), ran=ran)
+  assert page.index("<h1>") < page.index("shiftbench seeds=[0,1,2]") < page.index("<table class='claims'>")
   assert page.index("<table class='claims'>") < page.index("<table class='board'>")
-  claims_html = page[page.index("<table class='claims'>") : page.index("</table>")]
+  claims_html = page[
+    page.index("<table class='claims'>") : page.index("</table>", page.index("<table class='claims'>"))
+  ]
   headers = re.findall(r"<th>(.*?)</th>", claims_html)
-  assert headers[:4] == ["id", "verdict", "effect, mean [95% CI]", "n"] and set(headers) == set(claims.COLUMNS)
+  assert headers[:5] == ["id", "lr", "verdict", "effect, mean [95% CI]", "n"]
   assert "<td class='pass'>✓</td>" in claims_html and "<td class='fail'>✗</td>" in claims_html
-  assert "<td class='other'>rows not run</td>" in claims_html
+  # A claim whose rows did not run is no table row: it is named on one line under the table.
+  assert "C5" not in claims_html and "<p class='notrun'>not run here: C5 (experiment=reproduce" in page
   widths = [float(w) for w in re.findall(r"<col style='width:([\d.]+)%'>", claims_html)]
-  assert len(widths) == len(claims.COLUMNS) and abs(sum(widths) - 100) < 0.5
+  assert len(widths) == len(headers) and abs(sum(widths) - 100) < 0.5
   assert "table.claims{width:100%;table-layout:fixed}" in page  # wraps to the window, never scrolls sideways
-  board_html = page[page.index("<table class='board'>") :]
-  assert re.findall(r"<th>(.*?)</th>", board_html)[:8] == WIDE[:8]  # the page keeps both method columns
+  # The board in tables that fit 1400 px (12-px text: at most ~7 px a character, 13 px of padding and
+  # border a cell), each starting with the columns that say which line it is.
+  tables = re.findall(r"<table class='board'>(.*?)</table>", page, re.S)
+  columns = [re.findall(r"<th>(.*?)</th>", t) for t in tables]
+  for t in tables:
+    cells = [re.findall(r"<t[hd]>(.*?)</t[hd]>", line) for line in re.findall(r"<tr>(.*?)</tr>", t)]
+    width = sum(7 * max(len(html.unescape(c)) for c in col) + 13 for col in zip(*cells))
+    assert width <= 1400 - 2 * 24, width  # the page's margins
+  assert all(c[:6] == ["model", "pretrain", "finetune", "method", "finetune_lr", "seeds"] for c in columns)
+  assert set().union(*columns) == (set(WIDE) - {"finetune_method", "method_setting"}) | {"method"}
+  assert "wise0.5" in page and "overflow-x" not in page
 
 
 def test_the_terminal_prints_the_key_columns_and_the_claims_in_under_100_characters(tmp_path):
@@ -100,7 +113,7 @@ def test_the_terminal_prints_the_key_columns_and_the_claims_in_under_100_charact
   # One `method` column (the row's method and setting), not two.
   assert [line.split()[3] for line in table[2:]] == ["plain", "plain", "plain", "wise0.5", "l2sp0.001"]
   assert max(len(line) for line in text.splitlines()[:-2]) <= 100, text
-  assert "C3a" in text and "✗" in text and "rows not run here: C5 (experiment=reproduce" in text
+  assert "C3a" in text and "✗" in text and "not run here: C5 (experiment=reproduce" in text
   assert str(tmp_path / "leaderboard.md") in text and str(tmp_path / "rows.csv") in text
 
 

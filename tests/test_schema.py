@@ -109,7 +109,7 @@ def test_a_methods_row_loses_invariance_against_plain_last():
   rows.append({**rows[1], "finetune_method": "l2sp", "method_setting": 0.1, "invariance": 0.5, "comparison": own})
   rows[2]["comparison_key"] = comparison.key_of(own)
   schema.fill_invariance_lost(rows)
-  assert [r["invariance_lost"] for r in rows] == [0.65, 0.65, 0.4]
+  assert [r["invariance_lost"] for r in rows] == [None, 0.65, 0.4]  # last: the reference, none
 
 
 def test_invariance_lost_pairs_last_and_full_of_one_experiment_model_regime_and_seed():
@@ -121,10 +121,11 @@ def test_invariance_lost_pairs_last_and_full_of_one_experiment_model_regime_and_
     _row("m", "translate", "head", 0, 0.4),
   ]
   schema.fill_invariance_lost(rows)
-  assert [r["invariance_lost"] for r in rows] == [0.65, 0.65, None, None, 0.65]
-  rows[1]["invariance"] = None  # undefined: nothing to subtract
-  for r in rows:
-    r["invariance_lost"] = None
+  assert [r["invariance_lost"] for r in rows] == [None, 0.65, None, None, 0.5]  # head: its own loss
+  rows[1]["invariance"] = None  # full's own is undefined: nothing to subtract, and an older value is dropped
+  schema.fill_invariance_lost(rows)
+  assert [r["invariance_lost"] for r in rows] == [None, None, None, None, 0.5]
+  rows[0]["invariance"] = None  # last's is undefined: no row of the seed has a loss
   schema.fill_invariance_lost(rows)
   assert all(r["invariance_lost"] is None for r in rows)
 

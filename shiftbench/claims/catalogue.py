@@ -21,9 +21,9 @@ Learning rates (pre-registered). Rows exist at several fine-tune rates η (`fine
   η* are not_run with a note. Scratch has no pretrained invariance to lose, so the fair baseline is the
   scratch network trained as well as the validation data says; nothing is chosen on test.
 - Claims comparing arms at a fine-tune rate are one entry per η, with `finetune_lr`:
-  C2(η), C2c(η), F1(η), C3a(η), C3b(η), C8(η). C2 and C3b also get an entry with scratch at the same η
-  (`scratch_at="same_rate"`; the primary ones are "best_validation"): in claims.json and `table()`, not in
-  leaderboard.md or the terminal.
+  C2(η), C2c(η), F1(η), C3a(η), C3b(η), C8(η). C2 and C3b also get a secondary entry with scratch at the
+  same η (`scratch_at="same_rate"`; the primary ones are "best_validation"): every output folds it under
+  its primary entry and labels it (`shiftbench.claims.listing`).
 - Scratch-only claims (C1, C4, C6, C7) are one entry each, every model at its η*.
 
 The claims (thresholds in `NEAR_CHANCE`, `FAR_ABOVE`, set from the papers' statements):
@@ -78,6 +78,7 @@ from tabulate import tabulate
 
 from shiftbench.claims import architecture as architecture_claims
 from shiftbench.claims import forgetting as forgetting_claims
+from shiftbench.claims import listing as listing_lib
 from shiftbench.claims import methods as methods_claims
 from shiftbench.claims import paper as paper_claims
 from shiftbench.claims.arms import Arms
@@ -153,14 +154,8 @@ def evaluate(rows: list[dict[str, Any]], labels: dict[str, str] | None = None) -
   return ordered(out)
 
 
-# Where each kind is listed within a group: replications and figures, then the methods, then the property
-# checks (each section under its heading in leaderboard.md and the terminal).
-SECTIONS = {methods_claims.KIND: 1, "property": 2}
-HEADINGS = {1: "### Fine-tuning methods", 2: "### Property checks"}
-
-
-def section(claim: Claim) -> int:
-  return SECTIONS.get(claim.kind, 0)
+section = listing_lib.section
+SECTIONS, HEADINGS = listing_lib.SECTIONS, {at: f"### {h}" for at, h in listing_lib.HEADINGS.items()}
 
 
 def ordered(claims: list[Claim]) -> list[Claim]:
@@ -170,61 +165,80 @@ def ordered(claims: list[Claim]) -> list[Claim]:
 
 
 def shown(claims: list[Claim]) -> list[Claim]:
-  """What leaderboard.md and the terminal show: every claim but the same-rate scratch comparisons."""
+  """The primary entries (each output folds the secondary ones under them, `listing`)."""
   return [c for c in ordered(claims) if c.primary]
 
 
-COLUMNS = ["id", "kind", "claim", "source", "compared", "effect, mean [95% CI]", "n", "verdict"]
+COLUMNS = ["id", "lr", "verdict", "effect, mean [95% CI]", "n", "entry", "claim", "compared", "kind", "source"]
+
+
+def _line(c: Claim) -> list[Any]:
+  return [
+    listing_lib.shown_id(c), listing_lib.rate(c), c.verdict, c.effect, c.n, listing_lib.role(c), c.claim, c.rows,
+    c.kind, c.citation,
+  ]  # fmt: skip
 
 
 def table(claims: list[Claim]) -> list[list[Any]]:
-  """Every claim (same-rate ones included), property checks last; columns `COLUMNS`."""
-  return [[c.id, c.kind, c.claim, c.citation, c.rows, c.effect, c.n, c.verdict] for c in ordered(claims)]
+  """Every entry (`listing.entries`: each primary followed by its secondaries, not-run ones last); columns
+  `COLUMNS`."""
+  return [_line(c) for e in listing_lib.entries(ordered(claims)) for c in (e.claim, *e.secondary)]
 
 
 def markdown(claims: list[Claim]) -> str:
-  """The shown claims as Markdown: the replications, then the methods and the property checks under their
-  own headings."""
-  claims = shown(claims)
+  """The claims as Markdown (`listing`): per comparable group, the replications, then the methods and the
+  property checks under their own headings, secondary entries under their primary one; the claims whose
+  rows did not run named on one line."""
+  report = listing_lib.listing(ordered(claims))
+  several = len(report.groups()) > 1
   parts = []
-  for at in range(len(HEADINGS) + 1):
-    members = [c for c in claims if section(c) == at]
-    if members:
-      title = f"{HEADINGS[at]}\n\n" if at in HEADINGS else ""
-      parts.append(title + tabulate(table(members), headers=COLUMNS, tablefmt="github"))
+  for label in report.groups():
+    if several:
+      parts.append(f"### [{label}]")
+    for b in (b for b in report.blocks if b.label == label):
+      lines = [_line(c) for c in b.claims()]
+      title = f"{HEADINGS[b.section]}\n\n" if b.section in HEADINGS else ""
+      parts.append(title + tabulate(lines, headers=COLUMNS, tablefmt="github"))
+    parts += [f"*{line}*" for line in report.not_run_lines(label)]
   return "\n\n".join(parts)
 
 
+def _json(c: Claim) -> dict[str, Any]:
+  mean, lo, hi = interval(c.values) if c.values else (math.nan,) * 3
+  return {
+    "id": c.id,
+    "primary": c.primary,
+    "kind": c.kind,
+    "group": c.group,
+    "claim": c.claim,
+    "citation": c.citation,
+    "compared": c.rows,
+    "model": c.model,
+    "finetune_lr": c.finetune_lr,
+    "scratch_lr": c.scratch_lr,
+    "scratch_lrs": c.scratch_lrs or None,
+    "scratch_at": c.scratch_at,
+    "method_setting": c.method_setting,
+    "seeds": c.seeds,
+    "collapsed": c.collapsed,
+    "values": c.values,
+    "denominators": c.denominators or None,
+    "mean": mean,  # of `values`: for a figure, the numerator's mean
+    "figure": figure(c),
+    "ci95": [lo, hi],
+    "n": c.n,
+    "outcome": c.outcome,
+    "verdict": c.verdict,
+    "note": c.note or None,
+    "entry": listing_lib.role(c),
+  }
+
+
 def to_json(claims: list[Claim]) -> list[dict[str, Any]]:
-  """claims.json: every claim, each with its machine-readable `outcome`."""
+  """claims.json: every primary entry (`"primary": true`, `"entry": "primary"`) with its machine-readable
+  `outcome`, in listing order, and under `secondaries` the entries folded under it (`"primary": false`,
+  `"entry"`: "secondary: " and what they vary against it)."""
   out = []
-  for c in ordered(claims):
-    mean, lo, hi = interval(c.values) if c.values else (math.nan,) * 3
-    out.append(
-      {
-        "id": c.id,
-        "kind": c.kind,
-        "group": c.group,
-        "claim": c.claim,
-        "citation": c.citation,
-        "compared": c.rows,
-        "model": c.model,
-        "finetune_lr": c.finetune_lr,
-        "scratch_lr": c.scratch_lr,
-        "scratch_lrs": c.scratch_lrs or None,
-        "scratch_at": c.scratch_at,
-        "method_setting": c.method_setting,
-        "seeds": c.seeds,
-        "collapsed": c.collapsed,
-        "values": c.values,
-        "denominators": c.denominators or None,
-        "mean": mean,  # of `values`: for a figure, the numerator's mean
-        "figure": figure(c),
-        "ci95": [lo, hi],
-        "n": c.n,
-        "outcome": c.outcome,
-        "verdict": c.verdict,
-        "note": c.note or None,
-      }
-    )
+  for e in listing_lib.entries(ordered(claims)):
+    out.append({**_json(e.claim), **({"secondaries": [_json(c) for c in e.secondary]} if e.claim.primary else {})})
   return out

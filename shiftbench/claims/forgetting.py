@@ -30,6 +30,7 @@ FIXED_LAST, CROP_LAST = ("fixed", "last"), ("random_crop", "last")
 
 C2 = "translate pretraining, FC layers kept: new classes gain invariance"
 C3B = "... yet stays above training from scratch"
+SAME_RATE = "scratch at the same rate"  # what C2's and C3b's secondary entries vary against the primary
 
 
 def claims(arms: Arms) -> list[Claim]:
@@ -70,7 +71,7 @@ class _Model:
     return out
 
   def against_scratch(self, cid: str, text: str, arm: tuple[str, str]) -> list[Claim]:
-    """arm@η - scratch@η* for each η (primary), and arm@η - scratch@η (`same_rate`)."""
+    """arm@η - scratch@η* for each η (primary), and arm@η - scratch@η (`same_rate`, secondary)."""
     out = []
     for lr in _rates(self.arms, self.m, arm):
       a = f"{self.m}: {label(*arm, lr)}"
@@ -80,6 +81,7 @@ class _Model:
       )
       same = paired(self.at(arm, lr), self.at(SCRATCH, lr))
       fields = {"finetune_lr": lr, "scratch_lr": lr, "scratch_lrs": {self.m: lr}, "scratch_at": "same_rate"}
+      fields["secondary"] = SAME_RATE
       out.append(judged(cid, text, BB, f"{a} - {label(*SCRATCH, lr)} (same rate)", same, ABOVE_ZERO, **fields))
     return out
 

@@ -146,6 +146,9 @@ class Claim:
   scratch_at: str | None = None  # "best_validation" (scratch at its own best rate) or "same_rate"
   method_setting: float | None = None  # the method row's setting compared: M2's alpha, M3's beta* (best val)
   note: str = ""  # why a claim could not be judged, where the verdict does not say
+  # A secondary entry says what it varies against its claim's primary (pre-registered) entry of the same
+  # model and rate, under which every output folds it (`shiftbench.claims.listing`); "" for a primary one.
+  secondary: str = ""
 
   def __post_init__(self):
     self.outcome = self.outcome or _OUTCOME_OF.get(self.verdict, "")
@@ -156,8 +159,8 @@ class Claim:
 
   @property
   def primary(self) -> bool:
-    """Shown in leaderboard.md and the terminal; the same-rate scratch comparisons are in claims.json."""
-    return self.scratch_at != "same_rate"
+    """The pre-registered entry of its claim, model and rate; a secondary one is folded under it."""
+    return not self.secondary
 
 
 def judged(cid: str, claim: str, citation: str, compared: str, sample: Sample | None, rule: Rule, **fields) -> Claim:

@@ -126,3 +126,40 @@ def trainable(mode: str) -> Any:
   if mode == "last":
     return nnx.All(nnx.Param, CLASSIFIER)
   raise ValueError(f"unknown fine-tune mode {mode!r}; allowed: {', '.join(schema.FINETUNE_MODES)}")
+
+
+def mismatches(model: Any, num_classes: int, canvas_size: int, in_channels: int) -> list[str]:
+  """What keeps `model` (built for `num_classes`) from meeting `ShiftModel`, in words (empty: it meets it).
+
+  Checked on abstract shapes (nothing computed): the parts and methods the protocol reads, that the
+  classifier sits at `model.head.classifier` and holds parameters (else `last` would train nothing), and
+  that a (1, canvas_size, canvas_size, in_channels) canvas gives (1, num_classes) logits and a list of block
+  outputs. A user's model gets this once, before it trains (`runs.protocol.Protocol.build`).
+  """
+  missing = [n for n in ("backbone", "head", "input_adapter", "on_canvas", "on_grid") if not hasattr(model, n)]
+  if hasattr(model, "backbone"):
+    missing += [f"backbone.{n}" for n in ("features",) if not hasattr(model.backbone, n)]
+  if hasattr(model, "head"):
+    names = ("hidden", "classifier", "hidden_features", "pre_logits")
+    missing += [f"head.{n}" for n in names if not hasattr(model.head, n)]
+  if missing:
+    return [f"it has no {', '.join(missing)}"]
+  if not callable(model) or not callable(model.backbone) or not callable(model.head):
+    return ["the model, its backbone and its head must each be callable"]
+  problems = []
+  if not jax.tree.leaves(nnx.state(model, nnx.All(nnx.Param, CLASSIFIER))):
+    problems.append("head.classifier holds no nnx.Param (the `last` mode trains only it)")
+  x = jax.ShapeDtypeStruct((1, canvas_size, canvas_size, in_channels), jax.numpy.float32)
+  try:
+    logits = nnx.eval_shape(lambda m, x: m(x), model, x)
+    blocks = nnx.eval_shape(lambda m, x: m.backbone.features(x), model, x)
+  except Exception as e:  # the model's own error on a canvas, in one line
+    return problems + [f"a {tuple(x.shape)} canvas fails in it ({type(e).__name__}: {' '.join(str(e).split())[:300]})"]
+  if getattr(logits, "shape", None) != (1, num_classes):
+    problems.append(
+      f"a {tuple(x.shape)} canvas gives logits of shape {getattr(logits, 'shape', type(logits))}, "
+      f"not (1, {num_classes})"
+    )
+  if not isinstance(blocks, (list, tuple)) or not blocks:
+    problems.append("backbone.features(x) must return a non-empty list of block outputs")
+  return problems

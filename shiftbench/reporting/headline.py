@@ -38,6 +38,13 @@ _COLOURS = dict(zip(ARMS, ("#7f7f7f", "#1f77b4", "#2ca02c", "#d62728")))
 INVARIANCE_LABEL = "invariance score (1 = as good everywhere)"
 YLIM = (-0.2, 1.2)  # as the forgetting curves: an outlier over a tiny denominator must not set the scale
 _STOP_KEYS = ("finetune.steps", "finetune.until_accuracy")  # described by `protocol_title` itself
+# Legible where the page shows it: the page displays the PNG at `DISPLAY_DPI` CSS pixels per inch (96: one
+# inch of figure is one inch of screen), so a point in the figure is a point on the page: every text is
+# at least 9 pt (`SMALL`). The PNG is drawn at `PNG_DPI` (1.5x, sharper on a high-density screen); the SVG
+# beside it is the same figure as vectors.
+SMALL, LABEL, TITLE = 9, 10, 12
+DISPLAY_DPI, PNG_DPI = 96, 144
+TITLE_TEXT = "Invariance kept after fine-tuning at one location, against the fine-tune learning rate"
 
 
 def t_interval(values: Iterable[float]) -> tuple[float | None, float | None]:
@@ -198,9 +205,8 @@ def _panel_rate(ax, arms, stars: list[float], scratch_lr: float | None) -> None:
         if math.isnan(y):  # every seed collapsed: no mean, so a cross at the floor says where
           ax.plot(p[schema.LR], at, marker="x", color=colour, markersize=6)
         label, up = f"{p['collapsed']}/{p['seeds']} collapsed", 5 if math.isnan(y) else -10
-        ax.annotate(
-          label, (p[schema.LR], at), xytext=(0, up), textcoords="offset points", ha="center", fontsize=6, color=colour
-        )
+        where = {"xytext": (0, up), "textcoords": "offset points", "ha": "center"}
+        ax.annotate(label, (p[schema.LR], at), fontsize=SMALL, color=colour, **where)
   full = {p[schema.LR]: p["invariance"] for p in arms.get(("translate", "full"), [])}
   starred = [(lr, full[lr]) for lr in full if full[lr] is not None and any(math.isclose(lr, s) for s in stars)]
   if starred:
@@ -214,13 +220,13 @@ def _panel_rate(ax, arms, stars: list[float], scratch_lr: float | None) -> None:
     ax.axhline(_clip(best), color=_COLOURS["scratch", "full"], linestyle="--", linewidth=1, label=label)
   rates = sorted({p[schema.LR] for points in arms.values() for p in points})
   ax.set_xscale("log")
-  ax.set_xticks(rates, [schema.format_lr(r) for r in rates], fontsize=7)
+  ax.set_xticks(rates, [schema.format_lr(r) for r in rates], fontsize=SMALL)
   ax.minorticks_off()
   ax.margins(x=0.1)  # room for the "k/n collapsed" notes at the end rates
   ax.set_ylim(*YLIM)
   ax.axhline(0.0, color="grey", linewidth=0.5)
   ax.set_xlabel("fine-tune learning rate")
-  ax.set_ylabel(INVARIANCE_LABEL, fontsize=8)
+  ax.set_ylabel(INVARIANCE_LABEL, fontsize=LABEL)
 
 
 def _panel_tradeoff(ax, arms) -> None:
@@ -238,12 +244,12 @@ def _panel_tradeoff(ax, arms) -> None:
         yi = low
         ax.plot(xi, yi, marker="x", color=colour, markersize=6)
       text = schema.format_lr(p[schema.LR]) + (f" ({p['collapsed']}/{p['seeds']} collapsed)" if p["collapsed"] else "")
-      ax.annotate(text, (xi, yi), xytext=(3, 2), textcoords="offset points", fontsize=6, color=colour)
+      ax.annotate(text, (xi, yi), xytext=(3, 2), textcoords="offset points", fontsize=SMALL, color=colour)
   ax.set_ylim(*YLIM)
   ax.axhline(0.0, color="grey", linewidth=0.5)
   ax.set_xlabel("in-location accuracy")
-  ax.set_ylabel(INVARIANCE_LABEL, fontsize=8)
-  ax.set_title("the trade-off (points labelled with the rate)", fontsize=9)
+  ax.set_ylabel(INVARIANCE_LABEL, fontsize=LABEL)
+  ax.set_title("the trade-off (points labelled with the rate)", fontsize=LABEL)
 
 
 def _legend(subfig, axes) -> None:
@@ -253,14 +259,12 @@ def _legend(subfig, axes) -> None:
     for handle, label in zip(*ax.get_legend_handles_labels()):
       handles.setdefault(label, handle)
   if handles:
-    subfig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=3, fontsize=7, frameon=False)
+    subfig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=3, fontsize=LABEL, frameon=False)
 
 
-def save_headline(
-  rows: Iterable[Mapping[str, Any]], claims_json: Iterable[Mapping[str, Any]] | None, path: str | os.PathLike
-) -> Path | None:
-  """Writes the headline figure to `path` (a temp file renamed) and returns it; None when no arm of a
-  model with a `translate` regime has rows at 2 or more fine-tune rates (no curve to draw)."""
+def headline_figure(rows: Iterable[Mapping[str, Any]], claims_json: Iterable[Mapping[str, Any]] | None):
+  """The headline figure (a matplotlib Figure), or None when no arm of a model with a `translate` regime
+  has rows at 2 or more fine-tune rates (no curve to draw)."""
   rows = list(rows)
   table = curve_table(rows)
   translated = {(t["group"], t["model"]) for t in table if t["pretrain"] == "translate"}
@@ -274,10 +278,16 @@ def save_headline(
   models = list(dict.fromkeys(t["model"] for t in table))
   titles = group_titles([r for r in rows if r.get("protocol_key", "") in groups])
   claims_json = list(claims_json or [])
-  fig = plt.figure(figsize=(8.4 * len(groups), 3.6 * len(models) + 0.8), layout="constrained", dpi=90)
+  fig = plt.figure(figsize=(12 * len(groups), 3.9 * len(models) + 1.3), layout="constrained", dpi=DISPLAY_DPI)
   subfigs = np.atleast_1d(fig.subfigures(1, len(groups), squeeze=False)).ravel()
+  if len(groups) == 1:  # the title in words; the protocol's key is in the page's header
+    words = [line for line in titles.get(groups[0], "").splitlines() if not line.startswith("protocol ")]
+    fig.suptitle("\n".join([TITLE_TEXT, *words]), fontsize=TITLE)
+  else:
+    fig.suptitle(TITLE_TEXT, fontsize=TITLE)
   for subfig, group in zip(subfigs, groups):
-    subfig.suptitle(titles.get(group, group), fontsize=10)
+    if len(groups) > 1:
+      subfig.suptitle(titles.get(group, group), fontsize=LABEL)
     axes = subfig.subplots(len(models), 2, squeeze=False)
     for (ax_rate, ax_trade), model in zip(axes, models):
       arms = _arms(table, group, model)
@@ -286,7 +296,18 @@ def save_headline(
         ax_trade.axis("off")
         continue
       _panel_rate(ax_rate, arms, supported_rates(claims_json, group, model), scratch_rate(claims_json, group, model))
-      ax_rate.set_title(f"{model}: invariance against the rate", fontsize=9)
+      ax_rate.set_title(f"{model}: invariance against the rate", fontsize=LABEL)
       _panel_tradeoff(ax_trade, arms)
     _legend(subfig, axes.ravel())
-  return plots.save_figure(fig, path, bbox_inches="tight")
+  return fig
+
+
+def save_headline(
+  rows: Iterable[Mapping[str, Any]], claims_json: Iterable[Mapping[str, Any]] | None, path: str | os.PathLike
+) -> Path | None:
+  """Writes `headline_figure` to `path` (a PNG, a temp file renamed) and the same as an SVG beside it
+  (`headline.svg`), and returns the PNG's path; None (and nothing written) when there is no curve to draw."""
+  fig = headline_figure(rows, claims_json)
+  if fig is None:
+    return None
+  return plots.save_figure(fig, path, also=(".svg",), bbox_inches="tight", dpi=PNG_DPI)

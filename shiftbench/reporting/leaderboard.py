@@ -80,13 +80,20 @@ def _mean_std(values: list[float | None]) -> tuple[float, float, int]:
 def _mean_curve(members: list[dict[str, Any]]) -> list[dict[str, float]]:
   """The invariance-over-fine-tune-steps curve, averaged over seeds step by step."""
   by_step: dict[int, list[float | None]] = defaultdict(list)
+  in_acc: dict[int, list[float | None]] = defaultdict(list)  # the figures mark points near chance
   probe: dict[int, list[bool]] = defaultdict(list)  # step 0 read from the `last` row's probe (the figures mark it)
   for m in members:
     for point in m.get("curve") or []:
       by_step[int(point["step"])].append(point.get("invariance"))
+      in_acc[int(point["step"])].append(point.get("in_acc"))
       probe[int(point["step"])].append(point.get("from") == "probe")
   return [
-    {"step": s, "invariance": _mean_std(v)[0], **({"from": "probe"} if all(probe[s]) else {})}
+    {
+      "step": s,
+      "invariance": _mean_std(v)[0],
+      "in_acc": _mean_std(in_acc[s])[0],
+      **({"from": "probe"} if all(probe[s]) else {}),
+    }
     for s, v in sorted(by_step.items())
   ]
 
@@ -109,8 +116,8 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   """One entry per leaderboard line (`schema.GROUP`: the row's dimensions within one experiment) with
   (mean, std, n) of each metric.
 
-  `invariance_lost` (`schema.fill_invariance_lost`) is the per-seed difference of the `last` and `full`
-  rows of one experiment, model, regime and seed, filled in here for rows that were run apart. Every
+  `invariance_lost` (`schema.fill_invariance_lost`) is each row's own loss against the `last` row of its
+  experiment, model, regime, rate and seed, filled in here for rows that were run apart. Every
   metric's mean and std use only the seeds where it is defined, and `n` says how many those are.
   """
   rows = [dict(r) for r in merge_duplicates(rows)]

@@ -1,7 +1,8 @@
-"""Leaderboard rendering: the headline figure (`shiftbench.reporting.headline`: invariance against the fine-tune
-rate), the figure grid of location maps, the forgetting curves, the methods' Pareto figure (accuracy
-against invariance, `shiftbench.reporting.methods_board`), and one self-contained HTML page (sortable table, figures
-embedded as base64 PNG, no external files)."""
+"""Leaderboard rendering: the figure grid of location maps, the forgetting curves, the methods' Pareto figure
+(accuracy against invariance, `shiftbench.reporting.methods_board`), and one self-contained HTML page that
+leads with what ran, the headline figure (`shiftbench.reporting.headline`: invariance against the fine-tune
+rate) and the claims (its sections: `shiftbench.reporting.sections`), then sortable tables and the figures
+embedded as base64 PNG."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ import numpy as np
 
 from shiftbench.claims import catalogue as claims_lib
 from shiftbench.infra.files import atomic_write_text
-from shiftbench.reporting import headline, methods_board, plots, reference_board
-from shiftbench.rows import schema
+from shiftbench.reporting import headline, methods_board, plots, provenance, reference_board, sections
+from shiftbench.rows import reference, schema
 from shiftbench.rows.schema import FINETUNE_MODES, LR, PRETRAIN_REGIMES, format_lr
 
 plt = plots.plt  # pyplot with the headless backend already selected
@@ -36,15 +37,18 @@ document.querySelectorAll('table.board th').forEach((th, col) => th.addEventList
 }));
 """
 _CSS = """body{font-family:sans-serif;margin:1.5em;color:#222;max-width:1400px}
-table{border-collapse:collapse;font-size:12px} th,td{border:1px solid #ccc;padding:3px 7px}
-th{background:#eee} div.scroll{overflow-x:auto;max-width:100%}
-table.board{white-space:nowrap} table.board td{text-align:right} table.board td:nth-child(-n+3){text-align:left}
+h1{margin:0 0 .3em} table{border-collapse:collapse;font-size:12px} th,td{border:1px solid #ccc;padding:3px 6px}
+th{background:#eee} table.ran{font-size:13px;margin-bottom:1em} table.ran th{text-align:left;white-space:nowrap}
+table.ran td{font-family:monospace} figure{margin:0 0 1em} figcaption{font-size:13px;color:#444}
+table.board td{text-align:right} table.board td:nth-child(-n+5){text-align:left;white-space:nowrap}
 table.board th{cursor:pointer;user-select:none}
 table.board th[data-asc='1']::after{content:' \\25B2'} table.board th[data-asc='0']::after{content:' \\25BC'}
-table.board tr>:first-child{position:sticky;left:0;background:#fff} table.board th:first-child{background:#eee}
 table.claims{width:100%;table-layout:fixed} table.claims td{vertical-align:top;overflow-wrap:anywhere}
+table.claims tr.secondary td{color:#555;font-size:11px;background:#fafafa}
+table.claims tr.secondary td:first-child{padding-left:1.2em}
+table.claims tr.section td{background:#f3f3f3;font-weight:bold} span.cite{color:#777}
 td.pass{background:#d9f2d9;color:#1a6b1a;font-weight:bold} td.fail{background:#f8d7d7;color:#a11;font-weight:bold}
-td.other{color:#666} img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}"""
+td.other{color:#666} p.notrun{color:#555} img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}"""
 
 
 def plain(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -116,7 +120,8 @@ _STYLES = ("-", "--", ":", "-.")
 def forgetting_figure(entries: list[dict[str, Any]]):
   """Invariance over fine-tune steps (seed means): one panel per model (rows) and pretrain/mode (columns),
   one line per fine-tune rate (coloured by rate; line style by protocol group when there are several),
-  and a step-0 point taken from the `last` row's probe drawn as a hollow diamond. One legend for all.
+  a step-0 point taken from the `last` row's probe drawn as a hollow diamond, and points whose mean
+  in-location accuracy is near chance (`plots.near_chance`) as hollow circles. One legend for all.
   Plain fine-tunes only: a method's line would share plain full's panel."""
   entries = [e for e in plain(entries) if e.get("curve")]
   models = list(dict.fromkeys(e["model"] for e in entries))
@@ -133,7 +138,7 @@ def forgetting_figure(entries: list[dict[str, Any]]):
     dpi=90,
     layout="constrained",
   )
-  probed = False
+  probed = marked = False
   for (i, model), (j, (regime, mode)) in itertools.product(enumerate(models), enumerate(cols)):
     ax = axes[i, j]
     panel = [e for e in entries if (e["model"], e["pretrain"], e["finetune"]) == (model, regime, mode)]
@@ -144,7 +149,13 @@ def forgetting_figure(entries: list[dict[str, Any]]):
       colour, style = colours.get(e.get(LR), "C0"), styles[e.get("protocol_key", "")]
       steps = [p["step"] for p in e["curve"]]
       values = [np.nan if p["invariance"] is None else np.clip(p["invariance"], *CURVE_YLIM) for p in e["curve"]]
-      ax.plot(steps, values, marker="o", markersize=3, color=colour, linestyle=style)
+      near = [plots.near_chance(p.get("in_acc"), e.get("chance")) for p in e["curve"]]
+      filled = [i for i, n in enumerate(near) if not n]
+      ax.plot(steps, values, marker="o", markersize=3, color=colour, linestyle=style, markevery=filled)
+      hollow = [(s, v) for s, v, n in zip(steps, values, near) if n and not np.isnan(v)]
+      if hollow:
+        ax.plot(*zip(*hollow), linestyle="none", marker="o", markersize=5, mfc="white", mec=colour, mew=1.2)
+        marked = True
       probe = [(s, v) for s, v, p in zip(steps, values, e["curve"]) if p.get("from") == "probe"]
       if probe:
         ax.plot(*zip(*probe), linestyle="none", marker="D", markersize=7, mfc="none", mec=colour)
@@ -174,8 +185,10 @@ def forgetting_figure(entries: list[dict[str, Any]]):
     handles.append(
       line([], [], linestyle="none", marker="D", mfc="none", mec="black", label="step 0: the last row's probe")
     )
+  if marked:
+    handles.append(line([], [], linestyle="none", marker="o", mfc="white", mec="black", label=plots.NEAR_CHANCE_LABEL))
   if handles:
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), fontsize=7, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize=8, frameon=False)
   return fig
 
 
@@ -263,48 +276,6 @@ def _img(path: Path, alt: str) -> str:
   return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _table(columns: list[str], rows: list[list[Any]]) -> str:
-  head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-  body = "\n".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>" for r in rows)
-  return (
-    f"<div class='scroll'><table class='board'><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table></div>"
-  )
-
-
-# The claims table, verdict first: (column in claims_lib.COLUMNS, header, width share). Fixed widths and
-# wrapped text keep it inside a 1280-px window.
-CLAIM_LAYOUT = (
-  ("id", "id", 4),
-  ("verdict", "verdict", 9),
-  ("effect, mean [95% CI]", "effect, mean [95% CI]", 16),
-  ("n", "n", 4),
-  ("kind", "kind", 8),
-  ("claim", "claim", 26),
-  ("compared", "compared", 22),
-  ("source", "source", 13),
-)
-_VERDICT_CLASS = {claims_lib.PASS: "pass", claims_lib.FAIL: "fail"}
-
-
-def claims_table(columns: list[str], rows: list[list[Any]]) -> str:
-  """The claims report as an HTML table, verdict and effect before the long text; ✓ green, ✗ red."""
-  layout = [(columns.index(c), h, w) for c, h, w in CLAIM_LAYOUT if c in columns]
-  layout += [(i, c, 8) for i, c in enumerate(columns) if i not in {j for j, _, _ in layout}]  # columns added later
-  total = sum(w for _, _, w in layout)
-  cols = "".join(f"<col style='width:{100 * w / total:.1f}%'>" for _, _, w in layout)
-  head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in layout)
-  verdict = columns.index("verdict") if "verdict" in columns else -1
-
-  def cell(i: int, value: Any) -> str:
-    css = f" class='{_VERDICT_CLASS.get(str(value), 'other')}'" if i == verdict else ""
-    return f"<td{css}>{html.escape(str(value))}</td>"
-
-  body = "\n".join("<tr>" + "".join(cell(i, r[i]) for i, _, _ in layout) + "</tr>" for r in rows)
-  return (
-    f"<table class='claims'><colgroup>{cols}</colgroup><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>"
-  )
-
-
 def methods_section(tables: list[methods_board.Table], figure: Path | None) -> str:
   """The methods board as a page section: what it shows, the Pareto figure, one table per group."""
   intro = (
@@ -317,25 +288,31 @@ def methods_section(tables: list[methods_board.Table], figure: Path | None) -> s
   img = "" if figure is None else f"{_img(figure, 'in-location accuracy against invariance, per method')}\n"
   parts = [
     f"<h3>{html.escape(t.heading)}</h3>\n<p>{html.escape(t.summary)}</p>\n"
-    f"{_table(methods_board.COLUMNS, methods_board.rows(t))}\n"
+    f"{sections.table(methods_board.COLUMNS, methods_board.rows(t))}\n"
     for t in tables
   ]
   return intro + img + "".join(parts)
+
+
+TITLE = "shiftbench: how much translation invariance survives fine-tuning at one location"
 
 
 def render_html(
   columns: list[str],
   rows: list[list[Any]],
   figures: dict[str, Path],
-  title: str,
-  claims: tuple[list[str], list[list[Any]]] | None = None,
+  title: str = TITLE,
+  claims: list[claims_lib.Claim] | None = None,
   methods: str = "",
+  ran: list[tuple[str, str]] | None = None,
+  top: Path | None = None,
   note: str = "",
 ) -> str:
-  """One HTML document: the claims report with its verdicts first, the methods board (`methods`, a
-  section from `methods_section`; none without method rows), then the leaderboard (key columns first,
-  click a header to sort, scrolls inside its box when wider than the window), then the figures inlined as
-  base64 PNG."""
+  """One HTML document that leads with the answer: what ran (`ran`, `provenance.what_ran`), the headline
+  figure (`top`), the claims (`sections.claims_table`), the methods board (`methods`, a section from
+  `methods_section`; none without method rows), then the leaderboard (`sections.board_tables`: tables that fit a
+  1400-px window; click a header to sort), then the other figures inlined as base64 PNG."""
+  ran_html = "" if not ran else f"<table class='ran'>{sections.ran_rows(ran)}</table>\n"
   figs = "\n".join(f"<h2>{html.escape(name)}</h2>\n{_img(p, name)}" for name, p in figures.items())
   claims_html = (
     ""
@@ -343,24 +320,30 @@ def render_html(
     else (
       "<h2>Claims from the literature</h2>\n<p>✓ supported: the 95% interval over seeds lies on the claimed "
       "side of the threshold; ✗ contradicted: on the other side; inconclusive: it straddles it, or a seed "
-      "collapsed (a collapsed seed counts against a claim). The fine-tuning methods' claims follow the "
-      "replications, and the property checks come last. Rules: "
-      "<code>shiftbench/claims/verdicts.py</code>, <code>shiftbench/claims/catalogue.py</code>.</p>\n"
-      f"{claims_table(*claims)}\n"
+      "collapsed (counted against the claim). One entry per claim, model and rate, as pre-registered; "
+      "↳ secondary entries (another comparison of the same rows) under it. Rules: docs/protocol.md.</p>\n"
+      f"{sections.claims_table(claims)}\n"
     )
+  )
+  boards = "\n".join(
+    f"<h3>{html.escape(t)}</h3>\n{sections.table(c, r)}" for t, c, r in sections.board_tables(columns, rows)
   )
   return (
     f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-    f"<style>{_CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{claims_html}{methods}"
-    "<h2>Leaderboard</h2>\n<p>Mean ± std over seeds. Click a column header to sort. Columns are defined in "
-    f"shiftbench's docs/metrics.md.</p>\n{note}{_table(columns, rows)}\n"
+    f"<style>{_CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{ran_html}"
+    f"{'' if top is None else sections.headline_section(top)}{claims_html}{methods}"
+    "<h2>Leaderboard</h2>\n<p>Mean ± std over seeds ((n=k): the metric is defined on k seeds). Click a column "
+    "header to sort. Columns are defined in shiftbench's docs/metrics.md; leaderboard.csv has every column "
+    f"in one table.</p>\n{note}{boards}\n"
     f"{figs}\n<script>{_SORT_JS}</script>\n</body></html>\n"
   )
 
 
 def write_report(board, out_dir: str | os.PathLike) -> Path:
-  """Writes `headline.png` (when the rows span 2 or more fine-tune rates), `methods_pareto.png` (when a
-  row is a method's), `location_maps.png`, `forgetting_curves.png` and `index.html` into `out_dir`."""
+  """Writes `headline.png` and `headline.svg` (when the rows span 2 or more fine-tune rates),
+  `methods_pareto.png` (when a row is a method's), `location_maps.png`, `forgetting_curves.png` and
+  `index.html` into `out_dir`; the page's header reads the results files behind the rows
+  (`provenance.records_of`)."""
   out_dir = Path(out_dir)
   tables = getattr(board, "methods", [])
   if tables:
@@ -369,18 +352,17 @@ def write_report(board, out_dir: str | os.PathLike) -> Path:
     (out_dir / "methods_pareto.png").unlink(missing_ok=True)
     methods = ""
   figures = {}
-  claims_json = claims_lib.to_json(board.claims)
-  top = headline.save_headline(board.source_rows, claims_json, out_dir / "headline.png")
-  if top is not None:
-    figures["Retained invariance against fine-tune learning rate"] = top
-  else:  # one rate: no curve; a headline.png left by an earlier board would contradict this one
+  top = headline.save_headline(board.source_rows, claims_lib.to_json(board.claims), out_dir / "headline.png")
+  if top is None:  # one rate: no curve; a headline left by an earlier board would contradict this one
     (out_dir / "headline.png").unlink(missing_ok=True)
+    (out_dir / "headline.svg").unlink(missing_ok=True)
   figures["Location maps (models x pretrain / fine-tune)"] = location_map_grid(
     board.entries, out_dir / "location_maps.png"
   )
   if any(e.get("curve") for e in plain(board.entries)):
     figures["Invariance over fine-tune steps"] = forgetting_curves(board.entries, out_dir / "forgetting_curves.png")
-  claims = (claims_lib.COLUMNS, claims_lib.table(board.claims))
-  note = reference_board.page_note(board.entries)  # where reference rows stand beside the run's
-  page = render_html(board.columns, board.rows, figures, "shiftbench leaderboard", claims, methods, note)
+  own = [r for r in board.source_rows if not reference.is_reference(r)]  # what ran here: not the reference rows
+  ran = provenance.what_ran(provenance.records_of(own, out_dir), own)
+  note = reference_board.page_note(board.entries)  # which lines are shipped reference rows
+  page = render_html(board.columns, board.rows, figures, TITLE, board.claims, methods, ran, top, note)
   return atomic_write_text(out_dir / "index.html", page)

@@ -12,6 +12,22 @@ matplotlib.use("Agg")  # headless: runs on clusters and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+# A point of a curve is near chance when its in-location accuracy is less than NEAR_CHANCE_SHARE of the way
+# from chance to 1: in_acc < chance + 0.2 * (1 - chance), 0.28 for 10 classes. The invariance ratio
+# (off - chance) / (in - chance) divides by almost nothing there and means nothing (1.1 at in_acc 0.19,
+# chance 0.1, is noise, though in_acc is significantly above chance on 200 objects), so the figures draw
+# such points hollow. A fifth, as C1's "near chance" (`claims.forgetting.NEAR_CHANCE`).
+NEAR_CHANCE_SHARE = 0.2
+NEAR_CHANCE_LABEL = "in-location accuracy near chance (< chance + 0.2·(1 − chance)): invariance means little"
+
+
+def near_chance(in_acc: float | None, chance: float | None) -> bool:
+  """Whether a point with in-location accuracy `in_acc` is near `chance` (the rule above); False when either
+  is unknown."""
+  if in_acc is None or chance is None or np.isnan(in_acc):
+    return False
+  return in_acc < chance + NEAR_CHANCE_SHARE * (1 - chance)
+
 
 def plot_location_map(
   ax: plt.Axes,
@@ -58,13 +74,15 @@ def save_location_map(
   return save_figure(fig, path)
 
 
-def save_figure(fig, path: str | os.PathLike, **savefig: Any) -> Path:
-  """Writes `fig` to `path` under a temp name and renames it (a reader never sees half a PNG), then
-  closes it; `savefig` goes to `Figure.savefig` (e.g. bbox_inches="tight")."""
+def save_figure(fig, path: str | os.PathLike, also: tuple[str, ...] = (), **savefig: Any) -> Path:
+  """Writes `fig` to `path` under a temp name and renames it (a reader never sees half a PNG), and to each
+  suffix of `also` beside it (e.g. ".svg": the same figure as vectors), then closes it; `savefig` goes to
+  `Figure.savefig` (e.g. bbox_inches="tight")."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp.png")
-  fig.savefig(tmp, **savefig)
+  for target in (path, *(path.with_suffix(s) for s in also)):
+    tmp = target.with_name(f".{target.name}.tmp{target.suffix}")
+    fig.savefig(tmp, **savefig)
+    os.replace(tmp, target)
   plt.close(fig)
-  os.replace(tmp, path)
   return path

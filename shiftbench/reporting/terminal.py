@@ -8,12 +8,12 @@ claims in one short line each, and where the full tables are.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from tabulate import tabulate
 
 from shiftbench.claims import catalogue as claims_lib
+from shiftbench.claims import listing
 from shiftbench.reporting import methods_board
 from shiftbench.rows import schema
 
@@ -31,14 +31,13 @@ KEY_COLUMNS = (
 )
 # The dimensions' short headers (`schema.DIMENSION_HEADERS`, via the row's declaration).
 HEADERS = {c: schema.ROW.header(c) for c in schema.DIMENSIONS if schema.ROW.header(c) != c}
-COMPARED_WIDTH = 40  # with EFFECT_WIDTH, keeps a claims line under ~100 characters
+COMPARED_WIDTH = 36  # with EFFECT_WIDTH and the rate, keeps a claims line under ~100 characters
 EFFECT_WIDTH = 26  # a mean and interval fit; "; 1 of 5 seeds collapsed" wraps
-_GROUP = re.compile(r"\[(.+?)\] (.*)", re.S)  # claims.evaluate prefixes the group label
 
 
 def key_table(columns: list[str], rows: list[list], metric_columns: set[str]) -> str:
   """The leaderboard's key columns, and every column that is not a metric (the groups' identity)."""
-  columns, rows = _method_column(columns, rows)
+  columns, rows = method_column(columns, rows)
   keep = [i for i, c in enumerate(columns) if c in KEY_COLUMNS or (c not in metric_columns and c != "params")]
   return tabulate(
     [[r[i] for i in keep] for r in rows],
@@ -48,7 +47,7 @@ def key_table(columns: list[str], rows: list[list], metric_columns: set[str]) ->
   )
 
 
-def _method_column(columns: list[str], rows: list[list]) -> tuple[list[str], list[list]]:
+def method_column(columns: list[str], rows: list[list]) -> tuple[list[str], list[list]]:
   """The method and method setting columns as one `method` column where the first was."""
   if not all(c in columns for c in METHOD_COLUMNS):
     return columns, rows
@@ -62,49 +61,38 @@ def _method_column(columns: list[str], rows: list[list]) -> tuple[list[str], lis
   return out_columns, out_rows
 
 
-# Under each section's claims (`claims.section`): its heading, and what runs the rows a not-run claim lacks.
-SECTION_TITLES = {1: "fine-tuning methods:\n", 2: "property checks:\n"}
-NOT_RUN_HINTS = {
-  0: "experiment=reproduce runs every row the claims compare",
-  1: "experiment=methods runs the methods' rows",
-}
+# Under each section's claims: its heading.
+SECTION_TITLES = {at: f"{h[0].lower()}{h[1:]}:\n" for at, h in listing.HEADINGS.items()}
 
 
 def claims_table(claims: list) -> str:
-  """id, verdict, effect, n and what was compared for the claims leaderboard.md shows (`claims.shown`);
-  their wording is in leaderboard.md. The methods' claims and the property checks follow the replications,
-  each under its own line. Claims of several comparable groups (`[key setting=value] compared`) get one
-  section per group. Claims whose rows the run lacks are named on one line per what runs them
-  (leaderboard.md lists them in full)."""
-  groups: dict[str, dict[int, list[list]]] = {}
-  not_run: dict[str, dict[int, list[str]]] = {}
-  for c in claims_lib.shown(claims):
-    label, compared = _GROUP.match(c.rows).groups() if _GROUP.match(c.rows) else ("", c.rows)
-    sections = groups.setdefault(label, {at: [] for at in (0, *SECTION_TITLES)})
-    at = claims_lib.section(c)
-    if c.verdict == claims_lib.NOT_RUN:
-      hint = at if at in NOT_RUN_HINTS else 0
-      not_run.setdefault(label, {}).setdefault(hint, []).append(c.id)
-      continue
-    sections[at].append([c.id, c.verdict, c.effect, c.n, compared])
+  """id, rate, verdict, effect, n and what was compared, as every output lists the claims (`claims.listing`):
+  their wording is in leaderboard.md. Secondary entries (`↳ C3b`) follow their primary one, labelled; the
+  methods' claims and the property checks follow the replications, each under its own line. Claims of
+  several comparable groups (`[key setting=value] compared`) get one section per group. Claims whose rows
+  the run lacks are named on one line per what runs them."""
+  report = listing.listing(claims_lib.ordered(claims))
   out = []
-  for label, sections in groups.items():
-    tables = [SECTION_TITLES.get(at, "") + _claim_lines(rows) for at, rows in sections.items() if rows]
-    missing = sorted(not_run.get(label, {}).items())
-    if missing:
-      tables.append(
-        "\n".join(f"rows not run here: {', '.join(dict.fromkeys(i))} ({NOT_RUN_HINTS[h]})" for h, i in missing)
-      )
+  for label in report.groups():
+    blocks = [b for b in report.blocks if b.label == label]
+    tables = [SECTION_TITLES.get(b.section, "") + _claim_lines([_claim_line(c) for c in b.claims()]) for b in blocks]
+    if report.not_run_lines(label):
+      tables.append("\n".join(report.not_run_lines(label)))
     out.append((f"[{label}]\n" if label else "") + "\n\n".join(tables))
   return "\n\n".join(out)
+
+
+def _claim_line(c) -> list:
+  what = listing.compared(c) if c.primary else f"secondary: {listing.compared(c)}"
+  return [listing.shown_id(c), listing.rate(c), c.verdict, c.effect, c.n, what]
 
 
 def _claim_lines(rows: list[list]) -> str:
   return tabulate(
     rows,
-    headers=["id", "verdict", "effect, mean [95% CI]", "n", "compared"],
+    headers=["id", "lr", "verdict", "effect, mean [95% CI]", "n", "compared"],
     tablefmt="simple",
-    maxcolwidths=[None, None, EFFECT_WIDTH, None, COMPARED_WIDTH],
+    maxcolwidths=[None, None, None, EFFECT_WIDTH, None, COMPARED_WIDTH],
     disable_numparse=True,
   )
 

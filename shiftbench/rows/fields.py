@@ -254,8 +254,9 @@ RESULTS: tuple[Field | Family, ...] = (
   Field(
     "invariance_lost",
     METRIC,
-    "`invariance` after plain `last` minus after `full` (a method's row: minus its own), same experiment, model, "
-    "regime, rate and seed: the forgetting result; filled in once both rows exist",
+    "the row's own loss against its `last` row: `invariance` after plain `last` minus the row's own, same "
+    "experiment, model, regime, rate and seed (`full`: the forgetting result; `head`: what training the FC layers "
+    "lost); null in `last` rows and where either is undefined; filled in once both rows exist",
     header="inv_lost",
   ),
   Field("params", SETTING, "trainable parameters of the fine-tuned model", column=NUMBERS),

@@ -221,19 +221,25 @@ def scalar_metrics(row: Mapping[str, Any]) -> dict[str, float]:
 
 
 def fill_invariance_lost(rows: Iterable[dict[str, Any]]) -> None:
-  """`invariance_lost` = invariance after plain `last` minus after `full` fine-tuning, for the same
-  experiment, model, pretrain regime, rate and seed (the forgetting result: what the pretrained
-  representation carried, minus what survives training everything at one location), written into the
-  plain rows; a method's row (at `full`) gets plain `last` minus its own. Rows without both defined keep
-  what they have."""
+  """`invariance_lost` = each row's own loss against its `last` row: invariance after plain `last` minus
+  the row's own, for the same experiment, model, pretrain regime, rate and seed (a `head` row: what training
+  the hidden FC layers lost; a `full` row, plain or a method's: the forgetting result). A plain `last` row
+  is the reference and has none (null), nor has a row whose own invariance is undefined, or whose `last`
+  row's is; a row whose `last` row is not among `rows` (run apart, collected alone) keeps what it has."""
   rows = list(rows)
   by_id = {(r.get("comparison_key"), identity(r)): r for r in rows}
   for r in rows:
     rid = identity(r)
+    if rid == rid.plain_sibling("last"):
+      r["invariance_lost"] = None  # the reference itself: a loss against itself means nothing
+      continue
     last = by_id.get((_plain_key(r), rid.plain_sibling("last")))
-    full = by_id.get((r.get("comparison_key"), rid.sibling(finetune="full")))
-    if last and full and defined(last["invariance"]) and defined(full["invariance"]):
-      r["invariance_lost"] = last["invariance"] - full["invariance"]
+    if last is None:
+      continue
+    if defined(last["invariance"]) and defined(r.get("invariance")):
+      r["invariance_lost"] = last["invariance"] - r["invariance"]
+    else:
+      r["invariance_lost"] = None
 
 
 def _plain_key(row: Mapping[str, Any]) -> str | None:

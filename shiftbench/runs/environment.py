@@ -3,9 +3,12 @@ records it)."""
 
 from __future__ import annotations
 
+import datetime
 import importlib.metadata
 import os
 import platform
+import shlex
+import sys
 from typing import Any
 
 import jax
@@ -24,8 +27,17 @@ _PACKAGES = (
 )
 
 
+def command() -> str:
+  """The command line that started this process, as a user would type it: `shiftbench seeds=[0,1]`."""
+  program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+  if program in ("cli.py", "__main__.py"):
+    program = "python -m shiftbench.cli" if program == "cli.py" else "python -m shiftbench"
+  return " ".join([program, *(shlex.quote(a) for a in sys.argv[1:])])
+
+
 def environment() -> dict[str, Any]:
-  """Package versions, Python, platform and the JAX devices a result was computed on."""
+  """Package versions, Python, platform and the JAX devices a result was computed on; the command and the
+  UTC time it started (the run adds `wall_seconds` when its last row is done)."""
   versions = {}
   for name in _PACKAGES:
     try:
@@ -39,6 +51,8 @@ def environment() -> dict[str, Any]:
   versions["shiftbench"] = __version__
   devices = jax.devices()
   return {
+    "command": command(),
+    "started": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     "versions": versions,
     "python": platform.python_version(),
     "platform": platform.platform(),

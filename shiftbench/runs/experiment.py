@@ -9,6 +9,7 @@ nothing.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ def run_experiment(cfg: DictConfig | dict[str, Any], output_dir: str | Path) -> 
 
 def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
   output_dir, done = opened.path, opened.done
+  started = time.monotonic()
   compile_cache.configure(settings.compile_cache, settings.compile_cache_dir)
   data_a, data_b = protocol_data.load_datasets(settings)
   protocol = Protocol(settings, data_a, data_b, output_dir)
@@ -98,6 +100,9 @@ def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
       for rid in new:  # once the group is done: `invariance_lost` needs its last and full rows
         tracker.log_row(done[rid], output_dir / done[rid]["heatmap"])
     bar.close()
+    # This invocation's wall time, to its last row (a resumed run: since it resumed), for the page's header.
+    record["environment"]["wall_seconds"] = round(time.monotonic() - started, 1)
+    files.write_json(opened.results_path, record)
     rows = collect.annotate(record)
     board = leaderboard.write_leaderboard(rows, output_dir, reference_rows=settings.reference)
     print(f"\n{terminal.summary(board, output_dir)}\n", flush=True)

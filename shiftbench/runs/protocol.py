@@ -27,7 +27,7 @@ from shiftbench.models import published_weights, torchvision_weights
 from shiftbench.reporting import plots
 from shiftbench.rows import comparison, schema
 from shiftbench.rows.schema import RowId
-from shiftbench.runs import plan, pretraining, protocol_data
+from shiftbench.runs import plan, pretraining, protocol_data, targets
 from shiftbench.runs.settings import Settings
 from shiftbench.training import loop as train
 
@@ -60,6 +60,10 @@ class Protocol:
     self._before: Shared | None = None
     self._tuned: Shared | None = None
     self.weights_cache = published_weights.cache_dir(settings.checkpoint_dir)  # named ImageNet weights
+    # A user's model is checked against the model protocol once, on abstract shapes, before anything trains.
+    targets.check_models(
+      settings.factories, settings.models, data_b.num_classes, settings.spec.canvas_size, data_a.object_shape[-1]
+    )
 
   # -- evaluation ---------------------------------------------------------------------------------
   def predictor(self, model: nnx.Module) -> Predictor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -23,6 +24,8 @@ from shiftbench.runs.config_values import SYNONYMS, show
 
 # Keys Hydra reads itself when it instantiates an entry, and a method entry's own `name:` (its rows' label).
 NOT_ARGUMENTS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
+# What the protocol calls a model entry's target with (`runs.protocol.Protocol.build`), besides its own keys.
+MODEL_ARGUMENTS = ("num_classes", "canvas_size", "in_channels", "rngs")
 
 
 def entries(config: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
@@ -51,6 +54,62 @@ def builtin_methods() -> dict[str, str]:
 def check(config: Mapping[str, Any]) -> None:
   for key, entry in entries(config):
     check_arguments(key, entry)
+    if key.startswith("model."):
+      check_model_entry(key, entry)
+
+
+def check_model_entry(key: str, entry: Mapping[str, Any]) -> None:
+  """A model entry is a factory (`_partial_: true`) whose target takes what the protocol gives it."""
+  wanted = ", ".join(MODEL_ARGUMENTS)
+  if entry.get("_partial_") is not True:
+    given = json.dumps(entry["_partial_"], default=str) if "_partial_" in entry else "not set"
+    raise ConfigError(
+      f"{key}._partial_ is {given}: a model entry needs _partial_: true (the protocol "
+      f"builds the model itself, once per dataset and seed, calling it with {wanted})"
+    )
+  built = get_object(entry["_target_"])  # check_arguments has imported it
+  try:
+    parameters = inspect.signature(built.__init__ if inspect.isclass(built) else built).parameters.values()
+  except (TypeError, ValueError):
+    return
+  if any(p.kind is p.VAR_KEYWORD for p in parameters):
+    return
+  takes = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+  missing = [a for a in MODEL_ARGUMENTS if a not in takes]
+  if missing:
+    raise ConfigError(
+      f"{key}: {entry['_target_']} does not take {', '.join(map(repr, missing))}; the protocol calls a "
+      f"model with {wanted} (docs/api.md): add them (or **kwargs) to its signature"
+    )
+
+
+def check_models(
+  factories: Mapping[str, Any], configs: Mapping[str, Any], num_classes: int, canvas_size: int, in_channels: int
+) -> None:
+  """Each model whose target is not one of shiftbench's, built on abstract shapes (nothing allocated), meets
+  the model protocol (`models.ShiftModel`), else one `ConfigError` line saying what it lacks; before
+  anything trains. The shipped presets are tested to (tests/test_shift_model.py)."""
+  from flax import nnx  # JAX: past the door
+
+  from shiftbench.models import shift_model
+
+  for name, factory in factories.items():
+    target = str(configs[name]["_target_"])
+    if target.startswith("shiftbench."):
+      continue
+    call = f"num_classes={num_classes}, canvas_size={canvas_size}, in_channels={in_channels}, rngs=nnx.Rngs(0)"
+    try:
+      model = nnx.eval_shape(
+        lambda f=factory: f(num_classes=num_classes, canvas_size=canvas_size, in_channels=in_channels, rngs=nnx.Rngs(0))
+      )
+    except Exception as e:
+      raise ConfigError(f"model.{name}: {target}({call}) fails ({type(e).__name__}: {e})") from e
+    problems = shift_model.mismatches(model, num_classes, canvas_size, in_channels)
+    if problems:
+      raise ConfigError(
+        f"model.{name}: {target} does not meet the model protocol (shiftbench.models.ShiftModel, docs/api.md): "
+        + "; ".join(problems)
+      )
 
 
 def check_arguments(key: str, entry: Mapping[str, Any]) -> None:
