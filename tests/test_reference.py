@@ -184,6 +184,7 @@ def test_the_page_says_which_lines_are_reference_rows_and_maps_only_the_runs_own
   board = leaderboard.build(_user(), [reference_set])
   html = page.write_report(board, tmp_path).read_text()
   assert "shipped reference rows" in html and html.count("reference 0.7.0 2026-12-07") >= 4
+  assert "9 from 1 run" in html  # what ran: the run's 9 rows, not the 9 reference rows beside them
   from matplotlib import image
 
   grid = image.imread(tmp_path / "location_maps.png")  # 2.8 in per model at 90 dpi
