@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import gzip
 import json
 from collections.abc import Iterable, Mapping
@@ -169,12 +170,20 @@ def shipped_names() -> list[str]:
 
 
 def shipped() -> list[ReferenceSet]:
-  """Every reference file shipped inside the package, verified (`load`)."""
+  """Every reference file shipped inside the package, verified (`load`) once per process and file version:
+  every run's board asks, and reading and hashing them all takes a few tenths of a second."""
   out = []
   for name in shipped_names():
     with resources.as_file(resources.files("shiftbench") / FOLDER / name) as path:
-      out.append(load(path, f"shiftbench/{FOLDER}/{name}"))
+      stat = path.stat()
+      out.append(_load_once(str(path), f"shiftbench/{FOLDER}/{name}", stat.st_mtime_ns, stat.st_size))
   return out
+
+
+@functools.lru_cache(maxsize=16)
+def _load_once(path: str, name: str, mtime_ns: int, size: int) -> ReferenceSet:
+  """`load`, cached by the file's path, modification time and size (a rewritten file is read again)."""
+  return load(path, name)
 
 
 # What a board is given: no reference rows (False, None), the shipped sets (True), or these sets or files.
