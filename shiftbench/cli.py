@@ -103,7 +103,7 @@ class SweepBoard(Callback):
     sweep = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).absolute()
     if sweep in _SWEEPS:
       _SWEEPS.remove(sweep)
-    print(sweep_board(sweep), flush=True)
+    print(sweep_board(sweep, OmegaConf.select(config, "reference", default=True) is not False), flush=True)
 
 
 # Sweeps started and not ended: Hydra skips `on_multirun_end` when a job failed, so `main` makes their
@@ -111,22 +111,24 @@ class SweepBoard(Callback):
 _SWEEPS: list[Path] = []
 
 
-def sweep_board(sweep: Path, out_name: str = "leaderboard") -> str:
-  """Writes the sweep's board into `sweep/out_name/` from every job's `results.json`; what it did, and the
+def sweep_board(sweep: Path, reference: bool = True, out_name: str = "leaderboard") -> str:
+  """Writes the sweep's board into `sweep/out_name/` from every job's `results.json` (with the shipped
+  reference rows unless `reference` is False: the sweep's `reference=false`); what it did, and the
   command that makes the board again (after the missing jobs finish), as text for the terminal."""
   import shlex
 
   from shiftbench.reporting import leaderboard
 
   out = sweep / out_name
-  command = f"shiftbench-leaderboard {shlex.quote(str(sweep))} --out {shlex.quote(str(out))}"
+  flags = [] if reference else ["--no-reference"]
+  command = " ".join(["shiftbench-leaderboard", shlex.quote(str(sweep)), "--out", shlex.quote(str(out)), *flags])
   jobs = sorted({p.parent.parent for p in sweep.glob("**/.hydra/config.yaml")} - {sweep})
   finished = [j for j in jobs if (j / "results.json").is_file()]
   missing = [j.relative_to(sweep).as_posix() for j in jobs if j not in finished]
   lines = []
   if finished:
     try:
-      leaderboard.main([str(sweep), "--out", str(out)])
+      leaderboard.main([str(sweep), "--out", str(out), *flags])
       lines.append(f"the sweep's board and claims over {len(finished)} jobs: {out}/")
     except SystemExit as e:  # its one-line `error: ...`
       lines.append(str(e.code))

@@ -39,10 +39,10 @@ def test_the_classifications_are_the_declarations():
   """What schema, tidy and the terminal derive, as they listed it before the declaration (so the
   leaderboard, rows.csv, wandb and the duplicate check read rows as they did)."""
   assert schema.KEYS == ("comparison_key", "protocol_key")
-  assert schema.ANNOTATIONS == ("datasets", "architecture", "source", "method_info")
+  assert schema.ANNOTATIONS == ("datasets", "architecture", "source", "reference", "method_info")
   assert set(schema.PROVENANCE) == {
     *("heatmap", "source", "eval_seconds", "finetune_seconds", "train_final", "datasets", "architecture"),
-    "method_info",
+    *("reference", "method_info"),
   }
   numbers = {"distinct_predictions", "in_acc", "off_acc", "invariance", "in_pvalue", "test_objects", "params"}
   numbers |= {"input_adapter", "invariance_lost", "train_final"} | {n for n in schema.ROW.names() if "pretrain_" in n}
@@ -51,7 +51,7 @@ def test_the_classifications_are_the_declarations():
   assert schema.METRICS["similarity_before"] == "sim_before" and len(schema.METRICS) == 15
   assert schema.CURVE_METRICS == ("in_acc", "off_acc", "invariance")
   assert schema.CURVE_FIELDS == ("in_acc", "off_acc", "invariance", "in_pvalue")
-  assert tidy.KEYS == ("comparison_key", "protocol_key", "datasets", "source")
+  assert tidy.KEYS == ("comparison_key", "protocol_key", "datasets", "source", "reference")
   assert terminal.KEY_COLUMNS[-3:] == ("in_acc", "invariance", "inv_lost")
   assert terminal.HEADERS == {"finetune": "mode", "finetune_lr": "lr"}
 

@@ -19,7 +19,18 @@ ROOT = Path(__file__).resolve().parent.parent
 # What a build would read but must not see: pip builds in the source tree, and a build/ left there by an
 # earlier build would put its stale files into the wheel.
 NOT_SOURCES = shutil.ignore_patterns(
-  ".git", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "outputs", "multirun", "wandb", ".venv", "venv"
+  ".git",
+  "build",
+  "dist",
+  "*.egg-info",
+  "__pycache__",
+  ".*_cache",
+  "outputs",
+  "multirun",
+  "wandb",
+  ".venv",
+  "venv",
+  "reference_runs",
 )
 
 
@@ -48,6 +59,7 @@ def test_the_wheel_installs_and_runs_outside_the_checkout(tmp_path, tiny_data_di
       venv / "bin" / "python",
       "-c",
       "import shiftbench, shiftbench.conf, hydra_plugins.shiftbench_launcher as p; "
+      "from shiftbench.rows import reference; assert [s.preset for s in reference.shipped()][0] == 'quick'; "
       "print(shiftbench.__file__, shiftbench.conf.__file__, p.__file__, sep='\\n')",
     ],
     env=env,

@@ -38,8 +38,8 @@ from tabulate import tabulate
 from shiftbench.claims import catalogue as claims_lib
 from shiftbench.infra.errors import UserError
 from shiftbench.infra.files import atomic_write_text, to_jsonable
-from shiftbench.reporting import methods_board, terminal, tidy
-from shiftbench.rows import comparison, schema
+from shiftbench.reporting import methods_board, reference_board, terminal, tidy
+from shiftbench.rows import comparison, reference, schema
 from shiftbench.rows.collect import collect, merge_duplicates
 
 METRICS = schema.METRICS
@@ -182,6 +182,7 @@ def json_entry(e: dict[str, Any]) -> dict[str, Any]:
   """A RobustBench-like record of one leaderboard row (values are seed means; `*_std` their spread)."""
   entry = {
     **{k: e[k] for k in schema.DIMENSIONS},
+    **{k: e[k] for k in reference_board.COLUMNS if k in e},  # where the board has reference rows
     "architecture": e["architecture"],
     "dataset_pair": e["datasets"],
     "comparison_key": e["comparison_key"],
@@ -199,13 +200,19 @@ def json_entry(e: dict[str, Any]) -> dict[str, Any]:
   return to_jsonable(entry)
 
 
-def build(rows: list[dict[str, Any]]) -> Board:
-  rows = merge_duplicates(rows)
+def build(rows: list[dict[str, Any]], reference_rows: reference.Choice = False) -> Board:
+  """The board of `rows`, with the reference rows of their protocols beside them (`reference_rows`: False,
+  True for the shipped sets, or given sets; `shiftbench.rows.reference.merge`)."""
+  rows = reference.merge(merge_duplicates(rows), reference.sets(reference_rows))
   entries = aggregate(rows)
+  marked = reference_board.present(rows)  # a source and a rank column, lines ranked within each arm
+  if marked:
+    entries = reference_board.mark(entries, rows)
   differ = comparison.differing_settings(entries)
   several = len({e["protocol_key"] for e in entries}) > 1
   columns = [
     *schema.DIMENSIONS,
+    *(reference_board.COLUMNS if marked else ()),
     *(["protocol"] if several else []),
     *differ,
     "seeds",
@@ -215,6 +222,7 @@ def build(rows: list[dict[str, Any]]) -> Board:
   table = [
     [
       *(_dimension(e[k]) for k in schema.DIMENSIONS),
+      *((e[k] for k in reference_board.COLUMNS) if marked else ()),
       *([e["protocol_key"]] if several else []),
       *(_cell(e["settings"].get(n)) for n in differ),
       len(e["seeds"]),
@@ -227,7 +235,7 @@ def build(rows: list[dict[str, Any]]) -> Board:
   buf = io.StringIO()
   writer = csv.writer(buf)
   writer.writerow(
-    [*schema.DIMENSIONS, *schema.KEYS, *differ, "datasets", "n_seeds"]
+    [*schema.DIMENSIONS, *(reference_board.COLUMNS if marked else ()), *schema.KEYS, *differ, "datasets", "n_seeds"]
     + [f"{m}_{s}" for m in METRICS for s in ("mean", "std", "n")]
     + ["params"]
   )
@@ -235,6 +243,7 @@ def build(rows: list[dict[str, Any]]) -> Board:
     writer.writerow(
       [
         *(e[k] for k in schema.DIMENSIONS),
+        *((e[k] for k in reference_board.COLUMNS) if marked else ()),
         *(e[k] for k in schema.KEYS),
         *(_cell(e["settings"].get(n)) for n in differ),
         e["datasets"],
@@ -245,16 +254,19 @@ def build(rows: list[dict[str, Any]]) -> Board:
     )
   labels = group_labels(entries, differ)
   claims = claims_lib.evaluate(rows, labels)
+  reference_board.note_claims(claims, rows)
   methods = methods_board.tables(rows, labels if several else None)
   return Board(columns, table, markdown, buf.getvalue(), entries, claims, rows, methods)
 
 
-def write_leaderboard(rows: list[dict[str, Any]], out_dir: str | Path, figures: bool = True) -> Board:
+def write_leaderboard(
+  rows: list[dict[str, Any]], out_dir: str | Path, figures: bool = True, reference_rows: reference.Choice = False
+) -> Board:
   """Writes the tables (Markdown, CSV, JSON; the methods board's where a row is a method's) and, with
-  `figures`, the HTML page and PNG figures."""
+  `figures`, the HTML page and PNG figures; `reference_rows` as `build`'s."""
   from shiftbench.reporting import page as report  # matplotlib is only needed for the figures
 
-  board = build(rows)
+  board = build(rows, reference_rows)
   out_dir = Path(out_dir)
   atomic_write_text(
     out_dir / "leaderboard.md", f"{board.markdown}\n\n## Claims from the literature\n\n{board.claims_markdown}\n"
@@ -267,7 +279,7 @@ def write_leaderboard(rows: list[dict[str, Any]], out_dir: str | Path, figures: 
     out_dir / "claims.json", json.dumps(to_jsonable(claims_lib.to_json(board.claims)), indent=1, allow_nan=False) + "\n"
   )
   methods_board.write(board.methods, out_dir)  # none without method rows (and an earlier board's removed)
-  tidy.write_rows(merge_duplicates(rows), out_dir)
+  tidy.write_rows(board.source_rows, out_dir)
   if figures:
     report.write_report(board, out_dir)
   return board
@@ -301,6 +313,12 @@ def main(argv: list[str] | None = None) -> None:
     "a new folder leaderboard-<date>-<time>/ in the current directory",
   )
   parser.add_argument("--no-figures", action="store_true", help="tables only (no matplotlib, no HTML)")
+  parser.add_argument(
+    "--no-reference",
+    action="store_true",
+    help="leave out the shipped reference rows (by default the board ranks the rows beside them where a "
+    "protocol key matches)",
+  )
   args = parser.parse_args(argv)
   out = Path(args.out) if args.out is not None else default_out()
   # Each mistake is one line, `error: ...`, with no traceback above it.
@@ -316,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
   if out.exists() and not out.is_dir():
     _fail(f"--out {out} is a file; give a directory for the leaderboard's files")
   try:
-    board = write_leaderboard(rows, out, figures=not args.no_figures)
+    board = write_leaderboard(rows, out, figures=not args.no_figures, reference_rows=not args.no_reference)
   except OSError as e:  # --out is not writable
     where = f" ({e.filename})" if e.filename else ""
     _fail(f"cannot write the leaderboard to --out {out}: {e.strerror or e}{where}")

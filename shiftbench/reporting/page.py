@@ -19,8 +19,8 @@ import numpy as np
 
 from shiftbench.claims import catalogue as claims_lib
 from shiftbench.infra.files import atomic_write_text
-from shiftbench.reporting import headline, methods_board, plots, provenance, sections
-from shiftbench.rows import schema
+from shiftbench.reporting import headline, methods_board, plots, provenance, reference_board, sections
+from shiftbench.rows import reference, schema
 from shiftbench.rows.schema import FINETUNE_MODES, LR, PRETRAIN_REGIMES, format_lr
 
 plt = plots.plt  # pyplot with the headless backend already selected
@@ -69,7 +69,7 @@ def location_map_grid(entries: list[dict[str, Any]], path: str | os.PathLike) ->
   """Models (rows) x pretrain regime / fine-tune mode (columns) of seed-mean location maps of plain
   fine-tunes, each at the highest fine-tune rate it ran at (the most forgetting; the title says which
   rate)."""
-  entries = plain(entries)
+  entries = [e for e in plain(entries) if e.get("location_map")] or plain(entries)  # reference rows have none
   models = sorted({e["model"] for e in entries})
   cols = _regime_columns(entries)
   by_key: dict[tuple, dict[str, Any]] = {}
@@ -306,6 +306,7 @@ def render_html(
   methods: str = "",
   ran: list[tuple[str, str]] | None = None,
   top: Path | None = None,
+  note: str = "",
 ) -> str:
   """One HTML document that leads with the answer: what ran (`ran`, `provenance.what_ran`), the headline
   figure (`top`), the claims (`sections.claims_table`), the methods board (`methods`, a section from
@@ -333,7 +334,7 @@ def render_html(
     f"{'' if top is None else sections.headline_section(top)}{claims_html}{methods}"
     "<h2>Leaderboard</h2>\n<p>Mean ± std over seeds ((n=k): the metric is defined on k seeds). Click a column "
     "header to sort. Columns are defined in shiftbench's docs/metrics.md; leaderboard.csv has every column "
-    f"in one table.</p>\n{boards}\n"
+    f"in one table.</p>\n{note}{boards}\n"
     f"{figs}\n<script>{_SORT_JS}</script>\n</body></html>\n"
   )
 
@@ -360,6 +361,8 @@ def write_report(board, out_dir: str | os.PathLike) -> Path:
   )
   if any(e.get("curve") for e in plain(board.entries)):
     figures["Invariance over fine-tune steps"] = forgetting_curves(board.entries, out_dir / "forgetting_curves.png")
-  ran = provenance.what_ran(provenance.records_of(board.source_rows, out_dir), board.source_rows)
-  page = render_html(board.columns, board.rows, figures, TITLE, board.claims, methods, ran, top)
+  own = [r for r in board.source_rows if not reference.is_reference(r)]  # what ran here: not the reference rows
+  ran = provenance.what_ran(provenance.records_of(own, out_dir), own)
+  note = reference_board.page_note(board.entries)  # which lines are shipped reference rows
+  page = render_html(board.columns, board.rows, figures, TITLE, board.claims, methods, ran, top, note)
   return atomic_write_text(out_dir / "index.html", page)

@@ -42,6 +42,7 @@ IGNORED = (
   "paths.*",
   "logger.*",
   "overwrite",
+  "reference",  # whether the board shows the shipped reference rows beside the run's
   "compile_cache",
   "eval.batch_size",
   "widths",

@@ -287,6 +287,13 @@ RESULTS: tuple[Field | Family, ...] = (
   Field("datasets", ANNOTATION, "the dataset pair, `A -> B`", column=KEY_COLUMN),
   Field("architecture", ANNOTATION, "the model's resolved architecture config"),
   Field("source", ANNOTATION, "the results file it was read from", column=KEY_COLUMN),
+  Field(
+    "reference",
+    ANNOTATION,
+    "the shipped reference set it came from, `reference <version> <date>` (`shiftbench.rows.reference`)",
+    column=KEY_COLUMN,
+    when="reference rows",
+  ),
   Field("method_info", ANNOTATION, "how its method is shown (title, colour, setting name), from the file's `methods`"),
 )
 

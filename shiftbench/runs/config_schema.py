@@ -192,6 +192,7 @@ class Config(Group):
   tv_width: float | None = setting(Domain("a number > 0", lambda v: v > 0), None)
   arms: dict[str, Any] | None = setting(Domain("null or {model: [regime/mode, ...]}"), None)
   overwrite: bool = setting(Domain("true or false"), False)
+  reference: bool = setting(Domain("true or false"), True)  # rank the rows beside the shipped reference rows
   compile_cache: bool = setting(Domain("true or false"), False)
 
   def check(self) -> None:

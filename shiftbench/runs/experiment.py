@@ -107,7 +107,7 @@ def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
     record["environment"]["wall_seconds"] = round(time.monotonic() - started, 1)
     files.write_json(opened.results_path, record)
     rows = collect.annotate(record)
-    board = leaderboard.write_leaderboard(rows, output_dir)
+    board = leaderboard.write_leaderboard(rows, output_dir, reference_rows=settings.reference)
     print(f"\n{terminal.summary(board, output_dir)}\n", flush=True)
     tracker.log_table(
       board.columns,

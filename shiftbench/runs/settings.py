@@ -83,6 +83,7 @@ class Settings:
   compile_cache: bool
   compile_cache_dir: str | None
   overwrite: bool
+  reference: bool  # the board ranks the rows beside the shipped reference rows (`shiftbench.rows.reference`)
   # What the config builds, each built once here.
   factories: dict[str, Callable[..., Any]]  # model name -> factory(num_classes, canvas_size, in_channels, rngs)
   transforms: dict[str, Any]  # {"pretrain": ..., "finetune": ...} optax gradient transformations
@@ -163,6 +164,7 @@ class Settings:
       compile_cache=bool(config.get("compile_cache", False)),
       compile_cache_dir=config["paths"].get("compile_cache_dir"),
       overwrite=bool(config.get("overwrite", False)),
+      reference=bool(config.get("reference", True)),
       pretrain_weights=_weights(cfg, factories),
       until_accuracy=config_values.until_accuracy(config["finetune"].get("until_accuracy")),
       finetune_rates=rates,
