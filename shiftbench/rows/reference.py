@@ -41,9 +41,9 @@ LABEL = "reference"  # the annotation a reference row carries (`fields.RESULTS`)
 THIS_RUN = "this run"  # the source of a user's own row, as the board shows it
 
 
-def protocol_version() -> str | None:
-  """The protocol version recorded in a reference file (None until shiftbench has one)."""
-  return getattr(comparison, "PROTOCOL_VERSION", None)
+def protocol_version() -> str:
+  """The protocol version a reference file records: the one its rows' keys hold."""
+  return comparison.PROTOCOL_VERSION
 
 
 @dataclasses.dataclass(frozen=True)
