@@ -48,6 +48,7 @@ def _record(rows, models=("cnn_fc",)):
   return {
     "config": {"model": dict.fromkeys(models, FC), "paths": {"checkpoint_dir": "/home/me"}},
     "environment": {"versions": {"shiftbench": __version__}},
+    "protocol_version": comparison.PROTOCOL_VERSION,
     "datasets": {"pretrain": "A", "finetune": "B"},
     "rows": rows,
   }
