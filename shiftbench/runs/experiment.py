@@ -43,7 +43,7 @@ def run_experiment(cfg: DictConfig | dict[str, Any], output_dir: str | Path) -> 
 
 def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
   output_dir, done = opened.path, opened.done
-  started = time.monotonic()
+  started, resumed = time.monotonic(), len(done)
   compile_cache.configure(settings.compile_cache, settings.compile_cache_dir)
   data_a, data_b = protocol_data.load_datasets(settings)
   protocol = Protocol(settings, data_a, data_b, output_dir)
@@ -103,9 +103,10 @@ def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
       for rid in new:  # once the group is done: `invariance_lost` needs its last and full rows
         tracker.log_row(done[rid], output_dir / done[rid]["heatmap"])
     bar.close()
-    # This invocation's wall time, to its last row (a resumed run: since it resumed), for the page's header.
-    record["environment"]["wall_seconds"] = round(time.monotonic() - started, 1)
-    files.write_json(opened.results_path, record)
+    if len(done) > resumed:  # rows ran here; a resume with nothing left to do leaves results.json as it was
+      # This invocation's wall time, to its last row (a resumed run: since it resumed), for the page's header.
+      record["environment"]["wall_seconds"] = round(time.monotonic() - started, 1)
+      files.write_json(opened.results_path, record)
     rows = collect.annotate(record)
     board = leaderboard.write_leaderboard(rows, output_dir, reference_rows=settings.reference)
     print(f"\n{terminal.summary(board, output_dir)}\n", flush=True)
