@@ -146,6 +146,21 @@ def _conv2d_bwd(strides, padding, res, g):
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
+def lecun_normal_flat(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+  """Flax's default kernel init (`lecun_normal`: truncated normal, variance 1 / fan_in), drawn flat.
+
+  The same bits as `nnx.initializers.lecun_normal()` for any shape: the draw is elementwise over a
+  row-major counter, so a flat draw reshaped equals the N-D draw. Eagerly, an N-D conv kernel draw
+  compiled ~6x slower than a 1-D one (1.9 s vs 0.3 s per shape on the 2-core CPU here).
+  """
+  shape = tuple(shape)
+  fan_in = math.prod(shape[:-1])  # receptive field x input features, as `variance_scaling` counts it
+  variance = jnp.array(1.0 / fan_in, dtype=dtype)
+  stddev = jnp.sqrt(variance) / jnp.array(0.87962566103423978, dtype)
+  flat = jax.random.truncated_normal(key, -2, 2, (math.prod(shape),), dtype)
+  return (flat * stddev).reshape(shape)
+
+
 class PaddedConv(nnx.Module):
   """A 2-D convolution with any padding mode of `PADDINGS`.
 
@@ -176,6 +191,7 @@ class PaddedConv(nnx.Module):
       strides=stride,
       padding=conv_pad,
       use_bias=use_bias,
+      kernel_init=lecun_normal_flat,
       conv_general_dilated=conv_general_dilated,
       rngs=rngs,
     )
