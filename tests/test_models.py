@@ -380,12 +380,15 @@ def test_transfer_copies_everything_but_the_classifier():
   assert not np.array_equal(source.head.hidden[0].kernel.value, target.head.hidden[0].kernel.value)
 
 
-@pytest.mark.parametrize("shape", [(3, 3, 1, 8), (5, 5, 8, 16), (1, 1, 32, 10)])
+@pytest.mark.parametrize("shape", [(3, 3, 1, 8), (5, 5, 8, 16), (1, 1, 32, 10), (512, 256)])
 def test_the_flat_kernel_draw_has_the_bits_of_flaxs_lecun_normal(shape):
   # The flat draw (compiled ~6x faster eagerly) must leave every initial weight, so every number, unchanged.
   key = jax.random.key(3)
   expected = np.asarray(nnx.initializers.lecun_normal()(key, shape))
   assert np.asarray(layers.lecun_normal_flat(key, shape)).tobytes() == expected.tobytes()
-  ours = layers.PaddedConv(shape[2], shape[3], shape[0], rngs=nnx.Rngs(5)).conv.kernel[...]
-  flax_default = nnx.Conv(shape[2], shape[3], shape[:2], padding="SAME", rngs=nnx.Rngs(5)).kernel[...]
-  assert np.asarray(ours).tobytes() == np.asarray(flax_default).tobytes()
+  traced = jax.jit(lambda k: layers.lecun_normal_flat(k, shape))(key)
+  assert np.asarray(traced).tobytes() == expected.tobytes()
+  if len(shape) == 4:
+    ours = layers.PaddedConv(shape[2], shape[3], shape[0], rngs=nnx.Rngs(5)).conv.kernel[...]
+    flax_default = nnx.Conv(shape[2], shape[3], shape[:2], padding="SAME", rngs=nnx.Rngs(5)).kernel[...]
+    assert np.asarray(ours).tobytes() == np.asarray(flax_default).tobytes()

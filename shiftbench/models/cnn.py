@@ -174,7 +174,7 @@ class Head(nnx.Module):
         conv_general_dilated=layers.conv_general_dilated,
         rngs=rngs,
       )
-    return nnx.Linear(d_in, d_out, rngs=rngs)
+    return nnx.Linear(d_in, d_out, kernel_init=layers.lecun_normal_flat, rngs=rngs)
 
   def head_input(self, x: jax.Array) -> jax.Array:
     """The backbone's feature map as the first head layer reads it: flattened, pooled, or as is (`conv`)."""
