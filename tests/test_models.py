@@ -380,7 +380,7 @@ def test_transfer_copies_everything_but_the_classifier():
   assert not np.array_equal(source.head.hidden[0].kernel.value, target.head.hidden[0].kernel.value)
 
 
-@pytest.mark.parametrize("shape", [(3, 3, 1, 8), (5, 5, 8, 16), (1, 1, 32, 10), (512, 256)])
+@pytest.mark.parametrize("shape", [(3, 3, 1, 8), (5, 5, 8, 16), (1, 1, 32, 10), (512, 256), (300, 301)])
 def test_the_flat_kernel_draw_has_the_bits_of_flaxs_lecun_normal(shape):
   # The flat draw (compiled ~6x faster eagerly) must leave every initial weight, so every number, unchanged.
   key = jax.random.key(3)
