@@ -392,3 +392,11 @@ def test_the_flat_kernel_draw_has_the_bits_of_flaxs_lecun_normal(shape):
     ours = layers.PaddedConv(shape[2], shape[3], shape[0], rngs=nnx.Rngs(5)).conv.kernel[...]
     flax_default = nnx.Conv(shape[2], shape[3], shape[:2], padding="SAME", rngs=nnx.Rngs(5)).kernel[...]
     assert np.asarray(ours).tobytes() == np.asarray(flax_default).tobytes()
+
+
+def test_the_flat_kernel_draw_keeps_its_bits_under_the_older_threefry():
+  # Without partitionable threefry a longer draw's prefix is not the shorter draw: the length stays exact.
+  with jax.threefry_partitionable(False):
+    key = jax.random.key(3)
+    expected = np.asarray(nnx.initializers.lecun_normal()(key, (3, 3, 8, 16)))
+    assert np.asarray(layers.lecun_normal_flat(key, (3, 3, 8, 16))).tobytes() == expected.tobytes()
