@@ -166,8 +166,15 @@ class Head(nnx.Module):
 
   def _layer(self, d_in: int, d_out: int, rngs: nnx.Rngs) -> nnx.Module:
     if self.kind == "conv":
-      return nnx.Conv(d_in, d_out, (1, 1), conv_general_dilated=layers.conv_general_dilated, rngs=rngs)
-    return nnx.Linear(d_in, d_out, rngs=rngs)
+      return nnx.Conv(
+        d_in,
+        d_out,
+        (1, 1),
+        kernel_init=layers.lecun_normal_flat,
+        conv_general_dilated=layers.conv_general_dilated,
+        rngs=rngs,
+      )
+    return nnx.Linear(d_in, d_out, kernel_init=layers.lecun_normal_flat, rngs=rngs)
 
   def head_input(self, x: jax.Array) -> jax.Array:
     """The backbone's feature map as the first head layer reads it: flattened, pooled, or as is (`conv`)."""

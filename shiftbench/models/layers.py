@@ -146,6 +146,38 @@ def _conv2d_bwd(strides, padding, res, g):
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
+def lecun_normal_flat(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+  """Flax's default kernel init (`lecun_normal`: truncated normal, variance 1 / fan_in), drawn flat.
+
+  The same bits as `nnx.initializers.lecun_normal()` for any shape: the draw is elementwise over a
+  row-major counter, so a flat draw reshaped equals the N-D draw. Eagerly, an N-D conv kernel draw
+  compiled ~6x slower than a 1-D one (1.9 s vs 0.3 s per shape on the 2-core CPU here). Outside a trace
+  the draw's length is rounded up (`_draw_size`) and the scale (one IEEE float32 multiply, exact on either
+  side) and the reshape run in numpy, which saves an eager `multiply` and `reshape` program per shape.
+  """
+  shape = tuple(shape)
+  fan_in = math.prod(shape[:-1])  # receptive field x input features, as `variance_scaling` counts it
+  size = math.prod(shape)
+  if isinstance(key, jax.core.Tracer):
+    flat = jax.random.truncated_normal(key, -2, 2, (size,), dtype)
+    variance = jnp.array(1.0 / fan_in, dtype=dtype)
+    return (flat * (jnp.sqrt(variance) / jnp.array(0.87962566103423978, dtype))).reshape(shape)
+  flat = np.asarray(jax.random.truncated_normal(key, -2, 2, (_draw_size(size),), dtype))[:size]
+  np_dtype = np.dtype(dtype)
+  stddev = np.sqrt(np_dtype.type(1.0 / fan_in)) / np_dtype.type(0.87962566103423978)
+  return jnp.asarray((flat * stddev).reshape(shape))
+
+
+def _draw_size(size: int) -> int:
+  """How many values an eager flat draw of `size` draws: a power of two (at least 8192), so that kernels
+  of different sizes share one compiled draw. With partitionable threefry (jax's default) element i of a
+  flat draw depends only on i, so the first `size` values of a longer draw are the draw of `size`; with
+  the older threefry they are not, and the draw is exact."""
+  if not jax.config.jax_threefry_partitionable:
+    return size
+  return max(8192, 1 << (size - 1).bit_length())
+
+
 class PaddedConv(nnx.Module):
   """A 2-D convolution with any padding mode of `PADDINGS`.
 
@@ -176,6 +208,7 @@ class PaddedConv(nnx.Module):
       strides=stride,
       padding=conv_pad,
       use_bias=use_bias,
+      kernel_init=lecun_normal_flat,
       conv_general_dilated=conv_general_dilated,
       rngs=rngs,
     )

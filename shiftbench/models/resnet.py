@@ -69,7 +69,13 @@ class BasicBlock(nnx.Module):
     self.project = stride != 1 or cin != cout
     if self.project:
       self.short_conv = nnx.Conv(
-        cin, cout, (1, 1), use_bias=False, conv_general_dilated=layers.conv_general_dilated, rngs=rngs
+        cin,
+        cout,
+        (1, 1),
+        use_bias=False,
+        kernel_init=layers.lecun_normal_flat,
+        conv_general_dilated=layers.conv_general_dilated,
+        rngs=rngs,
       )
       self.short_bn = nnx.BatchNorm(cout, momentum=BN_MOMENTUM, rngs=rngs)
 
