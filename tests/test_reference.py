@@ -174,7 +174,7 @@ def test_the_shipped_files_verify_and_quick_has_the_key_its_preset_computes_toda
   with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
     config = door.check(compose("config", overrides=["experiment=quick"]))
   hashes = {side: quick.record["datasets"][f"{side}_sha256"] for side in ("pretrain", "finetune")}
-  assert comparison.key_of(comparison.protocol_settings(config, hashes, __version__)) == quick.protocol_key
+  assert comparison.key_of(comparison.protocol_settings(config, hashes)) == quick.protocol_key
   # reproduce and methods run quick's protocol by design (conf/experiment/*.yaml): one key for every file
   assert {s.protocol_key for s in shipped.values()} == {quick.protocol_key}
 
