@@ -41,11 +41,6 @@ LABEL = "reference"  # the annotation a reference row carries (`fields.RESULTS`)
 THIS_RUN = "this run"  # the source of a user's own row, as the board shows it
 
 
-def protocol_version() -> str:
-  """The protocol version a reference file records: the one its rows' keys hold."""
-  return comparison.PROTOCOL_VERSION
-
-
 @dataclasses.dataclass(frozen=True)
 class ReferenceSet:
   """One reference file, verified: its provenance and its rows (a results.json record)."""
@@ -119,7 +114,7 @@ def pack(preset: str, records: Iterable[Mapping[str, Any]], command: str, made: 
     "format": FORMAT,
     "preset": preset,
     "shiftbench": versions.get("shiftbench") or "?",
-    "protocol_version": protocol_version(),
+    "protocol_version": comparison.PROTOCOL_VERSION,  # the one its rows' keys hold
     "made": made or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     "command": command,
     "protocol_key": key,
