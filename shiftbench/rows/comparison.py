@@ -44,6 +44,7 @@ IGNORED = (
   "overwrite",
   "reference",  # whether the board shows the shipped reference rows beside the run's
   "compile_cache",
+  "row_threads",  # how many plan groups run at once: the same numbers (runs.row_pool)
   "eval.batch_size",
   "widths",
   "model.*",

@@ -90,7 +90,7 @@ class Data(Group):
     values.check_entry("data.finetune", self.finetune)
 
 
-_DISPATCH = Domain("'auto' or an integer >= 1", values.auto_or_positive)
+_AUTO_OR_POSITIVE = _DISPATCH = Domain("'auto' or an integer >= 1", values.auto_or_positive)
 _LOCATION = Domain("[y, x] (two integers) or null")
 
 
@@ -194,6 +194,7 @@ class Config(Group):
   overwrite: bool = setting(Domain("true or false"), False)
   reference: bool = setting(Domain("true or false"), True)  # rank the rows beside the shipped reference rows
   compile_cache: bool = setting(Domain("true or false"), False)
+  row_threads: Any = setting(_AUTO_OR_POSITIVE, "auto")  # plan groups at once (runs.row_pool)
 
   def check(self) -> None:
     values.int_list(self.seeds, "seeds")

@@ -9,6 +9,7 @@ nothing.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from shiftbench.infra import files
 from shiftbench.models import torchvision_weights
 from shiftbench.reporting import leaderboard, terminal, tidy
 from shiftbench.rows import collect, comparison, schema
-from shiftbench.runs import compile_cache, plan, pretraining, progress, protocol_data, run_dir
+from shiftbench.runs import compile_cache, plan, pretraining, progress, protocol_data, row_pool, run_dir
 from shiftbench.runs.environment import environment
 from shiftbench.runs.protocol import Protocol, probe_point, score_text
 from shiftbench.runs.settings import Settings
@@ -72,36 +73,55 @@ def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
   exit_code = 1
   groups = plan.groups(settings)
   bar = progress.Rows(sum(len(g.rows) for g in groups), sum(rid in done for g in groups for rid in g.rows))
+  order = {rid: i for i, rid in enumerate(rid for g in groups for rid in g.rows)}
+  written = threading.Lock()  # rows finish on several threads (`row_threads`); one writes results.json at a time
+  stop = threading.Event()
+
+  def finished(rid: schema.RowId, row: dict[str, Any]) -> None:
+    with written:
+      done[rid] = row
+      schema.fill_invariance_lost(done.values())
+      # In plan order whichever thread finished first: the same file as a run on one thread.
+      record["rows"] = sorted(done.values(), key=lambda r: order.get(schema.RowId.of(r), len(order)))
+      files.write_json(opened.results_path, record)
+      log.info(
+        "%s: in %.3f off %.3f invariance %s (%s)",
+        rid.name(),
+        row["in_acc"],
+        row["off_acc"],
+        score_text(row["invariance"]),
+        bar.advance(),
+      )
+
+  def prepare(group: plan.Pretrained) -> tuple[Any, Any, dict[str, Any]]:
+    protocol.open_group(group)
+    source, a_before, meta = None, None, {}
+    if group.regime != "scratch":
+      source, meta = protocol.pretrained(group.model, group.regime, group.seed)
+      if group.regime != "imagenet":
+        a_before = protocol.location_map(protocol.predictor(source), protocol.test_a)
+    return source, a_before, meta
+
+  def run_rows(group: plan.Pretrained, at_rate: plan.AtRate, prepared: tuple[Any, Any, dict[str, Any]]) -> None:
+    source, a_before, meta = prepared
+    with protocol.rows_at(at_rate):
+      for rid in [r for r in at_rate.rows if r not in done]:
+        if stop.is_set():  # another thread failed, or the run was interrupted: end between rows
+          return
+        finished(rid, protocol.row(rid, source, a_before, probe_point(rid, done), done, meta.get("weights")))
+
+  todo = [g for g in groups if any(rid not in done for rid in g.rows)]
+  new = {rid for g in todo for rid in g.rows if rid not in done}
+  at_rates = lambda g: [a for a in g.rates if any(rid not in done for rid in a.rows)]
+  # Training programs are traced, lowered and compiled in the background while the first rows run.
+  ahead = threading.Thread(target=_compile_ahead, args=(protocol, set(done)), name="shiftbench-ahead", daemon=True)
   try:
-    protocol.compile_ahead(done)  # training programs compile in the background while rows run
-    for group in groups:
-      new = [rid for rid in group.rows if rid not in done]
-      if not new:
-        continue
-      source, a_before, meta = None, None, {}
-      if group.regime != "scratch":
-        source, meta = protocol.pretrained(group.model, group.regime, group.seed)
-        if group.regime != "imagenet":
-          a_before = protocol.location_map(protocol.predictor(source), protocol.test_a)
-      with protocol.rows_of(group):
-        for at_rate in group.rates:
-          with protocol.rows_at(at_rate):
-            for rid in [r for r in at_rate.rows if r not in done]:
-              row = protocol.row(rid, source, a_before, probe_point(rid, done), done, meta.get("weights"))
-              done[rid] = row
-              schema.fill_invariance_lost(done.values())
-              record["rows"] = list(done.values())
-              files.write_json(opened.results_path, record)
-              log.info(
-                "%s: in %.3f off %.3f invariance %s (%s)",
-                rid.name(),
-                row["in_acc"],
-                row["off_acc"],
-                score_text(row["invariance"]),
-                bar.advance(),
-              )
-      for rid in new:  # once the group is done: `invariance_lost` needs its last and full rows
-        tracker.log_row(done[rid], output_dir / done[rid]["heatmap"])
+    ahead.start()
+    for group in row_pool.run_groups(todo, at_rates, prepare, run_rows, settings.row_threads, stop):
+      protocol.close_group(group)
+      for rid in group.rows:  # once the group is done: `invariance_lost` needs its last and full rows
+        if rid in new and rid in done:
+          tracker.log_row(done[rid], output_dir / done[rid]["heatmap"])
     bar.close()
     if len(done) > resumed:  # rows ran here; a resume with nothing left to do leaves results.json as it was
       # This invocation's wall time, to its last row (a resumed run: since it resumed), for the page's header.
@@ -120,6 +140,16 @@ def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
     exit_code = 0
   finally:
     bar.close()
+    ahead.join()  # then nothing more is queued: drop what is left
     train.drop_ahead()
     tracker.finish(exit_code)
   return record
+
+
+def _compile_ahead(protocol: Protocol, done: set[schema.RowId]) -> None:
+  """`Protocol.compile_ahead` on its own thread: a speed-up, never a result, so a failure is logged and
+  each program then compiles when first used."""
+  try:
+    protocol.compile_ahead(done)
+  except Exception as e:  # noqa: BLE001
+    log.debug("compiling ahead failed (%s); programs compile when first used", e)

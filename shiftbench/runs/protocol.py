@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Collection, Iterator
 from pathlib import Path
@@ -52,12 +53,12 @@ class Protocol:
     self.grid = canvas.location_grid(settings.spec, settings.grid_stride, include=settings.finetune_location)
     self.finetune_index = int(metrics.location_index(self.grid, settings.finetune_location))  # in `self.grid`
     self.protocol = comparison.protocol_settings(settings.config, {"pretrain": self.hash_a, "finetune": self.hash_b})
-    # What the rows of the plan group now running share (`plan`), open only while it runs: the shift
-    # metrics before fine-tuning of a (model, regime, seed), shared by every mode, rate and method; and the
-    # plain rows' fine-tuned models of a (model, regime, rate, seed), what LP-FT, WiSE-FT and a user's
-    # method start from.
-    self._before: Shared | None = None
-    self._tuned: Shared | None = None
+    # What the rows of each plan group now running share (`plan`), open only while it runs, by group key
+    # (several groups run at once with `row_threads`): the shift metrics before fine-tuning of a (model,
+    # regime, seed), shared by every mode, rate and method; and the plain rows' fine-tuned models of a
+    # (model, regime, rate, seed), what LP-FT, WiSE-FT and a user's method start from.
+    self._before: dict[tuple, Shared] = {}
+    self._tuned: dict[tuple, Shared] = {}
     self.weights_cache = published_weights.cache_dir(settings.checkpoint_dir)  # named ImageNet weights
     # A user's model is checked against the model protocol once, on abstract shapes, before anything trains.
     targets.check_models(
@@ -171,32 +172,41 @@ class Protocol:
       models.transfer(source, model)
     return model
 
+  def open_group(self, group: plan.Pretrained) -> None:
+    """Starts the rows of `group` (one pretrained model): their shift metrics before fine-tuning are
+    measured once, by the first row that runs, and dropped at `close_group`."""
+    self._before[group.key] = Shared(group.key)
+
+  def close_group(self, group: plan.Pretrained) -> None:
+    self._before.pop(group.key, None)
+
   @contextlib.contextmanager
   def rows_of(self, group: plan.Pretrained) -> Iterator[None]:
-    """Runs rows of `group` (one pretrained model): their shift metrics before fine-tuning are measured
-    once, by the first row that runs, and dropped when the group ends."""
-    self._before = Shared(group.key)
+    """Runs rows of `group` between `open_group` and `close_group`."""
+    self.open_group(group)
     try:
       yield
     finally:
-      self._before = None
+      self.close_group(group)
 
   @contextlib.contextmanager
   def rows_at(self, group: plan.AtRate) -> Iterator[None]:
     """Runs rows of `group` (one rate): its plain rows' fine-tuned models are kept for the method rows
     after them, and dropped when the group ends."""
-    self._tuned = Shared(group.key)
+    self._tuned[group.key] = Shared(group.key)
     try:
       yield
     finally:
-      self._tuned = None
+      self._tuned.pop(group.key, None)
 
   def before(self, rid: RowId, fresh) -> dict[str, Any]:
     """Shift metrics of the pretrained layers + fresh classifier (`fresh()`): the same for every
-    fine-tune mode and method."""
+    fine-tune mode and method; measured by the first row of the group to ask (the others, on other
+    threads, wait for it)."""
     shared = Shared.of(self._before, plan.pretrained_key(rid), "shift metrics before fine-tuning", "rows_of")
-    if "before" not in shared:
-      shared["before"] = self.shift_metrics(self.predictor(fresh()), rid.seed, before=True)
+    with shared.lock:
+      if "before" not in shared:
+        shared["before"] = self.shift_metrics(self.predictor(fresh()), rid.seed, before=True)
     return shared["before"]
 
   def validation(self, predictor: Predictor, whole_map: bool) -> tuple[float | None, float | None]:
@@ -390,18 +400,21 @@ class Protocol:
 
 
 class Shared(dict):
-  """What the rows of one plan group share, kept while the group runs (`Protocol.rows_of`, `rows_at`)."""
+  """What the rows of one plan group share, kept while the group runs (`Protocol.open_group`, `rows_at`);
+  `lock` serialises what its rows on several threads compute once."""
 
   def __init__(self, key: tuple):
     super().__init__()
     self.key = key
+    self.lock = threading.Lock()
 
   @staticmethod
-  def of(shared: Shared | None, key: tuple, what: str, opened_by: str) -> Shared:
-    """`shared` when it is the open group `key`: a row asking for what another group shares is a bug."""
-    if shared is None or shared.key != key:
-      now = "no group" if shared is None else f"the group {shared.key}"
-      raise RuntimeError(f"{what} of {key} asked for while {now} runs; run its rows inside Protocol.{opened_by}")
+  def of(open_groups: dict[tuple, Shared], key: tuple, what: str, opened_by: str) -> Shared:
+    """The open group `key`: a row asking for what a group that is not running shares is a bug."""
+    shared = open_groups.get(key)
+    if shared is None:
+      now = "no group" if not open_groups else f"the groups {sorted(open_groups)}"
+      raise RuntimeError(f"{what} of {key} asked for while {now} run; run its rows inside Protocol.{opened_by}")
     return shared
 
 

@@ -26,7 +26,7 @@ from shiftbench.runs.preflight import check_writable, config_diff
 
 RESULTS = "results.json"
 # How a run was started and where it reports, not what it computed (the comparison key ignores these too).
-_IGNORED = ("overwrite", "logger", "reference")
+_IGNORED = ("overwrite", "logger", "reference", "row_threads")
 _OPEN: dict[str, RunDirectory] = {}
 
 

@@ -27,7 +27,7 @@ from shiftbench.evaluators import batching
 from shiftbench.evaluators.suite import Evaluator
 from shiftbench.infra.errors import ConfigError
 from shiftbench.rows import schema
-from shiftbench.runs import config_values, door, plan, targets
+from shiftbench.runs import config_values, door, plan, row_pool, targets
 from shiftbench.training import optimizers as optimizers_lib
 
 
@@ -84,6 +84,7 @@ class Settings:
   compile_cache_dir: str | None
   overwrite: bool
   reference: bool  # the board ranks the rows beside the shipped reference rows (`shiftbench.rows.reference`)
+  row_threads: int  # plan groups run at once (`runs.row_pool`), resolved from `auto`
   # What the config builds, each built once here.
   factories: dict[str, Callable[..., Any]]  # model name -> factory(num_classes, canvas_size, in_channels, rngs)
   transforms: dict[str, Any]  # {"pretrain": ..., "finetune": ...} optax gradient transformations
@@ -165,6 +166,7 @@ class Settings:
       compile_cache_dir=config["paths"].get("compile_cache_dir"),
       overwrite=bool(config.get("overwrite", False)),
       reference=bool(config.get("reference", True)),
+      row_threads=row_pool.resolve_threads(config.get("row_threads", "auto")),
       pretrain_weights=_weights(cfg, factories),
       until_accuracy=config_values.until_accuracy(config["finetune"].get("until_accuracy")),
       finetune_rates=rates,
