@@ -26,7 +26,7 @@ from omegaconf.errors import InterpolationToMissingValueError
 
 from shiftbench.infra.errors import UserError
 from shiftbench.infra.errors import reported as _errors
-from shiftbench.runs import door, hydra_errors, targets
+from shiftbench.runs import door, hydra_errors, log_levels, targets
 
 # The configs ship inside the package (the top-level conf/, mapped to shiftbench.conf by setup.py), so an
 # installed wheel finds them as a checkout does.
@@ -150,27 +150,11 @@ def _main(cfg: DictConfig) -> None:
     door.check(cfg)  # before JAX is imported (the next line): a config mistake is one line in about a second
     from shiftbench.runs.experiment import run_experiment
 
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every checkpoint step at INFO
-    quiet_jax_probing()
+    log_levels.quiet_library_logs()
     _refuse_or_run(cfg, Path(HydraConfig.get().runtime.output_dir), run_experiment)
   except Exception as e:
     _errors.append(e)  # Hydra reports it (and a multirun goes on to its next job); `main` prints it last
     raise
-
-
-# JAX's loggers whose INFO lines are its own bookkeeping, not news for the user: xla_bridge probing for
-# backends that are not there (`Unable to initialize backend 'tpu' ... libtpu.so`, which reads like a
-# failure) and the compilation cache's `Resetting cache at <empty>`. Their warnings still show.
-JAX_CHATTER = ("jax._src.xla_bridge", "jax._src.compilation_cache")
-
-
-def quiet_jax_probing() -> None:
-  """Shows only warnings and errors of `JAX_CHATTER` at the default log level; at debug
-  (`hydra.verbose=true`, or `hydra.verbose=jax` and the like) every line shows, as before."""
-  for name in JAX_CHATTER:
-    logger = logging.getLogger(name)
-    if logger.getEffectiveLevel() > logging.DEBUG:
-      logger.setLevel(logging.WARNING)
 
 
 # A multirun's `.hydra/` files from before it started (see RunDirGuard), by absolute path.
