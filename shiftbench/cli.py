@@ -97,18 +97,27 @@ class SweepBoard(Callback):
   """
 
   def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-    _SWEEPS.append(Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).absolute())
+    _SWEEPS[_sweep_dir(config)] = _with_reference(config)
 
   def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-    sweep = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).absolute()
-    if sweep in _SWEEPS:
-      _SWEEPS.remove(sweep)
-    print(sweep_board(sweep, OmegaConf.select(config, "reference", default=True) is not False), flush=True)
+    sweep = _sweep_dir(config)
+    _SWEEPS.pop(sweep, None)
+    print(sweep_board(sweep, _with_reference(config)), flush=True)
 
 
-# Sweeps started and not ended: Hydra skips `on_multirun_end` when a job failed, so `main` makes their
-# boards (over the jobs that finished) before its error line.
-_SWEEPS: list[Path] = []
+# Sweeps started and not ended, each with whether its board shows the shipped reference rows (the sweep's
+# `reference`): Hydra skips `on_multirun_end` when a job failed, so `main` makes their boards (over the
+# jobs that finished) before its error line, as the callback would have.
+_SWEEPS: dict[Path, bool] = {}
+
+
+def _sweep_dir(config: DictConfig) -> Path:
+  return Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).absolute()
+
+
+def _with_reference(config: DictConfig) -> bool:
+  """False where the sweep says `reference=false`: its board leaves out the shipped reference rows."""
+  return OmegaConf.select(config, "reference", default=True) is not False
 
 
 def sweep_board(sweep: Path, reference: bool = True, out_name: str = "leaderboard") -> str:
@@ -206,8 +215,8 @@ def main() -> None:
     code = 1
   from shiftbench.cli import _SWEEPS as sweeps  # the callback's copy (this module may be `__main__`)
 
-  for sweep in sweeps:  # a multirun that ended in a failed job
-    print(sweep_board(sweep), flush=True)
+  for sweep, reference in sweeps.items():  # a multirun that ended in a failed job
+    print(sweep_board(sweep, reference), flush=True)
   if _errors:
     for line in dict.fromkeys(_one_line(e) for e in _errors):
       print(f"error: {line}", file=sys.stderr, flush=True)
