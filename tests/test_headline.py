@@ -4,6 +4,7 @@ writes, on synthetic rows: no jax, no training."""
 import math
 import re
 
+import matplotlib.text
 import pytest
 
 from shiftbench.reporting import headline, leaderboard
@@ -117,13 +118,12 @@ def test_save_headline_writes_a_png_and_returns_none_for_a_single_rate(tmp_path)
 def test_the_headline_is_legible_where_the_page_shows_it_and_titled_in_words():
   fig = headline.headline_figure(_grid(), [])
   fig.canvas.draw()
-  texts = [t for t in fig.findobj(report.plt.Text) if t.get_visible() and t.get_text().strip()]
+  texts = [t for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text().strip()]
   small = {t.get_text(): t.get_fontsize() for t in texts if t.get_fontsize() < 9}
   assert not small, small  # every label at least 9 pt, at the page's 96 px per inch
   title = fig.get_suptitle()
   assert title.startswith(headline.TITLE_TEXT) and "fixed budget: 600 steps" in title and "protocol" not in title
   assert fig.get_figwidth() * headline.DISPLAY_DPI >= 1000  # shown about 1100 px wide: legible, fits 1400
-  report.plt.close(fig)
 
 
 def test_the_forgetting_curves_draw_one_line_per_rate_and_mark_the_probe(tmp_path):
@@ -138,7 +138,6 @@ def test_the_forgetting_curves_draw_one_line_per_rate_and_mark_the_probe(tmp_pat
   probes = [line for line in ax.lines if line.get_marker() == "D"]
   assert [list(line.get_xdata()) for line in probes] == [[0], [0]]
   assert probes[0].get_markeredgecolor() != probes[1].get_markeredgecolor()  # coloured by rate
-  report.plt.close(fig)
   rows = [_row(seed=s, off_acc=0.5, curve=[{"step": 0, "invariance": 0.8, "from": "probe"}, curve[1]]) for s in (0, 1)]
   (entry,) = leaderboard.aggregate(rows)  # the seed-mean curve keeps where its step 0 came from
   assert entry["curve"][0]["from"] == "probe" and "from" not in entry["curve"][1]
@@ -207,7 +206,6 @@ def test_forgetting_curve_points_near_chance_are_hollow_and_named_in_the_legend(
   assert list(curve.get_markevery()) == [1]  # filled only where in-location accuracy is not near chance
   (legend,) = fig.legends
   assert plots.NEAR_CHANCE_LABEL in [t.get_text() for t in legend.get_texts()]
-  report.plt.close(fig)
 
 
 def test_the_headline_and_the_forgetting_curves_draw_plain_rows_only():
@@ -219,4 +217,3 @@ def test_the_headline_and_the_forgetting_curves_draw_plain_rows_only():
   entries += [{**arm, "finetune_lr": 1e-3, "finetune_method": "l2sp", "method_setting": 0.01}]
   (ax,) = report.forgetting_figure(entries).axes
   assert len([line for line in ax.lines if line.get_marker() == "o"]) == 1  # not the method's line too
-  report.plt.close("all")

@@ -25,8 +25,6 @@ from shiftbench.claims import verdicts
 from shiftbench.reporting import plots
 from shiftbench.rows import comparison, schema
 
-plt = plots.plt  # pyplot with the headless backend already selected
-
 # (pretrain regime, fine-tune mode): what each line is; the colours stay with the arm across panels.
 ARMS: tuple[tuple[str, str], ...] = (
   ("scratch", "full"),
@@ -278,7 +276,7 @@ def headline_figure(rows: Iterable[Mapping[str, Any]], claims_json: Iterable[Map
   models = list(dict.fromkeys(t["model"] for t in table))
   titles = group_titles([r for r in rows if r.get("protocol_key", "") in groups])
   claims_json = list(claims_json or [])
-  fig = plt.figure(figsize=(12 * len(groups), 3.9 * len(models) + 1.3), layout="constrained", dpi=DISPLAY_DPI)
+  fig = plots.new_figure(figsize=(12 * len(groups), 3.9 * len(models) + 1.3), layout="constrained", dpi=DISPLAY_DPI)
   subfigs = np.atleast_1d(fig.subfigures(1, len(groups), squeeze=False)).ravel()
   if len(groups) == 1:  # the title in words; the protocol's key is in the page's header
     words = [line for line in titles.get(groups[0], "").splitlines() if not line.startswith("protocol ")]

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import matplotlib.lines
 import numpy as np
 
@@ -22,8 +23,6 @@ from shiftbench.infra.files import atomic_write_text
 from shiftbench.reporting import headline, methods_board, plots, provenance, reference_board, sections
 from shiftbench.rows import reference, schema
 from shiftbench.rows.schema import FINETUNE_MODES, LR, PRETRAIN_REGIMES, format_lr
-
-plt = plots.plt  # pyplot with the headless backend already selected
 
 # Clicking a header sorts by that column (numbers numerically, "0.812 ± 0.03" by its mean), again reverses.
 _SORT_JS = """
@@ -77,14 +76,8 @@ def location_map_grid(entries: list[dict[str, Any]], path: str | os.PathLike) ->
     key = (e["model"], e["pretrain"], e["finetune"])
     if key not in by_key or (e.get(LR) or 0) > (by_key[key].get(LR) or 0):
       by_key[key] = e
-  fig, axes = plt.subplots(
-    len(models),
-    len(cols),
-    figsize=(2.6 * len(cols) + 1, 2.8 * len(models)),
-    layout="constrained",
-    squeeze=False,
-    dpi=90,
-  )
+  fig = plots.new_figure(figsize=(2.6 * len(cols) + 1, 2.8 * len(models)), layout="constrained", dpi=90)
+  axes = fig.subplots(len(models), len(cols), squeeze=False)
   image = None
   for i, model in enumerate(models):
     for j, (regime, mode) in enumerate(cols):
@@ -127,17 +120,11 @@ def forgetting_figure(entries: list[dict[str, Any]]):
   models = list(dict.fromkeys(e["model"] for e in entries))
   cols = _regime_columns(entries)
   rates = sorted({e[LR] for e in entries if e.get(LR) is not None})
-  colours = {lr: plt.cm.viridis(0.9 * i / max(len(rates) - 1, 1)) for i, lr in enumerate(rates)}
+  colours = {lr: matplotlib.colormaps["viridis"](0.9 * i / max(len(rates) - 1, 1)) for i, lr in enumerate(rates)}
   groups = {e.get("protocol_key", ""): e.get("settings") or {} for e in entries}
   styles = {g: _STYLES[i % len(_STYLES)] for i, g in enumerate(groups)}
-  fig, axes = plt.subplots(
-    len(models),
-    len(cols),
-    figsize=(3.4 * len(cols) + 0.6, 2.8 * len(models) + 0.8),
-    squeeze=False,
-    dpi=90,
-    layout="constrained",
-  )
+  fig = plots.new_figure(figsize=(3.4 * len(cols) + 0.6, 2.8 * len(models) + 0.8), dpi=90, layout="constrained")
+  axes = fig.subplots(len(models), len(cols), squeeze=False)
   probed = marked = False
   for (i, model), (j, (regime, mode)) in itertools.product(enumerate(models), enumerate(cols)):
     ax = axes[i, j]
@@ -214,7 +201,8 @@ def methods_figure(tables: list[methods_board.Table]):
   so)."""
   cols = min(len(tables), 3)
   rows = math.ceil(len(tables) / cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 4.2 * rows), squeeze=False, dpi=90, layout="constrained")
+  fig = plots.new_figure(figsize=(4.8 * cols, 4.2 * rows), dpi=90, layout="constrained")
+  axes = fig.subplots(rows, cols, squeeze=False)
   others = iter(f"C{i}" for i in itertools.count(4))
   colours = dict(PLAIN_COLOURS)
   for ax, table in zip(axes.ravel(), tables):
