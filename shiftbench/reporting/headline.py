@@ -36,12 +36,10 @@ _COLOURS = dict(zip(ARMS, ("#7f7f7f", "#1f77b4", "#2ca02c", "#d62728")))
 INVARIANCE_LABEL = "invariance score (1 = as good everywhere)"
 YLIM = (-0.2, 1.2)  # as the forgetting curves: an outlier over a tiny denominator must not set the scale
 _STOP_KEYS = ("finetune.steps", "finetune.until_accuracy")  # described by `protocol_title` itself
-# Legible where the page shows it: the page displays the PNG at `DISPLAY_DPI` CSS pixels per inch (96: one
-# inch of figure is one inch of screen), so a point in the figure is a point on the page: every text is
-# at least 9 pt (`SMALL`). The PNG is drawn at `PNG_DPI` (1.5x, sharper on a high-density screen); the SVG
-# beside it is the same figure as vectors.
-SMALL, LABEL, TITLE = 9, 10, 12
-DISPLAY_DPI, PNG_DPI = 96, 144
+# Legible where the page shows it, as every figure of the page (`plots.DISPLAY_DPI`): every text is at least
+# 9 pt (`SMALL`); the SVG beside the PNG is the same figure as vectors.
+SMALL, LABEL, TITLE = plots.SMALL, 10, 12
+DISPLAY_DPI, PNG_DPI = plots.DISPLAY_DPI, plots.PNG_DPI
 TITLE_TEXT = "Invariance kept after fine-tuning at one location, against the fine-tune learning rate"
 
 

@@ -19,6 +19,22 @@ if TYPE_CHECKING:
   from matplotlib.axes import Axes
   from matplotlib.image import AxesImage
 
+# Legible where the page (`reporting.page`) shows a figure: at DISPLAY_DPI CSS pixels per inch (96: one inch
+# of figure is one inch of screen), so a point in the figure is a point on the page, and every text is at
+# least SMALL pt. The PNG is drawn at PNG_DPI (1.5x, sharper on a high-density screen) and shown at its
+# width x DISPLAY_DPI / PNG_DPI (`shown_width`). PAGE_WIDTH (inches at DISPLAY_DPI) is as wide as a figure may
+# be drawn: inside the page's 1400-px column, where it is not scaled down.
+SMALL = 9
+DISPLAY_DPI, PNG_DPI = 96, 144
+PAGE_WIDTH = 14.0
+
+
+def shown_width(path: str | os.PathLike) -> int:
+  """The width in CSS pixels at which the page shows a PNG drawn at PNG_DPI (1 pt of figure = 1 pt shown)."""
+  width = int.from_bytes(Path(path).read_bytes()[16:20], "big")  # the IHDR chunk's width
+  return round(width * DISPLAY_DPI / PNG_DPI)
+
+
 # A point of a curve is near chance when its in-location accuracy is less than NEAR_CHANCE_SHARE of the way
 # from chance to 1: in_acc < chance + 0.2 * (1 - chance), 0.28 for 10 classes. The invariance ratio
 # (off - chance) / (in - chance) divides by almost nothing there and means nothing (1.1 at in_acc 0.19,
