@@ -94,7 +94,7 @@ def evaluate(
 
   from shiftbench.infra.files import atomic_write_text
   from shiftbench.reporting import tidy
-  from shiftbench.runs import door, run_dir, targets
+  from shiftbench.runs import door, log_levels, run_dir, targets
 
   if not isinstance(experiment, str) or not experiment:
     raise ConfigError(f"experiment must be a preset name, got {experiment!r}; options: {', '.join(list_experiments())}")
@@ -111,13 +111,14 @@ def evaluate(
   overwrite = bool(config.get("overwrite", False))
   from shiftbench.runs.experiment import run_experiment  # JAX, past the door (as the CLI)
 
+  log_levels.quiet_library_logs()  # as the CLI: no backend probing that reads like a failure
+
   with run_dir.opened_run_dir(path, config, overwrite) as opened, _log_to(opened.path / "evaluate.log"):
     # What Hydra writes into a CLI run's directory: the composed config and the overrides.
     hydra_dir = opened.path / ".hydra"
     hydra_dir.mkdir(exist_ok=True)
     atomic_write_text(hydra_dir / "config.yaml", OmegaConf.to_yaml(cfg))
     atomic_write_text(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(given)))
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every checkpoint step at INFO
     run_experiment(cfg, opened.path)
     results = opened.results_path
   return Result(tidy.load_rows([results]), results.parent, tuple(given))

@@ -26,7 +26,7 @@ from omegaconf.errors import InterpolationToMissingValueError
 
 from shiftbench.infra.errors import UserError
 from shiftbench.infra.errors import reported as _errors
-from shiftbench.runs import door, hydra_errors, targets
+from shiftbench.runs import door, hydra_errors, log_levels, targets
 
 # The configs ship inside the package (the top-level conf/, mapped to shiftbench.conf by setup.py), so an
 # installed wheel finds them as a checkout does.
@@ -97,18 +97,27 @@ class SweepBoard(Callback):
   """
 
   def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-    _SWEEPS.append(Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).absolute())
+    _SWEEPS[_sweep_dir(config)] = _with_reference(config)
 
   def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-    sweep = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).absolute()
-    if sweep in _SWEEPS:
-      _SWEEPS.remove(sweep)
-    print(sweep_board(sweep, OmegaConf.select(config, "reference", default=True) is not False), flush=True)
+    sweep = _sweep_dir(config)
+    _SWEEPS.pop(sweep, None)
+    print(sweep_board(sweep, _with_reference(config)), flush=True)
 
 
-# Sweeps started and not ended: Hydra skips `on_multirun_end` when a job failed, so `main` makes their
-# boards (over the jobs that finished) before its error line.
-_SWEEPS: list[Path] = []
+# Sweeps started and not ended, each with whether its board shows the shipped reference rows (the sweep's
+# `reference`): Hydra skips `on_multirun_end` when a job failed, so `main` makes their boards (over the
+# jobs that finished) before its error line, as the callback would have.
+_SWEEPS: dict[Path, bool] = {}
+
+
+def _sweep_dir(config: DictConfig) -> Path:
+  return Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).absolute()
+
+
+def _with_reference(config: DictConfig) -> bool:
+  """False where the sweep says `reference=false`: its board leaves out the shipped reference rows."""
+  return OmegaConf.select(config, "reference", default=True) is not False
 
 
 def sweep_board(sweep: Path, reference: bool = True, out_name: str = "leaderboard") -> str:
@@ -150,27 +159,11 @@ def _main(cfg: DictConfig) -> None:
     door.check(cfg)  # before JAX is imported (the next line): a config mistake is one line in about a second
     from shiftbench.runs.experiment import run_experiment
 
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every checkpoint step at INFO
-    quiet_jax_probing()
+    log_levels.quiet_library_logs()
     _refuse_or_run(cfg, Path(HydraConfig.get().runtime.output_dir), run_experiment)
   except Exception as e:
     _errors.append(e)  # Hydra reports it (and a multirun goes on to its next job); `main` prints it last
     raise
-
-
-# JAX's loggers whose INFO lines are its own bookkeeping, not news for the user: xla_bridge probing for
-# backends that are not there (`Unable to initialize backend 'tpu' ... libtpu.so`, which reads like a
-# failure) and the compilation cache's `Resetting cache at <empty>`. Their warnings still show.
-JAX_CHATTER = ("jax._src.xla_bridge", "jax._src.compilation_cache")
-
-
-def quiet_jax_probing() -> None:
-  """Shows only warnings and errors of `JAX_CHATTER` at the default log level; at debug
-  (`hydra.verbose=true`, or `hydra.verbose=jax` and the like) every line shows, as before."""
-  for name in JAX_CHATTER:
-    logger = logging.getLogger(name)
-    if logger.getEffectiveLevel() > logging.DEBUG:
-      logger.setLevel(logging.WARNING)
 
 
 # A multirun's `.hydra/` files from before it started (see RunDirGuard), by absolute path.
@@ -222,8 +215,8 @@ def main() -> None:
     code = 1
   from shiftbench.cli import _SWEEPS as sweeps  # the callback's copy (this module may be `__main__`)
 
-  for sweep in sweeps:  # a multirun that ended in a failed job
-    print(sweep_board(sweep), flush=True)
+  for sweep, reference in sweeps.items():  # a multirun that ended in a failed job
+    print(sweep_board(sweep, reference), flush=True)
   if _errors:
     for line in dict.fromkeys(_one_line(e) for e in _errors):
       print(f"error: {line}", file=sys.stderr, flush=True)

@@ -4,9 +4,10 @@ writes, on synthetic rows: no jax, no training."""
 import math
 import re
 
+import matplotlib.text
 import pytest
 
-from shiftbench.reporting import headline, leaderboard
+from shiftbench.reporting import headline, leaderboard, plots
 from shiftbench.reporting import page as report
 
 FIXED = {"finetune.steps": 600, "finetune.until_accuracy": None}
@@ -117,13 +118,54 @@ def test_save_headline_writes_a_png_and_returns_none_for_a_single_rate(tmp_path)
 def test_the_headline_is_legible_where_the_page_shows_it_and_titled_in_words():
   fig = headline.headline_figure(_grid(), [])
   fig.canvas.draw()
-  texts = [t for t in fig.findobj(report.plt.Text) if t.get_visible() and t.get_text().strip()]
+  texts = [t for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text().strip()]
   small = {t.get_text(): t.get_fontsize() for t in texts if t.get_fontsize() < 9}
   assert not small, small  # every label at least 9 pt, at the page's 96 px per inch
   title = fig.get_suptitle()
   assert title.startswith(headline.TITLE_TEXT) and "fixed budget: 600 steps" in title and "protocol" not in title
   assert fig.get_figwidth() * headline.DISPLAY_DPI >= 1000  # shown about 1100 px wide: legible, fits 1400
-  report.plt.close(fig)
+
+
+# Every regime and mode of `reproduce` (10 columns) for two models: the widest grid a shipped preset makes.
+_COLUMNS = [("scratch", "full")] + [
+  (p, f) for p in ("fixed", "random_crop", "translate") for f in ("last", "head", "full")
+]
+
+
+def _wide_rows(steps=600):
+  curve = [{"step": t, "invariance": 0.9 - t / steps, "in_acc": 0.15 if t == 0 else 0.9} for t in (0, 10, 20, 50)]
+  curve += [{"step": t, "invariance": 0.5, "in_acc": 0.9} for t in range(100, steps + 1, max(steps // 20, 100))]
+  grid = {"acc": [[0.5] * 7] * 7, "ys": list(range(0, 21, 3)), "xs": list(range(0, 21, 3))}
+  return [
+    _row(p, f, lr, model=model, off_acc=0.5, chance=0.1, curve=curve, location_map=grid, finetune_location=[9, 9])
+    for model in ("cnn_fc", "resnet18_blurpool")
+    for p, f in _COLUMNS
+    for lr in (1e-4, 1e-3, 1e-2)
+  ]
+
+
+@pytest.mark.parametrize("figure", ["location_map_figure", "forgetting_figure"])
+@pytest.mark.parametrize("steps", [600, 20000])
+def test_the_location_maps_and_forgetting_curves_are_legible_where_the_page_shows_them(figure, steps):
+  fig = getattr(report, figure)(leaderboard.aggregate(_wide_rows(steps)))
+  fig.canvas.draw()
+  texts = [t for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text().strip()]
+  small = {t.get_text(): t.get_fontsize() for t in texts if t.get_fontsize() < 9}
+  assert not small, small  # every label at least 9 pt, at the page's 96 px per inch
+  assert fig.dpi == plots.DISPLAY_DPI and fig.get_figwidth() <= plots.PAGE_WIDTH  # 10 columns wrap, not shrink
+  for ax in fig.axes:  # no two tick labels of an axis run into each other, however long the curve
+    boxes = [t.get_window_extent() for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
+    assert not any(a.overlaps(b) for a, b in zip(boxes, boxes[1:])), [t.get_text() for t in ax.get_xticklabels()]
+
+
+def test_the_page_shows_the_location_maps_and_curves_at_the_size_they_were_drawn_for(tmp_path):
+  report.write_report(_board(_wide_rows()), tmp_path)
+  page = (tmp_path / "index.html").read_text()
+  for name, alt in [("location_maps", "Location maps"), ("forgetting_curves", "Invariance over fine-tune steps")]:
+    png_width = int.from_bytes((tmp_path / f"{name}.png").read_bytes()[16:20], "big")
+    shown = int(re.search(rf'alt="{alt}[^"]*" width="(\d+)"', page).group(1))
+    assert shown == round(png_width * plots.DISPLAY_DPI / plots.PNG_DPI)  # 1 pt of the figure = 1 pt shown
+    assert shown <= 1400  # inside the page's column: not scaled down to fit
 
 
 def test_the_forgetting_curves_draw_one_line_per_rate_and_mark_the_probe(tmp_path):
@@ -138,7 +180,6 @@ def test_the_forgetting_curves_draw_one_line_per_rate_and_mark_the_probe(tmp_pat
   probes = [line for line in ax.lines if line.get_marker() == "D"]
   assert [list(line.get_xdata()) for line in probes] == [[0], [0]]
   assert probes[0].get_markeredgecolor() != probes[1].get_markeredgecolor()  # coloured by rate
-  report.plt.close(fig)
   rows = [_row(seed=s, off_acc=0.5, curve=[{"step": 0, "invariance": 0.8, "from": "probe"}, curve[1]]) for s in (0, 1)]
   (entry,) = leaderboard.aggregate(rows)  # the seed-mean curve keeps where its step 0 came from
   assert entry["curve"][0]["from"] == "probe" and "from" not in entry["curve"][1]
@@ -207,7 +248,6 @@ def test_forgetting_curve_points_near_chance_are_hollow_and_named_in_the_legend(
   assert list(curve.get_markevery()) == [1]  # filled only where in-location accuracy is not near chance
   (legend,) = fig.legends
   assert plots.NEAR_CHANCE_LABEL in [t.get_text() for t in legend.get_texts()]
-  report.plt.close(fig)
 
 
 def test_the_headline_and_the_forgetting_curves_draw_plain_rows_only():
@@ -219,4 +259,3 @@ def test_the_headline_and_the_forgetting_curves_draw_plain_rows_only():
   entries += [{**arm, "finetune_lr": 1e-3, "finetune_method": "l2sp", "method_setting": 0.01}]
   (ax,) = report.forgetting_figure(entries).axes
   assert len([line for line in ax.lines if line.get_marker() == "o"]) == 1  # not the method's line too
-  report.plt.close("all")

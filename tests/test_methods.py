@@ -351,7 +351,6 @@ def test_a_gridded_method_from_outside_the_package_reaches_the_boards_figures_an
   ax = page.methods_figure(leaderboard.build(rows).methods).axes[0]
   (path,) = [line for line in ax.lines if line.get_label() == "tempered_probe, T ascending"]
   assert path.get_color() == "#2ca02c" and len(path.get_xdata()) == 2
-  page.plt.close("all")
 
 
 def test_the_pilot_rule_keeps_betas_from_the_first_that_moves_invariance_to_the_first_below_the_bar():

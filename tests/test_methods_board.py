@@ -197,11 +197,9 @@ def test_the_pareto_figure_has_a_point_per_line_the_wise_path_and_the_accuracy_b
   assert path.get_color() == WISE_INFO["colour"]  # the method's own, from its description
   (bar,) = [line for line in ax.lines if line.get_linestyle() == "--"]
   assert list(bar.get_xdata()) == pytest.approx([table.bar] * 2)
-  report.plt.close(fig)
   # Rows of a file without descriptions (0.6.0's): the same points and path, named by the method alone.
   ax = report.methods_figure([_table(_pareto_rows(described=False))]).axes[0]
   assert len([line for line in ax.lines if line.get_label() == "wise, setting ascending"]) == 1
-  report.plt.close("all")
 
 
 def test_the_page_shows_the_methods_section_after_the_claims_and_writes_the_pareto_png(tmp_path):

@@ -2,13 +2,14 @@
 
 import io
 import logging
+import os
 import re
+import subprocess
 import sys
 
 import pytest
 
-from shiftbench import cli
-from shiftbench.runs import progress
+from shiftbench.runs import log_levels, progress
 
 
 class FakeTerminal(io.StringIO):
@@ -54,7 +55,7 @@ def test_log_lines_print_above_the_bar_while_it_is_drawn(monkeypatch):
 
 @pytest.fixture
 def jax_loggers():
-  loggers = [logging.getLogger(n) for n in cli.JAX_CHATTER]
+  loggers = [logging.getLogger(n) for n in log_levels.JAX_CHATTER]
   levels = [lg.level for lg in loggers]
   root_level = logging.getLogger().level
   for lg in loggers:
@@ -67,15 +68,52 @@ def jax_loggers():
 
 def test_jax_backend_probing_is_hidden_at_the_default_level_but_not_its_warnings(jax_loggers):
   logging.getLogger().setLevel(logging.INFO)  # Hydra's default
-  cli.quiet_jax_probing()
+  log_levels.quiet_library_logs()
   bridge = logging.getLogger("jax._src.xla_bridge")
   assert not bridge.isEnabledFor(logging.INFO) and bridge.isEnabledFor(logging.WARNING)
 
 
 def test_jax_backend_probing_shows_at_debug(jax_loggers):
   logging.getLogger().setLevel(logging.DEBUG)  # hydra.verbose=true
-  cli.quiet_jax_probing()
+  log_levels.quiet_library_logs()
   assert logging.getLogger("jax._src.xla_bridge").isEnabledFor(logging.DEBUG)
+
+
+# A user's script: its own INFO logging, then `evaluate` up to the run (which this stand-in replaces): JAX's
+# real backend probing, then an INFO and a WARNING line of the probing logger, as a backend missing here logs.
+_EVALUATE_PROBING = """
+import logging, sys
+logging.basicConfig(level=logging.INFO)
+import shiftbench
+from shiftbench.runs import experiment
+
+class Stop(Exception):
+  pass
+
+def probe(cfg, output_dir):
+  import jax
+  jax.devices()
+  bridge = logging.getLogger("jax._src.xla_bridge")
+  bridge.info("Unable to initialize backend 'stand-in': no such plugin")
+  bridge.warning("a warning of the probing logger")
+  raise Stop
+
+experiment.run_experiment = probe
+try:
+  shiftbench.evaluate("cnn_fc", "smoke", sys.argv[1], logger="none")
+except Stop:
+  pass
+"""
+
+
+def test_evaluate_hides_jax_backend_probing_as_the_cli_does(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}  # let JAX probe every backend
+  run = subprocess.run(
+    [sys.executable, "-c", _EVALUATE_PROBING, str(tmp_path / "run")], capture_output=True, text=True, env=env
+  )
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert "Unable to initialize backend" not in run.stderr
+  assert "a warning of the probing logger" in run.stderr  # its warnings still show
 
 
 def test_glyph_rendering_draws_no_bar_when_stderr_is_not_a_terminal(capsys):

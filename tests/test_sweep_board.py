@@ -54,10 +54,36 @@ def test_a_multirun_whose_job_failed_still_prints_the_command_before_its_error_l
     raise ValueError("a job failed")
 
   monkeypatch.setattr(cli, "_main", failing_multirun)
-  monkeypatch.setattr(cli, "_SWEEPS", [])
+  monkeypatch.setattr(cli, "_SWEEPS", type(cli._SWEEPS)())  # none from another test
   monkeypatch.setattr(cli, "_errors", [])
   monkeypatch.setattr(cli, "_exit", lambda code: None)
   cli.main()
   out, err = capsys.readouterr()
   assert f"make the sweep's board with: shiftbench-leaderboard {sweep} --out {sweep}/leaderboard" in out
   assert err.strip().splitlines()[-1] == "error: ValueError: a job failed"
+
+
+def test_a_failed_multirun_with_reference_false_makes_its_board_without_the_reference_rows(
+  tmp_path, monkeypatch, capsys
+):
+  from shiftbench.reporting import leaderboard
+
+  sweep = tmp_path / "sweep"
+  _job(sweep, 0, None)
+  (sweep / "0" / "results.json").write_text("{}")  # finished: the board is made over it
+  _job(sweep, 1, None)
+  config = OmegaConf.create({"reference": False, "hydra": {"sweep": {"dir": str(sweep)}}})
+
+  def failing_multirun() -> None:  # Hydra skips on_multirun_end when a job raised
+    cli.SweepBoard().on_multirun_start(config)
+    raise ValueError("a job failed")
+
+  boards = []
+  monkeypatch.setattr(leaderboard, "main", boards.append)
+  monkeypatch.setattr(cli, "_main", failing_multirun)
+  monkeypatch.setattr(cli, "_SWEEPS", type(cli._SWEEPS)())  # none from another test
+  monkeypatch.setattr(cli, "_errors", [])
+  monkeypatch.setattr(cli, "_exit", lambda code: None)
+  cli.main()
+  assert boards == [[str(sweep), "--out", str(sweep / "leaderboard"), "--no-reference"]]  # as the callback's
+  assert f"--out {sweep}/leaderboard --no-reference" in capsys.readouterr().out

@@ -25,8 +25,6 @@ from shiftbench.claims import verdicts
 from shiftbench.reporting import plots
 from shiftbench.rows import comparison, schema
 
-plt = plots.plt  # pyplot with the headless backend already selected
-
 # (pretrain regime, fine-tune mode): what each line is; the colours stay with the arm across panels.
 ARMS: tuple[tuple[str, str], ...] = (
   ("scratch", "full"),
@@ -38,12 +36,10 @@ _COLOURS = dict(zip(ARMS, ("#7f7f7f", "#1f77b4", "#2ca02c", "#d62728")))
 INVARIANCE_LABEL = "invariance score (1 = as good everywhere)"
 YLIM = (-0.2, 1.2)  # as the forgetting curves: an outlier over a tiny denominator must not set the scale
 _STOP_KEYS = ("finetune.steps", "finetune.until_accuracy")  # described by `protocol_title` itself
-# Legible where the page shows it: the page displays the PNG at `DISPLAY_DPI` CSS pixels per inch (96: one
-# inch of figure is one inch of screen), so a point in the figure is a point on the page: every text is
-# at least 9 pt (`SMALL`). The PNG is drawn at `PNG_DPI` (1.5x, sharper on a high-density screen); the SVG
-# beside it is the same figure as vectors.
-SMALL, LABEL, TITLE = 9, 10, 12
-DISPLAY_DPI, PNG_DPI = 96, 144
+# Legible where the page shows it, as every figure of the page (`plots.DISPLAY_DPI`): every text is at least
+# 9 pt (`SMALL`); the SVG beside the PNG is the same figure as vectors.
+SMALL, LABEL, TITLE = plots.SMALL, 10, 12
+DISPLAY_DPI, PNG_DPI = plots.DISPLAY_DPI, plots.PNG_DPI
 TITLE_TEXT = "Invariance kept after fine-tuning at one location, against the fine-tune learning rate"
 
 
@@ -278,7 +274,7 @@ def headline_figure(rows: Iterable[Mapping[str, Any]], claims_json: Iterable[Map
   models = list(dict.fromkeys(t["model"] for t in table))
   titles = group_titles([r for r in rows if r.get("protocol_key", "") in groups])
   claims_json = list(claims_json or [])
-  fig = plt.figure(figsize=(12 * len(groups), 3.9 * len(models) + 1.3), layout="constrained", dpi=DISPLAY_DPI)
+  fig = plots.new_figure(figsize=(12 * len(groups), 3.9 * len(models) + 1.3), layout="constrained", dpi=DISPLAY_DPI)
   subfigs = np.atleast_1d(fig.subfigures(1, len(groups), squeeze=False)).ravel()
   if len(groups) == 1:  # the title in words; the protocol's key is in the page's header
     words = [line for line in titles.get(groups[0], "").splitlines() if not line.startswith("protocol ")]

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import matplotlib.lines
 import numpy as np
 
@@ -22,8 +23,6 @@ from shiftbench.infra.files import atomic_write_text
 from shiftbench.reporting import headline, methods_board, plots, provenance, reference_board, sections
 from shiftbench.rows import reference, schema
 from shiftbench.rows.schema import FINETUNE_MODES, LR, PRETRAIN_REGIMES, format_lr
-
-plt = plots.plt  # pyplot with the headless backend already selected
 
 # Clicking a header sorts by that column (numbers numerically, "0.812 ± 0.03" by its mean), again reverses.
 _SORT_JS = """
@@ -65,10 +64,32 @@ def _regime_columns(entries: list[dict[str, Any]]) -> list[tuple[str, str]]:
   )
 
 
-def location_map_grid(entries: list[dict[str, Any]], path: str | os.PathLike) -> Path:
+class _Panels:
+  """Where each (model, column) panel of a figure sits: one model's columns on one line, wrapped onto as
+  many lines as it takes to keep the figure `plots.PAGE_WIDTH` wide at most (each panel is titled with its
+  model and column, so a wrapped line still says what it shows). `width` and `height` are one panel's, in
+  inches; `margin` the width beside the panels (a colour bar)."""
+
+  def __init__(self, models: list[str], cols: list, width: float, height: float, margin: float = 0.0) -> None:
+    self.per_line = max(1, min(len(cols), math.floor((plots.PAGE_WIDTH - margin) / width + 1e-9)))
+    self.lines = math.ceil(len(cols) / self.per_line) if cols else 1
+    self.figsize = (width * self.per_line + margin, height * self.lines * max(len(models), 1))
+    self.shape = (self.lines * max(len(models), 1), self.per_line)
+
+  def at(self, model_index: int, col_index: int) -> tuple[int, int]:
+    """The panel's (row, column) in the figure's grid of axes."""
+    return model_index * self.lines + col_index // self.per_line, col_index % self.per_line
+
+  def unused(self, axes: np.ndarray, models: list[str], cols: list) -> list:
+    """The slots no panel takes (after the last column of a model's wrapped line)."""
+    taken = {self.at(i, j) for i in range(len(models)) for j in range(len(cols))}
+    return [axes[r, c] for r in range(axes.shape[0]) for c in range(axes.shape[1]) if (r, c) not in taken]
+
+
+def location_map_figure(entries: list[dict[str, Any]]):
   """Models (rows) x pretrain regime / fine-tune mode (columns) of seed-mean location maps of plain
   fine-tunes, each at the highest fine-tune rate it ran at (the most forgetting; the title says which
-  rate)."""
+  rate); a model's columns wrap onto more lines where they would not fit the page (`_Panels`)."""
   entries = [e for e in plain(entries) if e.get("location_map")] or plain(entries)  # reference rows have none
   models = sorted({e["model"] for e in entries})
   cols = _regime_columns(entries)
@@ -77,18 +98,15 @@ def location_map_grid(entries: list[dict[str, Any]], path: str | os.PathLike) ->
     key = (e["model"], e["pretrain"], e["finetune"])
     if key not in by_key or (e.get(LR) or 0) > (by_key[key].get(LR) or 0):
       by_key[key] = e
-  fig, axes = plt.subplots(
-    len(models),
-    len(cols),
-    figsize=(2.6 * len(cols) + 1, 2.8 * len(models)),
-    layout="constrained",
-    squeeze=False,
-    dpi=90,
-  )
+  panels = _Panels(models, cols, width=2.6, height=2.8, margin=1.0)
+  fig = plots.new_figure(figsize=panels.figsize, layout="constrained", dpi=plots.DISPLAY_DPI)
+  axes = fig.subplots(*panels.shape, squeeze=False)
+  for ax in panels.unused(axes, models, cols):
+    ax.axis("off")
   image = None
   for i, model in enumerate(models):
     for j, (regime, mode) in enumerate(cols):
-      ax, e = axes[i, j], by_key.get((model, regime, mode))
+      ax, e = axes[panels.at(i, j)], by_key.get((model, regime, mode))
       if e is None or not e.get("location_map"):
         ax.axis("off")
         continue
@@ -101,13 +119,19 @@ def location_map_grid(entries: list[dict[str, Any]], path: str | os.PathLike) ->
         np.asarray(m["xs"]),
         e.get("chance") or 0.0,
         tuple(loc) if loc else None,
-        f"{model} | {regime} | {mode}\n{_rate(e)}inv {_num(e['invariance'][0])}",
+        # Three short lines: one line of all three, at 9 pt, ran into the next panel's title.
+        f"{model}\n{regime} | {mode}\n{_rate(e)}inv {_num(e['invariance'][0])}",
       )
       ax.set_xlabel("")
       ax.set_ylabel("")
   if image is not None:
     fig.colorbar(image, ax=axes, label="accuracy", shrink=0.8)
-  return _save(fig, path)
+  return fig
+
+
+def location_map_grid(entries: list[dict[str, Any]], path: str | os.PathLike) -> Path:
+  """`location_map_figure` saved to `path` (location_maps.png), for the page at its display size."""
+  return _save_for_page(location_map_figure(entries), path)
 
 
 CURVE_YLIM = (-0.2, 1.2)
@@ -115,6 +139,26 @@ CURVE_YLIM = (-0.2, 1.2)
 # every `finetune.eval_every`; a symlog axis, linear up to 10, gives the early points room.
 CURVE_TICKS = (0, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000)
 _STYLES = ("-", "--", ":", "-.")
+_CURVE_PANEL = 3.2  # inches: 4 panels a line fit the page (`_Panels`); each axis about 2.8 of them
+
+
+def step_ticks(top: int, axis: float = _CURVE_PANEL - 0.5) -> list[int]:
+  """The CURVE_TICKS up to `top` whose labels (`plots.SMALL` pt) have room on a symlog axis `axis` inches
+  long: 0 and the powers of ten first, then 50, 500, ..., then 20, 200, ..., each only where it overlaps
+  none already kept (a run of 20000 steps keeps the decades and few more)."""
+
+  def at(t: int) -> float:  # the symlog scale's position: linear up to 10 over half a decade, then log10
+    return t / 20 if t <= 10 else 0.5 + math.log10(t / 10)
+
+  inches = axis / (1.1 * at(max(top, 10)))  # per unit of the scale; matplotlib's 5% margins at each end
+  width = lambda t: len(str(t)) * plots.SMALL * 0.64 / 72  # noqa: E731 - a digit is about 0.64 em wide
+  candidates = [t for t in CURVE_TICKS if t <= top]
+  kept: list[int] = []
+  for lead in ("0", "1", "5", "2"):
+    for t in (c for c in candidates if str(c)[0] == lead):
+      if all(abs(at(t) - at(k)) * inches >= (width(t) + width(k)) / 2 + 0.06 for k in kept):
+        kept.append(t)
+  return sorted(kept)
 
 
 def forgetting_figure(entries: list[dict[str, Any]]):
@@ -127,20 +171,18 @@ def forgetting_figure(entries: list[dict[str, Any]]):
   models = list(dict.fromkeys(e["model"] for e in entries))
   cols = _regime_columns(entries)
   rates = sorted({e[LR] for e in entries if e.get(LR) is not None})
-  colours = {lr: plt.cm.viridis(0.9 * i / max(len(rates) - 1, 1)) for i, lr in enumerate(rates)}
+  colours = {lr: matplotlib.colormaps["viridis"](0.9 * i / max(len(rates) - 1, 1)) for i, lr in enumerate(rates)}
   groups = {e.get("protocol_key", ""): e.get("settings") or {} for e in entries}
   styles = {g: _STYLES[i % len(_STYLES)] for i, g in enumerate(groups)}
-  fig, axes = plt.subplots(
-    len(models),
-    len(cols),
-    figsize=(3.4 * len(cols) + 0.6, 2.8 * len(models) + 0.8),
-    squeeze=False,
-    dpi=90,
-    layout="constrained",
-  )
+  panels = _Panels(models, cols, width=_CURVE_PANEL, height=2.8, margin=0.6)
+  width, height = panels.figsize
+  fig = plots.new_figure(figsize=(width, height + 0.8), dpi=plots.DISPLAY_DPI, layout="constrained")
+  axes = fig.subplots(*panels.shape, squeeze=False)
+  for ax in panels.unused(axes, models, cols):
+    ax.axis("off")
   probed = marked = False
   for (i, model), (j, (regime, mode)) in itertools.product(enumerate(models), enumerate(cols)):
-    ax = axes[i, j]
+    ax = axes[panels.at(i, j)]
     panel = [e for e in entries if (e["model"], e["pretrain"], e["finetune"]) == (model, regime, mode)]
     if not panel:
       ax.axis("off")
@@ -161,9 +203,8 @@ def forgetting_figure(entries: list[dict[str, Any]]):
         ax.plot(*zip(*probe), linestyle="none", marker="D", markersize=7, mfc="none", mec=colour)
         probed = True
     ax.set_xscale("symlog", linthresh=10, linscale=0.5)
-    top = max(p["step"] for e in panel for p in e["curve"])
-    ticks = [t for t in CURVE_TICKS if t <= top]
-    ax.set_xticks(ticks, [str(t) for t in ticks], fontsize=7)
+    ticks = step_ticks(max(p["step"] for e in panel for p in e["curve"]))
+    ax.set_xticks(ticks, [str(t) for t in ticks], fontsize=plots.SMALL)
     ax.minorticks_off()
     ax.set_title(f"{model} | {regime}/{mode}", fontsize=9)
     ax.set_xlabel("fine-tune step")
@@ -188,13 +229,24 @@ def forgetting_figure(entries: list[dict[str, Any]]):
   if marked:
     handles.append(line([], [], linestyle="none", marker="o", mfc="white", mec="black", label=plots.NEAR_CHANCE_LABEL))
   if handles:
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize=8, frameon=False)
+    _legend_within(fig, handles)
   return fig
 
 
+def _legend_within(fig, handles: list) -> None:
+  """One legend under the figure, in as many columns (4 at most) as fit its width: a wider legend would
+  widen the saved PNG past the page."""
+  renderer = fig.canvas.get_renderer()
+  for ncols in range(min(len(handles), 4), 0, -1):
+    legend = fig.legend(handles=handles, loc="outside lower center", ncols=ncols, fontsize=plots.SMALL, frameon=False)
+    if ncols == 1 or legend.get_window_extent(renderer).width <= fig.bbox.width:
+      return
+    legend.remove()
+
+
 def forgetting_curves(entries: list[dict[str, Any]], path: str | os.PathLike) -> Path:
-  """`forgetting_figure` saved to `path`."""
-  return _save(forgetting_figure(entries), path)
+  """`forgetting_figure` saved to `path` (forgetting_curves.png), for the page at its display size."""
+  return _save_for_page(forgetting_figure(entries), path)
 
 
 # The Pareto figure's colours: plain rows by mode, in greys; a method its own (`Method.colour`, which
@@ -214,7 +266,8 @@ def methods_figure(tables: list[methods_board.Table]):
   so)."""
   cols = min(len(tables), 3)
   rows = math.ceil(len(tables) / cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 4.2 * rows), squeeze=False, dpi=90, layout="constrained")
+  fig = plots.new_figure(figsize=(4.8 * cols, 4.2 * rows), dpi=90, layout="constrained")
+  axes = fig.subplots(rows, cols, squeeze=False)
   others = iter(f"C{i}" for i in itertools.count(4))
   colours = dict(PLAIN_COLOURS)
   for ax, table in zip(axes.ravel(), tables):
@@ -271,9 +324,15 @@ def _save(fig, path: str | os.PathLike) -> Path:
   return plots.save_figure(fig, path, bbox_inches="tight")
 
 
-def _img(path: Path, alt: str) -> str:
+def _save_for_page(fig, path: str | os.PathLike) -> Path:
+  """Saved at `plots.PNG_DPI`, for the page to show at `plots.shown_width` (every label at its size)."""
+  return plots.save_figure(fig, path, bbox_inches="tight", dpi=plots.PNG_DPI)
+
+
+def _img(path: Path, alt: str, width: int | None = None) -> str:
   data = base64.b64encode(path.read_bytes()).decode("ascii")
-  return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+  shown = "" if width is None else f' width="{width}"'
+  return f'<img alt="{html.escape(alt)}"{shown} src="data:image/png;base64,{data}">'
 
 
 def methods_section(tables: list[methods_board.Table], figure: Path | None) -> str:
@@ -311,9 +370,12 @@ def render_html(
   """One HTML document that leads with the answer: what ran (`ran`, `provenance.what_ran`), the headline
   figure (`top`), the claims (`sections.claims_table`), the methods board (`methods`, a section from
   `methods_section`; none without method rows), then the leaderboard (`sections.board_tables`: tables that fit a
-  1400-px window; click a header to sort), then the other figures inlined as base64 PNG."""
+  1400-px window; click a header to sort), then the other figures inlined as base64 PNG, each shown at the
+  size it was drawn for (`plots.shown_width`)."""
   ran_html = "" if not ran else f"<table class='ran'>{sections.ran_rows(ran)}</table>\n"
-  figs = "\n".join(f"<h2>{html.escape(name)}</h2>\n{_img(p, name)}" for name, p in figures.items())
+  figs = "\n".join(
+    f"<h2>{html.escape(name)}</h2>\n{_img(p, name, plots.shown_width(p))}" for name, p in figures.items()
+  )
   claims_html = (
     ""
     if claims is None

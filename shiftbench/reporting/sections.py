@@ -11,7 +11,7 @@ from typing import Any
 
 from shiftbench.claims import catalogue as claims_lib
 from shiftbench.claims import listing
-from shiftbench.reporting import headline, terminal
+from shiftbench.reporting import headline, plots, terminal
 from shiftbench.rows import schema
 
 
@@ -104,15 +104,10 @@ def claims_table(claims: list[claims_lib.Claim]) -> str:
   return table + "".join(f"\n<p class='notrun'>{html.escape(line)}</p>" for line in not_run)
 
 
-def _png_width(path: Path) -> int:
-  """A PNG's width in pixels, from its header."""
-  return int.from_bytes(path.read_bytes()[16:20], "big")
-
-
 def headline_section(path: Path) -> str:
   """The headline figure at the size it was drawn for (`headline.DISPLAY_DPI`: its 9-pt labels read as
   9 pt), with links to the SVG and the PNG beside the page."""
-  width = round(_png_width(path) * headline.DISPLAY_DPI / headline.PNG_DPI)
+  width = plots.shown_width(path)
   data = base64.b64encode(path.read_bytes()).decode("ascii")
   links = [f"<a href='{n}'>{n}</a>" for n in (path.with_suffix(".svg").name, path.name) if (path.parent / n).exists()]
   return (
