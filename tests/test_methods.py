@@ -145,6 +145,11 @@ def protocol(tiny_data_dir, tmp_path_factory):
     yield p, source, done
 
 
+def _kept(p, rid):
+  """The fine-tuned model plain row `rid` left for the method rows of its rate."""
+  return p._tuned[plan.rate_key(rid)][rid]
+
+
 def _ids(p):
   last, full = plan.groups(p.s)[0].rows
   return last, full
@@ -156,10 +161,10 @@ def test_wise_at_zero_and_one_is_exactly_the_last_and_full_rows(protocol):
   wise = full._replace(finetune_method="wise")
   ctx = p.context(wise, source, None, done)
   ends = {a: methods.WiSEFT(alphas=[0.0, 1.0]).run(ctx, a).model for a in (0.0, 1.0)}
-  d0, d1 = _largest_difference(ends[0.0], p._tuned[last]), _largest_difference(ends[1.0], p._tuned[full])
+  d0, d1 = _largest_difference(ends[0.0], _kept(p, last)), _largest_difference(ends[1.0], _kept(p, full))
   print(f"WiSE-FT alpha=0 vs last: {d0}; alpha=1 vs full: {d1}")
   assert d0 == 0.0 and d1 == 0.0
-  assert _largest_difference(p._tuned[last], p._tuned[full]) > 0  # the two ends differ: a real check
+  assert _largest_difference(_kept(p, last), _kept(p, full)) > 0  # the two ends differ: a real check
 
 
 def test_l2sp_at_zero_is_exactly_plain_full_and_a_larger_beta_stays_closer_to_pretrained(protocol):
@@ -169,19 +174,19 @@ def test_l2sp_at_zero_is_exactly_plain_full_and_a_larger_beta_stays_closer_to_pr
   ctx = p.context(rid, source, done[full.plain_sibling("last")]["curve"][-1], done)
   method = methods.L2SP(betas=[0.0, 30.0])
   zero = method.run(ctx, 0.0)
-  d = _largest_difference(zero.model, p._tuned[full])
+  d = _largest_difference(zero.model, _kept(p, full))
   print(f"L2-SP beta=0 vs plain full: {d}")
   assert d == 0.0 and json.dumps(zero.curve) == json.dumps(done[full]["curve"])
   transferred = lambda m: jax.tree.leaves(nnx.state(m, nnx.All(nnx.Param, models.TRANSFERABLE)))  # noqa: E731
   pretrained = transferred(p.start(full, source))
   distance = lambda m: sum(float(jnp.sum((x - y) ** 2)) for x, y in zip(transferred(m), pretrained))  # noqa: E731
-  assert distance(method.run(ctx, 30.0).model) < 0.5 * distance(p._tuned[full])
+  assert distance(method.run(ctx, 30.0).model) < 0.5 * distance(_kept(p, full))
 
 
 def test_lpft_starts_from_the_last_rows_model_and_leaves_it_intact(protocol):
   p, source, done = protocol
   last, full = _ids(p)
-  before = _leaves(p._tuned[last])
+  before = _leaves(_kept(p, last))
   ctx = p.context(full._replace(finetune_method="lpft"), source, done[last]["curve"][-1], done)
   seen = {}
 
@@ -190,11 +195,11 @@ def test_lpft_starts_from_the_last_rows_model_and_leaves_it_intact(protocol):
     return ctx.finetune(model, **kw)
 
   tuned = methods.LPFT().run(dataclasses.replace(ctx, finetune=spy), None)
-  d = _largest_difference(seen["start"], p._tuned[last])
+  d = _largest_difference(seen["start"], _kept(p, last))
   print(f"LP-FT start vs last: {d}")
   assert d == 0.0 and seen["kw"] == {"mode": "full", "probe": True}
   assert _largest_difference(tuned.model, seen["start"]) > 0  # it trained (everything, from the probe)
-  assert all(np.array_equal(x, y) for x, y in zip(before, _leaves(p._tuned[last])))
+  assert all(np.array_equal(x, y) for x, y in zip(before, _leaves(_kept(p, last))))
   # Its classifier is not the fresh one plain full starts from.
   fresh = p.start(full, source)
   classifier = lambda m: jax.tree.leaves(nnx.state(m.head.classifier))  # noqa: E731
@@ -204,7 +209,7 @@ def test_lpft_starts_from_the_last_rows_model_and_leaves_it_intact(protocol):
 def test_a_resumed_run_trains_the_plain_models_again_to_the_same_numbers(protocol):
   p, source, done = protocol
   last, full = _ids(p)
-  kept = {r: p._tuned.pop(r) for r in (last, full)}  # as if the plain rows came from results.json
+  kept = {r: p._tuned[plan.rate_key(r)].pop(r) for r in (last, full)}  # as if the rows came from results.json
   again = p.tuned(last, source, done)
   assert _largest_difference(again, kept[last]) == 0.0
   assert _largest_difference(p.tuned(full, source, done), kept[full]) == 0.0
@@ -217,9 +222,9 @@ def test_a_row_of_another_group_gets_nothing_the_open_group_keeps(protocol):
   for it is a bug, not a silent reuse."""
   p, source, done = protocol
   last, _ = _ids(p)
-  with pytest.raises(RuntimeError, match=r"asked for while the group \('cnn_fc', 'translate', 0.01, 0\) runs"):
+  with pytest.raises(RuntimeError, match=r"asked for while the groups \[\('cnn_fc', 'translate', 0.01, 0\)\] run"):
     p.tuned(last._replace(finetune_lr=0.5), source, done)
-  with pytest.raises(RuntimeError, match="shift metrics before fine-tuning of .* asked for while the group"):
+  with pytest.raises(RuntimeError, match="shift metrics before fine-tuning of .* asked for while the groups"):
     p.before(last._replace(seed=1), lambda: None)
 
 

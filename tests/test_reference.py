@@ -188,8 +188,8 @@ def test_the_page_says_which_lines_are_reference_rows_and_maps_only_the_runs_own
   assert "9 from 1 run" in html  # what ran: the run's 9 rows, not the 9 reference rows beside them
   from matplotlib import image
 
-  grid = image.imread(tmp_path / "location_maps.png")  # 2.8 in per model at 90 dpi
-  assert grid.shape[0] < 400  # one row of maps (the run's model), no blank row for the reference model's
+  grid = image.imread(tmp_path / "location_maps.png")  # saved at 144 dpi: one row of maps is 434 px high
+  assert grid.shape[0] < 600  # one row of maps (the run's model), no blank row for the reference model's
 
 
 def test_a_sweep_with_the_switch_off_makes_its_board_without_reference_rows(tmp_path):
