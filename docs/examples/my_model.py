@@ -1,6 +1,8 @@
 """A model of your own for shiftbench: a small Flax NNX CNN with a global-average-pool head and one hidden
 layer, defined outside the package. docs/api.md explains each part; tests/test_api.py runs this file.
 
+It uses plain `nnx.Conv`; on CPU shiftbench then trains it one step per jitted call (docs/api.md, Speed).
+
 From the folder holding this file:
 
   python -c "import shiftbench; print(shiftbench.evaluate('my_model.MyNet').rows)"
