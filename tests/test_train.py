@@ -1,6 +1,7 @@
 """Training: learns, is reproducible, freezes what it should, never retraces, and fails loudly on NaN."""
 
 import functools
+import logging
 
 import jax
 import numpy as np
@@ -8,11 +9,12 @@ import optax
 import pytest
 from flax import nnx
 
+from shiftbench import models
 from shiftbench.data import canvas
 from shiftbench.evaluators import location_maps
 from shiftbench.evaluators.predictor import Predictor
 from shiftbench.models import ShiftNet
-from shiftbench.training import loop, optimizers
+from shiftbench.training import conv_forms, loop, optimizers
 
 SPEC = canvas.CanvasSpec(16, 6)
 
@@ -128,6 +130,58 @@ def test_scanned_dispatch_equals_one_step_per_dispatch():
     loop.train(model, optax.adam(1e-3), data, SPEC, place, steps=7, batch_size=8, seed=0, dispatch=k)
     results.append(_params(model))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), *results)
+
+
+class FlaxConvNet(nnx.Module):
+  """A user's network written with plain `nnx.Conv` (XLA's own conv gradients unless told otherwise)."""
+
+  def __init__(self, rngs: nnx.Rngs, conv_general_dilated=jax.lax.conv_general_dilated):
+    conv = functools.partial(nnx.Conv, kernel_size=(3, 3), conv_general_dilated=conv_general_dilated, rngs=rngs)
+    self.backbone = nnx.Sequential(conv(1, 4), jax.nn.relu, conv(4, 8), jax.nn.relu)
+    self.head = nnx.Linear(8, 3, rngs=rngs)
+
+  def __call__(self, x):
+    return self.head(self.backbone(x).mean(axis=(1, 2)))
+
+
+def test_convs_xla_cpu_runs_slowly_in_a_loop_are_the_gradients_not_in_its_eigen_form():
+  x, kernel = jax.ShapeDtypeStruct((2, 8, 8, 3), np.float32), jax.ShapeDtypeStruct((3, 3, 3, 4), np.float32)
+
+  def slow(conv):
+    return conv_forms.slow_in_a_loop(jax.make_jaxpr(jax.grad(lambda x, k: conv(x, k).sum(), (0, 1)))(x, kernel))
+
+  nhwc = ("NHWC", "HWIO", "NHWC")
+  assert slow(lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=nhwc)) == 2
+  assert slow(lambda x, k: models.conv_general_dilated(x, k, (2, 2), "SAME", dimension_numbers=nhwc)) == 0
+  conv = lambda c, k: jax.lax.conv_general_dilated(c, k, (1, 1), "SAME", dimension_numbers=nhwc)
+  assert slow(lambda x, k: jax.lax.scan(lambda c, _: (c, conv(c, k)), x, length=2)[1]) == 2  # found in the scan
+  nchw = jax.make_jaxpr(lambda x, k: jax.lax.conv(x, k, (1, 1), "SAME"))(np.ones((2, 3, 8, 8)), np.ones((4, 3, 3, 3)))
+  assert conv_forms.slow_in_a_loop(nchw) == 1  # a forward conv in another layout too
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="auto is 10 steps per dispatch off CPU")
+def test_auto_trains_a_model_with_xlas_conv_gradients_one_step_per_dispatch_on_cpu_and_says_why(caplog):
+  """XLA:CPU runs `nnx.Conv`'s gradients ~20x slower inside `lax.scan` (conv_forms): `auto` runs such a
+  step once per dispatch; a frozen backbone (no conv gradients) or canonical gradients keep ten."""
+  data, place, tx = _bars(), loop.Placement("fixed", (5, 5)), optax.adam(1e-2)
+
+  def resolved(model, mode="full"):
+    loop.train(model, tx, data, SPEC, place, steps=10, batch_size=8, seed=0, mode=mode)
+    graphdef = nnx.split(model, models.trainable(mode), ...)[0]
+    return loop._AUTO_DISPATCH[(graphdef, tx.update, SPEC, place, 8), mode]
+
+  with caplog.at_level(logging.INFO, logger="shiftbench.training.loop"):
+    assert resolved(FlaxConvNet(nnx.Rngs(0))) == 1
+    assert "FlaxConvNet (full): 1 training step per dispatch, not 10 (steps_per_dispatch=auto): 3 of" in caplog.text
+    caplog.clear()
+    assert resolved(FlaxConvNet(nnx.Rngs(0)), mode="head") == 10
+    assert resolved(FlaxConvNet(nnx.Rngs(0), models.conv_general_dilated)) == 10
+    assert resolved(_model()) == 10  # the shipped networks' convs
+  assert caplog.text == ""
+  one, auto = FlaxConvNet(nnx.Rngs(1)), FlaxConvNet(nnx.Rngs(1))
+  loop.train(one, tx, data, SPEC, place, steps=3, batch_size=8, seed=0, dispatch=1)
+  loop.train(auto, tx, data, SPEC, place, steps=3, batch_size=8, seed=0)
+  jax.tree.map(np.testing.assert_array_equal, _params(one), _params(auto))  # the one-step program itself
 
 
 def test_scanned_chunks_end_at_every_evaluation_step():

@@ -9,7 +9,7 @@ from flax import nnx
 from shiftbench.data import canvas
 from shiftbench.models.cnn import DOWNSAMPLES, HEADS, ShiftNet
 from shiftbench.models.densenet import DenseNet
-from shiftbench.models.layers import PADDINGS
+from shiftbench.models.layers import PADDINGS, conv_general_dilated
 from shiftbench.models.resnet import ResNet
 from shiftbench.models.resnet_tv import TorchvisionResNet
 from shiftbench.models.shift_model import (
@@ -75,6 +75,7 @@ __all__ = [
   "TRANSFERABLE",
   "TorchvisionResNet",
   "VGG",
+  "conv_general_dilated",
   "from_torchvision",
   "logits_on_canvas",
   "logits_on_grid",

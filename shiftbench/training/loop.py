@@ -28,7 +28,7 @@ from shiftbench import models
 from shiftbench.data import canvas
 from shiftbench.data.device import DeviceObjects
 from shiftbench.infra.errors import DivergenceError
-from shiftbench.training import resume
+from shiftbench.training import conv_forms, resume
 from shiftbench.training.schedule import schedule, steps_per_dispatch
 
 log = logging.getLogger(__name__)
@@ -150,6 +150,36 @@ def _compiled_update(graphdef, tx_update, spec, placement, batch_size, k):
   return jax.jit(update, donate_argnums=(0, 1))  # not `rest`: in `head`/`last` modes it holds the frozen part
 
 
+# Steps per dispatch that `auto` resolved to on CPU, by `_compiled_update`'s key (without `k`) and the mode.
+_AUTO_DISPATCH: dict[tuple, int] = {}
+
+
+def resolve_dispatch(dispatch: int | str, key: tuple, mode: str, shapes: Callable[[], tuple], name: str) -> int:
+  """Steps per jitted call for the program `_compiled_update(*key, k)` at `mode`, whose arguments have the
+  shapes `shapes()` (`_shapes`). `auto` is 10 (`steps_per_dispatch`), except on CPU for a step with convs
+  that XLA:CPU runs as generic loops inside a `lax.scan` (`conv_forms`: e.g. `nnx.Conv`'s gradients):
+  there it is 1, which runs them as fast kernels, and it logs why (once per program). Found by tracing
+  the 10-step program, a trace that `jit` and `lower` then reuse (nothing is compiled)."""
+  k = steps_per_dispatch(dispatch)
+  if dispatch != "auto" or k == 1 or jax.default_backend() != "cpu":
+    return k
+  if (key, mode) not in _AUTO_DISPATCH:
+    slow = conv_forms.slow_in_a_loop(_compiled_update(*key, k).trace(*shapes()).jaxpr)
+    if slow:
+      log.info(
+        "%s (%s): 1 training step per dispatch, not %d (steps_per_dispatch=auto): %d of its training step's "
+        "convs (e.g. nnx.Conv's gradients) run as slow generic loops inside lax.scan on CPU; convs built with "
+        "conv_general_dilated=shiftbench.models.conv_general_dilated run %d steps per dispatch (docs/api.md, Speed)",
+        name,
+        mode,
+        k,
+        slow,
+        k,
+      )
+    _AUTO_DISPATCH[key, mode] = 1 if slow else k
+  return _AUTO_DISPATCH[key, mode]
+
+
 # Programs compiled ahead (`compile_ahead`), by `_compiled_update`'s key and the mode (which splits the
 # model's state into other trees for the same graph, one program each): XLA compiles on one thread, so
 # a program compiled in the background while the run trains and evaluates costs no wall time on a
@@ -179,15 +209,20 @@ def compile_ahead(
   (`nnx.eval_shape`) and is left as it was; `seed` is a key of the kind `train` gets. Tracing and lowering
   happen here, on the caller's thread; only XLA's compile runs in the background. `train` then runs the
   compiled programs (waiting for them if needed): the executables `jit` would build, so the same numbers."""
-  k = steps_per_dispatch(dispatch)
-  chunks = schedule(steps, k, evaluate=evaluate, eval_every=eval_every, eval_steps=eval_steps).chunks
   model = nnx.clone(model) if not _abstract(model) else model
   set_mode(model, mode)
   graphdef, params, rest = nnx.split(model, models.trainable(mode), ...)
+  args, program_key = _shapes(params, tx, rest, seed, data), (graphdef, tx.update, spec, placement, batch_size)
+  plan = functools.partial(schedule, steps, evaluate=evaluate, eval_every=eval_every, eval_steps=eval_steps)
+  k = steps_per_dispatch(dispatch)
+  chunks = plan(k).chunks
+  if any(chunk.scan for chunk in chunks):  # as `train` resolves it
+    k = resolve_dispatch(dispatch, program_key, mode, lambda: args, type(model).__name__)
+    chunks = plan(k).chunks
   for each in sorted({k if c.scan else 1 for c in chunks}, reverse=True):
-    key = (graphdef, tx.update, spec, placement, batch_size, each)
+    key = (*program_key, each)
     if (key, mode) not in _AHEAD:
-      lowered = _compiled_update(*key).lower(*_shapes(params, tx, rest, seed, data))
+      lowered = _compiled_update(*key).lower(*args)
       _AHEAD[key, mode] = _COMPILER.submit(lowered.compile)
 
 
@@ -314,12 +349,11 @@ def train(
   rule is checked) is `schedule.schedule`'s.
   """
   spec.check_location(placement.location)
-  k = steps_per_dispatch(dispatch)
   set_mode(model, mode)
   graphdef, params, rest = nnx.split(model, models.trainable(mode), ...)
   opt_state = tx.init(params)
-  update = _program((graphdef, tx.update, spec, placement, batch_size, k), mode)
   base_key = seed if isinstance(seed, jax.Array) else jax.random.key(seed)
+  program_key = (graphdef, tx.update, spec, placement, batch_size)
   history: list[Metrics] = []
   done = 0
   saved = checkpoints.latest({"params": params, "opt_state": opt_state, "rest": rest}) if checkpoints else None
@@ -327,9 +361,9 @@ def train(
     done, tree, history = saved
     params, opt_state, rest = tree["params"], tree["opt_state"], tree["rest"]
     log.info("%s: resumed from step %d of %d (%s)", desc, done, steps, checkpoints.directory)
-  sched = schedule(
+  plan = functools.partial(
+    schedule,
     steps,
-    k,
     evaluate=on_eval is not None,
     eval_every=eval_every,
     eval_steps=eval_steps,
@@ -337,6 +371,13 @@ def train(
     log_every=log_every,
     resume_from=done,
   )
+  k = steps_per_dispatch(dispatch)
+  sched = plan(k)
+  if any(chunk.scan for chunk in sched.chunks):  # else no scan runs, whatever `auto` resolves to
+    shapes = functools.partial(_shapes, params, tx, rest, base_key, data)
+    k = resolve_dispatch(dispatch, program_key, mode, shapes, type(model).__name__)
+    sched = plan(k)
+  update = _program((*program_key, k), mode)
 
   def sync_model():
     nnx.update(model, params, rest)
@@ -346,7 +387,7 @@ def train(
   with tqdm(total=steps, initial=done, desc=desc, unit="step", leave=False, dynamic_ncols=True, disable=None) as bar:
     for chunk in sched.chunks:
       # the one-step program (for chunks shorter than k) compiles on first use
-      program = update if chunk.scan else _program((graphdef, tx.update, spec, placement, batch_size, 1), mode)
+      program = update if chunk.scan else _program((*program_key, 1), mode)
       accs = []  # every step's batch accuracy, for the stopping rule
       for start in chunk.dispatches:
         params, opt_state, rest, metrics = program(

@@ -22,7 +22,8 @@ def steps_per_dispatch(requested: int | str) -> int:
   """`auto`: 10 training steps per jitted call (a `lax.scan`), on every backend.
 
   On CPU this needs the conv gradients written out in canonical form (`layers.conv2d`): XLA:CPU rewrites
-  its own conv gradients into fast kernels only outside a while loop (docs/performance.md).
+  its own conv gradients into fast kernels only outside a while loop (docs/performance.md). A model whose
+  step holds other convs (`nnx.Conv`'s own gradients) gets 1 there instead: `loop.resolve_dispatch`.
   """
   if requested == "auto":
     return 10
