@@ -80,11 +80,13 @@ from shiftbench.claims import architecture as architecture_claims
 from shiftbench.claims import forgetting as forgetting_claims
 from shiftbench.claims import listing as listing_lib
 from shiftbench.claims import methods as methods_claims
+from shiftbench.claims import multiplicity
 from shiftbench.claims import paper as paper_claims
 from shiftbench.claims.arms import Arms
 from shiftbench.claims.forgetting import BB, NEAR_CHANCE
 from shiftbench.claims.paper import FAR_ABOVE
 from shiftbench.claims.verdicts import (
+  EQUIVALENT,
   FAIL,
   FEW_SEEDS,
   FIGURE,
@@ -93,6 +95,7 @@ from shiftbench.claims.verdicts import (
   OUTCOMES,
   PASS,
   SIGNIFICANCE,
+  SMALLEST_EFFECT,
   UNDEFINED,
   Claim,
   effect,
@@ -103,6 +106,7 @@ from shiftbench.claims.verdicts import (
 __all__ = [
   "BB",
   "COLUMNS",
+  "EQUIVALENT",
   "FAIL",
   "FAR_ABOVE",
   "FEW_SEEDS",
@@ -113,6 +117,7 @@ __all__ = [
   "OUTCOMES",
   "PASS",
   "SIGNIFICANCE",
+  "SMALLEST_EFFECT",
   "UNDEFINED",
   "Claim",
   "evaluate",
@@ -145,8 +150,10 @@ def evaluate(rows: list[dict[str, Any]], labels: dict[str, str] | None = None) -
     by_group[r.get("protocol_key", "")].append(r)
   out = []
   for group, members in by_group.items():
-    for claim in _catalogue(Arms(members)):
+    found = _catalogue(Arms(members))
+    for claim in found:
       claim.group = group
+    for claim in multiplicity.holm(found):
       if len(by_group) > 1:
         claim.rows = f"[{(labels or {}).get(group, group)}] {claim.rows}"
       claim.effect = effect(claim)
@@ -169,7 +176,7 @@ def shown(claims: list[Claim]) -> list[Claim]:
   return [c for c in ordered(claims) if c.primary]
 
 
-COLUMNS = ["id", "lr", "verdict", "effect, mean [95% CI]", "n", "entry", "claim", "compared", "kind", "source"]
+COLUMNS = ["id", "lr", "verdict", "effect, mean [CI]", "n", "entry", "claim", "compared", "kind", "source"]
 
 
 def _line(c: Claim) -> list[Any]:
@@ -205,6 +212,7 @@ def markdown(claims: list[Claim]) -> str:
 
 def _json(c: Claim) -> dict[str, Any]:
   mean, lo, hi = interval(c.values) if c.values else (math.nan,) * 3
+  ci_judged = list(interval(c.values, c.alpha)[1:]) if c.values and c.alpha is not None else None
   return {
     "id": c.id,
     "primary": c.primary,
@@ -227,6 +235,12 @@ def _json(c: Claim) -> dict[str, Any]:
     "figure": figure(c),
     "ci95": [lo, hi],
     "n": c.n,
+    "smallest_effect": c.margin,  # δ: supported / contradicted beyond ±δ, equivalent inside it
+    # Holm within the claim's family (`multiplicity`): the one-sided level `alpha` its outcome was judged
+    # at, on `ci_judged` (the two-sided 1 - 2 alpha interval), its rank and p-value among `family` entries.
+    "holm": None
+    if c.alpha is None
+    else {"alpha": c.alpha, "family": c.family, "rank": c.holm_rank, "p_value": c.p_value, "ci_judged": ci_judged},
     "outcome": c.outcome,
     "verdict": c.verdict,
     "note": c.note or None,

@@ -47,6 +47,7 @@ table.claims tr.secondary td{color:#555;font-size:11px;background:#fafafa}
 table.claims tr.secondary td:first-child{padding-left:1.2em}
 table.claims tr.section td{background:#f3f3f3;font-weight:bold} span.cite{color:#777}
 td.pass{background:#d9f2d9;color:#1a6b1a;font-weight:bold} td.fail{background:#f8d7d7;color:#a11;font-weight:bold}
+td.equivalent{background:#e4ecf7;color:#234;font-weight:bold}
 td.other{color:#666} p.notrun{color:#555} img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}"""
 
 
@@ -380,10 +381,14 @@ def render_html(
     ""
     if claims is None
     else (
-      "<h2>Claims from the literature</h2>\n<p>✓ supported: the 95% interval over seeds lies on the claimed "
-      "side of the threshold; ✗ contradicted: on the other side; inconclusive: it straddles it, or a seed "
-      "collapsed (counted against the claim). One entry per claim, model and rate, as pre-registered; "
-      "↳ secondary entries (another comparison of the same rows) under it. Rules: docs/protocol.md.</p>\n"
+      "<h2>Claims from the literature</h2>\n<p>✓ supported: the interval over seeds lies beyond the "
+      f"threshold by more than δ = {claims_lib.SMALLEST_EFFECT} on the claimed side (the smallest effect of "
+      "interest; C1's and C8's thresholds have none); ✗ contradicted: beyond it on the other side; equivalent: "
+      "inside ± δ (two one-sided tests); inconclusive: anything else, or a seed collapsed (counted against "
+      "the claim). The interval is 95%, or wider where Holm's correction within the claim's family (its "
+      "models and rates) lowered the entry's level: then the level follows it. One entry per claim, model and "
+      "rate, as pre-registered; ↳ secondary entries (another comparison of the same rows) under it. Rules: "
+      "docs/protocol.md.</p>\n"
       f"{sections.claims_table(claims)}\n"
     )
   )

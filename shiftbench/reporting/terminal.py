@@ -90,7 +90,7 @@ def _claim_line(c) -> list:
 def _claim_lines(rows: list[list]) -> str:
   return tabulate(
     rows,
-    headers=["id", "lr", "verdict", "effect, mean [95% CI]", "n", "compared"],
+    headers=["id", "lr", "verdict", "effect, mean [CI]", "n", "compared"],
     tablefmt="simple",
     maxcolwidths=[None, None, None, EFFECT_WIDTH, None, COMPARED_WIDTH],
     disable_numparse=True,
