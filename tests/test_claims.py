@@ -191,19 +191,20 @@ def test_f1_uses_every_seed_including_one_without_a_gain():
   assert f1.effect.startswith(f"{0.34 / (1.56 / 3):.3f}")  # dropping seed 2 would give 0.345 / 0.79 = 0.437
 
 
-def test_a_claim_with_no_effect_passes_at_about_the_nominal_rate():
-  """Null calibration: three seeds with no true effect pass a one-sided 'lower bound > 0' claim with
-  probability 2.5% (the lower end of a two-sided 95% interval)."""
+def test_a_claim_with_an_effect_of_exactly_delta_passes_at_about_the_nominal_rate():
+  """Null calibration: three seeds whose true effect is exactly the smallest effect of interest δ (the
+  null's edge) pass a one-sided 'lower bound > δ' claim with probability 2.5% (the lower end of a
+  two-sided 95% interval; a family of one is not adjusted)."""
   rng = np.random.default_rng(0)
   trials = 4000
   passes = 0
   for _ in range(trials):
-    noise = rng.normal(0.0, 0.1, size=(3, 2))  # scratch and translate/last of 3 seeds, same mean
+    noise = rng.normal(0.0, 0.1, size=(3, 2))  # scratch and translate/last of 3 seeds, δ apart
     rows = []
     for s in range(3):
       rows += [
         _row("cnn_fc", FC, "scratch", "full", s, 0.3 + noise[s, 0]),
-        _row("cnn_fc", FC, "translate", "last", s, 0.3 + noise[s, 1]),
+        _row("cnn_fc", FC, "translate", "last", s, 0.3 + verdicts.SMALLEST_EFFECT + noise[s, 1]),
       ]
     passes += _by_id(claims.evaluate(rows))["C2"].outcome == verdicts.SUPPORTED
   rate = passes / trials
@@ -412,15 +413,19 @@ def test_the_leaderboard_carries_the_report(tmp_path):
 # Fine-tuning methods (M1-M3): synthetic method rows beside the plain rows of `_forgetting_rows`.
 
 
-def _method_row(method, seed, invariance, in_acc=0.9, alpha=None, beta=None, model="cnn_fc", arch=FC, **extra):
-  row = _row(model, arch, "translate", "full", seed, invariance, in_acc=in_acc, **extra)
-  return {**row, "finetune_method": method, "method_setting": alpha if alpha is not None else beta}
+def _method_row(method, seed, off_acc, in_acc=0.9, alpha=None, beta=None, model="cnn_fc", arch=FC, **extra):
+  """A method's row whose off-location accuracy (the methods' endpoint) is `off_acc`; its invariance is the
+  same number unless `extra` gives one (only the endpoint matters to M1-M3)."""
+  row = _row(model, arch, "translate", "full", seed, off_acc, in_acc=in_acc, off_acc=off_acc)
+  return {**row, "finetune_method": method, "method_setting": alpha if alpha is not None else beta, **extra}
 
 
 def _plain(full=0.45, full_acc=0.9, full_val=0.9, seeds=(0, 1, 2)):
-  """The plain rows of `_forgetting_rows`, with in-location and validation accuracy on plain full."""
+  """The plain rows of `_forgetting_rows`, with in-location and validation accuracy on plain full, and
+  off-location accuracy equal to the invariance given."""
   rows = _forgetting_rows(seeds=seeds, full=full)
   for r in rows:
+    r["off_acc"] = r["invariance"]
     r["in_acc"] = full_acc if (r["pretrain"], r["finetune"]) == ("translate", "full") else 0.8
     r["val_in_acc"] = full_val if (r["pretrain"], r["finetune"]) == ("translate", "full") else 0.8
   return rows
@@ -473,9 +478,9 @@ def _wise(inv_half, acc_half, inv_one=0.45, acc_one=0.9, with_one=True):
   return [r for r in rows if r]
 
 
-def test_m2_needs_more_invariance_at_half_and_accuracy_within_the_guard():
+def test_m2_needs_more_off_location_accuracy_at_half_and_accuracy_within_the_guard():
   rows = _plain()
-  (m2,) = _claims_of(rows + _wise(0.6, 0.88), "M2")  # +0.15 invariance, -0.02 accuracy: within 0.05
+  (m2,) = _claims_of(rows + _wise(0.6, 0.88), "M2")  # +0.15 off_acc, -0.02 in_acc: within 0.05
   assert m2.outcome == verdicts.SUPPORTED and m2.method_setting == 0.5 and m2.values == pytest.approx([0.15] * 3)
   assert m2.rows == "cnn_fc: translate/full wise0.5@0.01 - translate/full wise1@0.01"
   assert "in_acc difference -0.020" in m2.note and "in_acc difference -0.020" in m2.effect
@@ -485,9 +490,9 @@ def test_m2_needs_more_invariance_at_half_and_accuracy_within_the_guard():
   # An accuracy difference whose interval straddles -0.05: neither bound decides.
   (m2,) = _claims_of(rows + _wise(0.6, [0.82, 0.90, 0.86]), "M2")
   assert m2.outcome == verdicts.INCONCLUSIVE
-  # Less invariance at 0.5 than at 1: contradicted whatever the accuracy.
+  # Less off-location accuracy at 0.5 than at 1: contradicted whatever the in-location accuracy.
   assert _claims_of(rows + _wise(0.3, 0.9), "M2")[0].outcome == verdicts.CONTRADICTED
-  # Invariance straddling 0 with accuracy in the guard: inconclusive.
+  # Off-location accuracy straddling 0 with in-location accuracy in the guard: inconclusive.
   assert _claims_of(rows + _wise([0.6, 0.3, 0.5], 0.9), "M2")[0].outcome == verdicts.INCONCLUSIVE
 
 
@@ -594,8 +599,8 @@ def test_the_terminal_leaderboard_md_claims_json_and_index_html_tell_one_story(t
   }
   listed = outputs["terminal"][0]
   assert (
-    listed[("C3b", "0.01", "supported", "primary")] == 1 and listed[("C3b", "0.01", "inconclusive", "secondary")] == 1
-  )
+    listed[("C3b", "0.01", "supported", "primary")] == 1 and listed[("C3b", "0.01", "equivalent", "secondary")] == 1
+  )  # full and scratch at 0.01 are the same numbers: equivalent, inside ±δ
   for name, (found, not_run) in outputs.items():
     assert found == listed and not_run == outputs["terminal"][1], name  # the same lines, the same not-run ids
   # claims.json holds the same entries, with the ones the texts name on their not-run line.
@@ -603,3 +608,122 @@ def test_the_terminal_leaderboard_md_claims_json_and_index_html_tell_one_story(t
   assert +(listed - from_json) == Counter() and {o for _, _, o, _ in json_not_run} == {"not_run"}
   assert {i for i, *_ in json_not_run} == outputs["terminal"][1] == {"C4", "C6", "M1", "M2", "M3", "C5"}
   assert all(e["primary"] and all(not s["primary"] for s in e["secondaries"]) for e in entries)
+
+
+# Issue 32: endpoints that cannot be gamed, verdicts with a margin, Holm within each claim family.
+
+
+def _accuracy_rows(arm_acc, seeds=range(5), model="cnn_fc"):
+  """Plain translate rows and method rows with in- and off-location accuracy per seed (a spread of 0.004
+  per seed on both) and the invariance score they make (chance 0.1): `arm_acc` maps (method, setting) ->
+  (in_acc, off_acc); plain rows use ("last", None) and ("full", None)."""
+  rows = []
+  for (method, setting), (in_acc, off_acc) in arm_acc.items():
+    for s in seeds:
+      i, o = in_acc + 0.004 * (s % 3), off_acc + 0.004 * ((s + 1) % 3)
+      inv = (o - 0.1) / (i - 0.1)
+      if method in ("last", "full"):
+        rows.append(_row(model, FC, "translate", method, s, inv, in_acc=i, off_acc=o, val_in_acc=i))
+      else:
+        extra = {"val_in_acc": i, "val_invariance": inv} if method == "l2sp" else {}
+        rows.append(_method_row(method, s, o, in_acc=i, invariance=inv, **(extra | {"method_setting": setting})))
+  return rows
+
+
+def test_a_method_that_raises_the_ratio_by_losing_accuracy_is_never_supported():
+  # Plain full: 0.95 in, 0.56 off (invariance 0.54). Each method learns B less (0.80 in) and keeps less off
+  # the fine-tune location (0.53): its ratio rises to 0.61 while both accuracies fall.
+  worse = (0.80, 0.53)
+  arms = {("last", None): (0.80, 0.52), ("full", None): (0.95, 0.56), ("lpft", None): worse}
+  arms |= {("wise", 0.5): worse, ("wise", 1.0): (0.95, 0.56), ("l2sp", 0.01): worse}
+  rows = _accuracy_rows(arms)
+  inv = {r["finetune_method"]: r["invariance"] for r in rows if r["seed"] == 0 and "finetune_method" in r}
+  plain = [r for r in rows if r["seed"] == 0 and "finetune_method" not in r]
+  full = next(r["invariance"] for r in plain if r["finetune"] == "full")
+  assert inv["lpft"] > full + 0.05 and inv["l2sp"] > full + 0.05  # the ratio rises ...
+  result = claims.evaluate(rows)
+  m = {c.id: c for c in result if c.kind == "method"}
+  assert set(m) == {"M1", "M2", "M3"} and m["M3"].method_setting == 0.01
+  assert not any(c.outcome == verdicts.SUPPORTED for c in m.values()), {c.id: c.outcome for c in m.values()}
+  assert {c.outcome for c in m.values()} == {verdicts.CONTRADICTED}  # ... while off_acc falls by 0.03 > δ
+  assert all(c.values == pytest.approx([-0.03] * 5) for c in m.values())
+  assert "invariance difference +0.0" in m["M1"].note  # the ratio, a secondary number in the note
+
+
+def test_a_difference_of_0003_with_tiny_variance_is_equivalent_not_contradicted():
+  # Issue 32's M3 for gap: β* = 0.001 is practically plain full, -0.003 [-0.005, -0.000] read "contradicted".
+  rows = _plain(full_val=0.9)
+  for s in range(3):
+    full = next(r for r in rows if r["seed"] == s and (r["pretrain"], r["finetune"]) == ("translate", "full"))
+    off = full["off_acc"] - 0.003 + 0.0002 * s
+    rows.append(_method_row("l2sp", s, off, in_acc=0.9, beta=0.001, val_in_acc=0.9, val_invariance=0.5))
+  (m3,) = _claims_of(rows, "M3")
+  mean, lo, hi = verdicts.interval(m3.values)
+  assert mean == pytest.approx(-0.003, abs=1e-3) and hi < 0  # the whole interval below 0 ...
+  assert m3.outcome == verdicts.EQUIVALENT and m3.verdict == "equivalent"  # ... and inside ±δ
+  # The same at the level of a rule: a paired difference of -0.003 with tiny spread, and one of -0.03.
+  tiny = _sample([-0.003, -0.0031, -0.0029, -0.0030, -0.0032])
+  assert verdicts.outcome(tiny, verdicts.ABOVE_ZERO) == verdicts.EQUIVALENT
+  assert verdicts.outcome(_sample([-0.03, -0.031, -0.029]), verdicts.ABOVE_ZERO) == verdicts.CONTRADICTED
+  assert verdicts.outcome(_sample([0.03, 0.031, 0.029]), verdicts.ABOVE_ZERO) == verdicts.SUPPORTED
+  # Beyond 0 but not beyond δ: neither supported nor equivalent.
+  assert verdicts.outcome(_sample([0.015, 0.025, 0.02]), verdicts.ABOVE_ZERO) == verdicts.INCONCLUSIVE
+  # A collapsed seed blocks equivalence as it blocks support.
+  collapsed = verdicts.Sample([0, 1, 2, 3], {0: -0.003, 1: -0.0031, 2: -0.0029})
+  assert verdicts.outcome(collapsed, verdicts.ABOVE_ZERO) == verdicts.INCONCLUSIVE
+  # C1's threshold is itself a pre-registered size: no margin, no equivalence.
+  assert verdicts.outcome(_sample([0.199, 0.1991, 0.1989]), verdicts.Rule("below", 0.2)) == verdicts.SUPPORTED
+
+
+def test_holm_within_each_claim_family_is_recorded_in_claims_json(tmp_path):
+  # C3a (translate/last - translate/full) at two rates: a large effect at 1e-2, and at 1e-3 one whose 95%
+  # interval clears δ but whose 97.5% interval does not.
+  weak = [0.08, 0.14, 0.11]
+  _, lo95, _ = verdicts.interval(weak)
+  _, lo975, _ = verdicts.interval(weak, verdicts.ALPHA / 2)
+  assert lo95 > verdicts.SMALLEST_EFFECT > lo975  # the data this test needs
+
+  def rows_of(model):
+    rows = []
+    for lr, gain in ((0.001, weak), (0.01, [0.40, 0.41, 0.42])):
+      for s in range(3):
+        rows += [
+          _row(model, FC, "translate", "last", s, 0.3 + gain[s], lr=lr),
+          _row(model, FC, "translate", "full", s, 0.3, lr=lr),
+        ]
+    return rows
+
+  # One model: a family of two. The large effect is first in Holm's order (α = 0.025 / 2), the weak one
+  # second (α = 0.025 / 1: its 95% interval), so both are supported.
+  leaderboard.write_leaderboard(rows_of("cnn_fc"), tmp_path, figures=False)
+  entries = {(e["id"], e["finetune_lr"]): e for e in json.loads((tmp_path / "claims.json").read_text())}
+  big, small = entries[("C3a", 0.01)], entries[("C3a", 0.001)]
+  assert big["holm"]["family"] == small["holm"]["family"] == 2
+  assert (big["holm"]["rank"], big["holm"]["alpha"]) == (1, pytest.approx(0.0125))
+  assert (small["holm"]["rank"], small["holm"]["alpha"]) == (2, pytest.approx(0.025))
+  assert small["outcome"] == big["outcome"] == "supported" and small["smallest_effect"] == verdicts.SMALLEST_EFFECT
+  assert small["holm"]["ci_judged"] == pytest.approx(small["ci95"])
+  assert big["holm"]["p_value"] < small["holm"]["p_value"]
+  c1 = entries[("C1", None)]  # a claim whose rows did not run has no Holm level
+  assert c1["holm"] is None and c1["outcome"] == "not_run"
+  # Two models: one family over models x rates, of four. The weak entries come third and fourth: the third is
+  # judged at 0.025 / 2, where it is not decisive, so Holm stops there and both read inconclusive.
+  result = claims.evaluate(rows_of("cnn_fc") + rows_of("cnn_fc2"))
+  c3a = [c for c in result if c.id == "C3a" and c.primary]
+  assert {c.family for c in c3a} == {4} and sorted(c.holm_rank for c in c3a) == [1, 2, 3, 4]
+  assert {c.outcome for c in c3a if c.finetune_lr == 0.01} == {verdicts.SUPPORTED}
+  assert {c.outcome for c in c3a if c.finetune_lr == 0.001} == {verdicts.INCONCLUSIVE}
+  third = next(c for c in c3a if c.holm_rank == 3)
+  assert third.alpha == pytest.approx(0.0125) and third.effect.endswith(" 97.5%")  # the level it was judged at
+
+
+def test_c3a_also_says_whether_full_fine_tuning_lowers_off_location_accuracy():
+  # The ratio falls (in-location accuracy rises more than off-location accuracy) while off_acc rises.
+  rows = _accuracy_rows({("last", None): (0.80, 0.52), ("full", None): (0.99, 0.56)})
+  c3a = [c for c in claims.evaluate(rows) if c.id == "C3a"]
+  primary, secondary = (next(c for c in c3a if c.primary), next(c for c in c3a if not c.primary))
+  assert primary.outcome == verdicts.SUPPORTED  # invariance 0.60 -> 0.52: "loses part of it"
+  assert secondary.secondary == "off-location accuracy, not the ratio"
+  assert secondary.outcome == verdicts.CONTRADICTED and secondary.values == pytest.approx([-0.04] * 5)
+  entry = next(e for e in claims.to_json(claims.evaluate(rows)) if e["id"] == "C3a")
+  assert [s["entry"] for s in entry["secondaries"]] == ["secondary: off-location accuracy, not the ratio"]

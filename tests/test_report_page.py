@@ -82,7 +82,7 @@ def test_the_page_leads_with_what_ran_then_the_claims_then_tables_that_fit_1400_
     page.index("<table class='claims'>") : page.index("</table>", page.index("<table class='claims'>"))
   ]
   headers = re.findall(r"<th>(.*?)</th>", claims_html)
-  assert headers[:5] == ["id", "lr", "verdict", "effect, mean [95% CI]", "n"]
+  assert headers[:5] == ["id", "lr", "verdict", "effect, mean [CI]", "n"]
   assert "<td class='pass'>✓</td>" in claims_html and "<td class='fail'>✗</td>" in claims_html
   # A claim whose rows did not run is no table row: it is named on one line under the table.
   assert "C5" not in claims_html and "<p class='notrun'>not run here: C5 (experiment=reproduce" in page

@@ -228,6 +228,15 @@ class Arms:
     return _series(found, f"{method_arm(pretrain, method, setting, lr)} of {model}", metric)
 
 
+def healthy(values: Series | None, health: Series | None) -> Series | None:
+  """`values` with None where the same row collapsed (`health`, its invariance, undefined: in-location
+  accuracy not above chance), so that a sample counts that seed as collapsed, against the claim: an
+  accuracy read off a fine-tune that learned nothing says nothing about what it kept."""
+  if values is None:
+    return None
+  return {s: (v if (health or {}).get(s) is not None else None) for s, v in values.items()}
+
+
 def method_arm(pretrain: str, method: str, setting: float | None, lr: float | None, note: str = "") -> str:
   """`translate/full wise0.5@0.01` (with `note`: `translate/full l2sp0.01 (best val)@0.01`)."""
   text = f"{pretrain}/full {schema.method_label(method, setting)}" + (f" {note}" if note else "")

@@ -1,12 +1,15 @@
 """The claims report: the literature's qualitative results, checked on whatever rows a run has.
 
-Each claim names the rows it compares, the measured effect as a mean over seeds with a 95% t-interval
-(paired by seed where two rows are compared), and an outcome fixed before any run (`shiftbench.claims.verdicts`):
-supported, contradicted or inconclusive by where the interval lies against the threshold; too_few_seeds,
-undefined or not_run when it cannot be judged. A seed whose rows ran but whose value is undefined (a
-collapsed fine-tune: in-location accuracy not above chance) counts against the claim: with one, a claim is
-at best inconclusive, and the entry lists it. Claims run per comparable group of rows (one protocol key,
-`shiftbench.rows.comparison`).
+Each claim names the rows it compares, the measured effect as a mean over seeds with a t-interval (paired
+by seed where two rows are compared), and an outcome fixed before any run (`shiftbench.claims.verdicts`):
+supported, contradicted, equivalent or inconclusive by where the interval lies against the threshold ± δ
+(the smallest effect of interest, 0.02, on every difference claim); too_few_seeds, undefined or not_run
+when it cannot be judged. The interval is 95%, or wider where Holm's step-down within the claim's family
+(its entries over models and rates in one group) lowers the entry's level
+(`shiftbench.claims.multiplicity`). A seed whose rows ran but whose value is undefined (a collapsed
+fine-tune: in-location accuracy not above chance) counts against the claim: with one, a claim is
+contradicted or inconclusive, never supported or equivalent, and the entry lists it. Claims run per
+comparable group of rows (one protocol key, `shiftbench.rows.comparison`).
 
 Kinds: a `replication` (an effect the literature measured); a `figure` (F1: a number, no threshold; its
 outcome is `figure`, or undefined / not_run); a `method` claim (M1-M3: a fine-tuning method that keeps
@@ -35,7 +38,8 @@ The claims (thresholds in `NEAR_CHANCE`, `FAR_ABOVE`, set from the papers' state
       not (`translate/last@η` - `fixed/last@η` > 0). F1(η) states, as a figure, how much of translate's
       transferred invariance `random_crop` pretraining gives.
   C3  B&B 2021: `full` fine-tuning at one location loses part of it (C3a: `translate/last@η` -
-      `translate/full@η` > 0) yet stays above training from scratch (C3b: `translate/full@η` -
+      `translate/full@η` > 0; a secondary entry asks the same of off-location accuracy, which the ratio
+      alone cannot tell) yet stays above training from scratch (C3b: `translate/full@η` -
       `scratch/full@η*` > 0).
   C4  B&B 2021, Kayhan & van Gemert 2020: a global-average-pool head is more invariant than an FC head on
       the same backbone, both trained from scratch.
@@ -53,19 +57,19 @@ At paper scale (torchvision's networks, `experiment=paper`; listed only when a r
 Fine-tuning methods (`shiftbench.claims.methods`; rows from `finetune.methods`, all at `full`): one claim
 per model with the method's rows and per rate η, on the `translate` regime only (the regime whose
 pretraining gives invariance to keep; the methods board shows the others), paired by seed against plain
-fine-tuning of the same model, regime, η and seed:
-  M1  Kumar et al. 2022 (LP-FT): `translate/full lpft@η` - `translate/full@η` > 0.
-  M2  Wortsman et al. 2022 (WiSE-FT): `wise0.5@η` - `wise1@η` > 0 on invariance (plain full stands in for
-      α=1 where no α=1 rows ran: it is exactly α=1), with an accuracy guard on the paired in_acc
-      difference d = wise0.5 - wise1: supported only if the invariance difference is supported and d's
-      lower bound > -M2_GUARD (0.05); contradicted if it is contradicted or d's upper bound < -M2_GUARD;
-      otherwise inconclusive. The note holds d's interval.
-  M3  Li, Grandvalet & Davoine 2018 (L2-SP): `l2sp β*@η` - `translate/full@η` > 0, at the β* chosen on
-      B's validation split (pre-registered, `methods_claims.best_beta`): among the β whose rows' mean
-      `val_in_acc` over seeds is >= plain full's mean `val_in_acc` - ACCURACY_BAR (0.02), the one with the
-      highest mean `val_invariance` (ties: the smaller β); if none qualifies, the β with the highest mean
-      `val_in_acc`; not_run (with a note) when the l2sp rows have no `val_in_acc`. `method_setting` is β*
-      (M2's: α=0.5).
+fine-tuning of the same model, regime, η and seed. The endpoint is off-location accuracy, paired with
+in-location accuracy: the off_acc difference beyond +δ, and the in_acc difference d's lower bound above
+-bar (contradicted: off_acc beyond -δ, or d's upper bound below -bar; equivalent: off_acc inside ±δ). The
+note holds d's interval and the invariance difference (secondary).
+  M1  Kumar et al. 2022 (LP-FT): `translate/full lpft@η` - `translate/full@η`, bar ACCURACY_BAR (0.02).
+  M2  Wortsman et al. 2022 (WiSE-FT): `wise0.5@η` - `wise1@η` (plain full stands in for α=1 where no α=1
+      rows ran: it is exactly α=1), bar M2_GUARD (0.05).
+  M3  Li, Grandvalet & Davoine 2018 (L2-SP): `l2sp β*@η` - `translate/full@η`, bar ACCURACY_BAR, at the
+      β* chosen on B's validation split (pre-registered, `methods_claims.best_beta`): among the β whose
+      rows' mean `val_in_acc` over seeds is >= plain full's mean `val_in_acc` (over its healthy seeds) -
+      ACCURACY_BAR (0.02), the one with the highest mean `val_invariance` (ties: the smaller β); if none
+      qualifies, the β with the highest mean `val_in_acc`; not_run (with a note) when the l2sp rows have no
+      `val_in_acc`. `method_setting` is β* (M2's: α=0.5).
 """
 
 from __future__ import annotations
@@ -80,11 +84,13 @@ from shiftbench.claims import architecture as architecture_claims
 from shiftbench.claims import forgetting as forgetting_claims
 from shiftbench.claims import listing as listing_lib
 from shiftbench.claims import methods as methods_claims
+from shiftbench.claims import multiplicity
 from shiftbench.claims import paper as paper_claims
 from shiftbench.claims.arms import Arms
 from shiftbench.claims.forgetting import BB, NEAR_CHANCE
 from shiftbench.claims.paper import FAR_ABOVE
 from shiftbench.claims.verdicts import (
+  EQUIVALENT,
   FAIL,
   FEW_SEEDS,
   FIGURE,
@@ -93,6 +99,7 @@ from shiftbench.claims.verdicts import (
   OUTCOMES,
   PASS,
   SIGNIFICANCE,
+  SMALLEST_EFFECT,
   UNDEFINED,
   Claim,
   effect,
@@ -103,6 +110,7 @@ from shiftbench.claims.verdicts import (
 __all__ = [
   "BB",
   "COLUMNS",
+  "EQUIVALENT",
   "FAIL",
   "FAR_ABOVE",
   "FEW_SEEDS",
@@ -113,6 +121,7 @@ __all__ = [
   "OUTCOMES",
   "PASS",
   "SIGNIFICANCE",
+  "SMALLEST_EFFECT",
   "UNDEFINED",
   "Claim",
   "evaluate",
@@ -145,8 +154,10 @@ def evaluate(rows: list[dict[str, Any]], labels: dict[str, str] | None = None) -
     by_group[r.get("protocol_key", "")].append(r)
   out = []
   for group, members in by_group.items():
-    for claim in _catalogue(Arms(members)):
+    found = _catalogue(Arms(members))
+    for claim in found:
       claim.group = group
+    for claim in multiplicity.holm(found):
       if len(by_group) > 1:
         claim.rows = f"[{(labels or {}).get(group, group)}] {claim.rows}"
       claim.effect = effect(claim)
@@ -169,7 +180,7 @@ def shown(claims: list[Claim]) -> list[Claim]:
   return [c for c in ordered(claims) if c.primary]
 
 
-COLUMNS = ["id", "lr", "verdict", "effect, mean [95% CI]", "n", "entry", "claim", "compared", "kind", "source"]
+COLUMNS = ["id", "lr", "verdict", "effect, mean [CI]", "n", "entry", "claim", "compared", "kind", "source"]
 
 
 def _line(c: Claim) -> list[Any]:
@@ -205,6 +216,7 @@ def markdown(claims: list[Claim]) -> str:
 
 def _json(c: Claim) -> dict[str, Any]:
   mean, lo, hi = interval(c.values) if c.values else (math.nan,) * 3
+  ci_judged = list(interval(c.values, c.alpha)[1:]) if c.values and c.alpha is not None else None
   return {
     "id": c.id,
     "primary": c.primary,
@@ -227,6 +239,12 @@ def _json(c: Claim) -> dict[str, Any]:
     "figure": figure(c),
     "ci95": [lo, hi],
     "n": c.n,
+    "smallest_effect": c.margin,  # δ: supported / contradicted beyond ±δ, equivalent inside it
+    # Holm within the claim's family (`multiplicity`): the one-sided level `alpha` its outcome was judged
+    # at, on `ci_judged` (the two-sided 1 - 2 alpha interval), its rank and p-value among `family` entries.
+    "holm": None
+    if c.alpha is None
+    else {"alpha": c.alpha, "family": c.family, "rank": c.holm_rank, "p_value": c.p_value, "ci_judged": ci_judged},
     "outcome": c.outcome,
     "verdict": c.verdict,
     "note": c.note or None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from shiftbench.claims.arms import SCRATCH, Arms, Best, fc_head, label, scratch_label
+from shiftbench.claims.arms import SCRATCH, Arms, Best, fc_head, healthy, label, scratch_label
 from shiftbench.claims.verdicts import (
   ABOVE_ZERO,
   FIGURE_OUTCOME,
@@ -31,6 +31,7 @@ FIXED_LAST, CROP_LAST = ("fixed", "last"), ("random_crop", "last")
 C2 = "translate pretraining, FC layers kept: new classes gain invariance"
 C3B = "... yet stays above training from scratch"
 SAME_RATE = "scratch at the same rate"  # what C2's and C3b's secondary entries vary against the primary
+OFF_ACC = "off-location accuracy, not the ratio"  # what C3a's secondary entry varies
 
 
 def claims(arms: Arms) -> list[Claim]:
@@ -55,8 +56,8 @@ class _Model:
       "note": self.best.note,
     }
 
-  def at(self, arm: tuple[str, str], lr: float | None) -> Series | None:
-    return self.arms.values(self.m, *arm, lr)
+  def at(self, arm: tuple[str, str], lr: float | None, metric: str = "invariance") -> Series | None:
+    return self.arms.values(self.m, *arm, lr, metric)
 
   def claims(self) -> list[Claim]:
     m, sl = self.m, scratch_label(self.best)
@@ -66,7 +67,9 @@ class _Model:
     out += self.against_scratch("C2", C2, TRANSLATE_LAST)
     out += self.at_rates("C2c", "control: pretraining at one location (fixed) gives less than translate", FIXED_LAST)
     out += [self.share(lr) for lr in _rates(self.arms, m, TRANSLATE_LAST, CROP_LAST)]
-    out += self.at_rates("C3a", "full fine-tuning at one location loses part of the invariance", TRANSLATE_FULL)
+    c3a = "full fine-tuning at one location loses part of the invariance"
+    out += self.at_rates("C3a", c3a, TRANSLATE_FULL)
+    out += self.off_location("C3a", c3a, TRANSLATE_FULL)
     out += self.against_scratch("C3b", C3B, TRANSLATE_FULL)
     return out
 
@@ -98,6 +101,28 @@ class _Model:
         finetune_lr=lr,
       )
       for lr in _rates(self.arms, self.m, TRANSLATE_LAST, arm)
+    ]
+
+  def off_location(self, cid: str, text: str, arm: tuple[str, str]) -> list[Claim]:
+    """translate/last@η - arm@η on off-location accuracy for each η (secondary): does fine-tuning lower the
+    accuracy away from the fine-tune location, not only the ratio (which also falls when in-location
+    accuracy rises)? A seed whose either row collapsed counts against it, as for the ratio. None at a rate
+    whose rows carry no off_acc (rows written without it)."""
+    off = lambda a, lr: healthy(self.at(a, lr, "off_acc"), self.at(a, lr))  # noqa: E731
+    carried = lambda lr: all(self.arms.has_metric(self.m, *a, lr, "off_acc") for a in (TRANSLATE_LAST, arm))  # noqa: E731
+    return [
+      judged(
+        cid,
+        text,
+        BB,
+        f"{self.m}: {label(*TRANSLATE_LAST, lr)} - {label(*arm, lr)} (off_acc)",
+        paired(off(TRANSLATE_LAST, lr), off(arm, lr)),
+        ABOVE_ZERO,
+        finetune_lr=lr,
+        secondary=OFF_ACC,
+      )
+      for lr in _rates(self.arms, self.m, TRANSLATE_LAST, arm)
+      if carried(lr)
     ]
 
   def share(self, lr: float | None) -> Claim:

@@ -4,12 +4,20 @@ any run.
 A claim states that a per-seed value (one row's metric, or the paired difference of two rows of the same
 seed) lies above or below a threshold (`Rule`). Its `Sample` holds the seeds whose rows ran and the
 defined values among them; a seed whose rows ran but whose value is undefined (e.g. an invariance score of
-a fine-tune that failed: in-location accuracy not above chance) is *collapsed*. The outcome:
+a fine-tune that failed: in-location accuracy not above chance) is *collapsed*. A difference claim (against
+0) has a margin, the smallest effect of interest δ (`SMALLEST_EFFECT`, pre-registered): an effect inside
+±δ is too small to matter, whichever its sign. The interval is the two-sided (1 - 2α) t-interval, α the
+one-sided level of each test (`ALPHA` = 0.025, the 95% interval; Holm lowers it per entry,
+`shiftbench.claims.multiplicity`). The outcome:
 
-  supported      the interval lies entirely on the claimed side of the threshold, and no seed collapsed;
-  contradicted   it lies entirely on the other side (collapsed seeds or not);
-  inconclusive   it straddles the threshold, or it is on the claimed side but a seed collapsed: a collapsed
-                 seed counts against the claim (it is listed, never dropped);
+  supported      the interval lies entirely beyond the threshold + δ on the claimed side, and no seed
+                 collapsed;
+  contradicted   it lies entirely beyond the threshold - δ on the other side (collapsed seeds or not);
+  equivalent     (claims with a margin) it lies entirely inside threshold ± δ, and no seed collapsed: two
+                 one-sided tests at α each (TOST) say the effect is smaller than δ either way;
+  inconclusive   anything else: it straddles +δ or -δ, or a seed collapsed where the interval would
+                 support the claim or show equivalence: a collapsed seed counts against the claim (it is
+                 listed, never dropped);
   too_few_seeds  fewer than `MIN_SEEDS` seeds have the rows (the seed spread at laptop scale reaches 0.17,
                  so fewer cannot tell an effect from noise);
   undefined      the rows ran for enough seeds, but fewer than `MIN_SEEDS` of them have a defined value;
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -29,16 +38,33 @@ from scipy import stats
 
 MIN_SEEDS = 3
 SIGNIFICANCE = 0.01  # in-location accuracy above chance, as for a defined invariance score (metrics.py)
+# δ, the smallest effect of interest (pre-registered, docs/protocol.md): a paired difference of invariance,
+# accuracy or consistency (each on a 0-1 scale) smaller than this either way does not matter. It is about
+# twice the sampling error of one accuracy on 500 test objects (~0.01).
+SMALLEST_EFFECT = 0.02
+ALPHA = 0.025  # the one-sided level of each test: the tail of the two-sided 95% interval
 
-SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
+SUPPORTED, CONTRADICTED, INCONCLUSIVE, EQUIVALENT = "supported", "contradicted", "inconclusive", "equivalent"
 TOO_FEW_SEEDS, NOT_RUN_OUTCOME, UNDEFINED_OUTCOME, FIGURE_OUTCOME = "too_few_seeds", "not_run", "undefined", "figure"
-OUTCOMES = (SUPPORTED, CONTRADICTED, INCONCLUSIVE, TOO_FEW_SEEDS, UNDEFINED_OUTCOME, NOT_RUN_OUTCOME, FIGURE_OUTCOME)
+OUTCOMES = (
+  SUPPORTED,
+  CONTRADICTED,
+  EQUIVALENT,
+  INCONCLUSIVE,
+  TOO_FEW_SEEDS,
+  UNDEFINED_OUTCOME,
+  NOT_RUN_OUTCOME,
+  FIGURE_OUTCOME,
+)
+JUDGED = (SUPPORTED, CONTRADICTED, EQUIVALENT, INCONCLUSIVE)  # outcomes of an interval: Holm adjusts these
+DECISIVE = (SUPPORTED, CONTRADICTED, EQUIVALENT)  # what a test concludes (Holm's rejections)
 # How the tables show each outcome.
 PASS, FAIL, FEW_SEEDS, NOT_RUN, UNDEFINED, FIGURE = "✓", "✗", "needs ≥3 seeds", "rows not run", "undefined", "figure"
 VERDICT: dict[str, str] = {
   SUPPORTED: PASS,
   CONTRADICTED: FAIL,
   INCONCLUSIVE: "inconclusive",
+  EQUIVALENT: "equivalent",
   TOO_FEW_SEEDS: FEW_SEEDS,
   UNDEFINED_OUTCOME: UNDEFINED,
   NOT_RUN_OUTCOME: NOT_RUN,
@@ -49,19 +75,26 @@ _OUTCOME_OF = {v: k for k, v in VERDICT.items()}
 Series = dict[int, float | None]  # seed -> value (None: the row ran, the value is undefined)
 
 
-def half_width(x: np.ndarray) -> float:
-  """Half-width of the two-sided 95% t-interval of the mean of `x` (2 values or more)."""
-  return float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+def half_width(x: np.ndarray, alpha: float = ALPHA) -> float:
+  """Half-width of the two-sided (1 - 2 `alpha`) t-interval of the mean of `x` (2 values or more; the
+  default: 95%)."""
+  return float(stats.t.ppf(1 - alpha, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
 
 
-def interval(values: list[float]) -> tuple[float, float, float]:
-  """Mean and two-sided 95% t-interval over seeds; the interval is NaN for fewer than 2 values."""
+def interval(values: list[float], alpha: float = ALPHA) -> tuple[float, float, float]:
+  """Mean and two-sided (1 - 2 `alpha`) t-interval over seeds (the default: 95%); the interval is NaN for
+  fewer than 2 values."""
   x = np.asarray(values, float)
   mean = float(x.mean())
   if len(x) < 2:
     return mean, math.nan, math.nan
-  half = half_width(x)
+  half = half_width(x, alpha)
   return mean, mean - half, mean + half
+
+
+def confidence(alpha: float) -> str:
+  """`95%`, `97.5%`, `98.3%`: the two-sided level of the interval at one-sided `alpha`."""
+  return f"{100 * (1 - 2 * alpha):.3g}%"
 
 
 @dataclasses.dataclass
@@ -96,30 +129,82 @@ def paired(a: Series | None, b: Series | None) -> Sample | None:
 
 
 class Rule(NamedTuple):
-  """The claimed side of a threshold: `above` (lower bound > threshold) or `below` (upper bound < it)."""
+  """The claimed side of a threshold: `above` (lower bound > threshold + margin) or `below` (upper bound <
+  threshold - margin). With a margin, an interval inside threshold ± margin is `equivalent`. A threshold
+  that is itself a pre-registered size (C1's 0.2, C8's 0.2) has no margin."""
 
   side: str
   threshold: float = 0.0
+  margin: float = 0.0
 
 
-ABOVE_ZERO = Rule("above", 0.0)
+ABOVE_ZERO = Rule("above", 0.0, SMALLEST_EFFECT)  # every difference claim: beyond +δ
 
 
-def outcome(sample: Sample | None, rule: Rule) -> str:
-  """The module docstring's rules."""
+def decide(lo: float, hi: float, rule: Rule, collapsed: bool = False) -> str:
+  """The outcome of the interval [lo, hi] under `rule` (the module docstring's rules); `collapsed`: a seed
+  collapsed, so the claim is at best inconclusive unless contradicted."""
+  up, down = lo > rule.threshold + rule.margin, hi < rule.threshold - rule.margin
+  claimed, other = (up, down) if rule.side == "above" else (down, up)
+  if other:
+    return CONTRADICTED
+  if collapsed:
+    return INCONCLUSIVE
+  if claimed:
+    return SUPPORTED
+  inside = rule.threshold - rule.margin < lo and hi < rule.threshold + rule.margin
+  return EQUIVALENT if rule.margin > 0 and inside else INCONCLUSIVE
+
+
+def countable(sample: Sample | None) -> str | None:
+  """Why `sample` cannot be judged (not_run, too_few_seeds, undefined), or None when it can."""
   if sample is None:
     return NOT_RUN_OUTCOME
   if len(sample.seeds) < MIN_SEEDS:
     return TOO_FEW_SEEDS
   if len(sample.values) < MIN_SEEDS:
     return UNDEFINED_OUTCOME
-  _, lo, hi = interval(sample.values)
-  claimed, other = (lo > rule.threshold, hi < rule.threshold)
-  if rule.side == "below":
-    claimed, other = other, claimed
-  if other:
-    return CONTRADICTED
-  return SUPPORTED if claimed and not sample.collapsed else INCONCLUSIVE
+  return None
+
+
+def outcome(sample: Sample | None, rule: Rule, alpha: float = ALPHA) -> str:
+  """The module docstring's rules, with the interval at one-sided level `alpha`."""
+  why = countable(sample)
+  if why is not None:
+    return why
+  _, lo, hi = interval(sample.values, alpha)
+  return decide(lo, hi, rule, bool(sample.collapsed))
+
+
+@dataclasses.dataclass(frozen=True)
+class Test:
+  """How a judged entry's outcome follows from its samples at a one-sided level α, so that Holm
+  (`shiftbench.claims.multiplicity`) can judge it again at its adjusted level: `decide(α)` is the outcome,
+  `explain(α)` what the note adds (e.g. a guard's interval at that level)."""
+
+  decide: Callable[[float], str]
+  explain: Callable[[float], str] | None = None
+  note: str = ""  # the note without `explain`'s part
+  p_value: float | None = None  # the smallest α at which `decide` is decisive, where known in closed form
+
+
+def rule_p_value(sample: Sample, rule: Rule) -> float:
+  """The smallest one-sided α at which `outcome(sample, rule, α)` is decisive (1.0: never): each
+  conclusion's one-sided t-test p-value (equivalence: the larger of TOST's two), the smallest of those the
+  rule allows (with a collapsed seed, contradicted only)."""
+  x = np.asarray(sample.values, float)
+  mean, se, df = float(x.mean()), float(x.std(ddof=1)) / math.sqrt(len(x)), len(x) - 1
+  up = mean - rule.threshold - rule.margin  # > 0 beyond the upper edge
+  down = rule.threshold - rule.margin - mean  # > 0 beyond the lower edge
+  other = down if rule.side == "above" else up
+  distances = [other] if sample.collapsed else [up, down] + ([min(-down, -up)] if rule.margin > 0 else [])
+  # A distance d is decisive at α when t(1 - α) * se < d: p = t.sf(d / se); with no spread, at any α if d > 0.
+  ps = [(0.0 if d > 0 else 1.0) if se == 0 else float(stats.t.sf(d / se, df)) for d in distances]
+  return min(1.0, *ps)
+
+
+def rule_test(sample: Sample, rule: Rule, note: str = "") -> Test:
+  return Test(lambda alpha: outcome(sample, rule, alpha), note=note, p_value=rule_p_value(sample, rule))
 
 
 @dataclasses.dataclass
@@ -149,6 +234,14 @@ class Claim:
   # A secondary entry says what it varies against its claim's primary (pre-registered) entry of the same
   # model and rate, under which every output folds it (`shiftbench.claims.listing`); "" for a primary one.
   secondary: str = ""
+  # How the outcome follows from the samples (None: no interval to judge, e.g. not run, a figure, C5);
+  # `shiftbench.claims.multiplicity` judges it again at the entry's Holm level and records it below.
+  test: Test | None = dataclasses.field(default=None, repr=False, compare=False)
+  alpha: float | None = None  # the one-sided level the outcome was judged at (Holm-adjusted; ALPHA alone)
+  family: int | None = None  # how many judged entries share its claim family (Holm's m)
+  holm_rank: int | None = None  # its place in Holm's order (1: the smallest p-value)
+  p_value: float | None = None  # the smallest one-sided level at which its test is decisive (1: never)
+  margin: float | None = None  # δ of its rule (None: no margin, or nothing judged)
 
   def __post_init__(self):
     self.outcome = self.outcome or _OUTCOME_OF.get(self.verdict, "")
@@ -164,11 +257,12 @@ class Claim:
 
 
 def judged(cid: str, claim: str, citation: str, compared: str, sample: Sample | None, rule: Rule, **fields) -> Claim:
-  """A claim judged by `rule` on `sample` (None: a row it needs did not run)."""
+  """A claim judged by `rule` on `sample` (None: a row it needs did not run), at level `ALPHA` until
+  `multiplicity.holm` judges its family."""
   out = outcome(sample, rule)
   if sample is None:
     return Claim(cid, claim, citation, compared, [], VERDICT[out], outcome=out, **fields)
-  return Claim(
+  claim = Claim(
     cid,
     claim,
     citation,
@@ -180,6 +274,23 @@ def judged(cid: str, claim: str, citation: str, compared: str, sample: Sample | 
     collapsed=sample.collapsed,
     **fields,
   )
+  if out in JUDGED:
+    claim.test, claim.alpha, claim.margin = rule_test(sample, rule, claim.note), ALPHA, rule.margin or None
+  return claim
+
+
+def rejudge(claim: Claim, alpha: float, out: str | None = None) -> Claim:
+  """`claim` judged again at one-sided level `alpha` (its outcome `out` where given: Holm's stop), its
+  verdict and note with it."""
+  test = claim.test
+  if test is None:
+    return claim
+  claim.alpha = alpha
+  claim.outcome = out or test.decide(alpha)
+  claim.verdict = VERDICT[claim.outcome]
+  if test.explain is not None:
+    claim.note = "; ".join(t for t in (test.note, test.explain(alpha)) if t)
+  return claim
 
 
 def figure(claim: Claim) -> float | None:
@@ -192,8 +303,9 @@ def figure(claim: Claim) -> float | None:
 
 
 def effect(claim: Claim) -> str:
-  """What the tables show as the effect: mean [95% interval] (a property check: its minimum; a figure:
-  the share), how many seeds collapsed, and the note."""
+  """What the tables show as the effect: mean [interval] at the level its outcome was judged at (95%
+  unless Holm lowered it: then the level follows, e.g. `[+0.01, +0.09] 97.5%`; a property check: its
+  minimum; a figure: the share), how many seeds collapsed, and the note."""
   if not claim.values:
     text = "-"
   elif claim.kind == "property":
@@ -202,8 +314,11 @@ def effect(claim: Claim) -> str:
     gain, share = float(np.mean(claim.denominators)), figure(claim)
     text = f"{share:.3f} (of a mean gain {gain:+.3f})" if share is not None else f"- (mean gain {gain:+.3f})"
   else:
-    mean, lo, hi = interval(claim.values)
+    alpha = claim.alpha or ALPHA  # the interval the outcome was judged on
+    mean, lo, hi = interval(claim.values, alpha)
     text = f"{mean:+.3f}" + ("" if math.isnan(lo) else f" [{lo:+.3f}, {hi:+.3f}]")
+    if not math.isnan(lo) and not math.isclose(alpha, ALPHA):
+      text += f" {confidence(alpha)}"
   if claim.collapsed and claim.kind != "property":
     text += f"; {len(claim.collapsed)} of {len(claim.seeds)} seeds collapsed"
   return f"{text} ({claim.note})" if claim.note else text

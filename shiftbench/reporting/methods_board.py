@@ -1,18 +1,22 @@
-"""The methods board: which fine-tuning methods keep the invariance plain full fine-tuning loses, without
-giving up on learning B.
+"""The methods board: which fine-tuning methods keep more accuracy away from the fine-tune location than
+plain full fine-tuning, without giving up on learning B.
 
 One table per comparison group, (protocol key, model, pretrain regime, fine-tune rate), for every
 non-scratch regime with a method's rows or at least plain `last` and `full`; one line per method and
 setting: plain last, head and full, then lpft, wise at each α, l2sp at each β, and a user's methods. Each
-line has in-location accuracy `in_acc`, `invariance` and `retained` = per seed invariance(line) /
-invariance(plain last of the same seed) (undefined where plain last's is not above 0), each as the mean
-and 95% t-interval over seeds (`verdicts.interval`, the claims' own), and the validation numbers L2-SP's
-β* is chosen by.
+line has in-location accuracy `in_acc` and off-location accuracy `off_acc` (the primary endpoint, paired
+with in_acc), `off_gain` = per seed off_acc(line) - off_acc(plain full) over the seeds where neither row
+collapsed, then, secondary, `invariance` and `retained` = per seed invariance(line) / invariance(plain last
+of the same seed) (undefined where plain last's is not above 0), each as the mean and 95% t-interval over
+seeds (`verdicts.interval`, the claims' own), and the validation numbers L2-SP's β* is chosen by.
 
 Rank: the lines whose mean in_acc is within `ACCURACY_BAR` of plain full's (`methods_claims.within_bar`)
-by mean invariance, highest first; then the lines below that bar, unranked and marked: a method that keeps
-invariance by not learning B is not a win. Without a plain full line there is no bar and no rank. L2-SP's
-β* (`methods_claims.best_beta`, chosen on validation, as claim M3 uses it) is marked.
+by mean off_acc, highest first; then the lines below that bar, unranked and marked: a method that keeps
+accuracy off the fine-tune location by not learning B is not a win. A line "keeps more" (marked) when it is
+within the bar (or above plain full's in_acc: it dominates on both) and its off_gain's lower bound is above
+δ (`verdicts.SMALLEST_EFFECT`). The invariance ratio is no rank: at a fixed off_acc it rises whenever in_acc
+falls. Without a plain full line there is no bar and no rank. L2-SP's β* (`methods_claims.best_beta`,
+chosen on validation with plain full's collapsed seeds left out of its bar, as claim M3 uses it) is marked.
 
 `leaderboard.write_leaderboard` writes `methods.md`, `methods.csv` and `methods.json` when any row is a
 method's (`write`), and removes earlier ones otherwise. No jax here.
@@ -32,17 +36,18 @@ from typing import Any, NamedTuple
 
 from tabulate import tabulate
 
-from shiftbench.claims.arms import Arms
+from shiftbench.claims.arms import Arms, healthy
 from shiftbench.claims.methods import ACCURACY_BAR, L2SP, BestBeta, best_beta, within_bar
-from shiftbench.claims.verdicts import Series, interval
+from shiftbench.claims.verdicts import SMALLEST_EFFECT, Series, interval
 from shiftbench.infra.files import atomic_write_text, to_jsonable
 from shiftbench.rows import schema
 from shiftbench.rows.method_info import MethodInfo
 
 FILES = ("methods.md", "methods.csv", "methods.json")
 BELOW_BAR = "below the accuracy bar"
-STATS = ("in_acc", "invariance", "retained", "val_in_acc", "val_invariance")
-COLUMNS = ["rank", "method", "seeds", "in_acc", "invariance", "retained", "val_in_acc", "val_invariance", "note"]
+KEEPS_MORE = f"keeps more off_acc than plain full (> {SMALLEST_EFFECT})"
+STATS = ("in_acc", "off_acc", "off_gain", "invariance", "retained", "val_in_acc", "val_invariance")
+COLUMNS = ["rank", "method", "seeds", *STATS, "note"]
 
 
 class Stat(NamedTuple):
@@ -72,12 +77,15 @@ class Line:
   info: MethodInfo  # how figures show the method (its title, colour, the setting's symbol)
   seeds: list[int]
   in_acc: Stat
+  off_acc: Stat
+  off_gain: Stat  # off_acc - plain full's, paired by seed (neither collapsed)
   invariance: Stat
   retained: Stat
   val_in_acc: Stat
   val_invariance: Stat
   rank: int | None = None  # None: below the accuracy bar, or no bar
   above_bar: bool | None = None  # None: no bar (no plain full line)
+  keeps_more: bool = False  # within the bar and off_gain's lower bound > δ
   best_val: bool = False  # L2-SP's β*
   notes: list[str] = dataclasses.field(default_factory=list)
 
@@ -163,6 +171,9 @@ def _line(arms: Arms, model: str, pretrain: str, lr, finetune: str, method: str,
   else:
     at = lambda metric: arms.method_values(model, pretrain, method, setting, lr, metric)  # noqa: E731
   inv, last = at("invariance"), arms.values(model, pretrain, "last", lr)
+  full = healthy(arms.values(model, pretrain, "full", lr, "off_acc"), arms.values(model, pretrain, "full", lr))
+  mine = healthy(at("off_acc"), inv)
+  gain = [v - full[s] for s, v in (mine or {}).items() if v is not None and (full or {}).get(s) is not None]
   retained = [
     v / last[s] for s, v in (inv or {}).items() if v is not None and last and (last.get(s) or 0) > 0
   ]  # plain last's invariance not above 0: a ratio to it means nothing
@@ -175,6 +186,8 @@ def _line(arms: Arms, model: str, pretrain: str, lr, finetune: str, method: str,
     info=info,
     seeds=sorted(at("in_acc") or {}),
     in_acc=stat(_values(at("in_acc"))),
+    off_acc=stat(_values(at("off_acc"))),
+    off_gain=stat(gain),
     invariance=stat(_values(inv)),
     retained=stat(retained),
     val_in_acc=stat(_values(at("val_in_acc"))),
@@ -202,17 +215,20 @@ def _table(arms: Arms, model: str, pretrain: str, lr: float | None) -> Table:
 
 def rank(lines: list[Line], plain_full: float | None) -> list[Line]:
   """The lines whose mean in_acc is within the bar of `plain_full` (plain full's mean in_acc) by mean
-  invariance (highest first; undefined last), numbered; then the lines below the bar, in the same order,
-  unranked. Without plain full: as given, unranked."""
+  off_acc (highest first; undefined last), numbered, those whose off_gain clears δ marked; then the lines
+  below the bar, in the same order, unranked. Without plain full: as given, unranked."""
   if plain_full is None:
     return lines
-  by_invariance = lambda x: (x.invariance.mean is None, -(x.invariance.mean or 0.0))  # noqa: E731
+  by_off = lambda x: (x.off_acc.mean is None, -(x.off_acc.mean or 0.0))  # noqa: E731
   above, below = [], []
   for x in lines:
     (above if x.in_acc.mean is not None and within_bar(x.in_acc.mean, plain_full) else below).append(x)
-  above, below = sorted(above, key=by_invariance), sorted(below, key=by_invariance)
+  above, below = sorted(above, key=by_off), sorted(below, key=by_off)
   for i, x in enumerate(above, 1):
     x.rank, x.above_bar = i, True
+    x.keeps_more = x.off_gain.lo is not None and x.off_gain.lo > SMALLEST_EFFECT
+    if x.keeps_more:
+      x.notes.insert(0, KEEPS_MORE)
   for x in below:
     x.rank, x.above_bar = None, False
     x.notes.insert(0, BELOW_BAR)
@@ -245,9 +261,12 @@ def markdown(found: list[Table]) -> str:
   """methods.md: what the tables are, then one table per group under its heading."""
   intro = (
     "# Fine-tuning methods that keep invariance\n\n"
-    "Mean [95% t-interval] over seeds. `retained` = invariance / plain last's invariance, per seed. Ranked by "
-    f"invariance among the lines whose mean in_acc is within {ACCURACY_BAR} of plain full's; lines below that "
-    "bar are unranked (`-`). β*: L2-SP's β chosen on B's validation split (claim M3). Columns: docs/metrics.md."
+    "Mean [95% t-interval] over seeds. Ranked by off-location accuracy (`off_acc`, the primary endpoint) among "
+    f"the lines whose mean in_acc is within {ACCURACY_BAR} of plain full's; lines below that bar are unranked "
+    "(`-`). `off_gain` = off_acc - plain full's, paired by seed; a ranked line whose off_gain's lower bound is "
+    f"above δ = {SMALLEST_EFFECT} keeps more. `invariance` and `retained` (invariance / plain last's, per seed) "
+    "are secondary: the ratio rises whenever in_acc falls. β*: L2-SP's β chosen on B's validation split "
+    "(claim M3). Columns: docs/metrics.md."
   )
   parts = [
     f"## {t.heading}\n\n{t.summary}\n\n{tabulate(rows(t), headers=COLUMNS, tablefmt='github', disable_numparse=True)}"
@@ -269,6 +288,7 @@ CSV_COLUMNS = [
   "setting_name",
   "best_val",
   "above_bar",
+  "keeps_more",
   "accuracy_bar",
   "n_seeds",
   *(f"{k}_{part}" for k in STATS for part in ("mean", "lo", "hi", "n")),
@@ -283,7 +303,7 @@ def to_csv(found: list[Table]) -> str:
   for t in found:
     for x in t.lines:
       values = [t.protocol_key, t.model, t.pretrain, t.finetune_lr, x.rank, x.method, x.finetune, x.finetune_method]
-      values += [x.method_setting, x.info.setting_name, x.best_val, x.above_bar, t.bar, len(x.seeds)]
+      values += [x.method_setting, x.info.setting_name, x.best_val, x.above_bar, x.keeps_more, t.bar, len(x.seeds)]
       values += [v for k in STATS for v in getattr(x, k)]
       writer.writerow(["" if v is None else v for v in values])
   return buf.getvalue()
@@ -304,6 +324,7 @@ def to_json(found: list[Table]) -> list[dict[str, Any]]:
         "setting_name": x.info.setting_name,
         "seeds": x.seeds,
         "above_bar": x.above_bar,
+        "keeps_more": x.keeps_more,
         "best_val": x.best_val,
         **{k: {"mean": s.mean, "ci95": [s.lo, s.hi], "n": s.n} for k in STATS for s in [getattr(x, k)]},
         "note": "; ".join(x.notes) or None,

@@ -47,6 +47,7 @@ table.claims tr.secondary td{color:#555;font-size:11px;background:#fafafa}
 table.claims tr.secondary td:first-child{padding-left:1.2em}
 table.claims tr.section td{background:#f3f3f3;font-weight:bold} span.cite{color:#777}
 td.pass{background:#d9f2d9;color:#1a6b1a;font-weight:bold} td.fail{background:#f8d7d7;color:#a11;font-weight:bold}
+td.equivalent{background:#e4ecf7;color:#234;font-weight:bold}
 td.other{color:#666} p.notrun{color:#555} img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}"""
 
 
@@ -259,11 +260,11 @@ def _half(s: methods_board.Stat) -> float:
 
 
 def methods_figure(tables: list[methods_board.Table]):
-  """In-location accuracy (x) against invariance (y): one panel per methods table (model, regime, rate,
-  protocol), one point per method and setting with its 95% t-interval on both axes, labelled; a gridded
-  method's points (WiSE-FT's, L2-SP's) joined in setting order; plain full's accuracy bar (its mean in_acc
-  - ACCURACY_BAR) dashed. A line whose invariance is undefined on every seed has no point (the table says
-  so)."""
+  """In-location accuracy (x) against off-location accuracy (y), the methods' two endpoints, neither made
+  of the other: one panel per methods table (model, regime, rate, protocol), one point per method and
+  setting with its 95% t-interval on both axes, labelled; a gridded method's points (WiSE-FT's, L2-SP's)
+  joined in setting order; plain full's accuracy bar (its mean in_acc - ACCURACY_BAR) dashed, and its
+  off_acc + δ dotted (what a line must clear to keep more). A line without off_acc has no point."""
   cols = min(len(tables), 3)
   rows = math.ceil(len(tables) / cols)
   fig = plots.new_figure(figsize=(4.8 * cols, 4.2 * rows), dpi=90, layout="constrained")
@@ -271,15 +272,15 @@ def methods_figure(tables: list[methods_board.Table]):
   others = iter(f"C{i}" for i in itertools.count(4))
   colours = dict(PLAIN_COLOURS)
   for ax, table in zip(axes.ravel(), tables):
-    shown = [x for x in table.lines if x.in_acc.mean is not None and x.invariance.mean is not None]
+    shown = [x for x in table.lines if x.in_acc.mean is not None and x.off_acc.mean is not None]
     for x in shown:
       key = x.method if x.plain else x.finetune_method
       if key not in colours:
         colours[key] = x.info.colour or next(others)
       colour = colours[key]
-      y = float(np.clip(x.invariance.mean, *headline.YLIM))
+      y = x.off_acc.mean
       ax.errorbar(
-        x.in_acc.mean, y, xerr=_half(x.in_acc), yerr=_half(x.invariance), fmt="o", color=colour, markersize=4,
+        x.in_acc.mean, y, xerr=_half(x.in_acc), yerr=_half(x.off_acc), fmt="o", color=colour, markersize=4,
         capsize=2, elinewidth=0.8,
       )  # fmt: skip
       text = x.method + (" β*" if x.best_val else "")
@@ -288,18 +289,22 @@ def methods_figure(tables: list[methods_board.Table]):
     for name in gridded:
       path = sorted((x for x in shown if x.finetune_method == name), key=lambda x: x.method_setting or 0.0)
       if len(path) > 1:
-        xs, ys = [x.in_acc.mean for x in path], [float(np.clip(x.invariance.mean, *headline.YLIM)) for x in path]
+        xs, ys = [x.in_acc.mean for x in path], [x.off_acc.mean for x in path]
         info = path[0].info
         label = f"{info.title}, {info.setting_symbol or 'setting'} ascending"
         ax.plot(xs, ys, color=colours[name], linewidth=1, alpha=0.7, label=label)
     if table.bar is not None:
       bar_label = f"accuracy bar (plain full - {methods_board.ACCURACY_BAR})"
       ax.axvline(table.bar, color="grey", linestyle="--", linewidth=1, label=bar_label)
-    ax.set_ylim(*headline.YLIM)
-    ax.axhline(0.0, color="grey", linewidth=0.5)
+    full = table.line("plain full")
+    if full is not None and full.off_acc.mean is not None:
+      label = f"plain full's off_acc + δ ({methods_board.SMALLEST_EFFECT})"
+      edge = full.off_acc.mean + methods_board.SMALLEST_EFFECT
+      ax.axhline(edge, color="grey", linestyle=":", linewidth=1, label=label)
+    ax.set_ylim(0.0, 1.02)
     ax.set_title(table.heading.replace(" · protocol", "\nprotocol"), fontsize=8)
     ax.set_xlabel("in-location accuracy")
-    ax.set_ylabel(headline.INVARIANCE_LABEL, fontsize=8)
+    ax.set_ylabel("off-location accuracy", fontsize=8)
     if ax.get_legend_handles_labels()[0]:
       ax.legend(fontsize=6, loc="lower left", frameon=False)
   for ax in axes.ravel()[len(tables) :]:
@@ -338,13 +343,16 @@ def _img(path: Path, alt: str, width: int | None = None) -> str:
 def methods_section(tables: list[methods_board.Table], figure: Path | None) -> str:
   """The methods board as a page section: what it shows, the Pareto figure, one table per group."""
   intro = (
-    "<h2>Fine-tuning methods</h2>\n<p>Mean [95% t-interval] over seeds. <code>retained</code> = invariance / "
-    "plain last's invariance, per seed. Ranked by invariance among the lines whose mean in-location accuracy "
-    f"is within {methods_board.ACCURACY_BAR} of plain full's; lines below that bar are unranked (-): keeping "
-    "invariance by not learning B is no win. β*: L2-SP's β chosen on B's validation split (claim M3). Also in "
+    "<h2>Fine-tuning methods</h2>\n<p>Mean [95% t-interval] over seeds. Ranked by off-location accuracy (the "
+    "primary endpoint) among the lines whose mean in-location accuracy is within "
+    f"{methods_board.ACCURACY_BAR} of plain full's; lines below that bar are unranked (-): keeping accuracy "
+    "away from the fine-tune location by not learning B is no win. <code>off_gain</code> = off_acc - plain "
+    f"full's, paired by seed; above δ = {methods_board.SMALLEST_EFFECT} a ranked line keeps more. Invariance "
+    "and <code>retained</code> (invariance / plain last's, per seed) are secondary: the ratio rises whenever "
+    "in-location accuracy falls. β*: L2-SP's β chosen on B's validation split (claim M3). Also in "
     "<code>methods.md</code>, <code>.csv</code>, <code>.json</code>.</p>\n"
   )
-  img = "" if figure is None else f"{_img(figure, 'in-location accuracy against invariance, per method')}\n"
+  img = "" if figure is None else f"{_img(figure, 'in-location against off-location accuracy, per method')}\n"
   parts = [
     f"<h3>{html.escape(t.heading)}</h3>\n<p>{html.escape(t.summary)}</p>\n"
     f"{sections.table(methods_board.COLUMNS, methods_board.rows(t))}\n"
@@ -380,10 +388,14 @@ def render_html(
     ""
     if claims is None
     else (
-      "<h2>Claims from the literature</h2>\n<p>✓ supported: the 95% interval over seeds lies on the claimed "
-      "side of the threshold; ✗ contradicted: on the other side; inconclusive: it straddles it, or a seed "
-      "collapsed (counted against the claim). One entry per claim, model and rate, as pre-registered; "
-      "↳ secondary entries (another comparison of the same rows) under it. Rules: docs/protocol.md.</p>\n"
+      "<h2>Claims from the literature</h2>\n<p>✓ supported: the interval over seeds lies beyond the "
+      f"threshold by more than δ = {claims_lib.SMALLEST_EFFECT} on the claimed side (the smallest effect of "
+      "interest; C1's and C8's thresholds have none); ✗ contradicted: beyond it on the other side; equivalent: "
+      "inside ± δ (two one-sided tests); inconclusive: anything else, or a seed collapsed (counted against "
+      "the claim). The interval is 95%, or wider where Holm's correction within the claim's family (its "
+      "models and rates) lowered the entry's level: then the level follows it. One entry per claim, model and "
+      "rate, as pre-registered; ↳ secondary entries (another comparison of the same rows) under it. Rules: "
+      "docs/protocol.md.</p>\n"
       f"{sections.claims_table(claims)}\n"
     )
   )

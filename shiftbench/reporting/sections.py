@@ -56,12 +56,12 @@ CLAIM_LAYOUT = (
   ("id", 5),
   ("lr", 5),
   ("verdict", 9),
-  ("effect, mean [95% CI]", 16),
+  ("effect, mean [CI]", 16),
   ("n", 3),
   ("claim", 30),
   ("compared", 32),
 )
-_VERDICT_CLASS = {claims_lib.PASS: "pass", claims_lib.FAIL: "fail"}
+_VERDICT_CLASS = {claims_lib.PASS: "pass", claims_lib.FAIL: "fail", claims_lib.EQUIVALENT: "equivalent"}
 
 
 def _claim_row(c: claims_lib.Claim) -> str:

@@ -61,6 +61,8 @@ def method_column(columns: list[str], rows: list[list]) -> tuple[list[str], list
   return out_columns, out_rows
 
 
+TERMINAL_STATS = ("in_acc", "off_acc", "invariance")  # the methods' endpoints, then the ratio (secondary)
+
 # Under each section's claims: its heading.
 SECTION_TITLES = {at: f"{h[0].lower()}{h[1:]}:\n" for at, h in listing.HEADINGS.items()}
 
@@ -90,7 +92,7 @@ def _claim_line(c) -> list:
 def _claim_lines(rows: list[list]) -> str:
   return tabulate(
     rows,
-    headers=["id", "lr", "verdict", "effect, mean [95% CI]", "n", "compared"],
+    headers=["id", "lr", "verdict", "effect, mean [CI]", "n", "compared"],
     tablefmt="simple",
     maxcolwidths=[None, None, None, EFFECT_WIDTH, None, COMPARED_WIDTH],
     disable_numparse=True,
@@ -99,15 +101,16 @@ def _claim_lines(rows: list[list]) -> str:
 
 def methods_tables(tables: list) -> str:
   """The methods board (`methods_board.Table`s) in short: one heading line and one line per method and
-  setting (label, rank, in_acc, invariance, retained); the validation numbers and notes are in methods.md."""
+  setting (label, rank, in_acc, off_acc, and the invariance ratio, secondary); off_gain, retained, the
+  validation numbers and the notes are in methods.md."""
   parts = []
   for t in tables:
     lines = [
       [x.method + (" β*" if x.best_val else ""), "-" if x.rank is None else x.rank]
-      + [methods_board.fmt(getattr(x, k), len(x.seeds)) for k in ("in_acc", "invariance", "retained")]
+      + [methods_board.fmt(getattr(x, k), len(x.seeds)) for k in TERMINAL_STATS]
       for x in t.lines
     ]
-    text = tabulate(lines, headers=["method", "rank", "in_acc", "invariance", "retained"], disable_numparse=True)
+    text = tabulate(lines, headers=["method", "rank", *TERMINAL_STATS], disable_numparse=True)
     parts.append(f"[{t.heading}]\n{text}")
   return "\n\n".join(parts)
 
@@ -117,7 +120,7 @@ def summary(board, out_dir: str | os.PathLike) -> str:
   the methods board where a row is a method's, and the claims."""
   out = Path(out_dir)
   tables = getattr(board, "methods", [])
-  bar = f"rank: by invariance within {methods_board.ACCURACY_BAR} of plain full's in_acc; - below it"
+  bar = f"rank: by off_acc within {methods_board.ACCURACY_BAR} of plain full's in_acc; - below it"
   methods = f"Fine-tuning methods ({bar}):\n{methods_tables(tables)}\n\n" if tables else ""
   where = f"The methods board with validation numbers and β*: {out / 'methods.md'}\n" if tables else ""
   return (
