@@ -78,6 +78,27 @@ def test_bad_control_settings_are_one_line_errors(entry, message):
   assert "\n" not in str(e.value)
 
 
+def test_replay_and_ewc_are_refused_after_imagenet_weights_before_anything_trains():
+  import types
+
+  from shiftbench.infra.errors import ConfigError
+
+  for name in ("replay", "ewc"):
+    s = types.SimpleNamespace(
+      seeds=(0,),
+      models={"resnet18_tv": None},
+      pretrain_regimes=("imagenet",),
+      finetune_modes=("full",),
+      scratch_modes=("full",),
+      finetune_rates=(1e-3,),
+      arms={},
+      methods={"plain": methods.Plain(), name: methods.BUILTIN[name]()},
+    )
+    with pytest.raises(ConfigError, match=f"method '{name}' keeps what pretraining on A taught"):
+      plan.check_method_needs(s)
+  plan.check_method_needs(types.SimpleNamespace(**{**vars(s), "pretrain_regimes": ("translate",)}))
+
+
 # -- the parts, on their own --------------------------------------------------------------------------
 def test_a_soup_of_one_is_that_model_and_of_two_their_mean():
   a = models.ResNet(num_classes=3, canvas_size=16, widths=(4, 8), blocks=(1, 1), rngs=nnx.Rngs(0))

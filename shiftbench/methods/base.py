@@ -104,7 +104,8 @@ class Method:
   identity, so it stays out of the comparison key; every other argument of the entry goes in (`method.*`).
   `needs`: the plain modes whose rows it starts from, checked against the run's modes before anything
   trains; `mode`: the fine-tune mode its rows are labelled with; `across_rates`: it starts from the plain
-  rows at every rate of the run (`ctx.tuned_at`), so its rows, one per rate, run after all of them."""
+  rows at every rate of the run (`ctx.tuned_at`), so its rows, one per rate, run after all of them;
+  `needs_pretraining`: it reads A, the pretraining task (`ctx.pretraining`)."""
 
   name: str = ""
   title: str = ""  # how figures and legends name it ("WiSE-FT"); empty: its name
@@ -114,6 +115,7 @@ class Method:
   mode: str = "full"
   needs: tuple[str, ...] = ()
   across_rates: bool = False
+  needs_pretraining: bool = False  # it reads A (`ctx.pretraining`): refused after ImageNet weights
 
   @classmethod
   def grid_arg(cls) -> str | None:

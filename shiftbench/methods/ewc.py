@@ -89,7 +89,7 @@ class EWC(Method):
   training objects at the pretraining placement, from `fisher_samples` draws. λ = 0 adds no term: plain
   full fine-tuning's own program."""
 
-  name, title, colour = "ewc", "EWC", "#7f7f7f"
+  name, title, colour, needs_pretraining = "ewc", "EWC", "#7f7f7f", True
   setting_name, setting_symbol = "lambda", "λ"
 
   def __init__(self, lambdas: Sequence[float] = (10.0, 100.0, 1000.0), fisher_samples: int = 1024):

@@ -23,7 +23,7 @@ class Replay(Method):
   over the whole batch, each object against its own task's classes; B's objects are the first of plain
   full fine-tuning's own draw. ρ = 0 replays nothing: plain full fine-tuning's own program and batches."""
 
-  name, title, colour = "replay", "replay", "#e377c2"
+  name, title, colour, needs_pretraining = "replay", "replay", "#e377c2", True
   setting_name, setting_symbol = "rho", "ρ"
 
   def __init__(self, rhos: Sequence[float] = (0.125, 0.25, 0.5)):

@@ -154,13 +154,19 @@ def rows(s: PlanSettings) -> list[RowId]:
 
 def check_method_needs(s: PlanSettings) -> None:
   """A method's rows start from plain rows of the same model and regime (`Method.needs`): each of those
-  must run wherever the method does, or the run would fail after hours of other rows."""
+  must run wherever the method does, or the run would fail after hours of other rows; a method that keeps
+  A (`Method.needs_pretraining`) runs after no ImageNet weights."""
   running = set()
   for model in s.models:
     for regime in regimes_for(s, model):
       modes = modes_for(s, regime, model)
       for method in dict.fromkeys(m for m, _ in method_rows(s, model, regime)):
         running.add(method.name)
+        if regime == "imagenet" and getattr(method, "needs_pretraining", False):
+          raise ConfigError(
+            f"method {method.name!r} keeps what pretraining on A taught, and {model}'s imagenet weights were "
+            "not pretrained on A; run it after a regime that pretrains on A (fixed, random_crop, translate)"
+          )
         missing = [n for n in method.needs if n not in modes]
         if missing:
           raise ConfigError(
