@@ -19,12 +19,16 @@ FINETUNE_INIT = 2
 PRETRAIN_BATCHES = 3
 FINETUNE_BATCHES = 4
 EVALUATION = 5  # each evaluator folds its own name into this one (`evaluator_stream`)
+# Draws from A after pretraining for a fine-tune method (EWC's Fisher samples): each method folds its
+# own name into this one (`name_id`).
+FROM_PRETRAINING = 6
 PHASES = {
   "pretrain_init": PRETRAIN_INIT,
   "finetune_init": FINETUNE_INIT,
   "pretrain_batches": PRETRAIN_BATCHES,
   "finetune_batches": FINETUNE_BATCHES,
   "evaluation": EVALUATION,
+  "from_pretraining": FROM_PRETRAINING,
 }
 
 

@@ -1,7 +1,8 @@
 """Fine-tuning methods: how the pretrained model becomes B's model, one row per method and setting.
 
 One module per idea: `base` (what a method is, the context a row runs in), then one per method: `plain`,
-`lpft` (LP-FT), `wise` (WiSE-FT), `l2sp` (L2-SP). `BUILTIN` is the registry of the methods a
+`lpft` (LP-FT), `wise` (WiSE-FT), `l2sp` (L2-SP), `replay`, `ewc` (EWC), `surgical` (surgical
+fine-tuning), `soup` (a uniform model soup). `BUILTIN` is the registry of the methods a
 `finetune.methods` entry may name; `register` adds one. The methods are importable as
 `shiftbench.methods.<Name>`, the `_target_` paths their comparison keys hold (`target`).
 
@@ -15,18 +16,23 @@ from shiftbench.methods.base import (
   Finetuned,
   FunctionMethod,
   Method,
+  Pretraining,
   as_finetuned,
   as_method,
   check_grid,
   copy_model,
 )
+from shiftbench.methods.ewc import EWC, EWCState, fisher_diagonal
 from shiftbench.methods.l2sp import L2SP, L2SPState, l2sp_penalty
 from shiftbench.methods.lpft import LPFT
 from shiftbench.methods.plain import Plain
+from shiftbench.methods.replay import Replay
+from shiftbench.methods.soup import Soup, uniform_soup
+from shiftbench.methods.surgical import Surgical
 from shiftbench.methods.wise import WiSEFT, interpolate
 
 # The methods a `finetune.methods` entry may name, by their rows' `finetune_method`.
-BUILTIN: dict[str, type[Method]] = {m.name: m for m in (Plain, LPFT, WiSEFT, L2SP)}
+BUILTIN: dict[str, type[Method]] = {m.name: m for m in (Plain, LPFT, WiSEFT, L2SP, Replay, EWC, Surgical, Soup)}
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -51,21 +57,29 @@ def target(cls: type[Method]) -> str:
 
 __all__ = [
   "BUILTIN",
+  "EWC",
   "L2SP",
   "LPFT",
   "Context",
+  "EWCState",
   "Finetuned",
   "FunctionMethod",
   "L2SPState",
   "Method",
   "Plain",
+  "Pretraining",
+  "Replay",
+  "Soup",
+  "Surgical",
   "WiSEFT",
   "as_finetuned",
   "as_method",
   "check_grid",
   "copy_model",
+  "fisher_diagonal",
   "interpolate",
   "l2sp_penalty",
   "register",
   "target",
+  "uniform_soup",
 ]

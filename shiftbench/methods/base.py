@@ -25,7 +25,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from shiftbench.data import canvas
+from shiftbench.data.device import DeviceObjects
 from shiftbench.rows import method_info, schema
+from shiftbench.training.loop import Placement
 
 
 @dataclasses.dataclass
@@ -40,6 +43,24 @@ class Finetuned:
 
 
 @dataclasses.dataclass(frozen=True)
+class Pretraining:
+  """The task the row's pretrained model learnt (A), for methods that keep it (replay, EWC).
+
+  model: a copy of the model as pretrained, A's classifier on it, on every call.
+  objects: A's training objects (on the device).
+  placement: where pretraining put them (the row's regime, its location and jitter).
+  spec: the canvas.
+  key: the row's stream for draws from A (`streams.method_stream` folds a method's name into it).
+  """
+
+  model: Callable[[], nnx.Module]
+  objects: DeviceObjects
+  placement: Placement
+  spec: canvas.CanvasSpec
+  key: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
 class Context:
   """What a method's row may start from, and how it trains (built by the protocol for each row).
 
@@ -48,11 +69,17 @@ class Context:
   tuned: `tuned(mode)` is a copy of the plain row's fine-tuned model at `mode` (`last`, `head`, `full`)
     of the same model, regime, rate and seed.
   tx: the fine-tune optimiser at the row's learning rate.
-  finetune: `finetune(model, tx=None, mode="full", probe=False)` trains `model` in place on B at the
-    fine-tune location and returns `Finetuned`; `tx` replaces the row's optimiser; `probe=True` takes
-    the curve's step 0 from the `last` row's final point instead of measuring it (right for a model that
-    is the pretrained layers read by that probe, or starts from the same fresh classifier as plain).
+  finetune: `finetune(model, tx=None, mode="full", probe=False, replay=None)` trains `model` in place
+    on B at the fine-tune location and returns `Finetuned`; `tx` replaces the row's optimiser; `probe=True`
+    takes the curve's step 0 from the `last` row's final point instead of measuring it (right for a model
+    that is the pretrained layers read by that probe, or starts from the same fresh classifier as plain);
+    `mode` may also be `surgical` (`models.trainable`); `replay` is `loop.train`'s (part of each batch from A).
   mode: the row's fine-tune mode.
+  pretraining: A, the task the model was pretrained on (`Pretraining`); None after `scratch` or ImageNet
+    weights (whose task is not A).
+  rates: every fine-tune rate of the run, ascending.
+  tuned_at: `tuned_at(mode, rate)`, a copy of the plain row's fine-tuned model at `mode` and `rate` of the
+    same model, regime and seed (a method with `across_rates`: its rows run after every rate's plain rows).
   """
 
   fresh: Callable[[], nnx.Module]
@@ -60,6 +87,9 @@ class Context:
   tx: optax.GradientTransformation
   finetune: Callable[..., Finetuned]
   mode: str = "full"
+  pretraining: Pretraining | None = None
+  rates: tuple[float, ...] = ()
+  tuned_at: Callable[[str, float], nnx.Module] | None = None
 
 
 class Method:
@@ -73,7 +103,9 @@ class Method:
   (checked by `check_grid`): one row per value, the value in the row's `method_setting`. The grid is row
   identity, so it stays out of the comparison key; every other argument of the entry goes in (`method.*`).
   `needs`: the plain modes whose rows it starts from, checked against the run's modes before anything
-  trains; `mode`: the fine-tune mode its rows are labelled with."""
+  trains; `mode`: the fine-tune mode its rows are labelled with; `across_rates`: it starts from the plain
+  rows at every rate of the run (`ctx.tuned_at`), so its rows, one per rate, run after all of them;
+  `needs_pretraining`: it reads A, the pretraining task (`ctx.pretraining`)."""
 
   name: str = ""
   title: str = ""  # how figures and legends name it ("WiSE-FT"); empty: its name
@@ -82,6 +114,8 @@ class Method:
   setting_symbol: str = ""  # how figures write the setting ("α"); empty: `setting_name`
   mode: str = "full"
   needs: tuple[str, ...] = ()
+  across_rates: bool = False
+  needs_pretraining: bool = False  # it reads A (`ctx.pretraining`): refused after ImageNet weights
 
   @classmethod
   def grid_arg(cls) -> str | None:
@@ -177,6 +211,7 @@ def check_grid(values: Sequence[float], what: str, low: float, high: float | Non
 
 __all__ = [
   "Context",
+  "Pretraining",
   "Finetuned",
   "FunctionMethod",
   "Method",

@@ -113,19 +113,25 @@ class Under:
 
 HEAD = Under((HEAD_NAME,))
 CLASSIFIER = Under((HEAD_NAME, CLASSIFIER_NAME))
+HIDDEN = Under((HEAD_NAME, "hidden"))  # the head's hidden FC layers (`Head.hidden`)
 TRANSFERABLE = nnx.Not(CLASSIFIER)
+# A training mode no row is labelled with: the mirror of `head`, for surgical fine-tuning (Lee et al. 2023).
+SURGICAL = "surgical"
 
 
 def trainable(mode: str) -> Any:
   """Which params train at a fine-tune mode: all of them (`full`), the head's (`head`: hidden FC layers +
-  classifier, the backbone frozen) or the classifier's only (`last`)."""
+  classifier, the backbone frozen) or the classifier's only (`last`); and at `surgical`, everything but
+  the hidden FC layers (the backbone and the classifier: `head`'s mirror)."""
   if mode == "full":
     return nnx.Param
   if mode == "head":
     return nnx.All(nnx.Param, HEAD)
   if mode == "last":
     return nnx.All(nnx.Param, CLASSIFIER)
-  raise ValueError(f"unknown fine-tune mode {mode!r}; allowed: {', '.join(schema.FINETUNE_MODES)}")
+  if mode == SURGICAL:
+    return nnx.All(nnx.Param, nnx.Not(HIDDEN))
+  raise ValueError(f"unknown fine-tune mode {mode!r}; allowed: {', '.join((*schema.FINETUNE_MODES, SURGICAL))}")
 
 
 def mismatches(model: Any, num_classes: int, canvas_size: int, in_channels: int) -> list[str]:

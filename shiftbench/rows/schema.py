@@ -34,7 +34,7 @@ FINETUNE_MODES: tuple[str, ...] = ("last", "head", "full")
 # this order; a user's own methods after them, by name (a method missing here is only shown later).
 PLAIN = "plain"
 METHOD, SETTING = "finetune_method", "method_setting"
-FINETUNE_METHODS: tuple[str, ...] = (PLAIN, "lpft", "wise", "l2sp")
+FINETUNE_METHODS: tuple[str, ...] = (PLAIN, "lpft", "wise", "l2sp", "replay", "ewc", "surgical", "soup")
 # A row of an older results file, without the method fields, is a plain row.
 METHOD_DEFAULTS: dict[str, Any] = {METHOD: PLAIN, SETTING: None}
 # 0.6.0 kept each gridded method's setting in a field of its own (WiSE-FT's alpha, L2-SP's beta): a row
@@ -113,8 +113,13 @@ DIMENSION_DOCS: dict[str, str] = {
   "model": "the model preset (a key of `model`)",
   "pretrain": "the pretrain regime on A: `scratch`, `imagenet`, `fixed`, `random_crop` or `translate`",
   "finetune": "the fine-tune mode, what trains on B: `last` (the classifier), `head` (hidden FC layers too), `full`",
-  "finetune_method": "how it was fine-tuned: `plain`, `lpft`, `wise`, `l2sp` or a user's method (absent: plain)",
-  "method_setting": "the method's grid value (WiSE-FT's α, L2-SP's β; 0.6.0's `wise_alpha`, `l2sp_beta`), or null",
+  "finetune_method": (
+    "how it was fine-tuned: `plain`, `lpft`, `wise`, `l2sp`, `replay`, `ewc`, `surgical`, `soup` or a user's "
+    "method (absent: plain)"
+  ),
+  "method_setting": (
+    "the method's grid value (WiSE-FT's α, L2-SP's β, replay's ρ, EWC's λ; 0.6.0's `wise_alpha`, `l2sp_beta`), or null"
+  ),
   "finetune_lr": "the fine-tune learning rate (`finetune.learning_rates`)",
   "seed": "the seed of every random stream of the row",
 }

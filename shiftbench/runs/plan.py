@@ -23,8 +23,8 @@ from shiftbench.rows.schema import RowId
 
 
 class PlanSettings(Protocol):
-  """What row planning reads of `Settings`: methods are read for `name`, `mode`, `needs` and `settings()`
-  (`shiftbench.methods.Method`)."""
+  """What row planning reads of `Settings`: methods are read for `name`, `mode`, `needs`, `settings()`
+  and `across_rates` (`shiftbench.methods.Method`)."""
 
   seeds: tuple[int, ...]
   models: Mapping[str, Any]
@@ -49,7 +49,9 @@ def rate_key(rid: RowId) -> tuple[str, str, float, int]:
 @dataclasses.dataclass(frozen=True)
 class AtRate:
   """The rows of one pretrained model at one fine-tune rate: `plain` (in mode order, `last` first), then
-  `methods` (every other method and setting, after the plain rows they start from)."""
+  `methods` (every other method and setting, after the plain rows they start from). The last rate's group
+  also holds the rows, at every rate, of a method that starts from every rate's plain rows (`across_rates`:
+  the soup), which can run only once those have."""
 
   model: str
   regime: str
@@ -119,8 +121,15 @@ def at_rate(s: PlanSettings, model: str, regime: str, seed: int, rate: float) ->
     plain = tuple(RowId.plain(model, regime, mode, rate, seed) for mode in modes_for(s, regime, model))
   others = []
   for method, setting in method_rows(s, model, regime):
-    rid = RowId.plain(model, regime, method.mode, rate, seed)
-    others.append(rid._replace(finetune_method=method.name, method_setting=setting))
+    # A method over every rate's plain rows runs its rows (one per rate) in the last rate's group, after
+    # them all; its other rows have their own rate's.
+    if getattr(method, "across_rates", False):
+      rates = s.finetune_rates if rate == max(s.finetune_rates) else ()
+    else:
+      rates = (rate,)
+    for at in rates:
+      rid = RowId.plain(model, regime, method.mode, at, seed)
+      others.append(rid._replace(finetune_method=method.name, method_setting=setting))
   return AtRate(model, regime, seed, rate, plain, tuple(others))
 
 
@@ -145,13 +154,19 @@ def rows(s: PlanSettings) -> list[RowId]:
 
 def check_method_needs(s: PlanSettings) -> None:
   """A method's rows start from plain rows of the same model and regime (`Method.needs`): each of those
-  must run wherever the method does, or the run would fail after hours of other rows."""
+  must run wherever the method does, or the run would fail after hours of other rows; a method that keeps
+  A (`Method.needs_pretraining`) runs after no ImageNet weights."""
   running = set()
   for model in s.models:
     for regime in regimes_for(s, model):
       modes = modes_for(s, regime, model)
       for method in dict.fromkeys(m for m, _ in method_rows(s, model, regime)):
         running.add(method.name)
+        if regime == "imagenet" and getattr(method, "needs_pretraining", False):
+          raise ConfigError(
+            f"method {method.name!r} keeps what pretraining on A taught, and {model}'s imagenet weights were "
+            "not pretrained on A; run it after a regime that pretrains on A (fixed, random_crop, translate)"
+          )
         missing = [n for n in method.needs if n not in modes]
         if missing:
           raise ConfigError(

@@ -228,6 +228,7 @@ class Protocol:
     probe: dict[str, Any] | None = None,
     tx: Any = None,
     mode: str | None = None,
+    replay: Any = None,
   ) -> Finetuned:
     """Trains `model` in place on B at the fine-tune location at `mode` (the row's by default) with `tx`
     (the row's optimiser by default), evaluating the curve along the way. The curve's step 0 is `probe`
@@ -262,6 +263,7 @@ class Protocol:
       on_eval=on_eval,
       desc=f"finetune {rid.name()}",
       until=until,
+      replay=replay,
     )
     # Which rule ended training, and where: the rule's own record when it fired, else the cap.
     stop = {"rule": "steps", "step": s.finetune.steps}
@@ -310,16 +312,42 @@ class Protocol:
     """What row `rid`'s method may start from (`methods.Context`); `point` is the `last` row's final
     curve point, or None (then the curve's step 0 is measured)."""
 
-    def finetune(model: nnx.Module, tx: Any = None, mode: str = "full", probe: bool = False) -> Finetuned:
-      return self.finetune(rid, model, point if probe else None, tx=tx, mode=mode)
+    def finetune(model: nnx.Module, tx: Any = None, mode: str = "full", probe: bool = False, replay=None):
+      return self.finetune(rid, model, point if probe else None, tx=tx, mode=mode, replay=replay)
 
+    pretraining = None
+    if source is not None and rid.pretrain != "imagenet":  # A is the task of the model it starts from
+      at = train.Placement(rid.pretrain, self.s.pretrain_location, self.s.pretrain_jitter)
+      key = streams.stream(rid.seed, streams.FROM_PRETRAINING)
+      pretraining = methods.Pretraining(lambda: methods.copy_model(source), self.train_a, at, self.s.spec, key)
     return methods.Context(
       fresh=lambda: self.start(rid, source),
       tuned=lambda mode: methods.copy_model(self.tuned(rid.plain_sibling(mode), source, done)),
       tx=self.s.transforms["finetune"][rid.finetune_lr],
       finetune=finetune,
       mode=rid.finetune,
+      pretraining=pretraining,
+      rates=tuple(sorted(self.s.finetune_rates)),
+      tuned_at=lambda mode, rate: methods.copy_model(self.tuned_at(rid, mode, rate, source, done)),
     )
+
+  def tuned_at(
+    self, rid: RowId, mode: str, rate: float, source: nnx.Module | None, done: dict[RowId, dict[str, Any]]
+  ) -> nnx.Module:
+    """The fine-tuned model of the plain row at `mode` and `rate` of `rid`'s model, regime and seed, for a
+    method across rates (`Method.across_rates`): kept by its group where it is still open, or by the
+    pretrained model's group (`_keep`), else trained again (the same stream and budget: the same model)."""
+    sibling = rid.plain_sibling(mode)._replace(finetune_lr=rate)
+    if sibling.finetune not in plan.modes_for(self.s, rid.pretrain, rid.model) or rate not in self.s.finetune_rates:
+      raise ValueError(f"{sibling.name()} does not run in this experiment: no model to start from")
+    across = self._before.get(plan.pretrained_key(sibling), {})
+    kept = self._tuned.get(plan.rate_key(sibling), {}).get(sibling)
+    kept = across.get(sibling) if kept is None else kept
+    if kept is None:
+      log.info("%s: trained again for the methods across rates (its row is kept)", sibling.name())
+      ctx = self.context(sibling, source, probe_point(sibling, done), done)
+      kept = across[sibling] = self.s.methods[schema.PLAIN].run(ctx, None).model
+    return kept
 
   def tuned(self, rid: RowId, source: nnx.Module | None, done: dict[RowId, dict[str, Any]]) -> nnx.Module:
     """The fine-tuned model of plain row `rid`, kept from when it ran; in a resumed run whose row was
@@ -335,6 +363,8 @@ class Protocol:
 
   def _keep(self, rid: RowId, model: nnx.Module) -> None:
     Shared.of(self._tuned, plan.rate_key(rid), "a plain row's fine-tuned model", "rows_at")[rid] = model
+    if any(m.across_rates for m in self.s.methods.values()) and plan.pretrained_key(rid) in self._before:
+      self._before[plan.pretrained_key(rid)][rid] = model  # for the rows across rates, after every rate
 
   def row(
     self,

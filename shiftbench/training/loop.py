@@ -29,6 +29,7 @@ from shiftbench.data import canvas
 from shiftbench.data.device import DeviceObjects
 from shiftbench.infra.errors import DivergenceError
 from shiftbench.training import conv_forms, resume
+from shiftbench.training import replay as replays
 from shiftbench.training.schedule import schedule, steps_per_dispatch
 
 log = logging.getLogger(__name__)
@@ -86,10 +87,13 @@ class UntilAccuracy:
 def set_mode(model: nnx.Module, mode: str) -> None:
   """Train-mode layers (BatchNorm batch statistics) for what trains: all of the model in `full` mode;
   in `head` and `last` modes the frozen backbone (`ShiftModel.backbone`) runs in eval mode, so its BN
-  uses and keeps the pretrained running averages."""
+  uses and keeps the pretrained running averages; in `surgical` mode the frozen hidden FC layers do."""
   model.train()
   if mode in ("head", "last"):
     model.backbone.eval()
+  if mode == models.SURGICAL:
+    for layer in model.head.hidden:
+      layer.eval()
 
 
 def _make_step(
@@ -126,21 +130,25 @@ def _make_step(
 
 
 @functools.cache
-def _compiled_update(graphdef, tx_update, spec, placement, batch_size, k):
+def _compiled_update(graphdef, tx_update, spec, placement, batch_size, k, replay=None):
   """One jitted dispatch running `k` steps (a `lax.scan` when k > 1); cached so sweeps never retrace. Keyed
   by the optimiser's update function, not the optimiser: the rates of `optimizers.at_rates` share one, so
-  every rate runs one compiled program (the rate is in `opt_state`)."""
-  step = _make_step(graphdef, tx_update, spec, placement, batch_size)
+  every rate runs one compiled program (the rate is in `opt_state`). `replay`: (`replay.Replay`, B's
+  number of classes) for the replay step, whose A objects and labels follow `labels` as arguments."""
+  if replay is None:
+    step = _make_step(graphdef, tx_update, spec, placement, batch_size)
+  else:
+    step = replays.make_step(graphdef, tx_update, spec, placement, batch_size, *replay)
 
-  def update(params, opt_state, rest, base_key, start, images, labels):
+  def update(params, opt_state, rest, base_key, start, images, labels, *extra):
     keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(start + jnp.arange(k))
     if k == 1:
-      params, opt_state, rest, m = step(params, opt_state, rest, keys[0], images, labels)
+      params, opt_state, rest, m = step(params, opt_state, rest, keys[0], images, labels, *extra)
       return params, opt_state, rest, {**m, "accs": m["acc"][None]}
 
     def body(carry, key):
       p, o, r = carry
-      p, o, r, m = step(p, o, r, key, images, labels)
+      p, o, r, m = step(p, o, r, key, images, labels, *extra)
       return (p, o, r), m
 
     (params, opt_state, rest), ms = jax.lax.scan(body, (params, opt_state, rest), keys)
@@ -324,6 +332,7 @@ def train(
   desc: str = "train",
   checkpoints: resume.Checkpoints | None = None,
   until: UntilAccuracy | None = None,
+  replay: tuple[replays.Replay, DeviceObjects] | None = None,
 ) -> list[Metrics]:
   """Trains `model` in place for `steps` steps and returns the logged metrics.
 
@@ -344,6 +353,8 @@ def train(
     checkpoints: resumable checkpoints: training continues from the last one there (bit-identical to not
       stopping) and saves one every `checkpoints.every` steps, rounded up to a multiple of `dispatch`.
     until: a stopping rule checked after every chunk (`steps` is then the cap); None trains `steps`.
+    replay: (what to replay, A's objects): part of every batch drawn from A (`training/replay.py`); the
+      model's classifier must be a `replay.PairedClassifier` (`replay.attach`). None: B's objects only.
 
   How the steps are cut into chunks (dispatches, evaluation steps, logging, checkpoints, where the stopping
   rule is checked) is `schedule.schedule`'s.
@@ -352,6 +363,11 @@ def train(
   set_mode(model, mode)
   graphdef, params, rest = nnx.split(model, models.trainable(mode), ...)
   opt_state = tx.init(params)
+  # The replay step's static part keys its program (after `k`); A's objects are its last arguments. Its
+  # steps per dispatch are plain fine-tuning's of the same model (`resolve_dispatch`: the same convs).
+  mixed, extra = (), ()
+  if replay is not None:
+    mixed, extra = ((replay[0], data.num_classes),), (replay[1].images, replay[1].labels)
   base_key = seed if isinstance(seed, jax.Array) else jax.random.key(seed)
   program_key = (graphdef, tx.update, spec, placement, batch_size)
   history: list[Metrics] = []
@@ -377,7 +393,7 @@ def train(
     shapes = functools.partial(_shapes, params, tx, rest, base_key, data)
     k = resolve_dispatch(dispatch, program_key, mode, shapes, type(model).__name__)
     sched = plan(k)
-  update = _program((*program_key, k), mode)
+  update = _program((*program_key, k, *mixed), mode)
 
   def sync_model():
     nnx.update(model, params, rest)
@@ -387,11 +403,11 @@ def train(
   with tqdm(total=steps, initial=done, desc=desc, unit="step", leave=False, dynamic_ncols=True, disable=None) as bar:
     for chunk in sched.chunks:
       # the one-step program (for chunks shorter than k) compiles on first use
-      program = update if chunk.scan else _program((*program_key, 1), mode)
+      program = update if chunk.scan else _program((*program_key, 1, *mixed), mode)
       accs = []  # every step's batch accuracy, for the stopping rule
       for start in chunk.dispatches:
         params, opt_state, rest, metrics = program(
-          params, opt_state, rest, base_key, np.int32(start), data.images, data.labels
+          params, opt_state, rest, base_key, np.int32(start), data.images, data.labels, *extra
         )
         accs.append(metrics["accs"])
       done = chunk.stop
