@@ -147,9 +147,7 @@ class Finetune(Group):
     Domain("a list of integers >= 1 (steps)", lambda v: all(s >= 1 for s in v)), []
   )
   learning_rates: list[float] | None = setting(Domain("a list of numbers > 0, or null"), None)
-  methods: Any = setting(
-    Domain("a list of method names (plain, lpft, wise, l2sp, replay, ewc, surgical, soup) or _target_ entries"), None
-  )
+  methods: Any = setting(Domain("a list of method names (shiftbench.methods.BUILTIN) or _target_ entries"), None)
 
   def check(self) -> None:
     values.check_entry("finetune.optimizer", self.optimizer)
