@@ -170,7 +170,7 @@ def test_evaluate_runs_the_example_model_from_outside_the_checkout(user_dir, tin
   log = (result.run_dir / "evaluate.log").read_text()
   assert "MyNet/translate/full" in log
   if jax.default_backend() == "cpu":  # and the log says why (docs/api.md, Speed)
-    assert "MyNet (full): 1 training step per dispatch, not 10 (steps_per_dispatch=auto)" in log
+    assert "MyNet (full, translate placement): 1 training step per dispatch, not 10 (steps_per_dispatch=auto)" in log
   record = json.loads((result.run_dir / "results.json").read_text())
   assert record["config"]["model"] == {"MyNet": {"_target_": "my_model.MyNet", "_partial_": True, "widths": [4, 8]}}
   assert "Claims from the literature" in capsys.readouterr().out  # the terminal's summary, as the CLI's

@@ -172,7 +172,8 @@ def test_auto_trains_a_model_with_xlas_conv_gradients_one_step_per_dispatch_on_c
 
   with caplog.at_level(logging.INFO, logger="shiftbench.training.loop"):
     assert resolved(FlaxConvNet(nnx.Rngs(0))) == 1
-    assert "FlaxConvNet (full): 1 training step per dispatch, not 10 (steps_per_dispatch=auto): 3 of" in caplog.text
+    said = "FlaxConvNet (full, fixed placement): 1 training step per dispatch, not 10 (steps_per_dispatch=auto): 3 of"
+    assert said in caplog.text
     caplog.clear()
     assert resolved(FlaxConvNet(nnx.Rngs(0)), mode="head") == 10
     assert resolved(FlaxConvNet(nnx.Rngs(0), models.conv_general_dilated)) == 10

@@ -175,11 +175,13 @@ def resolve_dispatch(dispatch: int | str, key: tuple, mode: str, shapes: Callabl
     slow = conv_forms.slow_in_a_loop(_compiled_update(*key, k).trace(*shapes()).jaxpr)
     if slow:
       log.info(
-        "%s (%s): 1 training step per dispatch, not %d (steps_per_dispatch=auto): %d of its training step's "
-        "convs (e.g. nnx.Conv's gradients) run as slow generic loops inside lax.scan on CPU; convs built with "
-        "conv_general_dilated=shiftbench.models.conv_general_dilated run %d steps per dispatch (docs/api.md, Speed)",
+        "%s (%s, %s placement): 1 training step per dispatch, not %d (steps_per_dispatch=auto): %d of its "
+        "training step's convs (e.g. nnx.Conv's gradients) run as slow generic loops inside lax.scan on CPU; "
+        "convs built with conv_general_dilated=shiftbench.models.conv_general_dilated run %d steps per "
+        "dispatch (docs/api.md, Speed)",
         name,
         mode,
+        key[3].regime,  # the placement: pretraining's regime, or `fixed` for fine-tuning
         k,
         slow,
         k,
