@@ -126,6 +126,17 @@ def test_the_headline_is_legible_where_the_page_shows_it_and_titled_in_words():
   assert fig.get_figwidth() * headline.DISPLAY_DPI >= 1000  # shown about 1100 px wide: legible, fits 1400
 
 
+def test_a_model_shown_only_by_reference_rows_says_so_in_its_panel_title():
+  own = _grid()
+  shipped = [{**r, "model": "gap", "reference": "reference 0.7.0 2026-12-07"} for r in _grid()]
+  fig = headline.headline_figure(own + shipped, [])
+  titles = [t.get_text() for t in fig.findobj(matplotlib.text.Text) if "invariance against the rate" in t.get_text()]
+  assert sorted(titles) == [
+    "cnn_fc: invariance against the rate",
+    "gap (reference 0.7.0 2026-12-07): invariance against the rate",
+  ]
+
+
 # Every regime and mode of `reproduce` (10 columns) for two models: the widest grid a shipped preset makes.
 _COLUMNS = [("scratch", "full")] + [
   (p, f) for p in ("fixed", "random_crop", "translate") for f in ("last", "head", "full")

@@ -23,7 +23,7 @@ import numpy as np
 
 from shiftbench.claims import verdicts
 from shiftbench.reporting import plots
-from shiftbench.rows import comparison, schema
+from shiftbench.rows import comparison, reference, schema
 
 # (pretrain regime, fine-tune mode): what each line is; the colours stay with the arm across panels.
 ARMS: tuple[tuple[str, str], ...] = (
@@ -274,6 +274,10 @@ def headline_figure(rows: Iterable[Mapping[str, Any]], claims_json: Iterable[Map
   models = list(dict.fromkeys(t["model"] for t in table))
   titles = group_titles([r for r in rows if r.get("protocol_key", "") in groups])
   claims_json = list(claims_json or [])
+  # A model whose rows all came from the shipped reference sets says so in its panel's title.
+  sources = defaultdict(set)
+  for r in rows:
+    sources[r.get("model")].add(reference.source(r))
   fig = plots.new_figure(figsize=(12 * len(groups), 3.9 * len(models) + 1.3), layout="constrained", dpi=DISPLAY_DPI)
   subfigs = np.atleast_1d(fig.subfigures(1, len(groups), squeeze=False)).ravel()
   if len(groups) == 1:  # the title in words; the protocol's key is in the page's header
@@ -292,7 +296,9 @@ def headline_figure(rows: Iterable[Mapping[str, Any]], claims_json: Iterable[Map
         ax_trade.axis("off")
         continue
       _panel_rate(ax_rate, arms, supported_rates(claims_json, group, model), scratch_rate(claims_json, group, model))
-      ax_rate.set_title(f"{model}: invariance against the rate", fontsize=LABEL)
+      only = sources.get(model, set())
+      shown = f"{model} ({next(iter(only))})" if len(only) == 1 and reference.THIS_RUN not in only else model
+      ax_rate.set_title(f"{shown}: invariance against the rate", fontsize=LABEL)
       _panel_tradeoff(ax_trade, arms)
     _legend(subfig, axes.ravel())
   return fig
