@@ -88,6 +88,9 @@ def test_the_l2sp_penalty_pulls_transferred_weights_home_and_decays_the_classifi
     ("[wise]", "add plain to finetune.methods"),
     ("[]", "finetune.methods is empty"),
     ("[plain,{_target_: shiftbench.methods.WiSEFT, alphas: [0, 1.5]}]", "must lie in [0, 1], got [1.5]"),
+    ("[plain,{_target_: shiftbench.methods.Replay, rhos: [0.5, 1]}]", "must be below 1"),
+    ("[plain,{_target_: shiftbench.methods.EWC, lambdas: [-1]}]", "must lie in >= 0, got [-1.0]"),
+    ("[plain,{_target_: shiftbench.methods.EWC, fisher_samples: 0}]", "fisher_samples must be an integer >= 1, got 0"),
   ],
 )
 def test_bad_methods_are_one_line_errors(methods_value, message):

@@ -28,7 +28,7 @@ from shiftbench import models
 from shiftbench.data import canvas
 from shiftbench.data.device import DeviceObjects
 from shiftbench.infra.errors import DivergenceError
-from shiftbench.training import conv_forms, resume
+from shiftbench.training import conv_forms, descent, resume
 from shiftbench.training import replay as replays
 from shiftbench.training.schedule import schedule, steps_per_dispatch
 
@@ -120,11 +120,7 @@ def _make_step(
       new_rest = nnx.merge_state(rest, nnx.state(model, nnx.Not(nnx.Param)))
       return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (logits, new_rest)
 
-    (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx_update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    acc = jnp.mean(jnp.argmax(logits, -1) == y)
-    return params, opt_state, rest, {"loss": loss, "acc": acc}
+    return descent.gradient_step(loss_fn, params, opt_state, tx_update, y)
 
   return step
 

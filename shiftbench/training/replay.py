@@ -24,6 +24,7 @@ from flax import nnx
 
 from shiftbench import models
 from shiftbench.data import canvas
+from shiftbench.training import descent
 
 # The id folded into a step's key for its A draws: plain fine-tuning splits the same key, never folds it.
 A_DRAWS = 7
@@ -119,10 +120,6 @@ def make_step(
       a_loss = ce(logits[own:, num_classes:], y_a)
       return (b_loss.sum() + a_loss.sum()) / batch_size, (logits[:own, :num_classes], new_rest)
 
-    (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx_update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    acc = jnp.mean(jnp.argmax(logits, -1) == y)
-    return params, opt_state, rest, {"loss": loss, "acc": acc}
+    return descent.gradient_step(loss_fn, params, opt_state, tx_update, y)
 
   return step
