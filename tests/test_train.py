@@ -95,6 +95,9 @@ def test_every_fine_tune_rate_runs_one_program_with_the_numbers_of_its_own_optim
   data, place = _bars(), loop.Placement("fixed", (0, 0))
   shared = optimizers.at_rates(functools.partial(optax.adam, b1=0.8), (1e-3, 1e-2))
   assert len({tx.update for tx in shared.values()}) == 1
+  assert shared.at(1e-2) is shared[1e-2] and shared.at(5e-4).update is shared[1e-3].update  # any rate: same program
+  with pytest.raises(KeyError):
+    shared[5e-4]  # the run's rates are the mapping; other rates only through `at`
   trained = {}
   for lr, tx in [*shared.items(), ("own", optax.adam(1e-2, b1=0.8))]:
     trained[lr] = _model()

@@ -80,6 +80,8 @@ class Context:
   rates: every fine-tune rate of the run, ascending.
   tuned_at: `tuned_at(mode, rate)`, a copy of the plain row's fine-tuned model at `mode` and `rate` of the
     same model, regime and seed (a method with `across_rates`: its rows run after every rate's plain rows).
+  rate: the row's fine-tune learning rate (what `tx` runs at).
+  at_rate: `at_rate(rate)`, the row's optimiser at another rate (one compiled program for every rate).
   """
 
   fresh: Callable[[], nnx.Module]
@@ -90,6 +92,8 @@ class Context:
   pretraining: Pretraining | None = None
   rates: tuple[float, ...] = ()
   tuned_at: Callable[[str, float], nnx.Module] | None = None
+  rate: float | None = None
+  at_rate: Callable[[float], optax.GradientTransformation] | None = None
 
 
 class Method:

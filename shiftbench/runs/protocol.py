@@ -329,6 +329,8 @@ class Protocol:
       pretraining=pretraining,
       rates=tuple(sorted(self.s.finetune_rates)),
       tuned_at=lambda mode, rate: methods.copy_model(self.tuned_at(rid, mode, rate, source, done)),
+      rate=rid.finetune_lr,
+      at_rate=self.s.transforms["finetune"].at,
     )
 
   def tuned_at(

@@ -12,7 +12,7 @@ into the state.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import jax.numpy as jnp
 import optax
@@ -20,29 +20,54 @@ import optax
 RATE = "learning_rate"
 
 
-def at_rates(
-  factory: Callable[..., optax.GradientTransformation], rates: Iterable[float]
-) -> dict[float, optax.GradientTransformation]:
-  """{rate: the optimiser at that rate}, all sharing one `update` function (the rate is read from the state).
-  A factory whose signature names no `learning_rate` (one taking `**kwargs`) is built once per rate instead,
-  each rate its own program."""
-  rates = list(rates)
-  try:
-    names = list(inspect.signature(factory).parameters)
-  except (TypeError, ValueError):  # no signature to read
-    names = []
-  if RATE not in names:
-    return {rate: factory(learning_rate=rate) for rate in rates}
-  if not rates:
-    return {}
-  shared = optax.inject_hyperparams(factory, static_args=[n for n in names if n != RATE])(learning_rate=rates[0])
+class AtRates(Mapping):
+  """{rate: the optimiser at that rate} for the run's rates (iteration, `len`, `[rate]`), and `at(rate)` for
+  any other rate (a method's own: LP-FT's probe and second stage), all sharing one `update` function."""
 
-  def init_at(rate: float) -> optax.TransformInitFn:
-    def init(params):
-      state = shared.init(params)
-      dtype = state.hyperparams[RATE].dtype
-      return state._replace(hyperparams={**state.hyperparams, RATE: jnp.asarray(rate, dtype)})
+  def __init__(self, factory: Callable[..., optax.GradientTransformation], rates: Iterable[float]):
+    self.rates = tuple(rates)
+    try:
+      names = list(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):  # no signature to read
+      names = []
+    self._factory, self._shared, self._built = factory, None, {}
+    if RATE in names and self.rates:
+      static = [n for n in names if n != RATE]
+      self._shared = optax.inject_hyperparams(factory, static_args=static)(learning_rate=self.rates[0])
+    for rate in self.rates:
+      self.at(rate)
 
-    return init
+  def at(self, rate: float) -> optax.GradientTransformation:
+    """The optimiser at `rate`, made once; every rate's shares `update` (a factory whose signature names no
+    `learning_rate`, one taking `**kwargs`, is built once per rate instead, each rate its own program)."""
+    rate = float(rate)
+    if rate not in self._built:
+      if self._shared is None:
+        self._built[rate] = self._factory(learning_rate=rate)
+      else:
+        shared = self._shared
 
-  return {rate: optax.GradientTransformation(init_at(rate), shared.update) for rate in rates}
+        def init(params):
+          state = shared.init(params)
+          dtype = state.hyperparams[RATE].dtype
+          return state._replace(hyperparams={**state.hyperparams, RATE: jnp.asarray(rate, dtype)})
+
+        self._built[rate] = optax.GradientTransformation(init, shared.update)
+    return self._built[rate]
+
+  def __getitem__(self, rate: float) -> optax.GradientTransformation:
+    if float(rate) not in self.rates:
+      raise KeyError(rate)
+    return self._built[float(rate)]
+
+  def __iter__(self) -> Iterator[float]:
+    return iter(self.rates)
+
+  def __len__(self) -> int:
+    return len(self.rates)
+
+
+def at_rates(factory: Callable[..., optax.GradientTransformation], rates: Iterable[float]) -> AtRates:
+  """{rate: the optimiser at that rate}, all sharing one `update` function (the rate is read from the state);
+  `.at(rate)` gives it at any other rate, sharing the same function."""
+  return AtRates(factory, rates)
