@@ -34,6 +34,7 @@ def _row(mode, seed, invariance, in_acc, method="plain", alpha=None, beta=None, 
     "invariance": invariance,
     "in_acc": in_acc,
     "off_acc": 0.1 if invariance is None else 0.1 + invariance * (in_acc - 0.1),
+    "chance": 0.1,
     "protocol_key": "k",
     "comparison_key": f"k-{method}",
     "datasets": "A -> B",
@@ -274,3 +275,36 @@ def test_the_pareto_figure_is_in_location_against_off_location_accuracy():
   assert point.xy == pytest.approx((lpft.in_acc.mean, lpft.off_acc.mean))
   (edge,) = [line for line in ax.lines if line.get_linestyle() == ":"]  # plain full's off_acc + δ
   assert list(edge.get_ydata()) == pytest.approx([table.line("plain full").off_acc.mean + 0.02] * 2)
+
+
+def test_a_controls_setting_is_chosen_by_validation_off_location_accuracy_not_by_the_ratio():
+  """ρ* (replay), like β*, is chosen among the settings within the accuracy bar on validation by validation
+  off-location accuracy: ρ = 0.5 has the higher validation invariance (0.60 against 0.59) only because it
+  learns B less (0.881 against 0.9), and its off-location accuracy is lower (0.569 against 0.572)."""
+  rows = []
+  for s in range(3):
+    rows += [_row("last", s, 0.8, 0.6, val_in_acc=0.6), _row("full", s, 0.3 + 0.01 * s, 0.9, val_in_acc=0.9)]
+    rows += [
+      _row("full", s, 0.5 + 0.01 * s, 0.9, "replay", beta=0.25, val_in_acc=0.9, val_invariance=0.59),
+      _row("full", s, 0.6 + 0.01 * s, 0.88, "replay", beta=0.5, val_in_acc=0.881, val_invariance=0.6),
+    ]
+  best = methods_claims.best_setting(arms.Arms(rows), "cnn_fc", "translate", LR, "replay")
+  assert best == (0.25, "", True)
+  claims = {c.id: c for c in methods_claims.claims(arms.Arms(rows))}
+  assert claims["M4"].method_setting == 0.25 and claims["M4"].outcome == "supported"  # off_acc +0.16, in_acc 0
+  # Controls that did not run list nothing (M1-M3 keep their not-run entries).
+  assert not {"M2b", "M3b", "M3c", "M5", "M6", "M7", "M8"} & set(claims) and claims["M1"].outcome == "not_run"
+
+
+def test_l2sp_under_sgd_is_judged_against_its_own_beta_zero_and_plain_sgd_against_adam():
+  rows = []
+  for s in range(3):
+    rows += [_row("full", s, 0.3 + 0.01 * s, 0.9, val_in_acc=0.9)]
+    rows += [_row("full", s, 0.5 + 0.01 * s, 0.7, "l2sp_sgd", beta=0.0, val_in_acc=0.7, val_invariance=0.5)]
+    rows += [_row("full", s, 0.6 + 0.01 * s, 0.7, "l2sp_sgd", beta=0.1, val_in_acc=0.7, val_invariance=0.6)]
+  claims = {c.id: c for c in methods_claims.claims(arms.Arms(rows))}
+  # β* among β > 0, its bar plain SGD's own val_in_acc (0.7, not Adam's 0.9, which no SGD row reaches).
+  assert claims["M3c"].method_setting == 0.1 and claims["M3c"].outcome == "supported"
+  assert "plain SGD" in claims["M3c"].rows
+  # Plain SGD keeps more off_acc than Adam but gives up 0.2 in-location accuracy: the guard says no.
+  assert claims["M8"].outcome == "contradicted" and "in_acc difference -0.200" in claims["M8"].note

@@ -112,11 +112,11 @@ def _sweep_output(proc, job: str, env, timeout=900) -> tuple[str, str]:
 
 @pytest.mark.slow
 def test_a_sweep_on_slurm_with_a_requeued_job_equals_the_same_sweep_run_locally(slurm_env, tmp_path):
-  """4 jobs (2 models x 2 seeds, each pretraining): rows and leaderboard equal the basic launcher's, and the
-  job requeued in the middle of its pretraining resumed from its periodic checkpoint."""
+  """2 jobs (2 models, each pretraining): rows and leaderboard equal the basic launcher's, and the job
+  requeued in the middle of its pretraining resumed from its periodic checkpoint."""
   sweep = [
     "model=gap,cnn_fc",
-    "seeds=[0],[1]",
+    "seeds=[0]",
     "pretrain.regimes=[translate]",
     "finetune.modes=[last]",
     "pretrain.steps=300",
@@ -158,16 +158,16 @@ def test_a_sweep_on_slurm_with_a_requeued_job_equals_the_same_sweep_run_locally(
     if proc.poll() is None:
       proc.kill()
   assert proc.returncode == 0, err[-3000:]
-  print(f"slurm sweep of 4 jobs, one requeued: {time.perf_counter() - start:.1f} s")
+  print(f"slurm sweep of 2 jobs, one requeued: {time.perf_counter() - start:.1f} s")
   tasks = [p for p in (tmp_path / "slurm" / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name)]
-  assert len(tasks) == 4 and all(list(t.glob("*_result.pkl")) for t in tasks)  # 4 SLURM array tasks ran
+  assert len(tasks) == 2 and all(list(t.glob("*_result.pkl")) for t in tasks)  # 2 SLURM array tasks ran
   log = "".join(p.read_text() for p in (tmp_path / "slurm" / ".submitit" / job).glob("*_log.*"))
   resumed = re.findall(r"pretrain gap/translate/s0: resumed from step (\d+) of 300", log)
   assert len(resumed) == 1 and 50 <= int(resumed[0]) < 300, log[-3000:]
   print(f"requeued job {job} resumed from step {resumed[0]}")
   assert not list((tmp_path / "ckpt").glob(".*.resume"))  # dropped once each checkpoint was published
   slurm_rows = _rows(tmp_path / "slurm")
-  assert sorted(slurm_rows) == ["0", "1", "2", "3"] and all(len(r) == 1 for r in slurm_rows.values())
+  assert sorted(slurm_rows) == ["0", "1"] and all(len(r) == 1 for r in slurm_rows.values())
   assert slurm_rows == _rows(tmp_path / "basic")
   boards = []
   for name in ("basic", "slurm"):

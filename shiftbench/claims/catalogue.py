@@ -12,7 +12,7 @@ contradicted or inconclusive, never supported or equivalent, and the entry lists
 comparable group of rows (one protocol key, `shiftbench.rows.comparison`).
 
 Kinds: a `replication` (an effect the literature measured); a `figure` (F1: a number, no threshold; its
-outcome is `figure`, or undefined / not_run); a `method` claim (M1-M3: a fine-tuning method that keeps
+outcome is `figure`, or undefined / not_run); a `method` claim (M1-M8: a fine-tuning method that keeps
 invariance, listed after the replications); a `property` check (C5: an architectural identity, checked on
 every row, listed last in every table). C1-C8 and F1 read plain rows only (`shiftbench.claims.arms`): a method's
 row never enters them.
@@ -64,12 +64,22 @@ note holds d's interval and the invariance difference (secondary).
   M1  Kumar et al. 2022 (LP-FT): `translate/full lpft@η` - `translate/full@η`, bar ACCURACY_BAR (0.02).
   M2  Wortsman et al. 2022 (WiSE-FT): `wise0.5@η` - `wise1@η` (plain full stands in for α=1 where no α=1
       rows ran: it is exactly α=1), bar M2_GUARD (0.05).
-  M3  Li, Grandvalet & Davoine 2018 (L2-SP): `l2sp β*@η` - `translate/full@η`, bar ACCURACY_BAR, at the
-      β* chosen on B's validation split (pre-registered, `methods_claims.best_beta`): among the β whose
-      rows' mean `val_in_acc` over seeds is >= plain full's mean `val_in_acc` (over its healthy seeds) -
-      ACCURACY_BAR (0.02), the one with the highest mean `val_invariance` (ties: the smaller β); if none
-      qualifies, the β with the highest mean `val_in_acc`; not_run (with a note) when the l2sp rows have no
-      `val_in_acc`. `method_setting` is β* (M2's: α=0.5).
+  M3  Li, Grandvalet & Davoine 2018 (L2-SP under Adam): `l2sp β*@η` - `translate/full@η`, bar ACCURACY_BAR,
+      at the β* chosen on B's validation split (pre-registered, `methods_claims.best_setting`): among the β
+      whose rows' mean `val_in_acc` over seeds is >= the compared arm's mean `val_in_acc` (over its healthy
+      seeds) - ACCURACY_BAR (0.02), the one with the highest mean validation off-location accuracy (ties:
+      the smaller β); if none qualifies, the β with the highest mean `val_in_acc`; not_run (with a note)
+      when the rows have no `val_in_acc`. `method_setting` is β* (M2's: α=0.5).
+  The controls, judged only where their rows ran (no not-run entry otherwise), each by the same rule and
+  bar ACCURACY_BAR unless said:
+  M2b WiSE-FT along the converged probe -> LP-FT: `wise_lpft0.5@η` - `wise_lpft1@η` (exactly LP-FT), bar M2_GUARD.
+  M3b decoupled L2-SP at its β*: `l2sp_decoupled β*@η` - `translate/full@η`.
+  M3c L2-SP under SGD at its β* (among β > 0): `l2sp_sgd β*@η` - `l2sp_sgd0@η` (plain full under SGD).
+  M4  replay at its ρ*: `replay ρ*@η` - `translate/full@η` (Rolnick et al. 2019).
+  M5  EWC at its λ*: `ewc λ*@η` - `translate/full@η` (Kirkpatrick et al. 2017).
+  M6  surgical fine-tuning: `surgical@η` - `translate/full@η` (Lee et al. 2023).
+  M7  the uniform soup over the rates: `soup@η` - `translate/full@η` (Wortsman et al. 2022).
+  M8  the optimiser: `l2sp_sgd0@η` (plain full under SGD) - `translate/full@η` (plain full under Adam).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 from tabulate import tabulate
 
 from shiftbench.claims.arms import Arms, healthy
-from shiftbench.claims.methods import ACCURACY_BAR, L2SP, BestBeta, best_beta, within_bar
+from shiftbench.claims.methods import ACCURACY_BAR, CHOSEN, L2SP, BestBeta, best_setting, within_bar
 from shiftbench.claims.verdicts import SMALLEST_EFFECT, Series, interval
 from shiftbench.infra.files import atomic_write_text, to_jsonable
 from shiftbench.rows import schema
@@ -86,7 +86,7 @@ class Line:
   rank: int | None = None  # None: below the accuracy bar, or no bar
   above_bar: bool | None = None  # None: no bar (no plain full line)
   keeps_more: bool = False  # within the bar and off_gain's lower bound > δ
-  best_val: bool = False  # L2-SP's β*
+  best_val: bool = False  # the method's validation-chosen setting (β*, ρ*, λ*)
   notes: list[str] = dataclasses.field(default_factory=list)
 
   @property
@@ -203,11 +203,13 @@ def _table(arms: Arms, model: str, pretrain: str, lr: float | None) -> Table:
   ]
   methods = arms.methods_at(model, pretrain, lr)
   lines += [_line(arms, model, pretrain, lr, "full", m.method, m.setting) for m in methods]
-  best = best_beta(arms, model, pretrain, lr) if any(m.method == L2SP for m in methods) else None
+  chosen = {m.method: best_setting(arms, model, pretrain, lr, m.method) for m in methods if m.method in CHOSEN}
+  best = chosen.get(L2SP)
   for x in lines:
-    if best is not None and best.beta is not None and x.finetune_method == L2SP and x.method_setting == best.beta:
-      x.best_val = True
-      x.notes.append("β*: best val" if best.qualified else "β*: highest val_in_acc (none within the bar)")
+    pick = chosen.get(x.finetune_method)
+    if pick is not None and pick.beta is not None and x.method_setting == pick.beta:
+      x.best_val, symbol = True, CHOSEN[x.finetune_method]
+      x.notes.append(f"{symbol}: best val" if pick.qualified else f"{symbol}: highest val_in_acc (none within the bar)")
   full = next((x.in_acc.mean for x in lines if x.method == "plain full"), None)
   bar = None if full is None else full - ACCURACY_BAR
   return Table("", model, pretrain, lr, rank(lines, full), bar, best)
@@ -248,7 +250,7 @@ def rows(table: Table) -> list[list[Any]]:
   return [
     [
       "-" if x.rank is None else x.rank,
-      x.method + (" β*" if x.best_val else ""),
+      x.method + (f" {CHOSEN.get(x.finetune_method, '*')}" if x.best_val else ""),
       len(x.seeds),
       *(fmt(getattr(x, k), len(x.seeds)) for k in STATS),
       "; ".join(x.notes),
@@ -265,8 +267,8 @@ def markdown(found: list[Table]) -> str:
     f"the lines whose mean in_acc is within {ACCURACY_BAR} of plain full's; lines below that bar are unranked "
     "(`-`). `off_gain` = off_acc - plain full's, paired by seed; a ranked line whose off_gain's lower bound is "
     f"above δ = {SMALLEST_EFFECT} keeps more. `invariance` and `retained` (invariance / plain last's, per seed) "
-    "are secondary: the ratio rises whenever in_acc falls. β*: L2-SP's β chosen on B's validation split "
-    "(claim M3). Columns: docs/metrics.md."
+    "are secondary: the ratio rises whenever in_acc falls. β*, ρ*, λ*: the setting of L2-SP, replay and EWC "
+    "chosen on B's validation split by validation off_acc within the bar (claims M3-M5). Columns: docs/metrics.md."
   )
   parts = [
     f"## {t.heading}\n\n{t.summary}\n\n{tabulate(rows(t), headers=COLUMNS, tablefmt='github', disable_numparse=True)}"

@@ -19,6 +19,7 @@ import matplotlib.lines
 import numpy as np
 
 from shiftbench.claims import catalogue as claims_lib
+from shiftbench.claims import methods as methods_claims
 from shiftbench.infra.files import atomic_write_text
 from shiftbench.reporting import headline, methods_board, plots, provenance, reference_board, sections
 from shiftbench.rows import reference, schema
@@ -283,7 +284,7 @@ def methods_figure(tables: list[methods_board.Table]):
         x.in_acc.mean, y, xerr=_half(x.in_acc), yerr=_half(x.off_acc), fmt="o", color=colour, markersize=4,
         capsize=2, elinewidth=0.8,
       )  # fmt: skip
-      text = x.method + (" β*" if x.best_val else "")
+      text = x.method + (f" {methods_claims.CHOSEN.get(x.finetune_method, '*')}" if x.best_val else "")
       ax.annotate(text, (x.in_acc.mean, y), xytext=(3, 3), textcoords="offset points", fontsize=6, color=colour)
     gridded = dict.fromkeys(x.finetune_method for x in shown if not x.plain and x.method_setting is not None)
     for name in gridded:
@@ -349,7 +350,7 @@ def methods_section(tables: list[methods_board.Table], figure: Path | None) -> s
     "away from the fine-tune location by not learning B is no win. <code>off_gain</code> = off_acc - plain "
     f"full's, paired by seed; above δ = {methods_board.SMALLEST_EFFECT} a ranked line keeps more. Invariance "
     "and <code>retained</code> (invariance / plain last's, per seed) are secondary: the ratio rises whenever "
-    "in-location accuracy falls. β*: L2-SP's β chosen on B's validation split (claim M3). Also in "
+    "in-location accuracy falls. β*, ρ*, λ*: the setting chosen on B's validation split (claims M3-M5). Also in "
     "<code>methods.md</code>, <code>.csv</code>, <code>.json</code>.</p>\n"
   )
   img = "" if figure is None else f"{_img(figure, 'in-location against off-location accuracy, per method')}\n"
