@@ -21,7 +21,7 @@ def _jaxlib_knows_ynn_flag() -> bool:
 if "ynn_fusion_type" not in _os.environ.get("XLA_FLAGS", "") and _jaxlib_knows_ynn_flag():
   _os.environ["XLA_FLAGS"] = (_os.environ.get("XLA_FLAGS", "") + " " + _YNN_FLAG).strip()
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 
 # The Python API (`shiftbench.api`, docs/api.md), imported on first use: `import shiftbench` stays light
 # (no JAX, no Hydra) for the tools that only read results. By name (importlib), so the import contracts do

@@ -33,7 +33,7 @@ from shiftbench.infra import hashing
 # checkpoints valid, and rows of two protocol versions never share a key, a run or a board. The package
 # version stays recorded in every results file (`environment.versions.shiftbench`). Golden rows
 # (tests/test_golden_rows.py) fail when a number moves while this stays.
-PROTOCOL_VERSION = "1"
+PROTOCOL_VERSION = "2"
 
 # Settings that cannot change a row's numbers. `model.*` is left out of the protocol because each row
 # carries its own model's architecture under `architecture.*`.
