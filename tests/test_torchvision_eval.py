@@ -18,6 +18,7 @@ from shiftbench.evaluators import batching, location_maps, metrics, predictor
 from shiftbench.evaluators.predictor import Predictor
 from shiftbench.models import ShiftNet
 from shiftbench.models import torchvision_weights as tvw
+from shiftbench.rows import per_object
 
 
 def _objects(n: int, k: int = 3, size: int = 6, seed: int = 0) -> DeviceObjects:
@@ -37,6 +38,7 @@ def test_reduced_location_map_equals_the_one_read_off_predictions():
   np.testing.assert_allclose(stats.accuracy(), np.asarray(metrics.location_accuracy(preds, labels)), rtol=1e-6)
   np.testing.assert_array_equal(stats.everywhere, (preds == labels[None]).all(0))
   assert 0 < stats.correct.sum() < preds.size  # neither all right nor all wrong: the comparison means something
+  assert stats.off_correct is None and stats.in_correct is None  # kept only given the fine-tune location
   # Worst case and worst-of-k through the evaluators give what they read off the (L, N) map before.
   ctx = evaluators.EvalContext(canvas.CanvasSpec(16, 6), grid, (0, 0), batch_size=20, seed=3)
   worst = dict(evaluators.WorstCase().run(model, objs, ctx))["acc"]
@@ -46,6 +48,26 @@ def test_reduced_location_map_equals_the_one_read_off_predictions():
   assert of_k == pytest.approx(float(metrics.worst_of_k_accuracy(key, preds, labels, 4)))
 
 
+def test_per_object_counts_equal_the_ones_read_off_predictions_and_give_the_rows_accuracies():
+  """Each object's correct count off the fine-tune location and its correctness at it, reduced on the device
+  over ragged chunks (padded locations and objects counted nowhere), equal the (L, N) predictions' and
+  recompute the map's in_acc and off_acc."""
+  model = ShiftNet(num_classes=3, canvas_size=16, widths=(4, 8), fc_hidden=(8,), object_first=False, rngs=nnx.Rngs(1))
+  objs = _objects(13, seed=1)
+  grid = canvas.location_grid(canvas.CanvasSpec(16, 6), 3)[:11]
+  model, at = Predictor(model, 16), 4
+  preds = location_maps.predict_grid(model, objs.images, grid, batch_size=20)
+  stats = location_maps.location_stats(model, objs.images, objs.labels, grid, batch_size=20, at=at)
+  correct = preds == np.asarray(objs.labels)[None]
+  np.testing.assert_array_equal(stats.off_correct, np.delete(correct, at, axis=0).sum(0))
+  np.testing.assert_array_equal(stats.in_correct, correct[at])
+  assert 0 < stats.off_correct.sum() < correct.size - len(objs) and 0 < stats.in_correct.sum() < len(objs)
+  summary = metrics.summarize_location_map(stats.accuracy(), grid, tuple(grid[at]), 0, 3)
+  row = per_object.of({"per_object": per_object.record(stats.off_correct, stats.in_correct, len(grid) - 1)})
+  off_gap, in_gap = abs(row.off_acc() - float(summary["off_acc"])), abs(row.in_acc() - float(summary["in_acc"]))
+  assert off_gap < 1e-6 and in_gap < 1e-6, f"largest difference {max(off_gap, in_gap):.2e}"
+
+
 def test_activation_estimate_bounds_what_xla_assigns_to_a_location_map_chunk():
   model = tvw.ARCHS["resnet18_tv"](num_classes=3, width=0.125, rngs=nnx.Rngs(0))
   model.eval()
@@ -53,7 +75,8 @@ def test_activation_estimate_bounds_what_xla_assigns_to_a_location_map_chunk():
   p = Predictor(model, 64)
   fn = predictor._compiled(p.graphdef, 64, location_maps._chunk_stats, ())  # the program `location_stats` runs
   objs, labels = jnp.zeros((16, 14, 14, 1), jnp.uint8), jnp.zeros(16, jnp.int32)
-  compiled = fn.lower(p.state, objs, labels, jnp.ones(16, bool), jnp.zeros((4, 2), jnp.int32)).compile()
+  roles = jnp.full(4, location_maps.OFF, jnp.int32)
+  compiled = fn.lower(p.state, objs, labels, jnp.ones(16, bool), jnp.zeros((4, 2), jnp.int32), roles).compile()
   used = compiled.memory_analysis().temp_size_in_bytes  # 64 canvases
   assert used <= 64 * per_canvas <= 2.0 * used
 

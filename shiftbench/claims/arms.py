@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
+from shiftbench.claims.objects import Measured, Replicates
 from shiftbench.claims.verdicts import Series
 from shiftbench.rows import method_info, schema
 
@@ -118,6 +119,7 @@ class Arms:
   def __init__(self, rows: list[dict[str, Any]]):
     self.rows = [r for r in rows if schema.is_plain(r)]  # what the literature's claims see
     self.method_rows = [r for r in rows if not schema.is_plain(r)]
+    self.replicates = Replicates(self.rows + self.method_rows)  # the test objects resampled, for every row
     self.arch = {r["model"]: r.get("architecture") or {} for r in self.method_rows + self.rows}
     self.models = list(dict.fromkeys(r["model"] for r in self.rows))
     self._arms: dict[Arm, list[dict[str, Any]]] = defaultdict(list)
@@ -149,9 +151,8 @@ class Arms:
   ) -> Series | None:
     """Every seed's value (None where undefined, or where `guard` rejects the row); None when the arm
     did not run at all."""
-    return _series(
-      self.found(model, pretrain, finetune, lr), f"{label(pretrain, finetune, lr)} of {model}", metric, guard
-    )
+    found = self.found(model, pretrain, finetune, lr)
+    return _series(found, f"{label(pretrain, finetune, lr)} of {model}", metric, self.replicates, guard)
 
   def best_rate(self, model: str) -> Best:
     """η*: the rate of the model's scratch/full rows with the highest mean `val_in_acc` over seeds (ties:
@@ -225,7 +226,7 @@ class Arms:
   ) -> Series | None:
     """Like `values`, for the rows of `method` at `setting` (WiSE-FT's alpha, L2-SP's beta, or None)."""
     found = self._methods.get(MethodArm(model, pretrain, method, setting, lr), [])
-    return _series(found, f"{method_arm(pretrain, method, setting, lr)} of {model}", metric)
+    return _series(found, f"{method_arm(pretrain, method, setting, lr)} of {model}", metric, self.replicates)
 
 
 def healthy(values: Series | None, health: Series | None) -> Series | None:
@@ -234,7 +235,8 @@ def healthy(values: Series | None, health: Series | None) -> Series | None:
   accuracy read off a fine-tune that learned nothing says nothing about what it kept."""
   if values is None:
     return None
-  return {s: (v if (health or {}).get(s) is not None else None) for s, v in values.items()}
+  kept = {s: (v if (health or {}).get(s) is not None else None) for s, v in values.items()}
+  return values.like(kept) if isinstance(values, Measured) else kept
 
 
 def method_arm(pretrain: str, method: str, setting: float | None, lr: float | None, note: str = "") -> str:
@@ -243,9 +245,12 @@ def method_arm(pretrain: str, method: str, setting: float | None, lr: float | No
   return text + ("" if lr is None else f"@{schema.format_lr(lr)}")
 
 
-def _series(found: list[dict[str, Any]], what: str, metric: str, guard: Guard | None = None) -> Series | None:
-  """Every seed's value of `metric` among `found` (None where undefined or `guard` rejects the row); None
-  when there are no rows."""
+def _series(
+  found: list[dict[str, Any]], what: str, metric: str, replicates: Replicates, guard: Guard | None = None
+) -> Series | None:
+  """Every seed's value of `metric` among `found` (None where undefined or `guard` rejects the row), with
+  the rows it was read from (`Measured`: a paired difference's test-set error is read off them); None when
+  there are no rows."""
   if not found:
     return None
   out: Series = {}
@@ -254,4 +259,4 @@ def _series(found: list[dict[str, Any]], what: str, metric: str, guard: Guard | 
       raise ValueError(f"two rows for {what}, seed {r['seed']}, in one group")
     ok = guard is None or guard(r)
     out[r["seed"]] = _number(r.get(metric)) if ok else None
-  return out
+  return Measured(out, metric, {r["seed"]: r for r in found}, replicates)

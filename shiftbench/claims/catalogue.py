@@ -225,8 +225,8 @@ def markdown(claims: list[Claim]) -> str:
 
 
 def _json(c: Claim) -> dict[str, Any]:
-  mean, lo, hi = interval(c.values) if c.values else (math.nan,) * 3
-  ci_judged = list(interval(c.values, c.alpha)[1:]) if c.values and c.alpha is not None else None
+  mean, lo, hi = interval(c.values, se_obj=c.se_obj) if c.values else (math.nan,) * 3
+  ci_judged = list(interval(c.values, c.alpha, c.se_obj)[1:]) if c.values and c.alpha is not None else None
   return {
     "id": c.id,
     "primary": c.primary,
@@ -250,6 +250,8 @@ def _json(c: Claim) -> dict[str, Any]:
     "ci95": [lo, hi],
     "n": c.n,
     "smallest_effect": c.margin,  # δ: supported / contradicted beyond ±δ, equivalent inside it
+    # The test set's sampling error of the mean difference (`objects`), in both intervals; null: seeds only.
+    "se_obj": c.se_obj,
     # Holm within the claim's family (`multiplicity`): the one-sided level `alpha` its outcome was judged
     # at, on `ci_judged` (the two-sided 1 - 2 alpha interval), its rank and p-value among `family` entries.
     "holm": None

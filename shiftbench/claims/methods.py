@@ -263,7 +263,7 @@ def _keeps_more(cid: str, text: str, citation: str, a: Side, b: Side, bar: float
 
   def decide(alpha: float) -> str:
     endpoint = outcome(off, ABOVE_ZERO, alpha)
-    _, lo, hi = interval(acc.values, alpha)
+    _, lo, hi = interval(acc.values, alpha, acc.se_obj)
     if endpoint == CONTRADICTED or hi < -bar:
       return CONTRADICTED
     if endpoint == SUPPORTED and lo > -bar:
@@ -271,7 +271,7 @@ def _keeps_more(cid: str, text: str, citation: str, a: Side, b: Side, bar: float
     return EQUIVALENT if endpoint == EQUIVALENT else INCONCLUSIVE
 
   def explain(alpha: float) -> str:
-    d, lo, hi = interval(acc.values, alpha)
+    d, lo, hi = interval(acc.values, alpha, acc.se_obj)
     text = f"in_acc difference {d:+.3f} [{lo:+.3f}, {hi:+.3f}], guard: > -{bar}"
     return text + _secondary(inv, alpha)
 
@@ -286,7 +286,7 @@ def _secondary(inv: Sample | None, alpha: float) -> str:
   values = [] if inv is None else inv.values
   if len(values) < 2:
     return ""
-  d, lo, hi = interval(values, alpha)
+  d, lo, hi = interval(values, alpha, inv.se_obj)
   return f"; invariance difference {d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 

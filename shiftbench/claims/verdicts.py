@@ -8,7 +8,10 @@ a fine-tune that failed: in-location accuracy not above chance) is *collapsed*. 
 0) has a margin, the smallest effect of interest δ (`SMALLEST_EFFECT`, pre-registered): an effect inside
 ±δ is too small to matter, whichever its sign. The interval is the two-sided (1 - 2α) t-interval, α the
 one-sided level of each test (`ALPHA` = 0.025, the 95% interval; Holm lowers it per entry,
-`shiftbench.claims.multiplicity`). The outcome:
+`shiftbench.claims.multiplicity`). A paired difference of two arms evaluated on the same test objects also
+carries the test set's sampling error, se_obj (a bootstrap over objects, `shiftbench.claims.objects`): its
+interval is mean ± sqrt(h_t(α)² + (z(α)·se_obj)²), h_t the t-interval's half-width and z the normal
+quantile, both at one-sided α. The outcome:
 
   supported      the interval lies entirely beyond the threshold + δ on the claimed side, and no seed
                  collapsed;
@@ -34,7 +37,9 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
+
+from shiftbench.claims import objects
 
 MIN_SEEDS = 3
 SIGNIFICANCE = 0.01  # in-location accuracy above chance, as for a defined invariance score (metrics.py)
@@ -78,17 +83,21 @@ Series = dict[int, float | None]  # seed -> value (None: the row ran, the value 
 def half_width(x: np.ndarray, alpha: float = ALPHA) -> float:
   """Half-width of the two-sided (1 - 2 `alpha`) t-interval of the mean of `x` (2 values or more; the
   default: 95%)."""
-  return float(stats.t.ppf(1 - alpha, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+  # `stats.t.ppf` itself, without its ~0.1 ms of argument checks: Holm's bisection calls it often.
+  return float(special.stdtrit(len(x) - 1, 1 - alpha) * x.std(ddof=1) / math.sqrt(len(x)))
 
 
-def interval(values: list[float], alpha: float = ALPHA) -> tuple[float, float, float]:
-  """Mean and two-sided (1 - 2 `alpha`) t-interval over seeds (the default: 95%); the interval is NaN for
-  fewer than 2 values."""
+def interval(values: list[float], alpha: float = ALPHA, se_obj: float | None = None) -> tuple[float, float, float]:
+  """Mean and two-sided (1 - 2 `alpha`) t-interval over seeds (the default: 95%), widened by the test set's
+  sampling error `se_obj` where given: half-width sqrt(h_t² + (z·se_obj)²). The interval is NaN for fewer
+  than 2 values."""
   x = np.asarray(values, float)
   mean = float(x.mean())
   if len(x) < 2:
     return mean, math.nan, math.nan
   half = half_width(x, alpha)
+  if se_obj is not None:
+    half = math.hypot(half, float(special.ndtri(1 - alpha)) * se_obj)
   return mean, mean - half, mean + half
 
 
@@ -99,10 +108,14 @@ def confidence(alpha: float) -> str:
 
 @dataclasses.dataclass
 class Sample:
-  """What a claim has to judge: the seeds whose rows ran, and the defined value of each seed that has one."""
+  """What a claim has to judge: the seeds whose rows ran, and the defined value of each seed that has one;
+  for a paired difference of rows on the same objects, the test set's sampling error of the mean (`se_obj`,
+  None: not included, `objects_note` says why where it could have been)."""
 
   seeds: list[int]
   defined: dict[int, float]
+  se_obj: float | None = None
+  objects_note: str = ""
 
   @property
   def values(self) -> list[float]:
@@ -125,7 +138,9 @@ def paired(a: Series | None, b: Series | None) -> Sample | None:
   if a is None or b is None:
     return None
   seeds = sorted(a.keys() & b.keys())
-  return Sample(seeds, {s: a[s] - b[s] for s in seeds if a[s] is not None and b[s] is not None})
+  defined = {s: a[s] - b[s] for s in seeds if a[s] is not None and b[s] is not None}
+  error = objects.paired_error(a, b, sorted(defined))
+  return Sample(seeds, defined, error.se, error.note)
 
 
 class Rule(NamedTuple):
@@ -172,7 +187,7 @@ def outcome(sample: Sample | None, rule: Rule, alpha: float = ALPHA) -> str:
   why = countable(sample)
   if why is not None:
     return why
-  _, lo, hi = interval(sample.values, alpha)
+  _, lo, hi = interval(sample.values, alpha, sample.se_obj)
   return decide(lo, hi, rule, bool(sample.collapsed))
 
 
@@ -204,7 +219,9 @@ def rule_p_value(sample: Sample, rule: Rule) -> float:
 
 
 def rule_test(sample: Sample, rule: Rule, note: str = "") -> Test:
-  return Test(lambda alpha: outcome(sample, rule, alpha), note=note, p_value=rule_p_value(sample, rule))
+  """The sample's test; its p-value in closed form for the t-interval alone (with se_obj, Holm finds it)."""
+  p = rule_p_value(sample, rule) if sample.se_obj is None else None
+  return Test(lambda alpha: outcome(sample, rule, alpha), note=note, p_value=p)
 
 
 @dataclasses.dataclass
@@ -242,6 +259,7 @@ class Claim:
   holm_rank: int | None = None  # its place in Holm's order (1: the smallest p-value)
   p_value: float | None = None  # the smallest one-sided level at which its test is decisive (1: never)
   margin: float | None = None  # δ of its rule (None: no margin, or nothing judged)
+  se_obj: float | None = None  # the test set's sampling error in its interval (None: seeds' spread only)
 
   def __post_init__(self):
     self.outcome = self.outcome or _OUTCOME_OF.get(self.verdict, "")
@@ -262,6 +280,8 @@ def judged(cid: str, claim: str, citation: str, compared: str, sample: Sample | 
   out = outcome(sample, rule)
   if sample is None:
     return Claim(cid, claim, citation, compared, [], VERDICT[out], outcome=out, **fields)
+  if sample.objects_note:
+    fields["note"] = "; ".join(t for t in (fields.get("note", ""), sample.objects_note) if t)
   claim = Claim(
     cid,
     claim,
@@ -272,6 +292,7 @@ def judged(cid: str, claim: str, citation: str, compared: str, sample: Sample | 
     outcome=out,
     seeds=list(sample.seeds),
     collapsed=sample.collapsed,
+    se_obj=sample.se_obj,
     **fields,
   )
   if out in JUDGED:
@@ -315,7 +336,7 @@ def effect(claim: Claim) -> str:
     text = f"{share:.3f} (of a mean gain {gain:+.3f})" if share is not None else f"- (mean gain {gain:+.3f})"
   else:
     alpha = claim.alpha or ALPHA  # the interval the outcome was judged on
-    mean, lo, hi = interval(claim.values, alpha)
+    mean, lo, hi = interval(claim.values, alpha, claim.se_obj)
     text = f"{mean:+.3f}" + ("" if math.isnan(lo) else f" [{lo:+.3f}, {hi:+.3f}]")
     if not math.isnan(lo) and not math.isclose(alpha, ALPHA):
       text += f" {confidence(alpha)}"

@@ -219,6 +219,13 @@ RESULTS: tuple[Field | Family, ...] = (
   ),
   # A setting, but rows.csv has had it as a number since it was written.
   Field("test_objects", SETTING, "how many of B's test objects were evaluated", column=NUMBERS),
+  Field(
+    "per_object",
+    RECORD,
+    "each test object's results, in test-object order: `off_correct`, how many of the `off_locations` grid "
+    "points away from `p_ft` it is correct at, and `in_correct` (0/1) at `p_ft`: what the claims' bootstrap over "
+    "objects resamples (rows of older versions have none)",
+  ),
   Field("chance", SETTING, "chance accuracy, `1/K` for B's `K` classes"),
   Field("finetune_steps", RECORD, "the step fine-tuning stopped at"),
   Field(

@@ -26,7 +26,7 @@ from shiftbench.evaluators.predictor import Predictor
 from shiftbench.methods import Finetuned
 from shiftbench.models import published_weights, torchvision_weights
 from shiftbench.reporting import plots
-from shiftbench.rows import comparison, schema
+from shiftbench.rows import comparison, per_object, schema
 from shiftbench.rows.schema import RowId
 from shiftbench.runs import plan, pretraining, protocol_data, targets
 from shiftbench.runs.settings import Settings
@@ -72,7 +72,7 @@ class Protocol:
 
   def location_map(self, predictor: Predictor, objects: DeviceObjects) -> dict[str, Any]:
     stats = evaluation.location_stats(
-      predictor, objects.images, objects.labels, self.grid, self.s.eval_batch
+      predictor, objects.images, objects.labels, self.grid, self.s.eval_batch, at=self.finetune_index
     )  # reduced on the device: no (L, N) predictions
     acc = stats.accuracy()
     summary = metrics.summarize_location_map(
@@ -82,6 +82,7 @@ class Protocol:
       "acc": acc,
       "everywhere": stats.everywhere,
       "distinct_predictions": int(stats.predicted.sum()),
+      "per_object": (stats.off_correct, stats.in_correct, len(self.grid) - 1),  # G_off: every other location
       **{k: float(v) for k, v in summary.items()},
     }
 
@@ -410,6 +411,7 @@ class Protocol:
       val_in_acc=val_in_acc,
       **({} if rid.finetune_method == schema.PLAIN else {"val_invariance": val_invariance}),
       test_objects=len(self.test_b),
+      per_object=per_object.record(*final["per_object"]),
       chance=1.0 / self.data_b.num_classes,
       finetune_steps=tuned.stop["step"],
       finetune_stop=tuned.stop,
