@@ -166,7 +166,8 @@ def test_a_plain_dict_gets_the_same_checks_as_a_dictconfig():
 def test_settings_build_every_target_once():
   s = Settings.from_config(_compose(["model=[gap,cnn_fc]"]))
   assert list(s.factories) == ["gap", "cnn_fc"] and all(callable(f) for f in s.factories.values())
-  assert set(s.transforms) == {"pretrain", "finetune"} and all(hasattr(t, "update") for t in s.transforms.values())
+  assert set(s.transforms) == {"pretrain", "finetune"} and hasattr(s.transforms["pretrain"], "update")
+  assert all(hasattr(t, "update") for t in s.transforms["finetune"].values())  # one optimiser per fine-tune rate
   assert s.evaluators and all(isinstance(e, Evaluator) for e in s.evaluators.values())
   assert set(s.loaders) == {"pretrain", "finetune"} and s.tracker.mode == "disabled"
 
