@@ -45,7 +45,7 @@ def test_protocol_key(settings):
   [
     ("cnn_fc", "plain", "544c01cfc7f4"),
     ("cnn_fc", "l2sp", "847316af601f"),
-    ("cnn_fc", "lpft", "eb4fa862cb18"),
+    ("cnn_fc", "lpft", "ee534ba8e049"),
     ("gap", "plain", "077f290c3cba"),
     ("gap", "l2sp", "7fa026291d85"),
   ],

@@ -197,14 +197,14 @@ def test_keys_hold_the_resolved_arguments_and_move_only_lpfts_against_the_shippe
   lpft = {
     "_target_": "shiftbench.methods.LPFT",
     "probe_rates": [1e-3, 1e-2, 1e-1],
-    "probe_steps": 2000,
+    "probe_steps": 8000,
     "rate_factor": 0.1,
   }
   assert s.method_configs["lpft"] == lpft
   assert s.method_configs["wise_lpft"] == {**lpft, "_target_": "shiftbench.methods.WiSELPFT"}  # no alphas
   assert s.method_configs["l2sp"] == {"_target_": "shiftbench.methods.L2SP", "classifier_ratio": 0.1}
   given = Settings.from_config(
-    _compose(["logger=none", "finetune.methods=[plain,{_target_: shiftbench.methods.LPFT, probe_steps: 2000}]"])
+    _compose(["logger=none", "finetune.methods=[plain,{_target_: shiftbench.methods.LPFT, probe_steps: 8000}]"])
   )
   assert given.method_configs["lpft"] == lpft  # a default given or left out: one key
   # The shipped methods rows: plain, WiSE-FT and L2-SP keep their keys (their entries give every argument

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from shiftbench.methods.base import Context, Finetuned, Method, check_grid
-from shiftbench.methods.lpft import LPFT
+from shiftbench.methods.lpft import LPFT, PROBE_RATES, PROBE_STEPS
 from shiftbench.methods.wise import interpolate
 
 
@@ -24,8 +24,8 @@ class WiSELPFT(Method):
   def __init__(
     self,
     alphas: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
-    probe_rates: Sequence[float] = (1e-3, 1e-2, 1e-1),
-    probe_steps: int | None = 2000,
+    probe_rates: Sequence[float] = PROBE_RATES,
+    probe_steps: int | None = PROBE_STEPS,
     rate_factor: float = 0.1,
   ):
     self.alphas = check_grid(alphas, "WiSE-FT (probe → LP-FT) alphas", low=0.0, high=1.0)
