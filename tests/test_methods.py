@@ -5,7 +5,8 @@ registered as the built-ins are, in the rows, the boards, the figures and the te
 The identities (kept in CI; each prints the largest difference it saw):
   WiSE-FT at alpha = 0 is the `last` row's model and at alpha = 1 the `full` row's, exactly;
   L2-SP at beta = 0 is plain `full` fine-tuning, exactly;
-  LP-FT's first step starts from the `last` row's model (its trained classifier), which it leaves intact.
+  LP-FT at its 0.7.0 setting starts from the `last` row's model (its trained classifier), which it leaves
+  intact (the fitted probe's identities: tests/test_lpft.py).
 """
 
 import dataclasses
@@ -124,7 +125,8 @@ def test_method_rows_follow_the_plain_rows_they_start_from_at_every_rate():
   assert labels == [(*x, lr) for lr in (1e-3, 1e-2) for x in per_rate]
   assert [r.method_label for r in scratch.rows] == ["plain", "plain"]  # nothing to keep
   # Plain rows' settings stay those of a run without methods; L2-SP's own (its ratio) enter its key only.
-  assert s.method_configs["plain"] == {} and s.method_configs["l2sp"] == {"_target_": "shiftbench.methods.L2SP"}
+  l2sp = {"_target_": "shiftbench.methods.L2SP", "classifier_ratio": 0.1}  # its default, resolved
+  assert s.method_configs["plain"] == {} and s.method_configs["l2sp"] == l2sp
 
 
 # -- the identities, through the protocol's context ---------------------------------------------------
@@ -186,7 +188,7 @@ def test_l2sp_at_zero_is_exactly_plain_full_and_a_larger_beta_stays_closer_to_pr
   assert distance(method.run(ctx, 30.0).model) < 0.5 * distance(_kept(p, full))
 
 
-def test_lpft_starts_from_the_last_rows_model_and_leaves_it_intact(protocol):
+def test_lpft_at_its_0_7_0_setting_starts_from_the_last_rows_model_and_leaves_it_intact(protocol):
   p, source, done = protocol
   last, full = _ids(p)
   before = _leaves(_kept(p, last))
@@ -197,10 +199,10 @@ def test_lpft_starts_from_the_last_rows_model_and_leaves_it_intact(protocol):
     seen["start"], seen["kw"] = methods.copy_model(model), kw
     return ctx.finetune(model, **kw)
 
-  tuned = methods.LPFT().run(dataclasses.replace(ctx, finetune=spy), None)
+  tuned = methods.LPFT(probe_steps=None, rate_factor=1).run(dataclasses.replace(ctx, finetune=spy), None)
   d = _largest_difference(seen["start"], _kept(p, last))
   print(f"LP-FT start vs last: {d}")
-  assert d == 0.0 and seen["kw"] == {"mode": "full", "probe": True}
+  assert d == 0.0 and seen["kw"] == {"tx": ctx.tx, "mode": "full", "probe": True}
   assert _largest_difference(tuned.model, seen["start"]) > 0  # it trained (everything, from the probe)
   assert all(np.array_equal(x, y) for x, y in zip(before, _leaves(_kept(p, last))))
   # Its classifier is not the fresh one plain full starts from.
@@ -263,7 +265,7 @@ def methods_run(tiny_data_dir, tmp_path_factory):
     methods.register(my_methods.TemperedProbe)
     entries = [
       "plain",
-      "lpft",
+      "{_target_: shiftbench.methods.LPFT, probe_rates: [1e-2], probe_steps: 4}",  # a tiny probe
       "{_target_: shiftbench.methods.WiSEFT, alphas: [0, 0.5, 1]}",
       "{_target_: shiftbench.methods.L2SP, betas: [0, 0.1]}",
       "{_target_: my_methods.zero_head, _partial_: true}",

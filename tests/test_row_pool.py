@@ -141,7 +141,7 @@ def test_rows_on_two_threads_are_bit_identical_to_rows_on_one(tiny_data_dir, tmp
           "seeds=[0,1]",
           "pretrain.regimes=[scratch,translate]",
           "finetune.modes=[last,full]",
-          "finetune.methods=[plain,lpft]",
+          "finetune.methods=[plain,{_target_: shiftbench.methods.LPFT, probe_rates: [1e-3, 1e-1], probe_steps: 6}]",
           f"row_threads={threads}",
         ],
       )

@@ -2,7 +2,8 @@
 
 One module per idea: `base` (what a method is, the context a row runs in), then one per method: `plain`,
 `lpft` (LP-FT), `wise` (WiSE-FT), `l2sp` (L2-SP), `replay`, `ewc` (EWC), `surgical` (surgical
-fine-tuning), `soup` (a uniform model soup). `BUILTIN` is the registry of the methods a
+fine-tuning), `soup` (a uniform model soup), `wise_lpft` (WiSE-FT along LP-FT's probe -> LP-FT).
+`BUILTIN` is the registry of the methods a
 `finetune.methods` entry may name; `register` adds one. The methods are importable as
 `shiftbench.methods.<Name>`, the `_target_` paths their comparison keys hold (`target`).
 
@@ -30,9 +31,11 @@ from shiftbench.methods.replay import Replay
 from shiftbench.methods.soup import Soup, uniform_soup
 from shiftbench.methods.surgical import Surgical
 from shiftbench.methods.wise import WiSEFT, interpolate
+from shiftbench.methods.wise_lpft import WiSELPFT
 
 # The methods a `finetune.methods` entry may name, by their rows' `finetune_method`.
 BUILTIN: dict[str, type[Method]] = {m.name: m for m in (Plain, LPFT, WiSEFT, L2SP, Replay, EWC, Surgical, Soup)}
+BUILTIN[WiSELPFT.name] = WiSELPFT
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -72,6 +75,7 @@ __all__ = [
   "Soup",
   "Surgical",
   "WiSEFT",
+  "WiSELPFT",
   "as_finetuned",
   "as_method",
   "check_grid",

@@ -69,8 +69,10 @@ class Context:
   tuned: `tuned(mode)` is a copy of the plain row's fine-tuned model at `mode` (`last`, `head`, `full`)
     of the same model, regime, rate and seed.
   tx: the fine-tune optimiser at the row's learning rate.
-  finetune: `finetune(model, tx=None, mode="full", probe=False, replay=None)` trains `model` in place
-    on B at the fine-tune location and returns `Finetuned`; `tx` replaces the row's optimiser; `probe=True`
+  finetune: `finetune(model, tx=None, mode="full", probe=False, replay=None, steps=None, curve=True)` trains
+    `model` in place on B at the fine-tune location and returns `Finetuned`; `tx` replaces the row's
+    optimiser; `steps` the row's budget (trained to the end: no stopping rule); `curve=False` measures no
+    curve (a stage the row does not report); `probe=True`
     takes the curve's step 0 from the `last` row's final point instead of measuring it (right for a model
     that is the pretrained layers read by that probe, or starts from the same fresh classifier as plain);
     `mode` may also be `surgical` (`models.trainable`); `replay` is `loop.train`'s (part of each batch from A).
@@ -82,6 +84,13 @@ class Context:
     same model, regime and seed (a method with `across_rates`: its rows run after every rate's plain rows).
   rate: the row's fine-tune learning rate (what `tx` runs at).
   at_rate: `at_rate(rate)`, the row's optimiser at another rate (one compiled program for every rate).
+  once: `once(name, compute)`, `compute()`'s value computed once for the rows of one pretrained model (model,
+    regime, seed: every rate and method) and shared by them, on any thread; `name` must say everything the
+    value depends on. The value is shared: copy a model (`copy_model`) before training it.
+  validate: `validate(model)`, B's validation in-location accuracy of `model` (never test): what a method
+    chooses its own settings by.
+  recalibrate: `recalibrate(model)`, a copy of `model` with its BatchNorm running statistics re-estimated on
+    B's training objects at the fine-tune location (`model` itself without BatchNorm).
   """
 
   fresh: Callable[[], nnx.Module]
@@ -94,6 +103,9 @@ class Context:
   tuned_at: Callable[[str, float], nnx.Module] | None = None
   rate: float | None = None
   at_rate: Callable[[float], optax.GradientTransformation] | None = None
+  once: Callable[[str, Callable[[], Any]], Any] | None = None
+  validate: Callable[[nnx.Module], float | None] | None = None
+  recalibrate: Callable[[nnx.Module], nnx.Module] | None = None
 
 
 class Method:

@@ -1,5 +1,6 @@
 """WiSE-FT (Wortsman et al., CVPR 2022, arXiv 2109.01903): every weight interpolated between the `last`
-and `full` rows' models, (1 - α) θ_last + α θ_full, BatchNorm statistics included; no training."""
+and `full` rows' models, (1 - α) θ_last + α θ_full, BatchNorm statistics re-estimated on B in between; no
+training."""
 
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ def interpolate(a: nnx.Module, b: nnx.Module, alpha: float) -> nnx.Module:
 
 
 class WiSEFT(Method):
-  """WiSE-FT: θ(α) = (1 - α) θ_last + α θ_full, every weight and BatchNorm statistic, one row per α of
-  `alphas`; evaluated, never trained. α = 0 is exactly the `last` row, α = 1 the `full` row."""
+  """WiSE-FT: θ(α) = (1 - α) θ_last + α θ_full, every weight, one row per α of `alphas`; evaluated, never
+  trained. For 0 < α < 1 its BatchNorm statistics are re-estimated on B (`ctx.recalibrate`: interpolated
+  weights, measured statistics). α = 0 is exactly the `last` row, α = 1 the `full` row."""
 
   name, title, colour, needs = "wise", "WiSE-FT", "#ff7f0e", ("last", "full")
   setting_name, setting_symbol = "alpha", "α"
@@ -41,4 +43,6 @@ class WiSEFT(Method):
 
   def run(self, ctx: Context, setting: float | None) -> Finetuned:
     model = interpolate(ctx.tuned("last"), ctx.tuned("full"), float(setting))
+    if 0 < float(setting) < 1:  # the ends are the trained models themselves
+      model = ctx.recalibrate(model)
     return Finetuned(model, [], [], {"rule": "interpolated", "step": 0, "alpha": float(setting)}, 0.0)

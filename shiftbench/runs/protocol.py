@@ -9,7 +9,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +30,15 @@ from shiftbench.rows import comparison, per_object, schema
 from shiftbench.rows.schema import RowId
 from shiftbench.runs import plan, pretraining, protocol_data, targets
 from shiftbench.runs.settings import Settings
-from shiftbench.training import checkpoints
+from shiftbench.training import batchnorm, checkpoints
 from shiftbench.training import loop as train
 
 log = logging.getLogger(__name__)
+
+# Batches BatchNorm statistics are re-estimated on (`Protocol.recalibrate`): at the default batch of 64,
+# 3200 canvases, about 70% of one pass over the glyphs' B training split; each channel's mean and variance
+# is then an average of 50 batch estimates, so their sampling spread is about 1/7 of one batch's.
+RECALIBRATION_BATCHES = 50
 
 
 class Protocol:
@@ -230,51 +235,55 @@ class Protocol:
     tx: Any = None,
     mode: str | None = None,
     replay: Any = None,
+    steps: int | None = None,
+    curve: bool = True,
   ) -> Finetuned:
     """Trains `model` in place on B at the fine-tune location at `mode` (the row's by default) with `tx`
     (the row's optimiser by default), evaluating the curve along the way. The curve's step 0 is `probe`
     where given (the `last` row's final point: the pretrained backbone read by a trained linear
     classifier, what `head` and `full` start from in representation), else the model as it starts (a
-    fresh classifier: chance)."""
+    fresh classifier: chance). `steps`: a budget of its own instead of the row's, trained to the end (no
+    stopping rule); `curve=False` evaluates nothing along the way (a stage a row does not report)."""
     s = self.s
-    curve: list[dict[str, Any]] = []
+    points: list[dict[str, Any]] = []
 
     def on_eval(step: int, m: nnx.Module):
       if step == 0 and probe is not None:
-        curve.append({**probe, "step": 0, "from": "probe"})
+        points.append({**probe, "step": 0, "from": "probe"})
         return
       point = self.location_map(self.predictor(m), self.curve_b)
-      curve.append({"step": step, **{k: point[k] for k in schema.CURVE_FIELDS}})
+      points.append({"step": step, **{k: point[k] for k in schema.CURVE_FIELDS}})
 
     start = time.perf_counter()
-    until = None if s.until_accuracy is None else train.UntilAccuracy(*s.until_accuracy)
+    until = None if s.until_accuracy is None or steps is not None else train.UntilAccuracy(*s.until_accuracy)
+    budget = s.finetune.steps if steps is None else int(steps)
     history = train.train(
       model,
       tx or s.transforms["finetune"][rid.finetune_lr],
       self.train_b,
       s.spec,
       train.Placement("fixed", s.finetune_location),
-      steps=s.finetune.steps,
+      steps=budget,
       batch_size=s.finetune.batch_size,
       seed=streams.stream(rid.seed, streams.FINETUNE_BATCHES),
       mode=mode or rid.finetune,
       dispatch=s.finetune.dispatch,
       eval_every=s.eval_every,
       eval_steps=s.curve_steps,
-      on_eval=on_eval,
+      on_eval=on_eval if curve else None,
       desc=f"finetune {rid.name()}",
       until=until,
       replay=replay,
     )
     # Which rule ended training, and where: the rule's own record when it fired, else the cap.
-    stop = {"rule": "steps", "step": s.finetune.steps}
+    stop = {"rule": "steps", "step": budget}
     if until is not None:
       stop = (
         {**until.record(), "step": until.stopped_at}
         if until.stopped_at is not None
         else {**stop, "cap_of": until.record()}
       )
-    return Finetuned(model, curve, history, stop, time.perf_counter() - start)
+    return Finetuned(model, points, history, stop, time.perf_counter() - start)
 
   def pretrain_task_after(
     self, rid: RowId, source: nnx.Module | None, model: nnx.Module, a_before: dict[str, Any] | None
@@ -313,8 +322,12 @@ class Protocol:
     """What row `rid`'s method may start from (`methods.Context`); `point` is the `last` row's final
     curve point, or None (then the curve's step 0 is measured)."""
 
-    def finetune(model: nnx.Module, tx: Any = None, mode: str = "full", probe: bool = False, replay=None):
-      return self.finetune(rid, model, point if probe else None, tx=tx, mode=mode, replay=replay)
+    def finetune(
+      model: nnx.Module, tx: Any = None, mode: str = "full", probe: bool = False, replay=None, steps=None, curve=True
+    ):
+      return self.finetune(
+        rid, model, point if probe else None, tx=tx, mode=mode, replay=replay, steps=steps, curve=curve
+      )
 
     pretraining = None
     if source is not None and rid.pretrain != "imagenet":  # A is the task of the model it starts from
@@ -332,6 +345,29 @@ class Protocol:
       tuned_at=lambda mode, rate: methods.copy_model(self.tuned_at(rid, mode, rate, source, done)),
       rate=rid.finetune_lr,
       at_rate=self.s.transforms["finetune"].at,
+      once=lambda name, fn: self.once(rid, name, fn),
+      validate=lambda model: self.validation(self.predictor(model), whole_map=False)[0],
+      recalibrate=lambda model: self.recalibrate(rid, model),
+    )
+
+  def once(self, rid: RowId, name: str, compute: Callable[[], Any]) -> Any:
+    """`compute()`'s value, computed by the first row of `rid`'s pretrained group (model, regime, seed) to
+    ask for `name` and shared with every other row of it, whatever its rate or thread (`Shared.once`)."""
+    shared = Shared.of(self._before, plan.pretrained_key(rid), f"what is computed once ({name!r})", "rows_of")
+    return shared.once(name, compute)
+
+  def recalibrate(self, rid: RowId, model: nnx.Module) -> nnx.Module:
+    """`model` with its BatchNorm running statistics re-estimated on B's training objects at the
+    fine-tune location: the first `RECALIBRATION_BATCHES` batches of the row's fine-tune stream, in train
+    mode, a plain average (`training.batchnorm`); `model` itself without BatchNorm."""
+    return batchnorm.reestimate(
+      model,
+      self.train_b,
+      self.s.spec,
+      train.Placement("fixed", self.s.finetune_location),
+      batch_size=self.s.finetune.batch_size,
+      seed=streams.stream(rid.seed, streams.FINETUNE_BATCHES),
+      batches=RECALIBRATION_BATCHES,
     )
 
   def tuned_at(
@@ -441,6 +477,19 @@ class Shared(dict):
     super().__init__()
     self.key = key
     self.lock = threading.Lock()
+    self._once: dict[str, Any] = {}
+    self._once_locks: dict[str, threading.Lock] = {}
+
+  def once(self, name: str, compute: Callable[[], Any]) -> Any:
+    """`compute()`'s value under `name`, computed by the first caller; a caller on another thread waits for
+    it. One lock per name, so a long computation (LP-FT's probe) holds up only the rows that need it; a
+    `compute` that raises leaves nothing behind (the next caller tries again)."""
+    with self.lock:
+      lock = self._once_locks.setdefault(name, threading.Lock())
+    with lock:
+      if name not in self._once:
+        self._once[name] = compute()
+      return self._once[name]
 
   @staticmethod
   def of(open_groups: dict[tuple, Shared], key: tuple, what: str, opened_by: str) -> Shared:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -259,11 +260,36 @@ def _weights(cfg: DictConfig, factories: Mapping[str, Callable[..., Any]]) -> st
   return weights
 
 
+def resolved_arguments(method: methods.Method, entry: Mapping[str, Any]) -> dict[str, Any]:
+  """`entry` (a method's `_target_` entry, less its name) with every constructor argument it leaves out at
+  its default, so a changed default changes the rows' keys (LP-FT's, issue 32). A function method (`_partial_`)
+  or a class taking `**kwargs` only has what the entry gives. Defaults are written as JSON would have
+  them (tuples as lists), so an entry that gives a default's value has the same key as one that leaves it."""
+  own = dict(entry)
+  if isinstance(method, methods.FunctionMethod):
+    return own
+  try:
+    parameters = inspect.signature(type(method)).parameters.values()
+  except (TypeError, ValueError):  # no signature to read
+    return own
+  for arg in parameters:
+    if arg.name not in own and arg.default is not arg.empty and arg.kind not in (arg.VAR_POSITIONAL, arg.VAR_KEYWORD):
+      own[arg.name] = _as_json(arg.default)
+  return own
+
+
+def _as_json(value: Any) -> Any:
+  if isinstance(value, (tuple, list)):
+    return [_as_json(v) for v in value]
+  return value
+
+
 def _methods(value) -> tuple[dict[str, methods.Method], dict[str, dict[str, Any]]]:
   """`finetune.methods`: a list of registered method names (`methods.BUILTIN`) or `_target_` entries (with
-  an optional `name:`), each built once; and each method's settings for the comparison key: the entry
-  less its grid (the rows' `method_setting`) and name (plain has none, so plain rows keep the keys they
-  have without methods)."""
+  an optional `name:`), each built once; and each method's settings for the comparison key: its resolved
+  constructor arguments (`resolved_arguments`: the entry's, and the defaults of those it leaves out) less
+  its grid (the rows' `method_setting`) and name (plain has none, so plain rows keep the keys they have
+  without methods)."""
   built: dict[str, methods.Method] = {}
   configs: dict[str, dict[str, Any]] = {}
   for entry in config_values.method_entries(value, targets.builtin_methods()):
@@ -280,7 +306,7 @@ def _methods(value) -> tuple[dict[str, methods.Method], dict[str, dict[str, Any]
     if method.mode not in schema.FINETUNE_MODES:
       raise ConfigError(f"method {method.name!r} has mode {method.mode!r}; allowed: {', '.join(schema.FINETUNE_MODES)}")
     built[method.name] = method
-    own = {k: v for k, v in entry.items() if k != method.grid_arg()}
+    own = {k: v for k, v in resolved_arguments(method, entry).items() if k != method.grid_arg()}
     configs[method.name] = {} if method.name == schema.PLAIN else own
   needing = [m.name for m in built.values() if m.needs and schema.PLAIN not in built]
   if needing:

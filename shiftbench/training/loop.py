@@ -96,6 +96,18 @@ def set_mode(model: nnx.Module, mode: str) -> None:
       layer.eval()
 
 
+def draw_batch(
+  key: jax.Array, images: jax.Array, labels: jax.Array, spec: canvas.CanvasSpec, placement: Placement, batch_size: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The training batch of a step's `key` (the phase's key with the step folded in): (objects in [0, 1],
+  their canvas locations, labels). The one draw, shared by training and BatchNorm re-estimation."""
+  k_idx, k_loc = jax.random.split(key)
+  idx = jax.random.randint(k_idx, (batch_size,), 0, images.shape[0])
+  objs = images[idx].astype(jnp.float32) / 255.0
+  locs = canvas.sample_locations(k_loc, batch_size, spec, placement.regime, placement.location, placement.jitter)
+  return objs, locs, labels[idx]
+
+
 def _make_step(
   graphdef: nnx.GraphDef,
   tx_update: optax.TransformUpdateFn,
@@ -106,11 +118,7 @@ def _make_step(
   """The single training step as a pure function of (params, opt_state, rest, key, images, labels)."""
 
   def step(params, opt_state, rest, key, images, labels):
-    k_idx, k_loc = jax.random.split(key)
-    idx = jax.random.randint(k_idx, (batch_size,), 0, images.shape[0])
-    objs = images[idx].astype(jnp.float32) / 255.0
-    locs = canvas.sample_locations(k_loc, batch_size, spec, placement.regime, placement.location, placement.jitter)
-    y = labels[idx]
+    objs, locs, y = draw_batch(key, images, labels, spec, placement, batch_size)
 
     def loss_fn(p):
       model = nnx.merge(graphdef, p, rest, copy=True)  # fresh Variables: BatchNorm may write its stats
