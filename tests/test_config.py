@@ -128,4 +128,4 @@ def test_reproduce_stop_caps_at_biscione_and_bowers_5000_steps_with_a_curve_poin
   s = Settings.from_config(_compose(["experiment=reproduce_stop"]))
   capped = schedule(s.finetune.steps, 10, evaluate=True, eval_every=s.eval_every, eval_steps=s.curve_steps)
   points = [0, *(c.stop for c in capped.chunks if c.evaluate), s.finetune.steps]
-  assert points == [0, 10, 20, 50, 100, *range(500, 5001, 500)], points  # 15 maps, not 38 at eval_every 150
+  assert points == [0, 10, 20, 50, 100, *range(500, 5001, 500)], points  # 15 maps, not 39 at eval_every 150
