@@ -112,3 +112,20 @@ def test_the_model_zoo_presets_exist():
   assert {"cnn_fc", "fcn", "gap", "blurpool", "aps", "resnet18", "resnet18_blurpool", "resnet18_aps"} <= set(
     _options("model")
   )
+
+
+def test_reproduce_stop_caps_at_biscione_and_bowers_5000_steps_with_a_curve_point_every_500():
+  """Issue 32: at reproduce's 600-step cap every `last` row and most 1e-4 rows never met the rule, so the
+  cap decided them; B&B's code caps at 5000. The cap must not cost a row at it a map every 150 steps."""
+  from shiftbench.runs import door
+  from shiftbench.training.schedule import schedule
+
+  stop, fixed = (door.check(_compose([f"experiment={e}", "logger=none"])) for e in ("reproduce_stop", "reproduce"))
+  assert stop["finetune"]["steps"] == 5000 and stop["finetune"]["until_accuracy"] == {"threshold": 0.95, "window": 100}
+  changed = {k for k in fixed["finetune"] if fixed["finetune"][k] != stop["finetune"][k]}
+  assert changed == {"steps", "eval_every", "until_accuracy"}, changed  # otherwise reproduce's protocol
+  assert {k: v for k, v in stop.items() if k != "finetune"} == {k: v for k, v in fixed.items() if k != "finetune"}
+  s = Settings.from_config(_compose(["experiment=reproduce_stop"]))
+  capped = schedule(s.finetune.steps, 10, evaluate=True, eval_every=s.eval_every, eval_steps=s.curve_steps)
+  points = [0, *(c.stop for c in capped.chunks if c.evaluate), s.finetune.steps]
+  assert points == [0, 10, 20, 50, 100, *range(500, 5001, 500)], points  # 15 maps, not 39 at eval_every 150

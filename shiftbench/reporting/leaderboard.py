@@ -13,6 +13,9 @@ rate, `shiftbench.reporting.headline`; only with 2 or more rates), `location_map
 When any row is a fine-tuning method's (`finetune.methods`), also the methods board
 (`shiftbench.reporting.methods_board`):
 `methods.md`, `methods.csv`, `methods.json` and `methods_pareto.png`, a section of `index.html`.
+When any row was fine-tuned under the stopping rule (`finetune.until_accuracy`), also where fine-tuning
+stopped (`shiftbench.reporting.stopping`): `stopping.json`, a section of `leaderboard.md`, the terminal
+summary and `index.html`.
 A run writes its own leaderboard too.
 
 Without `--out` the files go into a new folder, `leaderboard-<date>-<time>/` in the current directory
@@ -38,7 +41,7 @@ from tabulate import tabulate
 from shiftbench.claims import catalogue as claims_lib
 from shiftbench.infra.errors import UserError
 from shiftbench.infra.files import atomic_write_text, to_jsonable
-from shiftbench.reporting import methods_board, reference_board, terminal, tidy
+from shiftbench.reporting import methods_board, reference_board, stopping, terminal, tidy
 from shiftbench.rows import comparison, reference, schema
 from shiftbench.rows.collect import collect, merge_duplicates
 
@@ -64,6 +67,8 @@ class Board:
   source_rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
   # The methods board's tables (`methods_board.tables`): none unless a row is a method's.
   methods: list[methods_board.Table] = dataclasses.field(default_factory=list)
+  # Where fine-tuning stopped (`stopping.groups`): none unless a row ran under the stopping rule.
+  stopping: list[stopping.Group] = dataclasses.field(default_factory=list)
 
   @property
   def claims_markdown(self) -> str:
@@ -256,7 +261,8 @@ def build(rows: list[dict[str, Any]], reference_rows: reference.Choice = False) 
   claims = claims_lib.evaluate(rows, labels)
   reference_board.note_claims(claims, rows)
   methods = methods_board.tables(rows, labels if several else None)
-  return Board(columns, table, markdown, buf.getvalue(), entries, claims, rows, methods)
+  stops = stopping.groups(rows, labels if several else None)
+  return Board(columns, table, markdown, buf.getvalue(), entries, claims, rows, methods, stops)
 
 
 def write_leaderboard(
@@ -268,8 +274,10 @@ def write_leaderboard(
 
   board = build(rows, reference_rows)
   out_dir = Path(out_dir)
+  stops = f"{stopping.markdown(board.stopping)}\n\n" if board.stopping else ""
   atomic_write_text(
-    out_dir / "leaderboard.md", f"{board.markdown}\n\n## Claims from the literature\n\n{board.claims_markdown}\n"
+    out_dir / "leaderboard.md",
+    f"{board.markdown}\n\n{stops}## Claims from the literature\n\n{board.claims_markdown}\n",
   )
   atomic_write_text(out_dir / "leaderboard.csv", board.csv)
   atomic_write_text(
@@ -279,6 +287,7 @@ def write_leaderboard(
     out_dir / "claims.json", json.dumps(to_jsonable(claims_lib.to_json(board.claims)), indent=1, allow_nan=False) + "\n"
   )
   methods_board.write(board.methods, out_dir)  # none without method rows (and an earlier board's removed)
+  stopping.write(board.stopping, out_dir)  # none without rows under the stopping rule (likewise)
   tidy.write_rows(board.source_rows, out_dir)
   if figures:
     report.write_report(board, out_dir)

@@ -375,12 +375,14 @@ def render_html(
   ran: list[tuple[str, str]] | None = None,
   top: Path | None = None,
   note: str = "",
+  stopping: str = "",
 ) -> str:
   """One HTML document that leads with the answer: what ran (`ran`, `provenance.what_ran`), the headline
   figure (`top`), the claims (`sections.claims_table`), the methods board (`methods`, a section from
-  `methods_section`; none without method rows), then the leaderboard (`sections.board_tables`: tables that fit a
-  1400-px window; click a header to sort), then the other figures inlined as base64 PNG, each shown at the
-  size it was drawn for (`plots.shown_width`)."""
+  `methods_section`; none without method rows), where fine-tuning stopped (`stopping`, a section from
+  `sections.stopping_section`; none without rows under the stopping rule), then the leaderboard
+  (`sections.board_tables`: tables that fit a 1400-px window; click a header to sort), then the other figures
+  inlined as base64 PNG, each shown at the size it was drawn for (`plots.shown_width`)."""
   ran_html = "" if not ran else f"<table class='ran'>{sections.ran_rows(ran)}</table>\n"
   figs = "\n".join(
     f"<h2>{html.escape(name)}</h2>\n{_img(p, name, plots.shown_width(p))}" for name, p in figures.items()
@@ -406,7 +408,7 @@ def render_html(
   return (
     f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
     f"<style>{_CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{ran_html}"
-    f"{'' if top is None else sections.headline_section(top)}{claims_html}{methods}"
+    f"{'' if top is None else sections.headline_section(top)}{claims_html}{methods}{stopping}"
     "<h2>Leaderboard</h2>\n<p>Mean ± std over seeds ((n=k): the metric is defined on k seeds). Click a column "
     "header to sort. Columns are defined in shiftbench's docs/metrics.md; leaderboard.csv has every column "
     f"in one table.</p>\n{note}{boards}\n"
@@ -417,8 +419,8 @@ def render_html(
 def write_report(board, out_dir: str | os.PathLike) -> Path:
   """Writes `headline.png` and `headline.svg` (when the rows span 2 or more fine-tune rates),
   `methods_pareto.png` (when a row is a method's), `location_maps.png`, `forgetting_curves.png` and
-  `index.html` into `out_dir`; the page's header reads the results files behind the rows
-  (`provenance.records_of`)."""
+  `index.html` (with where fine-tuning stopped, when a row ran under the stopping rule) into `out_dir`; the
+  page's header reads the results files behind the rows (`provenance.records_of`)."""
   out_dir = Path(out_dir)
   tables = getattr(board, "methods", [])
   if tables:
@@ -439,5 +441,6 @@ def write_report(board, out_dir: str | os.PathLike) -> Path:
   own = [r for r in board.source_rows if not reference.is_reference(r)]  # what ran here: not the reference rows
   ran = provenance.what_ran(provenance.records_of(own, out_dir), own)
   note = reference_board.page_note(board.entries)  # which lines are shipped reference rows
-  page = render_html(board.columns, board.rows, figures, TITLE, board.claims, methods, ran, top, note)
+  stops = sections.stopping_section(getattr(board, "stopping", []))
+  page = render_html(board.columns, board.rows, figures, TITLE, board.claims, methods, ran, top, note, stops)
   return atomic_write_text(out_dir / "index.html", page)

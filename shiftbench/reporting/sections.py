@@ -1,6 +1,7 @@
 """The page's own sections (`shiftbench.reporting.page` puts them together): what ran, the headline figure
-at the size it was drawn for, the claims as every output lists them (`shiftbench.claims.listing`), and the
-leaderboard in tables that fit a 1400-px window. No jax here."""
+at the size it was drawn for, the claims as every output lists them (`shiftbench.claims.listing`), where
+fine-tuning stopped under the stopping rule (`shiftbench.reporting.stopping`), and the leaderboard in tables
+that fit a 1400-px window. No jax here."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 from shiftbench.claims import catalogue as claims_lib
 from shiftbench.claims import listing
-from shiftbench.reporting import headline, plots, terminal
+from shiftbench.reporting import headline, plots, stopping, terminal
 from shiftbench.rows import schema
 
 
@@ -124,3 +125,16 @@ def ran_rows(ran: list[tuple[str, str]]) -> str:
   lines = [f"{cell(k0, v0).replace('<td>', '<td colspan=3>')}"]
   lines += ["".join(cell(k, v) for k, v in rest[i : i + 2]) for i in range(0, len(rest), 2)]
   return "".join(f"<tr>{line}</tr>" for line in lines)
+
+
+def stopping_section(groups: list[stopping.Group]) -> str:
+  """Where fine-tuning stopped (`stopping`), as a page section: one table per protocol group under the
+  stopping rule; nothing when no row ran under it."""
+  if not groups:
+    return ""
+  parts = [
+    f"<h3>{html.escape(g.heading)}</h3>\n<p>{html.escape(g.summary)}</p>\n"
+    f"{table(stopping.COLUMNS, [stopping.cells(x) for x in g.lines])}\n"
+    for g in groups
+  ]
+  return f"<h2>{html.escape(stopping.TITLE)}</h2>\n<p>{html.escape(stopping.INTRO)}</p>\n" + "".join(parts)

@@ -14,7 +14,7 @@ from tabulate import tabulate
 
 from shiftbench.claims import catalogue as claims_lib
 from shiftbench.claims import listing
-from shiftbench.reporting import methods_board
+from shiftbench.reporting import methods_board, stopping
 from shiftbench.rows import schema
 
 # The method and its setting print as one column, `method` (`schema.method_label`: plain, lpft, wise0.5,
@@ -117,14 +117,17 @@ def methods_tables(tables: list) -> str:
 
 def summary(board, out_dir: str | os.PathLike) -> str:
   """The printed summary of a `leaderboard.Board` whose files were written to `out_dir`: the key columns,
-  the methods board where a row is a method's, and the claims."""
+  the methods board where a row is a method's, where fine-tuning stopped where a row ran under the stopping
+  rule, and the claims."""
   out = Path(out_dir)
   tables = getattr(board, "methods", [])
   bar = f"rank: by off_acc within {methods_board.ACCURACY_BAR} of plain full's in_acc; - below it"
   methods = f"Fine-tuning methods ({bar}):\n{methods_tables(tables)}\n\n" if tables else ""
   where = f"The methods board with validation numbers and β*: {out / 'methods.md'}\n" if tables else ""
+  stops = getattr(board, "stopping", [])
+  stopped = f"{stopping.terminal(stops)}\n\n" if stops else ""
   return (
-    f"{key_table(board.columns, board.rows, set(schema.METRICS.values()))}\n\n{methods}"
+    f"{key_table(board.columns, board.rows, set(schema.METRICS.values()))}\n\n{methods}{stopped}"
     f"Claims from the literature (shiftbench.claims):\n{claims_table(board.claims)}\n\n{where}"
     f"Every column and the claims' wording: {out / 'leaderboard.md'} (also .csv, .json, index.html)\n"
     f"One line per row (every metric, every setting that differs): {out / 'rows.csv'}"
