@@ -58,8 +58,8 @@ LI = "Li, Grandvalet & Davoine, ICML 2018 (arXiv 1802.01483)"
 M1 = f"LP-FT keeps more off-location accuracy than plain full fine-tuning, in-location accuracy within {ACCURACY_BAR}"
 M2 = f"WiSE-FT at α={M2_ALPHA:g} keeps more off-location accuracy than at α=1, in-location accuracy within {M2_GUARD}"
 M3 = (
-  "L2-SP at its validation-chosen β* keeps more off-location accuracy than plain full fine-tuning, in-location "
-  f"accuracy within {ACCURACY_BAR}"
+  "L2-SP under Adam at its validation-chosen β* keeps more off-location accuracy than plain full fine-tuning, "
+  f"in-location accuracy within {ACCURACY_BAR}"
 )
 BEST_VAL = "(best val)"
 
