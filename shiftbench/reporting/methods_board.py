@@ -125,7 +125,8 @@ class Table:
       parts = [f"accuracy bar: in_acc ≥ {self.bar:.3f} (plain full {full.in_acc.mean:.3f} - {ACCURACY_BAR})"]
     if self.best is not None:
       beta = "none" if self.best.beta is None else schema.format_lr(self.best.beta)
-      parts.append(f"L2-SP β* = {beta} (chosen on validation{': ' + self.best.note if self.best.note else ''})")
+      note = f": {self.best.note}" if self.best.note else ""
+      parts.append(f"L2-SP under Adam β* = {beta} (chosen on validation{note})")
     return "; ".join(parts)
 
 
@@ -265,7 +266,7 @@ def markdown(found: list[Table]) -> str:
     f"the lines whose mean in_acc is within {ACCURACY_BAR} of plain full's; lines below that bar are unranked "
     "(`-`). `off_gain` = off_acc - plain full's, paired by seed; a ranked line whose off_gain's lower bound is "
     f"above δ = {SMALLEST_EFFECT} keeps more. `invariance` and `retained` (invariance / plain last's, per seed) "
-    "are secondary: the ratio rises whenever in_acc falls. β*: L2-SP's β chosen on B's validation split "
+    "are secondary: the ratio rises whenever in_acc falls. β*: L2-SP under Adam's β chosen on B's validation split "
     "(claim M3). Columns: docs/metrics.md."
   )
   parts = [

@@ -349,7 +349,7 @@ def methods_section(tables: list[methods_board.Table], figure: Path | None) -> s
     "away from the fine-tune location by not learning B is no win. <code>off_gain</code> = off_acc - plain "
     f"full's, paired by seed; above δ = {methods_board.SMALLEST_EFFECT} a ranked line keeps more. Invariance "
     "and <code>retained</code> (invariance / plain last's, per seed) are secondary: the ratio rises whenever "
-    "in-location accuracy falls. β*: L2-SP's β chosen on B's validation split (claim M3). Also in "
+    "in-location accuracy falls. β*: L2-SP under Adam's β chosen on B's validation split (claim M3). Also in "
     "<code>methods.md</code>, <code>.csv</code>, <code>.json</code>.</p>\n"
   )
   img = "" if figure is None else f"{_img(figure, 'in-location against off-location accuracy, per method')}\n"
