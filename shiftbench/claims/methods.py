@@ -65,8 +65,8 @@ SOUPS = "Wortsman et al., ICML 2022 (arXiv 2203.05482)"
 M1 = f"LP-FT keeps more off-location accuracy than plain full fine-tuning, in-location accuracy within {ACCURACY_BAR}"
 M2 = f"WiSE-FT at α={M2_ALPHA:g} keeps more off-location accuracy than at α=1, in-location accuracy within {M2_GUARD}"
 M3 = (
-  "L2-SP at its validation-chosen β* keeps more off-location accuracy than plain full fine-tuning, in-location "
-  f"accuracy within {ACCURACY_BAR}"
+  "L2-SP under Adam at its validation-chosen β* keeps more off-location accuracy than plain full fine-tuning, "
+  f"in-location accuracy within {ACCURACY_BAR}"
 )
 M2B = (
   f"WiSE-FT from the converged probe to LP-FT at α={M2_ALPHA:g} keeps more off-location accuracy than LP-FT (α=1), "

@@ -1,9 +1,9 @@
 """Fine-tuning methods: how the pretrained model becomes B's model, one row per method and setting.
 
 One module per idea: `base` (what a method is, the context a row runs in), then one per method: `plain`,
-`lpft` (LP-FT), `wise` (WiSE-FT), `l2sp` (L2-SP), `replay`, `ewc` (EWC), `surgical` (surgical
-fine-tuning), `soup` (a uniform model soup), `wise_lpft` (WiSE-FT along LP-FT's probe -> LP-FT).
-`BUILTIN` is the registry of the methods a
+`lpft` (LP-FT), `wise` (WiSE-FT), `l2sp` (L2-SP under Adam), `replay`, `ewc` (EWC), `surgical` (surgical
+fine-tuning), `soup` (a uniform model soup), `wise_lpft` (WiSE-FT along LP-FT's probe -> LP-FT),
+`l2sp_decoupled` (L2-SP, the pull after the optimiser), `l2sp_sgd` (L2-SP under SGD). `BUILTIN` is the registry of the methods a
 `finetune.methods` entry may name; `register` adds one. The methods are importable as
 `shiftbench.methods.<Name>`, the `_target_` paths their comparison keys hold (`target`).
 
@@ -25,6 +25,8 @@ from shiftbench.methods.base import (
 )
 from shiftbench.methods.ewc import EWC, EWCState, fisher_diagonal
 from shiftbench.methods.l2sp import L2SP, L2SPState, l2sp_penalty
+from shiftbench.methods.l2sp_decoupled import L2SPDecoupled, decoupled_pull
+from shiftbench.methods.l2sp_sgd import L2SPSGD
 from shiftbench.methods.lpft import LPFT
 from shiftbench.methods.plain import Plain
 from shiftbench.methods.replay import Replay
@@ -36,6 +38,7 @@ from shiftbench.methods.wise_lpft import WiSELPFT
 # The methods a `finetune.methods` entry may name, by their rows' `finetune_method`.
 BUILTIN: dict[str, type[Method]] = {m.name: m for m in (Plain, LPFT, WiSEFT, L2SP, Replay, EWC, Surgical, Soup)}
 BUILTIN[WiSELPFT.name] = WiSELPFT
+BUILTIN.update({m.name: m for m in (L2SPDecoupled, L2SPSGD)})
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -62,6 +65,8 @@ __all__ = [
   "BUILTIN",
   "EWC",
   "L2SP",
+  "L2SPDecoupled",
+  "L2SPSGD",
   "LPFT",
   "Context",
   "EWCState",
@@ -80,6 +85,7 @@ __all__ = [
   "as_method",
   "check_grid",
   "copy_model",
+  "decoupled_pull",
   "fisher_diagonal",
   "interpolate",
   "l2sp_penalty",

@@ -1,5 +1,7 @@
-"""L2-SP (Li, Grandvalet & Davoine, ICML 2018, arXiv 1802.01483): full fine-tuning with β ||w - w0||² on
-the transferred weights and (β x `classifier_ratio`) ||w||² on the new classifier."""
+"""L2-SP under Adam (Li, Grandvalet & Davoine, ICML 2018, arXiv 1802.01483): full fine-tuning with β ||w -
+w0||² on the transferred weights and (β x `classifier_ratio`) ||w||² on the new classifier, in the loss, so
+the run's optimiser (Adam) rescales the penalty's gradient per coordinate: β is not Li et al.'s β (they used
+SGD; `l2sp_sgd`). `l2sp_decoupled` applies the pull after the optimiser instead."""
 
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ class L2SP(Method):
   here the classifier's weight is tied to beta by a fixed ratio, so one grid spans the method and beta =
   0 is plain full fine-tuning exactly."""
 
-  name, title, colour = "l2sp", "L2-SP", "#17becf"
+  name, title, colour = "l2sp", "L2-SP under Adam", "#17becf"
   setting_name, setting_symbol = "beta", "β"
 
   def __init__(self, betas: Sequence[float] = (0.001, 0.01, 0.1, 1.0), classifier_ratio: float = 0.1):

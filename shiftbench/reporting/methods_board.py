@@ -125,7 +125,8 @@ class Table:
       parts = [f"accuracy bar: in_acc ≥ {self.bar:.3f} (plain full {full.in_acc.mean:.3f} - {ACCURACY_BAR})"]
     if self.best is not None:
       beta = "none" if self.best.beta is None else schema.format_lr(self.best.beta)
-      parts.append(f"L2-SP β* = {beta} (chosen on validation{': ' + self.best.note if self.best.note else ''})")
+      note = f": {self.best.note}" if self.best.note else ""
+      parts.append(f"L2-SP under Adam β* = {beta} (chosen on validation{note})")
     return "; ".join(parts)
 
 
