@@ -3,8 +3,8 @@
 One module per idea: `base` (what a method is, the context a row runs in), then one per method: `plain`,
 `lpft` (LP-FT), `wise` (WiSE-FT), `l2sp` (L2-SP under Adam), `replay`, `ewc` (EWC), `surgical` (surgical
 fine-tuning), `soup` (a uniform model soup), `wise_lpft` (WiSE-FT along LP-FT's probe -> LP-FT),
-`l2sp_decoupled` (L2-SP, the pull after the optimiser), `l2sp_sgd` (L2-SP under SGD). `BUILTIN` is the registry of the methods a
-`finetune.methods` entry may name; `register` adds one. The methods are importable as
+`l2sp_decoupled` (L2-SP, the pull after the optimiser), `l2sp_sgd` (L2-SP under SGD). `BUILTIN` is the
+registry of the methods a `finetune.methods` entry may name; `register` adds one. The methods are importable as
 `shiftbench.methods.<Name>`, the `_target_` paths their comparison keys hold (`target`).
 
 Contract: above `training`, `models`, `data`, `rows`, `infra`; never sees the config system.
