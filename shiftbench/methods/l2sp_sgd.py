@@ -27,7 +27,7 @@ class L2SPSGD(Method):
   "Fine-tuning methods"; docs/results.md). Li et al.'s penalty is α/2 ||w - w0||², so β here is α/2: the
   grid is α ∈ {0.01, 0.1, 1}, a decade each side of the usually quoted α = 0.1."""
 
-  name, title, colour = "l2sp_sgd", "L2-SP under SGD", "#8c564b"
+  name, title, colour = "l2sp_sgd", "L2-SP under SGD", "#2ca02c"
   setting_name, setting_symbol = "beta", "β"
 
   def __init__(

@@ -18,7 +18,7 @@ class WiSELPFT(Method):
   rows of those settings computed (`ctx.once`), so with the run's `lpft` entry's settings nothing trains
   again; with others it trains its own LP-FT once per rate."""
 
-  name, title, colour = "wise_lpft", "WiSE-FT (probe → LP-FT)", "#8c564b"
+  name, title, colour = "wise_lpft", "WiSE-FT (probe → LP-FT)", "#d62728"
   setting_name, setting_symbol = "alpha", "α"
 
   def __init__(
