@@ -16,6 +16,8 @@ from shiftbench.reporting import leaderboard
 from shiftbench.rows import comparison, reference
 from shiftbench.runs import door
 
+LABEL = f"reference {__version__} 2026-12-07"  # how the board names rows of a file packed on that date
+
 ROOT = Path(__file__).resolve().parent.parent
 FC = {"_target_": "shiftbench.models.cnn.CNN", "head": "fc"}
 PROTOCOL = {"canvas.size": 32, "finetune.steps": 600, "shiftbench": __version__}
@@ -82,11 +84,11 @@ def _column(board, name):
 
 def test_a_matching_protocol_ranks_the_run_beside_the_marked_reference_rows(reference_set):
   board = leaderboard.build(_user(), [reference_set])
-  assert _column(board, "source") == ["this run", "reference 0.7.0 2026-12-07"] * 3
+  assert _column(board, "source") == ["this run", LABEL] * 3
   assert _column(board, "model") == ["mine", "cnn_fc"] * 3  # arm by arm, ranked within each
   assert _column(board, "rank") == ["1/2", "2/2"] * 3
   assert set(_column(board, "finetune_lr")) == {LR}  # the reference's rows at 1e-2 were not run by the user: left out
-  assert "reference 0.7.0 2026-12-07" in board.csv
+  assert LABEL in board.csv
   ref = [e for e in board.entries if e["model"] == "cnn_fc"]
   assert all(e.get("location_map") is None and e["curve"] for e in ref)  # arrays dropped, curves kept
 
@@ -108,7 +110,7 @@ def test_a_user_row_wins_over_the_reference_row_with_its_id(reference_set):
   assert len(rows) == 9  # the user's row and the reference's 8 others at the user's rate
   board = leaderboard.build(mine, [reference_set])
   line = [r for r in board.rows if r[board.columns.index("finetune")] == "last"][0]
-  assert line[board.columns.index("source")] == "this run + reference 0.7.0 2026-12-07"
+  assert line[board.columns.index("source")] == f"this run + {LABEL}"
 
 
 def test_claims_say_which_arms_came_from_reference_rows(reference_set):
@@ -117,10 +119,10 @@ def test_claims_say_which_arms_came_from_reference_rows(reference_set):
   mine = collect.annotate(_record(_arms("cnn_fc", arms=("translate/last", "translate/full"), base=0.02)))
   claims = {(c.id, c.scratch_at): c for c in leaderboard.build(mine, [reference_set]).claims}
   c2 = claims[("C2", "best_validation")]
-  assert "cnn_fc scratch/full@0.001 from reference 0.7.0 2026-12-07" in c2.note
+  assert f"cnn_fc scratch/full@0.001 from {LABEL}" in c2.note
   assert "translate/last" not in c2.note and "from reference" in c2.effect
   assert "reference" not in claims[("C3a", None)].note  # both arms the user's own
-  assert claims[("C1", "best_validation")].note == "every arm from reference 0.7.0 2026-12-07"
+  assert claims[("C1", "best_validation")].note == f"every arm from {LABEL}"
   assert claims[("C2c", None)].outcome == "not_run" and not claims[("C2c", None)].note  # judged on nothing
   assert "from reference" not in json.dumps(leaderboard.build(mine).claims[0].note)
 
@@ -159,7 +161,7 @@ def test_the_switch_is_a_config_key_outside_every_key_and_a_cli_flag(reference_s
   monkeypatch.setattr(reference, "shipped", lambda: [reference_set])
   for flags, marked in (([], True), (["--no-reference"], False)):
     leaderboard.main([str(tmp_path / "run"), "--out", str(tmp_path / "board"), "--no-figures", *flags])
-    assert ("reference 0.7.0" in (tmp_path / "board" / "leaderboard.csv").read_text()) is marked
+    assert (f"reference {__version__}" in (tmp_path / "board" / "leaderboard.csv").read_text()) is marked
 
 
 def test_the_shipped_files_verify_and_quick_has_the_key_its_preset_computes_today():
@@ -184,7 +186,7 @@ def test_the_page_says_which_lines_are_reference_rows_and_maps_only_the_runs_own
 
   board = leaderboard.build(_user(), [reference_set])
   html = page.write_report(board, tmp_path).read_text()
-  assert "shipped reference rows" in html and html.count("reference 0.7.0 2026-12-07") >= 4
+  assert "shipped reference rows" in html and html.count(LABEL) >= 4
   assert "9 from 1 run" in html  # what ran: the run's 9 rows, not the 9 reference rows beside them
   from matplotlib import image
 
