@@ -71,3 +71,5 @@ def test_two_jobs_run_at_once_each_on_its_own_device(tiny_data_dir, tmp_path):
     stamps = re.findall(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+)\]", log.read_text(), re.MULTILINE)
     spans.append((stamps[0], stamps[-1]))
   assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], spans  # the two jobs' lifetimes overlap
+  board = json.loads((sweep / "leaderboard" / "leaderboard.json").read_text())  # the multirun's one board
+  assert [(e["model"], e["in_acc_n"]) for e in board] == [("gap", 2)]  # one line over both jobs' seeds
