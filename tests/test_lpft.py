@@ -190,7 +190,7 @@ def test_wise_on_a_batchnorm_network_keeps_its_ends_and_reestimates_between_them
 
 
 # -- comparison keys from resolved arguments ----------------------------------------------------------
-def test_keys_hold_the_resolved_arguments_and_move_only_lpfts_against_the_shipped_rows():
+def test_keys_hold_the_resolved_arguments_and_lpfts_moved_from_0_7_0s():
   s = Settings.from_config(
     _compose(["logger=none", "experiment=methods", "finetune.methods=[plain,lpft,wise,l2sp,wise_lpft]"])
   )
@@ -207,21 +207,22 @@ def test_keys_hold_the_resolved_arguments_and_move_only_lpfts_against_the_shippe
     _compose(["logger=none", "finetune.methods=[plain,{_target_: shiftbench.methods.LPFT, probe_steps: 8000}]"])
   )
   assert given.method_configs["lpft"] == lpft  # a default given or left out: one key
-  # The shipped methods rows: plain, WiSE-FT and L2-SP keep their keys (their entries give every argument
-  # but the grid); LP-FT's move, so 0.7.0's LP-FT rows never share a key with these.
+  # The shipped methods rows (made by the preset): every method's key is the one its resolved entry gives,
+  # and LP-FT's is not the one 0.7.0's entry (`{_target_: LPFT}`, no arguments) gave: 0.7.0's LP-FT rows never
+  # share a key with these.
   with gzip.open(ROOT / "shiftbench" / "reference" / "methods.json.gz") as fh:
     shipped = json.loads(fh.read())["rows"]
   preset = Settings.from_config(_compose(["logger=none", "experiment=methods"]))
   seen = set()
   for row in shipped:
-    method = row["finetune_method"]
-    settings = comparison.row_settings(
-      comparison.without_method(row["comparison"]), None, preset.method_configs[method]
-    )
-    same = comparison.key_of(settings) == row["comparison_key"]
-    assert same == (method != "lpft"), method
+    method, plain_part = row["finetune_method"], comparison.without_method(row["comparison"])
+    settings = comparison.row_settings(plain_part, None, preset.method_configs[method])
+    assert comparison.key_of(settings) == row["comparison_key"], method
+    if method == "lpft":
+      old = comparison.row_settings(plain_part, None, {"_target_": "shiftbench.methods.LPFT"})
+      assert comparison.key_of(old) != row["comparison_key"]
     seen.add(method)
-  assert seen == {"plain", "lpft", "wise", "l2sp"}
+  assert seen == set(preset.methods) and {"plain", "lpft", "wise", "l2sp"} <= seen
 
 
 # -- through the protocol -----------------------------------------------------------------------------

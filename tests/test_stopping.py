@@ -144,10 +144,10 @@ def test_the_terminal_leaderboard_md_index_html_and_stopping_json_show_the_same_
 
 @pytest.mark.slow
 def test_a_tiny_run_under_the_rule_reports_the_row_it_ended_apart_from_the_row_at_the_cap(tiny_data_dir, tmp_path):
+  from conftest import tiny_overrides
   from hydra import compose, initialize_config_dir
 
   from shiftbench.runs.experiment import run_experiment
-  from tests.conftest import tiny_overrides
 
   overrides = [
     "pretrain.regimes=[scratch]",  # no pretraining
