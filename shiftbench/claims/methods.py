@@ -312,45 +312,33 @@ def _setting(arms: Arms, m: str, method: str, lr: float | None, want: float) -> 
 
 
 def _wise(arms: Arms, m: str, lr: float | None) -> Claim:
-  """M2(η): wise0.5@η against wise1@η (plain full where no α=1 rows ran: it is exactly α=1), by
+  """M2(η): wise0.5@η against wise1@η (plain full where no α=1 rows ran: it is exactly α=1)."""
+  end = _plain_arm(arms, m, lr, f"{_plain_full(lr)} (plain full: exactly α=1)")
+  return _half_against_end(arms, m, lr, WISE, end, "M2", M2)
+
+
+def _half_against_end(arms: Arms, m: str, lr: float | None, method: str, end: Side, cid: str, text: str) -> Claim:
+  """A WiSE-FT path at α=0.5 against its α=1 rows (`end` where none ran: the rows α=1 is exactly), by
   `_keeps_more` with the bar `M2_GUARD`."""
-  half, one = _setting(arms, m, WISE, lr, M2_ALPHA), _setting(arms, m, WISE, lr, 1.0)
-  if one is not None:
-    b = _method(arms, m, WISE, one, lr)
-  else:
-    b = _plain_arm(arms, m, lr, f"{_plain_full(lr)} (plain full: exactly α=1)")
+  half, one = _setting(arms, m, method, lr, M2_ALPHA), _setting(arms, m, method, lr, 1.0)
+  b = end if one is None else _method(arms, m, method, one, lr)
   if half is None:
-    a = Side(method_arm(REGIME, WISE, M2_ALPHA, lr), lambda metric: None)
-    fields = {"note": f"no wise{M2_ALPHA:g} rows"}
+    a = Side(method_arm(REGIME, method, M2_ALPHA, lr), lambda metric: None)
+    fields = {"note": f"no {method}{M2_ALPHA:g} rows"}
   else:
-    a, fields = _method(arms, m, WISE, half, lr), {}
-  return _keeps_more("M2", M2, WORTSMAN, a, b, M2_GUARD, m, finetune_lr=lr, method_setting=M2_ALPHA, **fields)
+    a, fields = _method(arms, m, method, half, lr), {}
+  return _keeps_more(cid, text, WORTSMAN, a, b, M2_GUARD, m, finetune_lr=lr, method_setting=M2_ALPHA, **fields)
 
 
 def _l2sp(arms: Arms, m: str, lr: float | None) -> Claim:
-  """M3(η): l2sp at β*(η) against plain full@η (`_keeps_more`, bar `ACCURACY_BAR`)."""
-  best = best_beta(arms, m, REGIME, lr)
-  if best.beta is None:
-    a = Side(method_arm(REGIME, L2SP, None, lr, BEST_VAL), lambda metric: None)
-  else:
-    a = _method(arms, m, L2SP, best.beta, lr, BEST_VAL)
-  fields = {"finetune_lr": lr, "method_setting": best.beta, "note": best.note}
-  return _keeps_more("M3", M3, LI, a, _plain_arm(arms, m, lr), ACCURACY_BAR, m, **fields)
+  """M3(η): l2sp at β*(η) against plain full@η (`_chosen`)."""
+  return _chosen(arms, m, lr, L2SP, "M3", M3, LI)
 
 
 def _wise_along(arms: Arms, m: str, lr: float | None) -> Claim:
-  """M2b(η): wise_lpft0.5@η against wise_lpft1@η (exactly LP-FT), by `_keeps_more` with the bar `M2_GUARD`."""
-  half, one = _setting(arms, m, WISE_LPFT, lr, M2_ALPHA), _setting(arms, m, WISE_LPFT, lr, 1.0)
-  if one is not None:
-    b = _method(arms, m, WISE_LPFT, one, lr)
-  else:
-    b = _method(arms, m, LPFT, None, lr, "(LP-FT: exactly α=1)")
-  if half is None:
-    a = Side(method_arm(REGIME, WISE_LPFT, M2_ALPHA, lr), lambda metric: None)
-    fields = {"note": f"no {WISE_LPFT}{M2_ALPHA:g} rows"}
-  else:
-    a, fields = _method(arms, m, WISE_LPFT, half, lr), {}
-  return _keeps_more("M2b", M2B, WORTSMAN, a, b, M2_GUARD, m, finetune_lr=lr, method_setting=M2_ALPHA, **fields)
+  """M2b(η): wise_lpft0.5@η against wise_lpft1@η (LP-FT where no α=1 rows ran: it is exactly α=1)."""
+  end = _method(arms, m, LPFT, None, lr, "(LP-FT: exactly α=1)")
+  return _half_against_end(arms, m, lr, WISE_LPFT, end, "M2b", M2B)
 
 
 def _chosen(arms: Arms, m: str, lr: float | None, method: str, cid: str, text: str, citation: str) -> Claim:
