@@ -73,6 +73,40 @@ def tiny_overrides(data_dir: str, checkpoint_dir: str) -> list[str]:
 
 
 @pytest.fixture(scope="session")
+def methods_protocol(tiny_data_dir, tmp_path_factory):
+  """A tiny protocol (cnn_fc after translate; plain last and full at one rate, 8 steps) with its plain rows
+  run and kept open, so method tests build a method row's context from them: `(protocol, source, done)`,
+  `done` the plain rows' records by row id. One per test session (per worker), shared by every method test."""
+  from pathlib import Path
+
+  from hydra import compose, initialize_config_dir
+
+  from shiftbench.runs import plan, protocol_data
+  from shiftbench.runs.protocol import Protocol
+  from shiftbench.runs.settings import Settings
+
+  root = tmp_path_factory.mktemp("methods_protocol")
+  conf = Path(__file__).resolve().parent.parent / "conf"
+  with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+    cfg = compose(
+      "config",
+      overrides=tiny_overrides(tiny_data_dir, str(root / "ckpt"))
+      + ["model=cnn_fc", "pretrain.regimes=[translate]", "finetune.modes=[last,full]", "finetune.steps=8"],
+    )
+  s = Settings.from_config(cfg)
+  p = Protocol(s, *protocol_data.load_datasets(s), root)
+  source, _ = p.pretrained("cnn_fc", "translate", 0)
+  done = {}
+  (pretrained,) = plan.groups(s)
+  (at_rate,) = pretrained.rates
+  with p.rows_of(pretrained), p.rows_at(at_rate):  # open for the tests, which read what the rows keep
+    for rid in at_rate.rows:
+      point = done[rid.plain_sibling("last")]["curve"][-1] if rid.finetune != "last" else None
+      done[rid] = p.row(rid, source, None, point, done)
+    yield p, source, done
+
+
+@pytest.fixture(scope="session")
 def tiny_results(tiny_data_dir, tmp_path_factory):
   """A directory holding a tiny real run (gap, scratch, head + full) and a copy of it as seed 1, so
   leaderboard, notebook and tracking tests read genuine `results.json` files and can aggregate seeds."""

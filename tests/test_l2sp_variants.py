@@ -14,15 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import tiny_overrides
 from flax import nnx
 from hydra import compose, initialize_config_dir
 from test_schema import ROOT
 
 from shiftbench import methods, models
 from shiftbench.infra.errors import ConfigError
-from shiftbench.runs import plan, protocol_data
-from shiftbench.runs.protocol import Protocol
+from shiftbench.runs import plan
 from shiftbench.runs.settings import Settings
 from shiftbench.training import optimizers
 
@@ -127,25 +125,11 @@ def test_the_l2sp_variants_are_selectable_and_shown_by_their_titles():
 
 
 # -- the identities, through the protocol's context ---------------------------------------------------
-@pytest.fixture(scope="module")
-def protocol(tiny_data_dir, tmp_path_factory):
-  root = tmp_path_factory.mktemp("l2sp_protocol")
-  cfg = _compose(
-    tiny_overrides(tiny_data_dir, str(root / "ckpt"))
-    + ["model=cnn_fc", "pretrain.regimes=[translate]", "finetune.modes=[last,full]", "finetune.steps=8"]
-  )
-  s = Settings.from_config(cfg)
-  p = Protocol(s, *protocol_data.load_datasets(s), root)
-  source, _ = p.pretrained("cnn_fc", "translate", 0)
-  done = {}
-  (pretrained,) = plan.groups(s)
-  (at_rate,) = pretrained.rates
-  with p.rows_of(pretrained), p.rows_at(at_rate):
-    for rid in at_rate.rows:
-      point = done[rid.plain_sibling("last")]["curve"][-1] if rid.finetune != "last" else None
-      done[rid] = p.row(rid, source, None, point, done)
-    last, full = at_rate.rows
-    yield p, source, done, full, p._tuned[plan.rate_key(full)][full]
+@pytest.fixture
+def protocol(methods_protocol):
+  p, source, done = methods_protocol
+  _, full = plan.groups(p.s)[0].rows
+  return p, source, done, full, p._tuned[plan.rate_key(full)][full]
 
 
 def _context(protocol, name, setting):

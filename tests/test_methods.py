@@ -28,9 +28,8 @@ from shiftbench.infra.errors import ConfigError
 from shiftbench.models import ResNet, ShiftNet
 from shiftbench.reporting import leaderboard, page, terminal
 from shiftbench.rows import collect, schema
-from shiftbench.runs import plan, protocol_data
+from shiftbench.runs import plan
 from shiftbench.runs.experiment import run_experiment
-from shiftbench.runs.protocol import Protocol
 from shiftbench.runs.settings import Settings
 
 
@@ -130,24 +129,9 @@ def test_method_rows_follow_the_plain_rows_they_start_from_at_every_rate():
 
 
 # -- the identities, through the protocol's context ---------------------------------------------------
-@pytest.fixture(scope="module")
-def protocol(tiny_data_dir, tmp_path_factory):
-  root = tmp_path_factory.mktemp("methods_protocol")
-  cfg = _compose(
-    tiny_overrides(tiny_data_dir, str(root / "ckpt"))
-    + ["model=cnn_fc", "pretrain.regimes=[translate]", "finetune.modes=[last,full]", "finetune.steps=8"]
-  )
-  s = Settings.from_config(cfg)
-  p = Protocol(s, *protocol_data.load_datasets(s), root)
-  source, _ = p.pretrained("cnn_fc", "translate", 0)
-  done = {}
-  (pretrained,) = plan.groups(s)
-  (at_rate,) = pretrained.rates
-  with p.rows_of(pretrained), p.rows_at(at_rate):  # open for the tests, which read what the rows keep
-    for rid in at_rate.rows:
-      point = done[rid.plain_sibling("last")]["curve"][-1] if rid.finetune != "last" else None
-      done[rid] = p.row(rid, source, None, point, done)
-    yield p, source, done
+@pytest.fixture
+def protocol(methods_protocol):
+  return methods_protocol
 
 
 def _kept(p, rid):
