@@ -156,3 +156,26 @@ def test_paired_c_claims_carry_it_and_arms_on_other_objects_do_not():
       r["eval_split"] = "validation"  # the same count of objects, but another split's
   c3a = next(c for c in claims.evaluate(rows) if c.id == "C3a" and c.primary)
   assert c3a.se_obj is None and objects.NOT_SAME_OBJECTS in c3a.note
+
+
+def test_the_methods_boards_off_gain_carries_the_same_test_set_error_as_claim_m1():
+  from shiftbench.reporting import methods_board
+
+  off = np.array([N_OFF] * 10 + [0] * 10)
+  rows = _m1_rows(20, [10], 5, off)  # +0.031 on every seed, carried by one object of 20 (above)
+  for r in rows:
+    r["protocol_key"], r["comparison_key"] = "k", f"k-{r.get('finetune_method', 'plain')}"
+
+  def gain(rows):
+    (table,) = methods_board.tables(rows)
+    return table.line("lpft").off_gain
+
+  m1 = _m1(rows)
+  entry = next(e for e in claims.to_json([m1]) if e["id"] == "M1")
+  widened = gain(rows)
+  assert m1.se_obj > 0.02 and [widened.lo, widened.hi] == pytest.approx(entry["ci95"])
+  assert widened.lo < verdicts.SMALLEST_EFFECT  # so the board no longer marks it as keeping more
+  for r in rows:
+    del r["per_object"]
+  seeds_only = gain(rows)
+  assert (seeds_only.lo, seeds_only.hi) == pytest.approx((5 / 160, 5 / 160))
