@@ -7,7 +7,7 @@ import re
 import matplotlib.text
 import pytest
 
-from shiftbench.reporting import headline, leaderboard, plots
+from shiftbench.reporting import curves, headline, leaderboard, map_grid, plots
 from shiftbench.reporting import page as report
 
 FIXED = {"finetune.steps": 600, "finetune.until_accuracy": None}
@@ -155,10 +155,10 @@ def _wide_rows(steps=600):
   ]
 
 
-@pytest.mark.parametrize("figure", ["location_map_figure", "forgetting_figure"])
+@pytest.mark.parametrize("figure", [map_grid.location_map_figure, curves.forgetting_figure], ids=["maps", "curves"])
 @pytest.mark.parametrize("steps", [600, 20000])
 def test_the_location_maps_and_forgetting_curves_are_legible_where_the_page_shows_them(figure, steps):
-  fig = getattr(report, figure)(leaderboard.aggregate(_wide_rows(steps)))
+  fig = figure(leaderboard.aggregate(_wide_rows(steps)))
   fig.canvas.draw()
   texts = [t for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text().strip()]
   small = {t.get_text(): t.get_fontsize() for t in texts if t.get_fontsize() < 9}
@@ -183,7 +183,7 @@ def test_the_forgetting_curves_draw_one_line_per_rate_and_mark_the_probe(tmp_pat
   curve = [{"step": 0, "invariance": 0.8, "from": "probe"}, *({"step": s, "invariance": 0.5} for s in (10, 50, 150))]
   arm = {"model": "cnn_fc", "pretrain": "translate", "finetune": "full", "protocol_key": "fixed", "curve": curve}
   entries = [{**arm, "finetune_lr": lr} for lr in (1e-3, 1e-2)]
-  fig = report.forgetting_figure(entries)
+  fig = curves.forgetting_figure(entries)
   (ax,) = fig.axes  # one model, one arm: one panel holding both rates
   assert ax.get_xscale() == "symlog" and len([line for line in ax.lines if line.get_marker() == "o"]) == 2
   (legend,) = fig.legends
@@ -194,7 +194,7 @@ def test_the_forgetting_curves_draw_one_line_per_rate_and_mark_the_probe(tmp_pat
   rows = [_row(seed=s, off_acc=0.5, curve=[{"step": 0, "invariance": 0.8, "from": "probe"}, curve[1]]) for s in (0, 1)]
   (entry,) = leaderboard.aggregate(rows)  # the seed-mean curve keeps where its step 0 came from
   assert entry["curve"][0]["from"] == "probe" and "from" not in entry["curve"][1]
-  assert report.forgetting_curves(entries, tmp_path / "curves.png").stat().st_size > 1000
+  assert curves.forgetting_curves(entries, tmp_path / "curves.png").stat().st_size > 1000
 
 
 def _board(rows):
@@ -251,7 +251,7 @@ def test_forgetting_curve_points_near_chance_are_hollow_and_named_in_the_legend(
   ]
   (entry,) = leaderboard.aggregate(rows)
   assert [p["in_acc"] for p in entry["curve"]] == pytest.approx([0.19, 0.9])  # the seed mean, step by step
-  fig = report.forgetting_figure([entry])
+  fig = curves.forgetting_figure([entry])
   (ax,) = fig.axes
   (hollow,) = [line for line in ax.lines if line.get_markerfacecolor() == "white"]
   assert list(hollow.get_xdata()) == [0] and list(hollow.get_ydata()) == [1.1]
@@ -268,5 +268,5 @@ def test_the_headline_and_the_forgetting_curves_draw_plain_rows_only():
   arm = {"model": "cnn_fc", "pretrain": "translate", "finetune": "full", "protocol_key": "fixed", "curve": curve}
   entries = [{**arm, "finetune_lr": 1e-3, "finetune_method": "plain"}]
   entries += [{**arm, "finetune_lr": 1e-3, "finetune_method": "l2sp", "method_setting": 0.01}]
-  (ax,) = report.forgetting_figure(entries).axes
+  (ax,) = curves.forgetting_figure(entries).axes
   assert len([line for line in ax.lines if line.get_marker() == "o"]) == 1  # not the method's line too

@@ -26,7 +26,7 @@ from test_schema import ROOT
 from shiftbench import methods, models
 from shiftbench.infra.errors import ConfigError
 from shiftbench.models import ResNet, ShiftNet
-from shiftbench.reporting import leaderboard, page, terminal
+from shiftbench.reporting import leaderboard, pareto, terminal
 from shiftbench.rows import collect, schema
 from shiftbench.runs import plan
 from shiftbench.runs.experiment import run_experiment
@@ -342,7 +342,7 @@ def test_a_gridded_method_from_outside_the_package_reaches_the_boards_figures_an
   assert "tempered_probe0.5" in printed and "tempered_probe2" in printed
   # The figure draws defined numbers only; the tiny run's probe is at chance off its location.
   rows = [{**r, "invariance": 0.1 * (r[schema.SETTING] or 0.0)} for r in rows]
-  ax = page.methods_figure(leaderboard.build(rows).methods).axes[0]
+  ax = pareto.methods_figure(leaderboard.build(rows).methods).axes[0]
   (path,) = [line for line in ax.lines if line.get_label() == "tempered_probe, T ascending"]
   assert path.get_color() == "#2ca02c" and len(path.get_xdata()) == 2
 

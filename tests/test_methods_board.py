@@ -11,8 +11,7 @@ import pytest
 
 from shiftbench.claims import arms
 from shiftbench.claims import methods as methods_claims
-from shiftbench.reporting import leaderboard, methods_board, terminal
-from shiftbench.reporting import page as report
+from shiftbench.reporting import leaderboard, methods_board, pareto, terminal
 
 FC = {"_target_": "shiftbench.models.ShiftNet", "head": "fc", "fc_hidden": [256, 256]}
 LR = 0.01
@@ -195,7 +194,7 @@ def _pareto_rows(described=True):
 
 def test_the_pareto_figure_has_a_point_per_line_the_wise_path_and_the_accuracy_bar():
   table = _table(_pareto_rows())
-  fig = report.methods_figure([table])
+  fig = pareto.methods_figure([table])
   ax = fig.axes[0]
   assert len(ax.containers) == len(table.lines)  # one errorbar per method and setting
   labels = {t.get_text() for t in ax.texts}
@@ -206,7 +205,7 @@ def test_the_pareto_figure_has_a_point_per_line_the_wise_path_and_the_accuracy_b
   (bar,) = [line for line in ax.lines if line.get_linestyle() == "--"]
   assert list(bar.get_xdata()) == pytest.approx([table.bar] * 2)
   # Rows of a file without descriptions (0.6.0's): the same points and path, named by the method alone.
-  ax = report.methods_figure([_table(_pareto_rows(described=False))]).axes[0]
+  ax = pareto.methods_figure([_table(_pareto_rows(described=False))]).axes[0]
   assert len([line for line in ax.lines if line.get_label() == "wise, setting ascending"]) == 1
 
 
@@ -268,7 +267,7 @@ def test_beta_stars_accuracy_bar_ignores_a_collapsed_seed_of_plain_full():
 
 def test_the_pareto_figure_is_in_location_against_off_location_accuracy():
   table = _table(_pareto_rows())
-  ax = report.methods_figure([table]).axes[0]
+  ax = pareto.methods_figure([table]).axes[0]
   assert ax.get_xlabel() == "in-location accuracy" and ax.get_ylabel() == "off-location accuracy"
   lpft = table.line("lpft")
   (point,) = [t for t in ax.texts if t.get_text() == "lpft"]

@@ -62,7 +62,7 @@ class _Point(NamedTuple):
 
 def curve_table(rows: Iterable[Mapping[str, Any]], arms: tuple[tuple[str, str], ...] = ARMS) -> list[dict[str, Any]]:
   """One record per (protocol group, model, arm, fine-tune rate) of `arms`, plain rows only (a method's
-  row is at `full` too; the methods have their own figure, `report.methods_pareto`): `seeds` (rows behind it),
+  row is at `full` too; the methods have their own figure, `pareto.methods_pareto`): `seeds` (rows behind it),
   `collapsed` (seeds whose invariance is undefined: in-location accuracy not above chance), `n` (the rest),
   `invariance` (mean over those `n`; None when none is defined), `in_acc` (mean over every seed, collapsed
   ones included: they are part of the trade-off) and their t-interval half-widths `*_ci` (None below 2).
