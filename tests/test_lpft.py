@@ -30,7 +30,7 @@ from shiftbench.rows import comparison
 from shiftbench.runs import plan, protocol_data
 from shiftbench.runs.protocol import Protocol, Shared
 from shiftbench.runs.settings import Settings
-from shiftbench.training import batchnorm, loop
+from shiftbench.training import batchnorm, loop, step
 
 RATES = (1e-3, 1e-2)
 PROBE = dict(probe_rates=[1e-3, 1e-1], probe_steps=6)  # a tiny probe: two rates, six steps
@@ -137,7 +137,7 @@ def test_batchnorm_reestimation_is_the_mean_of_the_layers_inputs_over_the_batche
   out = batchnorm.reestimate(model, objects, spec, at, batch_size=8, seed=key, batches=batches)
   inputs = []
   for i in range(batches):  # the BN layer's inputs: training's own canvases of those steps
-    objs, locs, _ = loop.draw_batch(jax.random.fold_in(key, i), objects.images, objects.labels, spec, at, 8)
+    objs, locs, _ = step.draw_batch(jax.random.fold_in(key, i), objects.images, objects.labels, spec, at, 8)
     inputs.append(np.asarray(canvas.place(objs, locs, spec.canvas_size), np.float64))
   mean = np.mean([x.mean(axis=(0, 1, 2)) for x in inputs], axis=0)
   var = np.mean([x.var(axis=(0, 1, 2)) for x in inputs], axis=0)

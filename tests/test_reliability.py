@@ -30,7 +30,7 @@ from shiftbench.runs import door, preflight
 from shiftbench.runs.experiment import run_experiment
 from shiftbench.runs.settings import Settings
 from shiftbench.training import checkpoints as pretrained
-from shiftbench.training import loop
+from shiftbench.training import loop, stopping
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -238,12 +238,12 @@ def test_a_huge_learning_rate_with_a_finite_loss_is_divergence():
 
 def test_divergence_needs_several_points_mid_run_and_ignores_normal_noise():
   hist = lambda *losses: [{"step": 10 * i, "loss": v} for i, v in enumerate(losses)]  # noqa: E731
-  loop.check_divergence(hist(1.1, 1.6, 0.9, 1.8, 0.4), 3, "t", final=True)  # noisy but fine
-  loop.check_divergence(hist(1.1, 50.0), 3, "t")  # one spike mid-run: not yet
+  stopping.check_divergence(hist(1.1, 1.6, 0.9, 1.8, 0.4), 3, "t", final=True)  # noisy but fine
+  stopping.check_divergence(hist(1.1, 50.0), 3, "t")  # one spike mid-run: not yet
   with pytest.raises(DivergenceError):
-    loop.check_divergence(hist(1.1, 50.0, 60.0, 70.0), 3, "t")
+    stopping.check_divergence(hist(1.1, 50.0, 60.0, 70.0), 3, "t")
   with pytest.raises(DivergenceError, match="at step 10"):
-    loop.check_divergence(hist(1.1, 50.0), 3, "t", final=True)
+    stopping.check_divergence(hist(1.1, 50.0), 3, "t", final=True)
   model = ShiftNet(num_classes=3, canvas_size=16, widths=(4, 8), head="gap", rngs=nnx.Rngs(0))
   loop.train(
     model,

@@ -10,7 +10,7 @@ from shiftbench.data import canvas
 from shiftbench.data.device import DeviceObjects
 from shiftbench.models import ShiftNet
 from shiftbench.training import loop as train
-from shiftbench.training import resume
+from shiftbench.training import programs, resume
 
 SPEC = canvas.CanvasSpec(16, 6)
 STEPS = 40
@@ -88,13 +88,13 @@ def test_resuming_really_skips_the_steps_before_the_checkpoint(tmp_path, monkeyp
   with pytest.raises(_Preempted):
     _run(_StopAfter(tmp_path / "ck", 10, at=30))
   starts = []
-  real = train._compiled_update
+  real = programs._compiled_update
 
   def spy(*args):
     program = real(*args)
     return lambda *a: (starts.append(int(a[4])), program(*a))[1]
 
-  monkeypatch.setattr(train, "_compiled_update", spy)
+  monkeypatch.setattr(programs, "_compiled_update", spy)
   _run(resume.Checkpoints(tmp_path / "ck", 10))
   assert starts == [30]  # one scan of 10 steps from step 30; steps 0-29 never run again
 

@@ -14,7 +14,7 @@ from shiftbench.data import canvas
 from shiftbench.evaluators import location_maps
 from shiftbench.evaluators.predictor import Predictor
 from shiftbench.models import ShiftNet
-from shiftbench.training import conv_forms, loop, optimizers
+from shiftbench.training import conv_forms, loop, optimizers, programs, stopping
 
 SPEC = canvas.CanvasSpec(16, 6)
 
@@ -85,7 +85,7 @@ def test_steps_compile_once_across_models_and_runs():
   for seed in (0, 1):
     loop.train(_model(seed), tx, data, SPEC, place, steps=3, batch_size=8, seed=seed)
   graphdef = nnx.split(_model(), nnx.Param, ...)[0]
-  update = loop._compiled_update(graphdef, tx.update, SPEC, place, 8, 1)
+  update = programs._compiled_update(graphdef, tx.update, SPEC, place, 8, 1)
   assert update._cache_size() == 1  # one trace for two models, two runs and three steps each
 
 
@@ -105,23 +105,23 @@ def test_every_fine_tune_rate_runs_one_program_with_the_numbers_of_its_own_optim
   jax.tree.map(np.testing.assert_array_equal, _params(trained["own"]), _params(trained[1e-2]))
   assert not np.array_equal(*(jax.tree.leaves(_params(trained[lr]))[0] for lr in (1e-3, 1e-2)))
   graphdef = nnx.split(_model(), nnx.Param, ...)[0]
-  assert loop._compiled_update(graphdef, shared[1e-3].update, SPEC, place, 8, 2)._cache_size() == 1
+  assert programs._compiled_update(graphdef, shared[1e-3].update, SPEC, place, 8, 2)._cache_size() == 1
 
 
 def test_a_program_compiled_ahead_is_the_one_training_runs_with_the_same_numbers():
-  """The run compiles its training programs on a background thread (`loop.compile_ahead`) while rows run."""
+  """The run compiles its training programs on a background thread (`programs.compile_ahead`) while rows run."""
   data, place, tx = _bars(), loop.Placement("fixed", (0, 0)), optax.adam(1e-2)
   seed = jax.random.key(0)
-  loop.compile_ahead(
+  programs.compile_ahead(
     nnx.eval_shape(_model), tx, data, SPEC, place, steps=4, batch_size=8, seed=seed, mode="head", dispatch=2
   )
   ahead, jitted = _model(), _model()
   loop.train(ahead, tx, data, SPEC, place, steps=4, batch_size=8, seed=seed, mode="head", dispatch=2)
-  key, mode = next(k for k in loop._AHEAD if k[0][1] is tx.update)
-  assert loop._compiled_update(*key)._cache_size() == 0  # jit never traced it: the program compiled ahead ran
-  loop._AHEAD.pop((key, mode))
+  key, mode = next(k for k in programs._AHEAD if k[0][1] is tx.update)
+  assert programs._compiled_update(*key)._cache_size() == 0  # jit never traced it: the program compiled ahead ran
+  programs._AHEAD.pop((key, mode))
   loop.train(jitted, tx, data, SPEC, place, steps=4, batch_size=8, seed=seed, mode="head", dispatch=2)
-  assert loop._compiled_update(*key)._cache_size() == 1
+  assert programs._compiled_update(*key)._cache_size() == 1
   jax.tree.map(np.testing.assert_array_equal, _params(ahead), _params(jitted))
 
 
@@ -171,9 +171,9 @@ def test_auto_trains_a_model_with_xlas_conv_gradients_one_step_per_dispatch_on_c
   def resolved(model, mode="full"):
     loop.train(model, tx, data, SPEC, place, steps=10, batch_size=8, seed=0, mode=mode)
     graphdef = nnx.split(model, models.trainable(mode), ...)[0]
-    return loop._AUTO_DISPATCH[(graphdef, tx.update, SPEC, place, 8), mode]
+    return programs._AUTO_DISPATCH[(graphdef, tx.update, SPEC, place, 8), mode]
 
-  with caplog.at_level(logging.INFO, logger="shiftbench.training.loop"):
+  with caplog.at_level(logging.INFO, logger="shiftbench.training.programs"):
     assert resolved(FlaxConvNet(nnx.Rngs(0))) == 1
     said = "FlaxConvNet (full, fixed placement): 1 training step per dispatch, not 10 (steps_per_dispatch=auto): 3 of"
     assert said in caplog.text
@@ -221,7 +221,7 @@ def _batch_accuracies(p: float, steps: int, batch: int, seed: int) -> np.ndarray
   return np.random.default_rng(seed).binomial(batch, p, steps) / batch
 
 
-def _stop_step(rule: loop.UntilAccuracy, accs: np.ndarray, per_dispatch: int) -> int | None:
+def _stop_step(rule: stopping.UntilAccuracy, accs: np.ndarray, per_dispatch: int) -> int | None:
   """Feeds the rule one dispatch at a time, as `loop.train` does; the step it stops at, or None."""
   for end in range(per_dispatch, len(accs) + 1, per_dispatch):
     if rule.update(end, accs[end - per_dispatch : end]):
@@ -235,17 +235,17 @@ def test_running_mean_rule_stops_just_above_the_threshold_and_never_below(seed):
   # 200-step window the mean's sd is ~0.002: a true accuracy of 0.96 stops within a window or two of
   # steps; 0.94 (5 sd below) never does in 5000 steps. (A rule that needs every batch >= 0.95 for 500
   # steps fires with probability ~4e-7 at a true 0.97, so such runs go to the cap.)
-  above = loop.UntilAccuracy(threshold=0.95, window=200)
+  above = stopping.UntilAccuracy(threshold=0.95, window=200)
   step = _stop_step(above, _batch_accuracies(0.96, 5000, 32, seed), per_dispatch=10)
   assert step is not None and 200 <= step <= 400 and step % 10 == 0
   assert above.stopped_at == step and above.mean >= 0.95
-  below = loop.UntilAccuracy(threshold=0.95, window=200)
+  below = stopping.UntilAccuracy(threshold=0.95, window=200)
   assert _stop_step(below, _batch_accuracies(0.94, 5000, 32, seed), per_dispatch=10) is None
   assert below.stopped_at is None and below.mean < 0.95
 
 
 def test_running_mean_rule_waits_for_a_full_window_and_records_itself():
-  rule = loop.UntilAccuracy(threshold=0.6, window=4)
+  rule = stopping.UntilAccuracy(threshold=0.6, window=4)
   assert not rule.update(2, [1.0, 1.0]) and rule.mean is None  # two perfect steps are not a window of four
   assert not rule.update(4, [0.0, 0.0]) and rule.mean == 0.5
   assert not rule.update(6, [1.0, 1.0]) and rule.mean == 0.5  # the oldest two left the window

@@ -28,7 +28,7 @@ from flax import nnx
 from shiftbench.data import canvas
 from shiftbench.data.device import DeviceObjects
 from shiftbench.rows import method_info, schema
-from shiftbench.training.loop import Placement
+from shiftbench.training.step import Placement
 
 
 @dataclasses.dataclass

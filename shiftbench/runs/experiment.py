@@ -25,7 +25,7 @@ from shiftbench.runs import compile_cache, plan, pretraining, progress, protocol
 from shiftbench.runs.environment import environment
 from shiftbench.runs.protocol import Protocol, probe_point, score_text
 from shiftbench.runs.settings import Settings
-from shiftbench.training import loop as train
+from shiftbench.training import programs
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def _run(settings: Settings, opened: run_dir.RunDirectory) -> dict[str, Any]:
   finally:
     bar.close()
     ahead.join()  # then nothing more is queued: drop what is left
-    train.drop_ahead()
+    programs.drop_ahead()
     tracker.finish(exit_code)
   return record
 

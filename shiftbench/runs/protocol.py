@@ -30,8 +30,10 @@ from shiftbench.rows import comparison, per_object, schema
 from shiftbench.rows.schema import RowId
 from shiftbench.runs import plan, pretraining, protocol_data, targets
 from shiftbench.runs.settings import Settings
-from shiftbench.training import batchnorm, checkpoints
+from shiftbench.training import batchnorm, checkpoints, programs
 from shiftbench.training import loop as train
+from shiftbench.training.step import Placement
+from shiftbench.training.stopping import UntilAccuracy
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +127,7 @@ class Protocol:
 
   def compile_ahead(self, done: Collection[RowId] = ()) -> None:
     """Starts compiling the training programs of the rows not in `done`, in the order they are first
-    needed, on a background thread (`loop.compile_ahead`): each model's plain fine-tuning in each mode
+    needed, on a background thread (`programs.compile_ahead`): each model's plain fine-tuning in each mode
     (one program for every rate, `training.optimizers`) and its pretraining where the checkpoint is not
     cached. XLA compiles on one thread, so on a machine with a core to spare the run no longer waits
     for them; the programs, so the numbers, are the ones `jit` would build."""
@@ -147,14 +149,14 @@ class Protocol:
         models_of[shapes] = nnx.eval_shape(lambda n=name, k=data.num_classes: self.build(n, k, jax.random.key(0)))
       model = models_of[shapes]
       if phase == "pretrain":
-        placement = train.Placement(what, s.pretrain_location, s.pretrain_jitter)
+        placement = Placement(what, s.pretrain_location, s.pretrain_jitter)
         tx, mode, stream, evals = s.transforms["pretrain"], "full", streams.PRETRAIN_BATCHES, {}
       else:
-        placement = train.Placement("fixed", s.finetune_location)
+        placement = Placement("fixed", s.finetune_location)
         tx, mode, stream = next(iter(s.transforms["finetune"].values())), what, streams.FINETUNE_BATCHES
         evals = {"evaluate": True, "eval_every": s.eval_every, "eval_steps": s.curve_steps}
       phase_settings = s.pretrain if phase == "pretrain" else s.finetune
-      train.compile_ahead(
+      programs.compile_ahead(
         model,
         tx,
         data,
@@ -255,14 +257,14 @@ class Protocol:
       points.append({"step": step, **{k: point[k] for k in schema.CURVE_FIELDS}})
 
     start = time.perf_counter()
-    until = None if s.until_accuracy is None or steps is not None else train.UntilAccuracy(*s.until_accuracy)
+    until = None if s.until_accuracy is None or steps is not None else UntilAccuracy(*s.until_accuracy)
     budget = s.finetune.steps if steps is None else int(steps)
     history = train.train(
       model,
       tx or s.transforms["finetune"][rid.finetune_lr],
       self.train_b,
       s.spec,
-      train.Placement("fixed", s.finetune_location),
+      Placement("fixed", s.finetune_location),
       steps=budget,
       batch_size=s.finetune.batch_size,
       seed=streams.stream(rid.seed, streams.FINETUNE_BATCHES),
@@ -331,7 +333,7 @@ class Protocol:
 
     pretraining = None
     if source is not None and rid.pretrain != "imagenet":  # A is the task of the model it starts from
-      at = train.Placement(rid.pretrain, self.s.pretrain_location, self.s.pretrain_jitter)
+      at = Placement(rid.pretrain, self.s.pretrain_location, self.s.pretrain_jitter)
       key = streams.stream(rid.seed, streams.FROM_PRETRAINING)
       pretraining = methods.Pretraining(lambda: methods.copy_model(source), self.train_a, at, self.s.spec, key)
     return methods.Context(
@@ -364,7 +366,7 @@ class Protocol:
       model,
       self.train_b,
       self.s.spec,
-      train.Placement("fixed", self.s.finetune_location),
+      Placement("fixed", self.s.finetune_location),
       batch_size=self.s.finetune.batch_size,
       seed=streams.stream(rid.seed, streams.FINETUNE_BATCHES),
       batches=RECALIBRATION_BATCHES,

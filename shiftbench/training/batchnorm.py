@@ -20,7 +20,7 @@ from flax import nnx
 from shiftbench import models
 from shiftbench.data import canvas
 from shiftbench.data.device import DeviceObjects
-from shiftbench.training.loop import Placement, draw_batch
+from shiftbench.training.step import Placement, draw_batch
 
 
 def batchnorm_layers(model: nnx.Module) -> list[nnx.BatchNorm]:

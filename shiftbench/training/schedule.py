@@ -23,7 +23,7 @@ def steps_per_dispatch(requested: int | str) -> int:
 
   On CPU this needs the conv gradients written out in canonical form (`layers.conv2d`): XLA:CPU rewrites
   its own conv gradients into fast kernels only outside a while loop (docs/performance.md). A model whose
-  step holds other convs (`nnx.Conv`'s own gradients) gets 1 there instead: `loop.resolve_dispatch`.
+  step holds other convs (`nnx.Conv`'s own gradients) gets 1 there instead: `programs.resolve_dispatch`.
   """
   if requested == "auto":
     return 10
