@@ -28,8 +28,9 @@ from shiftbench.infra.errors import ConfigError
 from shiftbench.models import ResNet, ShiftNet
 from shiftbench.rows import comparison
 from shiftbench.runs import plan, protocol_data
-from shiftbench.runs.protocol import Protocol, Shared
+from shiftbench.runs.protocol import Protocol
 from shiftbench.runs.settings import Settings
+from shiftbench.runs.shared import Shared
 from shiftbench.training import batchnorm, loop, step
 
 RATES = (1e-3, 1e-2)

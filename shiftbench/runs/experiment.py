@@ -23,8 +23,9 @@ from shiftbench.reporting import leaderboard, terminal, tidy
 from shiftbench.rows import collect, comparison, schema
 from shiftbench.runs import compile_cache, plan, pretraining, progress, protocol_data, row_pool, run_dir
 from shiftbench.runs.environment import environment
-from shiftbench.runs.protocol import Protocol, probe_point, score_text
+from shiftbench.runs.protocol import Protocol, score_text
 from shiftbench.runs.settings import Settings
+from shiftbench.runs.shared import probe_point
 from shiftbench.training import programs
 
 log = logging.getLogger(__name__)

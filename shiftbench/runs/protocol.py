@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from shiftbench.rows import comparison, per_object, schema
 from shiftbench.rows.schema import RowId
 from shiftbench.runs import plan, pretraining, protocol_data, targets
 from shiftbench.runs.settings import Settings
+from shiftbench.runs.shared import Shared, probe_point
 from shiftbench.training import batchnorm, checkpoints, programs
 from shiftbench.training import loop as train
 from shiftbench.training.step import Placement
@@ -469,47 +469,6 @@ class Protocol:
       comparison=settings,
       **({} if weights is None else {"pretrain_weights": weights}),
     )
-
-
-class Shared(dict):
-  """What the rows of one plan group share, kept while the group runs (`Protocol.open_group`, `rows_at`);
-  `lock` serialises what its rows on several threads compute once."""
-
-  def __init__(self, key: tuple):
-    super().__init__()
-    self.key = key
-    self.lock = threading.Lock()
-    self._once: dict[str, Any] = {}
-    self._once_locks: dict[str, threading.Lock] = {}
-
-  def once(self, name: str, compute: Callable[[], Any]) -> Any:
-    """`compute()`'s value under `name`, computed by the first caller; a caller on another thread waits for
-    it. One lock per name, so a long computation (LP-FT's probe) holds up only the rows that need it; a
-    `compute` that raises leaves nothing behind (the next caller tries again)."""
-    with self.lock:
-      lock = self._once_locks.setdefault(name, threading.Lock())
-    with lock:
-      if name not in self._once:
-        self._once[name] = compute()
-      return self._once[name]
-
-  @staticmethod
-  def of(open_groups: dict[tuple, Shared], key: tuple, what: str, opened_by: str) -> Shared:
-    """The open group `key`: a row asking for what a group that is not running shares is a bug."""
-    shared = open_groups.get(key)
-    if shared is None:
-      now = "no group" if not open_groups else f"the groups {sorted(open_groups)}"
-      raise RuntimeError(f"{what} of {key} asked for while {now} run; run its rows inside Protocol.{opened_by}")
-    return shared
-
-
-def probe_point(rid: RowId, done: dict[RowId, dict[str, Any]]) -> dict[str, Any] | None:
-  """The final curve point of the plain `last` row of `rid`'s model, regime, rate and seed, where it ran:
-  the curve's step 0 for a row that starts from the pretrained layers read by that probe (none for the
-  `last` row itself)."""
-  last = rid.plain_sibling("last")
-  probe = done.get(last) if rid != last else None
-  return probe["curve"][-1] if probe and probe.get("curve") else None
 
 
 def _pretrain_task_fields(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any]:
