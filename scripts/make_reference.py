@@ -4,6 +4,7 @@ One command per preset; it runs the preset first (or resumes it) unless `--no-ru
   python scripts/make_reference.py quick       # shiftbench experiment=quick, ~2-3 min on 2 cores
   python scripts/make_reference.py methods     # 620 rows, ~1 h 10 min
   python scripts/make_reference.py reproduce   # 225 rows, ~20-50 min
+  python scripts/make_reference.py reproduce_stop   # 225 rows at the stopping rule, ~1 h
   python scripts/make_reference.py quick --no-run --run-dir outputs/2026-12-07/07-11-52   # pack a finished run
 
 The run goes to `reference_runs/<preset>` (`--run-dir`), with `logger=none`, so an interrupted one resumes.

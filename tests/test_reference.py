@@ -164,21 +164,29 @@ def test_the_switch_is_a_config_key_outside_every_key_and_a_cli_flag(reference_s
     assert (f"reference {__version__}" in (tmp_path / "board" / "leaderboard.csv").read_text()) is marked
 
 
-def test_the_shipped_files_verify_and_quick_has_the_key_its_preset_computes_today():
-  """A protocol change (a setting, or the version in the key) that forgets to remake the files fails here;
-  the data hashes are the file's own (computing them would render the glyphs)."""
-  names = reference.shipped_names()
-  assert "quick.json.gz" in names
+def _key_today(preset: str, shipped: reference.ReferenceSet) -> str:
+  """The protocol key `experiment=<preset>` computes today, with the file's own data hashes (computing them
+  would render the glyphs)."""
+  with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    config = door.check(compose("config", overrides=[f"experiment={preset}"]))
+  hashes = {side: shipped.record["datasets"][f"{side}_sha256"] for side in ("pretrain", "finetune")}
+  return comparison.key_of(comparison.protocol_settings(config, hashes))
+
+
+def test_the_shipped_files_verify_and_have_the_keys_their_presets_compute_today():
+  """A protocol change (a setting, or the version in the key) that forgets to remake the files fails here."""
+  assert reference.shipped_names() == [f"{p}{reference.SUFFIX}" for p in reference.PRESETS]
   shipped = {s.preset: s for s in reference.shipped()}
   quick = shipped["quick"]
   assert quick.command.startswith("shiftbench experiment=quick") and quick.shiftbench and quick.made
-  assert all("location_map" not in r for r in quick.record["rows"])
-  with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-    config = door.check(compose("config", overrides=["experiment=quick"]))
-  hashes = {side: quick.record["datasets"][f"{side}_sha256"] for side in ("pretrain", "finetune")}
-  assert comparison.key_of(comparison.protocol_settings(config, hashes)) == quick.protocol_key
-  # reproduce and methods run quick's protocol by design (conf/experiment/*.yaml): one key for every file
-  assert {s.protocol_key for s in shipped.values()} == {quick.protocol_key}
+  assert all("location_map" not in r for s in shipped.values() for r in s.record["rows"])
+  assert _key_today("quick", quick) == quick.protocol_key
+  # reproduce and methods run quick's protocol by design (conf/experiment/*.yaml): one key for the three
+  assert {shipped[p].protocol_key for p in ("quick", "reproduce", "methods")} == {quick.protocol_key}
+  # reproduce_stop is another protocol (the stopping rule, its cap and curve points): its own key
+  stop = shipped["reproduce_stop"]
+  assert stop.command.startswith("shiftbench experiment=reproduce_stop")
+  assert _key_today("reproduce_stop", stop) == stop.protocol_key != quick.protocol_key
 
 
 def test_the_page_says_which_lines_are_reference_rows_and_maps_only_the_runs_own(reference_set, tmp_path):

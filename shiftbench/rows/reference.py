@@ -1,5 +1,6 @@
-"""Reference rows: the rows of the published presets (`quick`, `reproduce`, `methods` on the glyphs), shipped
-inside the package, so a run's board ranks its own rows beside them without rerunning a baseline.
+"""Reference rows: the rows of the published presets (`quick`, `reproduce`, `methods`, `reproduce_stop` on the
+glyphs), shipped inside the package, so a run's board ranks its own rows beside them without rerunning a
+baseline.
 
 A reference file (`shiftbench/reference/<preset>.json.gz`, made by `scripts/make_reference.py`) is one
 finished run's `results.json` record with the large per-row arrays dropped (`DROPPED`: the location map and
@@ -34,7 +35,7 @@ from shiftbench.rows import collect, comparison, schema
 FORMAT = 1
 FOLDER = "reference"  # where the shipped files live: package data of `shiftbench`, not a package of its own
 # The presets shipped, in the order their rows are taken when two files hold the same row.
-PRESETS: tuple[str, ...] = ("quick", "reproduce", "methods")
+PRESETS: tuple[str, ...] = ("quick", "reproduce", "methods", "reproduce_stop")
 SUFFIX = ".json.gz"
 DROPPED: tuple[str, ...] = ("location_map", "heatmap")  # per-row arrays, and a path to a PNG not shipped
 LABEL = "reference"  # the annotation a reference row carries (`fields.RESULTS`)
