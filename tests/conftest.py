@@ -72,28 +72,29 @@ def tiny_overrides(data_dir: str, checkpoint_dir: str) -> list[str]:
   ]
 
 
+def tiny_config(data_dir: str, root, extra: list[str]):
+  """The composed config of a tiny run (`tiny_overrides`, its checkpoints under `root`) with `extra`."""
+  from pathlib import Path
+
+  from hydra import compose, initialize_config_dir
+
+  conf = Path(__file__).resolve().parent.parent / "conf"
+  with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+    return compose("config", overrides=tiny_overrides(data_dir, str(Path(root) / "ckpt")) + extra)
+
+
 @pytest.fixture(scope="session")
 def methods_protocol(tiny_data_dir, tmp_path_factory):
   """A tiny protocol (cnn_fc after translate; plain last and full at one rate, 8 steps) with its plain rows
   run and kept open, so method tests build a method row's context from them: `(protocol, source, done)`,
   `done` the plain rows' records by row id. One per test session (per worker), shared by every method test."""
-  from pathlib import Path
-
-  from hydra import compose, initialize_config_dir
-
   from shiftbench.runs import plan, protocol_data
   from shiftbench.runs.protocol import Protocol
   from shiftbench.runs.settings import Settings
 
   root = tmp_path_factory.mktemp("methods_protocol")
-  conf = Path(__file__).resolve().parent.parent / "conf"
-  with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-    cfg = compose(
-      "config",
-      overrides=tiny_overrides(tiny_data_dir, str(root / "ckpt"))
-      + ["model=cnn_fc", "pretrain.regimes=[translate]", "finetune.modes=[last,full]", "finetune.steps=8"],
-    )
-  s = Settings.from_config(cfg)
+  extra = ["model=cnn_fc", "pretrain.regimes=[translate]", "finetune.modes=[last,full]", "finetune.steps=8"]
+  s = Settings.from_config(tiny_config(tiny_data_dir, root, extra))
   p = Protocol(s, *protocol_data.load_datasets(s), root)
   source, _ = p.pretrained("cnn_fc", "translate", 0)
   done = {}
@@ -111,20 +112,13 @@ def tiny_results(tiny_data_dir, tmp_path_factory):
   """A directory holding a tiny real run (gap, scratch, head + full) and a copy of it as seed 1, so
   leaderboard, notebook and tracking tests read genuine `results.json` files and can aggregate seeds."""
   import json
-  from pathlib import Path
-
-  from hydra import compose, initialize_config_dir
 
   from shiftbench.runs.experiment import run_experiment
 
   root = tmp_path_factory.mktemp("tiny_results")
-  conf = Path(__file__).resolve().parent.parent / "conf"
-  with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-    cfg = compose(
-      "config",
-      overrides=tiny_overrides(tiny_data_dir, str(root / "ckpt"))
-      + ["model=gap", "pretrain.regimes=[scratch]", "finetune.scratch_modes=[head,full]"],
-    )
+  cfg = tiny_config(
+    tiny_data_dir, root, ["model=gap", "pretrain.regimes=[scratch]", "finetune.scratch_modes=[head,full]"]
+  )
   run_experiment(cfg, root / "seed0")
   record = json.loads((root / "seed0" / "results.json").read_text())
   for r in record["rows"]:  # a tiny run may sit at chance (invariance undefined): give seed spread to test

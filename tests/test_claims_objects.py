@@ -11,6 +11,7 @@ import pytest
 
 from shiftbench.claims import catalogue as claims
 from shiftbench.claims import objects, verdicts
+from shiftbench.reporting import methods_board
 from shiftbench.rows import per_object
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -159,8 +160,6 @@ def test_paired_c_claims_carry_it_and_arms_on_other_objects_do_not():
 
 
 def test_the_methods_boards_off_gain_carries_the_same_test_set_error_as_claim_m1():
-  from shiftbench.reporting import methods_board
-
   off = np.array([N_OFF] * 10 + [0] * 10)
   rows = _m1_rows(20, [10], 5, off)  # +0.031 on every seed, carried by one object of 20 (above)
   for r in rows:
