@@ -30,6 +30,13 @@ def interpolate(a: nnx.Module, b: nnx.Module, alpha: float) -> nnx.Module:
   return nnx.merge(graphdef, jax.tree.map(mix, state_a, state_b))
 
 
+def wise_model(ctx: Context, a: nnx.Module, b: nnx.Module, alpha: float) -> nnx.Module:
+  """WiSE-FT's model at `alpha` between ends `a` and `b` (`interpolate`): for 0 < alpha < 1 with its
+  BatchNorm statistics re-estimated on B (`ctx.recalibrate`); the ends are the trained models themselves."""
+  model = interpolate(a, b, alpha)
+  return ctx.recalibrate(model) if 0 < alpha < 1 else model
+
+
 class WiSEFT(Method):
   """WiSE-FT: θ(α) = (1 - α) θ_last + α θ_full, every weight, one row per α of `alphas`; evaluated, never
   trained. For 0 < α < 1 its BatchNorm statistics are re-estimated on B (`ctx.recalibrate`: interpolated
@@ -42,7 +49,5 @@ class WiSEFT(Method):
     self.alphas = check_grid(alphas, "WiSE-FT alphas", low=0.0, high=1.0)
 
   def run(self, ctx: Context, setting: float | None) -> Finetuned:
-    model = interpolate(ctx.tuned("last"), ctx.tuned("full"), float(setting))
-    if 0 < float(setting) < 1:  # the ends are the trained models themselves
-      model = ctx.recalibrate(model)
+    model = wise_model(ctx, ctx.tuned("last"), ctx.tuned("full"), float(setting))
     return Finetuned(model, [], [], {"rule": "interpolated", "step": 0, "alpha": float(setting)}, 0.0)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from shiftbench.methods.base import Context, Finetuned, Method, check_grid
 from shiftbench.methods.lpft import LPFT, PROBE_RATES, PROBE_STEPS
-from shiftbench.methods.wise import interpolate
+from shiftbench.methods.wise import wise_model
 
 
 class WiSELPFT(Method):
@@ -35,8 +35,6 @@ class WiSELPFT(Method):
   def run(self, ctx: Context, setting: float | None) -> Finetuned:
     alpha = float(setting)
     tuned = self.lpft.stage2(ctx)
-    model = interpolate(self.lpft.probe(ctx).model, tuned.model, alpha)
-    if 0 < alpha < 1:  # the ends are the trained models themselves
-      model = ctx.recalibrate(model)
+    model = wise_model(ctx, self.lpft.probe(ctx).model, tuned.model, alpha)
     stop = {"rule": "interpolated", "step": 0, "alpha": alpha, "lpft": tuned.stop["lpft"]}
     return Finetuned(model, [], [], stop, 0.0)
